@@ -1,0 +1,8 @@
+"""setuptools has no pyproject.toml key for cffi's build hook; this file adds it.
+
+All other metadata lives in pyproject.toml.
+"""
+
+from setuptools import setup
+
+setup(cffi_modules=["build_ffi.py:ffibuilder"])

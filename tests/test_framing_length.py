@@ -1,0 +1,208 @@
+"""Length-prefixed framing: vectors for every option, run against both implementations."""
+
+from __future__ import annotations
+
+import pytest
+
+from trioecho import FrameTooLongError, IncompleteFrameError, LengthPrefixedFramer
+
+
+def feed_all(framer: LengthPrefixedFramer, chunks: list[bytes]) -> list[bytes]:
+    frames: list[bytes] = []
+    for chunk in chunks:
+        frames += framer.feed(chunk)
+    return frames
+
+
+@pytest.mark.parametrize(
+    ("length_bytes", "byteorder", "wire"),
+    [
+        (1, "big", b"\x03abc"),
+        (2, "big", b"\x00\x03abc"),
+        (2, "little", b"\x03\x00abc"),
+        (4, "big", b"\x00\x00\x00\x03abc"),
+        (4, "little", b"\x03\x00\x00\x00abc"),
+        (8, "big", b"\x00" * 7 + b"\x03abc"),
+        (8, "little", b"\x03" + b"\x00" * 7 + b"abc"),
+    ],
+)
+def test_header_widths_and_byte_orders(
+    impl: str, length_bytes: int, byteorder: str, wire: bytes
+) -> None:
+    framer = LengthPrefixedFramer(
+        length_bytes=length_bytes,
+        byteorder=byteorder,  # type: ignore[arg-type]
+        implementation=impl,
+    )
+    assert framer.encode(b"abc") == wire
+    assert framer.feed(wire) == [b"abc"]
+    assert framer.buffered == 0
+
+
+def test_default_is_four_bytes_big_endian(impl: str) -> None:
+    framer = LengthPrefixedFramer(implementation=impl)
+    assert framer.encode(b"hi") == b"\x00\x00\x00\x02hi"
+    assert framer.max_frame == 1 << 20
+
+
+def test_zero_length_frames(impl: str) -> None:
+    framer = LengthPrefixedFramer(implementation=impl)
+    assert framer.encode(b"") == b"\x00\x00\x00\x00"
+    assert framer.feed(b"\x00\x00\x00\x00" * 3) == [b"", b"", b""]
+
+
+def test_sticky_packets_are_split_and_split_packets_joined(impl: str) -> None:
+    framer = LengthPrefixedFramer(implementation=impl)
+    wire = framer.encode(b"hello") + framer.encode(b"world")
+    assert framer.feed(wire[:7]) == []
+    assert framer.buffered == 7
+    assert framer.feed(wire[7:12]) == [b"hello"]
+    assert framer.feed(wire[12:]) == [b"world"]
+    assert framer.buffered == 0
+
+
+def test_every_split_position(impl: str) -> None:
+    messages = [b"", b"a", b"sticky", b"\x00\xff" * 20, b"end"]
+    wire = LengthPrefixedFramer().encode_many(messages)
+    for cut in range(len(wire) + 1):
+        framer = LengthPrefixedFramer(implementation=impl)
+        assert feed_all(framer, [wire[:cut], wire[cut:]]) == messages, cut
+        framer.feed_eof()
+
+
+def test_one_byte_at_a_time(impl: str) -> None:
+    messages = [bytes([i]) * i for i in range(40)]
+    wire = LengthPrefixedFramer(length_bytes=2).encode_many(messages)
+    framer = LengthPrefixedFramer(length_bytes=2, implementation=impl)
+    assert feed_all(framer, [wire[i : i + 1] for i in range(len(wire))]) == messages
+
+
+@pytest.mark.parametrize("count", [15, 16, 17, 500, 20_000])
+def test_many_frames_in_one_feed(impl: str, count: int) -> None:
+    messages = [str(i).encode() for i in range(count)]
+    framer = LengthPrefixedFramer(implementation=impl)
+    assert framer.feed(framer.encode_many(messages) + b"\x00\x00") == messages
+    assert framer.buffered == 2
+
+
+def test_accepts_bytearray_and_memoryview(impl: str) -> None:
+    framer = LengthPrefixedFramer(length_bytes=1, implementation=impl)
+    assert framer.feed(bytearray(b"\x02ab\x01")) == [b"ab"]
+    frames = framer.feed(memoryview(b"c\x00"))
+    assert frames == [b"c", b""]
+    assert all(type(frame) is bytes for frame in frames)
+
+
+def test_limit_exactly_and_limit_plus_one(impl: str) -> None:
+    framer = LengthPrefixedFramer(max_frame=5, implementation=impl)
+    assert framer.feed(b"\x00\x00\x00\x05abcde") == [b"abcde"]
+    with pytest.raises(FrameTooLongError) as info:
+        framer.feed(b"\x00\x00\x00\x06")
+    assert info.value.limit == 5
+    assert info.value.length == 6
+    assert str(info.value) == "frame header announces 6 bytes, over max_frame=5"
+
+
+def test_huge_prefix_fails_as_soon_as_the_header_is_complete(impl: str) -> None:
+    framer = LengthPrefixedFramer(implementation=impl)
+    assert framer.feed(b"\xff\xff\xff") == []
+    with pytest.raises(FrameTooLongError) as info:
+        framer.feed(b"\xff")
+    assert info.value.length == 0xFFFFFFFF
+    assert info.value.limit == 1 << 20
+    assert framer.buffered == 0
+
+
+def test_eight_byte_prefix_of_two_to_the_63(impl: str) -> None:
+    framer = LengthPrefixedFramer(length_bytes=8, implementation=impl)
+    with pytest.raises(FrameTooLongError) as info:
+        framer.feed((1 << 63).to_bytes(8, "big") + b"body")
+    assert info.value.length == 1 << 63
+
+
+def test_max_eight_byte_prefix_with_max_limit(impl: str) -> None:
+    framer = LengthPrefixedFramer(length_bytes=8, max_frame=(1 << 63) - 1, implementation=impl)
+    with pytest.raises(FrameTooLongError) as info:
+        framer.feed(b"\xff" * 8)
+    assert info.value.length == (1 << 64) - 1
+
+
+def test_frames_before_the_bad_header_are_kept(impl: str) -> None:
+    framer = LengthPrefixedFramer(max_frame=3, implementation=impl)
+    with pytest.raises(FrameTooLongError) as info:
+        framer.feed(b"\x00\x00\x00\x01a\x00\x00\x00\x02bc\x00\x00\x00\x09xyz")
+    assert info.value.frames == [b"a", b"bc"]
+
+
+def test_framer_stays_broken_after_an_error(impl: str) -> None:
+    framer = LengthPrefixedFramer(max_frame=3, implementation=impl)
+    with pytest.raises(FrameTooLongError):
+        framer.feed(b"\x00\x00\x00\x09")
+    with pytest.raises(FrameTooLongError, match="after an earlier error") as info:
+        framer.feed(b"\x00\x00\x00\x01a")
+    assert info.value.frames == []
+    framer.feed_eof()  # the error was already reported
+
+
+def test_eof_inside_header_and_body(impl: str) -> None:
+    framer = LengthPrefixedFramer(implementation=impl)
+    framer.feed(b"\x00\x00")
+    with pytest.raises(IncompleteFrameError) as info:
+        framer.feed_eof()
+    assert info.value.buffered == 2
+    assert str(info.value) == "connection closed inside a frame: 2 bytes of it received"
+
+    framer = LengthPrefixedFramer(implementation=impl)
+    framer.feed(b"\x00\x00\x00\x05abc")
+    with pytest.raises(IncompleteFrameError) as info:
+        framer.feed_eof()
+    assert info.value.buffered == 7
+
+
+def test_clean_eof(impl: str) -> None:
+    framer = LengthPrefixedFramer(implementation=impl)
+    framer.feed(b"\x00\x00\x00\x01a")
+    framer.feed_eof()
+
+
+def test_encode_many_is_concatenated_frames() -> None:
+    framer = LengthPrefixedFramer(length_bytes=1)
+    assert framer.encode_many([b"ab", b"", memoryview(b"c")]) == b"\x02ab\x00\x01c"
+    assert framer.encode_many([]) == b""
+
+
+def test_encode_refuses_payload_over_the_limit() -> None:
+    framer = LengthPrefixedFramer(max_frame=4)
+    assert framer.encode(b"abcd") == b"\x00\x00\x00\x04abcd"
+    with pytest.raises(FrameTooLongError) as info:
+        framer.encode(b"abcde")
+    assert (info.value.limit, info.value.length) == (4, 5)
+    assert str(info.value) == "cannot encode a payload of 5 bytes: it exceeds max_frame=4"
+    with pytest.raises(FrameTooLongError):
+        framer.encode_many([b"ok", b"abcde"])
+
+
+@pytest.mark.parametrize(("length_bytes", "header_max"), [(1, 255), (2, 65535)])
+def test_encode_refuses_payload_too_long_for_the_header(length_bytes: int, header_max: int) -> None:
+    framer = LengthPrefixedFramer(length_bytes=length_bytes)
+    assert len(framer.encode(b"x" * header_max)) == length_bytes + header_max
+    with pytest.raises(FrameTooLongError) as info:
+        framer.encode(b"x" * (header_max + 1))
+    assert info.value.limit == header_max
+    assert f"the {length_bytes}-byte header's maximum {header_max}" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"length_bytes": 3}, ValueError),
+        ({"byteorder": "native"}, ValueError),
+        ({"max_frame": -1}, ValueError),
+        ({"max_frame": 1 << 63}, ValueError),
+        ({"max_frame": 1.5}, TypeError),
+        ({"implementation": "rust"}, ValueError),
+    ],
+)
+def test_bad_options(options: dict[str, object], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        LengthPrefixedFramer(**options)  # type: ignore[arg-type]

@@ -1,0 +1,47 @@
+"""trioecho: a Trio TCP message service with real framing.
+
+The sans-IO framers (``LineFramer``, ``LengthPrefixedFramer``, ``RawFramer``)
+split a byte stream into messages; their hot loop is C (``csrc/``, built with
+cffi) with a pure-Python twin.  ``FRAMER_IMPLEMENTATION`` says which one is
+active: ``"c"`` or ``"python"`` (``TRIOECHO_PUREPYTHON=1`` selects the twin).
+"""
+
+from ._backend import IMPLEMENTATION as FRAMER_IMPLEMENTATION
+from ._errors import (
+    ConnectionClosedError,
+    DelimiterInPayloadError,
+    FrameTooLongError,
+    FramingError,
+    IncompleteFrameError,
+    TrioEchoError,
+)
+from ._version import __version__
+from .framing import (
+    DEFAULT_MAX_FRAME,
+    DEFAULT_MAX_LINE,
+    FRAMINGS,
+    Framer,
+    LengthPrefixedFramer,
+    LineFramer,
+    RawFramer,
+    make_framer,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "DEFAULT_MAX_LINE",
+    "FRAMER_IMPLEMENTATION",
+    "FRAMINGS",
+    "ConnectionClosedError",
+    "DelimiterInPayloadError",
+    "FrameTooLongError",
+    "Framer",
+    "FramingError",
+    "IncompleteFrameError",
+    "LengthPrefixedFramer",
+    "LineFramer",
+    "RawFramer",
+    "TrioEchoError",
+    "__version__",
+    "make_framer",
+]

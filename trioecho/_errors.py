@@ -1,0 +1,66 @@
+"""The exception hierarchy of trioecho.
+
+Everything trioecho raises on purpose derives from :class:`TrioEchoError`.
+Invalid arguments (a bad option value, a wrong type) raise the built-in
+:class:`ValueError` / :class:`TypeError` instead: they are programming errors,
+not events on the wire.
+"""
+
+from __future__ import annotations
+
+
+class TrioEchoError(Exception):
+    """Base class of every trioecho exception."""
+
+
+class FramingError(TrioEchoError):
+    """Bytes on the wire, or a payload to encode, break the framing rules.
+
+    ``frames`` holds the complete frames that a ``feed()`` call decoded before
+    it met the bad input, so that none is lost; it is empty for encoder errors.
+    """
+
+    def __init__(self, message: str, *, frames: list[bytes] | None = None) -> None:
+        super().__init__(message)
+        self.frames: list[bytes] = frames if frames is not None else []
+
+
+class FrameTooLongError(FramingError):
+    """A frame is longer than the limit, or than its header can express.
+
+    ``limit`` is the largest length allowed and ``length`` the length seen: the
+    length announced by a header, the length of a complete line, or, for a line
+    still arriving, the least length it can still have.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: int,
+        length: int,
+        frames: list[bytes] | None = None,
+    ) -> None:
+        super().__init__(message, frames=frames)
+        self.limit = limit
+        self.length = length
+
+
+class IncompleteFrameError(FramingError):
+    """The stream ended inside a frame; ``buffered`` bytes of it had arrived."""
+
+    def __init__(self, message: str, *, buffered: int) -> None:
+        super().__init__(message)
+        self.buffered = buffered
+
+
+class DelimiterInPayloadError(FramingError):
+    """A payload cannot be sent as one line: it contains the delimiter, or it
+    ends with a ``\\r`` that the receiving side would strip."""
+
+
+class ConnectionClosedError(TrioEchoError):
+    """The peer or the network broke the connection (reset, broken pipe, ...).
+
+    The underlying exception is chained as ``__cause__``.
+    """
