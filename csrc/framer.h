@@ -29,17 +29,34 @@
 
 /* Status codes returned by the scan functions. */
 #define TE_OK 0            /* every complete frame was reported */
-#define TE_MORE 1          /* the output arrays filled up: scan again */
+#define TE_MORE 1          /* output space ran out: scan again */
 #define TE_TOO_LONG -1     /* a frame exceeds max_frame: see result.length */
 #define TE_BAD_CONFIG -2   /* an init argument is out of range */
 
+/* How the reported frames are laid out in buf (result.layout). */
+#define TE_LAYOUT_NONE 0   /* no frame reported */
+#define TE_LAYOUT_ONE 1    /* one frame: payload is buf[start:end) */
+#define TE_LAYOUT_FORMAT 2 /* fmt holds a struct format: unpack_from(buf, offset) */
+#define TE_LAYOUT_PACKED 6 /* payloads copied to dest: unpack_from(dest[:packed]) */
+#define TE_LAYOUT_SPLIT 3  /* lines: buf[start:end) split at the delimiter */
+#define TE_LAYOUT_SPLIT_CR 4    /* same, then drop the last byte ('\r') of every line */
+#define TE_LAYOUT_SPLIT_MIXED 5 /* same, then drop a final '\r' where there is one */
+
+/* Room one frame needs in a struct format: "<", two 20-digit numbers, "xs". */
+#define TE_FORMAT_ENTRY_MAX 48
+
 typedef struct {
     int status;          /* one of TE_* */
-    size_t frames;       /* number of complete frames reported by this scan */
-    size_t start;        /* lines: reported lines occupy buf[start:end) */
-    size_t end;          /*        (bytes before start were discarded)   */
+    int layout;          /* one of TE_LAYOUT_* */
+    size_t frames;       /* number of complete frames reported by this scan
+                            (LAYOUT_SPLIT: a lower bound, lines are not
+                            always counted) */
+    size_t offset;       /* LAYOUT_FORMAT: where the format starts in buf */
+    size_t start;        /* LAYOUT_ONE: the payload; LAYOUT_SPLIT*: the region */
+    size_t end;          /*   of lines, each followed by its delimiter */
+    size_t fmt_len;      /* LAYOUT_FORMAT, LAYOUT_PACKED: bytes written to fmt */
+    size_t packed;       /* LAYOUT_PACKED: bytes written to dest */
     size_t consumed;     /* drop this many bytes from the buffer's front */
-    size_t cr_lines;     /* lines: how many reported lines had a '\r' stripped */
     uint64_t length;     /* TE_TOO_LONG: the (minimum) length seen */
 } te_result;
 
@@ -60,35 +77,48 @@ typedef struct {
     int discarding;          /* dropping bytes through the next delimiter */
 } te_line_framer;
 
+/*
+ * Frames are reported as one payload's bounds, as line regions for
+ * bytes.split, or as a struct module format ("<4x16s4x3s...") whose
+ * unpack_from(buf, offset) yields every payload.  The format goes to
+ * fmt[0:fmt_cap); each frame needs up to TE_FORMAT_ENTRY_MAX bytes of it.
+ * Small length-prefixed payloads are also packed side by side into dest, so
+ * that their format is shorter ("<16s16s..."): Python parses it faster.
+ */
+
+/* Payloads up to this size are packed into dest when dest is given. */
+#define TE_PACK_MAX 128
+
 int te_length_init(te_length_framer *f, unsigned header_bytes,
                    int little_endian, uint64_t max_frame);
 
 /*
- * Scan buf[pos:len), where pos is a frame boundary (0 on a fresh buffer).
- * Writes the payload bounds of up to `cap` complete frames to starts[] and
- * ends[] (offsets into buf) and sets result->end and result->consumed to the
- * end of the last one (pos when there is none).  Returns result->status:
- * TE_OK, TE_MORE (cap reached: call again with pos = result->consumed) or
- * TE_TOO_LONG (frames before the bad header are still reported).
+ * Scan buf[pos:len), where pos is a frame boundary (0 on a fresh buffer),
+ * and report the complete frames that fit in fmt and dest (at least one;
+ * dest may be NULL).  Packing is chosen by the first frame's size.  Sets
+ * result->consumed to the end of the last one (pos when there is none).
+ * Returns result->status: TE_OK, TE_MORE (fmt is full: handle these frames,
+ * then call again with pos = result->consumed) or TE_TOO_LONG (frames before
+ * the bad header are still reported).
  */
 int te_length_scan(const te_length_framer *f, const uint8_t *buf, size_t len,
-                   size_t pos, size_t *starts, size_t *ends, size_t cap,
-                   te_result *result);
+                   size_t pos, char *fmt, size_t fmt_cap, uint8_t *dest,
+                   size_t dest_cap, te_result *result);
 
 int te_line_init(te_line_framer *f, const uint8_t *delimiter,
                  size_t delimiter_len, int strip_cr, int discard,
                  uint64_t max_frame);
 
 /*
- * Scan buf[0:len), which starts at the first unconsumed byte.  Reports the
- * complete lines as one region buf[start:end) holding `frames` lines, each
- * followed by the delimiter; bytes before `start` belong to a discarded line.
- * On TE_TOO_LONG the lines before the bad one are reported; in discard mode
- * the framer then drops the bad line through its delimiter on later scans,
- * otherwise the framer must not be used again.
+ * Scan buf[0:len), which starts at the first unconsumed byte, and report
+ * every complete line.  Bytes of buf before the lines belong to a discarded
+ * line.  On TE_TOO_LONG the lines before the bad one are reported; in
+ * discard mode the framer drops the bad line through its delimiter (on this
+ * or later scans), otherwise the framer must not be used again.  Never
+ * returns TE_MORE: when fmt is too small the lines are laid out for split.
  */
 int te_line_scan(te_line_framer *f, const uint8_t *buf, size_t len,
-                 te_result *result);
+                 char *fmt, size_t fmt_cap, te_result *result);
 
 /* cffi:end */
 

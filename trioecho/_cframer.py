@@ -4,119 +4,174 @@ This is the only module that imports the cffi extension (``ffi`` and
 ``lib``).  It implements the scanner contract documented in
 ``trioecho._pyframer`` and turns C results into Python objects: frames as
 ``bytes``, counts as ``int``.  Nothing cffi-typed leaves this module.
+
+The C scan reports where the frames are, and this module builds all ``bytes``
+objects of a scan in one C-level call: ``bytes.split`` for short lines, or
+``struct.Struct(format).unpack_from`` with a format the C scan wrote
+(``"<4x300s4x812s..."``, or ``"<16s16s..."`` over small payloads it packed
+side by side).  Converting offsets to Python ints and slicing frame by frame
+would cost more than finding the frames.  Per-call overhead matters too (one
+frame per read is the common case), so the result struct is read in one
+``unpack_from`` and the scratch buffers are fetched only when needed.
 """
 
 from __future__ import annotations
+
+import threading
+from struct import Struct
 
 from ._framer_ffi import ffi, lib
 
 IMPLEMENTATION = "c"
 
-# Offsets arrays for length-prefixed frames start small (an idle connection
-# stays cheap) and double whenever one scan fills them, up to this bound.
-_INITIAL_CAPACITY = 16
-_MAX_CAPACITY = 8192
-_CR_BYTE = b"\r"
+_TOO_LONG = lib.TE_TOO_LONG
+_MORE = lib.TE_MORE
+_OK = lib.TE_OK
+_NONE = lib.TE_LAYOUT_NONE
+_ONE = lib.TE_LAYOUT_ONE
+_FORMAT = lib.TE_LAYOUT_FORMAT
+_PACKED = lib.TE_LAYOUT_PACKED
+_SPLIT = lib.TE_LAYOUT_SPLIT
+_SPLIT_CR = lib.TE_LAYOUT_SPLIT_CR
+
+# te_result, read in one call: status, layout, frames, offset, start, end,
+# fmt_len, packed, consumed, length.
+_RESULT = Struct("@iiNNNNNNNQ")
+if _RESULT.size != ffi.sizeof("te_result") or ffi.offsetof("te_result", "length") != (
+    _RESULT.size - 8
+):
+    raise ImportError("te_result layout does not match its struct format")
+
+_CR = b"\r"
+# Scratch space for struct formats and packed payloads: one pair per thread
+# (cffi releases the GIL during C calls, so threads must not share them).
+# A length scan that fills them returns TE_MORE and is resumed; a line scan
+# falls back to bytes.split.
+_SCRATCH_CAPACITY = 64 * 1024
+_scratch = threading.local()
+# Reads shorter than this hold a frame or two: no format is worth writing.
+_SMALL_READ = 128
+
+
+def _scratch_buffers() -> tuple[object, object]:
+    try:
+        return _scratch.buffers  # type: ignore[no-any-return]
+    except AttributeError:
+        _scratch.buffers = (
+            ffi.new("char[]", _SCRATCH_CAPACITY),
+            ffi.new("uint8_t[]", _SCRATCH_CAPACITY),
+        )
+        return _scratch.buffers  # type: ignore[no-any-return]
 
 
 def _config_error(what: str) -> ValueError:
     return ValueError(f"the C framer rejected the configuration: {what}")
 
 
+def _slice(buf: bytes | bytearray, start: int, end: int) -> bytes:
+    if type(buf) is bytes:
+        return buf[start:end]
+    with memoryview(buf) as view:
+        return bytes(view[start:end])
+
+
 class LengthScanner:
     """C twin of ``trioecho._pyframer.LengthScanner``."""
 
-    __slots__ = ("_framer", "_result", "_starts", "_ends", "_capacity")
+    __slots__ = ("_framer", "_result", "_result_view")
 
     def __init__(self, header_bytes: int, little_endian: bool, max_frame: int) -> None:
         self._framer = ffi.new("te_length_framer *")
-        if lib.te_length_init(self._framer, header_bytes, little_endian, max_frame) != lib.TE_OK:
+        if lib.te_length_init(self._framer, header_bytes, little_endian, max_frame) != _OK:
             raise _config_error(f"header_bytes={header_bytes}")
         self._result = ffi.new("te_result *")
-        self._capacity = _INITIAL_CAPACITY
-        self._starts = ffi.new("size_t[]", _INITIAL_CAPACITY)
-        self._ends = ffi.new("size_t[]", _INITIAL_CAPACITY)
-
-    def _grow(self) -> None:
-        if self._capacity < _MAX_CAPACITY:
-            self._capacity *= 2
-            self._starts = ffi.new("size_t[]", self._capacity)
-            self._ends = ffi.new("size_t[]", self._capacity)
+        self._result_view = ffi.buffer(self._result)
 
     def scan(self, buf: bytes | bytearray) -> tuple[list[bytes], int, int]:
-        size = len(buf)
-        result = self._result
-        starts: list[int] = []
-        ends: list[int] = []
-        with ffi.from_buffer(buf) as ptr:
+        frames: list[bytes] = []
+        fmt = pack = ffi.NULL
+        capacity = 0
+        ptr = buf if type(buf) is bytes else ffi.from_buffer(buf)
+        pos = 0
+        try:
             while True:
-                status = lib.te_length_scan(
-                    self._framer,
-                    ptr,
-                    size,
-                    result.consumed if starts else 0,
-                    self._starts,
-                    self._ends,
-                    self._capacity,
-                    result,
+                lib.te_length_scan(
+                    self._framer, ptr, len(buf), pos, fmt, capacity, pack, capacity, self._result
                 )
-                count = result.frames
-                if count:
-                    starts += ffi.unpack(self._starts, count)
-                    ends += ffi.unpack(self._ends, count)
-                if status != lib.TE_MORE:
+                status, layout, _, offset, start, end, fmt_len, packed, pos, length = (
+                    _RESULT.unpack_from(self._result_view)
+                )
+                if layout == _ONE:
+                    frames.append(_slice(buf, start, end))
+                elif layout == _PACKED:
+                    frames += Struct(ffi.buffer(fmt, fmt_len)[:]).unpack_from(
+                        ffi.buffer(pack, packed)
+                    )
+                elif layout == _FORMAT:
+                    frames += Struct(ffi.buffer(fmt, fmt_len)[:]).unpack_from(buf, offset)
+                if status != _MORE:
                     break
-                self._grow()
-        consumed: int = result.consumed
-        too_long: int = result.length if status == lib.TE_TOO_LONG else -1
-        if not starts:
-            return [], consumed, too_long
-        blob = buf if type(buf) is bytes else bytes(memoryview(buf)[:consumed])
-        return list(map(blob.__getitem__, map(slice, starts, ends))), consumed, too_long
+                if not capacity:  # more than one frame: describe them in bulk
+                    fmt, pack = _scratch_buffers()
+                    capacity = _SCRATCH_CAPACITY
+        finally:
+            if ptr is not buf:
+                ffi.release(ptr)
+        return frames, pos, (length if status == _TOO_LONG else -1)
 
 
 class LineScanner:
     """C twin of ``trioecho._pyframer.LineScanner``."""
 
-    __slots__ = ("_framer", "_result", "_delimiter", "_cr_delimiter")
+    __slots__ = ("_framer", "_result", "_result_view", "_delimiter", "_cr_delimiter")
 
     def __init__(self, delimiter: bytes, strip_cr: bool, discard: bool, max_frame: int) -> None:
         self._framer = ffi.new("te_line_framer *")
         status = lib.te_line_init(
             self._framer, delimiter, len(delimiter), strip_cr, discard, max_frame
         )
-        if status != lib.TE_OK:
+        if status != _OK:
             raise _config_error(f"delimiter={delimiter!r}")
         self._result = ffi.new("te_result *")
+        self._result_view = ffi.buffer(self._result)
         self._delimiter = delimiter
         # With a one-byte delimiter, "\r" + delimiter occurs only at line ends.
-        self._cr_delimiter = _CR_BYTE + delimiter if len(delimiter) == 1 else None
+        self._cr_delimiter = _CR + delimiter if len(delimiter) == 1 else None
 
     def scan(self, buf: bytes | bytearray) -> tuple[list[bytes], int, int]:
-        result = self._result
-        with ffi.from_buffer(buf) as ptr:
-            status = lib.te_line_scan(self._framer, ptr, len(buf), result)
-        too_long: int = result.length if status == lib.TE_TOO_LONG else -1
-        count = result.frames
-        if not count:
-            return [], result.consumed, too_long
-        start = result.start
-        end = result.end
-        if type(buf) is bytes and start == 0 and end == len(buf):
+        size = len(buf)
+        fmt, capacity = (ffi.NULL, 0) if size < _SMALL_READ else (_scratch_buffers()[0], _SCRATCH_CAPACITY)
+        if type(buf) is bytes:
+            lib.te_line_scan(self._framer, buf, size, fmt, capacity, self._result)
+        else:
+            with ffi.from_buffer(buf) as ptr:
+                lib.te_line_scan(self._framer, ptr, size, fmt, capacity, self._result)
+        status, layout, _, offset, start, end, fmt_len, _, consumed, length = _RESULT.unpack_from(
+            self._result_view
+        )
+        too_long = length if status == _TOO_LONG else -1
+        if layout == _NONE:
+            return [], consumed, too_long
+        if layout == _ONE:
+            return [_slice(buf, start, end)], consumed, too_long
+        if layout == _FORMAT:
+            lines = Struct(ffi.buffer(fmt, fmt_len)[:]).unpack_from(buf, offset)
+            return list(lines), consumed, too_long
+        if type(buf) is bytes and start == 0 and (end == size or status == _OK):
+            # No copy: the bytes after `end` hold no delimiter, so they come
+            # out of the split as one last piece, dropped below.
             region = buf
         else:
-            region = bytes(memoryview(buf)[start:end])
-        # The C scan found the boundaries and checked every length; bytes.split
-        # builds the list in one C loop, finding the same leftmost delimiters.
-        cr_lines = result.cr_lines
-        if not cr_lines:
-            lines = region.split(self._delimiter)
-        elif cr_lines == count and self._cr_delimiter is not None:
-            lines = region.split(self._cr_delimiter)
-        else:
-            lines = [
-                line[:-1] if line.endswith(_CR_BYTE) else line
-                for line in region.split(self._delimiter)
+            region = _slice(buf, start, end)
+        if layout == _SPLIT:
+            pieces = region.split(self._delimiter)
+        elif layout == _SPLIT_CR and self._cr_delimiter is not None:
+            pieces = region.split(self._cr_delimiter)
+        elif layout == _SPLIT_CR:
+            pieces = [line[:-1] for line in region.split(self._delimiter)]
+        else:  # TE_LAYOUT_SPLIT_MIXED
+            pieces = [
+                line[:-1] if line.endswith(_CR) else line for line in region.split(self._delimiter)
             ]
-        lines.pop()  # the region ends with a delimiter: drop the empty tail
-        return lines, result.consumed, too_long
+        pieces.pop()
+        return pieces, consumed, too_long

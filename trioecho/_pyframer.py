@@ -86,6 +86,14 @@ class LineScanner:
         frames: list[bytes] = []
         line_start = 0
         pos = min(self._search_from, size)
+        if dlen == 1 and not self._strip_cr and not self._discarding:
+            # Everything up to the last delimiter within the limit: no line
+            # in it can be over-long, so bytes.split may cut them all.
+            last = buf.rfind(delimiter, pos)
+            if 0 <= last <= self._max_frame:
+                frames = bytes(buf[: last + 1]).split(delimiter)
+                frames.pop()
+                line_start = pos = last + 1
         while True:
             d = buf.find(delimiter, pos)
             if d < 0:

@@ -1,0 +1,218 @@
+"""Differential properties: the C framer and the pure-Python twin agree.
+
+Random configurations, random bytes or random messages, random chunking:
+both implementations must yield the same frames and the same errors at the
+same point, and valid messages must come back exactly as sent.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trioecho import (
+    FrameTooLongError,
+    FramingError,
+    IncompleteFrameError,
+    LengthPrefixedFramer,
+    LineFramer,
+)
+
+Event = tuple[Any, ...]
+
+DELIMITERS = [b"\n", b"\r\n", b"\0", b"aa", b"aba", b"\r\r", b"12345678"]
+
+line_configs = st.fixed_dictionaries(
+    {
+        "delimiter": st.sampled_from(DELIMITERS) | st.binary(min_size=1, max_size=3),
+        "strip_cr": st.booleans(),
+        "max_frame": st.integers(0, 12),
+        "on_too_long": st.sampled_from(["error", "discard"]),
+    }
+)
+length_configs = st.fixed_dictionaries(
+    {
+        "length_bytes": st.sampled_from([1, 2, 4, 8]),
+        "byteorder": st.sampled_from(["big", "little"]),
+        "max_frame": st.integers(0, 300),
+    }
+)
+# Line input drawn mostly from the bytes that matter: delimiters, \r, 'a', 'b'.
+line_bytes = st.lists(
+    st.sampled_from([b"\n", b"\r", b"a", b"b", b"\0", b"1", b"x"]) | st.binary(max_size=3),
+    max_size=60,
+).map(b"".join)
+
+
+def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(data)) for c in cuts})
+    bounds = [0, *points, len(data)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def events(framer: LineFramer | LengthPrefixedFramer, chunks: list[bytes]) -> list[Event]:
+    """Everything the framer reports, in order; stops where the framer breaks."""
+    out: list[Event] = []
+    for chunk in chunks:
+        data = chunk
+        while True:
+            try:
+                out.append(("frames", framer.feed(data)))
+            except FrameTooLongError as exc:
+                out.append(("too long", exc.frames, exc.limit, exc.length, str(exc)))
+                if isinstance(framer, LineFramer) and framer.on_too_long == "discard":
+                    data = b""
+                    continue
+                return out
+            break
+    try:
+        framer.feed_eof()
+        out.append(("eof",))
+    except IncompleteFrameError as exc:
+        out.append(("incomplete", exc.buffered))
+    return out
+
+
+def received(evs: list[Event]) -> list[bytes]:
+    """Every frame reported, whether returned or carried by an error."""
+    return [f for e in evs if e[0] in ("frames", "too long") for f in e[1]]
+
+
+def errors(evs: list[Event]) -> list[int]:
+    """The limit of each error: the length seen depends on when the error was noticed."""
+    return [e[2] for e in evs if e[0] == "too long"]
+
+
+def both(kind: type[LineFramer] | type[LengthPrefixedFramer], config: dict[str, Any]) -> list[Any]:
+    return [kind(implementation=impl, **config) for impl in ("c", "python")]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(config=line_configs, data=line_bytes, cuts=st.lists(st.integers(0, 60), max_size=8))
+def test_line_framers_agree_on_any_bytes(config: dict[str, Any], data: bytes, cuts: list[int]) -> None:
+    c, py = both(LineFramer, config)
+    chunks = chunked(data, cuts)
+    assert events(c, chunks) == events(py, chunks)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(config=line_configs, data=line_bytes)
+def test_line_framers_agree_byte_by_byte(config: dict[str, Any], data: bytes) -> None:
+    c, py = both(LineFramer, config)
+    chunks = [data[i : i + 1] for i in range(len(data))]
+    by_byte = events(c, chunks)
+    assert by_byte == events(py, chunks)
+    # Chunking changes when frames and errors arrive, never what they are.
+    whole = events(LineFramer(implementation="c", **config), [data])
+    assert received(whole) == received(by_byte)
+    assert errors(whole) == errors(by_byte)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    config=length_configs,
+    data=st.binary(max_size=80),
+    cuts=st.lists(st.integers(0, 80), max_size=8),
+)
+def test_length_framers_agree_on_any_bytes(config: dict[str, Any], data: bytes, cuts: list[int]) -> None:
+    c, py = both(LengthPrefixedFramer, config)
+    chunks = chunked(data, cuts)
+    assert events(c, chunks) == events(py, chunks)
+
+
+@settings(max_examples=800, deadline=None)
+@given(
+    config=length_configs,
+    messages=st.lists(st.binary(max_size=40), max_size=30),
+    cuts=st.lists(st.integers(0, 1500), max_size=10),
+)
+def test_length_messages_round_trip(
+    config: dict[str, Any], messages: list[bytes], cuts: list[int]
+) -> None:
+    encoder = LengthPrefixedFramer(**config)
+    try:
+        wire = encoder.encode_many(messages)
+    except FrameTooLongError:
+        assert any(len(m) > config["max_frame"] for m in messages)
+        return
+    chunks = chunked(wire, cuts)
+    c, py = both(LengthPrefixedFramer, config)
+    c_events = events(c, chunks)
+    assert c_events == events(py, chunks)
+    assert received(c_events) == messages
+    assert c_events[-1] == ("eof",)
+
+
+@settings(max_examples=800, deadline=None)
+@given(
+    config=line_configs,
+    messages=st.lists(line_bytes, max_size=20),
+    cuts=st.lists(st.integers(0, 1500), max_size=10),
+)
+def test_line_messages_round_trip_or_are_refused(
+    config: dict[str, Any], messages: list[bytes], cuts: list[int]
+) -> None:
+    encoder = LineFramer(**config)
+    try:
+        wire = encoder.encode_many(messages)
+    except FramingError:
+        # Refused: then at least one message really cannot be sent as a line.
+        assert any(_unsendable(encoder, m) for m in messages)
+        return
+    chunks = chunked(wire, cuts)
+    c, py = both(LineFramer, config)
+    c_events = events(c, chunks)
+    assert c_events == events(py, chunks)
+    assert received(c_events) == messages
+    assert c_events[-1] == ("eof",)
+
+
+def _unsendable(encoder: LineFramer, message: bytes) -> bool:
+    try:
+        encoder.encode(message)
+    except FramingError:
+        return True
+    return False
+
+
+def _run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        check=True,
+    )
+
+
+def test_environment_variable_selects_the_pure_python_twin() -> None:
+    result = _run_python(
+        "import trioecho; print(trioecho.FRAMER_IMPLEMENTATION)", TRIOECHO_PUREPYTHON="1"
+    )
+    assert result.stdout == "python\n"
+    assert result.stderr == ""
+    result = _run_python(
+        "import trioecho; print(trioecho.FRAMER_IMPLEMENTATION)", TRIOECHO_PUREPYTHON="0"
+    )
+    assert result.stdout == "c\n"
+
+
+def test_missing_extension_falls_back_with_one_warning() -> None:
+    code = (
+        "import sys, logging\n"
+        "logging.basicConfig(format='%(levelname)s %(message)s')\n"
+        "sys.modules['trioecho._framer_ffi'] = None\n"
+        "import trioecho\n"
+        "from trioecho import LineFramer\n"
+        "print(trioecho.FRAMER_IMPLEMENTATION, LineFramer().feed(b'a\\n'))\n"
+    )
+    result = _run_python(code, TRIOECHO_PUREPYTHON="")
+    assert result.stdout == "python [b'a']\n"
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1
+    assert "C framer not available" in warnings[0]
