@@ -105,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})  # one core, less jitter
     rows = run(5 if args.quick else 25)
-    print(f"Python {sys.version.split()[0]}, {READ_SIZE // 1024} KiB per feed; "
-          "ratio = baseline ns / ns (higher is faster)\n")
+    print(
+        f"Python {sys.version.split()[0]}, {READ_SIZE // 1024} KiB per feed; "
+        "ratio = baseline ns / ns (higher is faster)\n"
+    )
     print("| framing | frame bytes | splitter | ns/frame | ratio vs baseline |")
     print("|---|---:|---|---:|---:|")
     for framing, size, name, ns, ratio in rows:

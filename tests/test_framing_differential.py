@@ -7,6 +7,7 @@ same point, and valid messages must come back exactly as sent.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -52,7 +53,7 @@ line_bytes = st.lists(
 def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({min(c, len(data)) for c in cuts})
     bounds = [0, *points, len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def events(framer: LineFramer | LengthPrefixedFramer, chunks: list[bytes]) -> list[Event]:
@@ -94,7 +95,9 @@ def both(kind: type[LineFramer] | type[LengthPrefixedFramer], config: dict[str, 
 
 @settings(max_examples=1500, deadline=None)
 @given(config=line_configs, data=line_bytes, cuts=st.lists(st.integers(0, 60), max_size=8))
-def test_line_framers_agree_on_any_bytes(config: dict[str, Any], data: bytes, cuts: list[int]) -> None:
+def test_line_framers_agree_on_any_bytes(
+    config: dict[str, Any], data: bytes, cuts: list[int]
+) -> None:
     c, py = both(LineFramer, config)
     chunks = chunked(data, cuts)
     assert events(c, chunks) == events(py, chunks)
@@ -119,7 +122,9 @@ def test_line_framers_agree_byte_by_byte(config: dict[str, Any], data: bytes) ->
     data=st.binary(max_size=80),
     cuts=st.lists(st.integers(0, 80), max_size=8),
 )
-def test_length_framers_agree_on_any_bytes(config: dict[str, Any], data: bytes, cuts: list[int]) -> None:
+def test_length_framers_agree_on_any_bytes(
+    config: dict[str, Any], data: bytes, cuts: list[int]
+) -> None:
     c, py = both(LengthPrefixedFramer, config)
     chunks = chunked(data, cuts)
     assert events(c, chunks) == events(py, chunks)

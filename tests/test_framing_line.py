@@ -227,7 +227,9 @@ def test_encode() -> None:
         ({"strip_cr": True}, b"a\r"),
     ],
 )
-def test_encode_refuses_what_would_not_decode_as_sent(options: dict[str, object], payload: bytes) -> None:
+def test_encode_refuses_what_would_not_decode_as_sent(
+    options: dict[str, object], payload: bytes
+) -> None:
     framer = LineFramer(**options)  # type: ignore[arg-type]
     with pytest.raises(DelimiterInPayloadError):
         framer.encode(payload)

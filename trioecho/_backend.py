@@ -55,4 +55,6 @@ def get(implementation: str | None) -> ModuleType:
         from . import _cframer
 
         return _cframer
-    raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or None, not {implementation!r}")
+    raise ValueError(
+        f"implementation must be one of {IMPLEMENTATIONS} or None, not {implementation!r}"
+    )

@@ -123,7 +123,7 @@ class LengthScanner:
 class LineScanner:
     """C twin of ``trioecho._pyframer.LineScanner``."""
 
-    __slots__ = ("_framer", "_result", "_result_view", "_delimiter", "_cr_delimiter")
+    __slots__ = ("_cr_delimiter", "_delimiter", "_framer", "_result", "_result_view")
 
     def __init__(self, delimiter: bytes, strip_cr: bool, discard: bool, max_frame: int) -> None:
         self._framer = ffi.new("te_line_framer *")
@@ -140,7 +140,9 @@ class LineScanner:
 
     def scan(self, buf: bytes | bytearray) -> tuple[list[bytes], int, int]:
         size = len(buf)
-        fmt, capacity = (ffi.NULL, 0) if size < _SMALL_READ else (_scratch_buffers()[0], _SCRATCH_CAPACITY)
+        fmt, capacity = (
+            (ffi.NULL, 0) if size < _SMALL_READ else (_scratch_buffers()[0], _SCRATCH_CAPACITY)
+        )
         if type(buf) is bytes:
             lib.te_line_scan(self._framer, buf, size, fmt, capacity, self._result)
         else:

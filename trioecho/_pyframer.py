@@ -59,11 +59,11 @@ class LineScanner:
 
     __slots__ = (
         "_delimiter",
-        "_strip_cr",
         "_discard",
+        "_discarding",
         "_max_frame",
         "_search_from",
-        "_discarding",
+        "_strip_cr",
     )
 
     def __init__(self, delimiter: bytes, strip_cr: bool, discard: bool, max_frame: int) -> None:

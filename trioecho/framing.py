@@ -87,6 +87,12 @@ class Framer(Protocol):
     def encode_many(self, payloads: Iterable[Buffer]) -> bytes: ...
 
 
+class _Scanner(Protocol):
+    """The scanner contract; see ``trioecho._pyframer``."""
+
+    def scan(self, buf: bytes | bytearray) -> tuple[list[bytes], int, int]: ...
+
+
 def _check_limit(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
@@ -98,11 +104,11 @@ def _check_limit(name: str, value: int) -> int:
 class _StreamFramer:
     """Buffering, error state and the feed loop shared by the scanning framers."""
 
-    __slots__ = ("_scanner", "_buffer", "_broken", "_recoverable", "_max_frame")
+    __slots__ = ("_broken", "_buffer", "_max_frame", "_recoverable", "_scanner")
 
     _what = "frame"
 
-    def __init__(self, scanner: object, max_frame: int, recoverable: bool) -> None:
+    def __init__(self, scanner: _Scanner, max_frame: int, recoverable: bool) -> None:
         self._scanner = scanner
         self._buffer = bytearray()
         self._broken: FrameTooLongError | None = None
@@ -126,12 +132,12 @@ class _StreamFramer:
         buffer = self._buffer
         if buffer:
             buffer += data
-            frames, consumed, too_long = self._scanner.scan(buffer)  # type: ignore[attr-defined]
+            frames, consumed, too_long = self._scanner.scan(buffer)
             del buffer[:consumed]
         else:
             if type(data) is not bytes:
                 data = bytes(data)
-            frames, consumed, too_long = self._scanner.scan(data)  # type: ignore[attr-defined]
+            frames, consumed, too_long = self._scanner.scan(data)
             if consumed < len(data):
                 buffer += memoryview(data)[consumed:]
         if too_long >= 0:
@@ -167,7 +173,7 @@ class _StreamFramer:
 class LengthPrefixedFramer(_StreamFramer):
     """Frames are an unsigned length header followed by that many payload bytes."""
 
-    __slots__ = ("length_bytes", "byteorder", "_pack", "_encode_limit")
+    __slots__ = ("_encode_limit", "_pack", "byteorder", "length_bytes")
 
     def __init__(
         self,
@@ -233,7 +239,7 @@ class LengthPrefixedFramer(_StreamFramer):
 class LineFramer(_StreamFramer):
     """Frames are lines ended by a delimiter."""
 
-    __slots__ = ("delimiter", "strip_cr", "on_too_long", "_single_byte")
+    __slots__ = ("_single_byte", "delimiter", "on_too_long", "strip_cr")
 
     _what = "line"
 
