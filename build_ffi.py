@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 from cffi import FFI
@@ -53,22 +54,39 @@ def _compile_args() -> tuple[list[str], list[str]]:
     return compile_args, link_args
 
 
-if __name__ == "__main__":
-    os.chdir(HERE)
+def make_builder(root: Path) -> FFI:
+    """The cffi builder, with source paths relative to ``root`` (setuptools
+    runs from the project root and rejects absolute source paths)."""
+    builder = FFI()
+    builder.cdef(_cdef_from_header(HEADER.read_text()))
+    compile_args, link_args = _compile_args()
+    builder.set_source(
+        "trioecho._framer_ffi",
+        '#include "framer.h"',
+        sources=[os.path.relpath(CSRC / name, root) for name in SOURCES],
+        include_dirs=[os.path.relpath(CSRC, root)],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+    )
+    return builder
 
-ffibuilder = FFI()
-ffibuilder.cdef(_cdef_from_header(HEADER.read_text()))
-_compile, _link = _compile_args()
-ffibuilder.set_source(
-    "trioecho._framer_ffi",
-    '#include "framer.h"',
-    # Paths relative to the project root: setuptools builds from there and
-    # rejects absolute source paths.
-    sources=[os.path.relpath(CSRC / name, os.getcwd()) for name in SOURCES],
-    include_dirs=[os.path.relpath(CSRC, os.getcwd())],
-    extra_compile_args=_compile,
-    extra_link_args=_link,
-)
+
+ffibuilder = make_builder(Path.cwd())
+
+
+def build_in_place() -> Path:
+    """Compile into build/cffi and copy the extension next to the package sources.
+
+    Building outside the project root keeps cffi's setuptools run from reading
+    pyproject.toml, so an older setuptools in the environment does not matter.
+    """
+    tmpdir = HERE / "build" / "cffi"
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    built = Path(make_builder(tmpdir).compile(tmpdir=str(tmpdir), verbose=True))
+    target = HERE / "trioecho" / built.name
+    shutil.copyfile(built, target)
+    return target
+
 
 if __name__ == "__main__":
-    ffibuilder.compile(tmpdir=".", verbose=True)
+    print(f"built {build_in_place()}")
