@@ -64,3 +64,15 @@ class ConnectionClosedError(TrioEchoError):
 
     The underlying exception is chained as ``__cause__``.
     """
+
+
+class IdleTimeoutError(TrioEchoError, TimeoutError):
+    """No complete message arrived within the idle timeout."""
+
+
+class SlowReaderError(ConnectionClosedError, TimeoutError):
+    """The peer did not read its replies: a send stayed blocked past the send timeout.
+
+    The stream is closed when this is raised: a send cut short leaves it
+    unusable.
+    """

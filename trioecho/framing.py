@@ -40,6 +40,7 @@ Framers are not thread-safe: one framer, one task.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Iterable
 from typing import Literal, Protocol
@@ -52,6 +53,7 @@ __all__ = [
     "DEFAULT_MAX_LINE",
     "FRAMINGS",
     "Framer",
+    "FramingConfig",
     "LengthPrefixedFramer",
     "LineFramer",
     "RawFramer",
@@ -376,3 +378,27 @@ def make_framer(
     if framing == "raw":
         return RawFramer()
     raise ValueError(f"framing must be one of {FRAMINGS}, not {framing!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FramingConfig:
+    """How each connection frames its messages: the arguments of :func:`make_framer`.
+
+    ``new_framer()`` returns a fresh framer (one per connection).  The
+    configuration is checked when it is created.
+    """
+
+    framing: str = "line"
+    length_bytes: int = 4
+    byteorder: Literal["big", "little"] = "big"
+    max_frame: int | None = None
+    delimiter: bytes = b"\n"
+    strip_cr: bool = False
+    on_too_long: Literal["error", "discard"] = "error"
+    implementation: str | None = None
+
+    def __post_init__(self) -> None:
+        self.new_framer()
+
+    def new_framer(self) -> Framer:
+        return make_framer(**dataclasses.asdict(self))

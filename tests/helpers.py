@@ -1,0 +1,45 @@
+"""Test helpers: in-memory transports and an echo-service client."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from trioecho import FramingConfig
+from trioecho.stream import MessageStream
+
+
+class OneBytePerRead(trio.abc.Stream):
+    """Wraps a stream so that every receive returns at most one byte."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(1)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def stream_pairs() -> dict[str, object]:
+    """Factories of connected (client, server) transport pairs, by name."""
+    return {
+        "memory": trio.testing.memory_stream_pair,
+        "lockstep": trio.testing.lockstep_stream_pair,
+        "one-byte": lambda: tuple(OneBytePerRead(s) for s in trio.testing.memory_stream_pair()),
+    }
+
+
+def message_pair(
+    make_pair: object, framing: str = "line", **options: object
+) -> tuple[MessageStream, MessageStream]:
+    config = FramingConfig(framing, **options)  # type: ignore[arg-type]
+    client, server = make_pair()  # type: ignore[operator]
+    return MessageStream(client, config.new_framer()), MessageStream(server, config.new_framer())

@@ -1,0 +1,158 @@
+"""The command line, run as a user would: a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from trioecho import FRAMER_IMPLEMENTATION, __version__
+from trioecho.echo import GREETING, REPLY_SUFFIX
+
+TRIOECHO = [sys.executable, "-m", "trioecho"]
+
+
+@contextmanager
+def serving(*options: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """Start ``python -m trioecho`` on a free port; yield (process, port)."""
+    process = subprocess.Popen(
+        [*TRIOECHO, "--port", "0", *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()
+        match = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", line)
+        assert match, f"unexpected first line {line!r}; stderr: {process.stderr.read()!r}"  # type: ignore[union-attr]
+        yield process, int(match.group(1))
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_serve_talk_and_stop_with_a_signal(signum: signal.Signals) -> None:
+    with serving() as (process, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            assert recv_exactly(sock, len(GREETING) + 1) == GREETING + b"\n"
+            sock.sendall(b"hello\n\xff\n")
+            expected = b"hello" + REPLY_SUFFIX + b"\n\xff" + REPLY_SUFFIX + b"\n"
+            assert recv_exactly(sock, len(expected)) == expected
+            process.send_signal(signum)
+            assert process.wait(timeout=10) == 0
+            assert sock.recv(100) == b""  # closed by the shutdown
+        stderr = process.stderr.read().decode()  # type: ignore[union-attr]
+    assert f"{signal.Signals(signum).name}: shutting down" in stderr
+
+
+def test_len_framing_with_options() -> None:
+    with serving("--framing", "len", "--length-bytes", "2", "--byteorder", "little") as (
+        process,
+        port,
+    ):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            assert recv_exactly(sock, 2 + len(GREETING)) == bytes([len(GREETING), 0]) + GREETING
+            sock.sendall(b"\x02\x00hi\x01\x00q")
+            reply = b"hi" + REPLY_SUFFIX
+            assert recv_exactly(sock, 2 + len(reply) + 1) == bytes([len(reply), 0]) + reply
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0
+
+
+def test_client_in_a_pipe() -> None:
+    with serving() as (process, port):
+        result = subprocess.run(
+            [*TRIOECHO, "client", "--port", str(port)],
+            input="a\n你好\nq\nnot sent\n".encode(),
+            capture_output=True,
+            timeout=30,
+        )
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode() == "你好欢迎你\na好\n你好好\n"
+
+
+def test_client_reports_a_refused_connection() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: refused
+        result = subprocess.run(
+            [*TRIOECHO, "client", "--port", str(port)], capture_output=True, timeout=30, input=b""
+        )
+    assert result.returncode == 1
+    assert f"cannot connect to 127.0.0.1:{port}" in result.stderr.decode()
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = subprocess.run([*TRIOECHO, "--port", str(port)], capture_output=True, timeout=30)
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr.decode()
+
+
+def test_version_names_the_framer() -> None:
+    result = subprocess.run([*TRIOECHO, "--version"], capture_output=True, timeout=30, check=True)
+    assert result.stdout.decode() == f"trioecho {__version__} (framer: {FRAMER_IMPLEMENTATION})\n"
+
+
+def test_version_with_the_pure_python_framer() -> None:
+    result = subprocess.run(
+        [*TRIOECHO, "--version"],
+        capture_output=True,
+        timeout=30,
+        check=True,
+        env={**os.environ, "TRIOECHO_PUREPYTHON": "1"},
+    )
+    assert result.stdout.decode() == f"trioecho {__version__} (framer: python)\n"
+
+
+def test_demo_shows_sticky_packets() -> None:
+    result = subprocess.run([*TRIOECHO, "demo"], capture_output=True, timeout=60, check=True)
+    lines = result.stdout.decode().splitlines()
+    assert re.fullmatch(
+        r"raw\s+'helloworld好'\s+<- merged into one message: sticky packets", lines[-3]
+    )
+    assert re.fullmatch(r"line\s+'hello好', 'world好'\s+<- kept apart by the framing", lines[-2])
+    assert re.fullmatch(r"len\s+'hello好', 'world好'\s+<- kept apart by the framing", lines[-1])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--framing", "json"], "invalid choice"),
+        (["--port", "70000"], "must be 0..65535"),
+        (["--max-frame", "0"], "must be at least 1"),
+        (["--max-frame", "10"], "greeting"),
+        (["--max-connections", "-1"], "must be at least 1"),
+    ],
+)
+def test_bad_options_exit_2(options: list[str], message: str) -> None:
+    result = subprocess.run([*TRIOECHO, *options], capture_output=True, timeout=30)
+    assert result.returncode == 2
+    assert message in result.stderr.decode()

@@ -1,0 +1,251 @@
+"""MessageStream over Trio's in-memory stream pairs (and a one-byte-per-read pump)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+from helpers import message_pair, stream_pairs
+
+from trioecho import (
+    ConnectionClosedError,
+    FrameTooLongError,
+    IncompleteFrameError,
+    LengthPrefixedFramer,
+    LineFramer,
+)
+from trioecho._errors import IdleTimeoutError, SlowReaderError
+from trioecho.stream import MessageStream
+
+PAIRS = stream_pairs()
+
+
+@pytest.fixture(params=sorted(PAIRS))
+def make_pair(request: pytest.FixtureRequest) -> object:
+    return PAIRS[request.param]
+
+
+@pytest.mark.parametrize("framing", ["line", "len"])
+async def test_messages_round_trip_in_order(make_pair: object, framing: str) -> None:
+    client, server = message_pair(make_pair, framing)
+    messages = [b"", b"one", b"\xff\x00 not utf-8", b"x" * 3000]
+
+    async def send() -> None:
+        await client.send_messages(messages)
+        await client.send_message(b"last")
+        await client.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        received = [message async for message in server]
+    assert received == [*messages, b"last"]
+
+
+async def test_receive_message_raises_end_of_channel_at_clean_eof(make_pair: object) -> None:
+    client, server = message_pair(make_pair)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.aclose)
+        with pytest.raises(trio.EndOfChannel):
+            await server.receive_message()
+    with pytest.raises(trio.EndOfChannel):
+        await server.receive_message()
+
+
+async def test_eof_inside_a_frame_raises_incomplete_frame(make_pair: object) -> None:
+    client, server = message_pair(make_pair, "len")
+
+    async def send_partial() -> None:
+        await client.transport_stream.send_all(b"\x00\x00\x00\x05ab")
+        await client.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send_partial)
+        with pytest.raises(IncompleteFrameError) as info:
+            await server.receive_message()
+    assert info.value.buffered == 6
+
+
+async def test_messages_before_a_framing_error_are_delivered_first(make_pair: object) -> None:
+    client, server = message_pair(make_pair, "line", max_frame=4)
+
+    async def send() -> None:
+        await client.transport_stream.send_all(b"ok\nfine\nway too long\n")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        assert await server.receive_message() == b"ok"
+        assert await server.receive_message() == b"fine"
+        with pytest.raises(FrameTooLongError) as info:
+            await server.receive_message()
+    assert info.value.frames == []  # already delivered
+    with pytest.raises(FrameTooLongError):  # the framer stays broken
+        await server.receive_message()
+
+
+async def test_discard_mode_reports_once_then_goes_on(make_pair: object) -> None:
+    client, server = message_pair(make_pair, "line", max_frame=4, on_too_long="discard")
+
+    async def send() -> None:
+        await client.transport_stream.send_all(b"ok\nway too long\nnext\n")
+        await client.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        assert await server.receive_message() == b"ok"
+        with pytest.raises(FrameTooLongError):
+            await server.receive_message()
+        assert [m async for m in server] == [b"next"]
+
+
+async def test_receive_messages_returns_a_batch() -> None:
+    client, server = message_pair(trio.testing.memory_stream_pair, "line")
+    await client.send_messages([b"a", b"b", b"c"])
+    assert await server.receive_messages() == [b"a", b"b", b"c"]
+    await client.send_message(b"d")
+    assert await server.receive_messages() == [b"d"]
+
+
+async def test_broken_transport_raises_connection_closed() -> None:
+    _client_transport, server_transport = trio.testing.memory_stream_pair()
+
+    async def broken_receive(max_bytes: int | None = None) -> bytes:
+        raise trio.BrokenResourceError("peer reset")
+
+    server_transport.receive_some = broken_receive  # type: ignore[method-assign]
+    server = MessageStream(server_transport)
+    with pytest.raises(ConnectionClosedError) as info:
+        await server.receive_message()
+    assert isinstance(info.value.__cause__, trio.BrokenResourceError)
+
+
+async def test_send_to_a_closed_peer_raises_connection_closed() -> None:
+    client_transport, server_transport = trio.testing.lockstep_stream_pair()
+    server = MessageStream(server_transport)
+    await client_transport.aclose()
+    with pytest.raises(ConnectionClosedError):
+        await server.send_message(b"hello")
+
+
+async def test_aclose_is_idempotent_and_closes_the_stream(make_pair: object) -> None:
+    _client, server = message_pair(make_pair)
+    await server.aclose()
+    await server.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await server.receive_message()
+    with pytest.raises(trio.ClosedResourceError):
+        await server.send_message(b"x")
+
+
+async def test_two_receivers_at_once_is_busy() -> None:
+    _client, server = message_pair(trio.testing.memory_stream_pair)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.receive_message)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.BusyResourceError):
+            await server.receive_message()
+        nursery.cancel_scope.cancel()
+
+
+async def test_two_senders_at_once_behave_as_the_transport() -> None:
+    client, server = message_pair(trio.testing.lockstep_stream_pair)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.send_message, b"first")
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.BusyResourceError):
+            await client.send_message(b"second")
+        assert await server.receive_message() == b"first"
+
+
+async def test_payload_that_cannot_be_framed_sends_nothing() -> None:
+    client, server = message_pair(trio.testing.memory_stream_pair, "line")
+    with pytest.raises(FrameTooLongError):
+        await client.send_messages([b"ok", b"x" * (64 * 1024 + 1)])
+    await client.send_message(b"after")
+    assert await server.receive_message() == b"after"
+
+
+async def test_idle_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    client_transport, server_transport = trio.testing.memory_stream_pair()
+    server = MessageStream(server_transport, idle_timeout=10)
+    await client_transport.send_all(b"partial line, never finished")
+    start = trio.current_time()
+    with pytest.raises(IdleTimeoutError, match="idle_timeout=10s"):
+        await server.receive_message()
+    assert trio.current_time() - start == pytest.approx(10)
+
+
+async def test_idle_timeout_counts_from_each_receive(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client, server = message_pair(trio.testing.memory_stream_pair)
+    server.idle_timeout = 10
+
+    async def trickle() -> None:
+        for word in (b"a", b"b", b"c"):
+            await trio.sleep(9)
+            await client.send_message(word)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trickle)
+        assert [await server.receive_message() for _ in range(3)] == [b"a", b"b", b"c"]
+
+
+async def test_slow_reader_is_closed_after_send_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    _client_transport, server_transport = trio.testing.lockstep_stream_pair()
+    server = MessageStream(server_transport, send_timeout=5)
+    start = trio.current_time()
+    with pytest.raises(SlowReaderError, match="send_timeout=5s"):
+        await server.send_message(b"nobody reads this")
+    assert trio.current_time() - start == pytest.approx(5)
+    with pytest.raises(trio.ClosedResourceError):
+        await server.send_message(b"again")
+
+
+async def test_stop_receiving_delivers_what_was_received_then_ends() -> None:
+    client, server = message_pair(trio.testing.memory_stream_pair)
+    await client.send_messages([b"a", b"b"])
+    assert await server.receive_message() == b"a"
+    server.stop_receiving()
+    assert await server.receive_message() == b"b"
+    with pytest.raises(trio.EndOfChannel):
+        await server.receive_message()
+    await server.send_message(b"replies still go out")
+    assert await client.receive_message() == b"replies still go out"
+
+
+async def test_stop_receiving_wakes_a_waiting_receiver() -> None:
+    _client, server = message_pair(trio.testing.memory_stream_pair)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+
+            async def receive() -> None:
+                with pytest.raises(trio.EndOfChannel):
+                    await server.receive_message()
+
+            nursery.start_soon(receive)
+            await trio.testing.wait_all_tasks_blocked()
+            server.stop_receiving()
+
+
+async def test_receive_size_bounds_each_read() -> None:
+    client_transport, server_transport = trio.testing.memory_stream_pair()
+    reads: list[int] = []
+    original = server_transport.receive_some
+
+    async def spy(max_bytes: int | None = None) -> bytes | bytearray:
+        reads.append(max_bytes or 0)
+        return await original(max_bytes)
+
+    server_transport.receive_some = spy  # type: ignore[method-assign]
+    server = MessageStream(server_transport, LengthPrefixedFramer(), receive_size=7)
+    await client_transport.send_all(LengthPrefixedFramer().encode(b"0123456789"))
+    assert await server.receive_message() == b"0123456789"
+    assert reads == [7, 7]
+
+
+def test_bad_receive_size() -> None:
+    client_transport, _ = trio.testing.memory_stream_pair()
+    with pytest.raises(ValueError, match="receive_size"):
+        MessageStream(client_transport, LineFramer(), receive_size=0)

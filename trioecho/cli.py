@@ -1,0 +1,218 @@
+"""Command line: ``trioecho [serve] [options]``, ``trioecho client``, ``trioecho demo``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from . import __version__
+from ._backend import IMPLEMENTATION
+from .client import run_client
+from .demo import run_demo
+from .echo import GREETING, EchoHandler
+from .framing import DEFAULT_MAX_FRAME, DEFAULT_MAX_LINE, FRAMINGS, FramingConfig
+from .server import (
+    DEFAULT_GRACE,
+    DEFAULT_HOST,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_PORT,
+    DEFAULT_SEND_TIMEOUT,
+    MessageServer,
+    format_address,
+)
+
+__all__ = ["main"]
+
+COMMANDS = ("serve", "client", "demo")
+logger = logging.getLogger("trioecho")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535, not {value}")
+    return value
+
+
+def _seconds_or_off(text: str) -> float | None:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return None if value == 0 else value
+
+
+def _add_connection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address (default %(default)s)")
+    parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help="default %(default)s")
+    parser.add_argument(
+        "--framing",
+        choices=FRAMINGS,
+        default="line",
+        help="line: newline-delimited; len: length-prefixed; raw: the seed's unframed "
+        "format (default %(default)s)",
+    )
+    parser.add_argument(
+        "--length-bytes", type=int, choices=(1, 2, 4, 8), default=4, help="len header size"
+    )
+    parser.add_argument("--byteorder", choices=("big", "little"), default="big")
+    parser.add_argument(
+        "--max-frame",
+        type=_positive_int,
+        default=None,
+        help=f"largest message in bytes (default {DEFAULT_MAX_LINE} for line, "
+        f"{DEFAULT_MAX_FRAME} for len)",
+    )
+    parser.add_argument(
+        "--strip-cr", action="store_true", help="line: also strip a \\r before each \\n"
+    )
+
+
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+    group.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trioecho",
+        description="The seed tutorial's echo service on Trio, with real message framing. "
+        "With no command, runs 'serve'.",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"trioecho {__version__} (framer: {IMPLEMENTATION})",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="{serve,client,demo}")
+    serve = commands.add_parser("serve", help="run the echo service (the default)")
+    _add_connection_options(serve)
+    serve.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help="at the limit, stop accepting until one closes (default %(default)s)",
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=_seconds_or_off,
+        default=DEFAULT_IDLE_TIMEOUT,
+        help="close a connection with no complete message for this long, in seconds; "
+        "0: never (default %(default)s)",
+    )
+    serve.add_argument(
+        "--send-timeout",
+        type=_seconds_or_off,
+        default=DEFAULT_SEND_TIMEOUT,
+        help="close a peer that leaves its replies unread this long, in seconds; "
+        "0: never (default %(default)s)",
+    )
+    serve.add_argument(
+        "--grace",
+        type=float,
+        default=DEFAULT_GRACE,
+        help="on SIGINT/SIGTERM, seconds connections get to finish (default %(default)s)",
+    )
+    _add_verbosity(serve)
+    client = commands.add_parser("client", help="send stdin lines, print the replies")
+    _add_connection_options(client)
+    commands.add_parser("demo", help="show sticky packets: raw vs line vs len framing")
+    return parser
+
+
+def _framing(args: argparse.Namespace) -> FramingConfig:
+    return FramingConfig(
+        args.framing,
+        length_bytes=args.length_bytes,
+        byteorder=args.byteorder,
+        max_frame=args.max_frame,
+        strip_cr=args.strip_cr,
+    )
+
+
+async def _serve(args: argparse.Namespace, framing: FramingConfig) -> int:
+    server = MessageServer(
+        EchoHandler,
+        host=args.host,
+        port=args.port,
+        framing=framing,
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+        send_timeout=args.send_timeout,
+        grace=args.grace,
+    )
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            try:
+                listeners = await nursery.start(server.serve)
+            except OSError as exc:
+                where = format_address((args.host, args.port))
+                print(f"trioecho: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
+                return 1
+            for listener in listeners:
+                print(f"listening on {format_address(listener.socket.getsockname())}", flush=True)
+
+            async def stop_on_signals() -> None:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if not server.shutting_down:
+                        logger.info("%s: shutting down (grace %ss)", name, server.grace)
+                        server.shutdown()
+                    else:
+                        logger.warning("%s again: closing every connection now", name)
+                        server.shutdown(grace=0)
+
+            nursery.start_soon(stop_on_signals)
+            await server.wait_stopped()
+            nursery.cancel_scope.cancel()
+    return 0
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = logging.INFO if args.command == "serve" else logging.WARNING
+    if getattr(args, "verbose", False):
+        level = logging.DEBUG
+    elif getattr(args, "quiet", False):
+        level = logging.WARNING
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if not arguments or (
+        arguments[0] not in COMMANDS and arguments[0] not in ("-h", "--help", "--version")
+    ):
+        arguments.insert(0, "serve")
+    parser = build_parser()
+    args = parser.parse_args(arguments)
+    _configure_logging(args)
+    if args.command == "demo":
+        return trio.run(run_demo)
+    try:
+        framing = _framing(args)
+    except ValueError as exc:  # a framing option out of range
+        parser.error(str(exc))
+    if args.command == "client":
+        try:
+            return trio.run(run_client, args.host, args.port, framing)
+        except KeyboardInterrupt:
+            return 130
+    if args.max_frame is not None and args.max_frame < len(GREETING):
+        parser.error(f"--max-frame must be at least {len(GREETING)}: the greeting must fit")
+    return trio.run(_serve, args, framing)

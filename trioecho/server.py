@@ -1,0 +1,318 @@
+"""A TCP message server on Trio with the handler model of ``socketserver``.
+
+Each connection gets one task in a nursery (``trio.serve_listeners``) and a
+:class:`MessageStream`.  The handler is either a :class:`BaseRequestHandler`
+subclass, as in the seed tutorial::
+
+    class Echo(BaseRequestHandler):
+        async def handle(self):
+            async for message in self.request:
+                await self.request.send_message(message)
+
+or a plain ``async def handler(stream)`` that takes the message stream.
+
+A handler that raises is logged with the peer address and only its
+connection closes.  Limits: ``max_connections`` (at the limit the server stops
+accepting until a slot frees), ``idle_timeout`` (no complete message for that
+many seconds closes the connection), ``send_timeout`` (a peer that does not
+read its replies is closed after a send stays blocked that long) and the
+framer's ``max_frame``.
+
+Graceful shutdown (:meth:`MessageServer.shutdown`): stop accepting, let every
+connection finish the messages it has already received, wait up to ``grace``
+seconds for the handlers to return, then cancel the rest and close every
+connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, cast
+
+import trio
+
+from ._errors import (
+    ConnectionClosedError,
+    FramingError,
+    IdleTimeoutError,
+    SlowReaderError,
+)
+from .framing import FramingConfig
+from .stream import DEFAULT_RECEIVE_SIZE, MessageStream
+
+__all__ = [
+    "DEFAULT_GRACE",
+    "DEFAULT_HOST",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_PORT",
+    "DEFAULT_SEND_TIMEOUT",
+    "BaseRequestHandler",
+    "MessageServer",
+    "format_address",
+]
+
+logger = logging.getLogger("trioecho.server")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9999
+DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_IDLE_TIMEOUT = 300.0  # seconds without a complete message
+DEFAULT_SEND_TIMEOUT = 30.0  # seconds a send may stay blocked on a peer not reading
+DEFAULT_GRACE = 5.0  # seconds handlers get to finish on shutdown
+RAW_RECEIVE_SIZE = 1024  # the seed's recv(1024): one raw message per read
+
+
+class BaseRequestHandler:
+    """``socketserver.BaseRequestHandler``, made async.
+
+    One instance serves one connection.  The server calls :meth:`setup`, then
+    :meth:`handle`, then :meth:`finish` (even if ``handle`` raised), as
+    socketserver does.  Attributes:
+
+    ``request``
+        the connection's :class:`MessageStream`;
+    ``client_address``
+        the peer's address, ``(host, port)`` for IPv4;
+    ``server``
+        the :class:`MessageServer`.
+    """
+
+    def __init__(self, request: MessageStream, client_address: Any, server: MessageServer) -> None:
+        self.request = request
+        self.client_address = client_address
+        self.server = server
+
+    async def setup(self) -> None:
+        """Called before :meth:`handle`; does nothing by default."""
+
+    async def handle(self) -> None:
+        """Serve the connection; does nothing by default."""
+
+    async def finish(self) -> None:
+        """Called after :meth:`handle`, even if it raised; does nothing by default."""
+
+
+Handler = type[BaseRequestHandler] | Callable[[MessageStream], Awaitable[None]]
+
+
+def format_address(address: Any) -> str:
+    """``host:port`` (``[host]:port`` for IPv6) for a socket address."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)
+
+
+class _LimitedListener(trio.abc.Listener[trio.SocketStream]):
+    """Accepts only while a connection slot is free: at the limit, the server
+    stops accepting (clients wait in the kernel's backlog) until one frees."""
+
+    def __init__(self, listener: trio.SocketListener, slots: trio.Semaphore) -> None:
+        self.listener = listener
+        self.socket = listener.socket
+        self._slots = slots
+
+    async def accept(self) -> trio.SocketStream:
+        await self._slots.acquire()
+        try:
+            return await self.listener.accept()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def aclose(self) -> None:
+        await self.listener.aclose()
+
+
+class MessageServer:
+    """Serves framed messages over TCP, one Trio task per connection.
+
+    ``await nursery.start(server.serve)`` binds, starts serving and returns
+    the bound ``trio.SocketListener`` list (use port 0 for a free port).
+    ``serve`` returns after :meth:`shutdown` has drained the connections.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        host: str | None = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        framing: FramingConfig | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
+        grace: float = DEFAULT_GRACE,
+        backlog: int | None = None,
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+        for name, value in (("idle_timeout", idle_timeout), ("send_timeout", send_timeout)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive or None, not {value}")
+        if grace < 0:
+            raise ValueError(f"grace must be at least 0, not {grace}")
+        self.handler = handler
+        self.host = host
+        self.port = port
+        self.framing = framing if framing is not None else FramingConfig()
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.send_timeout = send_timeout
+        self.grace = grace
+        self.backlog = backlog
+        self.listeners: list[trio.SocketListener] = []
+        self.connections_served = 0
+        self._slots = trio.Semaphore(max_connections)
+        self._streams: set[MessageStream] = set()
+        self._shutdown_requested = trio.Event()
+        self._all_closed = trio.Event()
+        self._stopped = trio.Event()
+        self._connections_scope: trio.CancelScope | None = None
+
+    @property
+    def active_connections(self) -> int:
+        return len(self._streams)
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutdown_requested.is_set()
+
+    # -- running -------------------------------------------------------------
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Bind ``host``:``port`` and serve until :meth:`shutdown`."""
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host, backlog=self.backlog)
+        await self.serve_listeners(listeners, task_status=task_status)
+
+    async def serve_listeners(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve on listeners the caller opened (they are closed on return)."""
+        self.listeners = listeners
+        limited = [_LimitedListener(listener, self._slots) for listener in listeners]
+        try:
+            async with trio.open_nursery() as connections:
+                self._connections_scope = connections.cancel_scope
+                async with trio.open_nursery() as acceptors:
+                    await acceptors.start(
+                        partial(
+                            trio.serve_listeners,
+                            self._serve_connection,
+                            limited,
+                            handler_nursery=connections,
+                        )
+                    )
+                    for listener in listeners:
+                        logger.info(
+                            "listening on %s", format_address(listener.socket.getsockname())
+                        )
+                    task_status.started(listeners)
+                    await self._shutdown_requested.wait()
+                    acceptors.cancel_scope.cancel()
+                for listener in listeners:
+                    await listener.aclose()
+                await self._drain()
+        finally:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+            self._stopped.set()
+        logger.info("stopped after serving %d connections", self.connections_served)
+
+    def shutdown(self, *, grace: float | None = None) -> None:
+        """Stop gracefully: see the module docstring.  Safe to call more than once;
+        a later call with a shorter ``grace`` (0: now) cuts the wait short."""
+        if grace is not None:
+            self.grace = min(self.grace, grace)
+            if self.grace == 0 and self._shutdown_requested.is_set():
+                self._cancel_connections()
+        self._shutdown_requested.set()
+
+    async def wait_stopped(self) -> None:
+        """Return once :meth:`serve` has shut down."""
+        await self._stopped.wait()
+
+    async def _drain(self) -> None:
+        streams = list(self._streams)
+        logger.info("shutting down: %d connections finishing", len(streams))
+        for stream in streams:
+            stream.stop_receiving()
+        if not self._streams:
+            return
+        with trio.move_on_after(self.grace):
+            await self._all_closed.wait()
+            return
+        self._cancel_connections()
+
+    def _cancel_connections(self) -> None:
+        if self._streams:
+            logger.warning("grace period over: cancelling %d connections", len(self._streams))
+        if self._connections_scope is not None:
+            self._connections_scope.cancel()
+
+    # -- one connection ----------------------------------------------------
+
+    async def _serve_connection(self, transport: trio.SocketStream) -> None:
+        try:
+            try:
+                peer = transport.socket.getpeername()
+            except OSError:  # reset before we got here
+                return
+            stream = MessageStream(
+                transport,
+                self.framing.new_framer(),
+                receive_size=RAW_RECEIVE_SIZE
+                if self.framing.framing == "raw"
+                else DEFAULT_RECEIVE_SIZE,
+                idle_timeout=self.idle_timeout,
+                send_timeout=self.send_timeout,
+            )
+            self._streams.add(stream)
+            self.connections_served += 1
+            if self.shutting_down:
+                stream.stop_receiving()
+            logger.debug("%s: connected", format_address(peer))
+            try:
+                await self._run_handler(stream, peer)
+            finally:
+                self._streams.discard(stream)
+                if self.shutting_down and not self._streams:
+                    self._all_closed.set()
+                await trio.aclose_forcefully(stream)
+            logger.debug("%s: closed", format_address(peer))
+        finally:
+            self._slots.release()
+
+    async def _run_handler(self, stream: MessageStream, peer: Any) -> None:
+        where = format_address(peer)
+        try:
+            handler = self.handler
+            if isinstance(handler, type) and issubclass(handler, BaseRequestHandler):
+                request_handler = handler(stream, peer, self)
+                await request_handler.setup()
+                try:
+                    await request_handler.handle()
+                finally:
+                    await request_handler.finish()
+            else:
+                await cast(Callable[[MessageStream], Awaitable[None]], handler)(stream)
+        except FramingError as exc:
+            logger.warning("%s: closing: %s: %s", where, type(exc).__name__, exc)
+        except SlowReaderError as exc:
+            logger.warning("%s: closing: %s", where, exc)
+        except IdleTimeoutError as exc:
+            logger.info("%s: closing: %s", where, exc)
+        except ConnectionClosedError as exc:
+            logger.info("%s: %s", where, exc)
+        except trio.ClosedResourceError:
+            pass  # closed by ourselves (shutdown or a timeout)
+        except Exception:
+            logger.exception("%s: handler raised; closing its connection", where)

@@ -1,0 +1,243 @@
+"""A message stream: framed messages over any ``trio.abc.Stream``.
+
+``MessageStream`` owns a transport stream (a TCP ``SocketStream``, an
+``SSLStream``, an in-memory stream ...) and a framer.  It reads the transport
+in chunks, splits them into messages with the framer and writes framed
+replies.  All I/O of trioecho happens here and in the server above it.
+
+Outcomes, as documented on each method:
+
+* a clean end of stream ends ``async for`` and makes ``receive_message()``
+  raise :class:`trio.EndOfChannel`;
+* a stream that ends inside a frame raises :class:`IncompleteFrameError`;
+* input that breaks the framing rules raises a :class:`FramingError`
+  subclass, after every message completed before it has been delivered;
+* a transport broken by the peer or the network raises
+  :class:`ConnectionClosedError` (the transport's exception is ``__cause__``);
+* using the stream after ``aclose()`` raises :class:`trio.ClosedResourceError`;
+* two tasks receiving at once raise :class:`trio.BusyResourceError`, and two
+  sending at once do whatever the transport does (Trio's streams raise
+  ``BusyResourceError`` too).
+
+Memory is bounded: the stream reads again only when every message of the
+previous read has been delivered, and the framer keeps at most one
+unfinished frame (``max_frame``) plus one read.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Iterable
+
+import trio
+
+from ._errors import (
+    ConnectionClosedError,
+    FrameTooLongError,
+    IdleTimeoutError,
+    SlowReaderError,
+)
+from .framing import Buffer, Framer, LineFramer
+
+__all__ = ["DEFAULT_RECEIVE_SIZE", "MessageStream"]
+
+DEFAULT_RECEIVE_SIZE = 64 * 1024
+
+
+class MessageStream(trio.abc.AsyncResource):
+    """Framed messages over ``transport_stream``.
+
+    ``framer`` defaults to a new :class:`LineFramer`.  ``receive_size`` is the
+    most bytes asked of the transport per read.  ``idle_timeout`` (seconds)
+    bounds how long ``receive_message()`` waits for a complete message and
+    raises :class:`IdleTimeoutError` past it; ``send_timeout`` bounds how long
+    a send may stay blocked on a peer that does not read, and raises
+    :class:`SlowReaderError` (closing the stream) past it.  ``None`` means no
+    limit.
+    """
+
+    def __init__(
+        self,
+        transport_stream: trio.abc.Stream,
+        framer: Framer | None = None,
+        *,
+        receive_size: int = DEFAULT_RECEIVE_SIZE,
+        idle_timeout: float | None = None,
+        send_timeout: float | None = None,
+    ) -> None:
+        if receive_size < 1:
+            raise ValueError(f"receive_size must be at least 1, not {receive_size}")
+        self.transport_stream = transport_stream
+        self.framer: Framer = framer if framer is not None else LineFramer()
+        self.receive_size = receive_size
+        self.idle_timeout = idle_timeout
+        self.send_timeout = send_timeout
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._error: FrameTooLongError | None = None  # raise once _pending is empty
+        self._resume = False  # discard mode: feed(b"") again after the error
+        self._at_eof = False
+        self._stopping = False
+        self._closed = False
+        self._receiving = False
+        self._receive_scope: trio.CancelScope | None = None
+
+    # -- receiving ---------------------------------------------------------
+
+    async def receive_message(self) -> bytes:
+        """Return the next message.
+
+        Raises :class:`trio.EndOfChannel` at a clean end of stream (or after
+        :meth:`stop_receiving`), and the errors listed in the module docstring.
+        """
+        if not await self._fill():
+            raise trio.EndOfChannel
+        await trio.lowlevel.checkpoint()
+        return self._pending.popleft()
+
+    async def receive_messages(self) -> list[bytes]:
+        """Return every message available now, at least one, in order.
+
+        Messages that arrived together are returned together, so that their
+        replies can go out in one write (see :meth:`send_messages`).  Raises
+        like :meth:`receive_message`.
+        """
+        if not await self._fill():
+            raise trio.EndOfChannel
+        await trio.lowlevel.checkpoint()
+        batch = list(self._pending)
+        self._pending.clear()
+        return batch
+
+    def __aiter__(self) -> MessageStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self.receive_message()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    def stop_receiving(self) -> None:
+        """End the stream after the messages already received.
+
+        Messages already read from the transport are still delivered; then
+        receiving ends as at a clean end of stream, without waiting for more
+        bytes (a receive waiting for them returns at once).  Sending still
+        works.  The server calls this on graceful shutdown.
+        """
+        self._stopping = True
+        if self._receive_scope is not None:
+            self._receive_scope.cancel()
+
+    async def _fill(self) -> bool:
+        """Make ``_pending`` non-empty; return False at the end of the messages."""
+        if self._closed:
+            raise trio.ClosedResourceError("the message stream was closed")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving from this stream")
+        self._receiving = True
+        try:
+            deadline = (
+                math.inf if self.idle_timeout is None else trio.current_time() + self.idle_timeout
+            )
+            while not self._pending:
+                if self._error is not None:
+                    error = self._error
+                    if _recoverable(self.framer):
+                        # Discard mode: report once, then go on after the bad line.
+                        self._error = None
+                        self._resume = True
+                    raise error
+                if self._resume:
+                    self._resume = False
+                    self._feed(b"")
+                    continue
+                if self._at_eof:
+                    self.framer.feed_eof()
+                    return False
+                if self._stopping:
+                    return False
+                data = await self._receive_some(deadline)
+                if data is None:
+                    continue  # stop_receiving() interrupted the read
+                if not data:
+                    self._at_eof = True
+                    continue
+                self._feed(data)
+            return True
+        finally:
+            self._receiving = False
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._pending.extend(self.framer.feed(data))
+        except FrameTooLongError as exc:
+            self._pending.extend(exc.frames)  # delivered before the error
+            exc.frames = []
+            self._error = exc
+
+    async def _receive_some(self, deadline: float) -> bytes | None:
+        with trio.CancelScope(deadline=deadline) as scope:
+            self._receive_scope = scope
+            try:
+                return bytes(await self.transport_stream.receive_some(self.receive_size))
+            except trio.BrokenResourceError as exc:
+                raise ConnectionClosedError(f"connection broken while receiving: {exc}") from exc
+            finally:
+                self._receive_scope = None
+        if self._stopping:
+            return None
+        raise IdleTimeoutError(f"no complete message within idle_timeout={self.idle_timeout}s")
+
+    # -- sending -----------------------------------------------------------
+
+    async def send_message(self, payload: Buffer) -> None:
+        """Frame ``payload`` and send it.
+
+        Raises the framer's errors for a payload that cannot be framed (nothing
+        is sent then), :class:`ConnectionClosedError` if the transport broke and
+        :class:`SlowReaderError` past ``send_timeout``.
+        """
+        await self._send(self.framer.encode(payload))
+
+    async def send_messages(self, payloads: Iterable[Buffer]) -> None:
+        """Frame all ``payloads`` and send them in one write; raises like :meth:`send_message`."""
+        await self._send(self.framer.encode_many(payloads))
+
+    async def send_eof(self) -> None:
+        """Close the sending side only (the transport must support half-close)."""
+        transport = self.transport_stream
+        if not isinstance(transport, trio.abc.HalfCloseableStream):
+            raise TypeError(f"{type(transport).__name__} cannot close only its sending side")
+        try:
+            await transport.send_eof()
+        except trio.BrokenResourceError as exc:
+            raise ConnectionClosedError(f"connection broken while closing: {exc}") from exc
+
+    async def _send(self, data: bytes) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the message stream was closed")
+        timeout = math.inf if self.send_timeout is None else self.send_timeout
+        with trio.move_on_after(timeout) as scope:
+            try:
+                await self.transport_stream.send_all(data)
+            except trio.BrokenResourceError as exc:
+                raise ConnectionClosedError(f"connection broken while sending: {exc}") from exc
+            return
+        assert scope.cancelled_caught
+        await self.aclose()
+        raise SlowReaderError(
+            f"peer did not read its replies: send blocked for send_timeout={self.send_timeout}s"
+        )
+
+    # -- closing -----------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the transport.  Idempotent; closes even when cancelled."""
+        self._closed = True
+        await self.transport_stream.aclose()
+
+
+def _recoverable(framer: Framer) -> bool:
+    return isinstance(framer, LineFramer) and framer.on_too_long == "discard"
