@@ -1,5 +1,8 @@
 """trioecho: a Trio TCP message service with real framing.
 
+``MessageServer`` serves connections with the seed tutorial's handler model
+(``BaseRequestHandler``), each as a ``MessageStream`` of framed messages.
+
 The sans-IO framers (``LineFramer``, ``LengthPrefixedFramer``, ``RawFramer``)
 split a byte stream into messages; their hot loop is C (``csrc/``, built with
 cffi) with a pure-Python twin.  ``FRAMER_IMPLEMENTATION`` says which one is
@@ -12,7 +15,9 @@ from ._errors import (
     DelimiterInPayloadError,
     FrameTooLongError,
     FramingError,
+    IdleTimeoutError,
     IncompleteFrameError,
+    SlowReaderError,
     TrioEchoError,
 )
 from ._version import __version__
@@ -27,22 +32,29 @@ from .framing import (
     RawFramer,
     make_framer,
 )
+from .server import BaseRequestHandler, MessageServer
+from .stream import MessageStream
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
     "DEFAULT_MAX_LINE",
     "FRAMER_IMPLEMENTATION",
     "FRAMINGS",
+    "BaseRequestHandler",
     "ConnectionClosedError",
     "DelimiterInPayloadError",
     "FrameTooLongError",
     "Framer",
     "FramingConfig",
     "FramingError",
+    "IdleTimeoutError",
     "IncompleteFrameError",
     "LengthPrefixedFramer",
     "LineFramer",
+    "MessageServer",
+    "MessageStream",
     "RawFramer",
+    "SlowReaderError",
     "TrioEchoError",
     "__version__",
     "make_framer",
