@@ -78,6 +78,13 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strip-cr", action="store_true", help="line: also strip a \\r before each \\n"
     )
+    parser.add_argument(
+        "--on-too-long",
+        choices=("error", "discard"),
+        default="error",
+        help="line over --max-frame: close the connection (error), or drop the line "
+        "and go on (discard); default %(default)s",
+    )
 
 
 def _add_verbosity(parser: argparse.ArgumentParser) -> None:
@@ -140,6 +147,7 @@ def _framing(args: argparse.Namespace) -> FramingConfig:
         byteorder=args.byteorder,
         max_frame=args.max_frame,
         strip_cr=args.strip_cr,
+        on_too_long=args.on_too_long,
     )
 
 

@@ -63,6 +63,11 @@ DEFAULT_IDLE_TIMEOUT = 300.0  # seconds without a complete message
 DEFAULT_SEND_TIMEOUT = 30.0  # seconds a send may stay blocked on a peer not reading
 DEFAULT_GRACE = 5.0  # seconds handlers get to finish on shutdown
 RAW_RECEIVE_SIZE = 1024  # the seed's recv(1024): one raw message per read
+# Closing a socket with unread input makes the kernel send a reset, which can
+# destroy replies still in flight.  So a connection is closed by sending FIN,
+# then reading and discarding what the peer still sends, within these bounds.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1 << 20
 
 
 class BaseRequestHandler:
@@ -166,6 +171,8 @@ class MessageServer:
         self.backlog = backlog
         self.listeners: list[trio.SocketListener] = []
         self.connections_served = 0
+        self.messages_received = 0  # over all closed connections
+        self.messages_sent = 0
         self._slots = trio.Semaphore(max_connections)
         self._streams: set[MessageStream] = set()
         self._shutdown_requested = trio.Event()
@@ -225,7 +232,12 @@ class MessageServer:
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
             self._stopped.set()
-        logger.info("stopped after serving %d connections", self.connections_served)
+        logger.info(
+            "stopped after serving %d connections: %d messages received, %d sent",
+            self.connections_served,
+            self.messages_received,
+            self.messages_sent,
+        )
 
     def shutdown(self, *, grace: float | None = None) -> None:
         """Stop gracefully: see the module docstring.  Safe to call more than once;
@@ -283,10 +295,14 @@ class MessageServer:
             try:
                 await self._run_handler(stream, peer)
             finally:
-                self._streams.discard(stream)
-                if self.shutting_down and not self._streams:
-                    self._all_closed.set()
-                await trio.aclose_forcefully(stream)
+                try:
+                    await _linger_close(stream)
+                finally:
+                    self._streams.discard(stream)
+                    self.messages_received += stream.messages_received
+                    self.messages_sent += stream.messages_sent
+                    if self.shutting_down and not self._streams:
+                        self._all_closed.set()
             logger.debug("%s: closed", format_address(peer))
         finally:
             self._slots.release()
@@ -316,3 +332,22 @@ class MessageServer:
             pass  # closed by ourselves (shutdown or a timeout)
         except Exception:
             logger.exception("%s: handler raised; closing its connection", where)
+
+
+async def _linger_close(stream: MessageStream) -> None:
+    """Close without a reset: FIN first, then drain the peer's input (bounded)."""
+    transport = stream.transport_stream
+    try:
+        with trio.move_on_after(LINGER_SECONDS):
+            if isinstance(transport, trio.abc.HalfCloseableStream):
+                await transport.send_eof()
+            discarded = 0
+            while discarded < LINGER_BYTES:
+                data = await transport.receive_some(64 * 1024)
+                if not data:
+                    break
+                discarded += len(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+        pass
+    finally:
+        await trio.aclose_forcefully(stream)

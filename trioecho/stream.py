@@ -81,6 +81,8 @@ class MessageStream(trio.abc.AsyncResource):
         self._closed = False
         self._receiving = False
         self._receive_scope: trio.CancelScope | None = None
+        self.messages_received = 0  # complete messages read from the transport
+        self.messages_sent = 0  # messages whose bytes the transport accepted
 
     # -- receiving ---------------------------------------------------------
 
@@ -171,11 +173,13 @@ class MessageStream(trio.abc.AsyncResource):
 
     def _feed(self, data: bytes) -> None:
         try:
-            self._pending.extend(self.framer.feed(data))
+            frames = self.framer.feed(data)
         except FrameTooLongError as exc:
-            self._pending.extend(exc.frames)  # delivered before the error
+            frames = exc.frames  # delivered before the error
             exc.frames = []
             self._error = exc
+        self._pending.extend(frames)
+        self.messages_received += len(frames)
 
     async def _receive_some(self, deadline: float) -> bytes | None:
         with trio.CancelScope(deadline=deadline) as scope:
@@ -199,11 +203,13 @@ class MessageStream(trio.abc.AsyncResource):
         is sent then), :class:`ConnectionClosedError` if the transport broke and
         :class:`SlowReaderError` past ``send_timeout``.
         """
-        await self._send(self.framer.encode(payload))
+        await self._send(self.framer.encode(payload), 1)
 
     async def send_messages(self, payloads: Iterable[Buffer]) -> None:
         """Frame all ``payloads`` and send them in one write; raises like :meth:`send_message`."""
-        await self._send(self.framer.encode_many(payloads))
+        if not isinstance(payloads, list | tuple):
+            payloads = list(payloads)
+        await self._send(self.framer.encode_many(payloads), len(payloads))
 
     async def send_eof(self) -> None:
         """Close the sending side only (the transport must support half-close)."""
@@ -215,7 +221,7 @@ class MessageStream(trio.abc.AsyncResource):
         except trio.BrokenResourceError as exc:
             raise ConnectionClosedError(f"connection broken while closing: {exc}") from exc
 
-    async def _send(self, data: bytes) -> None:
+    async def _send(self, data: bytes, count: int) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the message stream was closed")
         timeout = math.inf if self.send_timeout is None else self.send_timeout
@@ -224,6 +230,7 @@ class MessageStream(trio.abc.AsyncResource):
                 await self.transport_stream.send_all(data)
             except trio.BrokenResourceError as exc:
                 raise ConnectionClosedError(f"connection broken while sending: {exc}") from exc
+            self.messages_sent += count
             return
         assert scope.cancelled_caught
         await self.aclose()

@@ -1,0 +1,238 @@
+"""Hostile peers against the real server process, over loopback TCP.
+
+For each case: the offending connection is closed within a stated bound, a
+log line names the peer and the reason, a well-behaved client keeps getting
+correct replies throughout, and the server's memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import struct
+import time
+
+import pytest
+from serverproc import (
+    Canary,
+    connect,
+    greeted_line_client,
+    recv_exactly,
+    server_process,
+)
+
+from trioecho.echo import GREETING, REPLY_SUFFIX
+
+RSS_GROWTH_KIB = 32 * 1024  # what a misbehaving peer may cost the server, at most
+CLOSE_BOUND = 5.0  # seconds within which an offender's connection is closed
+
+
+def peer_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{host}:{port}"
+
+
+def closed_within(sock: socket.socket, seconds: float) -> float:
+    """Read (and drop) until the server closes; return how long it took."""
+    sock.settimeout(seconds)
+    start = time.monotonic()
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - start
+
+
+@pytest.mark.parametrize(
+    ("options", "header", "announced"),
+    [
+        ((), b"\xff\xff\xff\xff", 0xFFFFFFFF),
+        (("--length-bytes", "8"), struct.pack(">Q", 1 << 63), 1 << 63),
+    ],
+)
+def test_huge_length_prefix(options: tuple[str, ...], header: bytes, announced: int) -> None:
+    with server_process("--framing", "len", *options) as server:
+        rss = server.rss_kib()
+        with connect(server.port) as sock:
+            width = len(header)
+            assert recv_exactly(sock, width + len(GREETING))[width:] == GREETING
+            sock.sendall(header + b"just a little body")
+            assert closed_within(sock, CLOSE_BOUND) < CLOSE_BOUND
+            server.wait_for_log(peer_of(sock), f"frame header announces {announced} bytes")
+        assert server.rss_kib() - rss < RSS_GROWTH_KIB
+        assert server.stop() == 0
+
+
+def stream_endless_line(sock: socket.socket, total: int) -> int:
+    """Send up to ``total`` bytes of one line; return how many were sent."""
+    chunk = b"x" * (1 << 20)
+    sent = 0
+    try:
+        while sent < total:
+            sock.sendall(chunk)
+            sent += len(chunk)
+    except OSError:  # reset or broken pipe: the server gave up on us
+        pass
+    return sent
+
+
+def test_endless_line_is_cut_off() -> None:
+    with server_process() as server:
+        canary = Canary(server.port)
+        rss = server.rss_kib()
+        sock = greeted_line_client(server.port)
+        sock.settimeout(30)
+        sent = stream_endless_line(sock, 1 << 30)
+        assert sent < 64 << 20, "the server kept reading a line far over its limit"
+        server.wait_for_log(peer_of(sock), "line longer than max_frame=65536")
+        sock.close()
+        canary.check()
+        assert server.rss_kib() - rss < RSS_GROWTH_KIB
+        assert server.stop() == 0
+
+
+def test_one_gib_line_in_discard_mode_streams_through_in_bounded_memory() -> None:
+    with server_process("--on-too-long", "discard") as server:
+        canary = Canary(server.port)
+        rss = server.rss_kib()
+        sock = greeted_line_client(server.port)
+        sock.settimeout(60)
+        assert stream_endless_line(sock, 1 << 30) == 1 << 30  # all of it was read
+        sock.sendall(b"\nafter\n")
+        reply = b"after" + REPLY_SUFFIX + b"\n"
+        assert recv_exactly(sock, len(reply)) == reply
+        server.wait_for_log(peer_of(sock), "dropped an over-long line")
+        assert server.rss_kib() - rss < RSS_GROWTH_KIB
+        sock.close()
+        canary.check()
+        assert server.stop() == 0
+
+
+def test_invalid_utf8_and_nul_bytes_are_echoed_exactly() -> None:
+    with server_process() as server:
+        with greeted_line_client(server.port) as sock:
+            payloads = [
+                b"\xff\xfe\xfd",
+                b"\x00\x00",
+                b"caf\xc3",
+                b"\xed\xa0\x80 surrogate",
+                b"a\x00b",
+            ]
+            sock.sendall(b"".join(p + b"\n" for p in payloads))
+            expected = b"".join(p + REPLY_SUFFIX + b"\n" for p in payloads)
+            assert recv_exactly(sock, len(expected)) == expected
+        assert not [line for line in server.log if "ERROR" in line or "Traceback" in line]
+        assert server.stop() == 0
+
+
+def test_partial_frame_then_eof() -> None:
+    with server_process("--framing", "len") as server:
+        canary = Canary(server.port, framing="len")
+        with connect(server.port) as sock:
+            recv_exactly(sock, 4 + len(GREETING))
+            sock.sendall(b"\x00\x00\x00\x10only half")
+            sock.shutdown(socket.SHUT_WR)
+            assert closed_within(sock, CLOSE_BOUND) < CLOSE_BOUND
+            server.wait_for_log(peer_of(sock), "IncompleteFrameError", "13 bytes of it received")
+        canary.check()
+        assert server.stop() == 0
+
+
+def test_reset_in_the_middle_of_a_frame() -> None:
+    with server_process("--framing", "len") as server:
+        canary = Canary(server.port, framing="len")
+        rss = server.rss_kib()
+        for _ in range(50):
+            with connect(server.port) as sock:
+                recv_exactly(sock, 4 + len(GREETING))
+                sock.sendall(b"\x00\x01\x00\x00" + b"y" * 1000)
+                peer = peer_of(sock)
+                # SO_LINGER with a zero timeout: close() sends RST, not FIN
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        server.wait_for_log(peer, "connection broken")
+        canary.check()
+        assert server.rss_kib() - rss < RSS_GROWTH_KIB
+        assert server.stop() == 0
+
+
+def test_slowloris_is_closed_by_the_idle_timeout() -> None:
+    with server_process("--idle-timeout", "3") as server:
+        canary = Canary(server.port)
+        with greeted_line_client(server.port) as sock:
+            start = time.monotonic()
+            sock.settimeout(0.1)
+            closed_after = None
+            for byte in b"GET / HTTP/1.1 and so on, one byte a second":
+                try:
+                    sock.sendall(bytes([byte]))
+                    if sock.recv(100) == b"":
+                        closed_after = time.monotonic() - start
+                        break
+                except TimeoutError:
+                    pass
+                except OSError:
+                    closed_after = time.monotonic() - start
+                    break
+                time.sleep(1)
+            assert closed_after is not None and closed_after < 3 + CLOSE_BOUND
+            server.wait_for_log(peer_of(sock), "idle_timeout=3.0s")
+        canary.check()
+        assert server.stop() == 0
+
+
+def test_client_that_never_reads_is_closed_by_the_send_timeout() -> None:
+    with server_process("--send-timeout", "1") as server:
+        canary = Canary(server.port)
+        rss = server.rss_kib()
+        with greeted_line_client(server.port) as sock:
+            sock.settimeout(30)
+            start = time.monotonic()
+            try:
+                while time.monotonic() - start < 30:
+                    sock.sendall((b"z" * 1000 + b"\n") * 64)
+            except OSError:
+                pass
+            server.wait_for_log(peer_of(sock), "did not read its replies")
+        canary.check()
+        assert server.rss_kib() - rss < RSS_GROWTH_KIB
+        assert server.stop() == 0
+
+
+def test_connection_flood_past_max_connections() -> None:
+    with server_process("--max-connections", "20") as server:
+        canary = Canary(server.port)  # holds one of the 20 slots
+        socks = [connect(server.port) for _ in range(60)]
+        time.sleep(0.5)  # the server greets every connection it accepted
+        readable, _, _ = select.select(socks, [], [], 0)
+        served = [sock for sock in socks if sock in readable]
+        waiting = [sock for sock in socks if sock not in readable]
+        assert len(served) == 19  # 20 slots, the canary has one
+        for sock in served:
+            assert recv_exactly(sock, len(GREETING) + 1) == GREETING + b"\n"
+        assert server.process.poll() is None
+        for sock in served:
+            sock.sendall(b"q\n")
+            sock.close()
+        for sock in waiting[:19]:
+            sock.settimeout(10)
+            assert recv_exactly(sock, len(GREETING) + 1) == GREETING + b"\n"
+            sock.sendall(b"late\n")
+            reply = b"late" + REPLY_SUFFIX + b"\n"
+            assert recv_exactly(sock, len(reply)) == reply
+        for sock in waiting:
+            sock.close()
+        canary.check()
+        assert server.stop() == 0
+
+
+def test_half_close_still_gets_every_reply() -> None:
+    with server_process() as server:
+        with greeted_line_client(server.port) as sock:
+            messages = [f"message {i}".encode() for i in range(500)]
+            sock.sendall(b"".join(m + b"\n" for m in messages))
+            sock.shutdown(socket.SHUT_WR)
+            expected = b"".join(m + REPLY_SUFFIX + b"\n" for m in messages)
+            sock.settimeout(10)
+            assert recv_exactly(sock, len(expected) + 1) == expected  # then EOF
+        assert server.stop() == 0
