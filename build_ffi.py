@@ -9,6 +9,10 @@ Environment switches:
     Build with AddressSanitizer and UndefinedBehaviorSanitizer.  Python itself
     is not instrumented, so run it with the ASan runtime preloaded, e.g.
     ``LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0``.
+``TRIOECHO_FUZZ=1``
+    With ``TRIOECHO_SANITIZE=1`` and clang (``CC=clang``): also instrument
+    the C code for libFuzzer's coverage (``-fsanitize=fuzzer-no-link``), for
+    the atheris harness in ``fuzz/``.
 ``TRIOECHO_DEBUG=1``
     Build without optimisation and with debug symbols.
 """
@@ -48,7 +52,11 @@ def _compile_args() -> tuple[list[str], list[str]]:
     else:
         compile_args += ["-O2"]
     if _flag("TRIOECHO_SANITIZE"):
-        sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+        checks = "address,undefined,fuzzer-no-link" if _flag("TRIOECHO_FUZZ") else "address,undefined"
+        sanitize = [f"-fsanitize={checks}", "-fno-sanitize-recover=all"]
+        if _flag("TRIOECHO_FUZZ"):
+            # atheris's bundled runtime predates clang 17's -fsanitize=function for C
+            sanitize.append("-fno-sanitize=function")
         compile_args += sanitize
         link_args += sanitize
     return compile_args, link_args
@@ -84,6 +92,8 @@ def build_in_place() -> Path:
     tmpdir.mkdir(parents=True, exist_ok=True)
     built = Path(make_builder(tmpdir).compile(tmpdir=str(tmpdir), verbose=True))
     target = HERE / "trioecho" / built.name
+    for stale in target.parent.glob("_framer_ffi.*.so"):
+        stale.unlink()  # one build only: the import system would pick any
     shutil.copyfile(built, target)
     return target
 

@@ -1,0 +1,90 @@
+"""Differential fuzzing: the C framer against its pure-Python twin (atheris).
+
+Each input picks a framing configuration, a chunking and the bytes to feed,
+drives one C framer and one Python framer through the same calls, and
+crashes on the first difference in frames, errors, buffering or end-of-stream
+outcome.  Run it with the C extension built with ASan + UBSan (``fuzz/run``
+does the build) so that memory errors in the C scan crash too.
+
+    fuzz/run 60                       # fuzz for 60 seconds
+    python fuzz/fuzz_framer.py -runs=1000 fuzz/corpus
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import atheris
+
+with atheris.instrument_imports():
+    from trioecho import FrameTooLongError, IncompleteFrameError, LengthPrefixedFramer, LineFramer
+
+DELIMITERS = [b"\n", b"\r\n", b"\0", b"aa", b"aba", b"\r\r", b"12345678"]
+
+
+def config_from(fdp: atheris.FuzzedDataProvider) -> tuple[type[Any], dict[str, Any]]:
+    if fdp.ConsumeBool():
+        return LengthPrefixedFramer, {
+            "length_bytes": fdp.PickValueInList([1, 2, 4, 8]),
+            "byteorder": fdp.PickValueInList(["big", "little"]),
+            "max_frame": fdp.ConsumeIntInRange(0, 1 << fdp.ConsumeIntInRange(0, 20)),
+        }
+    if fdp.ConsumeBool():
+        delimiter = fdp.PickValueInList(DELIMITERS)
+    else:
+        delimiter = fdp.ConsumeBytes(fdp.ConsumeIntInRange(1, 8)) or b"\n"
+    return LineFramer, {
+        "delimiter": delimiter,
+        "strip_cr": fdp.ConsumeBool(),
+        "max_frame": fdp.ConsumeIntInRange(0, 1 << fdp.ConsumeIntInRange(0, 17)),
+        "on_too_long": fdp.PickValueInList(["error", "discard"]),
+    }
+
+
+def outcome(framer: Any, data: bytes) -> tuple[Any, ...]:
+    """What one feed reports, as plain values."""
+    try:
+        frames = framer.feed(data)
+    except FrameTooLongError as exc:
+        return ("too long", exc.frames, exc.limit, exc.length, str(exc), framer.buffered)
+    return ("frames", frames, framer.buffered)
+
+
+def eof_outcome(framer: Any) -> tuple[Any, ...]:
+    try:
+        framer.feed_eof()
+    except IncompleteFrameError as exc:
+        return ("incomplete", exc.buffered, str(exc))
+    return ("eof",)
+
+
+def test_one_input(data: bytes) -> None:
+    fdp = atheris.FuzzedDataProvider(data)
+    kind, config = config_from(fdp)
+    c_framer = kind(implementation="c", **config)
+    py_framer = kind(implementation="python", **config)
+    cuts = sorted(fdp.ConsumeIntInRange(0, 4096) for _ in range(fdp.ConsumeIntInRange(0, 12)))
+    stream = fdp.ConsumeBytes(fdp.remaining_bytes())
+    bounds = [0, *(min(cut, len(stream)) for cut in cuts), len(stream)]
+    for start, end in zip(bounds, bounds[1:]):
+        chunk = stream[start:end]
+        while True:
+            c_result = outcome(c_framer, chunk)
+            py_result = outcome(py_framer, chunk)
+            if c_result != py_result:
+                raise AssertionError(f"C and Python differ: {config}\n C: {c_result}\n Py: {py_result}")
+            if c_result[0] != "too long" or config.get("on_too_long") != "discard":
+                break
+            chunk = b""  # discard mode: carry on after the bad line
+    if eof_outcome(c_framer) != eof_outcome(py_framer):
+        raise AssertionError(f"C and Python differ at EOF: {config}")
+
+
+def main() -> None:
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
