@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Differential fuzzing: the C framer against its pure-Python twin (atheris).
 
 Each input picks a framing configuration, a chunking and the bytes to feed,
