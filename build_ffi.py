@@ -1,4 +1,8 @@
-"""Build trioecho's C framer (csrc/) as the cffi extension ``trioecho._framer_ffi``.
+"""Build trioecho's C code (csrc/) as cffi extensions.
+
+``trioecho._framer_ffi``: the sans-IO framer (``framer.h``/``framer.c``);
+``trioecho._loadgen_ffi``: the load generator of ``trioecho bench``
+(``loadgen.h``/``loadgen.c``), kept apart because it does I/O.
 
 ``pip install .`` runs this through setuptools' ``cffi_modules``; for development,
 ``python build_ffi.py`` compiles the extension in place, next to the sources.
@@ -28,15 +32,18 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
-HEADER = CSRC / "framer.h"
-SOURCES = ["framer.c"]
+# extension module -> (header, sources)
+EXTENSIONS = {
+    "trioecho._framer_ffi": ("framer.h", ["framer.c"]),
+    "trioecho._loadgen_ffi": ("loadgen.h", ["loadgen.c"]),
+}
 
 
-def _cdef_from_header(text: str) -> str:
+def _cdef_from_header(header: Path) -> str:
     """Return the declarations between the ``cffi:begin``/``cffi:end`` markers."""
-    match = re.search(r"/\* cffi:begin.*?\*/(.*)/\* cffi:end \*/", text, re.S)
+    match = re.search(r"/\* cffi:begin.*?\*/(.*)/\* cffi:end \*/", header.read_text(), re.S)
     if match is None:
-        raise RuntimeError(f"{HEADER}: cffi:begin/cffi:end markers not found")
+        raise RuntimeError(f"{header}: cffi:begin/cffi:end markers not found")
     return match.group(1)
 
 
@@ -62,16 +69,17 @@ def _compile_args() -> tuple[list[str], list[str]]:
     return compile_args, link_args
 
 
-def make_builder(root: Path) -> FFI:
-    """The cffi builder, with source paths relative to ``root`` (setuptools
-    runs from the project root and rejects absolute source paths)."""
+def make_builder(module: str, root: Path) -> FFI:
+    """The cffi builder of ``module``, with source paths relative to ``root``
+    (setuptools runs from the project root and rejects absolute paths)."""
+    header, sources = EXTENSIONS[module]
     builder = FFI()
-    builder.cdef(_cdef_from_header(HEADER.read_text()))
+    builder.cdef(_cdef_from_header(CSRC / header))
     compile_args, link_args = _compile_args()
     builder.set_source(
-        "trioecho._framer_ffi",
-        '#include "framer.h"',
-        sources=[os.path.relpath(CSRC / name, root) for name in SOURCES],
+        module,
+        f'#include "{header}"',
+        sources=[os.path.relpath(CSRC / name, root) for name in sources],
         include_dirs=[os.path.relpath(CSRC, root)],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
@@ -79,10 +87,11 @@ def make_builder(root: Path) -> FFI:
     return builder
 
 
-ffibuilder = make_builder(Path.cwd())
+ffibuilder = make_builder("trioecho._framer_ffi", Path.cwd())
+loadgen_builder = make_builder("trioecho._loadgen_ffi", Path.cwd())
 
 
-def build_in_place() -> Path:
+def build_in_place(module: str) -> Path:
     """Compile into build/cffi and copy the extension next to the package sources.
 
     Building outside the project root keeps cffi's setuptools run from reading
@@ -90,13 +99,14 @@ def build_in_place() -> Path:
     """
     tmpdir = HERE / "build" / "cffi"
     tmpdir.mkdir(parents=True, exist_ok=True)
-    built = Path(make_builder(tmpdir).compile(tmpdir=str(tmpdir), verbose=True))
+    built = Path(make_builder(module, tmpdir).compile(tmpdir=str(tmpdir), verbose=True))
     target = HERE / "trioecho" / built.name
-    for stale in target.parent.glob("_framer_ffi.*.so"):
+    for stale in target.parent.glob(module.rpartition(".")[2] + ".*.so"):
         stale.unlink()  # one build only: the import system would pick any
     shutil.copyfile(built, target)
     return target
 
 
 if __name__ == "__main__":
-    print(f"built {build_in_place()}")
+    for name in EXTENSIONS:
+        print(f"built {build_in_place(name)}")

@@ -5,4 +5,4 @@ All other metadata lives in pyproject.toml.
 
 from setuptools import setup
 
-setup(cffi_modules=["build_ffi.py:ffibuilder"])
+setup(cffi_modules=["build_ffi.py:ffibuilder", "build_ffi.py:loadgen_builder"])

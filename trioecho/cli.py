@@ -29,7 +29,7 @@ from .server import (
 
 __all__ = ["main"]
 
-COMMANDS = ("serve", "client", "demo")
+COMMANDS = ("serve", "client", "demo", "bench")
 logger = logging.getLogger("trioecho")
 
 
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="version",
         version=f"trioecho {__version__} (framer: {IMPLEMENTATION})",
     )
-    commands = parser.add_subparsers(dest="command", metavar="{serve,client,demo}")
+    commands = parser.add_subparsers(dest="command", metavar="{serve,client,demo,bench}")
     serve = commands.add_parser("serve", help="run the echo service (the default)")
     _add_connection_options(serve)
     serve.add_argument(
@@ -137,6 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
     client = commands.add_parser("client", help="send stdin lines, print the replies")
     _add_connection_options(client)
     commands.add_parser("demo", help="show sticky packets: raw vs line vs len framing")
+    bench = commands.add_parser(
+        "bench", help="load a server with many pipelined messages, check every reply"
+    )
+    bench.add_argument("--host", default=DEFAULT_HOST, help="IP address (default %(default)s)")
+    bench.add_argument("--port", type=_port, default=DEFAULT_PORT, help="default %(default)s")
+    bench.add_argument("--framing", choices=FRAMINGS, default="line")
+    bench.add_argument("-c", "--connections", type=_positive_int, default=100)
+    bench.add_argument(
+        "-d", "--depth", type=_positive_int, default=1, help="messages in flight per connection"
+    )
+    bench.add_argument("-s", "--size", type=_positive_int, default=64, help="message bytes")
+    bench.add_argument("--duration", type=float, default=5.0, help="seconds measured")
+    bench.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -212,6 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args)
     if args.command == "demo":
         return trio.run(run_demo)
+    if args.command == "bench":
+        from .bench import run_bench
+
+        return run_bench(args)
     try:
         framing = _framing(args)
     except ValueError as exc:  # a framing option out of range

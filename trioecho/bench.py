@@ -1,0 +1,155 @@
+"""``trioecho bench``: load any server that speaks trioecho's echo protocol.
+
+The hot loop is C (``csrc/loadgen.c``, GIL released): N connections keep D
+messages of S bytes in flight each, and every reply is checked (length,
+content, ``好`` suffix).  After a warm-up, it reports messages and megabytes
+per second and latency percentiles; ``--json`` prints the same for scripts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from typing import Any, TextIO
+
+from ._cloadgen import BenchStats, LoadGenerator, LoadGeneratorError
+
+__all__ = ["BenchResult", "run_bench"]
+
+PERCENTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p99.9", 0.999))
+_STEP = 0.5  # seconds between progress updates
+
+
+@dataclasses.dataclass
+class BenchResult:
+    host: str
+    port: int
+    framing: str
+    connections: int
+    depth: int
+    size: int
+    seconds: float
+    messages: int
+    errors: int
+    msgs_per_s: float
+    mb_per_s: float
+    latency_ms: dict[str, float]
+    last_error: str
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def _merge(parts: list[BenchStats]) -> BenchStats:
+    return BenchStats(
+        sent=sum(p.sent for p in parts),
+        received=sum(p.received for p in parts),
+        errors=sum(p.errors for p in parts),
+        bytes_sent=sum(p.bytes_sent for p in parts),
+        bytes_received=sum(p.bytes_received for p in parts),
+        max_latency_ns=max((p.max_latency_ns for p in parts), default=0),
+        histogram=[sum(column) for column in zip(*(p.histogram for p in parts))],
+        open_connections=parts[-1].open_connections if parts else 0,
+        last_error=next((p.last_error for p in reversed(parts) if p.last_error), ""),
+    )
+
+
+def measure(
+    host: str,
+    port: int,
+    *,
+    connections: int,
+    depth: int,
+    size: int,
+    framing: str,
+    duration: float,
+    warmup: float,
+    progress: TextIO | None = None,
+) -> BenchResult:
+    """Connect, warm up, measure for ``duration`` seconds; return the result."""
+    if framing == "raw" and depth != 1:
+        raise ValueError("raw framing cannot tell replies apart: use --depth 1")
+    with LoadGenerator(
+        host, port, connections=connections, depth=depth, size=size, framing=framing
+    ) as load:
+        if warmup > 0:
+            if progress is not None:
+                print(f"\rwarming up for {warmup:g}s ...", end="", file=progress, flush=True)
+            load.run(warmup)
+        parts: list[BenchStats] = []
+        elapsed = 0.0
+        while elapsed < duration - 1e-9:
+            step = min(_STEP, duration - elapsed)
+            parts.append(load.run(step))
+            elapsed += step
+            if progress is not None:
+                done = _merge(parts)
+                print(
+                    f"\r{elapsed:5.1f}s  {done.received / elapsed:12,.0f} msgs/s  "
+                    f"p99 {done.percentile_ns(0.99) / 1e6:7.2f} ms  errors {done.errors}   ",
+                    end="",
+                    file=progress,
+                    flush=True,
+                )
+            if parts[-1].open_connections == 0:
+                break
+    if progress is not None:
+        print(file=progress)
+    total = _merge(parts)
+    return BenchResult(
+        host=host,
+        port=port,
+        framing=framing,
+        connections=connections,
+        depth=depth,
+        size=size,
+        seconds=elapsed,
+        messages=total.received,
+        errors=total.errors,
+        msgs_per_s=total.received / elapsed if elapsed else 0.0,
+        mb_per_s=(total.bytes_sent + total.bytes_received) / elapsed / 1e6 if elapsed else 0.0,
+        latency_ms={
+            **{name: total.percentile_ns(q) / 1e6 for name, q in PERCENTILES},
+            "max": total.max_latency_ns / 1e6,
+        },
+        last_error=total.last_error,
+    )
+
+
+def format_result(result: BenchResult) -> str:
+    latency = "  ".join(f"{name} {value:.3f}" for name, value in result.latency_ms.items())
+    lines = [
+        f"{result.connections} connections x depth {result.depth}, {result.size}-byte "
+        f"messages, {result.framing} framing, {result.seconds:.1f}s to "
+        f"{result.host}:{result.port}",
+        f"  {result.msgs_per_s:,.0f} msgs/s  {result.mb_per_s:.1f} MB/s  "
+        f"({result.messages:,} replies checked, {result.errors} errors)",
+        f"  latency ms: {latency}",
+    ]
+    if result.errors:
+        lines.append(f"  last error: {result.last_error}")
+    return "\n".join(lines)
+
+
+def run_bench(args: Any, out: TextIO | None = None) -> int:
+    """The ``bench`` command: returns the exit code (1 if any reply was wrong)."""
+    out = out if out is not None else sys.stdout
+    progress = sys.stderr if (not args.json and sys.stderr.isatty()) else None
+    try:
+        result = measure(
+            args.host,
+            args.port,
+            connections=args.connections,
+            depth=args.depth,
+            size=args.size,
+            framing=args.framing,
+            duration=args.duration,
+            warmup=args.warmup,
+            progress=progress,
+        )
+    except (LoadGeneratorError, ValueError) as exc:
+        print(f"trioecho bench: {exc}", file=sys.stderr)
+        return 2
+    print(result.to_json() if args.json else format_result(result), file=out)
+    return 1 if result.errors else 0
