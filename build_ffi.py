@@ -59,7 +59,9 @@ def _compile_args() -> tuple[list[str], list[str]]:
     else:
         compile_args += ["-O2"]
     if _flag("TRIOECHO_SANITIZE"):
-        checks = "address,undefined,fuzzer-no-link" if _flag("TRIOECHO_FUZZ") else "address,undefined"
+        checks = (
+            "address,undefined,fuzzer-no-link" if _flag("TRIOECHO_FUZZ") else "address,undefined"
+        )
         sanitize = [f"-fsanitize={checks}", "-fno-sanitize-recover=all"]
         if _flag("TRIOECHO_FUZZ"):
             # atheris's bundled runtime predates clang 17's -fsanitize=function for C

@@ -13,6 +13,7 @@ does the build) so that memory errors in the C scan crash too.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from typing import Any
 
@@ -70,13 +71,15 @@ def test_one_input(data: bytes) -> None:
     cuts = sorted(fdp.ConsumeIntInRange(0, 4096) for _ in range(fdp.ConsumeIntInRange(0, 12)))
     stream = fdp.ConsumeBytes(fdp.remaining_bytes())
     bounds = [0, *(min(cut, len(stream)) for cut in cuts), len(stream)]
-    for start, end in zip(bounds, bounds[1:]):
+    for start, end in itertools.pairwise(bounds):
         chunk = stream[start:end]
         while True:
             c_result = outcome(c_framer, chunk)
             py_result = outcome(py_framer, chunk)
             if c_result != py_result:
-                raise AssertionError(f"C and Python differ: {config}\n C: {c_result}\n Py: {py_result}")
+                raise AssertionError(
+                    f"C and Python differ: {config}\n C: {c_result}\n Py: {py_result}"
+                )
             if c_result[0] != "too long" or config.get("on_too_long") != "discard":
                 break
             chunk = b""  # discard mode: carry on after the bad line

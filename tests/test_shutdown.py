@@ -13,8 +13,8 @@ import signal
 import time
 
 import trio
-
 from serverproc import server_process
+
 from trioecho import FramingConfig
 from trioecho.echo import GREETING, REPLY_SUFFIX
 from trioecho.stream import MessageStream
@@ -69,7 +69,7 @@ async def test_sigterm_under_pipelined_load_loses_no_reply() -> None:
                 await trio.sleep(1.0)  # under load
                 signalled = time.monotonic()
                 server.process.send_signal(signal.SIGTERM)
-            code = await trio.to_thread.run_sync(server.stop)
+            code = await trio.to_thread.run_sync(server.wait)
             stopped_after = time.monotonic() - signalled
         line = server.wait_for_log("stopped after serving")
     assert code == 0

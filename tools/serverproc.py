@@ -63,8 +63,13 @@ class ServerProcess:
         raise AssertionError(f"no log line with {fragments}; log: {self.log[-20:]}")
 
     def stop(self, signum: int = signal.SIGINT, timeout: float = 20) -> int:
+        """Send ``signum`` (if the server still runs) and return its exit code."""
         if self.process.poll() is None:
             self.process.send_signal(signum)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 20) -> int:
+        """Wait for the server to exit by itself; return its exit code."""
         code = self.process.wait(timeout=timeout)
         self._reader.join(timeout=5)
         return code

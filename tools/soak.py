@@ -27,8 +27,8 @@ import sys
 import time
 
 import trio
-
 from serverproc import ServerProcess
+
 from trioecho import FramingConfig
 from trioecho.echo import GREETING, REPLY_SUFFIX
 from trioecho.stream import MessageStream
@@ -122,7 +122,9 @@ async def session(port: int, config: FramingConfig, rng: random.Random, tally: T
             tally.errors.append(f"{mode}/{ending}: {type(exc).__name__}: {exc}")
 
 
-async def client(port: int, config: FramingConfig, seed: int, deadline: float, tally: Tally) -> None:
+async def client(
+    port: int, config: FramingConfig, seed: int, deadline: float, tally: Tally
+) -> None:
     rng = random.Random(seed)
     while trio.current_time() < deadline:
         try:
@@ -132,7 +134,9 @@ async def client(port: int, config: FramingConfig, seed: int, deadline: float, t
         await trio.sleep(rng.random() * 0.05)
 
 
-async def run_clients(port: int, config: FramingConfig, connections: int, seconds: float, seed: int) -> Tally:
+async def run_clients(
+    port: int, config: FramingConfig, connections: int, seconds: float, seed: int
+) -> Tally:
     tally = Tally()
     deadline = trio.current_time() + seconds
     async with trio.open_nursery() as nursery:
@@ -157,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     config = FramingConfig(args.framing)
-    server = ServerProcess("--framing", args.framing, "--max-connections", str(args.connections * 2), "-q")
+    server = ServerProcess(
+        "--framing", args.framing, "--max-connections", str(args.connections * 2), "-q"
+    )
     try:
         start_fds, start_rss = server.open_fds(), server.rss_kib()
         warmup = max(10.0, args.duration * 0.1)
@@ -165,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         idle_fds = wait_for_idle(server, start_fds)
         idle_rss = server.rss_kib()
         began = time.monotonic()
-        tally = trio.run(run_clients, server.port, config, args.connections, args.duration, args.seed)
+        tally = trio.run(
+            run_clients, server.port, config, args.connections, args.duration, args.seed
+        )
         elapsed = time.monotonic() - began
         end_fds = wait_for_idle(server, idle_fds)
         end_rss = server.rss_kib()
@@ -178,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  messages sent {tally.sent}, replies checked {tally.replies}")
     print(f"  lost {tally.lost}, misordered {tally.misordered}")
     print(f"  server fds: start {start_fds}, idle after warm-up {idle_fds}, after soak {end_fds}")
-    print(f"  server RSS KiB: start {start_rss}, idle after warm-up {idle_rss}, after soak {end_rss}")
+    print(
+        f"  server RSS KiB: start {start_rss}, idle after warm-up {idle_rss}, after soak {end_rss}"
+    )
     print(f"  server exit code {code}")
     for error in tally.errors[:10]:
         print(f"  error: {error}")

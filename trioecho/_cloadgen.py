@@ -39,7 +39,7 @@ class BenchStats:
             return 0
         rank = fraction * total
         seen = 0
-        for floor, count in zip(_BUCKET_FLOORS, self.histogram):
+        for floor, count in zip(_BUCKET_FLOORS, self.histogram, strict=False):
             seen += count
             if seen >= rank:
                 return min(int(floor), self.max_latency_ns)

@@ -49,7 +49,7 @@ def _merge(parts: list[BenchStats]) -> BenchStats:
         bytes_sent=sum(p.bytes_sent for p in parts),
         bytes_received=sum(p.bytes_received for p in parts),
         max_latency_ns=max((p.max_latency_ns for p in parts), default=0),
-        histogram=[sum(column) for column in zip(*(p.histogram for p in parts))],
+        histogram=[sum(column) for column in zip(*(p.histogram for p in parts), strict=False)],
         open_connections=parts[-1].open_connections if parts else 0,
         last_error=next((p.last_error for p in reversed(parts) if p.last_error), ""),
     )

@@ -1,0 +1,286 @@
+"""The peers trioecho is measured against: the same echo protocol, other servers.
+
+    python benchmarks/peers.py NAME --port PORT --framing {line,len,raw}
+
+prints ``listening on 127.0.0.1:PORT`` when ready and serves until killed.
+Every peer sends the greeting, answers each message with message + 好 and
+closes on ``q``.  NAME is one of:
+
+threaded          the seed: socketserver.ThreadingTCPServer, one thread per
+                  client; StreamRequestHandler (readline / read) for line and
+                  len, the seed's own BaseRequestHandler for raw
+asyncio-streams   asyncio.start_server, readline / readexactly, drain per reply
+asyncio-protocol  an asyncio Protocol with a pure-Python splitter, one write
+                  per read
+uvloop-protocol   the same on uvloop (pip install 'trioecho[bench]')
+trio-plain        trio.serve_tcp, receive_some, pure-Python splitter, one
+                  send_all per read
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socketserver
+import struct
+import sys
+from typing import Protocol, cast
+
+GREETING = "你好欢迎你".encode()
+SUFFIX = "好".encode()
+_HEADER = struct.Struct(">I")
+
+
+class Splitter(Protocol):
+    def feed(self, data: bytes) -> list[bytes]: ...
+
+    @staticmethod
+    def encode(payloads: list[bytes]) -> bytes: ...
+
+
+class LineSplitter:
+    """Naive line splitting: bytes.split, the unfinished tail kept."""
+
+    def __init__(self) -> None:
+        self.tail = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        lines = (self.tail + data).split(b"\n")
+        self.tail = lines.pop()
+        return lines
+
+    @staticmethod
+    def encode(payloads: list[bytes]) -> bytes:
+        return b"".join(p + b"\n" for p in payloads)
+
+
+class LenSplitter:
+    """Naive length-prefixed splitting: a struct.unpack_from loop."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buffer = self.buffer + data
+        frames: list[bytes] = []
+        pos = 0
+        while len(buffer) - pos >= 4:
+            (length,) = _HEADER.unpack_from(buffer, pos)
+            end = pos + 4 + length
+            if end > len(buffer):
+                break
+            frames.append(buffer[pos + 4 : end])
+            pos = end
+        self.buffer = buffer[pos:]
+        return frames
+
+    @staticmethod
+    def encode(payloads: list[bytes]) -> bytes:
+        return b"".join(_HEADER.pack(len(p)) + p for p in payloads)
+
+
+class RawSplitter:
+    def feed(self, data: bytes) -> list[bytes]:
+        return [data]
+
+    @staticmethod
+    def encode(payloads: list[bytes]) -> bytes:
+        return b"".join(payloads)
+
+
+SPLITTERS: dict[str, type[Splitter]] = {
+    "line": LineSplitter,
+    "len": LenSplitter,
+    "raw": RawSplitter,
+}
+
+
+def replies(messages: list[bytes]) -> tuple[list[bytes], bool]:
+    """Replies to a batch, and whether a ``q`` ended the session."""
+    out: list[bytes] = []
+    for message in messages:
+        if message == b"q":
+            return out, True
+        out.append(message + SUFFIX)
+    return out, False
+
+
+# -- threaded: the seed ----------------------------------------------------
+
+
+class SeedRawHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        conn = self.request
+        conn.sendall(GREETING)
+        while True:
+            data = conn.recv(1024)
+            if not data or data == b"q":
+                break
+            conn.sendall(data + SUFFIX)
+
+
+class LineStreamHandler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(GREETING + b"\n")
+        for line in self.rfile:
+            message = line[:-1] if line.endswith(b"\n") else line
+            if message == b"q":
+                break
+            self.wfile.write(message + SUFFIX + b"\n")
+
+
+class LenStreamHandler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(_HEADER.pack(len(GREETING)) + GREETING)
+        while True:
+            header = self.rfile.read(4)
+            if len(header) < 4:
+                break
+            message = self.rfile.read(_HEADER.unpack(header)[0])
+            if message == b"q":
+                break
+            self.wfile.write(_HEADER.pack(len(message) + len(SUFFIX)) + message + SUFFIX)
+
+
+class ThreadedServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 4096
+
+
+def serve_threaded(port: int, framing: str) -> None:
+    handler = {"raw": SeedRawHandler, "line": LineStreamHandler, "len": LenStreamHandler}[framing]
+    with ThreadedServer(("127.0.0.1", port), handler) as server:
+        announce(server.server_address[1])
+        server.serve_forever()
+
+
+# -- asyncio -----------------------------------------------------------------
+
+
+async def serve_asyncio_streams(port: int, framing: str) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        splitter = SPLITTERS[framing]
+        writer.write(splitter.encode([GREETING]))
+        try:
+            while True:
+                if framing == "line":
+                    line = await reader.readline()
+                    if not line:
+                        break
+                    message = line.rstrip(b"\n")
+                elif framing == "len":
+                    header = await reader.readexactly(4)
+                    message = await reader.readexactly(_HEADER.unpack(header)[0])
+                else:
+                    message = await reader.read(1024)
+                    if not message:
+                        break
+                if message == b"q":
+                    break
+                writer.write(splitter.encode([message + SUFFIX]))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=4096)
+    announce(server.sockets[0].getsockname()[1])
+    async with server:
+        await server.serve_forever()
+
+
+class EchoProtocol(asyncio.Protocol):
+    def __init__(self, framing: str) -> None:
+        self.splitter = SPLITTERS[framing]()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self.splitter.encode([GREETING]))
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        out, done = replies(self.splitter.feed(data))
+        if out:
+            self.transport.write(self.splitter.encode(out))
+        if done:
+            self.transport.close()
+
+
+async def serve_asyncio_protocol(port: int, framing: str) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: EchoProtocol(framing), "127.0.0.1", port, backlog=4096
+    )
+    announce(server.sockets[0].getsockname()[1])
+    async with server:
+        await server.serve_forever()
+
+
+# -- trio --------------------------------------------------------------------
+
+
+async def serve_trio_plain(port: int, framing: str) -> None:
+    import trio
+
+    async def handle(stream: trio.SocketStream) -> None:
+        splitter = SPLITTERS[framing]()
+        receive_size = 1024 if framing == "raw" else 65536
+        try:
+            await stream.send_all(splitter.encode([GREETING]))
+            while data := await stream.receive_some(receive_size):
+                out, done = replies(splitter.feed(data))
+                if out:
+                    await stream.send_all(splitter.encode(out))
+                if done:
+                    return
+        except trio.BrokenResourceError:
+            pass
+
+    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1", backlog=4096)
+    announce(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(handle, listeners)
+
+
+def announce(port: int) -> None:
+    print(f"listening on 127.0.0.1:{port}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="benchmark peers of trioecho")
+    parser.add_argument(
+        "name",
+        choices=[
+            "threaded",
+            "asyncio-streams",
+            "asyncio-protocol",
+            "uvloop-protocol",
+            "trio-plain",
+        ],
+    )
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--framing", choices=["line", "len", "raw"], default="len")
+    args = parser.parse_args()
+    if args.name == "threaded":
+        serve_threaded(args.port, args.framing)
+    elif args.name == "asyncio-streams":
+        asyncio.run(serve_asyncio_streams(args.port, args.framing))
+    elif args.name == "asyncio-protocol":
+        asyncio.run(serve_asyncio_protocol(args.port, args.framing))
+    elif args.name == "uvloop-protocol":
+        import uvloop
+
+        uvloop.run(serve_asyncio_protocol(args.port, args.framing))
+    else:
+        import trio
+
+        trio.run(serve_trio_plain, args.port, args.framing)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(0)

@@ -1,0 +1,131 @@
+"""trioecho bench: the C load generator checks every reply."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+from serverproc import server_process
+
+from trioecho._cloadgen import LoadGenerator, LoadGeneratorError
+from trioecho.bench import measure
+from trioecho.echo import GREETING, REPLY_SUFFIX
+
+
+@pytest.mark.parametrize(
+    ("framing", "depth", "size"), [("line", 1, 64), ("len", 16, 16), ("raw", 1, 100)]
+)
+def test_bench_against_the_service(framing: str, depth: int, size: int) -> None:
+    with server_process("--framing", framing) as server:
+        result = measure(
+            "127.0.0.1",
+            server.port,
+            connections=4,
+            depth=depth,
+            size=size,
+            framing=framing,
+            duration=0.5,
+            warmup=0.1,
+        )
+        assert server.stop() == 0
+    assert result.errors == 0, result.last_error
+    assert result.messages > 0
+    assert 0 < result.latency_ms["p50"] <= result.latency_ms["p99"] <= result.latency_ms["max"]
+
+
+def fake_server(reply_suffix: bytes) -> tuple[socket.socket, threading.Thread]:
+    """A line server that greets correctly but answers with ``reply_suffix``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(GREETING + b"\n")
+            buffer = b""
+            while chunk := conn.recv(65536):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                conn.sendall(b"".join(line + reply_suffix + b"\n" for line in lines))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+def test_a_wrong_reply_is_counted_as_an_error() -> None:
+    listener, _thread = fake_server("不".encode())
+    with (
+        listener,
+        LoadGenerator(
+            "127.0.0.1", listener.getsockname()[1], connections=1, depth=1, size=8, framing="line"
+        ) as load,
+    ):
+        stats = load.run(0.5)
+    assert stats.errors == 1
+    assert stats.received == 0
+    assert stats.last_error == "wrong reply (length, content or suffix)"
+    assert stats.open_connections == 0
+
+
+def test_the_right_suffix_passes_the_same_check() -> None:
+    listener, _thread = fake_server(REPLY_SUFFIX)
+    with (
+        listener,
+        LoadGenerator(
+            "127.0.0.1", listener.getsockname()[1], connections=1, depth=4, size=8, framing="line"
+        ) as load,
+    ):
+        stats = load.run(0.3)
+    assert stats.errors == 0
+    assert stats.received > 0
+
+
+def test_wrong_framing_is_refused_at_the_greeting() -> None:
+    with (
+        server_process("--framing", "line") as server,
+        pytest.raises(LoadGeneratorError, match="greeting"),
+    ):
+        LoadGenerator("127.0.0.1", server.port, connections=1, depth=1, size=8, framing="len")
+
+
+def test_refused_connection() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, not listening: refused
+        port = sock.getsockname()[1]
+        with pytest.raises(LoadGeneratorError, match="connect"):
+            LoadGenerator("127.0.0.1", port, connections=1, depth=1, size=8, framing="len")
+
+
+def test_bench_command_json() -> None:
+    with server_process("--framing", "len") as server:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "trioecho",
+                "bench",
+                "--port",
+                str(server.port),
+                "--framing",
+                "len",
+                "-c",
+                "2",
+                "-d",
+                "4",
+                "--duration",
+                "0.5",
+                "--warmup",
+                "0.1",
+                "--json",
+            ],
+            capture_output=True,
+            timeout=60,
+        )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["errors"] == 0 and report["messages"] > 0
+    assert set(report["latency_ms"]) == {"p50", "p90", "p99", "p99.9", "max"}
