@@ -378,3 +378,136 @@ unfinished:
     f->search_from = next_search - s.line_start;
     return r->status;
 }
+
+/* ---- echo transform --------------------------------------------------- */
+
+static void put_header(uint8_t *p, uint64_t v, unsigned n, int little_endian)
+{
+    unsigned i;
+    for (i = 0; i < n; i++) {
+        unsigned shift = little_endian ? 8 * i : 8 * (n - 1 - i);
+        p[i] = (uint8_t)(v >> shift);
+    }
+}
+
+static int is_stop(const uint8_t *payload, size_t length, const uint8_t *stop,
+                   size_t stop_len)
+{
+    return length == stop_len && memcmp(payload, stop, stop_len) == 0;
+}
+
+int te_length_echo(const te_length_framer *f, const uint8_t *buf, size_t len,
+                   size_t pos, const uint8_t *suffix, size_t suffix_len,
+                   const uint8_t *stop, size_t stop_len, uint8_t *out,
+                   size_t out_cap, te_result *r)
+{
+    const size_t h = f->header_bytes;
+    const uint64_t header_max = h == 8 ? UINT64_MAX : ((uint64_t)1 << (8 * h)) - 1;
+
+    result_clear(r);
+    if (pos > len)
+        pos = len;
+    while (len - pos >= h) {
+        uint64_t length = read_header(buf + pos, (unsigned)h, f->little_endian);
+        size_t start = pos + h, reply;
+        if (length > f->max_frame) {
+            r->status = TE_FALLBACK; /* the scan reports the error */
+            break;
+        }
+        if (length > (uint64_t)(len - start))
+            break; /* body incomplete */
+        if (is_stop(buf + start, (size_t)length, stop, stop_len)) {
+            pos = start + (size_t)length;
+            r->status = TE_STOP;
+            break;
+        }
+        if (length + suffix_len > f->max_frame || length + suffix_len > header_max) {
+            r->status = TE_FALLBACK; /* the reply cannot be framed */
+            break;
+        }
+        reply = h + (size_t)length + suffix_len;
+        if (reply > out_cap - r->packed) {
+            r->status = TE_MORE;
+            break;
+        }
+        put_header(out + r->packed, length + suffix_len, (unsigned)h, f->little_endian);
+        memcpy(out + r->packed + h, buf + start, (size_t)length);
+        memcpy(out + r->packed + h + (size_t)length, suffix, suffix_len);
+        r->packed += reply;
+        r->frames++;
+        pos = start + (size_t)length;
+    }
+    r->consumed = pos;
+    return r->status;
+}
+
+int te_line_echo(te_line_framer *f, const uint8_t *buf, size_t len,
+                 const uint8_t *suffix, size_t suffix_len, const uint8_t *stop,
+                 size_t stop_len, uint8_t *out, size_t out_cap, te_result *r)
+{
+    const size_t dlen = f->delimiter_len;
+    size_t line_start = 0, pos = f->search_from, next_search, p, q;
+
+    result_clear(r);
+    /* Handled here: one-byte delimiters, and suffixes that keep every reply
+     * one valid line (no delimiter in the suffix, no final '\r' to strip). */
+    if (f->discarding || dlen != 1 || memchr(suffix, f->delimiter[0], suffix_len) != NULL ||
+        (f->strip_cr && (suffix_len == 0 || suffix[suffix_len - 1] == '\r'))) {
+        r->status = TE_FALLBACK;
+        return r->status;
+    }
+    if (pos > len)
+        pos = len;
+    for (;;) {
+        size_t d = find_delimiter(f, buf, len, pos), payload, reply;
+        if (d == len)
+            break;
+        payload = payload_length(f, buf, line_start, d);
+        if ((uint64_t)payload > f->max_frame) {
+            r->status = TE_FALLBACK;
+            break;
+        }
+        if (is_stop(buf + line_start, payload, stop, stop_len)) {
+            line_start = d + dlen;
+            r->status = TE_STOP;
+            break;
+        }
+        if ((uint64_t)(payload + suffix_len) > f->max_frame) {
+            r->status = TE_FALLBACK;
+            break;
+        }
+        reply = payload + suffix_len + dlen;
+        if (reply > out_cap - r->packed) {
+            r->status = TE_MORE;
+            break;
+        }
+        memcpy(out + r->packed, buf + line_start, payload);
+        memcpy(out + r->packed + payload, suffix, suffix_len);
+        memcpy(out + r->packed + payload + suffix_len, f->delimiter, dlen);
+        r->packed += reply;
+        r->frames++;
+        line_start = pos = d + dlen;
+    }
+    r->consumed = line_start;
+    if (r->status != TE_OK) {
+        f->search_from = 0; /* the caller goes on from line_start */
+        return r->status;
+    }
+    /* The unfinished line: as te_line_scan, leave it to the scan if it is
+     * already over-long, else remember how far it was searched. */
+    next_search = len - line_start >= dlen ? len - dlen + 1 : line_start;
+    p = len;
+    for (q = next_search; q < len; q++) {
+        if (memcmp(buf + q, f->delimiter, len - q) == 0) {
+            p = q;
+            break;
+        }
+    }
+    if ((uint64_t)payload_length(f, buf, line_start, p) > f->max_frame) {
+        f->search_from = 0;
+        r->status = TE_FALLBACK;
+        return r->status;
+    }
+    f->search_from = next_search - line_start;
+    return r->status;
+}

@@ -14,7 +14,7 @@ from . import __version__
 from ._backend import IMPLEMENTATION
 from .client import run_client
 from .demo import run_demo
-from .echo import GREETING, EchoHandler
+from .echo import GREETING, EchoHandler, GenericEchoHandler
 from .framing import DEFAULT_MAX_FRAME, DEFAULT_MAX_LINE, FRAMINGS, FramingConfig
 from .server import (
     DEFAULT_GRACE,
@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_GRACE,
         help="on SIGINT/SIGTERM, seconds connections get to finish (default %(default)s)",
     )
+    serve.add_argument(
+        "--generic",
+        action="store_true",
+        help="build replies through the generic per-message handler path, not the C echo "
+        "(for benchmarks; same bytes on the wire)",
+    )
     _add_verbosity(serve)
     client = commands.add_parser("client", help="send stdin lines, print the replies")
     _add_connection_options(client)
@@ -167,7 +173,7 @@ def _framing(args: argparse.Namespace) -> FramingConfig:
 
 async def _serve(args: argparse.Namespace, framing: FramingConfig) -> int:
     server = MessageServer(
-        EchoHandler,
+        GenericEchoHandler if args.generic else EchoHandler,
         host=args.host,
         port=args.port,
         framing=framing,

@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import logging
 
-import trio
-
 from ._errors import FrameTooLongError
 from .framing import LineFramer
 from .server import BaseRequestHandler, format_address
 
-__all__ = ["GREETING", "QUIT", "REPLY_SUFFIX", "EchoHandler", "reply_to"]
+__all__ = ["GREETING", "QUIT", "REPLY_SUFFIX", "EchoHandler", "GenericEchoHandler", "reply_to"]
 
 logger = logging.getLogger("trioecho.echo")
 
@@ -41,31 +39,34 @@ def reply_to(message: bytes) -> bytes:
 
 
 class EchoHandler(BaseRequestHandler):
-    """Greets, then answers each message with ``message + 好`` until ``q``."""
+    """Greets, then answers each message with ``message + 好`` until ``q``.
+
+    The replies are built by :meth:`MessageStream.echo`, in C with the C
+    framer.  ``GenericEchoHandler`` goes through the generic path instead
+    (``receive_messages``, a Python ``bytes`` per message, ``send_messages``);
+    both put the same bytes on the wire.
+    """
+
+    generic = False
 
     async def handle(self) -> None:
         stream = self.request
         await stream.send_message(GREETING)
         while True:
             try:
-                batch = await stream.receive_messages()
-            except trio.EndOfChannel:
+                await stream.echo(REPLY_SUFFIX, QUIT, generic=self.generic)
                 return
             except FrameTooLongError as exc:
                 framer = stream.framer
                 if isinstance(framer, LineFramer) and framer.on_too_long == "discard":
-                    logger.warning(
-                        "%s: dropped an over-long line: %s",
-                        format_address(self.client_address),
-                        exc,
-                    )
+                    where = format_address(self.client_address)
+                    logger.warning("%s: dropped an over-long line: %s", where, exc)
                     continue
                 raise
-            replies: list[bytes] = []
-            for message in batch:
-                if message == QUIT:
-                    if replies:
-                        await stream.send_messages(replies)
-                    return
-                replies.append(message + REPLY_SUFFIX)
-            await stream.send_messages(replies)
+
+
+class GenericEchoHandler(EchoHandler):
+    """:class:`EchoHandler` through the generic path: each message received as
+    ``bytes``, the replies sent with ``send_messages`` (``serve --generic``)."""
+
+    generic = True

@@ -150,6 +150,35 @@ class _StreamFramer:
             raise error
         return frames
 
+    @property
+    def can_echo(self) -> bool:
+        """Whether :meth:`feed_echo` is available (the C framer)."""
+        return hasattr(self._scanner, "echo") and self._broken is None
+
+    def feed_echo(self, data: Buffer, suffix: bytes, stop: bytes) -> tuple[bytes, int, str]:
+        """Add ``data``; answer each complete frame with its payload + ``suffix``.
+
+        Returns ``(replies, count, outcome)``: the framed replies, ready to
+        send, and how many.  ``outcome`` is ``"ok"``; ``"stop"`` if a frame
+        equal to ``stop`` arrived (consumed, not answered; later bytes are
+        left unread); or ``"fallback"`` if it stopped before a frame that
+        needs :meth:`feed` (an error to raise, a reply that cannot be framed):
+        call ``feed(b"")`` next.  Results are those of ``feed`` and
+        ``encode_many`` on the same bytes.  Only when :attr:`can_echo`.
+        """
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            replies, count, consumed, outcome = self._scanner.echo(buffer, suffix, stop)  # type: ignore[attr-defined]
+            del buffer[:consumed]
+        else:
+            if type(data) is not bytes:
+                data = bytes(data)
+            replies, count, consumed, outcome = self._scanner.echo(data, suffix, stop)  # type: ignore[attr-defined]
+            if consumed < len(data):
+                buffer += memoryview(data)[consumed:]
+        return replies, count, outcome
+
     def feed_eof(self) -> None:
         """The peer closed its side: raise IncompleteFrameError if a frame is unfinished."""
         if self._buffer and self._broken is None:

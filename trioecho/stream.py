@@ -47,6 +47,7 @@ import trio
 from ._errors import (
     ConnectionClosedError,
     FrameTooLongError,
+    FramingError,
     IdleTimeoutError,
     SlowReaderError,
 )
@@ -141,6 +142,65 @@ class MessageStream(trio.abc.AsyncResource):
         self._pending.clear()
         return batch
 
+    async def echo(self, suffix: bytes, stop: bytes, *, generic: bool = False) -> bool:
+        """Answer every message with ``message + suffix`` until one equals ``stop``.
+
+        Returns True once ``stop`` arrived (it gets no reply), False at the
+        end of the stream.  A reply that cannot be framed raises the framer's
+        error after the replies before it went out.  With the C framer the
+        replies to a whole read are built in one C call, with no Python
+        object per message; ``generic=True`` (or a framer without that C
+        path) goes through :meth:`receive_messages` and
+        :meth:`send_messages` instead, with the same bytes on the wire.
+        """
+        framer = self.framer
+        fast = not generic and getattr(framer, "can_echo", False)
+        while True:
+            if not fast or self._pending or self._error is not None or self._resume:
+                try:
+                    batch = await self.receive_messages()
+                except trio.EndOfChannel:
+                    return False
+                if await self._answer(batch, suffix, stop):
+                    return True
+                fast = not generic and getattr(framer, "can_echo", False)
+                continue
+            deadline = self._start_receiving()
+            try:
+                data = await self._read_chunk(deadline)
+            finally:
+                self._receiving = False
+            if data is None:
+                return False
+            wire, count, outcome = framer.feed_echo(data, suffix, stop)  # type: ignore[attr-defined]
+            self.messages_received += count + (outcome == "stop")
+            if wire:
+                await self._send(wire, count)
+            if outcome == "stop":
+                return True
+            if outcome == "fallback":
+                self._feed(b"")  # the general path takes it from here
+                fast = False
+
+    async def _answer(self, batch: list[bytes], suffix: bytes, stop: bytes) -> bool:
+        """Send the replies to ``batch``; return True if it held ``stop``."""
+        replies: list[bytes] = []
+        stopped = False
+        for message in batch:
+            if message == stop:
+                stopped = True
+                break
+            replies.append(message + suffix)
+        if replies:
+            try:
+                await self.send_messages(replies)
+            except FramingError:
+                # Send the replies before the one that cannot be framed, then
+                # raise its error: no reply is lost for the messages before it.
+                for reply in replies:
+                    await self.send_message(reply)
+        return stopped
+
     def __aiter__(self) -> MessageStream:
         return self
 
@@ -162,17 +222,19 @@ class MessageStream(trio.abc.AsyncResource):
         if self._receive_scope is not None:
             self._receive_scope.cancel()
 
-    async def _fill(self) -> bool:
-        """Make ``_pending`` non-empty; return False at the end of the messages."""
+    def _start_receiving(self) -> float:
+        """Claim the receiving side; return the idle deadline."""
         if self._closed:
             raise trio.ClosedResourceError("the message stream was closed")
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving from this stream")
         self._receiving = True
+        return math.inf if self.idle_timeout is None else trio.current_time() + self.idle_timeout
+
+    async def _fill(self) -> bool:
+        """Make ``_pending`` non-empty; return False at the end of the messages."""
+        deadline = self._start_receiving()
         try:
-            deadline = (
-                math.inf if self.idle_timeout is None else trio.current_time() + self.idle_timeout
-            )
             while not self._pending:
                 if self._error is not None:
                     error = self._error
@@ -185,21 +247,30 @@ class MessageStream(trio.abc.AsyncResource):
                     self._resume = False
                     self._feed(b"")
                     continue
-                if self._at_eof:
-                    self.framer.feed_eof()
-                    return False
-                if self._stopping:
-                    return False
-                data = await self._receive_some(deadline)
+                data = await self._read_chunk(deadline)
                 if data is None:
-                    continue  # stop_receiving() interrupted the read
-                if not data:
-                    self._at_eof = True
-                    continue
+                    return False
                 self._feed(data)
             return True
         finally:
             self._receiving = False
+
+    async def _read_chunk(self, deadline: float) -> bytes | None:
+        """The next non-empty chunk, or None at the end (raising
+        IncompleteFrameError if the stream ended inside a frame)."""
+        while True:
+            if self._at_eof:
+                self.framer.feed_eof()
+                return None
+            if self._stopping:
+                return None
+            data = await self._receive_some(deadline)
+            if data is None:
+                continue  # stop_receiving() interrupted the read
+            if not data:
+                self._at_eof = True
+                continue
+            return data
 
     def _feed(self, data: bytes) -> None:
         try:
