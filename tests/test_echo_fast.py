@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_framing_differential import chunked, length_configs, line_bytes, line_configs
 
-from trioecho import FramingConfig, LengthPrefixedFramer
+from trioecho import FramingConfig, LengthPrefixedFramer, LineFramer
 from trioecho.echo import EchoHandler, GenericEchoHandler
 from trioecho.stream import MessageStream
 
@@ -103,3 +103,17 @@ async def test_echo_counts_messages_like_the_generic_path() -> None:
             await handler(stream, ("test", 0), None).handle()  # type: ignore[arg-type]
         counts.append((stream.messages_received, stream.messages_sent))
     assert counts == [(4, 4), (4, 4)]  # a, b, c, q received; greeting + 3 replies sent
+
+
+def test_feed_echo_over_more_than_one_output_buffer() -> None:
+    """Replies larger than the C output buffer come back whole, in order."""
+    messages = [bytes([65 + i % 26]) * 1000 for i in range(400)]  # ~400 KB of replies
+    for framer, reference in (
+        (LengthPrefixedFramer(implementation="c"), LengthPrefixedFramer(implementation="c")),
+        (LineFramer(implementation="c"), LineFramer(implementation="c")),
+    ):
+        wire = reference.encode_many(messages)
+        replies, count, outcome = framer.feed_echo(bytearray(wire), b"!", b"q")
+        assert (count, outcome) == (400, "ok")
+        assert replies == reference.encode_many([m + b"!" for m in messages])
+        assert framer.buffered == 0

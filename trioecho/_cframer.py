@@ -93,7 +93,10 @@ def _echo(
     parts: list[bytes] = []
     count = 0
     pos = 0
-    with ffi.from_buffer(buf) as ptr:
+    # bytes go to C as they are; anything else through a buffer export,
+    # released before the caller resizes its bytearray.
+    ptr = buf if type(buf) is bytes else ffi.from_buffer(buf)
+    try:
         while True:
             scan(ptr, pos, out)
             status, _, frames, _, _, _, _, packed, consumed, _ = _RESULT.unpack_from(result_view)
@@ -103,6 +106,11 @@ def _echo(
                 count += frames
             if status != _MORE:
                 break
+            if ptr is buf:
+                ptr = ffi.from_buffer(buf)  # pointer arithmetic needs a cdata pointer
+    finally:
+        if ptr is not buf:
+            ffi.release(ptr)
     outcome = ECHO_STOP if status == _STOP else ECHO_FALLBACK if status == _FALLBACK else ECHO_OK
     return b"".join(parts), count, pos, outcome
 
@@ -258,7 +266,7 @@ class LineScanner:
             # The C side takes the buffer from the first unconsumed byte.
             lib.te_line_echo(
                 self._framer,
-                ptr + pos,
+                ptr + pos if pos else ptr,
                 len(buf) - pos,
                 suffix,
                 len(suffix),
