@@ -249,3 +249,26 @@ def test_bad_receive_size() -> None:
     client_transport, _ = trio.testing.memory_stream_pair()
     with pytest.raises(ValueError, match="receive_size"):
         MessageStream(client_transport, LineFramer(), receive_size=0)
+
+
+@pytest.mark.parametrize("generic", [False, True])
+async def test_echo_idle_timeout_is_per_complete_message(
+    autojump_clock: trio.testing.MockClock, generic: bool
+) -> None:
+    client_transport, server_transport = trio.testing.memory_stream_pair()
+    server = MessageStream(server_transport, LineFramer(implementation="c"), idle_timeout=10)
+
+    async def slowloris() -> None:
+        await client_transport.send_all(b"done\n")
+        for byte in b"never finished":
+            await trio.sleep(4)
+            await client_transport.send_all(bytes([byte]))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slowloris)
+        start = trio.current_time()
+        with pytest.raises(IdleTimeoutError):
+            await server.echo(b"!", b"q", generic=generic)
+        assert trio.current_time() - start == pytest.approx(10)
+        nursery.cancel_scope.cancel()
+    assert await client_transport.receive_some() == b"done!\n"

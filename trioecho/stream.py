@@ -155,6 +155,7 @@ class MessageStream(trio.abc.AsyncResource):
         """
         framer = self.framer
         fast = not generic and getattr(framer, "can_echo", False)
+        deadline = None  # for the next complete message
         while True:
             if not fast or self._pending or self._error is not None or self._resume:
                 try:
@@ -165,7 +166,9 @@ class MessageStream(trio.abc.AsyncResource):
                     return True
                 fast = not generic and getattr(framer, "can_echo", False)
                 continue
-            deadline = self._start_receiving()
+            self._start_receiving()
+            if deadline is None:
+                deadline = self._idle_deadline()
             try:
                 data = await self._read_chunk(deadline)
             finally:
@@ -173,6 +176,8 @@ class MessageStream(trio.abc.AsyncResource):
             if data is None:
                 return False
             wire, count, outcome = framer.feed_echo(data, suffix, stop)  # type: ignore[attr-defined]
+            if count:
+                deadline = None
             self.messages_received += count + (outcome == "stop")
             if wire:
                 await self._send(wire, count)
@@ -222,18 +227,22 @@ class MessageStream(trio.abc.AsyncResource):
         if self._receive_scope is not None:
             self._receive_scope.cancel()
 
-    def _start_receiving(self) -> float:
-        """Claim the receiving side; return the idle deadline."""
+    def _start_receiving(self) -> None:
+        """Claim the receiving side."""
         if self._closed:
             raise trio.ClosedResourceError("the message stream was closed")
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving from this stream")
         self._receiving = True
+
+    def _idle_deadline(self) -> float:
+        """When waiting for the next complete message must stop."""
         return math.inf if self.idle_timeout is None else trio.current_time() + self.idle_timeout
 
     async def _fill(self) -> bool:
         """Make ``_pending`` non-empty; return False at the end of the messages."""
-        deadline = self._start_receiving()
+        self._start_receiving()
+        deadline = self._idle_deadline()
         try:
             while not self._pending:
                 if self._error is not None:
