@@ -413,7 +413,7 @@ class MessageStream(trio.abc.AsyncResource):
             deadline = math.inf
             while True:
                 try:
-                    sent += sock.send(view[sent:])
+                    sent += sock.send(view[sent:] if sent else data)
                 except BlockingIOError:
                     pass
                 except OSError as exc:
