@@ -6,7 +6,7 @@ another CPU), and prints a markdown table of messages per second (p99
 latency for the 5000-connection row), then trioecho's ratio to each peer and
 the performance goals, met or not.
 
-    python benchmarks/compare.py                # everything, ~6 minutes
+    python benchmarks/compare.py                # everything, ~8 minutes
     python benchmarks/compare.py --quick        # shorter runs
     python benchmarks/compare.py --peers trioecho,uvloop-protocol --workloads pipelined-len
 
@@ -61,6 +61,7 @@ PEERS = {
     "uvloop-protocol": "uvloop Protocol",
     "trio-plain": "plain Trio",
     "trioecho-py": "trioecho, Python framer",
+    "trioecho-generic": "trioecho, generic handler",
     "trioecho": "trioecho, C framer",
 }
 
@@ -72,6 +73,8 @@ def server_command(peer: str, framing: str) -> tuple[list[str], dict[str, str]]:
             env["TRIOECHO_PUREPYTHON"] = "1"
         command = [sys.executable, "-m", "trioecho", "--port", "0", "--framing", framing, "-q"]
         command += ["--max-connections", "20000", "--idle-timeout", "0"]
+        if peer == "trioecho-generic":
+            command.append("--generic")
     else:
         command = [sys.executable, str(HERE / "peers.py"), peer, "--framing", framing]
     if shutil.which("taskset"):
