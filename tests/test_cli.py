@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from serverproc import recv_exactly, server_process
 
 from trioecho import FRAMER_IMPLEMENTATION, __version__
 from trioecho.echo import GREETING, REPLY_SUFFIX
@@ -22,49 +23,22 @@ TRIOECHO = [sys.executable, "-m", "trioecho"]
 @contextmanager
 def serving(*options: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """Start ``python -m trioecho`` on a free port; yield (process, port)."""
-    process = subprocess.Popen(
-        [*TRIOECHO, "--port", "0", *options],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline().decode()
-        match = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", line)
-        assert match, f"unexpected first line {line!r}; stderr: {process.stderr.read()!r}"  # type: ignore[union-attr]
-        yield process, int(match.group(1))
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
-        for pipe in (process.stdout, process.stderr):
-            if pipe is not None:
-                pipe.close()
-
-
-def recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
+    with server_process(*options) as server:
+        yield server.process, server.port
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_serve_talk_and_stop_with_a_signal(signum: signal.Signals) -> None:
-    with serving() as (process, port):
+    with server_process() as server:
+        port, log = server.port, server.log
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             assert recv_exactly(sock, len(GREETING) + 1) == GREETING + b"\n"
             sock.sendall(b"hello\n\xff\n")
             expected = b"hello" + REPLY_SUFFIX + b"\n\xff" + REPLY_SUFFIX + b"\n"
             assert recv_exactly(sock, len(expected)) == expected
-            process.send_signal(signum)
-            assert process.wait(timeout=10) == 0
+            assert server.stop(signum) == 0
             assert sock.recv(100) == b""  # closed by the shutdown
-        stderr = process.stderr.read().decode()  # type: ignore[union-attr]
-    assert f"{signal.Signals(signum).name}: shutting down" in stderr
+    assert f"{signal.Signals(signum).name}: shutting down" in "\n".join(log)
 
 
 def test_len_framing_with_options() -> None:
