@@ -112,7 +112,7 @@ def _echo(
         if ptr is not buf:
             ffi.release(ptr)
     outcome = ECHO_STOP if status == _STOP else ECHO_FALLBACK if status == _FALLBACK else ECHO_OK
-    return b"".join(parts), count, pos, outcome
+    return b"".join(parts), pos, count, outcome
 
 
 def _config_error(what: str) -> ValueError:
@@ -175,8 +175,8 @@ class LengthScanner:
     ) -> tuple[bytes, int, int, str]:
         """Reply to each complete frame of ``buf`` with its payload + ``suffix``.
 
-        Returns ``(replies, count, consumed, outcome)``: the framed replies,
-        how many, the bytes consumed, and ``"ok"``, ``"stop"`` (a frame equal
+        Returns ``(replies, consumed, count, outcome)``: the framed replies,
+        the bytes consumed, how many replies, and ``"ok"``, ``"stop"`` (a frame equal
         to ``stop`` was consumed, not answered) or ``"fallback"`` (stopped
         before a frame to be handled by ``scan``).
         """

@@ -42,8 +42,8 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from collections.abc import Iterable
-from typing import Literal, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, Protocol
 
 from . import _backend
 from ._errors import DelimiterInPayloadError, FrameTooLongError, IncompleteFrameError
@@ -131,24 +131,34 @@ class _StreamFramer:
         """Add the bytes of one read; return the frames they complete, in order."""
         if self._broken is not None:
             raise self._error(self._broken.length, [], again=True)
-        buffer = self._buffer
-        if buffer:
-            buffer += data
-            frames, consumed, too_long = self._scanner.scan(buffer)
-            del buffer[:consumed]
-        else:
-            if type(data) is not bytes:
-                data = bytes(data)
-            frames, consumed, too_long = self._scanner.scan(data)
-            if consumed < len(data):
-                buffer += memoryview(data)[consumed:]
+        frames: list[bytes]
+        frames, _, too_long = self._advance(data, self._scanner.scan)
         if too_long >= 0:
             error = self._error(too_long, frames, again=False)
             if not self._recoverable:
                 self._broken = error
-                buffer.clear()
+                self._buffer.clear()
             raise error
         return frames
+
+    def _advance(
+        self, data: Buffer, step: Callable[..., tuple[Any, ...]], *args: Any
+    ) -> tuple[Any, ...]:
+        """Run ``step(buffer, *args)`` over the buffered bytes plus ``data``;
+        it returns a tuple whose second item is how many bytes it consumed,
+        and those are dropped.  An empty buffer is not copied into."""
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            result = step(buffer, *args)
+            del buffer[: result[1]]
+        else:
+            if type(data) is not bytes:
+                data = bytes(data)
+            result = step(data, *args)
+            if result[1] < len(data):
+                buffer += memoryview(data)[result[1] :]
+        return result
 
     @property
     def can_echo(self) -> bool:
@@ -166,17 +176,7 @@ class _StreamFramer:
         call ``feed(b"")`` next.  Results are those of ``feed`` and
         ``encode_many`` on the same bytes.  Only when :attr:`can_echo`.
         """
-        buffer = self._buffer
-        if buffer:
-            buffer += data
-            replies, count, consumed, outcome = self._scanner.echo(buffer, suffix, stop)  # type: ignore[attr-defined]
-            del buffer[:consumed]
-        else:
-            if type(data) is not bytes:
-                data = bytes(data)
-            replies, count, consumed, outcome = self._scanner.echo(data, suffix, stop)  # type: ignore[attr-defined]
-            if consumed < len(data):
-                buffer += memoryview(data)[consumed:]
+        replies, _, count, outcome = self._advance(data, self._scanner.echo, suffix, stop)  # type: ignore[attr-defined]
         return replies, count, outcome
 
     def feed_eof(self) -> None:
