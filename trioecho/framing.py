@@ -41,6 +41,7 @@ Framers are not thread-safe: one framer, one task.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import struct
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, Protocol
@@ -93,6 +94,13 @@ class _Scanner(Protocol):
     """The scanner contract; see ``trioecho._pyframer``."""
 
     def scan(self, buf: bytes | bytearray) -> tuple[list[bytes], int, int]: ...
+
+
+@functools.cache
+def _header_packer(byteorder: str, length_bytes: int) -> Callable[[int], bytes]:
+    """``pack`` of the header format, shared by every framer that uses it."""
+    order = "<" if byteorder == "little" else ">"
+    return struct.Struct(order + _HEADER_FORMATS[length_bytes]).pack
 
 
 def _check_limit(name: str, value: int) -> int:
@@ -227,8 +235,7 @@ class LengthPrefixedFramer(_StreamFramer):
         )
         self.length_bytes = length_bytes
         self.byteorder = byteorder
-        order = "<" if byteorder == "little" else ">"
-        self._pack = struct.Struct(order + _HEADER_FORMATS[length_bytes]).pack
+        self._pack = _header_packer(byteorder, length_bytes)
         self._encode_limit = min(max_frame, (1 << (8 * length_bytes)) - 1)
 
     def _too_long_message(self, length: int) -> str:

@@ -85,6 +85,8 @@ class BaseRequestHandler:
         the :class:`MessageServer`.
     """
 
+    __slots__ = ("__dict__", "client_address", "request", "server")
+
     def __init__(self, request: MessageStream, client_address: Any, server: MessageServer) -> None:
         self.request = request
         self.client_address = client_address

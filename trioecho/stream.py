@@ -37,7 +37,6 @@ few scheduler round trips per call).  Every other transport goes through its
 
 from __future__ import annotations
 
-import collections
 import math
 import socket
 from collections.abc import Iterable
@@ -84,6 +83,29 @@ class MessageStream(trio.abc.AsyncResource):
     limit.
     """
 
+    __slots__ = (
+        "_at_eof",
+        "_closed",
+        "_error",
+        "_next",
+        "_pending",
+        "_receive_scope",
+        "_receiving",
+        "_resume",
+        "_sending",
+        "_socket",
+        "_stopping",
+        "_unyielded",
+        "_wait_first",
+        "framer",
+        "idle_timeout",
+        "messages_received",
+        "messages_sent",
+        "receive_size",
+        "send_timeout",
+        "transport_stream",
+    )
+
     def __init__(
         self,
         transport_stream: trio.abc.Stream,
@@ -100,7 +122,10 @@ class MessageStream(trio.abc.AsyncResource):
         self.receive_size = receive_size
         self.idle_timeout = idle_timeout
         self.send_timeout = send_timeout
-        self._pending: collections.deque[bytes] = collections.deque()
+        # Messages read but not yet delivered: _pending[_next:].  A list and an
+        # index rather than a deque: an idle connection keeps it small.
+        self._pending: list[bytes] = []
+        self._next = 0
         self._error: FrameTooLongError | None = None  # raise once _pending is empty
         self._resume = False  # discard mode: feed(b"") again after the error
         self._at_eof = False
@@ -126,7 +151,12 @@ class MessageStream(trio.abc.AsyncResource):
         if not await self._fill():
             raise trio.EndOfChannel
         await self._checkpoint_sometimes()
-        return self._pending.popleft()
+        message = self._pending[self._next]
+        self._next += 1
+        if self._next == len(self._pending):
+            self._pending = []
+            self._next = 0
+        return message
 
     async def receive_messages(self) -> list[bytes]:
         """Return every message available now, at least one, in order.
@@ -138,8 +168,9 @@ class MessageStream(trio.abc.AsyncResource):
         if not await self._fill():
             raise trio.EndOfChannel
         await self._checkpoint_sometimes()
-        batch = list(self._pending)
-        self._pending.clear()
+        batch = self._pending[self._next :] if self._next else self._pending
+        self._pending = []
+        self._next = 0
         return batch
 
     async def echo(self, suffix: bytes, stop: bytes, *, generic: bool = False) -> bool:
@@ -157,7 +188,12 @@ class MessageStream(trio.abc.AsyncResource):
         fast = not generic and getattr(framer, "can_echo", False)
         deadline = None  # for the next complete message
         while True:
-            if not fast or self._pending or self._error is not None or self._resume:
+            if (
+                not fast
+                or self._next < len(self._pending)
+                or self._error is not None
+                or self._resume
+            ):
                 try:
                     batch = await self.receive_messages()
                 except trio.EndOfChannel:
@@ -244,7 +280,7 @@ class MessageStream(trio.abc.AsyncResource):
         self._start_receiving()
         deadline = self._idle_deadline()
         try:
-            while not self._pending:
+            while self._next >= len(self._pending):
                 if self._error is not None:
                     error = self._error
                     if _recoverable(self.framer):
@@ -288,7 +324,10 @@ class MessageStream(trio.abc.AsyncResource):
             frames = exc.frames  # delivered before the error
             exc.frames = []
             self._error = exc
-        self._pending.extend(frames)
+        if self._pending:
+            self._pending.extend(frames)
+        else:
+            self._pending = frames
         self.messages_received += len(frames)
 
     async def _checkpoint_sometimes(self) -> None:
