@@ -169,6 +169,8 @@ uint64_t tb_bucket_floor(int i)
     if (i < TB_HIST_SUB)
         return (uint64_t)i;
     int log2 = i / TB_HIST_SUB + 3;
+    if (log2 > 63)
+        return UINT64_MAX; /* past any 64-bit latency: never filled */
     uint64_t sub = (uint64_t)(i % TB_HIST_SUB);
     return ((uint64_t)1 << log2) | (sub << (log2 - 4));
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import subprocess
@@ -132,3 +133,16 @@ def test_bench_command_json() -> None:
     report = json.loads(result.stdout)
     assert report["errors"] == 0 and report["messages"] > 0
     assert set(report["latency_ms"]) == {"p50", "p90", "p99", "p99.9", "max"}
+
+
+def test_latency_histogram_buckets_and_percentiles() -> None:
+    from trioecho._cloadgen import _BUCKET_FLOORS, BenchStats
+
+    assert _BUCKET_FLOORS[:17] == [*range(16), 16]
+    assert all(a < b for a, b in itertools.pairwise(_BUCKET_FLOORS[:976]))
+    assert _BUCKET_FLOORS[-1] == 2**64 - 1  # beyond any latency: never filled
+    histogram = [0] * len(_BUCKET_FLOORS)
+    histogram[100], histogram[200] = 99, 1
+    stats = BenchStats(0, 100, 0, 0, 0, 10**12, histogram, 0, "")
+    assert stats.percentile_ns(0.5) == _BUCKET_FLOORS[100]
+    assert stats.percentile_ns(0.999) == _BUCKET_FLOORS[200]
