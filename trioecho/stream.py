@@ -205,15 +205,8 @@ class MessageStream(trio.abc.AsyncResource):
             self._start_receiving()
             if deadline is None:
                 deadline = self._idle_deadline()
-            sock = self._socket
             try:
-                # The socket directly when it can only be data: fewer
-                # coroutine frames per read on the hot path.
-                data = None
-                if sock is not None and not self._at_eof and not self._stopping:
-                    data = await self._receive_from_socket(sock, deadline)
-                if not data:
-                    data = await self._read_chunk(deadline)
+                data = await self._read_chunk(deadline)
             finally:
                 self._receiving = False
             if data is None:
@@ -223,11 +216,7 @@ class MessageStream(trio.abc.AsyncResource):
                 deadline = None
             self.messages_received += count + (outcome == "stop")
             if wire:
-                if sock is not None:
-                    await self._send_to_socket(sock, wire)
-                    self.messages_sent += count
-                else:
-                    await self._send(wire, count)
+                await self._send(wire, count)
             if outcome == "stop":
                 return True
             if outcome == "fallback":
@@ -469,10 +458,7 @@ class MessageStream(trio.abc.AsyncResource):
                 except OSError as exc:
                     raise self._socket_error(exc, "sending") from exc
                 if sent >= len(data):
-                    self._unyielded += 1  # _checkpoint_sometimes(), inlined: hot path
-                    if self._unyielded >= CHECKPOINT_EVERY:
-                        self._unyielded = 0
-                        await trio.lowlevel.checkpoint()
+                    await self._checkpoint_sometimes()
                     return
                 if deadline == math.inf and self.send_timeout is not None:
                     deadline = trio.current_time() + self.send_timeout
