@@ -389,6 +389,11 @@ class MessageStream(trio.abc.AsyncResource):
             self._wait_first = True
             return data
 
+    def _slow_reader_error(self) -> SlowReaderError:
+        return SlowReaderError(
+            f"peer did not read its replies: send blocked for send_timeout={self.send_timeout}s"
+        )
+
     def _socket_error(self, exc: OSError, doing: str) -> Exception:
         if self._closed:
             return trio.ClosedResourceError("the message stream was closed")
@@ -438,9 +443,7 @@ class MessageStream(trio.abc.AsyncResource):
             return
         assert scope.cancelled_caught
         await self.aclose()
-        raise SlowReaderError(
-            f"peer did not read its replies: send blocked for send_timeout={self.send_timeout}s"
-        )
+        raise self._slow_reader_error()
 
     async def _send_to_socket(self, sock: socket.socket, data: bytes) -> None:
         if self._sending:
@@ -470,9 +473,7 @@ class MessageStream(trio.abc.AsyncResource):
         finally:
             self._sending = False
         await self.aclose()
-        raise SlowReaderError(
-            f"peer did not read its replies: send blocked for send_timeout={self.send_timeout}s"
-        )
+        raise self._slow_reader_error()
 
     # -- closing -----------------------------------------------------------
 
