@@ -3,7 +3,10 @@ framer and its pure-Python twin in every test run."""
 
 from __future__ import annotations
 
+import ssl
+
 import pytest
+import trustme
 
 from trioecho import _backend
 
@@ -11,3 +14,28 @@ from trioecho import _backend
 @pytest.fixture(params=_backend.IMPLEMENTATIONS)
 def impl(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def tls_ca() -> trustme.CA:
+    """A throwaway CA; its ``localhost``/``127.0.0.1`` certificate serves the tests."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def tls_server_cert(tls_ca: trustme.CA) -> trustme.LeafCert:
+    return tls_ca.issue_cert("localhost", "127.0.0.1")
+
+
+@pytest.fixture
+def server_ssl_context(tls_server_cert: trustme.LeafCert) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls_server_cert.configure_cert(context)
+    return context
+
+
+@pytest.fixture
+def client_ssl_context(tls_ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    tls_ca.configure_trust(context)
+    return context

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import trio
 import trio.testing
 
-from trioecho import FramingConfig
+from trioecho import FramingConfig, MessageServer
 from trioecho.stream import MessageStream
 
 
@@ -43,3 +46,12 @@ def message_pair(
     config = FramingConfig(framing, **options)  # type: ignore[arg-type]
     client, server = make_pair()  # type: ignore[operator]
     return MessageStream(client, config.new_framer()), MessageStream(server, config.new_framer())
+
+
+@asynccontextmanager
+async def running(server: MessageServer) -> AsyncIterator[int]:
+    """Serve in the background; yield the port; shut down (and wait) on exit."""
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(server.serve)
+        yield listeners[0].socket.getsockname()[1]
+        server.shutdown()

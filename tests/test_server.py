@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
+from helpers import running
 
 from trioecho import FramingConfig
 from trioecho.echo import GREETING, REPLY_SUFFIX, EchoHandler
 from trioecho.server import BaseRequestHandler, MessageServer, format_address
 from trioecho.stream import MessageStream
-
-
-@asynccontextmanager
-async def running(server: MessageServer) -> AsyncIterator[int]:
-    """Serve in the background; yield the port; shut down (and wait) on exit."""
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(server.serve)
-        yield listeners[0].socket.getsockname()[1]
-        server.shutdown()
 
 
 async def connect(port: int, framing: str = "line") -> MessageStream:

@@ -17,7 +17,9 @@ from ._errors import (
     FramingError,
     IdleTimeoutError,
     IncompleteFrameError,
+    ProxyProtocolError,
     SlowReaderError,
+    TLSHandshakeError,
     TrioEchoError,
 )
 from ._version import __version__
@@ -53,8 +55,10 @@ __all__ = [
     "LineFramer",
     "MessageServer",
     "MessageStream",
+    "ProxyProtocolError",
     "RawFramer",
     "SlowReaderError",
+    "TLSHandshakeError",
     "TrioEchoError",
     "__version__",
     "make_framer",

@@ -76,3 +76,11 @@ class SlowReaderError(ConnectionClosedError, TimeoutError):
     The stream is closed when this is raised: a send cut short leaves it
     unusable.
     """
+
+
+class ProxyProtocolError(TrioEchoError):
+    """A connection's PROXY protocol header is missing, malformed or not allowed."""
+
+
+class TLSHandshakeError(TrioEchoError):
+    """A TLS handshake failed or did not finish in time; the cause is chained."""

@@ -18,6 +18,15 @@ many seconds closes the connection), ``send_timeout`` (a peer that does not
 read its replies is closed after a send stays blocked that long) and the
 framer's ``max_frame``.
 
+Before the handler runs, :mod:`trioecho.accept` reads a PROXY protocol header
+(``proxy_protocol``), which makes ``client_address`` the real client behind a
+load balancer, and does the TLS handshake (``ssl_context``).  A connection
+that fails either is logged and closed; the others never notice.
+
+``reuse_port=True`` opens the listening sockets with ``SO_REUSEPORT``, so
+that several processes (``trioecho --workers N``) can listen on one port and
+the kernel spreads the connections over them.
+
 Graceful shutdown (:meth:`MessageServer.shutdown`): stop accepting, let every
 connection finish the messages it has already received, wait up to ``grace``
 seconds for the handlers to return, then cancel the rest and close every
@@ -26,7 +35,10 @@ connection.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, cast
@@ -37,8 +49,11 @@ from ._errors import (
     ConnectionClosedError,
     FramingError,
     IdleTimeoutError,
+    ProxyProtocolError,
     SlowReaderError,
+    TLSHandshakeError,
 )
+from .accept import DEFAULT_HANDSHAKE_TIMEOUT, ProxyProtocolConfig, open_connection
 from .framing import FramingConfig
 from .stream import DEFAULT_RECEIVE_SIZE, MessageStream
 
@@ -52,6 +67,7 @@ __all__ = [
     "BaseRequestHandler",
     "MessageServer",
     "format_address",
+    "open_reuse_port_listeners",
 ]
 
 logger = logging.getLogger("trioecho.server")
@@ -154,10 +170,18 @@ class MessageServer:
         send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
         grace: float = DEFAULT_GRACE,
         backlog: int | None = None,
+        reuse_port: bool = False,
+        proxy_protocol: ProxyProtocolConfig | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, not {max_connections}")
-        for name, value in (("idle_timeout", idle_timeout), ("send_timeout", send_timeout)):
+        for name, value in (
+            ("idle_timeout", idle_timeout),
+            ("send_timeout", send_timeout),
+            ("handshake_timeout", handshake_timeout),
+        ):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive or None, not {value}")
         if grace < 0:
@@ -171,6 +195,10 @@ class MessageServer:
         self.send_timeout = send_timeout
         self.grace = grace
         self.backlog = backlog
+        self.reuse_port = reuse_port
+        self.proxy_protocol = proxy_protocol
+        self.ssl_context = ssl_context
+        self.handshake_timeout = handshake_timeout
         self.listeners: list[trio.SocketListener] = []
         self.connections_served = 0
         self.messages_received = 0  # over all closed connections
@@ -196,7 +224,14 @@ class MessageServer:
         self, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Bind ``host``:``port`` and serve until :meth:`shutdown`."""
-        listeners = await trio.open_tcp_listeners(self.port, host=self.host, backlog=self.backlog)
+        if self.reuse_port:
+            listeners = await open_reuse_port_listeners(
+                self.port, host=self.host, backlog=self.backlog
+            )
+        else:
+            listeners = await trio.open_tcp_listeners(
+                self.port, host=self.host, backlog=self.backlog
+            )
         await self.serve_listeners(listeners, task_status=task_status)
 
     async def serve_listeners(
@@ -279,9 +314,28 @@ class MessageServer:
             try:
                 peer = transport.socket.getpeername()
             except OSError:  # reset before we got here
+                await trio.aclose_forcefully(transport)
+                return
+            try:
+                connection, client = await open_connection(
+                    transport,
+                    peer,
+                    proxy=self.proxy_protocol,
+                    ssl_context=self.ssl_context,
+                    handshake_timeout=self.handshake_timeout,
+                )
+            except (ProxyProtocolError, TLSHandshakeError) as exc:
+                logger.warning("%s: closing: %s", format_address(peer), exc)
+                await trio.aclose_forcefully(transport)
+                return
+            except (OSError, trio.BrokenResourceError) as exc:
+                logger.info(
+                    "%s: connection lost before it was set up: %s", format_address(peer), exc
+                )
+                await trio.aclose_forcefully(transport)
                 return
             stream = MessageStream(
-                transport,
+                connection,
                 self.framing.new_framer(),
                 receive_size=RAW_RECEIVE_SIZE
                 if self.framing.framing == "raw"
@@ -293,9 +347,12 @@ class MessageServer:
             self.connections_served += 1
             if self.shutting_down:
                 stream.stop_receiving()
-            logger.debug("%s: connected", format_address(peer))
+            where = format_address(client)
+            if client is not peer:
+                where += f" (via proxy {format_address(peer)})"
+            logger.debug("%s: connected", where)
             try:
-                await self._run_handler(stream, peer)
+                await self._run_handler(stream, client, where)
             finally:
                 try:
                     await _linger_close(stream)
@@ -305,16 +362,15 @@ class MessageServer:
                     self.messages_sent += stream.messages_sent
                     if self.shutting_down and not self._streams:
                         self._all_closed.set()
-            logger.debug("%s: closed", format_address(peer))
+            logger.debug("%s: closed", where)
         finally:
             self._slots.release()
 
-    async def _run_handler(self, stream: MessageStream, peer: Any) -> None:
-        where = format_address(peer)
+    async def _run_handler(self, stream: MessageStream, client: Any, where: str) -> None:
         try:
             handler = self.handler
             if isinstance(handler, type) and issubclass(handler, BaseRequestHandler):
-                request_handler = handler(stream, peer, self)
+                request_handler = handler(stream, client, self)
                 await request_handler.setup()
                 try:
                     await request_handler.handle()
@@ -336,16 +392,60 @@ class MessageServer:
             logger.exception("%s: handler raised; closing its connection", where)
 
 
+async def open_reuse_port_listeners(
+    port: int, *, host: str | None = None, backlog: int | None = None
+) -> list[trio.SocketListener]:
+    """Like ``trio.open_tcp_listeners``, with ``SO_REUSEPORT`` set on each socket.
+
+    Every process that opens the same ``host``:``port`` this way gets its own
+    listening socket, and the kernel spreads new connections across them.
+    Raises ``OSError`` if the port is held without ``SO_REUSEPORT``.
+    """
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise OSError("SO_REUSEPORT is not available on this platform")
+    addresses = await trio.socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    listeners = []
+    try:
+        for family, kind, protocol, _, address in addresses:
+            sock = trio.socket.socket(family, kind, protocol)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                await sock.bind(address)
+                sock.listen(backlog if backlog is not None else socket.SOMAXCONN)
+            except BaseException:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
+
+
 async def _linger_close(stream: MessageStream) -> None:
-    """Close without a reset: FIN first, then drain the peer's input (bounded)."""
+    """Close without a reset: FIN first, then drain the peer's input (bounded).
+
+    Over TLS, ``close_notify`` goes first (and the peer's is awaited), so the
+    peer sees a clean end of the TLS stream rather than a truncation.
+    """
     transport = stream.transport_stream
+    tcp = transport.transport_stream if isinstance(transport, trio.SSLStream) else transport
     try:
         with trio.move_on_after(LINGER_SECONDS):
-            if isinstance(transport, trio.abc.HalfCloseableStream):
-                await transport.send_eof()
+            if isinstance(transport, trio.SSLStream):
+                with contextlib.suppress(trio.BrokenResourceError, ssl.SSLError):
+                    await transport.unwrap()
+            if isinstance(tcp, trio.abc.HalfCloseableStream):
+                await tcp.send_eof()
             discarded = 0
             while discarded < LINGER_BYTES:
-                data = await transport.receive_some(64 * 1024)
+                data = await tcp.receive_some(64 * 1024)
                 if not data:
                     break
                 discarded += len(data)
@@ -353,3 +453,4 @@ async def _linger_close(stream: MessageStream) -> None:
         pass
     finally:
         await trio.aclose_forcefully(stream)
+        await trio.aclose_forcefully(tcp)
