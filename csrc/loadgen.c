@@ -147,11 +147,9 @@ static void queue_message(tb_bench *b, tb_conn *c, tb_stats *s, uint64_t t)
     s->sent++;
 }
 
-static void record_latency(tb_stats *s, uint64_t ns)
+int tb_bucket_index(uint64_t ns)
 {
     int bucket;
-    if (ns > s->max_latency_ns)
-        s->max_latency_ns = ns;
     if (ns < TB_HIST_SUB) {
         bucket = (int)ns;
     } else {
@@ -159,9 +157,14 @@ static void record_latency(tb_stats *s, uint64_t ns)
         int sub = (int)((ns >> (log2 - 4)) & (TB_HIST_SUB - 1));
         bucket = (log2 - 3) * TB_HIST_SUB + sub;
     }
-    if (bucket >= TB_HIST_BUCKETS)
-        bucket = TB_HIST_BUCKETS - 1;
-    s->hist[bucket]++;
+    return bucket < TB_HIST_BUCKETS ? bucket : TB_HIST_BUCKETS - 1;
+}
+
+static void record_latency(tb_stats *s, uint64_t ns)
+{
+    if (ns > s->max_latency_ns)
+        s->max_latency_ns = ns;
+    s->hist[tb_bucket_index(ns)]++;
 }
 
 uint64_t tb_bucket_floor(int i)

@@ -59,6 +59,9 @@ int tb_run(tb_bench *bench, int millis, tb_stats *stats);
 /* Lower bound, in ns, of histogram bucket i. */
 uint64_t tb_bucket_floor(int i);
 
+/* The histogram bucket of a latency of `ns` nanoseconds. */
+int tb_bucket_index(uint64_t ns);
+
 void tb_close(tb_bench *bench);
 
 /* cffi:end */

@@ -14,6 +14,11 @@ FRAMINGS = {"line": lib.TB_FRAMING_LINE, "len": lib.TB_FRAMING_LEN, "raw": lib.T
 _BUCKET_FLOORS = [lib.tb_bucket_floor(i) for i in range(lib.TB_HIST_BUCKETS)]
 
 
+def bucket_index(latency_ns: int) -> int:
+    """The histogram bucket of a latency, as the C load generator files it."""
+    return int(lib.tb_bucket_index(latency_ns))
+
+
 class LoadGeneratorError(RuntimeError):
     """The load generator could not connect or was refused a greeting."""
 
@@ -31,6 +36,14 @@ class BenchStats:
     histogram: list[int]
     open_connections: int
     last_error: str
+
+    @classmethod
+    def empty(cls, open_connections: int = 0) -> BenchStats:
+        return cls(0, 0, 0, 0, 0, 0, [0] * len(_BUCKET_FLOORS), open_connections, "")
+
+    def record_latency(self, latency_ns: int) -> None:
+        self.max_latency_ns = max(self.max_latency_ns, latency_ns)
+        self.histogram[bucket_index(latency_ns)] += 1
 
     def percentile_ns(self, fraction: float) -> int:
         """Latency below which ``fraction`` of the replies came (bucket floor)."""

@@ -2,18 +2,23 @@
 
 The hot loop is C (``csrc/loadgen.c``, GIL released): N connections keep D
 messages of S bytes in flight each, and every reply is checked (length,
-content, ``好`` suffix).  After a warm-up, it reports messages and megabytes
-per second and latency percentiles; ``--json`` prints the same for scripts.
+content, ``好`` suffix); with ``--tls`` the load comes from
+``_tlsload.TLSLoadGenerator`` (Trio over ``trio.SSLStream``) instead.  After
+a warm-up, it reports messages and megabytes per second and latency
+percentiles; ``--json`` prints the same for scripts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import ssl
 import sys
 from typing import Any, TextIO
 
 from ._cloadgen import BenchStats, LoadGenerator, LoadGeneratorError
+from ._tlsload import TLSLoadGenerator
+from .tls import client_context
 
 __all__ = ["BenchResult", "run_bench"]
 
@@ -36,6 +41,7 @@ class BenchResult:
     mb_per_s: float
     latency_ms: dict[str, float]
     last_error: str
+    tls: bool = False
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -66,12 +72,23 @@ def measure(
     duration: float,
     warmup: float,
     progress: TextIO | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> BenchResult:
-    """Connect, warm up, measure for ``duration`` seconds; return the result."""
+    """Connect, warm up, measure for ``duration`` seconds; return the result.
+
+    With ``ssl_context`` every connection speaks TLS."""
     if framing == "raw" and depth != 1:
         raise ValueError("raw framing cannot tell replies apart: use --depth 1")
-    with LoadGenerator(
-        host, port, connections=connections, depth=depth, size=size, framing=framing
+    shape: dict[str, Any] = {
+        "connections": connections,
+        "depth": depth,
+        "size": size,
+        "framing": framing,
+    }
+    with (
+        LoadGenerator(host, port, **shape)
+        if ssl_context is None
+        else TLSLoadGenerator(host, port, ssl_context=ssl_context, **shape)
     ) as load:
         if warmup > 0:
             if progress is not None:
@@ -114,6 +131,7 @@ def measure(
             "max": total.max_latency_ns / 1e6,
         },
         last_error=total.last_error,
+        tls=ssl_context is not None,
     )
 
 
@@ -121,7 +139,8 @@ def format_result(result: BenchResult) -> str:
     latency = "  ".join(f"{name} {value:.3f}" for name, value in result.latency_ms.items())
     lines = [
         f"{result.connections} connections x depth {result.depth}, {result.size}-byte "
-        f"messages, {result.framing} framing, {result.seconds:.1f}s to "
+        f"messages, {result.framing} framing{' over TLS' if result.tls else ''}, "
+        f"{result.seconds:.1f}s to "
         f"{result.host}:{result.port}",
         f"  {result.msgs_per_s:,.0f} msgs/s  {result.mb_per_s:.1f} MB/s  "
         f"({result.messages:,} replies checked, {result.errors} errors)",
@@ -137,6 +156,11 @@ def run_bench(args: Any, out: TextIO | None = None) -> int:
     out = out if out is not None else sys.stdout
     progress = sys.stderr if (not args.json and sys.stderr.isatty()) else None
     try:
+        ssl_context = client_context(args.tls_ca) if args.tls or args.tls_ca else None
+    except OSError as exc:
+        print(f"trioecho bench: cannot load --tls-ca {args.tls_ca}: {exc}", file=sys.stderr)
+        return 2
+    try:
         result = measure(
             args.host,
             args.port,
@@ -147,8 +171,9 @@ def run_bench(args: Any, out: TextIO | None = None) -> int:
             duration=args.duration,
             warmup=args.warmup,
             progress=progress,
+            ssl_context=ssl_context,
         )
-    except (LoadGeneratorError, ValueError) as exc:
+    except (LoadGeneratorError, ValueError, OSError) as exc:
         print(f"trioecho bench: {exc}", file=sys.stderr)
         return 2
     print(result.to_json() if args.json else format_result(result), file=out)

@@ -5,13 +5,22 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 import trio
 
 from . import __version__
 from ._backend import IMPLEMENTATION
+from .accept import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_PROXY_ALLOW_FROM,
+    DEFAULT_PROXY_TIMEOUT,
+    PROXY_MODES,
+    ProxyProtocolConfig,
+)
 from .client import run_client
 from .demo import run_demo
 from .echo import GREETING, EchoHandler, GenericEchoHandler
@@ -26,6 +35,7 @@ from .server import (
     MessageServer,
     format_address,
 )
+from .tls import client_context, server_context
 
 __all__ = ["main"]
 
@@ -87,6 +97,59 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {value}")
+    return value
+
+
+def _add_tls_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls", action="store_true", help="connect with TLS")
+    parser.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="trust the CA certificates in this PEM file instead of the system's (implies --tls)",
+    )
+
+
+def _add_server_tls_and_proxy_options(parser: argparse.ArgumentParser) -> None:
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this PEM certificate chain")
+    tls.add_argument(
+        "--tls-key", metavar="FILE", help="its private key (default: in --tls-cert's file)"
+    )
+    tls.add_argument(
+        "--tls-handshake-timeout",
+        type=_positive_seconds,
+        default=DEFAULT_HANDSHAKE_TIMEOUT,
+        metavar="SECONDS",
+        help="close a connection whose handshake takes longer (default %(default)s)",
+    )
+    proxy = parser.add_argument_group("PROXY protocol (behind HAProxy and other load balancers)")
+    proxy.add_argument(
+        "--proxy-protocol",
+        choices=tuple(PROXY_MODES),
+        default="off",
+        help="expect a PROXY protocol header of this version on every connection "
+        "(auto: v1 or v2); the handler's client_address is then the real client "
+        "(default %(default)s)",
+    )
+    proxy.add_argument(
+        "--proxy-allow-from",
+        metavar="CIDR[,CIDR...]",
+        help="the proxies allowed to send headers; others are refused "
+        f"(default {','.join(DEFAULT_PROXY_ALLOW_FROM)})",
+    )
+    proxy.add_argument(
+        "--proxy-timeout",
+        type=_positive_seconds,
+        default=DEFAULT_PROXY_TIMEOUT,
+        metavar="SECONDS",
+        help="close a connection whose header is not complete in time (default %(default)s)",
+    )
+
+
 def _add_verbosity(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("-v", "--verbose", action="store_true", help="log every connection")
@@ -139,9 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="build replies through the generic per-message handler path, not the C echo "
         "(for benchmarks; same bytes on the wire)",
     )
+    _add_server_tls_and_proxy_options(serve)
     _add_verbosity(serve)
     client = commands.add_parser("client", help="send stdin lines, print the replies")
     _add_connection_options(client)
+    _add_tls_client_options(client)
     commands.add_parser("demo", help="show sticky packets: raw vs line vs len framing")
     bench = commands.add_parser(
         "bench", help="load a server with many pipelined messages, check every reply"
@@ -157,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--duration", type=float, default=5.0, help="seconds measured")
     bench.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_tls_client_options(bench)
     return parser
 
 
@@ -171,7 +237,12 @@ def _framing(args: argparse.Namespace) -> FramingConfig:
     )
 
 
-async def _serve(args: argparse.Namespace, framing: FramingConfig) -> int:
+async def _serve(
+    args: argparse.Namespace,
+    framing: FramingConfig,
+    proxy: ProxyProtocolConfig | None,
+    ssl_context: ssl.SSLContext | None,
+) -> int:
     server = MessageServer(
         GenericEchoHandler if args.generic else EchoHandler,
         host=args.host,
@@ -181,6 +252,9 @@ async def _serve(args: argparse.Namespace, framing: FramingConfig) -> int:
         idle_timeout=args.idle_timeout,
         send_timeout=args.send_timeout,
         grace=args.grace,
+        proxy_protocol=proxy,
+        ssl_context=ssl_context,
+        handshake_timeout=args.tls_handshake_timeout,
     )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -242,9 +316,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if args.command == "client":
         try:
-            return trio.run(run_client, args.host, args.port, framing)
+            client_tls = client_context(args.tls_ca) if args.tls or args.tls_ca else None
+        except (OSError, ssl.SSLError) as exc:
+            parser.error(f"--tls-ca {args.tls_ca}: {exc}")
+        try:
+            return trio.run(
+                partial(run_client, args.host, args.port, framing, ssl_context=client_tls)
+            )
         except KeyboardInterrupt:
             return 130
     if args.max_frame is not None and args.max_frame < len(GREETING):
         parser.error(f"--max-frame must be at least {len(GREETING)}: the greeting must fit")
-    return trio.run(_serve, args, framing)
+    try:
+        proxy = ProxyProtocolConfig.from_options(
+            args.proxy_protocol, args.proxy_allow_from, args.proxy_timeout
+        )
+    except ValueError as exc:
+        parser.error(f"--proxy-allow-from: {exc}")
+    if args.proxy_allow_from is not None and proxy is None:
+        parser.error("--proxy-allow-from needs --proxy-protocol v1, v2 or auto")
+    if args.tls_key and not args.tls_cert:
+        parser.error("--tls-key needs --tls-cert")
+    try:
+        server_tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    except OSError as exc:  # ssl.SSLError included
+        key = f" / --tls-key {args.tls_key}" if args.tls_key else ""
+        parser.error(f"cannot load --tls-cert {args.tls_cert}{key}: {exc}")
+    return trio.run(_serve, args, framing, proxy, server_tls)

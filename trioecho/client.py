@@ -9,6 +9,7 @@ as does the end of input, so it works both interactively and in a pipe::
 
 from __future__ import annotations
 
+import ssl
 import sys
 from typing import BinaryIO, TextIO
 
@@ -42,17 +43,30 @@ async def run_client(
     stdin: BinaryIO | None = None,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> int:
-    """Talk to the service at ``host``:``port``; return the process exit code."""
+    """Talk to the service at ``host``:``port`` (over TLS with ``ssl_context``);
+    return the process exit code."""
     stdin = stdin if stdin is not None else sys.stdin.buffer
     stdout = stdout if stdout is not None else sys.stdout
     stderr = stderr if stderr is not None else sys.stderr
     where = format_address((host, port))
+    transport: trio.abc.Stream
     try:
         transport = await trio.open_tcp_stream(host, port)
     except OSError as exc:
         print(f"trioecho client: cannot connect to {where}: {exc.strerror or exc}", file=stderr)
         return 1
+    if ssl_context is not None:
+        tls = trio.SSLStream(transport, ssl_context, server_hostname=host)
+        try:
+            await tls.do_handshake()
+        except trio.BrokenResourceError as exc:
+            await trio.aclose_forcefully(tls)
+            reason = exc.__cause__ or "connection closed"
+            print(f"trioecho client: TLS handshake with {where} failed: {reason}", file=stderr)
+            return 1
+        transport = tls
     receive_size = RAW_RECEIVE_SIZE if framing.framing == "raw" else DEFAULT_RECEIVE_SIZE
     async with MessageStream(transport, framing.new_framer(), receive_size=receive_size) as stream:
         try:
