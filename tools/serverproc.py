@@ -39,8 +39,11 @@ class ServerProcess:
 
     def _read_log(self) -> None:
         assert self.process.stderr is not None
-        for raw in self.process.stderr:
-            self.log.append(raw.decode(errors="replace").rstrip("\n"))
+        try:
+            for raw in self.process.stderr:
+                self.log.append(raw.decode(errors="replace").rstrip("\n"))
+        except (ValueError, OSError):
+            pass  # close() closed the pipe while children still held its other end
 
     def rss_kib(self) -> int:
         with open(f"/proc/{self.pid}/status") as status:

@@ -36,6 +36,7 @@ from .server import (
     format_address,
 )
 from .tls import client_context, server_context
+from .workers import WorkerLink, cpu_count, supervise
 
 __all__ = ["main"]
 
@@ -102,6 +103,12 @@ def _positive_seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0, not {value}")
     return value
+
+
+def _workers(text: str) -> int:
+    if text == "auto":
+        return cpu_count()
+    return _positive_int(text)
 
 
 def _add_tls_client_options(parser: argparse.ArgumentParser) -> None:
@@ -202,6 +209,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="build replies through the generic per-message handler path, not the C echo "
         "(for benchmarks; same bytes on the wire)",
     )
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N|auto",
+        help="run N server processes on the port (SO_REUSEPORT), restarted if they die; "
+        "auto: one per CPU (default %(default)s)",
+    )
+    # Set by the supervisor on the command line of each worker it starts.
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--supervisor-fd", type=int, help=argparse.SUPPRESS)
     _add_server_tls_and_proxy_options(serve)
     _add_verbosity(serve)
     client = commands.add_parser("client", help="send stdin lines, print the replies")
@@ -255,6 +273,7 @@ async def _serve(
         proxy_protocol=proxy,
         ssl_context=ssl_context,
         handshake_timeout=args.tls_handshake_timeout,
+        reuse_port=args.worker_index is not None,
     )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -264,8 +283,21 @@ async def _serve(
                 where = format_address((args.host, args.port))
                 print(f"trioecho: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
                 return 1
-            for listener in listeners:
-                print(f"listening on {format_address(listener.socket.getsockname())}", flush=True)
+            if args.supervisor_fd is not None:  # a worker: the supervisor announces
+                link = WorkerLink(args.supervisor_fd)
+                await link.ready()
+
+                async def stop_when_orphaned() -> None:
+                    await link.wait_orphaned()
+                    if not server.shutting_down:
+                        logger.warning("the supervisor is gone: shutting down")
+                        server.shutdown()
+
+                nursery.start_soon(stop_when_orphaned)
+            else:
+                for listener in listeners:
+                    where = format_address(listener.socket.getsockname())
+                    print(f"listening on {where}", flush=True)
 
             async def stop_on_signals() -> None:
                 async for signum in signals:
@@ -289,8 +321,12 @@ def _configure_logging(args: argparse.Namespace) -> None:
         level = logging.DEBUG
     elif getattr(args, "quiet", False):
         level = logging.WARNING
+    worker = getattr(args, "worker_index", None)
+    who = f"worker {worker} [%(process)d] " if worker is not None else ""
     logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=level,
+        stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s",
     )
 
 
@@ -342,4 +378,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # ssl.SSLError included
         key = f" / --tls-key {args.tls_key}" if args.tls_key else ""
         parser.error(f"cannot load --tls-cert {args.tls_cert}{key}: {exc}")
+    if args.workers > 1 and args.worker_index is None:
+        return trio.run(supervise, arguments[1:], args.workers, args.host, args.port)
     return trio.run(_serve, args, framing, proxy, server_tls)

@@ -1,0 +1,168 @@
+"""``--workers N``: real worker processes on one SO_REUSEPORT port, and their supervisor."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from serverproc import ServerProcess, greeted_line_client, recv_exactly, server_process
+
+from trioecho.echo import REPLY_SUFFIX
+from trioecho.workers import reserve_port
+
+WORKER_READY = re.compile(r"trioecho\.workers: worker (\d+) \(pid (\d+)\) ready$")
+WORKER_STOPPED = re.compile(
+    r"INFO worker (\d+) \[(\d+)\] trioecho\.server: stopped after serving (\d+) connections"
+)
+
+
+def exchange(port: int, message: bytes = b"hi") -> None:
+    """One session: greeting, one echo, ``q``; asserts the exact bytes."""
+    with greeted_line_client(port) as sock:
+        sock.sendall(message + b"\nq\n")
+        expected = message + REPLY_SUFFIX + b"\n"
+        assert recv_exactly(sock, len(expected) + 1) == expected
+
+
+def ready_workers(server: ServerProcess) -> dict[int, int]:
+    """worker index -> pid of its latest start, from the supervisor's log."""
+    server.wait_for_log("trioecho.workers: 2 workers listening on port")
+    pids: dict[int, int] = {}
+    for line in list(server.log):
+        match = WORKER_READY.search(line)
+        if match:
+            pids[int(match.group(1))] = int(match.group(2))
+    return pids
+
+
+def connections_by_pid(log: list[str]) -> dict[int, int]:
+    served: dict[int, int] = {}
+    for line in log:
+        match = WORKER_STOPPED.search(line)
+        if match:
+            served[int(match.group(2))] = int(match.group(3))
+    return served
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (reaped, or a zombie waiting for its new parent)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def wait_until(condition: object, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {condition}"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_two_workers_share_the_port_and_drain_on_a_signal(signum: signal.Signals) -> None:
+    with server_process("--workers", "2") as server:
+        workers = ready_workers(server)
+        assert sorted(workers) == [0, 1]
+        for number in range(40):
+            exchange(server.port, f"message {number}".encode())
+        # An open connection with a message in flight when the signal comes.
+        sock = greeted_line_client(server.port)
+        sock.sendall(b"last\n")
+        assert recv_exactly(sock, len(b"last" + REPLY_SUFFIX) + 1) == b"last" + REPLY_SUFFIX + b"\n"
+        assert server.stop(signum) == 0
+        assert sock.recv(100) == b""  # closed by the worker's graceful shutdown
+        sock.close()
+    log = "\n".join(server.log)
+    served = connections_by_pid(server.log)
+    # Both processes served: the kernel spread 41 connections over them.
+    assert sorted(served) == sorted(workers.values()), log
+    assert all(count >= 1 for count in served.values()), served
+    assert sum(served.values()) == 41
+    assert f"{signum.name}: stopping 2 workers" in log
+    assert "all 2 workers stopped" in log
+
+
+def test_killing_a_worker_does_not_interrupt_service() -> None:
+    with server_process("--workers", "2") as server:
+        victim = ready_workers(server)[0]
+        survivor = ready_workers(server)[1]
+        held = [greeted_line_client(server.port) for _ in range(20)]
+        os.kill(victim, signal.SIGKILL)
+        server.wait_for_log(f"worker 0 (pid {victim}) killed by SIGKILL", "restarting")
+        # The port never stops answering: every new session is served.
+        for number in range(30):
+            exchange(server.port, f"after {number}".encode())
+        # Connections on the survivor go on; the victim's were cut.
+        alive = 0
+        for sock in held:
+            try:
+                sock.sendall(b"still\n")
+                reply = recv_exactly(sock, len(b"still" + REPLY_SUFFIX) + 1)
+            except ConnectionResetError:
+                reply = b""
+            if reply:
+                assert reply == b"still" + REPLY_SUFFIX + b"\n"
+                alive += 1
+            sock.close()
+        assert 0 < alive < 20, alive  # both workers held some of the 20
+        # The supervisor restarted worker 0, and the new one takes connections.
+        wait_until(lambda: ready_workers(server).get(0, victim) != victim)
+        replacement = ready_workers(server)[0]
+        for number in range(40):
+            exchange(server.port, f"later {number}".encode())
+        assert server.stop(signal.SIGTERM) == 0
+    served = connections_by_pid(server.log)
+    assert victim not in served  # it never got to say goodbye
+    assert served.get(replacement, 0) >= 1, served
+    assert served.get(survivor, 0) >= 1, served
+
+
+def test_workers_stop_when_the_supervisor_is_killed() -> None:
+    with server_process("--workers", "2") as server:
+        workers = list(ready_workers(server).values())
+        exchange(server.port)
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait()
+        for pid in workers:
+            wait_until(lambda pid=pid: gone(pid))  # type: ignore[misc]
+    log = "\n".join(server.log)
+    assert log.count("the supervisor is gone: shutting down") == 2, log
+
+
+def test_port_taken_without_reuse_port_is_a_clear_error() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(OSError):
+            reserve_port("127.0.0.1", port)
+        result = subprocess.run(
+            [sys.executable, "-m", "trioecho", "--workers", "2", "--port", str(port)],
+            capture_output=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr.decode()
+
+
+def test_reserve_port_picks_one_port_for_every_address() -> None:
+    sockets, port = reserve_port("127.0.0.1", 0)
+    try:
+        assert port > 0
+        assert [s.getsockname() for s in sockets] == [("127.0.0.1", port)]
+        # A second reservation joins the same port: that is what workers do.
+        again, same = reserve_port("127.0.0.1", port)
+        assert same == port
+        for sock in again:
+            sock.close()
+    finally:
+        for sock in sockets:
+            sock.close()
