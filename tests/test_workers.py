@@ -132,7 +132,7 @@ def test_workers_stop_when_the_supervisor_is_killed() -> None:
         os.kill(server.pid, signal.SIGKILL)
         server.wait()
         for pid in workers:
-            wait_until(lambda pid=pid: gone(pid))  # type: ignore[misc]
+            wait_until(lambda pid=pid: gone(pid))
     log = "\n".join(server.log)
     assert log.count("the supervisor is gone: shutting down") == 2, log
 
