@@ -39,3 +39,16 @@ def client_ssl_context(tls_ca: trustme.CA) -> ssl.SSLContext:
     context = ssl.create_default_context()
     tls_ca.configure_trust(context)
     return context
+
+
+@pytest.fixture(scope="session")
+def tls_files(
+    tmp_path_factory: pytest.TempPathFactory, tls_ca: trustme.CA, tls_server_cert: trustme.LeafCert
+) -> dict[str, str]:
+    """PEM files for the command line: ``cert``, ``key`` (the server's) and ``ca``."""
+    directory = tmp_path_factory.mktemp("tls")
+    files = {name: str(directory / f"{name}.pem") for name in ("cert", "key", "ca")}
+    tls_server_cert.cert_chain_pems[0].write_to_path(files["cert"])
+    tls_server_cert.private_key_pem.write_to_path(files["key"])
+    tls_ca.cert_pem.write_to_path(files["ca"])
+    return files

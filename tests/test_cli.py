@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -130,3 +131,68 @@ def test_bad_options_exit_2(options: list[str], message: str) -> None:
     result = subprocess.run([*TRIOECHO, *options], capture_output=True, timeout=30)
     assert result.returncode == 2
     assert message in result.stderr.decode()
+
+
+def test_tls_service_client_and_bench(tls_files: dict[str, str]) -> None:
+    with server_process("--tls-cert", tls_files["cert"], "--tls-key", tls_files["key"]) as server:
+        port = str(server.port)
+        trusted = subprocess.run(
+            [*TRIOECHO, "client", "--port", port, "--tls-ca", tls_files["ca"]],
+            input=b"over tls\nq\n",
+            capture_output=True,
+            timeout=30,
+        )
+        untrusted = subprocess.run(
+            [*TRIOECHO, "client", "--port", port, "--tls"],
+            input=b"q\n",
+            capture_output=True,
+            timeout=30,
+        )
+        plain = subprocess.run(
+            [*TRIOECHO, "client", "--port", port], input=b"x\n", capture_output=True, timeout=30
+        )
+        bench = subprocess.run(
+            [
+                *TRIOECHO,
+                *("bench", "--port", port, "--tls-ca", tls_files["ca"], "-c", "4", "-d", "8"),
+                *("--duration", "0.5", "--warmup", "0.1", "--json"),
+            ],
+            capture_output=True,
+            timeout=60,
+        )
+        server.wait_for_log("closing: TLS handshake failed")
+        assert server.stop() == 0
+    assert trusted.returncode == 0, trusted.stderr
+    assert trusted.stdout.decode() == "你好欢迎你\nover tls好\n"
+    assert untrusted.returncode == 1
+    assert (
+        f"TLS handshake with 127.0.0.1:{port} failed: [SSL: CERTIFICATE_VERIFY_FAILED]"
+        in untrusted.stderr.decode()
+    )
+    assert plain.returncode == 1
+    assert bench.returncode == 0, bench.stderr
+    result = json.loads(bench.stdout)
+    assert (result["tls"], result["errors"], result["connections"]) == (True, 0, 4)
+    assert result["messages"] > 0
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        (["--tls-key", "k.pem"], "--tls-key needs --tls-cert"),
+        (["--tls-cert", "/nonexistent.pem"], "cannot load --tls-cert /nonexistent.pem"),
+        (["--proxy-allow-from", "10.0.0.0/8"], "--proxy-allow-from needs --proxy-protocol"),
+        (
+            ["--proxy-protocol", "v2", "--proxy-allow-from", "10.0.0.0/8,bogus"],
+            "not an IP network: 'bogus'",
+        ),
+        (["--proxy-protocol", "v3"], "invalid choice: 'v3'"),
+        (["--proxy-timeout", "0"], "must be more than 0"),
+        (["--workers", "0"], "must be at least 1"),
+        (["--workers", "many"], "--workers: must be a number or 'auto', not 'many'"),
+    ],
+)
+def test_bad_server_options(options: list[str], error: str) -> None:
+    result = subprocess.run([*TRIOECHO, *options], capture_output=True, timeout=30)
+    assert result.returncode == 2
+    assert error in result.stderr.decode()

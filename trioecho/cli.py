@@ -108,7 +108,10 @@ def _positive_seconds(text: str) -> float:
 def _workers(text: str) -> int:
     if text == "auto":
         return cpu_count()
-    return _positive_int(text)
+    try:
+        return _positive_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or 'auto', not {text!r}") from None
 
 
 def _add_tls_client_options(parser: argparse.ArgumentParser) -> None:
