@@ -261,3 +261,28 @@ async def test_proxy_header_then_tls(
             await stream.send_message(b"who")
             assert await stream.receive_message() == b"203.0.113.5:5555"
             await stream.aclose()
+
+
+async def test_shutdown_does_not_wait_for_connections_being_set_up(
+    server_ssl_context: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trioecho")
+    servers = [
+        (proxy_server(EchoHandler, timeout=60), b"PROXY "),  # half a header
+        (tls_server(server_ssl_context), b"\x16\x03\x01"),  # half a TLS record header
+    ]
+    with trio.fail_after(10):
+        for server, start_of_setup in servers:
+            async with trio.open_nursery() as nursery:
+                listeners = await nursery.start(server.serve)
+                stuck = await raw_connect(listeners[0].socket.getsockname()[1])
+                await stuck.send_all(start_of_setup)
+                while not server._setting_up:
+                    await trio.sleep(0.01)
+                start = trio.current_time()
+                server.shutdown()
+                await server.wait_stopped()
+                assert trio.current_time() - start < 1  # not the 60 s or 10 s timeouts
+                assert await receive_until_eof(stuck) == b""
+    peer = f"127.0.0.1:{local_port(stuck)}"
+    assert f"{peer}: closed before it was set up: shutting down" in caplog.messages

@@ -205,6 +205,9 @@ class MessageServer:
         self.messages_sent = 0
         self._slots = trio.Semaphore(max_connections)
         self._streams: set[MessageStream] = set()
+        # Connections still reading a PROXY header or doing a TLS handshake:
+        # shutdown cancels them at once (they have no message to finish).
+        self._setting_up: set[trio.CancelScope] = set()
         self._shutdown_requested = trio.Event()
         self._all_closed = trio.Event()
         self._stopped = trio.Event()
@@ -290,6 +293,8 @@ class MessageServer:
         await self._stopped.wait()
 
     async def _drain(self) -> None:
+        for setup in self._setting_up:
+            setup.cancel()
         streams = list(self._streams)
         logger.info("shutting down: %d connections finishing", len(streams))
         for stream in streams:
@@ -316,24 +321,11 @@ class MessageServer:
             except OSError:  # reset before we got here
                 await trio.aclose_forcefully(transport)
                 return
-            try:
-                connection, client = await open_connection(
-                    transport,
-                    peer,
-                    proxy=self.proxy_protocol,
-                    ssl_context=self.ssl_context,
-                    handshake_timeout=self.handshake_timeout,
-                )
-            except (ProxyProtocolError, TLSHandshakeError) as exc:
-                logger.warning("%s: closing: %s", format_address(peer), exc)
+            set_up = await self._set_up(transport, peer)
+            if set_up is None:
                 await trio.aclose_forcefully(transport)
                 return
-            except (OSError, trio.BrokenResourceError) as exc:
-                logger.info(
-                    "%s: connection lost before it was set up: %s", format_address(peer), exc
-                )
-                await trio.aclose_forcefully(transport)
-                return
+            connection, client = set_up
             stream = MessageStream(
                 connection,
                 self.framing.new_framer(),
@@ -365,6 +357,34 @@ class MessageServer:
             logger.debug("%s: closed", where)
         finally:
             self._slots.release()
+
+    async def _set_up(
+        self, transport: trio.SocketStream, peer: Any
+    ) -> tuple[trio.abc.Stream, Any] | None:
+        """PROXY header and TLS handshake (:mod:`trioecho.accept`): the stream
+        to serve and the client address, or None (logged) to close."""
+        where = format_address(peer)
+        setup = trio.CancelScope()
+        self._setting_up.add(setup)
+        try:
+            with setup:
+                if self.shutting_down:
+                    setup.cancel()
+                return await open_connection(
+                    transport,
+                    peer,
+                    proxy=self.proxy_protocol,
+                    ssl_context=self.ssl_context,
+                    handshake_timeout=self.handshake_timeout,
+                )
+            logger.info("%s: closed before it was set up: shutting down", where)
+        except (ProxyProtocolError, TLSHandshakeError) as exc:
+            logger.warning("%s: closing: %s", where, exc)
+        except (OSError, trio.BrokenResourceError) as exc:
+            logger.info("%s: connection lost before it was set up: %s", where, exc)
+        finally:
+            self._setting_up.discard(setup)
+        return None
 
     async def _run_handler(self, stream: MessageStream, client: Any, where: str) -> None:
         try:
