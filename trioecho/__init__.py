@@ -7,6 +7,11 @@ The sans-IO framers (``LineFramer``, ``LengthPrefixedFramer``, ``RawFramer``)
 split a byte stream into messages; their hot loop is C (``csrc/``, built with
 cffi) with a pure-Python twin.  ``FRAMER_IMPLEMENTATION`` says which one is
 active: ``"c"`` or ``"python"`` (``TRIOECHO_PUREPYTHON=1`` selects the twin).
+
+In front of the handler, the server can read a PROXY protocol header
+(``ProxyProtocolConfig``; parser in ``trioecho.proxy``) and speak TLS
+(``ssl_context``; contexts from ``trioecho.tls``); ``trioecho --workers N``
+runs N processes on one port (``trioecho.workers``).
 """
 
 from ._backend import IMPLEMENTATION as FRAMER_IMPLEMENTATION
@@ -23,6 +28,7 @@ from ._errors import (
     TrioEchoError,
 )
 from ._version import __version__
+from .accept import ProxyProtocolConfig
 from .framing import (
     DEFAULT_MAX_FRAME,
     DEFAULT_MAX_LINE,
@@ -55,6 +61,7 @@ __all__ = [
     "LineFramer",
     "MessageServer",
     "MessageStream",
+    "ProxyProtocolConfig",
     "ProxyProtocolError",
     "RawFramer",
     "SlowReaderError",
