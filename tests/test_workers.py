@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -11,8 +12,11 @@ import sys
 import time
 
 import pytest
+import trio
 from serverproc import ServerProcess, greeted_line_client, recv_exactly, server_process
 
+from trioecho import workers
+from trioecho.cli import build_parser
 from trioecho.echo import REPLY_SUFFIX
 from trioecho.workers import reserve_port
 
@@ -86,7 +90,7 @@ def test_two_workers_share_the_port_and_drain_on_a_signal(signum: signal.Signals
     assert sorted(served) == sorted(workers.values()), log
     assert all(count >= 1 for count in served.values()), served
     assert sum(served.values()) == 41
-    assert f"{signum.name}: stopping 2 workers" in log
+    assert f"{signum.name}: stopping all 2 workers" in log
     assert "all 2 workers stopped" in log
 
 
@@ -166,3 +170,64 @@ def test_reserve_port_picks_one_port_for_every_address() -> None:
     finally:
         for sock in sockets:
             sock.close()
+
+
+# -- the supervisor alone, with stand-in workers -------------------------------
+
+FAKE_WORKER = """
+import os, socket, sys, time
+link = socket.socket(fileno=int(sys.argv[sys.argv.index("--supervisor-fd") + 1]))
+if {ready}:
+    link.sendall(b"ready\\n")
+time.sleep({lives})
+sys.exit({code})
+"""
+
+
+def fake_workers(monkeypatch: pytest.MonkeyPatch, *, ready: bool, lives: float, code: int) -> None:
+    """Make the supervisor start a stand-in instead of trioecho."""
+    script = FAKE_WORKER.format(ready=ready, lives=lives, code=code)
+
+    def command(self: workers._Supervisor, index: int, fd: int) -> list[str]:
+        return [sys.executable, "-c", script, "--supervisor-fd", str(fd)]
+
+    monkeypatch.setattr(workers._Supervisor, "command", command)
+
+
+async def test_a_worker_failing_its_first_start_stops_everything(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_workers(monkeypatch, ready=False, lives=0, code=3)
+    with trio.fail_after(20):
+        assert await workers.supervise([], 2, "127.0.0.1", 0) == 1
+    assert any(
+        re.fullmatch(r"worker \d \(pid \d+\) failed to start \(exited with code 3\); stopping", m)
+        for m in caplog.messages
+    ), caplog.messages
+
+
+async def test_a_worker_that_keeps_dying_is_restarted_with_growing_back_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trioecho")
+    fake_workers(monkeypatch, ready=True, lives=0.05, code=1)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+
+            async def stop_after_three_restarts() -> None:
+                while sum("restarting in" in m for m in caplog.messages) < 3:
+                    await trio.sleep(0.05)
+                os.kill(os.getpid(), signal.SIGTERM)  # the supervisor's signal receiver
+
+            nursery.start_soon(stop_after_three_restarts)
+            code = await workers.supervise([], 1, "127.0.0.1", 0)
+    assert code == 1  # the last worker exited with 1
+    restarts = [m for m in caplog.messages if "restarting in" in m]
+    assert [m.rsplit("restarting in ", 1)[1] for m in restarts[:3]] == ["0.2 s", "0.4 s", "0.8 s"]
+    assert all("exited with code 1 after 0." in m for m in restarts)
+    assert "SIGTERM: stopping all 1 workers" in caplog.messages
+
+
+def test_workers_auto_is_the_cpu_count() -> None:
+    args = build_parser().parse_args(["serve", "--workers", "auto"])
+    assert args.workers == workers.cpu_count() == len(os.sched_getaffinity(0))

@@ -258,7 +258,7 @@ async def supervise(
                     async for signum in signals:
                         name = signal.Signals(signum).name
                         if not supervisor.stopping:
-                            logger.info("%s: stopping %d workers", name, len(supervisor.processes))
+                            logger.info("%s: stopping all %d workers", name, workers)
                             supervisor.stop()
                         else:
                             logger.warning("%s again: workers close every connection now", name)
