@@ -109,15 +109,18 @@ def logged_clients(backend: ServerProcess) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    ("send_proxy", "mode"),
-    [("send-proxy-v2", "v2"), ("send-proxy", "v1"), ("send-proxy-v2", "auto")],
+    ("send_proxy", "options"),
+    [
+        ("send-proxy-v2", ("--proxy-protocol", "v2")),
+        ("send-proxy", ("--proxy-protocol", "v1")),
+        # Backends that are themselves two worker processes each.
+        ("send-proxy-v2", ("--proxy-protocol", "auto", "--workers", "2")),
+    ],
 )
-def test_behind_haproxy(send_proxy: str, mode: str, tmp_path: Path) -> None:
+def test_behind_haproxy(send_proxy: str, options: tuple[str, ...], tmp_path: Path) -> None:
     port = free_port()
     with ExitStack() as stack:
-        backends = [
-            stack.enter_context(server_process("--proxy-protocol", mode, "-v")) for _ in range(2)
-        ]
+        backends = [stack.enter_context(server_process(*options, "-v")) for _ in range(2)]
         config = HAPROXY_CONFIG.format(
             port=port,
             first=backends[0].port,
