@@ -142,6 +142,36 @@ def test_tls_service_client_and_bench(tls_files: dict[str, str]) -> None:
             capture_output=True,
             timeout=30,
         )
+        by_name = subprocess.run(
+            [
+                *TRIOECHO,
+                "client",
+                "--port",
+                port,
+                "--tls-ca",
+                tls_files["ca"],
+                "--tls-server-name",
+                "localhost",
+            ],
+            input=b"q\n",
+            capture_output=True,
+            timeout=30,
+        )
+        wrong_name = subprocess.run(
+            [
+                *TRIOECHO,
+                "client",
+                "--port",
+                port,
+                "--tls-ca",
+                tls_files["ca"],
+                "--tls-server-name",
+                "wrong.example",
+            ],
+            input=b"q\n",
+            capture_output=True,
+            timeout=30,
+        )
         untrusted = subprocess.run(
             [*TRIOECHO, "client", "--port", port, "--tls"],
             input=b"q\n",
@@ -164,6 +194,10 @@ def test_tls_service_client_and_bench(tls_files: dict[str, str]) -> None:
         assert server.stop() == 0
     assert trusted.returncode == 0, trusted.stderr
     assert trusted.stdout.decode() == "你好欢迎你\nover tls好\n"
+    assert by_name.returncode == 0, by_name.stderr
+    assert by_name.stdout.decode() == "你好欢迎你\n"
+    assert wrong_name.returncode == 1
+    assert "Hostname mismatch" in wrong_name.stderr.decode()
     assert untrusted.returncode == 1
     assert (
         f"TLS handshake with 127.0.0.1:{port} failed: [SSL: CERTIFICATE_VERIFY_FAILED]"

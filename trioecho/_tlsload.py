@@ -50,6 +50,7 @@ class TLSLoadGenerator:
         size: int,
         framing: str,
         ssl_context: ssl.SSLContext,
+        server_name: str | None = None,
         connect_timeout: float = 10.0,
     ) -> None:
         if framing not in ("line", "len"):
@@ -58,6 +59,7 @@ class TLSLoadGenerator:
         self._connections, self._depth, self._size = connections, depth, size
         self._framing = FramingConfig(framing)
         self._ssl_context = ssl_context
+        self._server_name = server_name or host
         self._connect_timeout = connect_timeout
         self._stats = BenchStats.empty()
         self._open = 0
@@ -129,8 +131,9 @@ class TLSLoadGenerator:
     ) -> None:
         try:
             async with limit:
-                transport = await trio.open_ssl_over_tcp_stream(
-                    self._host, self._port, ssl_context=self._ssl_context
+                tcp = await trio.open_tcp_stream(self._host, self._port)
+                transport = trio.SSLStream(
+                    tcp, self._ssl_context, server_hostname=self._server_name
                 )
                 try:
                     await transport.do_handshake()

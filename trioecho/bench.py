@@ -73,10 +73,12 @@ def measure(
     warmup: float,
     progress: TextIO | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    server_name: str | None = None,
 ) -> BenchResult:
     """Connect, warm up, measure for ``duration`` seconds; return the result.
 
-    With ``ssl_context`` every connection speaks TLS."""
+    With ``ssl_context`` every connection speaks TLS (the certificate checked
+    against ``server_name``, default ``host``)."""
     if framing == "raw" and depth != 1:
         raise ValueError("raw framing cannot tell replies apart: use --depth 1")
     shape: dict[str, Any] = {
@@ -88,7 +90,7 @@ def measure(
     with (
         LoadGenerator(host, port, **shape)
         if ssl_context is None
-        else TLSLoadGenerator(host, port, ssl_context=ssl_context, **shape)
+        else TLSLoadGenerator(host, port, ssl_context=ssl_context, server_name=server_name, **shape)
     ) as load:
         if warmup > 0:
             if progress is not None:
@@ -172,6 +174,7 @@ def run_bench(args: Any, out: TextIO | None = None) -> int:
             warmup=args.warmup,
             progress=progress,
             ssl_context=ssl_context,
+            server_name=args.tls_server_name,
         )
     except (LoadGeneratorError, ValueError, OSError) as exc:
         print(f"trioecho bench: {exc}", file=sys.stderr)

@@ -121,6 +121,11 @@ def _add_tls_client_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="trust the CA certificates in this PEM file instead of the system's (implies --tls)",
     )
+    parser.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        help="the name the server's certificate must carry (default: --host)",
+    )
 
 
 def _add_server_tls_and_proxy_options(parser: argparse.ArgumentParser) -> None:
@@ -356,11 +361,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "client":
         try:
             client_tls = client_context(args.tls_ca) if args.tls or args.tls_ca else None
-        except (OSError, ssl.SSLError) as exc:
-            parser.error(f"--tls-ca {args.tls_ca}: {exc}")
+        except OSError as exc:  # ssl.SSLError included
+            parser.error(f"cannot load --tls-ca {args.tls_ca}: {exc}")
         try:
             return trio.run(
-                partial(run_client, args.host, args.port, framing, ssl_context=client_tls)
+                partial(
+                    run_client,
+                    args.host,
+                    args.port,
+                    framing,
+                    ssl_context=client_tls,
+                    server_name=args.tls_server_name,
+                )
             )
         except KeyboardInterrupt:
             return 130

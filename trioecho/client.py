@@ -44,8 +44,10 @@ async def run_client(
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    server_name: str | None = None,
 ) -> int:
-    """Talk to the service at ``host``:``port`` (over TLS with ``ssl_context``);
+    """Talk to the service at ``host``:``port`` (over TLS with ``ssl_context``,
+    checking the certificate against ``server_name``, default ``host``);
     return the process exit code."""
     stdin = stdin if stdin is not None else sys.stdin.buffer
     stdout = stdout if stdout is not None else sys.stdout
@@ -58,7 +60,7 @@ async def run_client(
         print(f"trioecho client: cannot connect to {where}: {exc.strerror or exc}", file=stderr)
         return 1
     if ssl_context is not None:
-        tls = trio.SSLStream(transport, ssl_context, server_hostname=host)
+        tls = trio.SSLStream(transport, ssl_context, server_hostname=server_name or host)
         try:
             await tls.do_handshake()
         except trio.BrokenResourceError as exc:
