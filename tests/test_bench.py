@@ -12,7 +12,13 @@ import threading
 import pytest
 from serverproc import server_process
 
-from trioecho._cloadgen import LoadGenerator, LoadGeneratorError
+from trioecho._cloadgen import (
+    BUCKET_FLOORS,
+    BenchStats,
+    LoadGenerator,
+    LoadGeneratorError,
+    bucket_index,
+)
 from trioecho.bench import measure
 from trioecho.echo import GREETING, REPLY_SUFFIX
 
@@ -136,13 +142,27 @@ def test_bench_command_json() -> None:
 
 
 def test_latency_histogram_buckets_and_percentiles() -> None:
-    from trioecho._cloadgen import _BUCKET_FLOORS, BenchStats
-
-    assert _BUCKET_FLOORS[:17] == [*range(16), 16]
-    assert all(a < b for a, b in itertools.pairwise(_BUCKET_FLOORS[:976]))
-    assert _BUCKET_FLOORS[-1] == 2**64 - 1  # beyond any latency: never filled
-    histogram = [0] * len(_BUCKET_FLOORS)
+    assert BUCKET_FLOORS[:17] == (*range(16), 16)
+    assert all(a < b for a, b in itertools.pairwise(BUCKET_FLOORS[:976]))
+    assert BUCKET_FLOORS[-1] == 2**64 - 1  # beyond any latency: never filled
+    histogram = [0] * len(BUCKET_FLOORS)
     histogram[100], histogram[200] = 99, 1
     stats = BenchStats(0, 100, 0, 0, 0, 10**12, histogram, 0, "")
-    assert stats.percentile_ns(0.5) == _BUCKET_FLOORS[100]
-    assert stats.percentile_ns(0.999) == _BUCKET_FLOORS[200]
+    assert stats.percentile_ns(0.5) == BUCKET_FLOORS[100]
+    assert stats.percentile_ns(0.999) == BUCKET_FLOORS[200]
+
+
+def test_python_side_latencies_land_in_the_c_histogram_buckets() -> None:
+    """The TLS load generator files latencies with the C bucket function, so
+    both generators' percentiles mean the same."""
+    floors = BUCKET_FLOORS
+    for latency in [0, 1, 15, 16, 17, 31, 32, 1000, 123_456, 10**9, 2**40 + 12345]:
+        bucket = bucket_index(latency)
+        assert floors[bucket] <= latency < floors[bucket + 1], latency
+    stats = BenchStats.empty()
+    for latency in (1_000, 2_000, 3_000, 1_000_000):
+        stats.record_latency(latency)
+    assert stats.max_latency_ns == 1_000_000
+    assert sum(stats.histogram) == 4
+    assert stats.percentile_ns(0.5) == floors[bucket_index(2_000)] == 1_984  # 2^10 + 15 x 2^6
+    assert stats.percentile_ns(1.0) == floors[bucket_index(1_000_000)]

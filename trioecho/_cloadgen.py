@@ -11,7 +11,11 @@ import dataclasses
 from ._loadgen_ffi import ffi, lib
 
 FRAMINGS = {"line": lib.TB_FRAMING_LINE, "len": lib.TB_FRAMING_LEN, "raw": lib.TB_FRAMING_RAW}
-_BUCKET_FLOORS = [lib.tb_bucket_floor(i) for i in range(lib.TB_HIST_BUCKETS)]
+# The latency histogram's buckets: bucket i holds latencies from
+# BUCKET_FLOORS[i] up to BUCKET_FLOORS[i + 1] nanoseconds.
+BUCKET_FLOORS: tuple[int, ...] = tuple(
+    int(lib.tb_bucket_floor(i)) for i in range(lib.TB_HIST_BUCKETS)
+)
 
 
 def bucket_index(latency_ns: int) -> int:
@@ -39,7 +43,7 @@ class BenchStats:
 
     @classmethod
     def empty(cls, open_connections: int = 0) -> BenchStats:
-        return cls(0, 0, 0, 0, 0, 0, [0] * len(_BUCKET_FLOORS), open_connections, "")
+        return cls(0, 0, 0, 0, 0, 0, [0] * len(BUCKET_FLOORS), open_connections, "")
 
     def record_latency(self, latency_ns: int) -> None:
         self.max_latency_ns = max(self.max_latency_ns, latency_ns)
@@ -52,7 +56,7 @@ class BenchStats:
             return 0
         rank = fraction * total
         seen = 0
-        for floor, count in zip(_BUCKET_FLOORS, self.histogram, strict=False):
+        for floor, count in zip(BUCKET_FLOORS, self.histogram, strict=False):
             seen += count
             if seen >= rank:
                 return min(int(floor), self.max_latency_ns)
