@@ -84,6 +84,9 @@ def test_v1_longest_header_is_107_bytes() -> None:
         (b"PROXY TCP4 192.0.2.1 127.0.0.1 1 -2\r\n", "bad port"),
         (b"PROXY TCP4 192.0.2.1\n127.0.0.1", "stray CR or LF"),
         (b"PROXY TCP4 192.0.2.1\rX", "stray CR or LF"),
+        # Found by fuzz/fuzz_proxy.py: accepted whole, refused when cut short.
+        (b"PROXY UNKNOWN \n\x01\r\n", "stray CR or LF"),
+        (b"PROXY TCP4 192.0.2.1\r127.0.0.1 1 2\r\n", "stray CR or LF"),
         (b"PROXY TCP4 \xff.0.2.1 127.0.0.1 1 2\r\n", "bad address"),
     ],
 )

@@ -112,6 +112,8 @@ def _parse_v1(data: bytes) -> ProxyHeader | None:
         return None
     line = data[len(V1_PREFIX) : end]
     length = end + 2
+    if b"\r" in line or b"\n" in line:
+        raise ProxyProtocolError("PROXY protocol v1 header: stray CR or LF")
     if line == b"UNKNOWN" or line.startswith(b"UNKNOWN "):
         # The spec: the receiver must ignore anything after UNKNOWN.
         return ProxyHeader(1, "PROXY", "UNSPEC", None, None, length)
