@@ -272,3 +272,80 @@ async def test_echo_idle_timeout_is_per_complete_message(
         assert trio.current_time() - start == pytest.approx(10)
         nursery.cancel_scope.cancel()
     assert await client_transport.receive_some() == b"done!\n"
+
+
+# -- deadlines handed over to a watchdog (the server's mode), over real sockets --
+
+
+def socket_message_pair() -> tuple[MessageStream, MessageStream]:
+    """Two MessageStreams over a connected socket pair: the direct socket path."""
+    a, b = trio.socket.socketpair()
+    return MessageStream(trio.SocketStream(a)), MessageStream(trio.SocketStream(b))
+
+
+async def test_handed_over_idle_deadline_fires_only_when_expired() -> None:
+    client, server = socket_message_pair()
+    server.idle_timeout = 5
+    server.hand_over_deadlines()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            outcome: list[object] = []
+
+            async def receive() -> None:
+                try:
+                    await server.receive_message()
+                except IdleTimeoutError as exc:
+                    outcome.append(exc)
+
+            nursery.start_soon(receive)
+            await trio.testing.wait_all_tasks_blocked()
+            now = trio.current_time()
+            assert not server.expire_if_idle(now)  # not due yet: nothing happens
+            assert not outcome
+            assert server.expire_if_idle(now + 5)  # due
+    assert [str(e) for e in outcome] == ["no complete message within idle_timeout=5s"]
+    # The socket was not closed: replies can still be sent.
+    await server.send_message(b"bye")
+    assert await client.receive_message() == b"bye"
+    assert not server.expire_if_idle(trio.current_time() + 100)  # nobody waits now
+
+
+async def test_handed_over_stop_receiving_wakes_the_receiver_not_a_blocked_sender() -> None:
+    client, server = socket_message_pair()
+    server.hand_over_deadlines()
+    big = b"x" * 60_000
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            sent = trio.Event()
+
+            async def receive() -> None:
+                with pytest.raises(trio.EndOfChannel):
+                    await server.receive_message()
+
+            async def send_until_blocked() -> None:
+                # The client reads nothing yet, so this blocks in wait_writable.
+                for _ in range(40):
+                    await server.send_message(big)
+                sent.set()
+
+            nursery.start_soon(receive)
+            nursery.start_soon(send_until_blocked)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not sent.is_set()
+            server.stop_receiving()  # wakes both waiters on the socket
+            await trio.testing.wait_all_tasks_blocked()
+            for _ in range(40):  # the sender carries on once the client reads
+                assert await client.receive_message() == big
+            await sent.wait()
+
+
+async def test_echo_with_handed_over_deadlines_over_a_socket() -> None:
+    client, server = socket_message_pair()
+    server.framer = LineFramer(implementation="c")
+    server.hand_over_deadlines()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.echo, b"!", b"q")
+        for word in (b"a", b"b"):
+            await client.send_message(word)
+            assert await client.receive_message() == word + b"!"
+        await client.send_message(b"q")

@@ -247,27 +247,11 @@ class MessageServer:
         self.listeners = listeners
         limited = [_LimitedListener(listener, self._slots) for listener in listeners]
         try:
-            async with trio.open_nursery() as connections:
-                self._connections_scope = connections.cancel_scope
-                async with trio.open_nursery() as acceptors:
-                    await acceptors.start(
-                        partial(
-                            trio.serve_listeners,
-                            self._serve_connection,
-                            limited,
-                            handler_nursery=connections,
-                        )
-                    )
-                    for listener in listeners:
-                        logger.info(
-                            "listening on %s", format_address(listener.socket.getsockname())
-                        )
-                    task_status.started(listeners)
-                    await self._shutdown_requested.wait()
-                    acceptors.cancel_scope.cancel()
-                for listener in listeners:
-                    await listener.aclose()
-                await self._drain()
+            async with trio.open_nursery() as watchdog:
+                if self.idle_timeout is not None:
+                    watchdog.start_soon(self._expire_idle_connections, self.idle_timeout)
+                await self._serve_until_drained(listeners, limited, task_status)
+                watchdog.cancel_scope.cancel()
         finally:
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
@@ -278,6 +262,44 @@ class MessageServer:
             self.messages_received,
             self.messages_sent,
         )
+
+    async def _serve_until_drained(
+        self,
+        listeners: list[trio.SocketListener],
+        limited: list[_LimitedListener],
+        task_status: trio.TaskStatus[list[trio.SocketListener]],
+    ) -> None:
+        """Accept until shutdown(), then drain the connections."""
+        async with trio.open_nursery() as connections:
+            self._connections_scope = connections.cancel_scope
+            async with trio.open_nursery() as acceptors:
+                await acceptors.start(
+                    partial(
+                        trio.serve_listeners,
+                        self._serve_connection,
+                        limited,
+                        handler_nursery=connections,
+                    )
+                )
+                for listener in listeners:
+                    logger.info("listening on %s", format_address(listener.socket.getsockname()))
+                task_status.started(listeners)
+                await self._shutdown_requested.wait()
+                acceptors.cancel_scope.cancel()
+            for listener in listeners:
+                await listener.aclose()
+            await self._drain()
+
+    async def _expire_idle_connections(self, idle_timeout: float) -> None:
+        """Enforce ``idle_timeout`` for every connection from this one task
+        (see ``MessageStream.hand_over_deadlines``): it fires within a tenth
+        of the timeout (at most 1 s) after it is due."""
+        period = min(1.0, max(idle_timeout / 10, 0.01))
+        while True:
+            await trio.sleep(period)
+            now = trio.current_time()
+            for stream in self._streams:
+                stream.expire_if_idle(now)
 
     def shutdown(self, *, grace: float | None = None) -> None:
         """Stop gracefully: see the module docstring.  Safe to call more than once;
@@ -335,6 +357,7 @@ class MessageServer:
                 idle_timeout=self.idle_timeout,
                 send_timeout=self.send_timeout,
             )
+            stream.hand_over_deadlines()
             self._streams.add(stream)
             self.connections_served += 1
             if self.shutting_down:

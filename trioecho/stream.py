@@ -33,6 +33,14 @@ directly and waits with ``trio.lowlevel.wait_readable``/``wait_writable``
 only when the kernel has nothing for it (the transport's own methods add a
 few scheduler round trips per call).  Every other transport goes through its
 ``trio.abc.Stream`` methods.
+
+Each wait for input normally runs in its own cancel scope, which carries the
+idle deadline and lets :meth:`stop_receiving` interrupt it.  Entering and
+leaving a scope costs more than the rest of a request/reply exchange, so a
+server with many streams can take the deadlines over
+(:meth:`hand_over_deadlines`): the wait then needs no scope, and one task
+calls :meth:`expire_if_idle` on every stream now and then, which wakes a wait
+past its deadline with ``trio.lowlevel.notify_closing``.
 """
 
 from __future__ import annotations
@@ -86,7 +94,9 @@ class MessageStream(trio.abc.AsyncResource):
     __slots__ = (
         "_at_eof",
         "_closed",
+        "_deadlines_handed_over",
         "_error",
+        "_expired",
         "_next",
         "_pending",
         "_receive_scope",
@@ -96,7 +106,9 @@ class MessageStream(trio.abc.AsyncResource):
         "_socket",
         "_stopping",
         "_unyielded",
+        "_wait_deadline",
         "_wait_first",
+        "_waiting",
         "framer",
         "idle_timeout",
         "messages_received",
@@ -137,6 +149,11 @@ class MessageStream(trio.abc.AsyncResource):
         self.messages_sent = 0  # messages whose bytes the transport accepted
         self._socket = _raw_socket(transport_stream)
         self._wait_first = False  # the last read had to wait: wait before reading
+        # hand_over_deadlines(): the socket wait runs without a scope of its own.
+        self._deadlines_handed_over = False
+        self._waiting = False  # in wait_readable without a scope
+        self._wait_deadline = math.inf  # ... and until when
+        self._expired = False  # expire_if_idle() woke it
         self._sending = False
         self._unyielded = 0  # calls since the last checkpoint
 
@@ -262,6 +279,32 @@ class MessageStream(trio.abc.AsyncResource):
         self._stopping = True
         if self._receive_scope is not None:
             self._receive_scope.cancel()
+        elif self._waiting:
+            self._wake_waiting_receive()
+
+    def hand_over_deadlines(self) -> None:
+        """Let the caller enforce ``idle_timeout`` by calling
+        :meth:`expire_if_idle` periodically (the server does, for all its
+        streams from one task), so that a receive waiting on a socket needs no
+        cancel scope of its own.  The timeout then fires within one period
+        after it is due.  Only the direct socket path is affected."""
+        self._deadlines_handed_over = True
+
+    def expire_if_idle(self, now: float) -> bool:
+        """If a receive is waiting past its idle deadline, wake it (it raises
+        :class:`IdleTimeoutError`) and return True."""
+        if self._waiting and self._wait_deadline <= now:
+            self._expired = True
+            self._wake_waiting_receive()
+            return True
+        return False
+
+    def _wake_waiting_receive(self) -> None:
+        # Wakes every waiter on the socket with ClosedResourceError without
+        # closing it: the receive turns that into its outcome, a send retries.
+        assert self._socket is not None
+        self._waiting = False
+        trio.lowlevel.notify_closing(self._socket)
 
     def _start_receiving(self) -> None:
         """Claim the receiving side."""
@@ -368,16 +411,20 @@ class MessageStream(trio.abc.AsyncResource):
                     raise self._socket_error(exc, "receiving") from exc
             self._wait_first = False
             self._unyielded = 0
-            with trio.CancelScope(deadline=deadline) as scope:
-                self._receive_scope = scope
-                try:
-                    await trio.lowlevel.wait_readable(sock)
-                finally:
-                    self._receive_scope = None
-            if scope.cancelled_caught:
-                if self._stopping:
+            if self._deadlines_handed_over:
+                if not await self._wait_readable_watched(sock, deadline):
                     return None
-                raise self._idle_timeout_error()
+            else:
+                with trio.CancelScope(deadline=deadline) as scope:
+                    self._receive_scope = scope
+                    try:
+                        await trio.lowlevel.wait_readable(sock)
+                    finally:
+                        self._receive_scope = None
+                if scope.cancelled_caught:
+                    if self._stopping:
+                        return None
+                    raise self._idle_timeout_error()
             try:
                 data = sock.recv(self.receive_size)
             except BlockingIOError:
@@ -388,6 +435,26 @@ class MessageStream(trio.abc.AsyncResource):
             # too, so skip the read that would fail.
             self._wait_first = True
             return data
+
+    async def _wait_readable_watched(self, sock: socket.socket, deadline: float) -> bool:
+        """wait_readable without a cancel scope (see hand_over_deadlines());
+        False if stop_receiving() interrupted it."""
+        self._wait_deadline = deadline
+        self._waiting = True
+        try:
+            await trio.lowlevel.wait_readable(sock)
+        except trio.ClosedResourceError:
+            if self._closed:
+                raise
+            if self._expired:
+                self._expired = False
+                raise self._idle_timeout_error() from None
+            if self._stopping:
+                return False
+            raise
+        finally:
+            self._waiting = False
+        return True
 
     def _slow_reader_error(self) -> SlowReaderError:
         return SlowReaderError(
@@ -467,7 +534,13 @@ class MessageStream(trio.abc.AsyncResource):
                     deadline = trio.current_time() + self.send_timeout
                 self._unyielded = 0
                 with trio.CancelScope(deadline=deadline) as scope:
-                    await trio.lowlevel.wait_writable(sock)
+                    try:
+                        await trio.lowlevel.wait_writable(sock)
+                    except trio.ClosedResourceError:
+                        if self._closed:
+                            raise
+                        # A receive on another task was woken by notify_closing
+                        # (stop_receiving, idle timeout): the socket is open.
                 if scope.cancelled_caught:
                     break
         finally:
