@@ -440,6 +440,7 @@ class MessageStream(trio.abc.AsyncResource):
         """wait_readable without a cancel scope (see hand_over_deadlines());
         False if stop_receiving() interrupted it."""
         self._wait_deadline = deadline
+        self._expired = False  # a stale mark: woken by data in the tick it expired
         self._waiting = True
         try:
             await trio.lowlevel.wait_readable(sock)
