@@ -171,7 +171,7 @@ class _Supervisor:
             began = trio.current_time()
             with ours:
                 link = trio.socket.from_stdlib_socket(ours)
-                became_ready = await self._wait_ready(link, process)
+                became_ready = await self._wait_ready(link, index, process)
                 if became_ready:
                     logger.info("worker %d (pid %d) ready", index, process.pid)
                     if first:
@@ -210,13 +210,20 @@ class _Supervisor:
             with trio.move_on_after(backoff):
                 await self.stop_requested.wait()
 
-    async def _wait_ready(self, link: trio.socket.SocketType, process: trio.Process) -> bool:
+    async def _wait_ready(
+        self, link: trio.socket.SocketType, index: int, process: trio.Process
+    ) -> bool:
         with trio.move_on_after(READY_TIMEOUT):
             try:
                 return await link.recv(len(READY)) == READY
             except OSError:
                 return False
-        logger.error("worker (pid %d) not listening after %.0f s", process.pid, READY_TIMEOUT)
+        logger.error(
+            "worker %d (pid %d) not listening after %.0f s: killing it",
+            index,
+            process.pid,
+            READY_TIMEOUT,
+        )
         process.kill()
         return False
 
