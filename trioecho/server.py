@@ -66,6 +66,7 @@ __all__ = [
     "DEFAULT_SEND_TIMEOUT",
     "BaseRequestHandler",
     "MessageServer",
+    "bind_reuse_port",
     "format_address",
     "open_reuse_port_listeners",
 ]
@@ -435,40 +436,51 @@ class MessageServer:
             logger.exception("%s: handler raised; closing its connection", where)
 
 
-async def open_reuse_port_listeners(
-    port: int, *, host: str | None = None, backlog: int | None = None
-) -> list[trio.SocketListener]:
-    """Like ``trio.open_tcp_listeners``, with ``SO_REUSEPORT`` set on each socket.
-
-    Every process that opens the same ``host``:``port`` this way gets its own
-    listening socket, and the kernel spreads new connections across them.
-    Raises ``OSError`` if the port is held without ``SO_REUSEPORT``.
+def bind_reuse_port(host: str | None, port: int) -> list[socket.socket]:
+    """Bind, without listening, one ``SO_REUSEPORT`` socket per address of
+    ``host``, all on one port: ``port``, or for 0 the one the kernel picks for
+    the first address.  Raises ``OSError`` if the port is held without
+    ``SO_REUSEPORT`` (or the platform lacks it).  Blocks on name resolution.
     """
     if not hasattr(socket, "SO_REUSEPORT"):
         raise OSError("SO_REUSEPORT is not available on this platform")
-    addresses = await trio.socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    listeners = []
+    addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    bound: list[socket.socket] = []
     try:
         for family, kind, protocol, _, address in addresses:
-            sock = trio.socket.socket(family, kind, protocol)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                await sock.bind(address)
-                sock.listen(backlog if backlog is not None else socket.SOMAXCONN)
-            except BaseException:
-                sock.close()
-                raise
-            listeners.append(trio.SocketListener(sock))
+            sock = socket.socket(family, kind, protocol)
+            bound.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((address[0], port, *address[2:]))
+            port = sock.getsockname()[1]
     except BaseException:
-        for listener in listeners:
-            listener.socket.close()
+        for sock in bound:
+            sock.close()
         raise
-    return listeners
+    return bound
+
+
+async def open_reuse_port_listeners(
+    port: int, *, host: str | None = None, backlog: int | None = None
+) -> list[trio.SocketListener]:
+    """Like ``trio.open_tcp_listeners``, with ``SO_REUSEPORT`` set on each
+    socket (see :func:`bind_reuse_port`).
+
+    Every process that opens the same ``host``:``port`` this way gets its own
+    listening socket, and the kernel spreads new connections across them.
+    """
+    sockets = await trio.to_thread.run_sync(bind_reuse_port, host, port)
+    try:
+        for sock in sockets:
+            sock.listen(backlog if backlog is not None else socket.SOMAXCONN)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
 
 
 async def _linger_close(stream: MessageStream) -> None:

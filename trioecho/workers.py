@@ -38,7 +38,7 @@ from collections.abc import Sequence
 
 import trio
 
-from .server import format_address
+from .server import bind_reuse_port, format_address
 
 __all__ = ["WorkerLink", "cpu_count", "reserve_port", "supervise"]
 
@@ -65,25 +65,8 @@ def reserve_port(host: str | None, port: int) -> tuple[list[socket.socket], int]
     Returns the sockets, which hold the port while they are open, and the
     port.  Raises ``OSError`` if the port is taken without ``SO_REUSEPORT``.
     """
-    if not hasattr(socket, "SO_REUSEPORT"):
-        raise OSError("--workers needs SO_REUSEPORT, which this platform lacks")
-    addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    reserved: list[socket.socket] = []
-    try:
-        for family, kind, protocol, _, address in addresses:
-            sock = socket.socket(family, kind, protocol)
-            reserved.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((address[0], port, *address[2:]))
-            port = sock.getsockname()[1]
-    except BaseException:
-        for sock in reserved:
-            sock.close()
-        raise
-    return reserved, port
+    reserved = bind_reuse_port(host, port)
+    return reserved, reserved[0].getsockname()[1]
 
 
 class WorkerLink:
