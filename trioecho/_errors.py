@@ -83,4 +83,12 @@ class ProxyProtocolError(TrioEchoError):
 
 
 class TLSHandshakeError(TrioEchoError):
-    """A TLS handshake failed or did not finish in time; the cause is chained."""
+    """A TLS handshake failed or did not finish in time; the cause is chained.
+
+    ``reason`` is what went wrong without the surrounding words (the TLS
+    error, ``"connection closed"``, ...); it defaults to the message.
+    """
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason if reason is not None else message

@@ -19,10 +19,11 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from ._cloadgen import BenchStats, LoadGeneratorError
-from ._errors import TrioEchoError
+from ._errors import TLSHandshakeError, TrioEchoError
 from .echo import GREETING, REPLY_SUFFIX
 from .framing import FramingConfig
 from .stream import MessageStream
+from .tls import do_handshake
 
 __all__ = ["TLSLoadGenerator"]
 
@@ -136,11 +137,9 @@ class TLSLoadGenerator:
                     tcp, self._ssl_context, server_hostname=self._server_name
                 )
                 try:
-                    await transport.do_handshake()
-                except trio.BrokenResourceError as exc:
-                    await trio.aclose_forcefully(transport)
-                    reason = exc.__cause__ or "connection closed"
-                    raise LoadGeneratorError(f"TLS handshake failed: {reason}") from exc
+                    await do_handshake(transport)
+                except TLSHandshakeError as exc:
+                    raise LoadGeneratorError(str(exc)) from exc
                 stream = MessageStream(transport, self._framing.new_framer())
                 streams.append(stream)
                 greeting = await stream.receive_message()

@@ -27,6 +27,7 @@ import trio
 
 from ._errors import ProxyProtocolError, TLSHandshakeError
 from .proxy import MAX_HEADER_LENGTH, ProxyHeader, parse_proxy_header
+from .tls import do_handshake
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
@@ -164,11 +165,7 @@ async def open_connection(
     with trio.move_on_after(
         handshake_timeout if handshake_timeout is not None else math.inf
     ) as scope:
-        try:
-            await stream.do_handshake()
-        except trio.BrokenResourceError as exc:
-            reason = exc.__cause__ if exc.__cause__ is not None else exc
-            raise TLSHandshakeError(f"TLS handshake failed: {reason}") from exc
+        await do_handshake(stream)
     if scope.cancelled_caught:
         raise TLSHandshakeError(f"TLS handshake not done within {handshake_timeout:g} s")
     return stream, client

@@ -15,10 +15,12 @@ from typing import BinaryIO, TextIO
 
 import trio
 
+from ._errors import TLSHandshakeError
 from .echo import QUIT
 from .framing import FramingConfig
 from .server import RAW_RECEIVE_SIZE, format_address
 from .stream import DEFAULT_RECEIVE_SIZE, MessageStream
+from .tls import do_handshake
 
 __all__ = ["run_client"]
 
@@ -62,11 +64,9 @@ async def run_client(
     if ssl_context is not None:
         tls = trio.SSLStream(transport, ssl_context, server_hostname=server_name or host)
         try:
-            await tls.do_handshake()
-        except trio.BrokenResourceError as exc:
-            await trio.aclose_forcefully(tls)
-            reason = exc.__cause__ or "connection closed"
-            print(f"trioecho client: TLS handshake with {where} failed: {reason}", file=stderr)
+            await do_handshake(tls)
+        except TLSHandshakeError as exc:
+            print(f"trioecho client: TLS handshake with {where} failed: {exc.reason}", file=stderr)
             return 1
         transport = tls
     receive_size = RAW_RECEIVE_SIZE if framing.framing == "raw" else DEFAULT_RECEIVE_SIZE

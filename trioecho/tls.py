@@ -1,4 +1,5 @@
-"""TLS contexts for the server (``--tls-cert``/``--tls-key``) and the clients (``--tls``).
+"""TLS for the server (``--tls-cert``/``--tls-key``) and the clients (``--tls``):
+contexts, and the handshake all of them run.
 
 Both start from ``ssl.create_default_context``: TLS 1.2 or newer, Python's
 default ciphers, and on the client side certificate and host name checks.
@@ -7,8 +8,13 @@ default ciphers, and on the client side certificate and host name checks.
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
-__all__ = ["client_context", "server_context"]
+import trio
+
+from ._errors import TLSHandshakeError
+
+__all__ = ["client_context", "do_handshake", "server_context"]
 
 
 def server_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
@@ -30,3 +36,15 @@ def client_context(cafile: str | None = None) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
+
+
+async def do_handshake(stream: trio.SSLStream[Any]) -> None:
+    """Run ``stream``'s handshake now.  On failure close the stream and raise
+    :class:`TLSHandshakeError` whose ``reason`` is the TLS error (or
+    ``"connection closed"``), the transport's exception chained."""
+    try:
+        await stream.do_handshake()
+    except trio.BrokenResourceError as exc:
+        await trio.aclose_forcefully(stream)
+        reason = str(exc.__cause__ or "connection closed")
+        raise TLSHandshakeError(f"TLS handshake failed: {reason}", reason=reason) from exc
