@@ -18,7 +18,6 @@ from typing import Any, TextIO
 
 from ._cloadgen import BenchStats, LoadGenerator, LoadGeneratorError
 from ._tlsload import TLSLoadGenerator
-from .tls import client_context
 
 __all__ = ["BenchResult", "run_bench"]
 
@@ -153,15 +152,13 @@ def format_result(result: BenchResult) -> str:
     return "\n".join(lines)
 
 
-def run_bench(args: Any, out: TextIO | None = None) -> int:
-    """The ``bench`` command: returns the exit code (1 if any reply was wrong)."""
+def run_bench(
+    args: Any, out: TextIO | None = None, *, ssl_context: ssl.SSLContext | None = None
+) -> int:
+    """The ``bench`` command (over TLS with ``ssl_context``): returns the exit
+    code (1 if any reply was wrong)."""
     out = out if out is not None else sys.stdout
     progress = sys.stderr if (not args.json and sys.stderr.isatty()) else None
-    try:
-        ssl_context = client_context(args.tls_ca) if args.tls or args.tls_ca else None
-    except OSError as exc:
-        print(f"trioecho bench: cannot load --tls-ca {args.tls_ca}: {exc}", file=sys.stderr)
-        return 2
     try:
         result = measure(
             args.host,

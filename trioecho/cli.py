@@ -323,6 +323,16 @@ async def _serve(
     return 0
 
 
+def _client_tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS context ``--tls``/``--tls-ca`` ask for (client and bench), or None."""
+    if not (args.tls or args.tls_ca):
+        return None
+    try:
+        return client_context(args.tls_ca)
+    except OSError as exc:  # ssl.SSLError included
+        parser.error(f"cannot load --tls-ca {args.tls_ca}: {exc}")
+
+
 def _configure_logging(args: argparse.Namespace) -> None:
     level = logging.INFO if args.command == "serve" else logging.WARNING
     if getattr(args, "verbose", False):
@@ -353,16 +363,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench":
         from .bench import run_bench
 
-        return run_bench(args)
+        return run_bench(args, ssl_context=_client_tls(parser, args))
     try:
         framing = _framing(args)
     except ValueError as exc:  # a framing option out of range
         parser.error(str(exc))
     if args.command == "client":
-        try:
-            client_tls = client_context(args.tls_ca) if args.tls or args.tls_ca else None
-        except OSError as exc:  # ssl.SSLError included
-            parser.error(f"cannot load --tls-ca {args.tls_ca}: {exc}")
+        client_tls = _client_tls(parser, args)
         try:
             return trio.run(
                 partial(
