@@ -119,11 +119,19 @@ class Canary:
     """A well-behaved client doing ping-pong in a thread while a test misbehaves.
 
     ``framing`` is the server's: ``"line"`` or ``"len"`` (4-byte big endian).
-    ``check()`` asserts every reply was right and none took longer than
-    ``stall`` seconds: the other clients were never stalled.
+    ``sock``, if given, is the connection to use (e.g. TLS over a PROXY
+    header), its greeting not yet read.  ``check()`` asserts every reply was
+    right and none took longer than ``stall`` seconds: the other clients
+    were never stalled.
     """
 
-    def __init__(self, port: int, framing: str = "line", stall: float = 2.0) -> None:
+    def __init__(
+        self,
+        port: int,
+        framing: str = "line",
+        stall: float = 2.0,
+        sock: socket.socket | None = None,
+    ) -> None:
         self.port = port
         self.stall = stall
         self.exchanges = 0
@@ -131,7 +139,7 @@ class Canary:
         self.error: BaseException | None = None
         self._encode = _encode_line if framing == "line" else _encode_len
         self._stop = threading.Event()
-        self._sock = connect(port)
+        self._sock = sock if sock is not None else connect(port)
         greeting = self._encode(GREETING)
         assert recv_exactly(self._sock, len(greeting)) == greeting
         self._thread = threading.Thread(target=self._run, daemon=True)
