@@ -1,6 +1,8 @@
 """Build trioecho's C code (csrc/) as cffi extensions.
 
 ``trioecho._framer_ffi``: the sans-IO framer (``framer.h``/``framer.c``);
+``trioecho._echo_ffi``: the sans-IO echo session (``echo.h``/``echo.c``, on
+the framer's scanning primitives in ``scan.h``);
 ``trioecho._loadgen_ffi``: the load generator of ``trioecho bench``
 (``loadgen.h``/``loadgen.c``), kept apart because it does I/O.
 
@@ -35,8 +37,11 @@ CSRC = HERE / "csrc"
 # extension module -> (header, sources)
 EXTENSIONS = {
     "trioecho._framer_ffi": ("framer.h", ["framer.c"]),
+    "trioecho._echo_ffi": ("echo.h", ["echo.c", "framer.c"]),
     "trioecho._loadgen_ffi": ("loadgen.h", ["loadgen.c"]),
 }
+# Structs cffi only allocates: it learns their size from the C compiler.
+OPAQUE_STRUCTS = {"trioecho._echo_ffi": ["te_echo_state"]}
 
 
 def _cdef_from_header(header: Path) -> str:
@@ -76,7 +81,10 @@ def make_builder(module: str, root: Path) -> FFI:
     (setuptools runs from the project root and rejects absolute paths)."""
     header, sources = EXTENSIONS[module]
     builder = FFI()
-    builder.cdef(_cdef_from_header(CSRC / header))
+    cdef = _cdef_from_header(CSRC / header)
+    for struct in OPAQUE_STRUCTS.get(module, []):
+        cdef += f"\nstruct {struct} {{ ...; }};\n"
+    builder.cdef(cdef)
     compile_args, link_args = _compile_args()
     builder.set_source(
         module,
@@ -90,6 +98,7 @@ def make_builder(module: str, root: Path) -> FFI:
 
 
 ffibuilder = make_builder("trioecho._framer_ffi", Path.cwd())
+echo_builder = make_builder("trioecho._echo_ffi", Path.cwd())
 loadgen_builder = make_builder("trioecho._loadgen_ffi", Path.cwd())
 
 

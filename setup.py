@@ -5,4 +5,10 @@ All other metadata lives in pyproject.toml.
 
 from setuptools import setup
 
-setup(cffi_modules=["build_ffi.py:ffibuilder", "build_ffi.py:loadgen_builder"])
+setup(
+    cffi_modules=[
+        "build_ffi.py:ffibuilder",
+        "build_ffi.py:echo_builder",
+        "build_ffi.py:loadgen_builder",
+    ]
+)

@@ -1,6 +1,7 @@
 /* trioecho framer: see framer.h for the contract. */
 #define _GNU_SOURCE /* memrchr */
 #include "framer.h"
+#include "scan.h"
 
 #include <string.h>
 
@@ -106,7 +107,7 @@ int te_length_init(te_length_framer *f, unsigned header_bytes,
     return TE_OK;
 }
 
-static uint64_t read_header(const uint8_t *p, unsigned n, int little_endian)
+uint64_t te_read_header(const uint8_t *p, unsigned n, int little_endian)
 {
     uint64_t v = 0;
     unsigned i;
@@ -123,6 +124,15 @@ static uint64_t read_header(const uint8_t *p, unsigned n, int little_endian)
     return v;
 }
 
+void te_write_header(uint8_t *p, uint64_t v, unsigned n, int little_endian)
+{
+    unsigned i;
+    for (i = 0; i < n; i++) {
+        unsigned shift = little_endian ? 8 * i : 8 * (n - 1 - i);
+        p[i] = (uint8_t)(v >> shift);
+    }
+}
+
 int te_length_scan(const te_length_framer *f, const uint8_t *buf, size_t len,
                    size_t pos, char *fmt, size_t fmt_cap, uint8_t *dest,
                    size_t dest_cap, te_result *r)
@@ -136,7 +146,7 @@ int te_length_scan(const te_length_framer *f, const uint8_t *buf, size_t len,
         pos = len;
     r->offset = pos;
     while (len - pos >= h) {
-        uint64_t length = read_header(buf + pos, (unsigned)h, f->little_endian);
+        uint64_t length = te_read_header(buf + pos, (unsigned)h, f->little_endian);
         size_t start = pos + h;
         if (length > f->max_frame) {
             /* Checked before waiting for the body: never trust the peer. */
@@ -195,8 +205,7 @@ int te_line_init(te_line_framer *f, const uint8_t *delimiter,
     return TE_OK;
 }
 
-/* First delimiter that starts at or after pos and ends within len, or len. */
-static size_t find_delimiter(const te_line_framer *f, const uint8_t *buf,
+size_t te_find_delimiter(const te_line_framer *f, const uint8_t *buf,
                              size_t len, size_t pos)
 {
     const size_t dlen = f->delimiter_len;
@@ -214,14 +223,30 @@ static size_t find_delimiter(const te_line_framer *f, const uint8_t *buf,
     return len;
 }
 
-/* Payload length of buf[line_start:end) once a '\r' before `end` is stripped. */
-static size_t payload_length(const te_line_framer *f, const uint8_t *buf,
+size_t te_payload_length(const te_line_framer *f, const uint8_t *buf,
                              size_t line_start, size_t end)
 {
     size_t n = end - line_start;
     if (f->strip_cr && n > 0 && buf[end - 1] == '\r')
         n--;
     return n;
+}
+
+uint64_t te_unfinished_line(const te_line_framer *f, const uint8_t *buf, size_t len,
+                            size_t line_start, size_t *next_search)
+{
+    const size_t dlen = f->delimiter_len;
+    size_t q, end = len;
+    *next_search = len - line_start >= dlen ? len - dlen + 1 : line_start;
+    /* The line can end no earlier than the first position whose remaining
+     * bytes are a prefix of the delimiter. */
+    for (q = *next_search; q < len; q++) {
+        if (memcmp(buf + q, f->delimiter, len - q) == 0) {
+            end = q;
+            break;
+        }
+    }
+    return te_payload_length(f, buf, line_start, end);
 }
 
 typedef struct {
@@ -294,7 +319,7 @@ int te_line_scan(te_line_framer *f, const uint8_t *buf, size_t len,
                  char *fmt, size_t fmt_cap, te_result *r)
 {
     const size_t dlen = f->delimiter_len;
-    size_t next_search, p, q, pos = f->search_from;
+    size_t next_search, pos = f->search_from;
     uint64_t min_payload;
     line_scan s = {0, 0, 0, 0, 0, 1};
     fmt_writer w;
@@ -308,7 +333,7 @@ int te_line_scan(te_line_framer *f, const uint8_t *buf, size_t len,
     }
     fmt_init(&w, fmt, fmt_cap, 0);
     for (;;) {
-        size_t d = find_delimiter(f, buf, len, pos);
+        size_t d = te_find_delimiter(f, buf, len, pos);
         size_t payload;
         if (d == len)
             break;
@@ -319,7 +344,7 @@ int te_line_scan(te_line_framer *f, const uint8_t *buf, size_t len,
             w.prev_end = s.region_start;
             continue;
         }
-        payload = payload_length(f, buf, s.line_start, d);
+        payload = te_payload_length(f, buf, s.line_start, d);
         if ((uint64_t)payload > f->max_frame) {
             line_layout(f, &s, &w, fmt, r);
             r->status = TE_TOO_LONG;
@@ -343,25 +368,13 @@ int te_line_scan(te_line_framer *f, const uint8_t *buf, size_t len,
     }
 
 unfinished:
-    /* buf[line_start:len) is an unfinished line.  Only its last dlen - 1
-     * bytes can begin a delimiter that is still to arrive. */
-    next_search = len - s.line_start >= dlen ? len - dlen + 1 : s.line_start;
+    min_payload = te_unfinished_line(f, buf, len, s.line_start, &next_search);
     line_layout(f, &s, &w, fmt, r);
     if (f->discarding) {
         r->consumed = next_search;
         f->search_from = 0;
         return r->status;
     }
-    /* The line can end no earlier than the first position whose remaining
-     * bytes are a prefix of the delimiter. */
-    p = len;
-    for (q = next_search; q < len; q++) {
-        if (memcmp(buf + q, f->delimiter, len - q) == 0) {
-            p = q;
-            break;
-        }
-    }
-    min_payload = payload_length(f, buf, s.line_start, p);
     if (min_payload > f->max_frame) {
         r->status = TE_TOO_LONG;
         r->length = min_payload;
@@ -376,138 +389,5 @@ unfinished:
     }
     r->consumed = s.line_start;
     f->search_from = next_search - s.line_start;
-    return r->status;
-}
-
-/* ---- echo transform --------------------------------------------------- */
-
-static void put_header(uint8_t *p, uint64_t v, unsigned n, int little_endian)
-{
-    unsigned i;
-    for (i = 0; i < n; i++) {
-        unsigned shift = little_endian ? 8 * i : 8 * (n - 1 - i);
-        p[i] = (uint8_t)(v >> shift);
-    }
-}
-
-static int is_stop(const uint8_t *payload, size_t length, const uint8_t *stop,
-                   size_t stop_len)
-{
-    return length == stop_len && memcmp(payload, stop, stop_len) == 0;
-}
-
-int te_length_echo(const te_length_framer *f, const uint8_t *buf, size_t len,
-                   size_t pos, const uint8_t *suffix, size_t suffix_len,
-                   const uint8_t *stop, size_t stop_len, uint8_t *out,
-                   size_t out_cap, te_result *r)
-{
-    const size_t h = f->header_bytes;
-    const uint64_t header_max = h == 8 ? UINT64_MAX : ((uint64_t)1 << (8 * h)) - 1;
-
-    result_clear(r);
-    if (pos > len)
-        pos = len;
-    while (len - pos >= h) {
-        uint64_t length = read_header(buf + pos, (unsigned)h, f->little_endian);
-        size_t start = pos + h, reply;
-        if (length > f->max_frame) {
-            r->status = TE_FALLBACK; /* the scan reports the error */
-            break;
-        }
-        if (length > (uint64_t)(len - start))
-            break; /* body incomplete */
-        if (is_stop(buf + start, (size_t)length, stop, stop_len)) {
-            pos = start + (size_t)length;
-            r->status = TE_STOP;
-            break;
-        }
-        if (length + suffix_len > f->max_frame || length + suffix_len > header_max) {
-            r->status = TE_FALLBACK; /* the reply cannot be framed */
-            break;
-        }
-        reply = h + (size_t)length + suffix_len;
-        if (reply > out_cap - r->packed) {
-            r->status = TE_MORE;
-            break;
-        }
-        put_header(out + r->packed, length + suffix_len, (unsigned)h, f->little_endian);
-        memcpy(out + r->packed + h, buf + start, (size_t)length);
-        memcpy(out + r->packed + h + (size_t)length, suffix, suffix_len);
-        r->packed += reply;
-        r->frames++;
-        pos = start + (size_t)length;
-    }
-    r->consumed = pos;
-    return r->status;
-}
-
-int te_line_echo(te_line_framer *f, const uint8_t *buf, size_t len,
-                 const uint8_t *suffix, size_t suffix_len, const uint8_t *stop,
-                 size_t stop_len, uint8_t *out, size_t out_cap, te_result *r)
-{
-    const size_t dlen = f->delimiter_len;
-    size_t line_start = 0, pos = f->search_from, next_search, p, q;
-
-    result_clear(r);
-    /* Handled here: one-byte delimiters, and suffixes that keep every reply
-     * one valid line (no delimiter in the suffix, no final '\r' to strip). */
-    if (f->discarding || dlen != 1 || memchr(suffix, f->delimiter[0], suffix_len) != NULL ||
-        (f->strip_cr && (suffix_len == 0 || suffix[suffix_len - 1] == '\r'))) {
-        r->status = TE_FALLBACK;
-        return r->status;
-    }
-    if (pos > len)
-        pos = len;
-    for (;;) {
-        size_t d = find_delimiter(f, buf, len, pos), payload, reply;
-        if (d == len)
-            break;
-        payload = payload_length(f, buf, line_start, d);
-        if ((uint64_t)payload > f->max_frame) {
-            r->status = TE_FALLBACK;
-            break;
-        }
-        if (is_stop(buf + line_start, payload, stop, stop_len)) {
-            line_start = d + dlen;
-            r->status = TE_STOP;
-            break;
-        }
-        if ((uint64_t)(payload + suffix_len) > f->max_frame) {
-            r->status = TE_FALLBACK;
-            break;
-        }
-        reply = payload + suffix_len + dlen;
-        if (reply > out_cap - r->packed) {
-            r->status = TE_MORE;
-            break;
-        }
-        memcpy(out + r->packed, buf + line_start, payload);
-        memcpy(out + r->packed + payload, suffix, suffix_len);
-        memcpy(out + r->packed + payload + suffix_len, f->delimiter, dlen);
-        r->packed += reply;
-        r->frames++;
-        line_start = pos = d + dlen;
-    }
-    r->consumed = line_start;
-    if (r->status != TE_OK) {
-        f->search_from = 0; /* the caller goes on from line_start */
-        return r->status;
-    }
-    /* The unfinished line: as te_line_scan, leave it to the scan if it is
-     * already over-long, else remember how far it was searched. */
-    next_search = len - line_start >= dlen ? len - dlen + 1 : line_start;
-    p = len;
-    for (q = next_search; q < len; q++) {
-        if (memcmp(buf + q, f->delimiter, len - q) == 0) {
-            p = q;
-            break;
-        }
-    }
-    if ((uint64_t)payload_length(f, buf, line_start, p) > f->max_frame) {
-        f->search_from = 0;
-        r->status = TE_FALLBACK;
-        return r->status;
-    }
-    f->search_from = next_search - line_start;
     return r->status;
 }

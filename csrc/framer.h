@@ -32,8 +32,6 @@
 #define TE_MORE 1          /* output space ran out: scan again */
 #define TE_TOO_LONG -1     /* a frame exceeds max_frame: see result.length */
 #define TE_BAD_CONFIG -2   /* an init argument is out of range */
-#define TE_STOP 2          /* echo: met the stop message (consumed, no reply) */
-#define TE_FALLBACK 3      /* echo: met something to handle the general way */
 
 /* How the reported frames are laid out in buf (result.layout). */
 #define TE_LAYOUT_NONE 0   /* no frame reported */
@@ -121,27 +119,6 @@ int te_line_init(te_line_framer *f, const uint8_t *delimiter,
  */
 int te_line_scan(te_line_framer *f, const uint8_t *buf, size_t len,
                  char *fmt, size_t fmt_cap, te_result *result);
-
-/*
- * Echo transform: the reply to every complete frame of buf is the payload
- * followed by `suffix`, framed the same way.  Writes the replies to
- * out[0:out_cap) (result.packed bytes, result.frames replies) and consumes
- * the frames answered.  Stops early with TE_STOP after consuming a frame
- * whose payload equals `stop` (no reply), with TE_MORE when out is full, and
- * with TE_FALLBACK before anything it does not handle -- an over-long frame,
- * a reply too long to frame, a line being discarded -- which the caller then
- * handles with the scan functions above, so results never differ.  The
- * buffer contract is the scan functions' (te_length_echo takes pos).
- */
-int te_length_echo(const te_length_framer *f, const uint8_t *buf, size_t len,
-                   size_t pos, const uint8_t *suffix, size_t suffix_len,
-                   const uint8_t *stop, size_t stop_len, uint8_t *out,
-                   size_t out_cap, te_result *result);
-
-int te_line_echo(te_line_framer *f, const uint8_t *buf, size_t len,
-                 const uint8_t *suffix, size_t suffix_len, const uint8_t *stop,
-                 size_t stop_len, uint8_t *out, size_t out_cap,
-                 te_result *result);
 
 /* cffi:end */
 

@@ -171,15 +171,14 @@ def test_encode_many_is_concatenated_frames() -> None:
     assert framer.encode_many([]) == b""
 
 
-def test_encode_refuses_payload_over_the_limit() -> None:
+def test_max_frame_limits_what_is_accepted_not_what_is_sent() -> None:
+    """As Netty's and tokio's codecs: the encoder is limited by the header only."""
     framer = LengthPrefixedFramer(max_frame=4)
-    assert framer.encode(b"abcd") == b"\x00\x00\x00\x04abcd"
+    assert framer.encode(b"abcde") == b"\x00\x00\x00\x05abcde"
+    assert framer.encode_many([b"ok", b"abcde"]) == b"\x00\x00\x00\x02ok\x00\x00\x00\x05abcde"
     with pytest.raises(FrameTooLongError) as info:
-        framer.encode(b"abcde")
+        framer.feed(b"\x00\x00\x00\x05abcde")
     assert (info.value.limit, info.value.length) == (4, 5)
-    assert str(info.value) == "cannot encode a payload of 5 bytes: it exceeds max_frame=4"
-    with pytest.raises(FrameTooLongError):
-        framer.encode_many([b"ok", b"abcde"])
 
 
 @pytest.mark.parametrize(("length_bytes", "header_max"), [(1, 255), (2, 65535)])

@@ -9,12 +9,14 @@ from helpers import message_pair, stream_pairs
 
 from trioecho import (
     ConnectionClosedError,
+    DelimiterInPayloadError,
     FrameTooLongError,
     IncompleteFrameError,
     LengthPrefixedFramer,
     LineFramer,
 )
 from trioecho._errors import IdleTimeoutError, SlowReaderError
+from trioecho.echo import GREETING, REPLY_SUFFIX, EchoHandler, GenericEchoHandler
 from trioecho.stream import MessageStream
 
 PAIRS = stream_pairs()
@@ -158,8 +160,8 @@ async def test_two_senders_at_once_behave_as_the_transport() -> None:
 
 async def test_payload_that_cannot_be_framed_sends_nothing() -> None:
     client, server = message_pair(trio.testing.memory_stream_pair, "line")
-    with pytest.raises(FrameTooLongError):
-        await client.send_messages([b"ok", b"x" * (64 * 1024 + 1)])
+    with pytest.raises(DelimiterInPayloadError):
+        await client.send_messages([b"ok", b"two\nlines"])
     await client.send_message(b"after")
     assert await server.receive_message() == b"after"
 
@@ -251,9 +253,9 @@ def test_bad_receive_size() -> None:
         MessageStream(client_transport, LineFramer(), receive_size=0)
 
 
-@pytest.mark.parametrize("generic", [False, True])
+@pytest.mark.parametrize("handler", [EchoHandler, GenericEchoHandler])
 async def test_echo_idle_timeout_is_per_complete_message(
-    autojump_clock: trio.testing.MockClock, generic: bool
+    autojump_clock: trio.testing.MockClock, handler: type[EchoHandler]
 ) -> None:
     client_transport, server_transport = trio.testing.memory_stream_pair()
     server = MessageStream(server_transport, LineFramer(implementation="c"), idle_timeout=10)
@@ -268,10 +270,11 @@ async def test_echo_idle_timeout_is_per_complete_message(
         nursery.start_soon(slowloris)
         start = trio.current_time()
         with pytest.raises(IdleTimeoutError):
-            await server.echo(b"!", b"q", generic=generic)
+            await handler(server, ("test", 0), None).handle()  # type: ignore[arg-type]
         assert trio.current_time() - start == pytest.approx(10)
         nursery.cancel_scope.cancel()
-    assert await client_transport.receive_some() == b"done!\n"
+    expected = GREETING + b"\n" + b"done" + REPLY_SUFFIX + b"\n"
+    assert await client_transport.receive_some() == expected
 
 
 # -- deadlines handed over to a watchdog (the server's mode), over real sockets --
@@ -344,8 +347,9 @@ async def test_echo_with_handed_over_deadlines_over_a_socket() -> None:
     server.framer = LineFramer(implementation="c")
     server.hand_over_deadlines()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.echo, b"!", b"q")
+        nursery.start_soon(EchoHandler(server, ("test", 0), None).handle)  # type: ignore[arg-type]
+        assert await client.receive_message() == GREETING
         for word in (b"a", b"b"):
             await client.send_message(word)
-            assert await client.receive_message() == word + b"!"
+            assert await client.receive_message() == word + REPLY_SUFFIX
         await client.send_message(b"q")

@@ -1,12 +1,16 @@
-"""Chooses the frame scanner implementation: the C framer or its pure-Python twin.
+"""Chooses each C unit's implementation: the C extension or its pure-Python twin.
 
-``TRIOECHO_PUREPYTHON=1`` selects the twin.  Otherwise the C framer is used,
-and if its extension is missing (not compiled) trioecho falls back to the twin
-with one logged warning.  ``IMPLEMENTATION`` says which one is active.
+trioecho has two sans-IO C units, each with a twin of the same contract:
+the framer (``_cframer``/``_pyframer``) and the echo session
+(``_cecho``/``_pyecho``).  ``TRIOECHO_PUREPYTHON=1`` selects the twins.
+Otherwise the C units are used, and if an extension is missing (not
+compiled) trioecho falls back to its twin with one logged warning.
+``IMPLEMENTATION`` says which one the framer uses.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from types import ModuleType
@@ -14,47 +18,48 @@ from types import ModuleType
 logger = logging.getLogger("trioecho")
 
 IMPLEMENTATIONS = ("c", "python")
+# unit -> (C module, pure-Python twin)
+_UNITS = {"framer": ("_cframer", "_pyframer"), "echo": ("_cecho", "_pyecho")}
 
 
 def _want_pure_python() -> bool:
     return os.environ.get("TRIOECHO_PUREPYTHON", "") not in ("", "0")
 
 
-def _select() -> ModuleType:
-    if _want_pure_python():
-        from . import _pyframer
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(f"{__package__}.{name}")
 
-        return _pyframer
+
+def _select(unit: str) -> ModuleType:
+    c_module, twin = _UNITS[unit]
+    if _want_pure_python():
+        return _module(twin)
     try:
-        from . import _cframer
+        return _module(c_module)
     except ImportError as exc:
         logger.warning(
-            "trioecho: C framer not available (%s); using the pure-Python framer. "
+            "trioecho: C %s not available (%s); using the pure-Python %s. "
             "Build it with `python build_ffi.py` or reinstall with `pip install .`.",
+            unit,
             exc,
+            unit,
         )
-        from . import _pyframer
-
-        return _pyframer
-    return _cframer
+        return _module(twin)
 
 
-default = _select()
+_defaults = {unit: _select(unit) for unit in _UNITS}
+default = _defaults["framer"]
 IMPLEMENTATION: str = default.IMPLEMENTATION
 
 
-def get(implementation: str | None) -> ModuleType:
-    """Return the scanner module for ``"c"``, ``"python"`` or ``None`` (the default)."""
+def get(implementation: str | None, unit: str = "framer") -> ModuleType:
+    """Return ``unit``'s module (``"framer"`` or ``"echo"``) for ``"c"``,
+    ``"python"`` or ``None`` (the default)."""
     if implementation is None:
-        return default
-    if implementation == "python":
-        from . import _pyframer
-
-        return _pyframer
-    if implementation == "c":
-        from . import _cframer
-
-        return _cframer
-    raise ValueError(
-        f"implementation must be one of {IMPLEMENTATIONS} or None, not {implementation!r}"
-    )
+        return _defaults[unit]
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"implementation must be one of {IMPLEMENTATIONS} or None, not {implementation!r}"
+        )
+    c_module, twin = _UNITS[unit]
+    return _module(c_module if implementation == "c" else twin)

@@ -18,9 +18,7 @@ frame per read is the common case), so the result struct is read in one
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from struct import Struct
-from typing import Any
 
 from ._framer_ffi import ffi, lib
 
@@ -35,9 +33,6 @@ _FORMAT = lib.TE_LAYOUT_FORMAT
 _PACKED = lib.TE_LAYOUT_PACKED
 _SPLIT = lib.TE_LAYOUT_SPLIT
 _SPLIT_CR = lib.TE_LAYOUT_SPLIT_CR
-_STOP = lib.TE_STOP
-_FALLBACK = lib.TE_FALLBACK
-ECHO_OK, ECHO_STOP, ECHO_FALLBACK = "ok", "stop", "fallback"
 
 # te_result, read in one call: status, layout, frames, offset, start, end,
 # fmt_len, packed, consumed, length.
@@ -54,7 +49,6 @@ _CR = b"\r"
 # falls back to bytes.split.
 _SCRATCH_CAPACITY = 64 * 1024
 _scratch = threading.local()
-_ECHO_CAPACITY = 256 * 1024
 # Reads shorter than this hold a frame or two: no format is worth writing.
 _SMALL_READ = 128
 
@@ -68,51 +62,6 @@ def _scratch_buffers() -> tuple[object, object]:
             ffi.new("uint8_t[]", _SCRATCH_CAPACITY),
         )
         return _scratch.buffers  # type: ignore[no-any-return]
-
-
-def _echo_buffer() -> Any:
-    try:
-        return _scratch.echo
-    except AttributeError:
-        _scratch.echo = ffi.new("uint8_t[]", _ECHO_CAPACITY)
-        return _scratch.echo
-
-
-def _echo(
-    scan: Callable[[Any, int, Any], None],
-    buf: bytes | bytearray,
-    result_view: Any,
-    *,
-    relative: bool,
-) -> tuple[bytes, int, int, str]:
-    """Run an echo transform until it stops; see ``LengthScanner.echo``.
-
-    ``relative``: the C function reports consumed bytes from where it started
-    (lines) rather than from the buffer's start (length prefixes)."""
-    out = _echo_buffer()
-    parts: list[bytes] = []
-    count = 0
-    pos = 0
-    # bytes go to C as they are; anything else through a buffer export,
-    # released before the caller resizes its bytearray.
-    ptr = buf if type(buf) is bytes else ffi.from_buffer(buf)
-    try:
-        while True:
-            scan(ptr, pos, out)
-            status, _, frames, _, _, _, _, packed, consumed, _ = _RESULT.unpack_from(result_view)
-            pos = pos + consumed if relative else consumed
-            if frames:
-                parts.append(ffi.buffer(out, packed)[:])
-                count += frames
-            if status != _MORE:
-                break
-            if ptr is buf:
-                ptr = ffi.from_buffer(buf)  # pointer arithmetic needs a cdata pointer
-    finally:
-        if ptr is not buf:
-            ffi.release(ptr)
-    outcome = ECHO_STOP if status == _STOP else ECHO_FALLBACK if status == _FALLBACK else ECHO_OK
-    return b"".join(parts), pos, count, outcome
 
 
 def _config_error(what: str) -> ValueError:
@@ -169,34 +118,6 @@ class LengthScanner:
             if ptr is not buf:
                 ffi.release(ptr)
         return frames, pos, (length if status == _TOO_LONG else -1)
-
-    def echo(
-        self, buf: bytes | bytearray, suffix: bytes, stop: bytes
-    ) -> tuple[bytes, int, int, str]:
-        """Reply to each complete frame of ``buf`` with its payload + ``suffix``.
-
-        Returns ``(replies, consumed, count, outcome)``: the framed replies,
-        the bytes consumed, how many replies, and ``"ok"``, ``"stop"`` (a frame equal
-        to ``stop`` was consumed, not answered) or ``"fallback"`` (stopped
-        before a frame to be handled by ``scan``).
-        """
-
-        def scan(ptr: Any, pos: int, out: Any) -> None:
-            lib.te_length_echo(
-                self._framer,
-                ptr,
-                len(buf),
-                pos,
-                suffix,
-                len(suffix),
-                stop,
-                len(stop),
-                out,
-                _ECHO_CAPACITY,
-                self._result,
-            )
-
-        return _echo(scan, buf, self._result_view, relative=False)
 
 
 class LineScanner:
@@ -256,25 +177,3 @@ class LineScanner:
             ]
         pieces.pop()
         return pieces, consumed, too_long
-
-    def echo(
-        self, buf: bytes | bytearray, suffix: bytes, stop: bytes
-    ) -> tuple[bytes, int, int, str]:
-        """As ``LengthScanner.echo``, for lines."""
-
-        def scan(ptr: Any, pos: int, out: Any) -> None:
-            # The C side takes the buffer from the first unconsumed byte.
-            lib.te_line_echo(
-                self._framer,
-                ptr + pos if pos else ptr,
-                len(buf) - pos,
-                suffix,
-                len(suffix),
-                stop,
-                len(stop),
-                out,
-                _ECHO_CAPACITY,
-                self._result,
-            )
-
-        return _echo(scan, buf, self._result_view, relative=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import ssl
@@ -23,7 +24,7 @@ from .accept import (
 )
 from .client import run_client
 from .demo import run_demo
-from .echo import GREETING, EchoHandler, GenericEchoHandler
+from .echo import GREETING, REPLY_SUFFIX, EchoHandler, GenericEchoHandler
 from .framing import DEFAULT_MAX_FRAME, DEFAULT_MAX_LINE, FRAMINGS, FramingConfig
 from .server import (
     DEFAULT_GRACE,
@@ -35,6 +36,7 @@ from .server import (
     MessageServer,
     format_address,
 )
+from .session import reply_limit
 from .tls import client_context, server_context
 from .workers import WorkerLink, cpu_count, supervise
 
@@ -263,6 +265,26 @@ def _framing(args: argparse.Namespace) -> FramingConfig:
     )
 
 
+def _fit_replies(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, framing: FramingConfig
+) -> FramingConfig:
+    """Every message the server accepts gets a reply, and a reply must fit the
+    length header: refuse a --max-frame it cannot honour, and keep the
+    default within it."""
+    limit = reply_limit(framing, REPLY_SUFFIX)
+    if limit is None:
+        return framing
+    if args.max_frame is None:
+        return dataclasses.replace(framing, max_frame=min(DEFAULT_MAX_FRAME, limit))
+    if args.max_frame > limit:
+        parser.error(
+            f"--max-frame {args.max_frame} is too large for --length-bytes {args.length_bytes}: "
+            f"the reply to a message ({len(REPLY_SUFFIX)} bytes longer) must fit the header, "
+            f"so at most {limit}"
+        )
+    return framing
+
+
 async def _serve(
     args: argparse.Namespace,
     framing: FramingConfig,
@@ -385,6 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
     if args.max_frame is not None and args.max_frame < len(GREETING):
         parser.error(f"--max-frame must be at least {len(GREETING)}: the greeting must fit")
+    framing = _fit_replies(parser, args, framing)
     try:
         proxy = ProxyProtocolConfig.from_options(
             args.proxy_protocol, args.proxy_allow_from, args.proxy_timeout

@@ -10,27 +10,31 @@
 
 Messages that arrived together are answered with one write.  In ``raw``
 framing the wire format is exactly the seed's: the greeting with no
-delimiter, then each read of up to 1024 bytes is one message.  A message
-whose reply would exceed ``max_frame`` closes the connection (the reply
-cannot be framed); with the default limits that is a message over 65533
-bytes in line framing.
+delimiter, then each read of up to 1024 bytes is one message.  Every
+message the server accepts (up to ``max_frame``) is answered: a reply is
+limited by the wire format only (see :mod:`trioecho.session`).
+
+:class:`EchoHandler` is a loop of transport receive, :class:`EchoSession`
+(the sans-IO protocol, in C with a pure-Python twin) and transport send.
+:class:`GenericEchoHandler` answers through the generic message path
+instead (``receive_messages``, a Python ``bytes`` per message,
+``send_messages``) with the same bytes on the wire.
 """
 
 from __future__ import annotations
 
 import logging
 
-from ._errors import FrameTooLongError
+import trio
+
+from ._errors import FrameTooLongError, FramingError
 from .framing import LineFramer
 from .server import BaseRequestHandler, format_address
+from .session import GREETING, QUIT, REPLY_SUFFIX, EchoSession
 
 __all__ = ["GREETING", "QUIT", "REPLY_SUFFIX", "EchoHandler", "GenericEchoHandler", "reply_to"]
 
 logger = logging.getLogger("trioecho.echo")
-
-GREETING = "你好欢迎你".encode()
-REPLY_SUFFIX = "好".encode()
-QUIT = b"q"
 
 
 def reply_to(message: bytes) -> bytes:
@@ -41,10 +45,10 @@ def reply_to(message: bytes) -> bytes:
 class EchoHandler(BaseRequestHandler):
     """Greets, then answers each message with ``message + 好`` until ``q``.
 
-    The replies are built by :meth:`MessageStream.echo`, in C with the C
-    framer.  ``GenericEchoHandler`` goes through the generic path instead
-    (``receive_messages``, a Python ``bytes`` per message, ``send_messages``);
-    both put the same bytes on the wire.
+    The replies to each read are built by an :class:`EchoSession` and sent
+    in one write; an over-long line in discard mode is logged and dropped.
+    Messages the stream had already read (a subclass that received before
+    calling this) go through the generic path.
     """
 
     generic = False
@@ -52,17 +56,67 @@ class EchoHandler(BaseRequestHandler):
     async def handle(self) -> None:
         stream = self.request
         await stream.send_message(GREETING)
+        if self.generic or stream.has_pending:
+            # Bytes the stream already read belong to its framer.
+            await self.answer_messages()
+            return
+        session = EchoSession(stream.framer)
+        transport = stream.transport
+        receive_size = stream.receive_size
+        deadline = stream.idle_deadline()
+        while True:
+            data = await transport.receive_some(receive_size, deadline)
+            if data is None:
+                return  # stop_receiving(): shutting down
+            output = session.feed(data) if data else session.feed_eof()
+            if output.received or output.dropped:
+                stream.messages_received += output.received
+                deadline = stream.idle_deadline()
+            for dropped in output.dropped:
+                self._log_dropped(dropped)
+            if output.data:
+                await transport.send_all(output.data)
+                stream.messages_sent += output.replies
+            if output.error is not None:
+                raise output.error
+            if output.stopped or not data:
+                return
+
+    def _log_dropped(self, error: FramingError) -> None:
+        where = format_address(self.client_address)
+        logger.warning("%s: dropped an over-long line: %s", where, error)
+
+    async def answer_messages(self) -> None:
+        """Answer messages until ``q`` or the end of the stream."""
+        stream = self.request
         while True:
             try:
-                await stream.echo(REPLY_SUFFIX, QUIT, generic=self.generic)
-                return
+                batch = await stream.receive_messages()
             except FrameTooLongError as exc:
                 framer = stream.framer
                 if isinstance(framer, LineFramer) and framer.on_too_long == "discard":
-                    where = format_address(self.client_address)
-                    logger.warning("%s: dropped an over-long line: %s", where, exc)
+                    self._log_dropped(exc)
                     continue
                 raise
+            except trio.EndOfChannel:
+                return
+            replies: list[bytes] = []
+            stopped = False
+            for message in batch:
+                if message == QUIT:
+                    stopped = True
+                    break
+                replies.append(message + REPLY_SUFFIX)
+            if replies:
+                try:
+                    await stream.send_messages(replies)
+                except FramingError:
+                    # Send the replies before the one that cannot be framed,
+                    # then raise its error: none owed before it is lost.
+                    for reply in replies:
+                        await stream.send_message(reply)
+            if stopped:
+                return
 
 
 class GenericEchoHandler(EchoHandler):

@@ -9,7 +9,10 @@ framer fixes that.  One framer serves one connection:
 * ``feed_eof()`` is called when the peer closes its side; it raises
   :class:`IncompleteFrameError` if an unfinished frame is buffered.
 * ``encode(payload)`` / ``encode_many(payloads)`` return the bytes to send.
-  They refuse (never truncate) a payload that cannot be framed.
+  They refuse (never truncate) a payload that cannot be framed.  ``max_frame``
+  limits what a framer *accepts*; what it sends is limited by the wire format
+  alone (the header's width; a line must not hold its delimiter), as in
+  Netty's and tokio's codecs.
 
 Framings:
 
@@ -114,12 +117,22 @@ def _check_limit(name: str, value: int) -> int:
 class _StreamFramer:
     """Buffering, error state and the feed loop shared by the scanning framers."""
 
-    __slots__ = ("_broken", "_buffer", "_max_frame", "_recoverable", "_scanner")
+    __slots__ = (
+        "_broken",
+        "_buffer",
+        "_max_frame",
+        "_recoverable",
+        "_scanner",
+        "implementation",
+    )
 
     _what = "frame"
 
-    def __init__(self, scanner: _Scanner, max_frame: int, recoverable: bool) -> None:
+    def __init__(
+        self, scanner: _Scanner, max_frame: int, recoverable: bool, implementation: str
+    ) -> None:
         self._scanner = scanner
+        self.implementation = implementation  # "c" or "python": the scanner's
         self._buffer = bytearray()
         self._broken: FrameTooLongError | None = None
         self._recoverable = recoverable
@@ -168,33 +181,10 @@ class _StreamFramer:
                 buffer += memoryview(data)[result[1] :]
         return result
 
-    @property
-    def can_echo(self) -> bool:
-        """Whether :meth:`feed_echo` is available (the C framer)."""
-        return hasattr(self._scanner, "echo") and self._broken is None
-
-    def feed_echo(self, data: Buffer, suffix: bytes, stop: bytes) -> tuple[bytes, int, str]:
-        """Add ``data``; answer each complete frame with its payload + ``suffix``.
-
-        Returns ``(replies, count, outcome)``: the framed replies, ready to
-        send, and how many.  ``outcome`` is ``"ok"``; ``"stop"`` if a frame
-        equal to ``stop`` arrived (consumed, not answered; later bytes are
-        left unread); or ``"fallback"`` if it stopped before a frame that
-        needs :meth:`feed` (an error to raise, a reply that cannot be framed):
-        call ``feed(b"")`` next.  Results are those of ``feed`` and
-        ``encode_many`` on the same bytes.  Only when :attr:`can_echo`.
-        """
-        replies, _, count, outcome = self._advance(data, self._scanner.echo, suffix, stop)  # type: ignore[attr-defined]
-        return replies, count, outcome
-
     def feed_eof(self) -> None:
         """The peer closed its side: raise IncompleteFrameError if a frame is unfinished."""
         if self._buffer and self._broken is None:
-            buffered = len(self._buffer)
-            raise IncompleteFrameError(
-                f"connection closed inside a {self._what}: {buffered} bytes of it received",
-                buffered=buffered,
-            )
+            raise incomplete_frame(self._what, len(self._buffer))
 
     def _error(self, length: int, frames: list[bytes], *, again: bool) -> FrameTooLongError:
         prefix = "framer stopped after an earlier error: " if again else ""
@@ -232,25 +222,25 @@ class LengthPrefixedFramer(_StreamFramer):
             backend.LengthScanner(length_bytes, byteorder == "little", max_frame),
             max_frame,
             recoverable=False,
+            implementation=backend.IMPLEMENTATION,
         )
         self.length_bytes = length_bytes
         self.byteorder = byteorder
         self._pack = _header_packer(byteorder, length_bytes)
-        self._encode_limit = min(max_frame, (1 << (8 * length_bytes)) - 1)
+        # Sending is limited by the header's width only: max_frame is what
+        # this side accepts (as Netty's and tokio's length codecs do).
+        self._encode_limit = (1 << (8 * length_bytes)) - 1
 
     def _too_long_message(self, length: int) -> str:
-        return f"frame header announces {length} bytes, over max_frame={self._max_frame}"
+        return too_long_message("len", length, self._max_frame)
 
     def _refuse(self, payload: Buffer) -> FrameTooLongError:
         length = len(payload)
-        header_max = (1 << (8 * self.length_bytes)) - 1
-        if length > self._max_frame:
-            limit, why = self._max_frame, f"max_frame={self._max_frame}"
-        else:
-            limit, why = header_max, f"the {self.length_bytes}-byte header's maximum {header_max}"
+        header_max = self._encode_limit
         return FrameTooLongError(
-            f"cannot encode a payload of {length} bytes: it exceeds {why}",
-            limit=limit,
+            f"cannot encode a payload of {length} bytes: it exceeds "
+            f"the {self.length_bytes}-byte header's maximum {header_max}",
+            limit=header_max,
             length=length,
         )
 
@@ -303,6 +293,7 @@ class LineFramer(_StreamFramer):
             backend.LineScanner(delimiter, bool(strip_cr), discard, max_frame),
             max_frame,
             recoverable=discard,
+            implementation=backend.IMPLEMENTATION,
         )
         self.delimiter = delimiter
         self.strip_cr = bool(strip_cr)
@@ -310,25 +301,15 @@ class LineFramer(_StreamFramer):
         self._single_byte = len(delimiter) == 1 and not self.strip_cr
 
     def _too_long_message(self, length: int) -> str:
-        return f"line longer than max_frame={self._max_frame}: {length} bytes seen"
+        return too_long_message("line", length, self._max_frame)
 
     def _check(self, payload: Buffer) -> None:
         length = len(payload)
-        if length > self._max_frame:
-            raise FrameTooLongError(
-                f"cannot encode a line of {length} bytes: it exceeds max_frame={self._max_frame}",
-                limit=self._max_frame,
-                length=length,
-            )
         data = bytes(payload) + self.delimiter
         if data.find(self.delimiter) != length:
-            raise DelimiterInPayloadError(
-                f"cannot encode a line that contains the delimiter {self.delimiter!r}"
-            )
+            raise delimiter_in_payload(self.delimiter)
         if self.strip_cr and data[length - 1 : length] == b"\r":
-            raise DelimiterInPayloadError(
-                "cannot encode a line ending with b'\\r': the receiver strips it (strip_cr=True)"
-            )
+            raise trailing_cr()
 
     def encode(self, payload: Buffer) -> bytes:
         """Return the payload followed by the delimiter."""
@@ -344,15 +325,39 @@ class LineFramer(_StreamFramer):
         joined = delimiter.join(items)
         # Fast path: a one-byte delimiter is absent from every payload exactly
         # when the joined text holds len(items) - 1 of them.
-        if (
-            self._single_byte
-            and joined.count(delimiter) == len(items) - 1
-            and max(map(len, items)) <= self._max_frame
-        ):
+        if self._single_byte and joined.count(delimiter) == len(items) - 1:
             return joined + delimiter
         for payload in items:
             self._check(payload)
         return joined + delimiter
+
+
+def too_long_message(framing: str, length: int, max_frame: int) -> str:
+    """What a :class:`FrameTooLongError` says of an incoming frame or line."""
+    if framing == "len":
+        return f"frame header announces {length} bytes, over max_frame={max_frame}"
+    return f"line longer than max_frame={max_frame}: {length} bytes seen"
+
+
+def incomplete_frame(what: str, buffered: int) -> IncompleteFrameError:
+    """The error for a stream that ended inside a ``what`` ("frame", "line")."""
+    return IncompleteFrameError(
+        f"connection closed inside a {what}: {buffered} bytes of it received", buffered=buffered
+    )
+
+
+def delimiter_in_payload(delimiter: bytes) -> DelimiterInPayloadError:
+    """The error for a line that holds its delimiter before its end."""
+    return DelimiterInPayloadError(
+        f"cannot encode a line that contains the delimiter {delimiter!r}"
+    )
+
+
+def trailing_cr() -> DelimiterInPayloadError:
+    """The error for a line the receiver would shorten (``strip_cr=True``)."""
+    return DelimiterInPayloadError(
+        "cannot encode a line ending with b'\\r': the receiver strips it (strip_cr=True)"
+    )
 
 
 class RawFramer:
@@ -364,6 +369,7 @@ class RawFramer:
 
     __slots__ = ()
 
+    implementation = "python"  # nothing to scan
     max_frame = 0  # unused: a message is whatever one read returns
     buffered = 0
 

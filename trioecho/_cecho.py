@@ -1,0 +1,177 @@
+"""Echo engine backed by the C echo session in ``csrc/echo.c``.
+
+This is the only module that imports the cffi extension ``_echo_ffi``.  It
+implements the engine contract documented in ``trioecho._pyecho`` and turns
+C results into Python values; nothing cffi-typed leaves it.
+
+The C call writes replies into an output buffer of ``capacity`` bytes.  When
+it fills up (``TE_ECHO_MORE``), the bytes are taken and the call is made
+again on the rest of the input; a reply larger than the buffer comes out in
+pieces.  Every call must consume input or produce output, or end the loop:
+a call that does neither is a bug in the C code and raises RuntimeError
+rather than spinning.
+"""
+
+from __future__ import annotations
+
+import threading
+from struct import Struct
+from typing import Any
+
+from . import _pyecho
+from ._echo_ffi import ffi, lib
+
+IMPLEMENTATION = "c"
+
+_MORE = lib.TE_ECHO_MORE
+_NEED = lib.TE_ECHO_NEED
+_DROPPED = lib.TE_ECHO_DROPPED
+_BAD_CONFIG = lib.TE_ECHO_BAD_CONFIG
+
+# The two twins share their status values.
+for _name in ("NEED", "MORE", "STOP", "TOO_LONG", "DROPPED", "BAD_REPLY", "BROKEN"):
+    if getattr(lib, f"TE_ECHO_{_name}") != getattr(_pyecho, _name):
+        raise ImportError(f"TE_ECHO_{_name} differs between csrc/echo.h and _pyecho")
+if (lib.TE_ECHO_REPLY_DELIMITER, lib.TE_ECHO_REPLY_CR, lib.TE_ECHO_MAX_AFFIX) != (
+    _pyecho.REPLY_DELIMITER,
+    _pyecho.REPLY_CR,
+    _pyecho.MAX_AFFIX,
+):
+    raise ImportError("reply reasons or TE_ECHO_MAX_AFFIX differ between csrc/echo.h and _pyecho")
+
+# te_echo_result, read in one call: status, consumed, produced, replies,
+# received, length.
+_RESULT = Struct("@iNNNNQ")
+if _RESULT.size != ffi.sizeof("te_echo_result"):
+    raise ImportError("te_echo_result layout does not match its struct format")
+
+_NO_DROPS: tuple[int, ...] = ()
+# Output buffers, one per capacity and thread (cffi releases the GIL during
+# C calls, so threads must not share them).  The bytes are copied out after
+# each call, so every session of a thread can use the same buffer.
+_buffers = threading.local()
+
+
+def _output_buffer(capacity: int) -> Any:
+    try:
+        by_capacity: dict[int, Any] = _buffers.by_capacity
+    except AttributeError:
+        by_capacity = _buffers.by_capacity = {}
+    buffer = by_capacity.get(capacity)
+    if buffer is None:
+        buffer = by_capacity[capacity] = ffi.new("uint8_t[]", capacity)
+    return buffer
+
+
+class EchoEngine:
+    """C twin of ``trioecho._pyecho.EchoEngine``."""
+
+    __slots__ = ("_capacity", "_result", "_result_view", "_session")
+
+    def __init__(
+        self,
+        framing: str,
+        header_bytes: int,
+        little_endian: bool,
+        delimiter: bytes,
+        strip_cr: bool,
+        discard: bool,
+        max_frame: int,
+        suffix: bytes,
+        stop: bytes,
+        capacity: int,
+    ) -> None:
+        _pyecho.check_config(framing, header_bytes, delimiter, max_frame, suffix, stop, capacity)
+        self._session = ffi.new("te_echo *")
+        status = lib.te_echo_init(
+            self._session,
+            _pyecho.FRAMINGS[framing],
+            header_bytes,
+            little_endian,
+            delimiter,
+            len(delimiter),
+            strip_cr,
+            discard,
+            max_frame,
+            suffix,
+            len(suffix),
+            stop,
+            len(stop),
+        )
+        if status == _BAD_CONFIG:
+            raise ValueError("the C echo session rejected the configuration")
+        self._capacity = capacity
+        self._result = ffi.new("te_echo_result *")
+        self._result_view = ffi.buffer(self._result)
+
+    def feed(self, buf: bytes | bytearray) -> _pyecho.Result:
+        out = _output_buffer(self._capacity)
+        capacity = self._capacity
+        session = self._session
+        result = self._result
+        size = len(buf)
+        # bytes go to C as they are; anything else through a buffer export,
+        # released before the caller resizes its bytearray.
+        ptr: Any = buf if type(buf) is bytes else ffi.from_buffer(buf)
+        try:
+            lib.te_echo_feed(session, ptr, size, out, capacity, result)
+            status, pos, produced, replies, received, length = _RESULT.unpack_from(
+                self._result_view
+            )
+            if status == _NEED and pos == size:
+                return ffi.buffer(out, produced)[:], pos, replies, received, status, 0, _NO_DROPS
+            return self._feed_on(buf, ptr, out, status, pos, produced, replies, received, length)
+        finally:
+            if ptr is not buf:
+                ffi.release(ptr)
+
+    def _feed_on(
+        self,
+        buf: bytes | bytearray,
+        ptr: Any,
+        out: Any,
+        status: int,
+        pos: int,
+        produced: int,
+        replies: int,
+        received: int,
+        length: int,
+    ) -> _pyecho.Result:
+        """Go on after the first call: take the output, call again while the
+        output buffer fills up or an over-long line is dropped."""
+        parts: list[bytes] = []
+        dropped: list[int] | tuple[int, ...] = _NO_DROPS
+        size = len(buf)
+        # calls in a row that neither consumed nor produced
+        stalled = 1 if pos == 0 and produced == 0 else 0
+        base = ptr if type(buf) is not bytes else None
+        try:
+            while True:
+                if produced:
+                    parts.append(ffi.buffer(out, produced)[:])
+                if status == _DROPPED:
+                    dropped = [*dropped, length]
+                elif status != _MORE:
+                    break
+                if stalled > 1:
+                    # A drop may consume nothing once (it starts discarding);
+                    # anything more is a bug, and looping would hang the server.
+                    raise RuntimeError("the C echo session made no progress (csrc/echo.c)")
+                if base is None:
+                    base = ffi.from_buffer(buf)  # pointer arithmetic needs a cdata pointer
+                lib.te_echo_feed(
+                    self._session, base + pos, size - pos, out, self._capacity, self._result
+                )
+                status, consumed, produced, more_replies, more_received, length = (
+                    _RESULT.unpack_from(self._result_view)
+                )
+                stalled = stalled + 1 if consumed == 0 and produced == 0 else 0
+                pos += consumed
+                replies += more_replies
+                received += more_received
+        finally:
+            if base is not None and base is not ptr:
+                ffi.release(base)
+        if status == _BAD_CONFIG:
+            raise RuntimeError("the C echo session was called against its contract (_cecho)")
+        return b"".join(parts), pos, replies, received, status, length, dropped

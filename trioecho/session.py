@@ -1,0 +1,258 @@
+"""The echo service as a sans-IO session: bytes in, reply bytes out.
+
+``EchoSession`` is the seed's echo protocol without any I/O, in the style
+of h11: feed it what a peer sent, send what it returns.  Every complete
+message is answered with the message followed by ``suffix`` (``好``), framed
+the way the message was; a message equal to ``stop`` (``q``) ends the
+session, unanswered.  One session serves one connection::
+
+    session = EchoSession(FramingConfig("len"))
+    while True:
+        data = await receive_some()
+        output = session.feed(data) if data else session.feed_eof()
+        await send_all(output.data)
+        if output.stopped or output.error or not data:
+            break
+
+Contract:
+
+* ``feed(data)`` returns an :class:`EchoOutput`: the replies to every
+  message ``data`` completes, as bytes ready to send, in order; how many
+  messages were answered and received; whether the stop message came; and
+  the error that ended the session, if one did (replies to the messages
+  before it are in ``data``, so none owed is lost).  A line over
+  ``max_frame`` in discard mode does not end the session: it is listed in
+  ``dropped``.  Bytes after the stop message are ignored.
+* ``feed_eof()``: the peer closed its side.  Its output carries an
+  :class:`IncompleteFrameError` if the stream ended inside a message.
+* Once the session is over (stop or error), ``feed`` returns the same
+  ending again with no data.
+* A reply is limited by the wire format, not by ``max_frame``: a message of
+  exactly ``max_frame`` bytes gets its reply.  So a length-prefixed
+  configuration whose largest reply does not fit the header is refused
+  (``ValueError``): with a 1-byte header, ``max_frame`` is at most 252.  A
+  line whose reply would hold the delimiter before its end (a multi-byte
+  delimiter completed by the suffix) or end in a ``\\r`` that the peer strips
+  ends the session with :class:`DelimiterInPayloadError`.
+
+Memory: the session keeps the unconsumed bytes, at most one unfinished
+message (``max_frame``) plus one read.  The replies to one ``feed`` are
+built in one C call with the C engine, in an output buffer of ``capacity``
+bytes; replies that do not fit come out over several calls, in pieces if
+one reply alone is larger, so every size the wire format allows is
+answered.  ``TRIOECHO_PUREPYTHON=1`` (or ``implementation="python"``)
+selects the pure-Python twin, which gives the same results.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from . import _backend
+from ._errors import FrameTooLongError, FramingError
+from ._pyecho import BAD_REPLY, REPLY_CR, STOP, TOO_LONG
+from .framing import (
+    DEFAULT_MAX_FRAME,
+    DEFAULT_MAX_LINE,
+    Buffer,
+    Framer,
+    FramingConfig,
+    LengthPrefixedFramer,
+    LineFramer,
+    delimiter_in_payload,
+    incomplete_frame,
+    too_long_message,
+    trailing_cr,
+)
+
+__all__ = [
+    "DEFAULT_ECHO_CAPACITY",
+    "GREETING",
+    "QUIT",
+    "REPLY_SUFFIX",
+    "EchoOutput",
+    "EchoSession",
+    "reply_limit",
+]
+
+GREETING = "你好欢迎你".encode()
+REPLY_SUFFIX = "好".encode()
+QUIT = b"q"
+# The C engine's output buffer: the replies to one 64 KiB read of small
+# messages fit in one call.
+DEFAULT_ECHO_CAPACITY = 256 * 1024
+
+
+class EchoOutput(NamedTuple):
+    """What one :meth:`EchoSession.feed` (or ``feed_eof``) produced."""
+
+    data: bytes
+    """The framed replies, in order, to send as they are."""
+    replies: int
+    """Messages answered (the replies in ``data``)."""
+    received: int
+    """Messages consumed: the ones answered, and the stop message."""
+    stopped: bool = False
+    """The stop message arrived: the session is over."""
+    error: FramingError | None = None
+    """The error that ended the session, after the replies in ``data``."""
+    dropped: tuple[FrameTooLongError, ...] = ()
+    """Discard mode: the over-long lines dropped (the session goes on)."""
+
+
+_NOTHING = EchoOutput(b"", 0, 0)
+
+
+def reply_limit(config: FramingConfig, suffix: bytes = REPLY_SUFFIX) -> int | None:
+    """The largest ``max_frame`` whose reply still fits the wire format, or
+    None if there is no such limit (lines, raw)."""
+    if config.framing != "len":
+        return None
+    return (1 << (8 * config.length_bytes)) - 1 - len(suffix)
+
+
+def _options(framing: FramingConfig | Framer) -> FramingConfig:
+    """The configuration of a framer, to answer what it would read."""
+    if isinstance(framing, FramingConfig):
+        return framing
+    if isinstance(framing, LengthPrefixedFramer):
+        return FramingConfig(
+            "len",
+            length_bytes=framing.length_bytes,
+            byteorder=framing.byteorder,
+            max_frame=framing.max_frame,
+            implementation=framing.implementation,
+        )
+    if isinstance(framing, LineFramer):
+        return FramingConfig(
+            "line",
+            delimiter=framing.delimiter,
+            strip_cr=framing.strip_cr,
+            max_frame=framing.max_frame,
+            on_too_long=framing.on_too_long,
+            implementation=framing.implementation,
+        )
+    return FramingConfig("raw")
+
+
+class EchoSession:
+    """The echo protocol for one connection; see the module docstring.
+
+    ``framing`` is a :class:`FramingConfig` or a framer to take the
+    configuration from (default: lines).  ``implementation`` (``"c"``,
+    ``"python"``) overrides the configuration's; ``capacity`` is the C
+    engine's output buffer size in bytes.
+    """
+
+    __slots__ = ("_buffer", "_ending", "_engine", "_framing", "_max_frame", "_raw", "config")
+
+    def __init__(
+        self,
+        framing: FramingConfig | Framer | None = None,
+        *,
+        suffix: bytes = REPLY_SUFFIX,
+        stop: bytes = QUIT,
+        capacity: int = DEFAULT_ECHO_CAPACITY,
+        implementation: str | None = None,
+    ) -> None:
+        config = _options(framing if framing is not None else FramingConfig())
+        self.config = config
+        if implementation is None:
+            implementation = config.implementation
+        backend = _backend.get(implementation, "echo")
+        max_frame = config.max_frame
+        if max_frame is None:
+            max_frame = DEFAULT_MAX_FRAME if config.framing == "len" else DEFAULT_MAX_LINE
+        self._framing = config.framing
+        self._max_frame = max_frame
+        self._raw = config.framing == "raw"
+        self._engine = backend.EchoEngine(
+            config.framing,
+            config.length_bytes,
+            config.byteorder == "little",
+            config.delimiter,
+            config.strip_cr,
+            config.on_too_long == "discard",
+            max_frame,
+            bytes(suffix),
+            bytes(stop),
+            capacity,
+        )
+        self._buffer = bytearray()
+        self._ending: EchoOutput | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet consumed (an unfinished message)."""
+        return len(self._buffer)
+
+    @property
+    def over(self) -> bool:
+        """Whether the session has ended (stop message or error)."""
+        return self._ending is not None
+
+    def feed(self, data: Buffer) -> EchoOutput:
+        """Take the bytes of one read; return the replies they complete."""
+        if self._ending is not None:
+            return self._ending
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            wire, consumed, replies, received, status, length, dropped = self._engine.feed(buffer)
+            del buffer[:consumed]
+        else:
+            if type(data) is not bytes:
+                data = bytes(data)
+            wire, consumed, replies, received, status, length, dropped = self._engine.feed(data)
+            if consumed < len(data) and not self._raw:
+                buffer += memoryview(data)[consumed:]
+        if status == 0 and not dropped:  # NEED: the common case
+            return EchoOutput(wire, replies, received)
+        return self._unusual(wire, replies, received, status, length, dropped)
+
+    def _unusual(
+        self,
+        wire: bytes,
+        replies: int,
+        received: int,
+        status: int,
+        length: int,
+        dropped: tuple[int, ...] | list[int],
+    ) -> EchoOutput:
+        """An output with a stop, an error or dropped lines."""
+        drops = tuple(self._too_long(n) for n in dropped)
+        if status == STOP:
+            self._end(EchoOutput(b"", 0, 0, stopped=True))
+            return EchoOutput(wire, replies, received, stopped=True, dropped=drops)
+        error: FramingError | None = None
+        if status == TOO_LONG:
+            error = self._too_long(length)
+        elif status == BAD_REPLY:
+            error = (
+                trailing_cr() if length == REPLY_CR else delimiter_in_payload(self.config.delimiter)
+            )
+        if error is not None:
+            self._end(EchoOutput(b"", 0, 0, error=error))
+        return EchoOutput(wire, replies, received, error=error, dropped=drops)
+
+    def _too_long(self, length: int) -> FrameTooLongError:
+        return FrameTooLongError(
+            too_long_message(self._framing, length, self._max_frame),
+            limit=self._max_frame,
+            length=length,
+        )
+
+    def _end(self, ending: EchoOutput) -> None:
+        self._ending = ending
+        self._buffer = bytearray()
+
+    def feed_eof(self) -> EchoOutput:
+        """The peer closed its side; ``error`` is an :class:`IncompleteFrameError`
+        if the stream ended inside a message."""
+        if self._ending is not None:
+            return self._ending
+        if self._buffer:
+            error = incomplete_frame("frame" if self._framing == "len" else "line", self.buffered)
+            self._end(EchoOutput(b"", 0, 0, error=error))
+            return self._ending  # type: ignore[return-value]
+        return _NOTHING

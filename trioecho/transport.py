@@ -1,0 +1,405 @@
+"""Transports: bytes in and out of one connection, with deadlines.
+
+The layer under :class:`~trioecho.stream.MessageStream` and the echo
+session, and the only code of trioecho that touches Trio's socket
+internals.  One interface, two implementations:
+
+* :class:`SocketTransport` over a plain ``trio.SocketStream``: it calls the
+  non-blocking socket directly and waits with
+  ``trio.lowlevel.wait_readable``/``wait_writable`` only when the kernel has
+  nothing for it (the stream's own methods add a few scheduler round trips
+  per call);
+* :class:`StreamTransport` over any other ``trio.abc.Stream``: TLS,
+  in-memory, anything with ``receive_some``/``send_all``.
+
+:func:`open_transport` picks one.  The interface:
+
+``await receive_some(max_bytes, deadline)``
+    the next bytes: ``b""`` at the end of the stream, ``None`` once
+    :meth:`stop_receiving` was called (also when it interrupts a wait);
+    raises :class:`IdleTimeoutError` if nothing arrived by ``deadline``
+    (``trio.current_time()`` units, ``math.inf`` for none) and
+    :class:`ConnectionClosedError` if the peer or the network broke it.
+``await send_all(data)``
+    send every byte; past ``send_timeout`` of being blocked on a peer that
+    does not read, close the transport and raise :class:`SlowReaderError`.
+``stop_receiving()``
+    wake a waiting receive, and end every later one with ``None``.
+
+Both raise ``trio.ClosedResourceError`` after ``aclose()`` and
+``trio.BusyResourceError`` when two tasks receive (or send) at once.
+
+Deadlines: a wait for input normally runs in a cancel scope carrying the
+deadline.  Entering and leaving a scope costs more than the rest of a
+request/reply exchange, so a server with many connections can take the
+deadlines over (:meth:`hand_over_deadlines`): a socket wait then needs no
+scope, and one task calls :meth:`expire_if_idle` on every transport now and
+then, which wakes a wait past its deadline.
+
+Checkpoints: a call that has to wait yields to Trio; one that completes at
+once yields at least every ``CHECKPOINT_EVERY`` calls
+(:meth:`checkpoint_sometimes`), so cancellation and other tasks get their
+turn without a scheduler round trip per message.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+
+import trio
+
+from ._errors import ConnectionClosedError, IdleTimeoutError, SlowReaderError
+from .framing import Buffer
+
+__all__ = ["CHECKPOINT_EVERY", "SocketTransport", "StreamTransport", "Transport", "open_transport"]
+
+CHECKPOINT_EVERY = 16
+
+
+class Transport:
+    """What both transports share; see the module docstring for the interface."""
+
+    __slots__ = (
+        "_closed",
+        "_receiving",
+        "_sending",
+        "_stopping",
+        "_unyielded",
+        "idle_timeout",
+        "send_timeout",
+        "stream",
+    )
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        idle_timeout: float | None = None,
+        send_timeout: float | None = None,
+    ) -> None:
+        self.stream = stream
+        self.idle_timeout = idle_timeout  # only for the error's message
+        self.send_timeout = send_timeout
+        self._closed = False
+        self._stopping = False
+        self._receiving = False
+        self._sending = False
+        self._unyielded = 0  # calls since the last checkpoint
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop_receiving` was called."""
+        return self._stopping
+
+    async def receive_some(self, max_bytes: int, deadline: float = math.inf) -> bytes | None:
+        raise NotImplementedError
+
+    async def send_all(self, data: Buffer) -> None:
+        raise NotImplementedError
+
+    def stop_receiving(self) -> None:
+        raise NotImplementedError
+
+    def hand_over_deadlines(self) -> None:
+        """Let the caller enforce receive deadlines with :meth:`expire_if_idle`."""
+
+    def expire_if_idle(self, now: float) -> bool:
+        """If a receive is waiting past its deadline, wake it (it raises
+        :class:`IdleTimeoutError`) and return True."""
+        return False
+
+    async def checkpoint_sometimes(self) -> None:
+        """A checkpoint every ``CHECKPOINT_EVERY`` calls."""
+        self._unyielded += 1
+        if self._unyielded >= CHECKPOINT_EVERY:
+            self._unyielded = 0
+            await trio.lowlevel.checkpoint()
+
+    async def send_eof(self) -> None:
+        """Close the sending side only (the stream must support half-close)."""
+        stream = self.stream
+        if not isinstance(stream, trio.abc.HalfCloseableStream):
+            raise TypeError(f"{type(stream).__name__} cannot close only its sending side")
+        try:
+            await stream.send_eof()
+        except trio.BrokenResourceError as exc:
+            raise ConnectionClosedError(f"connection broken while closing: {exc}") from exc
+
+    async def aclose(self) -> None:
+        """Close the stream.  Idempotent; closes even when cancelled."""
+        self._closed = True
+        await self.stream.aclose()
+
+    # -- shared helpers ----------------------------------------------------
+
+    def _claim_receiving(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the message stream was closed")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving from this stream")
+        self._receiving = True
+
+    def _idle_timeout_error(self) -> IdleTimeoutError:
+        return IdleTimeoutError(f"no complete message within idle_timeout={self.idle_timeout}s")
+
+    def _slow_reader_error(self) -> SlowReaderError:
+        return SlowReaderError(
+            f"peer did not read its replies: send blocked for send_timeout={self.send_timeout}s"
+        )
+
+
+class StreamTransport(Transport):
+    """A transport over any ``trio.abc.Stream``, through its own methods."""
+
+    __slots__ = ("_receive_scope",)
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        idle_timeout: float | None = None,
+        send_timeout: float | None = None,
+    ) -> None:
+        super().__init__(stream, idle_timeout=idle_timeout, send_timeout=send_timeout)
+        self._receive_scope: trio.CancelScope | None = None
+
+    async def receive_some(self, max_bytes: int, deadline: float = math.inf) -> bytes | None:
+        self._claim_receiving()
+        try:
+            if self._stopping:
+                return None
+            self._unyielded = 0
+            with trio.CancelScope(deadline=deadline) as scope:
+                self._receive_scope = scope
+                try:
+                    return bytes(await self.stream.receive_some(max_bytes))
+                except trio.BrokenResourceError as exc:
+                    raise ConnectionClosedError(
+                        f"connection broken while receiving: {exc}"
+                    ) from exc
+                finally:
+                    self._receive_scope = None
+            if self._stopping:
+                return None
+            raise self._idle_timeout_error()
+        finally:
+            self._receiving = False
+
+    async def send_all(self, data: Buffer) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the message stream was closed")
+        timeout = math.inf if self.send_timeout is None else self.send_timeout
+        with trio.move_on_after(timeout) as scope:
+            try:
+                await self.stream.send_all(data)
+            except trio.BrokenResourceError as exc:
+                raise ConnectionClosedError(f"connection broken while sending: {exc}") from exc
+            return
+        assert scope.cancelled_caught
+        await self.aclose()
+        raise self._slow_reader_error()
+
+    def stop_receiving(self) -> None:
+        self._stopping = True
+        if self._receive_scope is not None:
+            self._receive_scope.cancel()
+
+
+class SocketTransport(Transport):
+    """A transport over a plain ``trio.SocketStream``'s non-blocking socket."""
+
+    __slots__ = (
+        "_deadlines_handed_over",
+        "_expired",
+        "_receive_scope",
+        "_socket",
+        "_wait_deadline",
+        "_wait_first",
+        "_waiting",
+    )
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        sock: socket.socket,
+        *,
+        idle_timeout: float | None = None,
+        send_timeout: float | None = None,
+    ) -> None:
+        super().__init__(stream, idle_timeout=idle_timeout, send_timeout=send_timeout)
+        self._socket = sock
+        self._receive_scope: trio.CancelScope | None = None
+        self._wait_first = False  # the last read had to wait: wait before reading
+        # hand_over_deadlines(): the socket wait runs without a scope of its own.
+        self._deadlines_handed_over = False
+        self._waiting = False  # in wait_readable without a scope
+        self._wait_deadline = math.inf  # ... and until when
+        self._expired = False  # expire_if_idle() woke it
+
+    def hand_over_deadlines(self) -> None:
+        self._deadlines_handed_over = True
+
+    def expire_if_idle(self, now: float) -> bool:
+        if self._waiting and self._wait_deadline <= now:
+            self._expired = True
+            self._wake_waiting_receive()
+            return True
+        return False
+
+    def stop_receiving(self) -> None:
+        self._stopping = True
+        if self._receive_scope is not None:
+            self._receive_scope.cancel()
+        elif self._waiting:
+            self._wake_waiting_receive()
+
+    def _wake_waiting_receive(self) -> None:
+        # Wakes every waiter on the socket with ClosedResourceError without
+        # closing it: the receive turns that into its outcome, a send retries.
+        self._waiting = False
+        trio.lowlevel.notify_closing(self._socket)
+
+    def _socket_error(self, exc: OSError, doing: str) -> Exception:
+        if self._closed:
+            return trio.ClosedResourceError("the message stream was closed")
+        return ConnectionClosedError(f"connection broken while {doing}: {exc}")
+
+    async def receive_some(self, max_bytes: int, deadline: float = math.inf) -> bytes | None:
+        self._claim_receiving()
+        try:
+            return await self._receive(max_bytes, deadline)
+        finally:
+            self._receiving = False
+
+    async def _receive(self, max_bytes: int, deadline: float) -> bytes | None:
+        sock = self._socket
+        while True:
+            if self._stopping:
+                return None
+            if not self._wait_first:
+                try:
+                    return sock.recv(max_bytes)
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    raise self._socket_error(exc, "receiving") from exc
+            self._wait_first = False
+            self._unyielded = 0
+            if self._deadlines_handed_over:
+                if not await self._wait_readable_watched(deadline):
+                    return None
+            else:
+                with trio.CancelScope(deadline=deadline) as scope:
+                    self._receive_scope = scope
+                    try:
+                        await trio.lowlevel.wait_readable(sock)
+                    finally:
+                        self._receive_scope = None
+                if scope.cancelled_caught:
+                    if self._stopping:
+                        return None
+                    raise self._idle_timeout_error()
+            try:
+                data = sock.recv(max_bytes)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise self._socket_error(exc, "receiving") from exc
+            # It had to wait: in a request/reply exchange the next read will
+            # too, so skip the read that would fail.
+            self._wait_first = True
+            return data
+
+    async def _wait_readable_watched(self, deadline: float) -> bool:
+        """wait_readable without a cancel scope (see hand_over_deadlines());
+        False if stop_receiving() interrupted it."""
+        self._wait_deadline = deadline
+        self._expired = False  # a stale mark: woken by data in the tick it expired
+        self._waiting = True
+        try:
+            await trio.lowlevel.wait_readable(self._socket)
+        except trio.ClosedResourceError:
+            if self._closed:
+                raise
+            if self._expired:
+                self._expired = False
+                raise self._idle_timeout_error() from None
+            if self._stopping:
+                return False
+            raise
+        finally:
+            self._waiting = False
+        return True
+
+    async def send_all(self, data: Buffer) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the message stream was closed")
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        sock = self._socket
+        self._sending = True
+        try:
+            view = memoryview(data)
+            size = len(view)
+            sent = 0
+            deadline = math.inf
+            while True:
+                try:
+                    sent += sock.send(view[sent:] if sent else data)
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    raise self._socket_error(exc, "sending") from exc
+                if sent >= size:
+                    await self.checkpoint_sometimes()
+                    return
+                if deadline == math.inf and self.send_timeout is not None:
+                    deadline = trio.current_time() + self.send_timeout
+                self._unyielded = 0
+                with trio.CancelScope(deadline=deadline) as scope:
+                    try:
+                        await trio.lowlevel.wait_writable(sock)
+                    except trio.ClosedResourceError:
+                        if self._closed:
+                            raise
+                        # A receive on another task was woken by notify_closing
+                        # (stop_receiving, idle timeout): the socket is open.
+                if scope.cancelled_caught:
+                    break
+        finally:
+            self._sending = False
+        await self.aclose()
+        raise self._slow_reader_error()
+
+
+def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
+    """The stdlib socket under a plain ``trio.SocketStream``, if there is one.
+
+    ``_sock`` is Trio's (stable but private) attribute holding the
+    non-blocking stdlib socket; without it the generic path is used.
+    """
+    if type(stream) is trio.SocketStream:
+        raw = getattr(stream.socket, "_sock", None)
+        if isinstance(raw, socket.socket):
+            return raw
+    return None
+
+
+def open_transport(
+    stream: trio.abc.Stream,
+    *,
+    idle_timeout: float | None = None,
+    send_timeout: float | None = None,
+) -> Transport:
+    """The transport for ``stream``: direct socket calls for a plain
+    ``trio.SocketStream``, the stream's own methods otherwise."""
+    sock = _raw_socket(stream)
+    if sock is not None:
+        assert isinstance(stream, trio.SocketStream)
+        return SocketTransport(stream, sock, idle_timeout=idle_timeout, send_timeout=send_timeout)
+    return StreamTransport(stream, idle_timeout=idle_timeout, send_timeout=send_timeout)
