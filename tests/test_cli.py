@@ -124,6 +124,12 @@ def test_demo_shows_sticky_packets() -> None:
         (["--port", "70000"], "must be 0..65535"),
         (["--max-frame", "0"], "must be at least 1"),
         (["--max-frame", "10"], "greeting"),
+        (
+            ["--framing", "len", "--length-bytes", "1", "--max-frame", "253"],
+            "--max-frame 253 is too large for --length-bytes 1: the reply to a message "
+            "(3 bytes longer) must fit the header, so at most 252",
+        ),
+        (["--framing", "len", "--length-bytes", "2", "--max-frame", "65533"], "at most 65532"),
         (["--max-connections", "-1"], "must be at least 1"),
         (["--tls-key", "k.pem"], "--tls-key needs --tls-cert"),
         (["--tls-cert", "/nonexistent.pem"], "cannot load --tls-cert /nonexistent.pem"),

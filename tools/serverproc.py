@@ -19,11 +19,12 @@ from trioecho.echo import GREETING, REPLY_SUFFIX
 class ServerProcess:
     """``python -m trioecho --port 0 OPTIONS`` with its stderr log collected."""
 
-    def __init__(self, *options: str) -> None:
+    def __init__(self, *options: str, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "trioecho", "--port", "0", *options],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            env={**os.environ, **env} if env else None,
         )
         assert self.process.stdout is not None
         line = self.process.stdout.readline().decode()
@@ -87,8 +88,9 @@ class ServerProcess:
 
 
 @contextmanager
-def server_process(*options: str) -> Iterator[ServerProcess]:
-    server = ServerProcess(*options)
+def server_process(*options: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    """A server process (``env``: variables to add to this one's environment)."""
+    server = ServerProcess(*options, env=env)
     try:
         yield server
     finally:
