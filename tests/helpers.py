@@ -31,9 +31,17 @@ class OneBytePerRead(trio.abc.Stream):
         await self.inner.aclose()
 
 
+def socket_stream_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    """Two ``trio.SocketStream`` over a connected socket pair: the direct
+    socket transport (``trioecho.transport.SocketTransport``)."""
+    a, b = trio.socket.socketpair()
+    return trio.SocketStream(a), trio.SocketStream(b)
+
+
 def stream_pairs() -> dict[str, object]:
     """Factories of connected (client, server) transport pairs, by name."""
     return {
+        "socket": socket_stream_pair,
         "memory": trio.testing.memory_stream_pair,
         "lockstep": trio.testing.lockstep_stream_pair,
         "one-byte": lambda: tuple(OneBytePerRead(s) for s in trio.testing.memory_stream_pair()),
