@@ -391,3 +391,30 @@ def test_a_framer_or_a_config_gives_the_same_session() -> None:
         implementation=framer.implementation,
     )
     assert "你好欢迎你".encode() == GREETING
+
+
+def test_a_c_call_that_makes_no_progress_raises_instead_of_looping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop around the C call requires progress: were the C code to
+    report "output full" having written nothing, the session raises."""
+    _cecho = pytest.importorskip("trioecho._cecho")
+    real = _cecho.lib
+    calls = 0
+
+    class Stuck:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def te_echo_feed(self, *args: Any) -> int:
+            nonlocal calls
+            calls += 1
+            result = args[-1]
+            result.status, result.consumed, result.produced = real.TE_ECHO_MORE, 0, 0
+            return int(real.TE_ECHO_MORE)
+
+    monkeypatch.setattr(_cecho, "lib", Stuck())
+    session = EchoSession(FramingConfig("line"), implementation="c")
+    with pytest.raises(RuntimeError, match="no progress"):
+        session.feed(b"hello\n")
+    assert calls == 2

@@ -4,8 +4,10 @@
 (``BaseRequestHandler``), each as a ``MessageStream`` of framed messages.
 
 The sans-IO framers (``LineFramer``, ``LengthPrefixedFramer``, ``RawFramer``)
-split a byte stream into messages; their hot loop is C (``csrc/``, built with
-cffi) with a pure-Python twin.  ``FRAMER_IMPLEMENTATION`` says which one is
+split a byte stream into messages, and ``EchoSession`` answers them the echo
+service's way; their hot loops are C (``csrc/``, built with cffi), each
+with a pure-Python twin.  ``Transport`` (``trioecho.transport``) moves the
+bytes: a socket directly, or any ``trio.abc.Stream``.  ``FRAMER_IMPLEMENTATION`` says which one is
 active: ``"c"`` or ``"python"`` (``TRIOECHO_PUREPYTHON=1`` selects the twin).
 
 In front of the handler, the server can read a PROXY protocol header
@@ -41,7 +43,9 @@ from .framing import (
     make_framer,
 )
 from .server import BaseRequestHandler, MessageServer
+from .session import EchoOutput, EchoSession
 from .stream import MessageStream
+from .transport import Transport
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
@@ -51,6 +55,8 @@ __all__ = [
     "BaseRequestHandler",
     "ConnectionClosedError",
     "DelimiterInPayloadError",
+    "EchoOutput",
+    "EchoSession",
     "FrameTooLongError",
     "Framer",
     "FramingConfig",
@@ -66,6 +72,7 @@ __all__ = [
     "RawFramer",
     "SlowReaderError",
     "TLSHandshakeError",
+    "Transport",
     "TrioEchoError",
     "__version__",
     "make_framer",
