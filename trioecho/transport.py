@@ -62,6 +62,7 @@ class Transport:
 
     __slots__ = (
         "_closed",
+        "_receive_scope",
         "_receiving",
         "_sending",
         "_stopping",
@@ -84,6 +85,7 @@ class Transport:
         self._closed = False
         self._stopping = False
         self._receiving = False
+        self._receive_scope: trio.CancelScope | None = None  # a receive's, while it waits
         self._sending = False
         self._unyielded = 0  # calls since the last checkpoint
 
@@ -156,17 +158,7 @@ class Transport:
 class StreamTransport(Transport):
     """A transport over any ``trio.abc.Stream``, through its own methods."""
 
-    __slots__ = ("_receive_scope",)
-
-    def __init__(
-        self,
-        stream: trio.abc.Stream,
-        *,
-        idle_timeout: float | None = None,
-        send_timeout: float | None = None,
-    ) -> None:
-        super().__init__(stream, idle_timeout=idle_timeout, send_timeout=send_timeout)
-        self._receive_scope: trio.CancelScope | None = None
+    __slots__ = ()
 
     async def receive_some(self, max_bytes: int, deadline: float = math.inf) -> bytes | None:
         self._claim_receiving()
@@ -216,7 +208,6 @@ class SocketTransport(Transport):
     __slots__ = (
         "_deadlines_handed_over",
         "_expired",
-        "_receive_scope",
         "_socket",
         "_wait_deadline",
         "_wait_first",
@@ -233,7 +224,6 @@ class SocketTransport(Transport):
     ) -> None:
         super().__init__(stream, idle_timeout=idle_timeout, send_timeout=send_timeout)
         self._socket = sock
-        self._receive_scope: trio.CancelScope | None = None
         self._wait_first = False  # the last read had to wait: wait before reading
         # hand_over_deadlines(): the socket wait runs without a scope of its own.
         self._deadlines_handed_over = False
