@@ -22,7 +22,7 @@ from trioecho.workers import reserve_port
 
 WORKER_READY = re.compile(r"trioecho\.workers: worker (\d+) \(pid (\d+)\) ready$")
 WORKER_STOPPED = re.compile(
-    r"INFO worker (\d+) \[(\d+)\] trioecho\.server: stopped after serving (\d+) connections"
+    r"INFO worker (\d+) \[(\d+)\] trioecho\.server: stopped after serving (\d+) connections?"
 )
 
 

@@ -31,6 +31,7 @@ from ._errors import (
 )
 from ._version import __version__
 from .accept import ProxyProtocolConfig
+from .connect import open_message_stream
 from .framing import (
     DEFAULT_MAX_FRAME,
     DEFAULT_MAX_LINE,
@@ -76,4 +77,5 @@ __all__ = [
     "TrioEchoError",
     "__version__",
     "make_framer",
+    "open_message_stream",
 ]

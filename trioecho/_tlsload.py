@@ -20,10 +20,11 @@ import trio
 
 from ._cloadgen import BenchStats, LoadGeneratorError
 from ._errors import TLSHandshakeError, TrioEchoError
-from .echo import GREETING, REPLY_SUFFIX
+from .connect import open_message_stream
+from .echo import REPLY_SUFFIX
 from .framing import FramingConfig
+from .greeting import expect_greeting
 from .stream import MessageStream
-from .tls import do_handshake
 
 __all__ = ["TLSLoadGenerator"]
 
@@ -132,19 +133,18 @@ class TLSLoadGenerator:
     ) -> None:
         try:
             async with limit:
-                tcp = await trio.open_tcp_stream(self._host, self._port)
-                transport = trio.SSLStream(
-                    tcp, self._ssl_context, server_hostname=self._server_name
-                )
                 try:
-                    await do_handshake(transport)
+                    stream = await open_message_stream(
+                        self._host,
+                        self._port,
+                        framing=self._framing,
+                        ssl_context=self._ssl_context,
+                        server_hostname=self._server_name,
+                    )
                 except TLSHandshakeError as exc:
                     raise LoadGeneratorError(str(exc)) from exc
-                stream = MessageStream(transport, self._framing.new_framer())
                 streams.append(stream)
-                greeting = await stream.receive_message()
-                if greeting != GREETING:
-                    raise LoadGeneratorError(f"expected the greeting, got {greeting[:40]!r}")
+                await expect_greeting(stream, self._framing)
         except trio.EndOfChannel:
             self._error = self._error or LoadGeneratorError("closed before the greeting")
             connecting.cancel()

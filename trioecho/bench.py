@@ -16,10 +16,16 @@ import ssl
 import sys
 from typing import Any, TextIO
 
-from ._cloadgen import BenchStats, LoadGenerator, LoadGeneratorError
-from ._tlsload import TLSLoadGenerator
+import trio
 
-__all__ = ["BenchResult", "run_bench"]
+from ._cloadgen import BenchStats, LoadGenerator, LoadGeneratorError
+from ._errors import TrioEchoError
+from ._tlsload import TLSLoadGenerator
+from .connect import open_message_stream
+from .framing import FramingConfig
+from .greeting import GreetingError, expect_greeting
+
+__all__ = ["BenchResult", "GreetingError", "probe", "run_bench"]
 
 PERCENTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p99.9", 0.999))
 _STEP = 0.5  # seconds between progress updates
@@ -80,6 +86,10 @@ def measure(
     against ``server_name``, default ``host``)."""
     if framing == "raw" and depth != 1:
         raise ValueError("raw framing cannot tell replies apart: use --depth 1")
+    # One connection first, the way the client connects: it resolves the
+    # name (the C generator takes addresses) and checks the greeting, so a
+    # framing mismatch is named at once instead of timing out.
+    address = probe(host, port, framing, ssl_context=ssl_context, server_name=server_name)
     shape: dict[str, Any] = {
         "connections": connections,
         "depth": depth,
@@ -87,7 +97,7 @@ def measure(
         "framing": framing,
     }
     with (
-        LoadGenerator(host, port, **shape)
+        LoadGenerator(address, port, **shape)
         if ssl_context is None
         else TLSLoadGenerator(host, port, ssl_context=ssl_context, server_name=server_name, **shape)
     ) as load:
@@ -136,6 +146,36 @@ def measure(
     )
 
 
+def probe(
+    host: str,
+    port: int,
+    framing: str,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    server_name: str | None = None,
+) -> str:
+    """Connect once and read the greeting; return the server's IP address.
+
+    Raises ``OSError`` if nothing at ``host``:``port`` accepts,
+    :class:`GreetingError` if the server's greeting is not in ``framing``
+    and :class:`TLSHandshakeError` if TLS fails."""
+    config = FramingConfig(framing)
+
+    async def connect() -> str:
+        stream = await open_message_stream(
+            host, port, framing=config, ssl_context=ssl_context, server_hostname=server_name
+        )
+        async with stream:
+            await expect_greeting(stream, config)
+            tcp = stream.transport_stream
+            if isinstance(tcp, trio.SSLStream):
+                tcp = tcp.transport_stream
+            assert isinstance(tcp, trio.SocketStream)
+            return str(tcp.socket.getpeername()[0])
+
+    return trio.run(connect)
+
+
 def format_result(result: BenchResult) -> str:
     latency = "  ".join(f"{name} {value:.3f}" for name, value in result.latency_ms.items())
     lines = [
@@ -156,7 +196,8 @@ def run_bench(
     args: Any, out: TextIO | None = None, *, ssl_context: ssl.SSLContext | None = None
 ) -> int:
     """The ``bench`` command (over TLS with ``ssl_context``): returns the exit
-    code (1 if any reply was wrong)."""
+    code: 0, or 1 if the server could not be reached, spoke another framing,
+    answered nothing or answered any message wrong."""
     out = out if out is not None else sys.stdout
     progress = sys.stderr if (not args.json and sys.stderr.isatty()) else None
     try:
@@ -173,8 +214,18 @@ def run_bench(
             ssl_context=ssl_context,
             server_name=args.tls_server_name,
         )
-    except (LoadGeneratorError, ValueError, OSError) as exc:
+    except ValueError as exc:  # options that do not go together
         print(f"trioecho bench: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        where = f"{args.host}:{args.port}"
+        print(f"trioecho bench: cannot connect to {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except (LoadGeneratorError, TrioEchoError) as exc:
+        print(f"trioecho bench: {exc}", file=sys.stderr)
+        return 1
     print(result.to_json() if args.json else format_result(result), file=out)
+    if result.messages == 0:
+        print("trioecho bench: no replies at all", file=sys.stderr)
+        return 1
     return 1 if result.errors else 0

@@ -237,12 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tls_client_options(client)
     commands.add_parser("demo", help="show sticky packets: raw vs line vs len framing")
     bench = commands.add_parser(
-        "bench", help="load a server with many pipelined messages, check every reply"
+        "bench",
+        help="load a server with many pipelined messages, check every reply",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    bench.add_argument("--host", default=DEFAULT_HOST, help="IP address (default %(default)s)")
-    bench.add_argument("--port", type=_port, default=DEFAULT_PORT, help="default %(default)s")
-    bench.add_argument("--framing", choices=FRAMINGS, default="line")
-    bench.add_argument("-c", "--connections", type=_positive_int, default=100)
+    bench.add_argument("--host", default=DEFAULT_HOST, help="host name or address")
+    bench.add_argument("--port", type=_port, default=DEFAULT_PORT, help="port")
+    bench.add_argument("--framing", choices=FRAMINGS, default="line", help="the server's framing")
+    bench.add_argument(
+        "-c", "--connections", type=_positive_int, default=100, help="connections at once"
+    )
     bench.add_argument(
         "-d", "--depth", type=_positive_int, default=1, help="messages in flight per connection"
     )
@@ -314,6 +318,9 @@ async def _serve(
                 print(f"trioecho: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
                 return 1
             if args.supervisor_fd is not None:  # a worker: the supervisor announces
+                for listener in listeners:
+                    where = format_address(listener.socket.getsockname())
+                    logger.info("listening on %s", where)
                 link = WorkerLink(args.supervisor_fd)
                 await link.ready()
 
@@ -356,11 +363,12 @@ def _client_tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ss
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
+    """INFO for the server (WARNING with -q), one line per connection with -v."""
     level = logging.INFO if args.command == "serve" else logging.WARNING
-    if getattr(args, "verbose", False):
-        level = logging.DEBUG
-    elif getattr(args, "quiet", False):
+    if getattr(args, "quiet", False):
         level = logging.WARNING
+    if not getattr(args, "verbose", False):
+        logging.getLogger("trioecho.connections").setLevel(logging.WARNING)
     worker = getattr(args, "worker_index", None)
     who = f"worker {worker} [%(process)d] " if worker is not None else ""
     logging.basicConfig(
@@ -378,14 +386,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         arguments.insert(0, "serve")
     parser = build_parser()
+    if arguments[:1] in (["-h"], ["--help"]):
+        # Without a command trioecho serves: show serve's options too.
+        print(parser.format_help())
+        print("Options of 'serve', the default command:\n")
+        arguments = ["serve", "--help"]
     args = parser.parse_args(arguments)
     _configure_logging(args)
     if args.command == "demo":
         return trio.run(run_demo)
     if args.command == "bench":
-        from .bench import run_bench
-
-        return run_bench(args, ssl_context=_client_tls(parser, args))
+        try:
+            from .bench import run_bench
+        except ImportError as exc:  # installed without a C compiler
+            print(
+                f"trioecho bench needs its C load generator, which this install lacks ({exc}): "
+                "reinstall trioecho where a C compiler is available",
+                file=sys.stderr,
+            )
+            return 1
+        try:
+            return run_bench(args, ssl_context=_client_tls(parser, args))
+        except KeyboardInterrupt:
+            return 130
     try:
         framing = _framing(args)
     except ValueError as exc:  # a framing option out of range

@@ -10,14 +10,15 @@ and ``len`` framing keep them apart.
 from __future__ import annotations
 
 import sys
+import unicodedata
 from typing import TextIO
 
 import trio
 
+from .connect import open_message_stream
 from .echo import EchoHandler
 from .framing import FramingConfig
-from .server import RAW_RECEIVE_SIZE, MessageServer
-from .stream import DEFAULT_RECEIVE_SIZE, MessageStream
+from .server import MessageServer
 
 __all__ = ["MESSAGES", "exchange", "run_demo"]
 
@@ -32,12 +33,9 @@ async def exchange(framing: str) -> list[bytes]:
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(server.serve)
         port = listeners[0].socket.getsockname()[1]
-        framer = config.new_framer()
-        receive_size = RAW_RECEIVE_SIZE if framing == "raw" else DEFAULT_RECEIVE_SIZE
-        transport = await trio.open_tcp_stream("127.0.0.1", port)
-        async with MessageStream(transport, framer, receive_size=receive_size) as stream:
+        async with await open_message_stream("127.0.0.1", port, framing=config) as stream:
             await stream.receive_message()  # the greeting
-            await transport.send_all(framer.encode_many(MESSAGES))
+            await stream.transport_stream.send_all(stream.framer.encode_many(MESSAGES))
             replies = []
             while True:
                 with trio.move_on_after(_QUIET_AFTER):
@@ -46,6 +44,15 @@ async def exchange(framing: str) -> list[bytes]:
                 break
         server.shutdown()
     return replies
+
+
+def _width(text: str) -> int:
+    """Columns ``text`` takes in a terminal: East Asian wide characters take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _column(text: str, width: int) -> str:
+    return text + " " * max(1, width - _width(text))
 
 
 def _show(messages: list[bytes] | tuple[bytes, ...]) -> str:
@@ -63,5 +70,5 @@ async def run_demo(out: TextIO | None = None) -> int:
             verdict = "kept apart by the framing"
         else:
             verdict = "merged into one message: sticky packets"
-        print(f"{framing:<9}{_show(replies):<32}<- {verdict}", file=out)
+        print(f"{framing:<9}{_column(_show(replies), 32)}<- {verdict}", file=out)
     return 0

@@ -55,7 +55,7 @@ from ._errors import (
 )
 from .accept import DEFAULT_HANDSHAKE_TIMEOUT, ProxyProtocolConfig, open_connection
 from .framing import FramingConfig
-from .stream import DEFAULT_RECEIVE_SIZE, MessageStream
+from .stream import MessageStream, receive_size_for
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -72,6 +72,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("trioecho.server")
+# One line per connection opened and closed, at INFO: `trioecho -v` shows them.
+connection_logger = logging.getLogger("trioecho.connections")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9999
@@ -79,7 +81,6 @@ DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_IDLE_TIMEOUT = 300.0  # seconds without a complete message
 DEFAULT_SEND_TIMEOUT = 30.0  # seconds a send may stay blocked on a peer not reading
 DEFAULT_GRACE = 5.0  # seconds handlers get to finish on shutdown
-RAW_RECEIVE_SIZE = 1024  # the seed's recv(1024): one raw message per read
 # Closing a socket with unread input makes the kernel send a reset, which can
 # destroy replies still in flight.  So a connection is closed by sending FIN,
 # then reading and discarding what the peer still sends, within these bounds.
@@ -257,9 +258,11 @@ class MessageServer:
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
             self._stopped.set()
+        served = self.connections_served
         logger.info(
-            "stopped after serving %d connections: %d messages received, %d sent",
-            self.connections_served,
+            "stopped after serving %d connection%s: %d messages received, %d sent",
+            served,
+            "" if served == 1 else "s",
             self.messages_received,
             self.messages_sent,
         )
@@ -283,7 +286,7 @@ class MessageServer:
                     )
                 )
                 for listener in listeners:
-                    logger.info("listening on %s", format_address(listener.socket.getsockname()))
+                    logger.debug("listening on %s", format_address(listener.socket.getsockname()))
                 task_status.started(listeners)
                 await self._shutdown_requested.wait()
                 acceptors.cancel_scope.cancel()
@@ -352,9 +355,7 @@ class MessageServer:
             stream = MessageStream(
                 connection,
                 self.framing.new_framer(),
-                receive_size=RAW_RECEIVE_SIZE
-                if self.framing.framing == "raw"
-                else DEFAULT_RECEIVE_SIZE,
+                receive_size=receive_size_for(self.framing.framing),
                 idle_timeout=self.idle_timeout,
                 send_timeout=self.send_timeout,
             )
@@ -366,7 +367,7 @@ class MessageServer:
             where = format_address(client)
             if client is not peer:
                 where += f" (via proxy {format_address(peer)})"
-            logger.debug("%s: connected", where)
+            connection_logger.info("%s: connected", where)
             try:
                 await self._run_handler(stream, client, where)
             finally:
@@ -378,7 +379,7 @@ class MessageServer:
                     self.messages_sent += stream.messages_sent
                     if self.shutting_down and not self._streams:
                         self._all_closed.set()
-            logger.debug("%s: closed", where)
+            connection_logger.info("%s: closed", where)
         finally:
             self._slots.release()
 

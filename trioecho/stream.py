@@ -47,9 +47,15 @@ from ._errors import FrameTooLongError
 from .framing import Buffer, Framer, LineFramer
 from .transport import CHECKPOINT_EVERY, Transport, open_transport
 
-__all__ = ["CHECKPOINT_EVERY", "DEFAULT_RECEIVE_SIZE", "MessageStream"]
+__all__ = ["CHECKPOINT_EVERY", "DEFAULT_RECEIVE_SIZE", "RAW_RECEIVE_SIZE", "MessageStream"]
 
 DEFAULT_RECEIVE_SIZE = 64 * 1024
+RAW_RECEIVE_SIZE = 1024  # the seed's recv(1024): in raw framing, one read is one message
+
+
+def receive_size_for(framing: str) -> int:
+    """How many bytes a stream of ``framing`` reads at a time."""
+    return RAW_RECEIVE_SIZE if framing == "raw" else DEFAULT_RECEIVE_SIZE
 
 
 class MessageStream(trio.abc.AsyncResource):

@@ -1,0 +1,255 @@
+"""The client side: open_message_stream, the greeting check, and the client
+and bench commands against servers of another framing."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+
+import pytest
+import trio
+from helpers import running
+from serverproc import server_process
+
+from trioecho import (
+    FramingConfig,
+    MessageServer,
+    TLSHandshakeError,
+    open_message_stream,
+)
+from trioecho.echo import GREETING, REPLY_SUFFIX, EchoHandler
+from trioecho.greeting import GreetingError, expect_greeting, guess_framing
+
+TRIOECHO = [sys.executable, "-m", "trioecho"]
+QUICK = ["--duration", "0.5", "--warmup", "0"]
+
+
+async def test_plain_connection() -> None:
+    async with (
+        running(MessageServer(EchoHandler, port=0)) as port,
+        await open_message_stream("127.0.0.1", port) as stream,
+    ):
+        await expect_greeting(stream, FramingConfig())
+        await stream.send_message(b"hi")
+        assert await stream.receive_message() == b"hi" + REPLY_SUFFIX
+
+
+async def test_a_host_name_and_raw_framing() -> None:
+    config = FramingConfig("raw")
+    async with (
+        running(MessageServer(EchoHandler, port=0, framing=config)) as port,
+        await open_message_stream("localhost", port, framing=config) as stream,
+    ):
+        assert stream.receive_size == 1024  # the seed's read size
+        assert await stream.receive_message() == GREETING
+
+
+class TwoAddresses(trio.abc.HostnameResolver):
+    """Resolves ``twohomes.test`` to 127.0.0.2 (refusing), then 127.0.0.1."""
+
+    async def getaddrinfo(  # type: ignore[override]
+        self, host: bytes | None, port: bytes | str | int | None, *args: int
+    ) -> list[tuple[int, int, int, str, tuple[str, int]]]:
+        assert host == b"twohomes.test"
+        port = int(port)  # type: ignore[arg-type]
+        tcp = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
+        return [(*tcp, ("127.0.0.2", port)), (*tcp, ("127.0.0.1", port))]
+
+    async def getnameinfo(
+        self, sockaddr: tuple[str, int] | tuple[str, int, int, int], flags: int
+    ) -> tuple[str, str]:
+        raise NotImplementedError
+
+
+async def test_happy_eyeballs_falls_back_to_an_address_that_answers() -> None:
+    """Two addresses for one name, the first refusing: Trio's happy eyeballs
+    moves on to the second."""
+    previous = trio.socket.set_custom_hostname_resolver(TwoAddresses())
+    try:
+        async with (
+            running(MessageServer(EchoHandler, port=0)) as port,
+            await open_message_stream("twohomes.test", port) as stream,
+        ):
+            assert await stream.receive_message() == GREETING
+            peer = stream.transport_stream.socket.getpeername()  # type: ignore[attr-defined]
+            assert peer[0] == "127.0.0.1"
+    finally:
+        trio.socket.set_custom_hostname_resolver(previous)
+
+
+async def test_tls(server_ssl_context: ssl.SSLContext, client_ssl_context: ssl.SSLContext) -> None:
+    server = MessageServer(EchoHandler, port=0, ssl_context=server_ssl_context)
+    async with running(server) as port:
+        stream = await open_message_stream(
+            "127.0.0.1", port, ssl_context=client_ssl_context, server_hostname="localhost"
+        )
+        async with stream:
+            assert isinstance(stream.transport_stream, trio.SSLStream)
+            assert await stream.receive_message() == GREETING
+        with pytest.raises(TLSHandshakeError, match="certificate"):
+            await open_message_stream(
+                "127.0.0.1", port, ssl_context=client_ssl_context, server_hostname="elsewhere"
+            )
+
+
+async def test_refused() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        with pytest.raises(ConnectionRefusedError, match="refused"):
+            await open_message_stream("127.0.0.1", port)
+
+
+async def test_a_tls_handshake_that_never_finishes_times_out(
+    client_ssl_context: ssl.SSLContext,
+) -> None:
+    with socket.socket() as listener:  # accepts (backlog), never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with trio.fail_after(5), pytest.raises(TLSHandshakeError, match=r"within 0\.2s"):
+            await open_message_stream(
+                "127.0.0.1", port, ssl_context=client_ssl_context, handshake_timeout=0.2
+            )
+
+
+# -- the greeting tells the framing --------------------------------------------
+
+FRAMINGS = {
+    "line": (FramingConfig("line"), ["--framing", "line"]),
+    "len": (FramingConfig("len"), ["--framing", "len"]),
+    "len2le": (
+        FramingConfig("len", length_bytes=2, byteorder="little", max_frame=60000),
+        ["--framing", "len", "--length-bytes", "2", "--byteorder", "little"],
+    ),
+    "raw": (FramingConfig("raw"), ["--framing", "raw"]),
+}
+
+
+@pytest.mark.parametrize("client", sorted(FRAMINGS))
+@pytest.mark.parametrize("server", sorted(FRAMINGS))
+async def test_the_greeting_names_the_servers_framing(server: str, client: str) -> None:
+    server_config, server_options = FRAMINGS[server]
+    client_config = FRAMINGS[client][0]
+    async with (
+        running(MessageServer(EchoHandler, port=0, framing=server_config)) as port,
+        await open_message_stream("127.0.0.1", port, framing=client_config) as stream,
+    ):
+        with trio.fail_after(8):
+            if server == client:
+                await expect_greeting(stream, client_config)
+                await stream.send_message(b"x")
+                assert await stream.receive_message() == b"x" + REPLY_SUFFIX
+                return
+            with pytest.raises(GreetingError) as raised:
+                await expect_greeting(stream, client_config, timeout=2)
+    assert raised.value.options == server_options
+    assert f"try {' '.join(server_options)}" in str(raised.value)
+
+
+async def test_a_silent_or_closing_server_is_named() -> None:
+    async def silent(stream: object) -> None:
+        await trio.sleep_forever()
+
+    async def closing(stream: object) -> None:
+        return
+
+    for handler, why in ((silent, "sent nothing within 0.2s"), (closing, "closed the connection")):
+        async with (
+            running(MessageServer(handler, port=0)) as port,
+            await open_message_stream("127.0.0.1", port) as stream,
+        ):
+            with pytest.raises(GreetingError, match=why):
+                await expect_greeting(stream, FramingConfig(), timeout=0.2)
+
+
+def test_guess_framing() -> None:
+    assert guess_framing(GREETING + b"\n") == ["--framing", "line"]
+    assert guess_framing(b"\x00\x00\x00\x00\x00\x00\x00\x0f" + GREETING) == [
+        "--framing",
+        "len",
+        "--length-bytes",
+        "8",
+    ]
+    assert guess_framing(b"HTTP/1.1 400 Bad Request\r\n") is None
+
+
+# -- the commands ------------------------------------------------------------------
+
+
+def test_client_against_another_framing_says_which() -> None:
+    with server_process("--framing", "len") as server:
+        start = time.monotonic()
+        result = subprocess.run(
+            [*TRIOECHO, "client", "--port", str(server.port)],
+            input=b"hello\n",
+            capture_output=True,
+            timeout=30,
+        )
+    assert time.monotonic() - start < 10
+    assert result.returncode == 1
+    assert b"the server speaks len framing? try --framing len" in result.stderr
+
+
+@pytest.mark.parametrize(("server", "bench"), [("line", "len"), ("line", "raw"), ("len", "line")])
+def test_bench_against_another_framing_says_which(server: str, bench: str) -> None:
+    with server_process("--framing", server) as process:
+        result = subprocess.run(
+            [*TRIOECHO, "bench", "--port", str(process.port), "--framing", bench, *QUICK],
+            capture_output=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert f"try --framing {server}".encode() in result.stderr
+
+
+def test_bench_takes_a_host_name_and_exit_codes_are_documented() -> None:
+    with server_process("--framing", "len") as process:
+        result = subprocess.run(
+            [
+                *TRIOECHO,
+                "bench",
+                "--host",
+                "localhost",
+                "--port",
+                str(process.port),
+                *QUICK,
+                "--framing",
+                "len",
+                "-c",
+                "2",
+            ],
+            capture_output=True,
+            timeout=30,
+        )
+    assert result.returncode == 0, result.stderr
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+        for command in ("bench", "client"):
+            refused = subprocess.run(
+                [*TRIOECHO, command, "--port", port], capture_output=True, timeout=30
+            )
+            assert refused.returncode == 1, command
+            assert b"cannot connect to 127.0.0.1:" + port.encode() in refused.stderr
+
+
+def test_ctrl_c_ends_the_interactive_client_quietly() -> None:
+    with server_process() as server:
+        client = subprocess.Popen(
+            [*TRIOECHO, "client", "--port", str(server.port)],
+            stdin=subprocess.PIPE,  # left open: the client waits for a line
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert client.stdout is not None
+        assert client.stdout.readline() == GREETING + b"\n"
+        time.sleep(0.2)  # the client is now blocked reading its input
+        client.send_signal(signal.SIGINT)
+        _, err = client.communicate(timeout=30)
+    assert client.returncode == 130
+    assert err == b""
