@@ -9,6 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -225,3 +227,58 @@ def test_tls_service_client_and_bench(tls_files: dict[str, str]) -> None:
     result = json.loads(bench.stdout)
     assert (result["tls"], result["errors"], result["connections"]) == (True, 0, 4)
     assert result["messages"] > 0
+
+
+def _display_column(line: str, marker: str) -> int:
+    """Where ``marker`` starts in a terminal: wide characters take two columns."""
+    before = line[: line.index(marker)]
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in before)
+
+
+def test_demo_arrows_line_up_on_a_terminal() -> None:
+    result = subprocess.run([*TRIOECHO, "demo"], capture_output=True, timeout=60, check=True)
+    rows = result.stdout.decode().splitlines()[-3:]
+    assert len({_display_column(row, "<-") for row in rows}) == 1, rows
+
+
+def test_help_shows_serves_options_and_bench_defaults() -> None:
+    top = subprocess.run([*TRIOECHO, "--help"], capture_output=True, timeout=30, check=True)
+    text = top.stdout.decode()
+    assert "{serve,client,demo,bench}" in text  # the commands
+    assert "--max-connections" in text and "--idle-timeout" in text  # and serve's options
+    bench = subprocess.run(
+        [*TRIOECHO, "bench", "--help"], capture_output=True, timeout=30, check=True
+    )
+    assert re.search(
+        r"--connections CONNECTIONS\s+connections at once \(default: 100\)", bench.stdout.decode()
+    )
+
+
+def test_listening_is_said_once_and_verbose_lines_are_info() -> None:
+    with server_process("-v") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            assert recv_exactly(sock, len(GREETING) + 1) == GREETING + b"\n"
+        line = server.wait_for_log("connected")
+        assert re.search(r" INFO trioecho\.connections: 127\.0\.0\.1:\d+: connected$", line)
+        assert server.stop() == 0
+    assert not [entry for entry in server.log if "listening on" in entry]  # stdout has it
+    assert not [entry for entry in server.log if " DEBUG " in entry]
+    stopped = [entry for entry in server.log if "stopped after serving" in entry]
+    assert stopped and "serving 1 connection: " in stopped[0]
+
+
+def test_ctrl_c_ends_bench_quietly() -> None:
+    with server_process("--framing", "len") as server:
+        bench = subprocess.Popen(
+            [*TRIOECHO, "bench", "--port", str(server.port), "--framing=len", "--duration=60"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            time.sleep(2)
+            bench.send_signal(signal.SIGINT)
+            _, err = bench.communicate(timeout=30)
+        finally:
+            bench.kill()
+    assert bench.returncode == 130
+    assert b"Traceback" not in err
