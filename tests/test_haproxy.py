@@ -45,7 +45,7 @@ backend trioecho
     server first 127.0.0.1:{first} {send_proxy}
     server second 127.0.0.1:{second} {send_proxy}
 """
-CONNECTED = re.compile(r"trioecho\.server: (\S+) \(via proxy (\S+)\): connected$")
+CONNECTED = re.compile(r"trioecho\.connections: (\S+) \(via proxy (\S+)\): connected$")
 
 
 def haproxy_binary() -> str:
