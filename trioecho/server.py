@@ -35,7 +35,6 @@ connection.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import ssl
@@ -83,9 +82,9 @@ DEFAULT_SEND_TIMEOUT = 30.0  # seconds a send may stay blocked on a peer not rea
 DEFAULT_GRACE = 5.0  # seconds handlers get to finish on shutdown
 # Closing a socket with unread input makes the kernel send a reset, which can
 # destroy replies still in flight.  So a connection is closed by sending FIN,
-# then reading and discarding what the peer still sends, within these bounds.
+# then reading and discarding what the peer still sends until its end, while
+# it makes progress at least this often (see Transport.close_gracefully).
 LINGER_SECONDS = 2.0
-LINGER_BYTES = 1 << 20
 
 
 class BaseRequestHandler:
@@ -372,7 +371,7 @@ class MessageServer:
                 await self._run_handler(stream, client, where)
             finally:
                 try:
-                    await _linger_close(stream)
+                    await _linger_close(stream, self.send_timeout)
                 finally:
                     self._streams.discard(stream)
                     self.messages_received += stream.messages_received
@@ -484,29 +483,9 @@ async def open_reuse_port_listeners(
     return [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
 
 
-async def _linger_close(stream: MessageStream) -> None:
-    """Close without a reset: FIN first, then drain the peer's input (bounded).
-
-    Over TLS, ``close_notify`` goes first (and the peer's is awaited), so the
-    peer sees a clean end of the TLS stream rather than a truncation.
-    """
-    transport = stream.transport_stream
-    tcp = transport.transport_stream if isinstance(transport, trio.SSLStream) else transport
-    try:
-        with trio.move_on_after(LINGER_SECONDS):
-            if isinstance(transport, trio.SSLStream):
-                with contextlib.suppress(trio.BrokenResourceError, ssl.SSLError):
-                    await transport.unwrap()
-            if isinstance(tcp, trio.abc.HalfCloseableStream):
-                await tcp.send_eof()
-            discarded = 0
-            while discarded < LINGER_BYTES:
-                data = await tcp.receive_some(64 * 1024)
-                if not data:
-                    break
-                discarded += len(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
-        pass
-    finally:
-        await trio.aclose_forcefully(stream)
-        await trio.aclose_forcefully(tcp)
+async def _linger_close(stream: MessageStream, send_timeout: float | None) -> None:
+    """Close without losing replies in flight (see ``Transport.close_gracefully``):
+    a peer that keeps reading gets them all, for up to ``send_timeout``
+    (at least ``LINGER_SECONDS``), or the grace period on shutdown."""
+    limit = max(LINGER_SECONDS, send_timeout or 0.0)
+    await stream.transport.close_gracefully(LINGER_SECONDS, limit)

@@ -44,8 +44,13 @@ turn without a scheduler round trip per message.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import math
 import socket
+import ssl
+import struct
+import termios
 
 import trio
 
@@ -55,6 +60,8 @@ from .framing import Buffer
 __all__ = ["CHECKPOINT_EVERY", "SocketTransport", "StreamTransport", "Transport", "open_transport"]
 
 CHECKPOINT_EVERY = 16
+# close_gracefully(): input still discarded once every reply is delivered.
+DELIVERED_DRAIN_BYTES = 1 << 20
 
 
 class Transport:
@@ -136,6 +143,41 @@ class Transport:
         """Close the stream.  Idempotent; closes even when cancelled."""
         self._closed = True
         await self.stream.aclose()
+
+    async def close_gracefully(self, linger: float, limit: float) -> None:
+        """Close without destroying replies in flight, then close for good.
+
+        Closing a TCP socket whose input was not all read makes the kernel
+        send a reset, which discards the replies still queued for the peer.
+        So: TLS ``close_notify`` first (over TLS), then FIN, then read and
+        discard the peer's input until its own end of stream -- for as long
+        as the peer makes progress: each time it takes more of the replies
+        queued for it, it gets another
+        ``linger`` seconds; ``limit`` seconds in all.  A peer that keeps
+        reading gets every reply; the end is a FIN, not a reset.  Input is
+        not what buys time: once every reply is delivered, a peer that keeps
+        sending is cut off after ``DELIVERED_DRAIN_BYTES`` more.
+        """
+        stream = self.stream
+        tcp = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        self._closed = True
+        try:
+            with trio.move_on_after(limit):
+                if isinstance(stream, trio.SSLStream):
+                    with (
+                        trio.move_on_after(linger),
+                        contextlib.suppress(trio.BrokenResourceError, ssl.SSLError),
+                    ):
+                        await stream.unwrap()
+                if isinstance(tcp, trio.abc.HalfCloseableStream):
+                    await tcp.send_eof()
+                await _drain_until_eof(tcp, linger)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+            if tcp is not stream:
+                await trio.aclose_forcefully(tcp)
 
     # -- shared helpers ----------------------------------------------------
 
@@ -365,6 +407,47 @@ class SocketTransport(Transport):
             self._sending = False
         await self.aclose()
         raise self._slow_reader_error()
+
+
+def _unsent(stream: trio.abc.Stream) -> int | None:
+    """Bytes of a TCP stream's output the peer has not acknowledged yet
+    (``SIOCOUTQ``), or None where that cannot be asked."""
+    if not isinstance(stream, trio.SocketStream):
+        return None
+    try:
+        raw = fcntl.ioctl(stream.socket.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return None
+    return int(struct.unpack("i", raw)[0])
+
+
+async def _drain_until_eof(stream: trio.abc.Stream, linger: float) -> None:
+    """Discard ``stream``'s input until its end, so that closing sends no reset.
+
+    While replies are still queued for the peer, this goes on as long as the
+    peer takes more of them at least every ``linger`` seconds: a reading
+    peer gets them all, however much it sends meanwhile.  Once all are
+    delivered, a peer still sending gets ``DELIVERED_DRAIN_BYTES`` more (and
+    the time left) before the close: a reset then costs it nothing it was owed.
+    """
+    unsent = _unsent(stream)
+    deadline = trio.current_time() + linger
+    spare = DELIVERED_DRAIN_BYTES
+    while True:
+        with trio.move_on_at(deadline):
+            data = await stream.receive_some(64 * 1024)
+            if not data:
+                return  # the peer's end: nothing left unread, no reset
+            if not _unsent(stream):  # all delivered (or unknown)
+                spare -= len(data)
+                if spare <= 0:
+                    return
+            continue
+        now_unsent = _unsent(stream)
+        if unsent is None or now_unsent is None or not 0 < now_unsent < unsent:
+            return  # no progress for `linger` seconds
+        unsent = now_unsent  # the peer is still reading its replies
+        deadline = trio.current_time() + linger
 
 
 def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
