@@ -127,10 +127,11 @@ def test_behind_haproxy(send_proxy: str, options: tuple[str, ...], tmp_path: Pat
             second=backends[1].port,
             send_proxy=send_proxy,
         )
-        client_addresses = stack.enter_context(haproxy(config, port, tmp_path))
+        client_addresses = stack.enter_context(haproxy(config, port, tmp_path))  # the probe
+        sessions: set[str] = set()
         for session in range(30):
             with greeted_line_client(port) as sock:
-                client_addresses.add(format_address(sock.getsockname()))
+                sessions.add(format_address(sock.getsockname()))
                 messages = [f"session {session} message {n}".encode() for n in range(20)]
                 sock.sendall(b"".join(m + b"\n" for m in messages))  # pipelined
                 expected = b"".join(m + REPLY_SUFFIX + b"\n" for m in messages)
@@ -140,12 +141,13 @@ def test_behind_haproxy(send_proxy: str, options: tuple[str, ...], tmp_path: Pat
         seen = [logged_clients(backend) for backend in backends]
         for backend in backends:
             assert backend.stop() == 0
-    # Round-robin: both backends served, in turns (the probe made one more).
-    assert abs(len(seen[0]) - len(seen[1])) <= 1 and len(seen[1]) >= 15, seen
+    # Round-robin: both backends served, in turns (the probe may have made
+    # one more: it closes at once, so HAProxy may never pass it on).
+    assert abs(len(seen[0]) - len(seen[1])) <= 2 and min(map(len, seen)) >= 15, seen
     # Each backend logged the real clients: the ports our sockets had, not
     # the ones HAProxy connected from.
-    assert seen[0] | seen[1] == client_addresses
-    assert len(client_addresses) == 31  # 30 sessions and the probe
+    assert sessions <= seen[0] | seen[1] <= sessions | client_addresses
+    assert len(sessions) == 30
 
 
 def test_tls_through_haproxy(tmp_path: Path, tls_ca: trustme.CA) -> None:
