@@ -22,7 +22,7 @@ def feed_all(framer: LineFramer, chunks: list[bytes]) -> list[bytes]:
 
 
 def test_lines_keep_their_bytes(impl: str) -> None:
-    framer = LineFramer(implementation=impl)
+    framer = LineFramer(strip_cr=False, implementation=impl)
     assert framer.feed(b"a\n\nb\r\nc\xff\x00\n") == [b"a", b"", b"b\r", b"c\xff\x00"]
     assert framer.max_frame == 64 * 1024
 
@@ -115,14 +115,14 @@ def test_cr_and_lf_in_different_feeds_at_exactly_the_limit(impl: str) -> None:
 
 
 def test_cr_counts_when_it_is_not_stripped(impl: str) -> None:
-    framer = LineFramer(max_frame=4, implementation=impl)
+    framer = LineFramer(max_frame=4, strip_cr=False, implementation=impl)
     with pytest.raises(FrameTooLongError) as info:
         framer.feed(b"abcd\r")
     assert info.value.length == 5
 
 
 def test_partial_multibyte_delimiter_at_the_limit(impl: str) -> None:
-    framer = LineFramer(max_frame=4, delimiter=b"\r\n", implementation=impl)
+    framer = LineFramer(max_frame=4, delimiter=b"\r\n", strip_cr=False, implementation=impl)
     assert framer.feed(b"abcd\r") == []
     assert framer.feed(b"\n") == [b"abcd"]
     assert framer.feed(b"abcd\r") == []
@@ -215,7 +215,16 @@ def test_encode() -> None:
     assert framer.encode(memoryview(b"")) == b"\n"
     assert framer.encode_many([b"a", b"", bytearray(b"b")]) == b"a\n\nb\n"
     assert framer.encode_many([]) == b""
-    assert LineFramer(delimiter=b"\r\n").encode_many([b"a\n", b"\r"]) == b"a\n\r\n\r\r\n"
+    keep = LineFramer(delimiter=b"\r\n", strip_cr=False)
+    assert keep.encode_many([b"a\n", b"\r"]) == b"a\n\r\n\r\r\n"
+
+
+def test_a_trailing_cr_is_stripped_by_default(impl: str) -> None:
+    """Telnet and Windows clients end lines with \\r\\n, as Netty's and
+    tokio's line decoders assume by default."""
+    framer = LineFramer(implementation=impl)
+    assert framer.strip_cr
+    assert framer.feed(b"hello\r\nq\r\nplain\n") == [b"hello", b"q", b"plain"]
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,7 @@ async def pipelining_client(port: int, framing: FramingConfig, seed: int) -> int
 
 @pytest.mark.parametrize("framing", ["line", "len"])
 async def test_100_connections_pipelining_in_random_segmentations(framing: str) -> None:
-    config = FramingConfig(framing)
+    config = FramingConfig(framing, strip_cr=False)  # any byte, \r included
     server = MessageServer(EchoHandler, host="127.0.0.1", port=0, framing=config)
     checked: list[int] = []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -19,12 +20,19 @@ from trioecho.echo import GREETING, REPLY_SUFFIX
 class ServerProcess:
     """``python -m trioecho --port 0 OPTIONS`` with its stderr log collected."""
 
-    def __init__(self, *options: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *options: str, env: dict[str, str] | None = None, limit_fds: int | None = None
+    ) -> None:
+        def limit() -> None:
+            if limit_fds is not None:  # soft and hard: the server cannot raise it
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit_fds, limit_fds))
+
         self.process = subprocess.Popen(
             [sys.executable, "-m", "trioecho", "--port", "0", *options],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env={**os.environ, **env} if env else None,
+            preexec_fn=limit if limit_fds is not None else None,
         )
         assert self.process.stdout is not None
         line = self.process.stdout.readline().decode()
@@ -88,9 +96,12 @@ class ServerProcess:
 
 
 @contextmanager
-def server_process(*options: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
-    """A server process (``env``: variables to add to this one's environment)."""
-    server = ServerProcess(*options, env=env)
+def server_process(
+    *options: str, env: dict[str, str] | None = None, limit_fds: int | None = None
+) -> Iterator[ServerProcess]:
+    """A server process (``env``: variables to add to this one's environment;
+    ``limit_fds``: its RLIMIT_NOFILE)."""
+    server = ServerProcess(*options, env=env, limit_fds=limit_fds)
     try:
         yield server
     finally:

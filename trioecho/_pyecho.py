@@ -220,7 +220,8 @@ class EchoEngine:
         parts: list[bytes | bytearray] = []
         dropped: list[int] | tuple[int, ...] = _NO_DROPS
         pos = replies = received = 0
-        fast = self._suffix_safe and not self._strip_cr
+        # strip_cr: a region without '\r' has nothing to strip.
+        fast = self._suffix_safe and not (self._strip_cr and suffix.endswith(b"\r"))
         while True:
             line_start = pos
             search = min(pos + self._search_from, size)
@@ -231,8 +232,9 @@ class EchoEngine:
                 # Tried once per call, so that the scan stays linear.
                 fast = False
                 last = buf.rfind(delimiter, search)
-                if last >= 0 and last - pos <= max_frame:
-                    lines = bytes(buf[pos:last]).split(delimiter)
+                region = bytes(buf[pos:last]) if last >= 0 and last - pos <= max_frame else None
+                if region is not None and not (self._strip_cr and b"\r" in region):
+                    lines = region.split(delimiter)
                     stopped = stop in lines
                     if stopped:
                         count = lines.index(stop)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
+import resource
 import signal
 import ssl
 import sys
@@ -60,10 +62,23 @@ def _port(text: str) -> int:
     return value
 
 
+# Longest duration an option takes: a day (also keeps Trio's deadlines finite).
+MAX_SECONDS = 86400.0
+
+
+def _seconds(text: str) -> float:
+    """A finite number of seconds, 0 to MAX_SECONDS."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
+    if not 0 <= value <= MAX_SECONDS:  # also false for nan
+        raise argparse.ArgumentTypeError(f"must be 0..{MAX_SECONDS:g} seconds, not {text}")
+    return value
+
+
 def _seconds_or_off(text: str) -> float | None:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    value = _seconds(text)
     return None if value == 0 else value
 
 
@@ -88,8 +103,19 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
         help=f"largest message in bytes (default {DEFAULT_MAX_LINE} for line, "
         f"{DEFAULT_MAX_FRAME} for len)",
     )
-    parser.add_argument(
-        "--strip-cr", action="store_true", help="line: also strip a \\r before each \\n"
+    cr = parser.add_mutually_exclusive_group()
+    cr.add_argument(
+        "--strip-cr",
+        dest="strip_cr",
+        action="store_true",
+        default=True,
+        help="line: strip a \\r before each \\n, as telnet sends it (the default)",
+    )
+    cr.add_argument(
+        "--keep-cr",
+        dest="strip_cr",
+        action="store_false",
+        help="line: keep a \\r before \\n as part of the message",
     )
     parser.add_argument(
         "--on-too-long",
@@ -101,9 +127,9 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _positive_seconds(text: str) -> float:
-    value = float(text)
+    value = _seconds(text)
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {value}")
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
     return value
 
 
@@ -209,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--grace",
-        type=float,
+        type=_seconds,
         default=DEFAULT_GRACE,
         help="on SIGINT/SIGTERM, seconds connections get to finish (default %(default)s)",
     )
@@ -251,8 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-d", "--depth", type=_positive_int, default=1, help="messages in flight per connection"
     )
     bench.add_argument("-s", "--size", type=_positive_int, default=64, help="message bytes")
-    bench.add_argument("--duration", type=float, default=5.0, help="seconds measured")
-    bench.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
+    bench.add_argument("--duration", type=_positive_seconds, default=5.0, help="seconds measured")
+    bench.add_argument("--warmup", type=_seconds, default=1.0, help="seconds before measuring")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     _add_tls_client_options(bench)
     return parser
@@ -289,12 +315,38 @@ def _fit_replies(
     return framing
 
 
+FD_MARGIN = 64  # descriptors besides connections: listeners, epoll, pipes, files
+
+
+def _fit_fd_limit(max_connections: int) -> None:
+    """Raise the soft RLIMIT_NOFILE to what --max-connections needs (up to the
+    hard limit, as servers commonly do); warn if it still cannot fit."""
+    needed = max_connections + FD_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        logger.warning(
+            "--max-connections %d needs about %d file descriptors, but RLIMIT_NOFILE "
+            "allows %d: past about %d connections accepting will pause (raise it with "
+            "ulimit -n, or lower --max-connections)",
+            max_connections,
+            needed,
+            soft,
+            max(soft - FD_MARGIN, 1),
+        )
+
+
 async def _serve(
     args: argparse.Namespace,
     framing: FramingConfig,
     proxy: ProxyProtocolConfig | None,
     ssl_context: ssl.SSLContext | None,
 ) -> int:
+    _fit_fd_limit(args.max_connections)
     server = MessageServer(
         GenericEchoHandler if args.generic else EchoHandler,
         host=args.host,

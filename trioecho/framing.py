@@ -23,7 +23,9 @@ Framings:
     header is complete, before any of the body is awaited or buffered.
 ``LineFramer``
     payloads separated by a delimiter (default ``b"\\n"``; any 1 to 8 bytes).
-    ``strip_cr=True`` also removes one ``\\r`` before the delimiter.  A line
+    One ``\\r`` before the delimiter is removed too (``strip_cr=True``, the
+    default, as in Netty's and tokio's line decoders: telnet and Windows
+    clients send ``\\r\\n``); ``strip_cr=False`` keeps it.  A line
     over ``max_frame`` bytes (default 64 KiB, delimiter and stripped ``\\r``
     excluded) fails as soon as it can no longer end within the limit.
     ``on_too_long="discard"`` reports the over-long line once and then drops
@@ -275,7 +277,7 @@ class LineFramer(_StreamFramer):
         self,
         *,
         delimiter: bytes = b"\n",
-        strip_cr: bool = False,
+        strip_cr: bool = True,
         max_frame: int = DEFAULT_MAX_LINE,
         on_too_long: Literal["error", "discard"] = "error",
         implementation: str | None = None,
@@ -393,7 +395,7 @@ def make_framer(
     byteorder: Literal["big", "little"] = "big",
     max_frame: int | None = None,
     delimiter: bytes = b"\n",
-    strip_cr: bool = False,
+    strip_cr: bool = True,
     on_too_long: Literal["error", "discard"] = "error",
     implementation: str | None = None,
 ) -> Framer:
@@ -435,7 +437,7 @@ class FramingConfig:
     byteorder: Literal["big", "little"] = "big"
     max_frame: int | None = None
     delimiter: bytes = b"\n"
-    strip_cr: bool = False
+    strip_cr: bool = True
     on_too_long: Literal["error", "discard"] = "error"
     implementation: str | None = None
 

@@ -35,6 +35,7 @@ connection.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import ssl
@@ -122,27 +123,73 @@ class BaseRequestHandler:
 Handler = type[BaseRequestHandler] | Callable[[MessageStream], Awaitable[None]]
 
 
+def escape_for_log(text: str) -> str:
+    """Peer-controlled text made safe for one log line: control and other
+    unprintable characters escaped (``\\n``), so a peer cannot forge lines."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def format_address(address: Any) -> str:
-    """``host:port`` (``[host]:port`` for IPv6) for a socket address."""
+    """``host:port`` (``[host]:port`` for IPv6) for a socket address; a UNIX
+    path (which a PROXY header may carry) as it is.  Escaped for logs."""
     if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(address)
+        host, port = escape_for_log(str(address[0])), address[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(address, bytes):
+        address = address.decode("utf-8", "backslashreplace")
+    return escape_for_log(str(address))
+
+
+# accept() errors that mean "out of a resource", not "this connection failed":
+# accepting pauses and retries (as trio.serve_listeners does, but logged once
+# per episode rather than with a traceback every retry).
+_ACCEPT_CAPACITY_ERRNOS = {
+    errno.EMFILE: "out of file descriptors",
+    errno.ENFILE: "out of file descriptors (system-wide)",
+    errno.ENOMEM: "out of memory",
+    errno.ENOBUFS: "out of socket buffers",
+}
+ACCEPT_RETRY_SECONDS = 0.1
 
 
 class _LimitedListener(trio.abc.Listener[trio.SocketStream]):
     """Accepts only while a connection slot is free: at the limit, the server
-    stops accepting (clients wait in the kernel's backlog) until one frees."""
+    stops accepting (clients wait in the kernel's backlog) until one frees.
+    Out of file descriptors (or memory), it pauses and retries, logging the
+    episode's start and end once each."""
 
     def __init__(self, listener: trio.SocketListener, slots: trio.Semaphore) -> None:
         self.listener = listener
         self.socket = listener.socket
         self._slots = slots
+        self._short_of: str | None = None  # the resource accept() ran out of
 
     async def accept(self) -> trio.SocketStream:
         await self._slots.acquire()
         try:
-            return await self.listener.accept()
+            while True:
+                try:
+                    stream = await self.listener.accept()
+                except OSError as exc:
+                    what = _ACCEPT_CAPACITY_ERRNOS.get(exc.errno or 0)
+                    if what is None:
+                        raise
+                    if self._short_of is None:
+                        logger.warning(
+                            "cannot accept: %s (%s): accepting paused, retrying every %ss",
+                            what,
+                            errno.errorcode.get(exc.errno or 0, exc.errno),
+                            ACCEPT_RETRY_SECONDS,
+                        )
+                    self._short_of = what
+                    await trio.sleep(ACCEPT_RETRY_SECONDS)
+                    continue
+                if self._short_of is not None:
+                    logger.warning("accepting again (was %s)", self._short_of)
+                    self._short_of = None
+                return stream
         except BaseException:
             self._slots.release()
             raise

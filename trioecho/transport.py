@@ -137,7 +137,7 @@ class Transport:
         try:
             await stream.send_eof()
         except trio.BrokenResourceError as exc:
-            raise ConnectionClosedError(f"connection broken while closing: {exc}") from exc
+            raise ConnectionClosedError(f"connection broken while closing: {_reason(exc)}") from exc
 
     async def aclose(self) -> None:
         """Close the stream.  Idempotent; closes even when cancelled."""
@@ -214,7 +214,7 @@ class StreamTransport(Transport):
                     return bytes(await self.stream.receive_some(max_bytes))
                 except trio.BrokenResourceError as exc:
                     raise ConnectionClosedError(
-                        f"connection broken while receiving: {exc}"
+                        f"connection broken while receiving: {_reason(exc)}"
                     ) from exc
                 finally:
                     self._receive_scope = None
@@ -232,7 +232,9 @@ class StreamTransport(Transport):
             try:
                 await self.stream.send_all(data)
             except trio.BrokenResourceError as exc:
-                raise ConnectionClosedError(f"connection broken while sending: {exc}") from exc
+                raise ConnectionClosedError(
+                    f"connection broken while sending: {_reason(exc)}"
+                ) from exc
             return
         assert scope.cancelled_caught
         await self.aclose()
@@ -407,6 +409,18 @@ class SocketTransport(Transport):
             self._sending = False
         await self.aclose()
         raise self._slow_reader_error()
+
+
+def _reason(exc: BaseException) -> str:
+    """What broke a connection, never empty: Trio's BrokenResourceError often
+    has no message of its own, and an ssl.SSLEOFError's cause may say little."""
+    for error in (exc, exc.__cause__, exc.__context__):
+        if error is not None and str(error):
+            return str(error)
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ssl.SSLError) or "SSL" in type(exc).__name__:
+        return "the peer ended the TLS stream without close_notify"
+    return "the peer closed the connection abruptly"
 
 
 def _unsent(stream: trio.abc.Stream) -> int | None:
