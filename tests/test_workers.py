@@ -231,3 +231,101 @@ async def test_a_worker_that_keeps_dying_is_restarted_with_growing_back_off(
 def test_workers_auto_is_the_cpu_count() -> None:
     args = build_parser().parse_args(["serve", "--workers", "auto"])
     assert args.workers == workers.cpu_count() == len(os.sched_getaffinity(0))
+
+
+# -- liveness: stuck workers are replaced, shutdown completes, no orphans ------
+
+FREEZER = {"PYTHONPATH": os.path.join(os.path.dirname(__file__), "freezer")}
+
+
+def time_until(condition: object, timeout: float, what: str) -> float:
+    """Poll ``condition()`` until true; return the seconds it took."""
+    start = time.monotonic()
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() - start < timeout, f"not within {timeout}s: {what}"
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def replaced(server: ServerProcess, index: int, old_pid: int) -> bool:
+    pids = [
+        int(match.group(2))
+        for line in list(server.log)
+        if (match := WORKER_READY.search(line)) and int(match.group(1)) == index
+    ]
+    return bool(pids) and pids[-1] != old_pid
+
+
+def test_a_stopped_worker_is_killed_and_replaced() -> None:
+    with server_process("--workers", "2", "--worker-timeout", "1.5") as server:
+        pids = ready_workers(server)
+        os.kill(pids[0], signal.SIGSTOP)
+        detected = time_until(
+            lambda: any("silent for 1.5 s" in line for line in server.log), 10, "detection"
+        )
+        restarted = time_until(lambda: replaced(server, 0, pids[0]), 10, "restart")
+        print(f"SIGSTOP: detected after {detected:.2f} s, replaced after {restarted:.2f} s more")
+        assert 1.5 <= detected < 3.5
+        assert gone(pids[0])
+        for n in range(20):  # every new client is greeted and answered
+            exchange(server.port, f"after {n}".encode())
+        assert server.stop(signal.SIGTERM) == 0
+
+
+def test_a_worker_frozen_in_a_busy_loop_is_killed_and_replaced() -> None:
+    with server_process("--workers", "2", "--worker-timeout", "1.5", env=FREEZER) as server:
+        pids = ready_workers(server)
+        with greeted_line_client(server.port) as sock:
+            sock.sendall(b"freeze\n")
+            detected = time_until(
+                lambda: any("silent for 1.5 s" in line for line in server.log), 10, "detection"
+            )
+            assert sock.recv(100) == b""  # its connection died with it
+        frozen = next(index for index, pid in pids.items() if gone(pid))
+        restarted = time_until(lambda: replaced(server, frozen, pids[frozen]), 10, "restart")
+        print(f"busy loop: detected after {detected:.2f} s, replaced after {restarted:.2f} s more")
+        for n in range(20):
+            exchange(server.port, f"after {n}".encode())
+        assert server.stop(signal.SIGTERM) == 0
+
+
+def test_supervisor_shutdown_completes_with_a_stopped_worker() -> None:
+    with server_process("--workers", "2", "--grace", "1", "--worker-timeout", "60") as server:
+        pids = ready_workers(server)
+        os.kill(pids[1], signal.SIGSTOP)
+        start = time.monotonic()
+        code = server.stop(signal.SIGTERM, timeout=20)
+        took = time.monotonic() - start
+        print(f"shutdown with a stopped worker: {took:.2f} s")
+        assert code == 1  # a worker had to be killed
+        assert took < 1 + workers.KILL_MARGIN + 2
+        server.wait_for_log("still running 3.0 s after SIGTERM: killing it")
+        time_until(lambda: gone(pids[1]) and gone(pids[0]), 5, "both workers gone")
+
+
+def test_no_worker_outlives_a_killed_supervisor_frozen_or_not() -> None:
+    with server_process("--workers", "2", "--grace", "1", env=FREEZER) as server:
+        pids = ready_workers(server)
+        sock = greeted_line_client(server.port)
+        sock.sendall(b"freeze\n")
+        time.sleep(0.3)  # one worker is now spinning
+        server.process.kill()
+        server.process.wait()
+        took = time_until(lambda: all(gone(pid) for pid in pids.values()), 10, "orphans gone")
+        print(f"supervisor killed: both workers gone after {took:.2f} s")
+        sock.close()
+
+
+def test_a_second_instance_on_a_served_port_is_refused() -> None:
+    with server_process("--workers", "2") as server:
+        ready_workers(server)
+        for options in (["--workers", "2"], []):
+            second = subprocess.run(
+                [sys.executable, "-m", "trioecho", "--port", str(server.port), *options],
+                capture_output=True,
+                timeout=30,
+            )
+            assert second.returncode == 1, options
+            assert b"Address already in use" in second.stderr
+        exchange(server.port)  # the first is untouched
+        assert server.stop(signal.SIGTERM) == 0

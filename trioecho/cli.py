@@ -40,7 +40,13 @@ from .server import (
 )
 from .session import reply_limit
 from .tls import client_context, server_context
-from .workers import WorkerLink, cpu_count, supervise
+from .workers import (
+    DEFAULT_WORKER_TIMEOUT,
+    WorkerLink,
+    cpu_count,
+    start_orphan_watchdog,
+    supervise,
+)
 
 __all__ = ["main"]
 
@@ -253,6 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="run N server processes on the port (SO_REUSEPORT), restarted if they die; "
         "auto: one per CPU (default %(default)s)",
     )
+    serve.add_argument(
+        "--worker-timeout",
+        type=_positive_seconds,
+        default=DEFAULT_WORKER_TIMEOUT,
+        metavar="SECONDS",
+        help="with --workers: kill and restart a worker whose event loop has not "
+        "turned for this long (default %(default)s)",
+    )
     # Set by the supervisor on the command line of each worker it starts.
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--supervisor-fd", type=int, help=argparse.SUPPRESS)
@@ -375,6 +389,8 @@ async def _serve(
                     logger.info("listening on %s", where)
                 link = WorkerLink(args.supervisor_fd)
                 await link.ready()
+                nursery.start_soon(link.heartbeat)
+                start_orphan_watchdog(args.grace)
 
                 async def stop_when_orphaned() -> None:
                     await link.wait_orphaned()
@@ -499,5 +515,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         key = f" / --tls-key {args.tls_key}" if args.tls_key else ""
         parser.error(f"cannot load --tls-cert {args.tls_cert}{key}: {exc}")
     if args.workers > 1 and args.worker_index is None:
-        return trio.run(supervise, arguments[1:], args.workers, args.host, args.port)
+        return trio.run(
+            partial(
+                supervise,
+                arguments[1:],
+                args.workers,
+                args.host,
+                args.port,
+                grace=args.grace,
+                worker_timeout=args.worker_timeout,
+            )
+        )
     return trio.run(_serve, args, framing, proxy, server_tls)

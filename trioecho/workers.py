@@ -16,31 +16,46 @@ The supervisor:
 * restarts a worker that dies, after a back-off that grows while it keeps
   dying young (0.1 s doubling up to 5 s); a worker that fails its very
   first start is a configuration error: everything stops, exit code 1;
+* refuses a port another process already serves (``Address already in
+  use``, exit 1), even another trioecho supervisor whose sockets allow
+  ``SO_REUSEPORT``: it first binds the port without that option;
+* checks that every worker's event loop is turning: a worker sends a
+  heartbeat every ``HEARTBEAT_INTERVAL`` seconds over its socket pair, and
+  one silent for ``--worker-timeout`` seconds (stopped, or stuck in a busy
+  loop) is killed with SIGKILL, logged, and restarted like a worker that died;
 * forwards SIGINT/SIGTERM to the workers as SIGTERM (a second signal is
   forwarded again: the workers then close at once), waits for them to
-  drain, and exits 0 if all of them exited 0.
+  drain, and exits 0 if all of them exited 0.  A worker still running
+  ``KILL_MARGIN`` seconds after the grace period is killed: shutdown always
+  completes.
 
 Workers run in their own session, so a terminal's Ctrl-C reaches the
-supervisor only; if the supervisor itself dies, its end of each socket pair
-closes and the workers shut down gracefully on their own.
+supervisor only.  No worker outlives its supervisor: if the supervisor dies,
+its end of each socket pair closes and the workers shut down gracefully on
+their own; a worker whose event loop is stuck cannot, so a watchdog thread
+in each worker (which needs no event loop) kills its process once the grace
+period after the supervisor's death is over.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Sequence
 
 import trio
 
 from .server import bind_reuse_port, format_address
 
-__all__ = ["WorkerLink", "cpu_count", "reserve_port", "supervise"]
+__all__ = ["WorkerLink", "cpu_count", "reserve_port", "start_orphan_watchdog", "supervise"]
 
 logger = logging.getLogger("trioecho.workers")
 
@@ -49,6 +64,11 @@ READY = b"ready\n"
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 DIED_YOUNG = 1.0  # a worker that dies sooner than this after starting backs off more
+HEARTBEAT = b"."
+HEARTBEAT_INTERVAL = 0.5  # seconds between a worker's heartbeats
+DEFAULT_WORKER_TIMEOUT = 10.0  # seconds of silence after which a worker is killed
+KILL_MARGIN = 2.0  # seconds past the grace period before stopping workers are killed
+ORPHAN_CHECK = 0.2  # seconds between a worker's checks that its supervisor lives
 
 
 def cpu_count() -> int:
@@ -63,10 +83,28 @@ def reserve_port(host: str | None, port: int) -> tuple[list[socket.socket], int]
     """Bind (without listening) an ``SO_REUSEPORT`` socket per address of
     ``host``, all on one port (``port`` or, for 0, the one the kernel picks).
     Returns the sockets, which hold the port while they are open, and the
-    port.  Raises ``OSError`` if the port is taken without ``SO_REUSEPORT``.
+    port.  Raises ``OSError`` (``EADDRINUSE``) if anything holds the port,
+    with ``SO_REUSEPORT`` or without.
     """
+    if port != 0:
+        _check_port_free(host, port)
     reserved = bind_reuse_port(host, port)
     return reserved, reserved[0].getsockname()[1]
+
+
+def _check_port_free(host: str | None, port: int) -> None:
+    """Bind each address of ``host``:``port`` once without ``SO_REUSEPORT``:
+    that fails if any socket holds the port, even one that allows sharing it
+    (another supervisor's).  ``SO_REUSEADDR`` still lets a port whose old
+    connections linger in TIME_WAIT be reused, as a listener may."""
+    for family, kind, protocol, _, address in socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind(address)
 
 
 class WorkerLink:
@@ -92,12 +130,55 @@ class WorkerLink:
             except OSError:
                 return
 
+    async def heartbeat(self, interval: float = HEARTBEAT_INTERVAL) -> None:
+        """Tell the supervisor, every ``interval`` seconds, that this
+        worker's event loop turns (run it as a task; it never returns)."""
+        while True:
+            with contextlib.suppress(OSError):  # the supervisor is gone
+                await self._socket.send(HEARTBEAT)
+            await trio.sleep(interval)
+
+
+def start_orphan_watchdog(grace: float, check: float = ORPHAN_CHECK) -> threading.Thread:
+    """In a worker: a thread that kills this process (SIGKILL) once its
+    supervisor has been gone for ``grace`` + ``KILL_MARGIN`` seconds.
+
+    A healthy worker has shut down by then (``wait_orphaned``); this is for
+    one whose event loop is stuck and can no longer notice.  The thread
+    needs no event loop: only the GIL, which a busy loop releases too.
+    """
+    supervisor = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(check)
+        time.sleep(grace + KILL_MARGIN)
+        logging.getLogger("trioecho.workers").error(
+            "the supervisor has been gone for %.1f s and this worker is still running: killing it",
+            grace + KILL_MARGIN,
+        )
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    thread = threading.Thread(target=watch, name="trioecho-orphan-watchdog", daemon=True)
+    thread.start()
+    return thread
+
 
 class _Supervisor:
-    def __init__(self, worker_argv: Sequence[str], workers: int, port: int) -> None:
+    def __init__(
+        self,
+        worker_argv: Sequence[str],
+        workers: int,
+        port: int,
+        *,
+        grace: float,
+        worker_timeout: float,
+    ) -> None:
         self.worker_argv = list(worker_argv)
         self.workers = workers
         self.port = port
+        self.grace = grace
+        self.worker_timeout = worker_timeout
         self.processes: dict[int, trio.Process] = {}
         self.stopping = False
         self.failed = False
@@ -173,7 +254,11 @@ class _Supervisor:
                     self.stop(failed=True)
                     return
                 first = False
-                code = await process.wait()
+                async with trio.open_nursery() as watching:
+                    if became_ready:
+                        watching.start_soon(self._watch_heartbeats, link, index, process)
+                    code = await process.wait()
+                    watching.cancel_scope.cancel()
             del self.processes[index]
             self.exit_codes[index] = code
             if self.stopping:
@@ -192,6 +277,43 @@ class _Supervisor:
             )
             with trio.move_on_after(backoff):
                 await self.stop_requested.wait()
+
+    async def _watch_heartbeats(
+        self, link: trio.socket.SocketType, index: int, process: trio.Process
+    ) -> None:
+        """Kill the worker if its heartbeats stop for ``worker_timeout`` seconds."""
+        while True:
+            with trio.move_on_after(self.worker_timeout):
+                try:
+                    if not await link.recv(4096):
+                        return  # the worker closed its end: it is exiting
+                except OSError:
+                    return
+                continue
+            if process.returncode is not None:
+                return
+            logger.error(
+                "worker %d (pid %d) silent for %.1f s (its event loop is stuck or stopped): "
+                "killing it",
+                index,
+                process.pid,
+                self.worker_timeout,
+            )
+            process.kill()
+            return
+
+    async def kill_stragglers(self) -> None:
+        """Once stopping: kill the workers still running after the grace period."""
+        await trio.sleep(self.grace + KILL_MARGIN)
+        for index, process in list(self.processes.items()):
+            if process.returncode is None:
+                logger.error(
+                    "worker %d (pid %d) still running %.1f s after SIGTERM: killing it",
+                    index,
+                    process.pid,
+                    self.grace + KILL_MARGIN,
+                )
+                process.kill()
 
     async def _wait_ready(
         self, link: trio.socket.SocketType, index: int, process: trio.Process
@@ -227,19 +349,24 @@ async def supervise(
     workers: int,
     host: str | None,
     port: int,
+    *,
+    grace: float = 5.0,
+    worker_timeout: float = DEFAULT_WORKER_TIMEOUT,
 ) -> int:
     """Run ``workers`` worker processes on ``host``:``port``; return the exit code.
 
     ``worker_argv`` are the ``serve`` options every worker gets (``--port``,
-    ``--workers`` and the worker's own options are appended).
+    ``--workers`` and the worker's own options are appended); ``grace`` is
+    theirs (``--grace``), ``worker_timeout`` how long a worker may stay silent.
     """
     try:
         reserved, port = reserve_port(host, port)
     except OSError as exc:
         where = format_address((host, port))
-        print(f"trioecho: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
+        reason = exc.strerror or os.strerror(exc.errno or errno.EADDRINUSE)
+        print(f"trioecho: cannot listen on {where}: {reason}", file=sys.stderr)
         return 1
-    supervisor = _Supervisor(worker_argv, workers, port)
+    supervisor = _Supervisor(worker_argv, workers, port, grace=grace, worker_timeout=worker_timeout)
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
@@ -250,6 +377,7 @@ async def supervise(
                         if not supervisor.stopping:
                             logger.info("%s: stopping all %d workers", name, workers)
                             supervisor.stop()
+                            nursery.start_soon(supervisor.kill_stragglers)
                         else:
                             logger.warning("%s again: workers close every connection now", name)
                             supervisor.forward(signal.SIGTERM)
