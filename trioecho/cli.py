@@ -24,6 +24,7 @@ from .accept import (
     PROXY_MODES,
     ProxyProtocolConfig,
 )
+from .budget import DEFAULT_MEMORY_BUDGET, MemoryBudget
 from .client import run_client
 from .demo import run_demo
 from .echo import GREETING, REPLY_SUFFIX, EchoHandler, GenericEchoHandler
@@ -260,6 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
         "auto: one per CPU (default %(default)s)",
     )
     serve.add_argument(
+        "--memory-budget",
+        type=_positive_int,
+        default=DEFAULT_MEMORY_BUDGET >> 20,
+        metavar="MIB",
+        help="MiB that unfinished messages and unsent replies may hold over all "
+        "connections; past it, the largest stop being read (default %(default)s)",
+    )
+    serve.add_argument(
         "--worker-timeout",
         type=_positive_seconds,
         default=DEFAULT_WORKER_TIMEOUT,
@@ -374,6 +383,7 @@ async def _serve(
         ssl_context=ssl_context,
         handshake_timeout=args.tls_handshake_timeout,
         reuse_port=args.worker_index is not None,
+        memory_budget=MemoryBudget(args.memory_budget << 20),
     )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:

@@ -62,6 +62,7 @@ class EchoHandler(BaseRequestHandler):
             return
         session = EchoSession(stream.framer)
         transport = stream.transport
+        account = transport.account
         receive_size = stream.receive_size
         deadline = stream.idle_deadline()
         while True:
@@ -69,6 +70,8 @@ class EchoHandler(BaseRequestHandler):
             if data is None:
                 return  # stop_receiving(): shutting down
             output = session.feed(data) if data else session.feed_eof()
+            if account is not None:
+                account.set_buffered(session.buffered)
             if output.received or output.dropped:
                 stream.messages_received += output.received
                 deadline = stream.idle_deadline()
@@ -107,6 +110,8 @@ class EchoHandler(BaseRequestHandler):
                     stopped = True
                     break
                 replies.append(message + REPLY_SUFFIX)
+            batch = []  # hold the replies only while they are sent
+            message = b""
             if replies:
                 try:
                     await stream.send_messages(replies)

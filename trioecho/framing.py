@@ -174,7 +174,10 @@ class _StreamFramer:
         if buffer:
             buffer += data
             result = step(buffer, *args)
-            del buffer[: result[1]]
+            if result[1] < len(buffer):
+                del buffer[: result[1]]
+            else:  # a new one: an emptied bytearray keeps its capacity
+                self._buffer = bytearray()
         else:
             if type(data) is not bytes:
                 data = bytes(data)

@@ -45,6 +45,7 @@ from typing import Any, cast
 
 import trio
 
+from . import _memory
 from ._errors import (
     ConnectionClosedError,
     FramingError,
@@ -54,6 +55,7 @@ from ._errors import (
     TLSHandshakeError,
 )
 from .accept import DEFAULT_HANDSHAKE_TIMEOUT, ProxyProtocolConfig, open_connection
+from .budget import MemoryBudget, MemoryBudgetError
 from .framing import FramingConfig
 from .stream import MessageStream, receive_size_for
 
@@ -86,6 +88,8 @@ DEFAULT_GRACE = 5.0  # seconds handlers get to finish on shutdown
 # then reading and discarding what the peer still sends until its end, while
 # it makes progress at least this often (see Transport.close_gracefully).
 LINGER_SECONDS = 2.0
+MEMORY_CHECK_SECONDS = 1.0  # how often freed memory is considered for return to the OS
+MEMORY_TRIM_BYTES = 16 << 20  # freed since the peak: worth a malloc_trim
 
 
 class BaseRequestHandler:
@@ -222,6 +226,7 @@ class MessageServer:
         proxy_protocol: ProxyProtocolConfig | None = None,
         ssl_context: ssl.SSLContext | None = None,
         handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        memory_budget: MemoryBudget | None = None,
     ) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, not {max_connections}")
@@ -247,6 +252,7 @@ class MessageServer:
         self.proxy_protocol = proxy_protocol
         self.ssl_context = ssl_context
         self.handshake_timeout = handshake_timeout
+        self.budget = memory_budget if memory_budget is not None else MemoryBudget()
         self.listeners: list[trio.SocketListener] = []
         self.connections_served = 0
         self.messages_received = 0  # over all closed connections
@@ -298,6 +304,7 @@ class MessageServer:
             async with trio.open_nursery() as watchdog:
                 if self.idle_timeout is not None:
                     watchdog.start_soon(self._expire_idle_connections, self.idle_timeout)
+                watchdog.start_soon(self._return_memory)
                 await self._serve_until_drained(listeners, limited, task_status)
                 watchdog.cancel_scope.cancel()
         finally:
@@ -350,6 +357,19 @@ class MessageServer:
             now = trio.current_time()
             for stream in self._streams:
                 stream.expire_if_idle(now)
+
+    async def _return_memory(self) -> None:
+        """Give freed memory back to the OS after a peak (``_memory.trim``):
+        RSS falls again once large messages are gone."""
+        _memory.serve_large_blocks_with_mmap()
+        high = self.budget.used
+        while True:
+            await trio.sleep(MEMORY_CHECK_SECONDS)
+            used = self.budget.used
+            high = max(high, self.budget.peak)
+            if high - used >= MEMORY_TRIM_BYTES:
+                _memory.trim()
+                self.budget.peak = high = used
 
     def shutdown(self, *, grace: float | None = None) -> None:
         """Stop gracefully: see the module docstring.  Safe to call more than once;
@@ -406,6 +426,7 @@ class MessageServer:
                 send_timeout=self.send_timeout,
             )
             stream.hand_over_deadlines()
+            account = stream.transport.account = self.budget.open_account()
             self._streams.add(stream)
             self.connections_served += 1
             if self.shutting_down:
@@ -420,6 +441,7 @@ class MessageServer:
                 try:
                     await _linger_close(stream, self.send_timeout)
                 finally:
+                    account.close()
                     self._streams.discard(stream)
                     self.messages_received += stream.messages_received
                     self.messages_sent += stream.messages_sent
@@ -471,7 +493,7 @@ class MessageServer:
                 await cast(Callable[[MessageStream], Awaitable[None]], handler)(stream)
         except FramingError as exc:
             logger.warning("%s: closing: %s: %s", where, type(exc).__name__, exc)
-        except SlowReaderError as exc:
+        except (SlowReaderError, MemoryBudgetError) as exc:
             logger.warning("%s: closing: %s", where, exc)
         except IdleTimeoutError as exc:
             logger.info("%s: closing: %s", where, exc)

@@ -199,7 +199,10 @@ class EchoSession:
         if buffer:
             buffer += data
             wire, consumed, replies, received, status, length, dropped = self._engine.feed(buffer)
-            del buffer[:consumed]
+            if consumed < len(buffer):
+                del buffer[:consumed]
+            else:  # a new one: an emptied bytearray keeps its capacity
+                self._buffer = bytearray()
         else:
             if type(data) is not bytes:
                 data = bytes(data)

@@ -146,6 +146,7 @@ class MessageStream(trio.abc.AsyncResource):
         if self._next == len(self._pending):
             self._pending = []
             self._next = 0
+            self._delivered()
         return message
 
     async def receive_messages(self) -> list[bytes]:
@@ -161,7 +162,14 @@ class MessageStream(trio.abc.AsyncResource):
         batch = self._pending[self._next :] if self._next else self._pending
         self._pending = []
         self._next = 0
+        self._delivered()
         return batch
+
+    def _delivered(self) -> None:
+        """Every message read was delivered: only the unfinished frame is held."""
+        account = self.transport.account
+        if account is not None:
+            account.set_buffered(self.framer.buffered)
 
     @property
     def has_pending(self) -> bool:
@@ -266,6 +274,10 @@ class MessageStream(trio.abc.AsyncResource):
         else:
             self._pending = frames
         self.messages_received += len(frames)
+        account = self.transport.account
+        if account is not None:
+            # The unfinished frame, and this read's messages until delivered.
+            account.set_buffered(self.framer.buffered + (len(data) if frames else 0))
 
     # -- sending -----------------------------------------------------------
 

@@ -55,6 +55,7 @@ import termios
 import trio
 
 from ._errors import ConnectionClosedError, IdleTimeoutError, SlowReaderError
+from .budget import Account
 from .framing import Buffer
 
 __all__ = ["CHECKPOINT_EVERY", "SocketTransport", "StreamTransport", "Transport", "open_transport"]
@@ -74,6 +75,7 @@ class Transport:
         "_sending",
         "_stopping",
         "_unyielded",
+        "account",
         "idle_timeout",
         "send_timeout",
         "stream",
@@ -95,6 +97,9 @@ class Transport:
         self._receive_scope: trio.CancelScope | None = None  # a receive's, while it waits
         self._sending = False
         self._unyielded = 0  # calls since the last checkpoint
+        # A server's memory budget: each receive is admitted by it first, and
+        # a send that has to wait reports the bytes it holds.
+        self.account: Account | None = None
 
     @property
     def closed(self) -> bool:
@@ -207,6 +212,8 @@ class StreamTransport(Transport):
         try:
             if self._stopping:
                 return None
+            if self.account is not None:
+                await self.account.admit(max_bytes)
             self._unyielded = 0
             with trio.CancelScope(deadline=deadline) as scope:
                 self._receive_scope = scope
@@ -228,13 +235,19 @@ class StreamTransport(Transport):
         if self._closed:
             raise trio.ClosedResourceError("the message stream was closed")
         timeout = math.inf if self.send_timeout is None else self.send_timeout
+        account = self.account
         with trio.move_on_after(timeout) as scope:
             try:
+                if account is not None:
+                    account.set_sending(len(data))
                 await self.stream.send_all(data)
             except trio.BrokenResourceError as exc:
                 raise ConnectionClosedError(
                     f"connection broken while sending: {_reason(exc)}"
                 ) from exc
+            finally:
+                if account is not None:
+                    account.set_sending(0)
             return
         assert scope.cancelled_caught
         await self.aclose()
@@ -306,6 +319,8 @@ class SocketTransport(Transport):
     async def receive_some(self, max_bytes: int, deadline: float = math.inf) -> bytes | None:
         self._claim_receiving()
         try:
+            if self.account is not None and not self._stopping:
+                await self.account.admit(max_bytes)
             return await self._receive(max_bytes, deadline)
         finally:
             self._receiving = False
@@ -392,6 +407,8 @@ class SocketTransport(Transport):
                 if sent >= size:
                     await self.checkpoint_sometimes()
                     return
+                if self.account is not None:  # held while the peer does not read
+                    self.account.set_sending(size - sent)
                 if deadline == math.inf and self.send_timeout is not None:
                     deadline = trio.current_time() + self.send_timeout
                 self._unyielded = 0
@@ -407,6 +424,8 @@ class SocketTransport(Transport):
                     break
         finally:
             self._sending = False
+            if self.account is not None:
+                self.account.set_sending(0)
         await self.aclose()
         raise self._slow_reader_error()
 
