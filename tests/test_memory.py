@@ -56,17 +56,17 @@ def attack(server: ServerProcess, payload: bytes) -> int:
     try:
         while time.monotonic() < deadline:
             for key, _ in selector.select(timeout=0.1):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
+                ready = key.fileobj
+                assert isinstance(ready, socket.socket)
                 try:
-                    sockets[sock] += sock.send(view[sockets[sock] : sockets[sock] + 65536])
+                    sockets[ready] += ready.send(view[sockets[ready] : sockets[ready] + 65536])
                 except BlockingIOError:
                     continue
                 except OSError:  # the server closed it (over the budget)
-                    selector.unregister(sock)
+                    selector.unregister(ready)
                     continue
-                if sockets[sock] >= len(payload):
-                    selector.unregister(sock)  # all sent; keep it open, unread
+                if sockets[ready] >= len(payload):
+                    selector.unregister(ready)  # all sent; keep it open, unread
             peak = max(peak, server.rss_kib())
     finally:
         for sock in sockets:
