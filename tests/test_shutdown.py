@@ -147,6 +147,8 @@ def test_sigterm_with_slow_readers_loses_no_reply(clients: int) -> None:
     match = re.search(r"(\d+) messages received, (\d+) sent", line)
     assert match, line
     received, sent = map(int, match.groups())
+    got = sum(replies for replies, _ in results)
+    print(f"{clients} slow readers: server read {received} messages, clients got {got} replies")
     assert [ending for _, ending in results] == ["eof"] * clients
     assert received > 0
     assert sum(replies for replies, _ in results) == received
