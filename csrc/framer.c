@@ -287,7 +287,7 @@ static void line_layout(const te_line_framer *f, const line_scan *s,
 }
 
 /*
- * Fast path for the common case (one-byte delimiter, no '\r' stripping,
+ * Fast path for the common case (one-byte delimiter, no '\r' to strip,
  * short lines): when everything up to the last delimiter is within the
  * limit, no line in it can be over-long, so the lines need not be visited
  * one by one here; bytes.split cuts them.  Returns 1 if it applied.
@@ -296,13 +296,16 @@ static int line_fast_path(const te_line_framer *f, const uint8_t *buf,
                           size_t len, size_t pos, line_scan *s)
 {
     const uint8_t *first, *last;
-    if (f->delimiter_len != 1 || f->strip_cr || f->discarding || pos >= len)
+    if (f->delimiter_len != 1 || f->discarding || pos >= len)
         return 0;
     first = memchr(buf + pos, f->delimiter[0], len - pos);
     if (first == NULL || (size_t)(first - buf) >= TE_SHORT_LINE)
         return 0;
     last = memrchr(first, f->delimiter[0], len - (size_t)(first - buf));
     if ((uint64_t)(last - buf) > f->max_frame)
+        return 0;
+    /* strip_cr: lines without a '\r' have nothing to strip. */
+    if (f->strip_cr && memchr(buf, '\r', (size_t)(last - buf)) != NULL)
         return 0;
     if (last == first) {
         s->frames = 1;

@@ -86,10 +86,13 @@ async def test_sigterm_under_pipelined_load_loses_no_reply() -> None:
     assert sent == received + CLIENTS  # every reply, plus one greeting each
 
 
-def _slow_reader(port: int, lines: int, signalled: threading.Event) -> tuple[int, str]:
+def _slow_reader(
+    port: int, lines: int, signalled: threading.Event, tail: bytes = b""
+) -> tuple[int, str]:
     """A client with a tiny receive buffer writes ``lines`` 61-byte lines
-    without reading until ``signalled`` (the server got SIGTERM), then reads
-    2 KB every 5 ms until the end.  Returns (replies read, how it ended)."""
+    (then ``tail``) without reading until ``signalled`` (e.g. the server got
+    SIGTERM), then reads 2 KB every 5 ms until the end.  Returns (replies
+    read, how it ended)."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
@@ -98,7 +101,7 @@ def _slow_reader(port: int, lines: int, signalled: threading.Event) -> tuple[int
 
     def send() -> None:
         try:
-            sock.sendall((b"x" * 60 + b"\n") * lines)
+            sock.sendall((b"x" * 60 + b"\n") * lines + tail)
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
@@ -153,3 +156,24 @@ def test_sigterm_with_slow_readers_loses_no_reply(clients: int) -> None:
     assert received > 0
     assert sum(replies for replies, _ in results) == received
     assert sent == received + clients  # and a greeting each
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        b"q\n",  # the session ends at q
+        b"y" * 70_000 + b"\n",  # a framing error: a line over --max-frame
+    ],
+    ids=["q", "framing-error"],
+)
+def test_a_slow_reader_gets_every_reply_before_the_end(ending: bytes) -> None:
+    """Not only on SIGTERM: when the session ends at ``q`` or at a bad frame,
+    the replies before it reach a peer that reads slowly, and the connection
+    ends with FIN."""
+    signalled = threading.Event()
+    signalled.set()  # read slowly from the start
+    with server_process() as server:
+        more = ending + (b"z" * 60 + b"\n") * 20_000  # never answered
+        replies, how = _slow_reader(server.port, 2_000, signalled, tail=more)
+        assert server.stop() == 0
+    assert (replies, how) == (2_000, "eof")

@@ -86,14 +86,17 @@ class LineScanner:
         frames: list[bytes] = []
         line_start = 0
         pos = min(self._search_from, size)
-        if dlen == 1 and not self._strip_cr and not self._discarding:
+        if dlen == 1 and not self._discarding:
             # Everything up to the last delimiter within the limit: no line
-            # in it can be over-long, so bytes.split may cut them all.
+            # in it can be over-long, so bytes.split may cut them all (with
+            # strip_cr, if no line holds a '\r' to strip).
             last = buf.rfind(delimiter, pos)
             if 0 <= last <= self._max_frame:
-                frames = bytes(buf[: last + 1]).split(delimiter)
-                frames.pop()
-                line_start = pos = last + 1
+                region = bytes(buf[: last + 1])
+                if not self._strip_cr or b"\r" not in region:
+                    frames = region.split(delimiter)
+                    frames.pop()
+                    line_start = pos = last + 1
         while True:
             d = buf.find(delimiter, pos)
             if d < 0:

@@ -272,7 +272,7 @@ class LengthPrefixedFramer(_StreamFramer):
 class LineFramer(_StreamFramer):
     """Frames are lines ended by a delimiter."""
 
-    __slots__ = ("_single_byte", "delimiter", "on_too_long", "strip_cr")
+    __slots__ = ("_cr_delimiter", "_single_byte", "delimiter", "on_too_long", "strip_cr")
 
     _what = "line"
 
@@ -303,7 +303,8 @@ class LineFramer(_StreamFramer):
         self.delimiter = delimiter
         self.strip_cr = bool(strip_cr)
         self.on_too_long = on_too_long
-        self._single_byte = len(delimiter) == 1 and not self.strip_cr
+        self._single_byte = len(delimiter) == 1
+        self._cr_delimiter = b"\r" + delimiter  # with strip_cr: a line the peer shortens
 
     def _too_long_message(self, length: int) -> str:
         return too_long_message("line", length, self._max_frame)
@@ -329,8 +330,15 @@ class LineFramer(_StreamFramer):
         delimiter = self.delimiter
         joined = delimiter.join(items)
         # Fast path: a one-byte delimiter is absent from every payload exactly
-        # when the joined text holds len(items) - 1 of them.
-        if self._single_byte and joined.count(delimiter) == len(items) - 1:
+        # when the joined text holds len(items) - 1 of them; with strip_cr, no
+        # payload ends in "\r" exactly when "\r" + delimiter is absent too.
+        if (
+            self._single_byte
+            and joined.count(delimiter) == len(items) - 1
+            and not (
+                self.strip_cr and (joined.endswith(b"\r") or self._cr_delimiter in joined)
+            )
+        ):
             return joined + delimiter
         for payload in items:
             self._check(payload)
