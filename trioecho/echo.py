@@ -17,8 +17,9 @@ limited by the wire format only (see :mod:`trioecho.session`).
 :class:`EchoHandler` is a loop of transport receive, :class:`EchoSession`
 (the sans-IO protocol, in C with a pure-Python twin) and transport send.
 :class:`GenericEchoHandler` answers through the generic message path
-instead (``receive_messages``, a Python ``bytes`` per message,
-``send_messages``) with the same bytes on the wire.
+instead (``receive_messages``, a Python ``bytes`` per message, the
+replies framed by the stream's framer in one write) with the same bytes on
+the wire.
 """
 
 from __future__ import annotations
@@ -114,18 +115,23 @@ class EchoHandler(BaseRequestHandler):
             message = b""
             if replies:
                 try:
-                    await stream.send_messages(replies)
+                    data = stream.framer.encode_many(replies)
                 except FramingError:
                     # Send the replies before the one that cannot be framed,
                     # then raise its error: none owed before it is lost.
                     for reply in replies:
                         await stream.send_message(reply)
+                count = len(replies)
+                replies = []  # only the framed bytes are held while a slow peer reads
+                await stream.transport.send_all(data)
+                stream.messages_sent += count
             if stopped:
                 return
 
 
 class GenericEchoHandler(EchoHandler):
     """:class:`EchoHandler` through the generic path: each message received as
-    ``bytes``, the replies sent with ``send_messages`` (``serve --generic``)."""
+    ``bytes`` (``receive_messages``), the replies framed by the stream's framer
+    and sent in one write (``serve --generic``)."""
 
     generic = True

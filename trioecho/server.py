@@ -89,7 +89,7 @@ DEFAULT_GRACE = 5.0  # seconds handlers get to finish on shutdown
 # it makes progress at least this often (see Transport.close_gracefully).
 LINGER_SECONDS = 2.0
 MEMORY_CHECK_SECONDS = 1.0  # how often freed memory is considered for return to the OS
-MEMORY_TRIM_BYTES = 16 << 20  # freed since the peak: worth a malloc_trim
+MEMORY_TRIM_BYTES = 4 << 20  # freed since the peak: worth a malloc_trim
 
 
 class BaseRequestHandler:
