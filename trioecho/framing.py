@@ -335,9 +335,7 @@ class LineFramer(_StreamFramer):
         if (
             self._single_byte
             and joined.count(delimiter) == len(items) - 1
-            and not (
-                self.strip_cr and (joined.endswith(b"\r") or self._cr_delimiter in joined)
-            )
+            and not (self.strip_cr and (joined.endswith(b"\r") or self._cr_delimiter in joined))
         ):
             return joined + delimiter
         for payload in items:
