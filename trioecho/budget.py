@@ -108,13 +108,20 @@ class Account:
         self.set_buffered(0)
         self.set_sending(0)
 
+    def fits(self, incoming: int) -> bool:
+        """Whether this connection may read ``incoming`` more bytes now (the
+        common case: a test without a coroutine on the hot path)."""
+        budget = self._budget
+        return self.held < budget.share or budget.used + incoming <= budget.limit
+
     async def admit(self, incoming: int) -> None:
-        """Return once this connection may read ``incoming`` more bytes.
+        """Return once this connection may read ``incoming`` more bytes
+        (at once if :meth:`fits`).
 
         Raises :class:`MemoryBudgetError` after waiting ``patience`` seconds
         while holding part of a message."""
         budget = self._budget
-        if self.held < budget.share or budget.used + incoming <= budget.limit:
+        if self.fits(incoming):
             return
         deadline = trio.current_time() + budget.patience
         budget.waiting += 1

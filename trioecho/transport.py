@@ -212,8 +212,9 @@ class StreamTransport(Transport):
         try:
             if self._stopping:
                 return None
-            if self.account is not None:
-                await self.account.admit(max_bytes)
+            account = self.account
+            if account is not None and not account.fits(max_bytes):
+                await account.admit(max_bytes)
             self._unyielded = 0
             with trio.CancelScope(deadline=deadline) as scope:
                 self._receive_scope = scope
@@ -319,8 +320,9 @@ class SocketTransport(Transport):
     async def receive_some(self, max_bytes: int, deadline: float = math.inf) -> bytes | None:
         self._claim_receiving()
         try:
-            if self.account is not None and not self._stopping:
-                await self.account.admit(max_bytes)
+            account = self.account
+            if account is not None and not self._stopping and not account.fits(max_bytes):
+                await account.admit(max_bytes)
             return await self._receive(max_bytes, deadline)
         finally:
             self._receiving = False
