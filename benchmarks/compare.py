@@ -2,9 +2,12 @@
 
 Starts each server on loopback (pinned to one CPU with taskset when there is
 one), loads it with trioecho's C load generator from this process (pinned to
-another CPU), and prints a markdown table of messages per second (p99
-latency for the 5000-connection row), then trioecho's ratio to each peer and
-the performance goals, met or not.
+another CPU), and prints markdown tables: messages per second; the server's
+CPU time per message answered (utime + stime from ``/proc/PID/stat`` over
+the measured seconds, divided by the replies: steadier than msgs/s on a
+shared machine); p99 and maximum latency with 5000 connections; RSS per idle
+connection; then trioecho's ratio to each peer and the performance goals,
+met or not.
 
     python benchmarks/compare.py                # everything, ~8 minutes
     python benchmarks/compare.py --quick        # shorter runs
@@ -25,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from trioecho.bench import BenchResult, measure
+from trioecho.bench import BenchResult, measure, process_cpu_seconds
 
 HERE = Path(__file__).resolve().parent
 SERVER_CPU, LOAD_CPU = 0, 1
@@ -39,7 +42,6 @@ class Workload:
     depth: int
     size: int
     framing: str
-    metric: str = "msgs/s"  # or "p99 ms"
 
 
 WORKLOADS = [
@@ -49,9 +51,7 @@ WORKLOADS = [
     Workload("pingpong-4k", "ping-pong, 100 conns, 4 KiB, len", 100, 1, 4096, "len"),
     Workload("pipelined-len", "pipelined, 10 conns, depth 64, 16 B, len", 10, 64, 16, "len"),
     Workload("pipelined-line", "pipelined, 10 conns, depth 64, 16 B, line", 10, 64, 16, "line"),
-    Workload(
-        "pingpong-5000", "ping-pong, 5000 conns, 64 B, len: p99 ms", 5000, 1, 64, "len", "p99 ms"
-    ),
+    Workload("pingpong-5000", "ping-pong, 5000 conns, 64 B, len", 5000, 1, 64, "len"),
 ]
 
 PEERS = {
@@ -62,6 +62,7 @@ PEERS = {
     "trio-plain": "plain Trio",
     "trioecho-py": "trioecho, Python framer",
     "trioecho-generic": "trioecho, generic handler",
+    "trioecho-trio": "trioecho, Trio's waits",
     "trioecho": "trioecho, C framer",
 }
 
@@ -75,6 +76,7 @@ def server_command(peer: str, framing: str) -> tuple[list[str], dict[str, str]]:
         command += ["--max-connections", "20000", "--idle-timeout", "0"]
         if peer == "trioecho-generic":
             command.append("--generic")
+        command += ["--readiness", "trio" if peer == "trioecho-trio" else "hub"]
     else:
         command = [sys.executable, str(HERE / "peers.py"), peer, "--framing", framing]
     if shutil.which("taskset"):
@@ -94,6 +96,9 @@ class Server:
             self.stop()
             raise RuntimeError(f"{peer} did not start: {line!r}")
         self.port = int(line.rsplit(":", 1)[1])
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.process.pid)
 
     def rss_kib(self) -> int:
         with open(f"/proc/{self.process.pid}/status") as status:
@@ -119,6 +124,7 @@ def run_one(peer: str, workload: Workload, duration: float, warmup: float) -> Be
             framing=workload.framing,
             duration=duration,
             warmup=warmup,
+            server_cpu=server.cpu_seconds,
         )
     except Exception as exc:  # a peer that cannot take the load is reported, not fatal
         return f"{type(exc).__name__}: {exc}"
@@ -126,50 +132,128 @@ def run_one(peer: str, workload: Workload, duration: float, warmup: float) -> Be
         server.stop()
 
 
-def idle_rss_per_connection(connections: int = 5000) -> float:
-    """Bytes of trioecho RSS per idle connection."""
+def idle_rss_per_connection(peer: str, connections: int = 5000) -> float | str:
+    """Bytes of the server's RSS per idle connection (each connection got its
+    greeting and one reply, then stays idle)."""
     from trioecho._cloadgen import LoadGenerator
 
-    server = Server("trioecho", "len")
+    try:
+        server = Server(peer, "len")
+    except (RuntimeError, OSError) as exc:
+        return str(exc)
     try:
         time.sleep(0.5)
         before = server.rss_kib()
         with LoadGenerator(
             "127.0.0.1", server.port, connections=connections, depth=1, size=64, framing="len"
         ):
-            time.sleep(1.0)  # each connection got its greeting and one reply; now idle
+            time.sleep(1.5)  # each connection got its greeting and one reply; now idle
             after = server.rss_kib()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
     finally:
         server.stop()
     return (after - before) * 1024 / connections
 
 
-def cell(result: BenchResult | str | None, workload: Workload) -> str:
+Result = BenchResult | str | None
+
+
+def ok(result: Result) -> BenchResult | None:
+    """The result if it is a clean measurement."""
+    if isinstance(result, BenchResult) and not result.errors and result.messages:
+        return result
+    return None
+
+
+def cell(result: Result, text: str) -> str:
     if result is None:
         return "-"
     if isinstance(result, str):
         return "failed"
     if result.errors:
-        return f"{value(result, workload):,.0f} ({result.errors} errors)"
-    if workload.metric == "p99 ms":
-        return f"{result.latency_ms['p99']:.1f}"
-    return f"{result.msgs_per_s:,.0f}"
+        return f"{text} ({result.errors} errors)"
+    return text
 
 
-def value(result: BenchResult, workload: Workload) -> float:
-    return result.latency_ms["p99"] if workload.metric == "p99 ms" else result.msgs_per_s
+def throughput(result: Result) -> str:
+    return (
+        cell(result, f"{result.msgs_per_s:,.0f}")
+        if isinstance(result, BenchResult)
+        else cell(result, "")
+    )
 
 
-def ratio(results: dict[str, BenchResult | str], peer: str, workload: Workload) -> float | None:
-    """trioecho's advantage over ``peer``: >1 means trioecho is better."""
-    ours, theirs = results.get("trioecho"), results.get(peer)
-    if not isinstance(ours, BenchResult) or not isinstance(theirs, BenchResult):
+def cpu_per_message(result: Result) -> str:
+    if isinstance(result, BenchResult) and result.cpu_per_message_us is not None:
+        return cell(result, f"{result.cpu_per_message_us:.2f}")
+    return cell(result, "-")
+
+
+def latency(result: Result) -> str:
+    if isinstance(result, BenchResult):
+        ms = result.latency_ms
+        return cell(result, f"{ms['p99']:.0f} / {ms['max']:.0f}")
+    return cell(result, "")
+
+
+def ratio(ours: Result, theirs: Result, metric: str = "msgs/s") -> float | None:
+    """``ours`` against ``theirs``: > 1 means ours is better."""
+    a, b = ok(ours), ok(theirs)
+    if a is None or b is None:
         return None
-    if ours.errors or theirs.errors or value(ours, workload) == 0 or value(theirs, workload) == 0:
-        return None
-    if workload.metric == "p99 ms":
-        return value(theirs, workload) / value(ours, workload)
-    return value(ours, workload) / value(theirs, workload)
+    if metric == "msgs/s":
+        return a.msgs_per_s / b.msgs_per_s if b.msgs_per_s else None
+    if metric == "cpu":  # less CPU is better
+        if a.cpu_per_message_us is None or b.cpu_per_message_us is None:
+            return None
+        return b.cpu_per_message_us / a.cpu_per_message_us
+    if metric == "p99":  # lower latency is better
+        return b.latency_ms["p99"] / a.latency_ms["p99"] if a.latency_ms["p99"] else None
+    raise ValueError(metric)
+
+
+def print_table(
+    title: str, peers: list[str], rows: list[tuple[str, list[str]]], note: str = ""
+) -> None:
+    print(f"\n{title}{note}\n")
+    print("| workload | " + " | ".join(PEERS[p] for p in peers) + " |")
+    print("|---|" + "---:|" * len(peers))
+    for name, cells in rows:
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+# (text, workload, peer, metric, target): trioecho's ratio must reach target.
+GOALS = [
+    ("ping-pong 100 conns >= 1.0x seed threads, msgs/s", "pingpong-100", "threaded", "msgs/s", 1.0),
+    ("ping-pong 100 conns CPU/msg <= seed threads'", "pingpong-100", "threaded", "cpu", 1.0),
+    (
+        "ping-pong 100 conns >= 0.7x uvloop Protocol",
+        "pingpong-100",
+        "uvloop-protocol",
+        "msgs/s",
+        0.7,
+    ),
+    (
+        "ping-pong 1000 conns >= 0.7x uvloop Protocol",
+        "pingpong-1000",
+        "uvloop-protocol",
+        "msgs/s",
+        0.7,
+    ),
+    (
+        "5000 conns >= 0.6x uvloop Protocol, msgs/s",
+        "pingpong-5000",
+        "uvloop-protocol",
+        "msgs/s",
+        0.6,
+    ),
+    ("5000 conns p99 <= 2x uvloop Protocol's", "pingpong-5000", "uvloop-protocol", "p99", 0.5),
+    ("pipelined len >= 2.0x uvloop Protocol", "pipelined-len", "uvloop-protocol", "msgs/s", 2.0),
+    ("pipelined line >= 1.0x uvloop Protocol", "pipelined-line", "uvloop-protocol", "msgs/s", 1.0),
+]
+IDLE_GOAL_BYTES = 3 * 1024
+GENERIC_CPU_GOAL = 1.15  # generic handler CPU/msg at most this times the fast path's
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1.5 s runs, 0.5 s warm-up")
     parser.add_argument("--peers", default=",".join(PEERS))
     parser.add_argument("--workloads", default=",".join(w.key for w in WORKLOADS))
+    parser.add_argument(
+        "--idle-connections",
+        type=int,
+        default=5000,
+        help="connections for the idle-RSS row; 0 skips it",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.warmup = 1.5, 0.5
@@ -193,58 +283,82 @@ def main(argv: list[str] | None = None) -> int:
     if pinned:
         os.sched_setaffinity(0, {LOAD_CPU})
 
-    table: dict[str, dict[str, BenchResult | str]] = {}
+    table: dict[str, dict[str, Result]] = {}
     for workload in workloads:
         table[workload.key] = {}
         for peer in peers:
             print(f"# {workload.title}: {PEERS[peer]} ...", file=sys.stderr, flush=True)
             table[workload.key][peer] = run_one(peer, workload, args.duration, args.warmup)
+    idle: dict[str, float | str] = {}
+    if args.idle_connections > 0:
+        for peer in peers:
+            print(f"# idle RSS: {PEERS[peer]} ...", file=sys.stderr, flush=True)
+            idle[peer] = idle_rss_per_connection(peer, args.idle_connections)
 
     placement = (
         f"server on CPU {SERVER_CPU}, load generator on CPU {LOAD_CPU}" if pinned else "unpinned"
     )
-    print(
-        f"\n{args.duration:g} s per run after {args.warmup:g} s of warm-up; {placement}; "
-        "msgs/s unless marked.\n"
-    )
-    print("| workload | " + " | ".join(PEERS[p] for p in peers) + " |")
-    print("|---|" + "---:|" * len(peers))
-    for workload in workloads:
-        cells = [cell(table[workload.key].get(p), workload) for p in peers]
-        print(f"| {workload.title} | " + " | ".join(cells) + " |")
+    print(f"\n{args.duration:g} s per run after {args.warmup:g} s of warm-up; {placement}.")
+    rows = [(w.title, [throughput(table[w.key].get(p)) for p in peers]) for w in workloads]
+    print_table("Messages per second", peers, rows)
+    rows = [(w.title, [cpu_per_message(table[w.key].get(p)) for p in peers]) for w in workloads]
+    print_table("Server CPU per message, µs (utime + stime from /proc)", peers, rows)
+    many = [w for w in workloads if w.connections >= 5000]
+    if many:
+        rows = [(w.title, [latency(table[w.key].get(p)) for p in peers]) for w in many]
+        print_table("Latency, p99 / max, ms", peers, rows)
+    if idle:
+        cells = ["failed" if isinstance(idle[p], str) else f"{idle[p]:,.0f}" for p in peers]
+        print_table(
+            "RSS per idle connection, bytes",
+            peers,
+            [(f"{args.idle_connections} idle connections", cells)],
+        )
 
     others = [p for p in peers if p != "trioecho"]
     if "trioecho" in peers and others:
-        print("\ntrioecho (C framer) vs each peer: >1.00x means trioecho is better\n")
-        print("| workload | " + " | ".join(PEERS[p] for p in others) + " |")
-        print("|---|" + "---:|" * len(others))
-        for workload in workloads:
-            ratios = [ratio(table[workload.key], p, workload) for p in others]
-            print(
-                f"| {workload.title} | "
-                + " | ".join("-" if r is None else f"{r:.2f}x" for r in ratios)
-                + " |"
-            )
-
-    goals = [
-        ("pipelined len >= 1.5x uvloop Protocol", "pipelined-len", "uvloop-protocol", 1.5),
-        ("pipelined line >= 1.0x uvloop Protocol", "pipelined-line", "uvloop-protocol", 1.0),
-        ("ping-pong 100 conns >= 1.0x seed threaded", "pingpong-100", "threaded", 1.0),
-        ("ping-pong 1000 conns >= 1.0x seed threaded", "pingpong-1000", "threaded", 1.0),
-        ("5000 conns p99 <= uvloop Protocol's", "pingpong-5000", "uvloop-protocol", 1.0),
-    ]
+        rows = []
+        for w in workloads:
+            cells = []
+            for p in others:
+                r = ratio(table[w.key].get("trioecho"), table[w.key].get(p))
+                c = ratio(table[w.key].get("trioecho"), table[w.key].get(p), "cpu")
+                cells.append(
+                    ("-" if r is None else f"{r:.2f}x")
+                    + " / "
+                    + ("-" if c is None else f"{c:.2f}x")
+                )
+            rows.append((w.title, cells))
+        print_table(
+            "trioecho (C framer) vs each peer, msgs/s / CPU per message: > 1.00x means "
+            "trioecho is better",
+            others,
+            rows,
+        )
+    if "trioecho" not in peers:
+        return 0
     print("\nGoals:\n")
-    for text, key, peer, target in goals:
-        goal_workload = next((w for w in workloads if w.key == key), None)
-        if goal_workload is None or peer not in peers:
+    for text, key, peer, metric, target in GOALS:
+        if key not in table or peer not in peers:
             continue
-        r = ratio(table[key], peer, goal_workload)
-        verdict = "n/a" if r is None else ("met" if r >= target else "NOT met")
-        print(f"- {text}: {'-' if r is None else f'{r:.2f}x'} ({verdict})")
-    if "trioecho" in peers:
-        per_connection = idle_rss_per_connection()
-        verdict = "met" if per_connection <= 2048 else "NOT met"
-        print(f"- <= 2 KiB RSS per idle connection: {per_connection:,.0f} bytes ({verdict})")
+        r = ratio(table[key].get("trioecho"), table[key].get(peer), metric)
+        verdict = "n/a" if r is None else ("met" if r >= target - 1e-9 else "NOT met")
+        shown = "-" if r is None else (f"{1 / r:.2f}x" if metric == "p99" else f"{r:.2f}x")
+        print(f"- {text}: {shown} ({verdict})")
+    if "pingpong-100" in table and "trioecho-generic" in peers:
+        fast = ok(table["pingpong-100"].get("trioecho"))
+        generic = ok(table["pingpong-100"].get("trioecho-generic"))
+        if fast and generic and fast.cpu_per_message_us and generic.cpu_per_message_us:
+            r = generic.cpu_per_message_us / fast.cpu_per_message_us
+            verdict = "met" if r <= GENERIC_CPU_GOAL else "NOT met"
+            print(
+                f"- generic handler CPU/msg <= {GENERIC_CPU_GOAL}x the fast path's: "
+                f"{r:.2f}x ({verdict})"
+            )
+    ours = idle.get("trioecho")
+    if isinstance(ours, float):
+        verdict = "met" if ours <= IDLE_GOAL_BYTES else "NOT met"
+        print(f"- <= 3 KiB RSS per idle connection: {ours:,.0f} bytes ({verdict})")
     return 0
 
 

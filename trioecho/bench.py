@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import ssl
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import trio
@@ -25,7 +27,7 @@ from .connect import open_message_stream
 from .framing import FramingConfig
 from .greeting import GreetingError, expect_greeting
 
-__all__ = ["BenchResult", "GreetingError", "probe", "run_bench"]
+__all__ = ["BenchResult", "GreetingError", "probe", "process_cpu_seconds", "run_bench"]
 
 PERCENTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p99.9", 0.999))
 _STEP = 0.5  # seconds between progress updates
@@ -47,6 +49,16 @@ class BenchResult:
     latency_ms: dict[str, float]
     last_error: str
     tls: bool = False
+    # CPU seconds the server spent during the measured seconds, when the
+    # caller gave measure() a way to read them (server_cpu=).
+    server_cpu_seconds: float | None = None
+
+    @property
+    def cpu_per_message_us(self) -> float | None:
+        """Server CPU microseconds per message answered, if measured."""
+        if self.server_cpu_seconds is None or not self.messages:
+            return None
+        return self.server_cpu_seconds / self.messages * 1e6
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -79,11 +91,14 @@ def measure(
     progress: TextIO | None = None,
     ssl_context: ssl.SSLContext | None = None,
     server_name: str | None = None,
+    server_cpu: Callable[[], float] | None = None,
 ) -> BenchResult:
     """Connect, warm up, measure for ``duration`` seconds; return the result.
 
     With ``ssl_context`` every connection speaks TLS (the certificate checked
-    against ``server_name``, default ``host``)."""
+    against ``server_name``, default ``host``).  ``server_cpu`` reads the
+    server's CPU seconds so far (a local server: see :func:`process_cpu_seconds`);
+    it is read when the measured seconds start and end."""
     if framing == "raw" and depth != 1:
         raise ValueError("raw framing cannot tell replies apart: use --depth 1")
     # One connection first, the way the client connects: it resolves the
@@ -107,6 +122,7 @@ def measure(
             load.run(warmup)
         parts: list[BenchStats] = []
         elapsed = 0.0
+        cpu_start = server_cpu() if server_cpu is not None else 0.0
         while elapsed < duration - 1e-9:
             step = min(_STEP, duration - elapsed)
             parts.append(load.run(step))
@@ -122,6 +138,7 @@ def measure(
                 )
             if parts[-1].open_connections == 0:
                 break
+        cpu = server_cpu() - cpu_start if server_cpu is not None else None
     if progress is not None:
         print(file=progress)
     total = _merge(parts)
@@ -143,7 +160,17 @@ def measure(
         },
         last_error=total.last_error,
         tls=ssl_context is not None,
+        server_cpu_seconds=cpu,
     )
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its reaped threads
+    so far, from ``/proc/PID/stat`` (Linux)."""
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        fields = stat.read().rsplit(b")", 1)[1].split()
+    # fields[0] is the state (field 3); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def probe(

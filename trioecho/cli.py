@@ -41,6 +41,7 @@ from .server import (
 )
 from .session import reply_limit
 from .tls import client_context, server_context
+from .transport import READINESS_MODES, default_readiness
 from .workers import (
     DEFAULT_WORKER_TIMEOUT,
     WorkerLink,
@@ -253,6 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(for benchmarks; same bytes on the wire)",
     )
     serve.add_argument(
+        "--readiness",
+        choices=READINESS_MODES,
+        default=None,
+        help="how plain TCP connections wait for their socket: hub (one shared edge-triggered "
+        "epoll set) or trio (Trio's own waits, one re-arm per wait); default: "
+        "$TRIOECHO_READINESS, else hub",
+    )
+    serve.add_argument(
         "--workers",
         type=_workers,
         default=1,
@@ -384,6 +393,7 @@ async def _serve(
         handshake_timeout=args.tls_handshake_timeout,
         reuse_port=args.worker_index is not None,
         memory_budget=MemoryBudget(args.memory_budget << 20),
+        readiness=args.readiness,
     )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -519,6 +529,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--proxy-allow-from needs --proxy-protocol v1, v2 or auto")
     if args.tls_key and not args.tls_cert:
         parser.error("--tls-key needs --tls-cert")
+    if args.readiness is None:
+        try:
+            args.readiness = default_readiness()
+        except ValueError as exc:  # a bad $TRIOECHO_READINESS
+            parser.error(str(exc))
     try:
         server_tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     except OSError as exc:  # ssl.SSLError included

@@ -58,6 +58,7 @@ from .accept import DEFAULT_HANDSHAKE_TIMEOUT, ProxyProtocolConfig, open_connect
 from .budget import MemoryBudget, MemoryBudgetError
 from .framing import FramingConfig
 from .stream import MessageStream, receive_size_for
+from .transport import READINESS_MODES, default_readiness
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -227,6 +228,7 @@ class MessageServer:
         ssl_context: ssl.SSLContext | None = None,
         handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
         memory_budget: MemoryBudget | None = None,
+        readiness: str | None = None,
     ) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, not {max_connections}")
@@ -253,6 +255,11 @@ class MessageServer:
         self.ssl_context = ssl_context
         self.handshake_timeout = handshake_timeout
         self.budget = memory_budget if memory_budget is not None else MemoryBudget()
+        self.readiness = default_readiness() if readiness is None else readiness
+        if self.readiness not in READINESS_MODES:
+            raise ValueError(
+                f"readiness must be one of {', '.join(READINESS_MODES)}, not {readiness!r}"
+            )
         self.listeners: list[trio.SocketListener] = []
         self.connections_served = 0
         self.messages_received = 0  # over all closed connections
@@ -424,6 +431,7 @@ class MessageServer:
                 receive_size=receive_size_for(self.framing.framing),
                 idle_timeout=self.idle_timeout,
                 send_timeout=self.send_timeout,
+                readiness=self.readiness,
             )
             stream.hand_over_deadlines()
             account = stream.transport.account = self.budget.open_account()

@@ -68,7 +68,9 @@ class MessageStream(trio.abc.AsyncResource):
     a send may stay blocked on a peer that does not read, and raises
     :class:`SlowReaderError` (closing the stream) past it.  ``None`` means no
     limit.  ``transport`` is the :class:`~trioecho.transport.Transport` over
-    ``transport_stream`` that does the I/O.
+    ``transport_stream`` that does the I/O; ``readiness`` (``"hub"``,
+    ``"trio"`` or None for the default) is how it waits on a plain TCP
+    socket (see :func:`~trioecho.transport.open_transport`).
     """
 
     __slots__ = (
@@ -94,12 +96,16 @@ class MessageStream(trio.abc.AsyncResource):
         receive_size: int = DEFAULT_RECEIVE_SIZE,
         idle_timeout: float | None = None,
         send_timeout: float | None = None,
+        readiness: str | None = None,
     ) -> None:
         if receive_size < 1:
             raise ValueError(f"receive_size must be at least 1, not {receive_size}")
         self.transport_stream = transport_stream
         self.transport: Transport = open_transport(
-            transport_stream, idle_timeout=idle_timeout, send_timeout=send_timeout
+            transport_stream,
+            idle_timeout=idle_timeout,
+            send_timeout=send_timeout,
+            readiness=readiness,
         )
         self.framer: Framer = framer if framer is not None else LineFramer()
         self.receive_size = receive_size

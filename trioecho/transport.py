@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import math
+import os
 import socket
 import ssl
 import struct
@@ -57,12 +58,33 @@ import trio
 from ._errors import ConnectionClosedError, IdleTimeoutError, SlowReaderError
 from .budget import Account
 from .framing import Buffer
+from .hub import Watch, current_hub
 
-__all__ = ["CHECKPOINT_EVERY", "SocketTransport", "StreamTransport", "Transport", "open_transport"]
+__all__ = [
+    "CHECKPOINT_EVERY",
+    "READINESS_MODES",
+    "SocketTransport",
+    "StreamTransport",
+    "Transport",
+    "default_readiness",
+    "open_transport",
+]
 
 CHECKPOINT_EVERY = 16
 # close_gracefully(): input still discarded once every reply is delivered.
 DELIVERED_DRAIN_BYTES = 1 << 20
+# How a direct-socket transport waits: "hub" (trioecho.hub, the default) or
+# "trio" (Trio's own wait_readable/wait_writable).
+READINESS_MODES = ("hub", "trio")
+READINESS_ENV = "TRIOECHO_READINESS"
+
+
+def default_readiness() -> str:
+    """``$TRIOECHO_READINESS`` if set (``hub`` or ``trio``), else ``hub``."""
+    mode = os.environ.get(READINESS_ENV, "") or "hub"
+    if mode not in READINESS_MODES:
+        raise ValueError(f"{READINESS_ENV} must be hub or trio, not {mode!r}")
+    return mode
 
 
 class Transport:
@@ -261,7 +283,15 @@ class StreamTransport(Transport):
 
 
 class SocketTransport(Transport):
-    """A transport over a plain ``trio.SocketStream``'s non-blocking socket."""
+    """A transport over a plain ``trio.SocketStream``'s non-blocking socket.
+
+    With ``hub`` (a :class:`~trioecho.hub.ReadinessHub`) the socket is
+    registered there once and every wait goes through it; without, through
+    Trio's ``wait_readable``/``wait_writable``.  Either way a read that had
+    to wait and came up short makes the next receive wait first, without
+    the read that would fail (safe for the hub's edges too: a short read
+    leaves nothing unread, so new input brings a new edge).
+    """
 
     __slots__ = (
         "_deadlines_handed_over",
@@ -270,6 +300,7 @@ class SocketTransport(Transport):
         "_wait_deadline",
         "_wait_first",
         "_waiting",
+        "_watch",
     )
 
     def __init__(
@@ -279,15 +310,22 @@ class SocketTransport(Transport):
         *,
         idle_timeout: float | None = None,
         send_timeout: float | None = None,
+        watch: Watch | None = None,
     ) -> None:
         super().__init__(stream, idle_timeout=idle_timeout, send_timeout=send_timeout)
         self._socket = sock
-        self._wait_first = False  # the last read had to wait: wait before reading
+        self._watch = watch  # the hub's registration, or None: Trio's waits
+        self._wait_first = False  # the last read waited and came up short
         # hand_over_deadlines(): the socket wait runs without a scope of its own.
         self._deadlines_handed_over = False
-        self._waiting = False  # in wait_readable without a scope
+        self._waiting = False  # in a wait for input without a scope
         self._wait_deadline = math.inf  # ... and until when
         self._expired = False  # expire_if_idle() woke it
+
+    @property
+    def readiness(self) -> str:
+        """``"hub"`` or ``"trio"``: how this transport waits."""
+        return "trio" if self._watch is None else "hub"
 
     def hand_over_deadlines(self) -> None:
         self._deadlines_handed_over = True
@@ -307,15 +345,27 @@ class SocketTransport(Transport):
             self._wake_waiting_receive()
 
     def _wake_waiting_receive(self) -> None:
-        # Wakes every waiter on the socket with ClosedResourceError without
-        # closing it: the receive turns that into its outcome, a send retries.
         self._waiting = False
-        trio.lowlevel.notify_closing(self._socket)
+        watch = self._watch
+        if watch is not None:
+            watch.interrupt_reader()
+        else:
+            # Wakes every waiter on the socket with ClosedResourceError
+            # without closing it: the receive turns that into its outcome, a
+            # send retries.
+            trio.lowlevel.notify_closing(self._socket)
 
     def _socket_error(self, exc: OSError, doing: str) -> Exception:
         if self._closed:
             return trio.ClosedResourceError("the message stream was closed")
         return ConnectionClosedError(f"connection broken while {doing}: {exc}")
+
+    def _watch_lost(self) -> None:
+        """The hub closed the watch while this transport is open (the hub
+        stopped): wait with Trio's own waits from now on."""
+        if self._closed:
+            raise trio.ClosedResourceError("the message stream was closed")
+        self._watch = None
 
     async def receive_some(self, max_bytes: int, deadline: float = math.inf) -> bytes | None:
         self._claim_receiving()
@@ -348,7 +398,7 @@ class SocketTransport(Transport):
                 with trio.CancelScope(deadline=deadline) as scope:
                     self._receive_scope = scope
                     try:
-                        await trio.lowlevel.wait_readable(sock)
+                        await self._wait_readable()
                     finally:
                         self._receive_scope = None
                 if scope.cancelled_caught:
@@ -362,30 +412,48 @@ class SocketTransport(Transport):
             except OSError as exc:
                 raise self._socket_error(exc, "receiving") from exc
             # It had to wait: in a request/reply exchange the next read will
-            # too, so skip the read that would fail.
-            self._wait_first = True
+            # too, so skip the read that would fail -- unless this one filled
+            # the buffer (more may be waiting, and no edge would announce it).
+            self._wait_first = len(data) < max_bytes
             return data
 
+    async def _wait_readable(self) -> None:
+        watch = self._watch
+        if watch is None:
+            await trio.lowlevel.wait_readable(self._socket)
+            return
+        try:
+            await watch.wait_readable()
+        except trio.ClosedResourceError:
+            self._watch_lost()
+
     async def _wait_readable_watched(self, deadline: float) -> bool:
-        """wait_readable without a cancel scope (see hand_over_deadlines());
+        """A wait for input without a cancel scope (see hand_over_deadlines());
         False if stop_receiving() interrupted it."""
         self._wait_deadline = deadline
         self._expired = False  # a stale mark: woken by data in the tick it expired
         self._waiting = True
+        watch = self._watch
         try:
-            await trio.lowlevel.wait_readable(self._socket)
+            if watch is not None:
+                if await watch.wait_readable():
+                    return True
+            else:
+                await trio.lowlevel.wait_readable(self._socket)
+                return True
         except trio.ClosedResourceError:
             if self._closed:
                 raise
-            if self._expired:
-                self._expired = False
-                raise self._idle_timeout_error() from None
-            if self._stopping:
-                return False
-            raise
+            if watch is not None and watch.closed:
+                self._watch_lost()
+                return True  # read again, then wait Trio's way
         finally:
             self._waiting = False
-        return True
+        # Woken by expire_if_idle() or stop_receiving().
+        if self._expired:
+            self._expired = False
+            raise self._idle_timeout_error()
+        return not self._stopping
 
     async def send_all(self, data: Buffer) -> None:
         if self._closed:
@@ -415,13 +483,7 @@ class SocketTransport(Transport):
                     deadline = trio.current_time() + self.send_timeout
                 self._unyielded = 0
                 with trio.CancelScope(deadline=deadline) as scope:
-                    try:
-                        await trio.lowlevel.wait_writable(sock)
-                    except trio.ClosedResourceError:
-                        if self._closed:
-                            raise
-                        # A receive on another task was woken by notify_closing
-                        # (stop_receiving, idle timeout): the socket is open.
+                    await self._wait_writable()
                 if scope.cancelled_caught:
                     break
         finally:
@@ -430,6 +492,35 @@ class SocketTransport(Transport):
                 self.account.set_sending(0)
         await self.aclose()
         raise self._slow_reader_error()
+
+    async def _wait_writable(self) -> None:
+        watch = self._watch
+        try:
+            if watch is None:
+                await trio.lowlevel.wait_writable(self._socket)
+            else:
+                await watch.wait_writable()
+        except trio.ClosedResourceError:
+            if self._closed:
+                raise
+            if watch is not None and watch.closed:
+                self._watch_lost()
+            # Otherwise a receive on another task was woken by notify_closing
+            # (stop_receiving, idle timeout): the socket is open; try again.
+
+    def _close_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.close()  # before the socket closes: its number may be reused
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._close_watch()
+        await super().aclose()
+
+    async def close_gracefully(self, linger: float, limit: float) -> None:
+        self._closed = True
+        self._close_watch()
+        await super().close_gracefully(linger, limit)
 
 
 def _reason(exc: BaseException) -> str:
@@ -503,11 +594,35 @@ def open_transport(
     *,
     idle_timeout: float | None = None,
     send_timeout: float | None = None,
+    readiness: str | None = None,
 ) -> Transport:
     """The transport for ``stream``: direct socket calls for a plain
-    ``trio.SocketStream``, the stream's own methods otherwise."""
+    ``trio.SocketStream``, the stream's own methods otherwise.
+
+    ``readiness`` says how a direct-socket transport waits: ``"hub"`` (the
+    run's :mod:`readiness hub <trioecho.hub>`), ``"trio"`` (Trio's own
+    waits), or None for :func:`default_readiness`.  Outside a Trio run, or
+    without epoll, the hub is not available and Trio's waits are used.
+    """
+    if readiness is None:
+        readiness = default_readiness()
+    elif readiness not in READINESS_MODES:
+        raise ValueError(f"readiness must be hub, trio or None, not {readiness!r}")
     sock = _raw_socket(stream)
-    if sock is not None:
-        assert isinstance(stream, trio.SocketStream)
-        return SocketTransport(stream, sock, idle_timeout=idle_timeout, send_timeout=send_timeout)
-    return StreamTransport(stream, idle_timeout=idle_timeout, send_timeout=send_timeout)
+    if sock is None:
+        return StreamTransport(stream, idle_timeout=idle_timeout, send_timeout=send_timeout)
+    assert isinstance(stream, trio.SocketStream)
+    watch = _watch(sock) if readiness == "hub" else None
+    return SocketTransport(
+        stream, sock, idle_timeout=idle_timeout, send_timeout=send_timeout, watch=watch
+    )
+
+
+def _watch(sock: socket.socket) -> Watch | None:
+    """The socket's registration in the run's hub, or None where there is no hub."""
+    try:
+        return current_hub().watch(sock.fileno())
+    except (RuntimeError, OSError, AttributeError):
+        # RuntimeError: not in a Trio run; AttributeError: no select.epoll;
+        # OSError: the kernel refused (out of memory or descriptors).
+        return None

@@ -1,0 +1,266 @@
+"""The readiness hub: one edge-triggered epoll set for many sockets.
+
+Part of the transport layer (only :mod:`trioecho.transport` uses it).
+
+Trio waits for a socket with a one-shot epoll registration: every
+``wait_readable`` re-arms the descriptor (an ``epoll_ctl`` call) and goes
+through the I/O manager's per-descriptor bookkeeping.  In request/reply
+traffic that is paid once per message, and it costs more than the rest of
+the exchange.  The hub registers each socket **once** (read and write
+interest, ``EPOLLET``) in a private epoll set; one task waits on that set's
+descriptor with ``trio.lowlevel.wait_readable`` and, for each event, wakes
+the task parked on that socket with ``trio.lowlevel.reschedule``, or
+remembers the socket as ready when nobody waits.
+
+Edge-triggered rules, which the callers keep: wait for input only after a
+read came up short or raised ``BlockingIOError`` (an edge only comes with
+*new* input), and for output only after a send came up short or raised it.
+A wake-up can be spurious (an edge for bytes a read already took): the
+caller simply tries again and waits again.  The end of the input (and an
+error) is sticky: once seen, every wait returns at once, since the read
+that took the last bytes leaves the end still to be read, and no new edge
+would announce it.
+
+A :class:`Watch` is one socket's registration:
+
+``await watch.wait_readable()`` / ``await watch.wait_writable()``
+    return True once the socket had an edge since the last wait (at once if
+    it already had one), False if :meth:`Watch.interrupt_reader` woke the
+    wait; raise ``trio.ClosedResourceError`` if the watch is (or gets)
+    closed, ``trio.BusyResourceError`` if another task already waits the same
+    way.  Cancellation works as for any Trio wait.  They are checkpoints
+    only when they park: a wait that finds an edge returns at once.
+``watch.interrupt_reader()``
+    wake a parked reader (its wait returns False); no effect otherwise.
+``watch.close()``
+    forget the socket (call it *before* closing the socket) and wake its
+    waiters with ``ClosedResourceError``.  Idempotent.
+
+:func:`current_hub` returns the hub of the running Trio run, starting it (a
+system task) on first use.  A socket closed without :meth:`Watch.close`
+leaves the kernel to drop it from the set; its stale watch is closed when
+its descriptor number is registered again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+
+import trio
+
+__all__ = ["MAX_EVENTS", "ReadinessHub", "Watch", "current_hub"]
+
+logger = logging.getLogger("trioecho.hub")
+
+MAX_EVENTS = 1024  # events taken per poll; more wait for the hub's next turn
+
+if hasattr(select, "epoll"):
+    _REGISTER = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+    _INPUT = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+    _OUTPUT = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
+    _INPUT_ENDS = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+    _OUTPUT_ENDS = select.EPOLLHUP | select.EPOLLERR
+else:  # no epoll: ReadinessHub() raises AttributeError, and transports use Trio's waits
+    _REGISTER = _INPUT = _OUTPUT = _INPUT_ENDS = _OUTPUT_ENDS = 0
+
+_SUCCEEDED = trio.lowlevel.Abort.SUCCEEDED
+
+
+class Watch:
+    """One socket's registration in a :class:`ReadinessHub` (see the module docstring)."""
+
+    __slots__ = (
+        "_hub",
+        "closed",
+        "fd",
+        "input_ended",
+        "interrupted",
+        "output_ended",
+        "readable",
+        "reader",
+        "writable",
+        "writer",
+    )
+
+    def __init__(self, hub: ReadinessHub, fd: int) -> None:
+        self._hub = hub
+        self.fd = fd
+        self.reader: trio.lowlevel.Task | None = None
+        self.writer: trio.lowlevel.Task | None = None
+        self.readable = False  # an input edge came while no reader waited
+        self.writable = False  # an output edge came while no writer waited
+        # The peer's end of input (or an error) came: it stays, so every later
+        # wait returns at once (a read that took the last bytes before it
+        # leaves the end to read, with no new edge to announce it).
+        self.input_ended = False
+        self.output_ended = False  # the connection broke: writes fail at once
+        self.interrupted = False
+        self.closed = False
+
+    async def wait_readable(self) -> bool:
+        if self.closed:
+            raise trio.ClosedResourceError("the socket's watch was closed")
+        if self.readable or self.input_ended:
+            self.readable = False
+            return True
+        if self.reader is not None:
+            raise trio.BusyResourceError("another task is already waiting to read this socket")
+        self.reader = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort_read)
+        if self.closed:
+            raise trio.ClosedResourceError("the socket's watch was closed")
+        if self.interrupted:
+            self.interrupted = False
+            return False
+        return True
+
+    async def wait_writable(self) -> bool:
+        if self.closed:
+            raise trio.ClosedResourceError("the socket's watch was closed")
+        if self.writable or self.output_ended:
+            self.writable = False
+            return True
+        if self.writer is not None:
+            raise trio.BusyResourceError("another task is already waiting to write this socket")
+        self.writer = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort_write)
+        if self.closed:
+            raise trio.ClosedResourceError("the socket's watch was closed")
+        return True
+
+    def interrupt_reader(self) -> None:
+        reader = self.reader
+        if reader is not None:
+            self.reader = None
+            self.interrupted = True
+            trio.lowlevel.reschedule(reader)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._hub._forget(self)
+        for task in (self.reader, self.writer):
+            if task is not None:
+                trio.lowlevel.reschedule(task)
+        self.reader = self.writer = None
+
+    def _abort_read(self, _: object) -> trio.lowlevel.Abort:
+        self.reader = None
+        return _SUCCEEDED
+
+    def _abort_write(self, _: object) -> trio.lowlevel.Abort:
+        self.writer = None
+        return _SUCCEEDED
+
+
+class ReadinessHub:
+    """A private edge-triggered epoll set and the task that serves it.
+
+    ``max_events`` bounds the events taken per poll (the rest stay queued
+    in the kernel for the next turn).  :meth:`run` is the hub's task;
+    :func:`current_hub` starts one per Trio run.
+    """
+
+    def __init__(self, max_events: int = MAX_EVENTS) -> None:
+        if max_events < 1:
+            raise ValueError(f"max_events must be at least 1, not {max_events}")
+        self.max_events = max_events
+        self._epoll = select.epoll()
+        self._watches: dict[int, Watch] = {}
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._watches)
+
+    def watch(self, fd: int) -> Watch:
+        """Register the socket ``fd`` (once for its lifetime) and return its watch."""
+        if self.closed:
+            raise RuntimeError("the readiness hub has stopped")
+        stale = self._watches.get(fd)
+        if stale is not None:
+            stale.close()  # its socket was closed without closing the watch
+        watch = Watch(self, fd)
+        self._epoll.register(fd, _REGISTER)
+        self._watches[fd] = watch
+        return watch
+
+    def _forget(self, watch: Watch) -> None:
+        if self._watches.get(watch.fd) is watch:
+            del self._watches[watch.fd]
+            # OSError: the socket is already closed, and the kernel dropped it
+            # from the set; ValueError: the hub itself is closed.
+            with contextlib.suppress(OSError, ValueError):
+                self._epoll.unregister(watch.fd)
+
+    async def run(self) -> None:
+        """Wake the waiters of every socket with an edge, until cancelled."""
+        epoll = self._epoll
+        watches = self._watches
+        reschedule = trio.lowlevel.reschedule
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(epoll.fileno())
+                for fd, events in epoll.poll(0, self.max_events):
+                    watch = watches.get(fd)
+                    if watch is None:
+                        continue
+                    if events & _INPUT_ENDS:
+                        watch.input_ended = True
+                        if events & _OUTPUT_ENDS:
+                            watch.output_ended = True
+                    if events & _INPUT:
+                        reader = watch.reader
+                        if reader is None:
+                            watch.readable = True
+                        else:
+                            watch.reader = None
+                            reschedule(reader)
+                    if events & _OUTPUT:
+                        writer = watch.writer
+                        if writer is None:
+                            watch.writable = True
+                        else:
+                            watch.writer = None
+                            reschedule(writer)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop: every watch is closed (its waiters get ``ClosedResourceError``)."""
+        if self.closed:
+            return
+        self.closed = True
+        for watch in list(self._watches.values()):
+            watch.close()
+        self._epoll.close()
+
+
+_hub_var: trio.lowlevel.RunVar[ReadinessHub] = trio.lowlevel.RunVar("trioecho.hub")
+
+
+def current_hub() -> ReadinessHub:
+    """The running Trio run's hub, started as a system task on first use."""
+    try:
+        hub = _hub_var.get()
+        if not hub.closed:
+            return hub
+    except LookupError:
+        pass
+    hub = ReadinessHub()
+    _hub_var.set(hub)
+    trio.lowlevel.spawn_system_task(_serve, hub, name="trioecho readiness hub")
+    return hub
+
+
+async def _serve(hub: ReadinessHub) -> None:
+    # A system task must not raise: an unexpected error closes this hub (its
+    # waiters see ClosedResourceError) and the next connection starts another.
+    try:
+        await hub.run()
+    except trio.Cancelled:
+        raise
+    except Exception:
+        logger.exception("the readiness hub failed; its connections are closed")
