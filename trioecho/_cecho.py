@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from struct import Struct
+from threading import get_ident
 from typing import Any
 
 from . import _pyecho
@@ -46,27 +47,41 @@ if _RESULT.size != ffi.sizeof("te_echo_result"):
     raise ImportError("te_echo_result layout does not match its struct format")
 
 _NO_DROPS: tuple[int, ...] = ()
+_feed = lib.te_echo_feed  # every C call of the session goes through this name
+_unpack = ffi.unpack
+_unpack_result = _RESULT.unpack_from
 # Output buffers, one per capacity and thread (cffi releases the GIL during
 # C calls, so threads must not share them).  The bytes are copied out after
 # each call, so every session of a thread can use the same buffer.
 _buffers = threading.local()
 
 
-def _output_buffer(capacity: int) -> Any:
+def _output_buffer(capacity: int) -> tuple[Any, Any]:
+    """This thread's output buffer of ``capacity`` bytes, and a ``char *``
+    to it (``ffi.unpack`` of a ``char *`` is the quickest copy to bytes)."""
     try:
-        by_capacity: dict[int, Any] = _buffers.by_capacity
+        by_capacity: dict[int, tuple[Any, Any]] = _buffers.by_capacity
     except AttributeError:
         by_capacity = _buffers.by_capacity = {}
     buffer = by_capacity.get(capacity)
     if buffer is None:
-        buffer = by_capacity[capacity] = ffi.new("uint8_t[]", capacity)
+        out = ffi.new("uint8_t[]", capacity)
+        buffer = by_capacity[capacity] = (out, ffi.cast("char *", out))
     return buffer
 
 
 class EchoEngine:
     """C twin of ``trioecho._pyecho.EchoEngine``."""
 
-    __slots__ = ("_capacity", "_result", "_result_view", "_session")
+    __slots__ = (
+        "_capacity",
+        "_out",
+        "_out_chars",
+        "_result",
+        "_result_view",
+        "_session",
+        "_thread",
+    )
 
     def __init__(
         self,
@@ -103,27 +118,31 @@ class EchoEngine:
         self._capacity = capacity
         self._result = ffi.new("te_echo_result *")
         self._result_view = ffi.buffer(self._result)
+        # The thread's output buffer, looked up again if another thread feeds.
+        self._thread = get_ident()
+        self._out, self._out_chars = _output_buffer(capacity)
 
     def feed(self, buf: bytes | bytearray) -> _pyecho.Result:
-        out = _output_buffer(self._capacity)
-        capacity = self._capacity
-        session = self._session
-        result = self._result
+        if self._thread == get_ident():
+            out, chars = self._out, self._out_chars
+        else:
+            out, chars = _output_buffer(self._capacity)
         size = len(buf)
-        # bytes go to C as they are; anything else through a buffer export,
-        # released before the caller resizes its bytearray.
-        ptr: Any = buf if type(buf) is bytes else ffi.from_buffer(buf)
-        try:
-            lib.te_echo_feed(session, ptr, size, out, capacity, result)
-            status, pos, produced, replies, received, length = _RESULT.unpack_from(
-                self._result_view
-            )
+        if type(buf) is bytes:  # bytes go to C as they are
+            _feed(self._session, buf, size, out, self._capacity, self._result)
+            status, pos, produced, replies, received, length = _unpack_result(self._result_view)
             if status == _NEED and pos == size:
-                return ffi.buffer(out, produced)[:], pos, replies, received, status, 0, _NO_DROPS
+                return _unpack(chars, produced), pos, replies, received, status, 0, _NO_DROPS
+            return self._feed_on(buf, buf, out, status, pos, produced, replies, received, length)
+        # Anything else through a buffer export, released before the caller
+        # resizes its bytearray.
+        ptr = ffi.from_buffer(buf)
+        try:
+            _feed(self._session, ptr, size, out, self._capacity, self._result)
+            status, pos, produced, replies, received, length = _unpack_result(self._result_view)
             return self._feed_on(buf, ptr, out, status, pos, produced, replies, received, length)
         finally:
-            if ptr is not buf:
-                ffi.release(ptr)
+            ffi.release(ptr)
 
     def _feed_on(
         self,
@@ -148,7 +167,7 @@ class EchoEngine:
         try:
             while True:
                 if produced:
-                    parts.append(ffi.buffer(out, produced)[:])
+                    parts.append(_unpack(ffi.cast("char *", out), produced))
                 if status == _DROPPED:
                     dropped = [*dropped, length]
                 elif status != _MORE:
@@ -159,11 +178,9 @@ class EchoEngine:
                     raise RuntimeError("the C echo session made no progress (csrc/echo.c)")
                 if base is None:
                     base = ffi.from_buffer(buf)  # pointer arithmetic needs a cdata pointer
-                lib.te_echo_feed(
-                    self._session, base + pos, size - pos, out, self._capacity, self._result
-                )
-                status, consumed, produced, more_replies, more_received, length = (
-                    _RESULT.unpack_from(self._result_view)
+                _feed(self._session, base + pos, size - pos, out, self._capacity, self._result)
+                status, consumed, produced, more_replies, more_received, length = _unpack_result(
+                    self._result_view
                 )
                 stalled = stalled + 1 if consumed == 0 and produced == 0 else 0
                 pos += consumed

@@ -25,6 +25,7 @@ the wire.
 from __future__ import annotations
 
 import logging
+import math
 
 import trio
 
@@ -65,25 +66,32 @@ class EchoHandler(BaseRequestHandler):
         transport = stream.transport
         account = transport.account
         receive_size = stream.receive_size
-        deadline = stream.idle_deadline()
+        timeout = transport.idle_timeout
+        now = trio.current_time
+        deadline = math.inf if timeout is None else now() + timeout
         while True:
             data = await transport.receive_some(receive_size, deadline)
             if data is None:
                 return  # stop_receiving(): shutting down
-            output = session.feed(data) if data else session.feed_eof()
-            if account is not None:
+            wire, replies, received, stopped, error, dropped = (
+                session.feed(data) if data else session.feed_eof()
+            )
+            if account is not None and account.buffered != session.buffered:
                 account.set_buffered(session.buffered)
-            if output.received or output.dropped:
-                stream.messages_received += output.received
-                deadline = stream.idle_deadline()
-            for dropped in output.dropped:
-                self._log_dropped(dropped)
-            if output.data:
-                await transport.send_all(output.data)
-                stream.messages_sent += output.replies
-            if output.error is not None:
-                raise output.error
-            if output.stopped or not data:
+            if received:
+                stream.messages_received += received
+                if timeout is not None:
+                    deadline = now() + timeout
+            for too_long in dropped:
+                self._log_dropped(too_long)
+                if timeout is not None:
+                    deadline = now() + timeout
+            if wire:
+                await transport.send_all(wire)
+                stream.messages_sent += replies
+            if error is not None:
+                raise error
+            if stopped or not data:
                 return
 
     def _log_dropped(self, error: FramingError) -> None:

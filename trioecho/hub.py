@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import select
+from collections.abc import Awaitable
 
 import trio
 
@@ -100,21 +101,10 @@ class Watch:
         self.closed = False
 
     async def wait_readable(self) -> bool:
-        if self.closed:
-            raise trio.ClosedResourceError("the socket's watch was closed")
-        if self.readable or self.input_ended:
-            self.readable = False
+        if self.take_readable():
             return True
-        if self.reader is not None:
-            raise trio.BusyResourceError("another task is already waiting to read this socket")
-        self.reader = trio.lowlevel.current_task()
-        await trio.lowlevel.wait_task_rescheduled(self._abort_read)
-        if self.closed:
-            raise trio.ClosedResourceError("the socket's watch was closed")
-        if self.interrupted:
-            self.interrupted = False
-            return False
-        return True
+        await self.park_reader()
+        return self.reader_woken()
 
     async def wait_writable(self) -> bool:
         if self.closed:
@@ -128,6 +118,41 @@ class Watch:
         await trio.lowlevel.wait_task_rescheduled(self._abort_write)
         if self.closed:
             raise trio.ClosedResourceError("the socket's watch was closed")
+        return True
+
+    # wait_readable() in three steps, for a caller that cannot afford one
+    # more coroutine per wait (the transport's receive):
+    #
+    #     if not watch.take_readable():
+    #         await watch.park_reader()
+    #         ok = watch.reader_woken()
+
+    def take_readable(self) -> bool:
+        """Whether an input edge (or the end) came since the last wait, which
+        a wait would return at once; consumes it."""
+        if self.readable or self.input_ended:
+            self.readable = False
+            return True
+        return False
+
+    def park_reader(self) -> Awaitable[object]:
+        """Make the current task this socket's reader and return the wait,
+        to be awaited at once; then call :meth:`reader_woken`."""
+        if self.closed:
+            raise trio.ClosedResourceError("the socket's watch was closed")
+        if self.reader is not None:
+            raise trio.BusyResourceError("another task is already waiting to read this socket")
+        self.reader = trio.lowlevel.current_task()
+        return trio.lowlevel.wait_task_rescheduled(self._abort_read)
+
+    def reader_woken(self) -> bool:
+        """After a parked wait: True for an edge, False if
+        :meth:`interrupt_reader` woke it; ``ClosedResourceError`` if closed."""
+        if self.closed:
+            raise trio.ClosedResourceError("the socket's watch was closed")
+        if self.interrupted:
+            self.interrupted = False
+            return False
         return True
 
     def interrupt_reader(self) -> None:

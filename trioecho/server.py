@@ -40,7 +40,6 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any, cast
 
 import trio
@@ -337,14 +336,8 @@ class MessageServer:
         async with trio.open_nursery() as connections:
             self._connections_scope = connections.cancel_scope
             async with trio.open_nursery() as acceptors:
-                await acceptors.start(
-                    partial(
-                        trio.serve_listeners,
-                        self._serve_connection,
-                        limited,
-                        handler_nursery=connections,
-                    )
-                )
+                for accepting in limited:
+                    acceptors.start_soon(self._accept, accepting, connections)
                 for listener in listeners:
                     logger.debug("listening on %s", format_address(listener.socket.getsockname()))
                 task_status.started(listeners)
@@ -353,6 +346,14 @@ class MessageServer:
             for listener in listeners:
                 await listener.aclose()
             await self._drain()
+
+    async def _accept(self, listener: _LimitedListener, connections: trio.Nursery) -> None:
+        """Accept connections until cancelled, one task each (as
+        ``trio.serve_listeners``, with the connection's task started right on
+        :meth:`_serve_connection`: one coroutine less to resume per message)."""
+        while True:
+            stream = await listener.accept()
+            connections.start_soon(self._serve_connection, stream)
 
     async def _expire_idle_connections(self, idle_timeout: float) -> None:
         """Enforce ``idle_timeout`` for every connection from this one task
@@ -418,11 +419,9 @@ class MessageServer:
             try:
                 peer = transport.socket.getpeername()
             except OSError:  # reset before we got here
-                await trio.aclose_forcefully(transport)
                 return
             set_up = await self._set_up(transport, peer)
             if set_up is None:
-                await trio.aclose_forcefully(transport)
                 return
             connection, client = set_up
             stream = MessageStream(
@@ -444,7 +443,20 @@ class MessageServer:
                 where += f" (via proxy {format_address(peer)})"
             connection_logger.info("%s: connected", where)
             try:
-                await self._run_handler(stream, client, where)
+                # The handler runs in this coroutine (no _run_handler of its
+                # own): each message resumes one frame less.
+                handler = self.handler
+                if isinstance(handler, type) and issubclass(handler, BaseRequestHandler):
+                    request_handler = handler(stream, client, self)
+                    await request_handler.setup()
+                    try:
+                        await request_handler.handle()
+                    finally:
+                        await request_handler.finish()
+                else:
+                    await cast(Callable[[MessageStream], Awaitable[None]], handler)(stream)
+            except Exception as exc:
+                _log_handler_error(exc, where)
             finally:
                 try:
                     await _linger_close(stream, self.send_timeout)
@@ -457,6 +469,7 @@ class MessageServer:
                         self._all_closed.set()
             connection_logger.info("%s: closed", where)
         finally:
+            await trio.aclose_forcefully(transport)  # idempotent: closed already but on errors
             self._slots.release()
 
     async def _set_up(
@@ -487,30 +500,22 @@ class MessageServer:
             self._setting_up.discard(setup)
         return None
 
-    async def _run_handler(self, stream: MessageStream, client: Any, where: str) -> None:
-        try:
-            handler = self.handler
-            if isinstance(handler, type) and issubclass(handler, BaseRequestHandler):
-                request_handler = handler(stream, client, self)
-                await request_handler.setup()
-                try:
-                    await request_handler.handle()
-                finally:
-                    await request_handler.finish()
-            else:
-                await cast(Callable[[MessageStream], Awaitable[None]], handler)(stream)
-        except FramingError as exc:
-            logger.warning("%s: closing: %s: %s", where, type(exc).__name__, exc)
-        except (SlowReaderError, MemoryBudgetError) as exc:
-            logger.warning("%s: closing: %s", where, exc)
-        except IdleTimeoutError as exc:
-            logger.info("%s: closing: %s", where, exc)
-        except ConnectionClosedError as exc:
-            logger.info("%s: %s", where, exc)
-        except trio.ClosedResourceError:
-            pass  # closed by ourselves (shutdown or a timeout)
-        except Exception:
-            logger.exception("%s: handler raised; closing its connection", where)
+
+def _log_handler_error(exc: Exception, where: str) -> None:
+    """Log what ended a connection's handler: one line for the expected
+    endings, a traceback for a handler's own bug."""
+    if isinstance(exc, FramingError):
+        logger.warning("%s: closing: %s: %s", where, type(exc).__name__, exc)
+    elif isinstance(exc, SlowReaderError | MemoryBudgetError):
+        logger.warning("%s: closing: %s", where, exc)
+    elif isinstance(exc, IdleTimeoutError):
+        logger.info("%s: closing: %s", where, exc)
+    elif isinstance(exc, ConnectionClosedError):
+        logger.info("%s: %s", where, exc)
+    elif isinstance(exc, trio.ClosedResourceError):
+        pass  # closed by ourselves (shutdown or a timeout)
+    else:
+        logger.error("%s: handler raised; closing its connection", where, exc_info=exc)
 
 
 def bind_reuse_port(host: str | None, port: int) -> list[socket.socket]:

@@ -101,6 +101,7 @@ class EchoOutput(NamedTuple):
 
 
 _NOTHING = EchoOutput(b"", 0, 0)
+_new_tuple = tuple.__new__
 
 
 def reply_limit(config: FramingConfig, suffix: bytes = REPLY_SUFFIX) -> int | None:
@@ -210,7 +211,8 @@ class EchoSession:
             if consumed < len(data) and not self._raw:
                 buffer += memoryview(data)[consumed:]
         if status == 0 and not dropped:  # NEED: the common case
-            return EchoOutput(wire, replies, received)
+            # EchoOutput(wire, replies, received) without its Python __new__
+            return _new_tuple(EchoOutput, (wire, replies, received, False, None, ()))
         return self._unusual(wire, replies, received, status, length, dropped)
 
     def _unusual(

@@ -368,54 +368,91 @@ class SocketTransport(Transport):
         self._watch = None
 
     async def receive_some(self, max_bytes: int, deadline: float = math.inf) -> bytes | None:
-        self._claim_receiving()
+        # The request/reply hot path: one coroutine from the caller to Trio's
+        # wait, so each message resumes as few frames as possible.
+        if self._receiving or self._closed:
+            self._claim_receiving()  # raises
+        self._receiving = True
         try:
             account = self.account
             if account is not None and not self._stopping and not account.fits(max_bytes):
                 await account.admit(max_bytes)
-            return await self._receive(max_bytes, deadline)
+            sock = self._socket
+            while True:
+                if self._stopping:
+                    return None
+                if not self._wait_first:
+                    try:
+                        return sock.recv(max_bytes)
+                    except BlockingIOError:
+                        pass
+                    except OSError as exc:
+                        raise self._socket_error(exc, "receiving") from exc
+                self._wait_first = False
+                self._unyielded = 0
+                watch = self._watch
+                if watch is not None and self._deadlines_handed_over:
+                    if not watch.take_readable():
+                        self._wait_deadline = deadline
+                        self._expired = False  # a stale mark: data came in the tick it expired
+                        self._waiting = True
+                        try:
+                            await watch.park_reader()
+                        finally:
+                            self._waiting = False
+                        if not self._woken(watch):
+                            return None
+                elif not await self._wait_readable_slowly(deadline):
+                    return None
+                try:
+                    data = sock.recv(max_bytes)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    raise self._socket_error(exc, "receiving") from exc
+                # It had to wait: in a request/reply exchange the next read
+                # will too, so skip the read that would fail -- unless this one
+                # filled the buffer (more may be waiting, and no edge would
+                # announce it).
+                self._wait_first = len(data) < max_bytes
+                return data
         finally:
             self._receiving = False
 
-    async def _receive(self, max_bytes: int, deadline: float) -> bytes | None:
-        sock = self._socket
-        while True:
-            if self._stopping:
-                return None
-            if not self._wait_first:
-                try:
-                    return sock.recv(max_bytes)
-                except BlockingIOError:
-                    pass
-                except OSError as exc:
-                    raise self._socket_error(exc, "receiving") from exc
-            self._wait_first = False
-            self._unyielded = 0
-            if self._deadlines_handed_over:
-                if not await self._wait_readable_watched(deadline):
-                    return None
-            else:
-                with trio.CancelScope(deadline=deadline) as scope:
-                    self._receive_scope = scope
-                    try:
-                        await self._wait_readable()
-                    finally:
-                        self._receive_scope = None
-                if scope.cancelled_caught:
-                    if self._stopping:
-                        return None
-                    raise self._idle_timeout_error()
+    def _woken(self, watch: Watch) -> bool:
+        """After a parked wait on the hub: True to read, False if
+        stop_receiving() interrupted it; raises for an idle timeout."""
+        try:
+            if watch.reader_woken():
+                return True
+        except trio.ClosedResourceError:
+            if self._closed:
+                raise
+            self._watch_lost()
+            return True  # read again, then wait Trio's way
+        # Woken by expire_if_idle() or stop_receiving().
+        if self._expired:
+            self._expired = False
+            raise self._idle_timeout_error()
+        return not self._stopping
+
+    async def _wait_readable_slowly(self, deadline: float) -> bool:
+        """Wait for input, except the hub's fast path: with a cancel scope
+        for the deadline, or Trio's wait with deadlines handed over.  False
+        if stop_receiving() interrupted it."""
+        if self._deadlines_handed_over:
+            return await self._wait_readable_watched(deadline)
+        with trio.CancelScope(deadline=deadline) as scope:
+            self._receive_scope = scope
             try:
-                data = sock.recv(max_bytes)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                raise self._socket_error(exc, "receiving") from exc
-            # It had to wait: in a request/reply exchange the next read will
-            # too, so skip the read that would fail -- unless this one filled
-            # the buffer (more may be waiting, and no edge would announce it).
-            self._wait_first = len(data) < max_bytes
-            return data
+                await self._wait_readable()
+            finally:
+                self._receive_scope = None
+        if scope.cancelled_caught:
+            if self._stopping:
+                return False
+            raise self._idle_timeout_error()
+        return True
 
     async def _wait_readable(self) -> None:
         watch = self._watch
@@ -428,55 +465,59 @@ class SocketTransport(Transport):
             self._watch_lost()
 
     async def _wait_readable_watched(self, deadline: float) -> bool:
-        """A wait for input without a cancel scope (see hand_over_deadlines());
-        False if stop_receiving() interrupted it."""
+        """Trio's wait for input without a cancel scope (see
+        hand_over_deadlines()); False if stop_receiving() interrupted it."""
         self._wait_deadline = deadline
         self._expired = False  # a stale mark: woken by data in the tick it expired
         self._waiting = True
-        watch = self._watch
         try:
-            if watch is not None:
-                if await watch.wait_readable():
-                    return True
-            else:
-                await trio.lowlevel.wait_readable(self._socket)
-                return True
+            await trio.lowlevel.wait_readable(self._socket)
+            return True
         except trio.ClosedResourceError:
             if self._closed:
                 raise
-            if watch is not None and watch.closed:
-                self._watch_lost()
-                return True  # read again, then wait Trio's way
         finally:
             self._waiting = False
-        # Woken by expire_if_idle() or stop_receiving().
+        # Woken by expire_if_idle() or stop_receiving() (notify_closing).
         if self._expired:
             self._expired = False
             raise self._idle_timeout_error()
         return not self._stopping
 
     async def send_all(self, data: Buffer) -> None:
+        if self._closed or self._sending:
+            self._check_can_send()  # raises
+        # The common case, all sent at once, without a wait: no await before
+        # it is done, so no other task can send meanwhile.
+        try:
+            sent = self._socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise self._socket_error(exc, "sending") from exc
+        if sent >= len(data):
+            self._unyielded += 1
+            if self._unyielded >= CHECKPOINT_EVERY:
+                self._unyielded = 0
+                await trio.lowlevel.checkpoint()
+            return
+        await self._send_rest(data, sent)
+
+    def _check_can_send(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the message stream was closed")
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this stream")
+
+    async def _send_rest(self, data: Buffer, sent: int) -> None:
+        """Send ``data[sent:]``, waiting for the peer to read as needed."""
         sock = self._socket
         self._sending = True
         try:
             view = memoryview(data)
             size = len(view)
-            sent = 0
             deadline = math.inf
             while True:
-                try:
-                    sent += sock.send(view[sent:] if sent else data)
-                except BlockingIOError:
-                    pass
-                except OSError as exc:
-                    raise self._socket_error(exc, "sending") from exc
-                if sent >= size:
-                    await self.checkpoint_sometimes()
-                    return
                 if self.account is not None:  # held while the peer does not read
                     self.account.set_sending(size - sent)
                 if deadline == math.inf and self.send_timeout is not None:
@@ -486,6 +527,14 @@ class SocketTransport(Transport):
                     await self._wait_writable()
                 if scope.cancelled_caught:
                     break
+                try:
+                    sent += sock.send(view[sent:])
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    raise self._socket_error(exc, "sending") from exc
+                if sent >= size:
+                    return
         finally:
             self._sending = False
             if self.account is not None:
