@@ -56,32 +56,32 @@ _unpack_result = _RESULT.unpack_from
 _buffers = threading.local()
 
 
-def _output_buffer(capacity: int) -> tuple[Any, Any]:
-    """This thread's output buffer of ``capacity`` bytes, and a ``char *``
-    to it (``ffi.unpack`` of a ``char *`` is the quickest copy to bytes)."""
+def _output_buffer(capacity: int) -> tuple[Any, Any, Any, Any]:
+    """This thread's output buffer of ``capacity`` bytes, a ``char *`` to it
+    (``ffi.unpack`` of a ``char *`` is the quickest copy to bytes), and its
+    result struct with a buffer view of it (read right after each call, like
+    the output: no session needs its own)."""
     try:
-        by_capacity: dict[int, tuple[Any, Any]] = _buffers.by_capacity
+        by_capacity: dict[int, tuple[Any, Any, Any, Any]] = _buffers.by_capacity
     except AttributeError:
         by_capacity = _buffers.by_capacity = {}
-    buffer = by_capacity.get(capacity)
-    if buffer is None:
+    buffers = by_capacity.get(capacity)
+    if buffers is None:
         out = ffi.new("uint8_t[]", capacity)
-        buffer = by_capacity[capacity] = (out, ffi.cast("char *", out))
-    return buffer
+        result = ffi.new("te_echo_result *")
+        buffers = by_capacity[capacity] = (
+            out,
+            ffi.cast("char *", out),
+            result,
+            ffi.buffer(result),
+        )
+    return buffers
 
 
 class EchoEngine:
     """C twin of ``trioecho._pyecho.EchoEngine``."""
 
-    __slots__ = (
-        "_capacity",
-        "_out",
-        "_out_chars",
-        "_result",
-        "_result_view",
-        "_session",
-        "_thread",
-    )
+    __slots__ = ("_buffers", "_capacity", "_session", "_thread")
 
     def __init__(
         self,
@@ -116,31 +116,29 @@ class EchoEngine:
         if status == _BAD_CONFIG:
             raise ValueError("the C echo session rejected the configuration")
         self._capacity = capacity
-        self._result = ffi.new("te_echo_result *")
-        self._result_view = ffi.buffer(self._result)
-        # The thread's output buffer, looked up again if another thread feeds.
+        # The thread's buffers, looked up again if another thread feeds.
         self._thread = get_ident()
-        self._out, self._out_chars = _output_buffer(capacity)
+        self._buffers = _output_buffer(capacity)
 
     def feed(self, buf: bytes | bytearray) -> _pyecho.Result:
         if self._thread == get_ident():
-            out, chars = self._out, self._out_chars
+            out, chars, result, view = self._buffers
         else:
-            out, chars = _output_buffer(self._capacity)
+            out, chars, result, view = _output_buffer(self._capacity)
         size = len(buf)
         if type(buf) is bytes:  # bytes go to C as they are
-            _feed(self._session, buf, size, out, self._capacity, self._result)
-            status, pos, produced, replies, received, length = _unpack_result(self._result_view)
+            _feed(self._session, buf, size, out, self._capacity, result)
+            status, pos, produced, replies, received, length = _unpack_result(view)
             if status == _NEED and pos == size:
                 return _unpack(chars, produced), pos, replies, received, status, 0, _NO_DROPS
-            return self._feed_on(buf, buf, out, status, pos, produced, replies, received, length)
+            return self._feed_on(buf, buf, status, pos, produced, replies, received, length)
         # Anything else through a buffer export, released before the caller
         # resizes its bytearray.
         ptr = ffi.from_buffer(buf)
         try:
-            _feed(self._session, ptr, size, out, self._capacity, self._result)
-            status, pos, produced, replies, received, length = _unpack_result(self._result_view)
-            return self._feed_on(buf, ptr, out, status, pos, produced, replies, received, length)
+            _feed(self._session, ptr, size, out, self._capacity, result)
+            status, pos, produced, replies, received, length = _unpack_result(view)
+            return self._feed_on(buf, ptr, status, pos, produced, replies, received, length)
         finally:
             ffi.release(ptr)
 
@@ -148,7 +146,6 @@ class EchoEngine:
         self,
         buf: bytes | bytearray,
         ptr: Any,
-        out: Any,
         status: int,
         pos: int,
         produced: int,
@@ -158,6 +155,7 @@ class EchoEngine:
     ) -> _pyecho.Result:
         """Go on after the first call: take the output, call again while the
         output buffer fills up or an over-long line is dropped."""
+        out, chars, result, view = _output_buffer(self._capacity)
         parts: list[bytes] = []
         dropped: list[int] | tuple[int, ...] = _NO_DROPS
         size = len(buf)
@@ -167,7 +165,7 @@ class EchoEngine:
         try:
             while True:
                 if produced:
-                    parts.append(_unpack(ffi.cast("char *", out), produced))
+                    parts.append(_unpack(chars, produced))
                 if status == _DROPPED:
                     dropped = [*dropped, length]
                 elif status != _MORE:
@@ -178,9 +176,9 @@ class EchoEngine:
                     raise RuntimeError("the C echo session made no progress (csrc/echo.c)")
                 if base is None:
                     base = ffi.from_buffer(buf)  # pointer arithmetic needs a cdata pointer
-                _feed(self._session, base + pos, size - pos, out, self._capacity, self._result)
+                _feed(self._session, base + pos, size - pos, out, self._capacity, result)
                 status, consumed, produced, more_replies, more_received, length = _unpack_result(
-                    self._result_view
+                    view
                 )
                 stalled = stalled + 1 if consumed == 0 and produced == 0 else 0
                 pos += consumed

@@ -24,19 +24,25 @@ the wire.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
 import trio
 
 from ._errors import FrameTooLongError, FramingError
-from .framing import LineFramer
+from .framing import FramingConfig, LineFramer
 from .server import BaseRequestHandler, format_address
 from .session import GREETING, QUIT, REPLY_SUFFIX, EchoSession
 
 __all__ = ["GREETING", "QUIT", "REPLY_SUFFIX", "EchoHandler", "GenericEchoHandler", "reply_to"]
 
 logger = logging.getLogger("trioecho.echo")
+
+
+@functools.lru_cache(maxsize=64)
+def _framed_greeting(framing: FramingConfig) -> bytes:
+    return framing.new_framer().encode(GREETING)
 
 
 def reply_to(message: bytes) -> bytes:
@@ -57,12 +63,18 @@ class EchoHandler(BaseRequestHandler):
 
     async def handle(self) -> None:
         stream = self.request
-        await stream.send_message(GREETING)
+        framing = stream.framing
+        if isinstance(framing, FramingConfig) and not self.generic:
+            # Framed once per configuration: the fast path builds no framer.
+            await stream.transport.send_all(_framed_greeting(framing))
+            stream.messages_sent += 1
+        else:
+            await stream.send_message(GREETING)
         if self.generic or stream.has_pending:
             # Bytes the stream already read belong to its framer.
             await self.answer_messages()
             return
-        session = EchoSession(stream.framer)
+        session = EchoSession(framing)
         transport = stream.transport
         account = transport.account
         receive_size = stream.receive_size
@@ -73,9 +85,11 @@ class EchoHandler(BaseRequestHandler):
             data = await transport.receive_some(receive_size, deadline)
             if data is None:
                 return  # stop_receiving(): shutting down
+            ended = not data
             wire, replies, received, stopped, error, dropped = (
-                session.feed(data) if data else session.feed_eof()
+                session.feed_eof() if ended else session.feed(data)
             )
+            data = None  # an idle connection holds neither its last message ...
             if account is not None and account.buffered != session.buffered:
                 account.set_buffered(session.buffered)
             if received:
@@ -89,9 +103,10 @@ class EchoHandler(BaseRequestHandler):
             if wire:
                 await transport.send_all(wire)
                 stream.messages_sent += replies
+                wire = b""  # ... nor its last reply
             if error is not None:
                 raise error
-            if stopped or not data:
+            if stopped or ended:
                 return
 
     def _log_dropped(self, error: FramingError) -> None:

@@ -90,6 +90,8 @@ DEFAULT_GRACE = 5.0  # seconds handlers get to finish on shutdown
 LINGER_SECONDS = 2.0
 MEMORY_CHECK_SECONDS = 1.0  # how often freed memory is considered for return to the OS
 MEMORY_TRIM_BYTES = 4 << 20  # freed since the peak: worth a malloc_trim
+# One name for every connection's task (Trio would format one per task).
+CONNECTION_TASK_NAME = "trioecho.server.MessageServer._serve_connection"
 
 
 class BaseRequestHandler:
@@ -353,7 +355,7 @@ class MessageServer:
         :meth:`_serve_connection`: one coroutine less to resume per message)."""
         while True:
             stream = await listener.accept()
-            connections.start_soon(self._serve_connection, stream)
+            connections.start_soon(self._serve_connection, stream, name=CONNECTION_TASK_NAME)
 
     async def _expire_idle_connections(self, idle_timeout: float) -> None:
         """Enforce ``idle_timeout`` for every connection from this one task
@@ -426,7 +428,7 @@ class MessageServer:
             connection, client = set_up
             stream = MessageStream(
                 connection,
-                self.framing.new_framer(),
+                self.framing,
                 receive_size=receive_size_for(self.framing.framing),
                 idle_timeout=self.idle_timeout,
                 send_timeout=self.send_timeout,
@@ -438,10 +440,7 @@ class MessageServer:
             self.connections_served += 1
             if self.shutting_down:
                 stream.stop_receiving()
-            where = format_address(client)
-            if client is not peer:
-                where += f" (via proxy {format_address(peer)})"
-            connection_logger.info("%s: connected", where)
+            connection_logger.info("%s: connected", _Where(client, peer))
             try:
                 # The handler runs in this coroutine (no _run_handler of its
                 # own): each message resumes one frame less.
@@ -456,7 +455,7 @@ class MessageServer:
                 else:
                     await cast(Callable[[MessageStream], Awaitable[None]], handler)(stream)
             except Exception as exc:
-                _log_handler_error(exc, where)
+                _log_handler_error(exc, _Where(client, peer))
             finally:
                 try:
                     await _linger_close(stream, self.send_timeout)
@@ -467,7 +466,7 @@ class MessageServer:
                     self.messages_sent += stream.messages_sent
                     if self.shutting_down and not self._streams:
                         self._all_closed.set()
-            connection_logger.info("%s: closed", where)
+            connection_logger.info("%s: closed", _Where(client, peer))
         finally:
             await trio.aclose_forcefully(transport)  # idempotent: closed already but on errors
             self._slots.release()
@@ -501,7 +500,24 @@ class MessageServer:
         return None
 
 
-def _log_handler_error(exc: Exception, where: str) -> None:
+class _Where:
+    """A connection's address for a log line (``client (via proxy peer)``),
+    formatted only when a line is written: an idle connection holds no string."""
+
+    __slots__ = ("client", "peer")
+
+    def __init__(self, client: Any, peer: Any) -> None:
+        self.client = client
+        self.peer = peer
+
+    def __str__(self) -> str:
+        where = format_address(self.client)
+        if self.client is not self.peer:
+            where += f" (via proxy {format_address(self.peer)})"
+        return where
+
+
+def _log_handler_error(exc: Exception, where: _Where) -> None:
     """Log what ended a connection's handler: one line for the expected
     endings, a traceback for a handler's own bug."""
     if isinstance(exc, FramingError):

@@ -102,6 +102,7 @@ class EchoOutput(NamedTuple):
 
 _NOTHING = EchoOutput(b"", 0, 0)
 _new_tuple = tuple.__new__
+_NO_BYTES = b""
 
 
 def reply_limit(config: FramingConfig, suffix: bytes = REPLY_SUFFIX) -> int | None:
@@ -179,7 +180,9 @@ class EchoSession:
             bytes(stop),
             capacity,
         )
-        self._buffer = bytearray()
+        # The unconsumed bytes: a bytearray while there are any (an idle
+        # session holds none).
+        self._buffer: bytearray | bytes = _NO_BYTES
         self._ending: EchoOutput | None = None
 
     @property
@@ -198,18 +201,19 @@ class EchoSession:
             return self._ending
         buffer = self._buffer
         if buffer:
+            assert type(buffer) is bytearray  # only the empty one is bytes
             buffer += data
             wire, consumed, replies, received, status, length, dropped = self._engine.feed(buffer)
             if consumed < len(buffer):
                 del buffer[:consumed]
-            else:  # a new one: an emptied bytearray keeps its capacity
-                self._buffer = bytearray()
+            else:  # drop it: an emptied bytearray keeps its capacity
+                self._buffer = _NO_BYTES
         else:
             if type(data) is not bytes:
                 data = bytes(data)
             wire, consumed, replies, received, status, length, dropped = self._engine.feed(data)
             if consumed < len(data) and not self._raw:
-                buffer += memoryview(data)[consumed:]
+                self._buffer = bytearray(memoryview(data)[consumed:])
         if status == 0 and not dropped:  # NEED: the common case
             # EchoOutput(wire, replies, received) without its Python __new__
             return _new_tuple(EchoOutput, (wire, replies, received, False, None, ()))
@@ -249,7 +253,7 @@ class EchoSession:
 
     def _end(self, ending: EchoOutput) -> None:
         self._ending = ending
-        self._buffer = bytearray()
+        self._buffer = _NO_BYTES
 
     def feed_eof(self) -> EchoOutput:
         """The peer closed its side; ``error`` is an :class:`IncompleteFrameError`

@@ -44,7 +44,7 @@ from collections.abc import Iterable
 import trio
 
 from ._errors import FrameTooLongError
-from .framing import Buffer, Framer, LineFramer
+from .framing import Buffer, Framer, FramingConfig, LineFramer
 from .transport import CHECKPOINT_EVERY, Transport, open_transport
 
 __all__ = ["CHECKPOINT_EVERY", "DEFAULT_RECEIVE_SIZE", "RAW_RECEIVE_SIZE", "MessageStream"]
@@ -61,7 +61,9 @@ def receive_size_for(framing: str) -> int:
 class MessageStream(trio.abc.AsyncResource):
     """Framed messages over ``transport_stream``.
 
-    ``framer`` defaults to a new :class:`LineFramer`.  ``receive_size`` is the
+    ``framer`` defaults to a new :class:`LineFramer`; a
+    :class:`~trioecho.framing.FramingConfig` there builds its framer when
+    first used.  ``receive_size`` is the
     most bytes asked of the transport per read.  ``idle_timeout`` (seconds)
     bounds how long ``receive_message()`` waits for a complete message and
     raises :class:`IdleTimeoutError` past it; ``send_timeout`` bounds how long
@@ -76,11 +78,12 @@ class MessageStream(trio.abc.AsyncResource):
     __slots__ = (
         "_at_eof",
         "_error",
+        "_framer",
+        "_framing",
         "_next",
         "_pending",
         "_receiving",
         "_resume",
-        "framer",
         "messages_received",
         "messages_sent",
         "receive_size",
@@ -91,7 +94,7 @@ class MessageStream(trio.abc.AsyncResource):
     def __init__(
         self,
         transport_stream: trio.abc.Stream,
-        framer: Framer | None = None,
+        framer: Framer | FramingConfig | None = None,
         *,
         receive_size: int = DEFAULT_RECEIVE_SIZE,
         idle_timeout: float | None = None,
@@ -107,7 +110,12 @@ class MessageStream(trio.abc.AsyncResource):
             send_timeout=send_timeout,
             readiness=readiness,
         )
-        self.framer: Framer = framer if framer is not None else LineFramer()
+        # A FramingConfig builds its framer when first needed (the echo fast
+        # path never needs one: an idle connection holds less).
+        self._framing = framer if isinstance(framer, FramingConfig) else None
+        self._framer: Framer | None = None
+        if self._framing is None:
+            self._framer = framer if framer is not None else LineFramer()  # type: ignore[assignment]
         self.receive_size = receive_size
         # Messages read but not yet delivered: _pending[_next:].  A list and an
         # index rather than a deque: an idle connection keeps it small.
@@ -119,6 +127,26 @@ class MessageStream(trio.abc.AsyncResource):
         self._receiving = False
         self.messages_received = 0  # complete messages read from the transport
         self.messages_sent = 0  # messages whose bytes the transport accepted
+
+    @property
+    def framer(self) -> Framer:
+        """The framer that splits input and frames output."""
+        framer = self._framer
+        if framer is None:
+            assert self._framing is not None
+            framer = self._framer = self._framing.new_framer()
+        return framer
+
+    @framer.setter
+    def framer(self, framer: Framer) -> None:
+        self._framer = framer
+        self._framing = None
+
+    @property
+    def framing(self) -> FramingConfig | Framer:
+        """The framing configuration the stream was given, else its framer
+        (either one tells :class:`~trioecho.session.EchoSession` how to frame)."""
+        return self._framing if self._framing is not None else self.framer
 
     @property
     def idle_timeout(self) -> float | None:
@@ -182,7 +210,7 @@ class MessageStream(trio.abc.AsyncResource):
         """Whether bytes or messages were read that no receive returned yet."""
         return (
             self._next < len(self._pending)
-            or self.framer.buffered > 0
+            or (self._framer is not None and self._framer.buffered > 0)
             or self._error is not None
             or self._resume
         )
