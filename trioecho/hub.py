@@ -47,9 +47,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import select
-from collections.abc import Awaitable
+import types
+from collections.abc import Awaitable, Generator
+from typing import Any
 
 import trio
+
+# Trio's own trap, yielded directly (see _park): a wait then creates no
+# coroutine and no trap object.  Private to Trio, so without it the public
+# wait_task_rescheduled() is used.
+_Trap: Any
+try:
+    from trio._core._traps import WaitTaskRescheduled as _Trap
+except ImportError:  # pragma: no cover - another Trio
+    _Trap = None
 
 __all__ = ["MAX_EVENTS", "ReadinessHub", "Watch", "current_hub"]
 
@@ -69,6 +80,13 @@ else:  # no epoll: ReadinessHub() raises AttributeError, and transports use Trio
 _SUCCEEDED = trio.lowlevel.Abort.SUCCEEDED
 
 
+@types.coroutine
+def _park(trap: Any) -> Generator[Any, Any, Any]:
+    """``trio.lowlevel.wait_task_rescheduled`` with a trap made once per
+    watch: what Trio's function does, one coroutine and one object less."""
+    return (yield trap).unwrap()
+
+
 class Watch:
     """One socket's registration in a :class:`ReadinessHub` (see the module docstring)."""
 
@@ -79,6 +97,7 @@ class Watch:
         "input_ended",
         "interrupted",
         "output_ended",
+        "read_trap",
         "readable",
         "reader",
         "writable",
@@ -99,6 +118,7 @@ class Watch:
         self.output_ended = False  # the connection broke: writes fail at once
         self.interrupted = False
         self.closed = False
+        self.read_trap: Any = None  # Trio's trap for a parked reader, made on first use
 
     async def wait_readable(self) -> bool:
         if self.take_readable():
@@ -143,7 +163,12 @@ class Watch:
         if self.reader is not None:
             raise trio.BusyResourceError("another task is already waiting to read this socket")
         self.reader = trio.lowlevel.current_task()
-        return trio.lowlevel.wait_task_rescheduled(self._abort_read)
+        if _Trap is None:
+            return trio.lowlevel.wait_task_rescheduled(self._abort_read)
+        trap = self.read_trap
+        if trap is None:
+            trap = self.read_trap = _Trap(self._abort_read)
+        return _park(trap)
 
     def reader_woken(self) -> bool:
         """After a parked wait: True for an edge, False if
@@ -166,6 +191,7 @@ class Watch:
         if self.closed:
             return
         self.closed = True
+        self.read_trap = None  # it refers back to this watch
         self._hub._forget(self)
         for task in (self.reader, self.writer):
             if task is not None:
