@@ -154,12 +154,44 @@ def test_demo_shows_sticky_packets() -> None:
         (["bench", "--duration", "0"], "--duration: must be more than 0, not 0"),
         (["bench", "--warmup", "nan"], "--warmup: must be 0..86400 seconds, not nan"),
         (["--workers", "many"], "--workers: must be a number or 'auto', not 'many'"),
+        (["--readiness", "select"], "invalid choice: 'select'"),
     ],
 )
 def test_bad_options_exit_2(options: list[str], message: str) -> None:
     result = subprocess.run([*TRIOECHO, *options], capture_output=True, timeout=30)
     assert result.returncode == 2
     assert message in result.stderr.decode()
+
+
+@pytest.mark.parametrize("readiness", ["hub", "trio"])
+def test_both_ways_of_waiting_serve_many_clients(readiness: str) -> None:
+    """``--readiness hub`` (the default) and ``trio``: 50 clients at once, each
+    pipelining 20 messages, every reply checked."""
+    with serving("--framing", "len", "--readiness", readiness) as (process, port):
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(50)]
+        try:
+            for sock in clients:
+                assert recv_exactly(sock, 4 + len(GREETING))[4:] == GREETING
+            for n, sock in enumerate(clients):
+                sock.sendall(b"".join(b"\0\0\0\x06%06d" % (n * 100 + i) for i in range(20)))
+            for n, sock in enumerate(clients):
+                for i in range(20):
+                    reply = b"%06d" % (n * 100 + i) + REPLY_SUFFIX
+                    assert (
+                        recv_exactly(sock, 4 + len(reply)) == len(reply).to_bytes(4, "big") + reply
+                    )
+        finally:
+            for sock in clients:
+                sock.close()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0
+
+
+def test_a_bad_readiness_environment_variable_exits_2() -> None:
+    env = {**os.environ, "TRIOECHO_READINESS": "select"}
+    result = subprocess.run(TRIOECHO, capture_output=True, timeout=30, env=env)
+    assert result.returncode == 2
+    assert "TRIOECHO_READINESS must be hub or trio, not 'select'" in result.stderr.decode()
 
 
 def test_tls_service_client_and_bench(tls_files: dict[str, str]) -> None:

@@ -14,17 +14,24 @@ from trioecho import ConnectionClosedError, IdleTimeoutError, SlowReaderError
 from trioecho.transport import SocketTransport, StreamTransport, Transport, open_transport
 
 Pair = Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]]
-PAIRS: dict[str, Pair] = {
-    "socket": socket_stream_pair,
-    "memory": trio.testing.memory_stream_pair,
+# name: (stream pair, readiness of a direct-socket transport)
+PAIRS: dict[str, tuple[Pair, str | None]] = {
+    "socket-hub": (socket_stream_pair, "hub"),
+    "socket-trio": (socket_stream_pair, "trio"),
+    "memory": (trio.testing.memory_stream_pair, None),
 }
 
 
 @pytest.fixture(params=sorted(PAIRS))
-def pair(request: pytest.FixtureRequest) -> tuple[Transport, trio.abc.Stream]:
+async def pair(request: pytest.FixtureRequest) -> tuple[Transport, trio.abc.Stream]:
     """(the server's transport, the client's raw stream)."""
-    client, server = PAIRS[request.param]()
-    return open_transport(server, idle_timeout=5, send_timeout=0.2), client
+    make_pair, readiness = PAIRS[request.param]
+    client, server = make_pair()
+    transport = open_transport(server, idle_timeout=5, send_timeout=0.2, readiness=readiness)
+    if readiness is not None:
+        assert isinstance(transport, SocketTransport)
+        assert transport.readiness == readiness
+    return transport, client
 
 
 def test_open_transport_picks_the_direct_socket_path() -> None:
