@@ -151,10 +151,18 @@ class Transport:
 
     async def checkpoint_sometimes(self) -> None:
         """A checkpoint every ``CHECKPOINT_EVERY`` calls."""
+        if self.checkpoint_due():
+            await trio.lowlevel.checkpoint()
+
+    def checkpoint_due(self) -> bool:
+        """Count a call that did not wait; True every ``CHECKPOINT_EVERY``
+        calls, when the caller must checkpoint (cheaper than awaiting
+        :meth:`checkpoint_sometimes` on a hot path)."""
         self._unyielded += 1
         if self._unyielded >= CHECKPOINT_EVERY:
             self._unyielded = 0
-            await trio.lowlevel.checkpoint()
+            return True
+        return False
 
     async def send_eof(self) -> None:
         """Close the sending side only (the stream must support half-close)."""
