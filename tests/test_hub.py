@@ -54,7 +54,7 @@ async def test_a_parked_reader_is_woken_by_new_input() -> None:
             assert woken == []
             b.send(b"ping")
         assert woken == [True]
-        assert watch.reader is None
+        assert not hub_module._parked(watch.reader, watch)
         watch.close()
 
 
@@ -73,7 +73,7 @@ async def test_an_edge_without_a_waiter_is_remembered_once() -> None:
         with trio.move_on_after(0.2) as scope:
             await watch.wait_readable()
         assert scope.cancelled_caught  # no edge left: it parked
-        assert watch.reader is None  # cancellation cleared it
+        assert not hub_module._parked(watch.reader, watch)  # cancellation unmarked it
         watch.close()
 
 
@@ -142,6 +142,38 @@ async def test_closing_a_watch_wakes_its_waiters_with_closed_resource_error() ->
         watch.close()  # idempotent
         with pytest.raises(trio.ClosedResourceError):
             await watch.wait_readable()
+
+
+async def test_a_cancelled_wait_leaves_no_stale_waiter() -> None:
+    """A reader cancelled while parked is no longer woken (nor busy): the
+    next edge is remembered for the next wait, and a later wait of the same
+    task elsewhere is not disturbed by this watch."""
+    a, b = raw_pair()
+    c, d = raw_pair()
+    with a, b, c, d:
+        hub = current_hub()
+        watch, other = hub.watch(a.fileno()), hub.watch(c.fileno())
+        with trio.move_on_after(0.05):
+            await watch.wait_readable()
+        assert watch.reader is not None  # stale, but no longer marked
+        results = []
+
+        async def read_other() -> None:
+            results.append(await other.wait_readable())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_other)
+            await trio.testing.wait_all_tasks_blocked()
+            b.send(b"x")  # an edge on the first watch
+            await trio.testing.wait_all_tasks_blocked()
+            assert results == []  # the task waiting on the other one slept on
+            assert watch.readable  # remembered instead
+            d.send(b"y")
+        assert results == [True]
+        with trio.fail_after(5):
+            assert await watch.wait_readable() is True  # no BusyResourceError
+        watch.close()
+        other.close()
 
 
 async def test_two_readers_are_busy() -> None:
@@ -242,14 +274,13 @@ async def test_a_hub_that_stops_leaves_its_transports_working() -> None:
 async def test_without_trios_private_trap_the_public_wait_is_used(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(hub_module, "_Trap", None)
+    monkeypatch.setattr(hub_module, "_TRAP", None)
     a, b = raw_pair()
     with a, b:
         watch = current_hub().watch(a.fileno())
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch.wait_readable)
             await trio.testing.wait_all_tasks_blocked()
-            assert watch.read_trap is None
             b.send(b"x")
         with trio.move_on_after(0.1) as scope:
             a.recv(10)

@@ -56,6 +56,16 @@ _unpack_result = _RESULT.unpack_from
 _buffers = threading.local()
 
 
+def _thread_id() -> int:
+    """``threading.get_ident()``, one int object per thread (an int of that
+    size is otherwise a new object, held by every engine)."""
+    try:
+        ident: int = _buffers.ident
+    except AttributeError:
+        ident = _buffers.ident = get_ident()
+    return ident
+
+
 def _output_buffer(capacity: int) -> tuple[Any, Any, Any, Any]:
     """This thread's output buffer of ``capacity`` bytes, a ``char *`` to it
     (``ffi.unpack`` of a ``char *`` is the quickest copy to bytes), and its
@@ -117,7 +127,7 @@ class EchoEngine:
             raise ValueError("the C echo session rejected the configuration")
         self._capacity = capacity
         # The thread's buffers, looked up again if another thread feeds.
-        self._thread = get_ident()
+        self._thread = _thread_id()
         self._buffers = _output_buffer(capacity)
 
     def feed(self, buf: bytes | bytearray) -> _pyecho.Result:

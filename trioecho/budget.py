@@ -112,9 +112,7 @@ class Account:
         """Whether this connection may read ``incoming`` more bytes now (the
         common case: a test without a coroutine on the hot path)."""
         budget = self._budget
-        return (
-            self.buffered + self.sending < budget.share or budget.used + incoming <= budget.limit
-        )
+        return self.buffered + self.sending < budget.share or budget.used + incoming <= budget.limit
 
     async def admit(self, incoming: int) -> None:
         """Return once this connection may read ``incoming`` more bytes

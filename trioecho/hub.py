@@ -49,7 +49,7 @@ import logging
 import select
 import types
 from collections.abc import Awaitable, Generator
-from typing import Any
+from typing import Any, TypeGuard
 
 import trio
 
@@ -88,7 +88,14 @@ def _park(trap: Any) -> Generator[Any, Any, Any]:
 
 
 class Watch:
-    """One socket's registration in a :class:`ReadinessHub` (see the module docstring)."""
+    """One socket's registration in a :class:`ReadinessHub` (see the module docstring).
+
+    A parked task is marked with the watch in its ``custom_sleep_data``
+    (Trio resets it whenever the task is rescheduled, a cancellation
+    included), so ``reader``/``writer`` may name a task that no longer waits
+    here: only a task still marked is woken.  That lets every watch share
+    one trap and one abort function, with no object made per wait.
+    """
 
     __slots__ = (
         "_hub",
@@ -97,7 +104,6 @@ class Watch:
         "input_ended",
         "interrupted",
         "output_ended",
-        "read_trap",
         "readable",
         "reader",
         "writable",
@@ -107,8 +113,8 @@ class Watch:
     def __init__(self, hub: ReadinessHub, fd: int) -> None:
         self._hub = hub
         self.fd = fd
-        self.reader: trio.lowlevel.Task | None = None
-        self.writer: trio.lowlevel.Task | None = None
+        self.reader: trio.lowlevel.Task | None = None  # parked if marked with this watch
+        self.writer: trio.lowlevel.Task | None = None  # likewise
         self.readable = False  # an input edge came while no reader waited
         self.writable = False  # an output edge came while no writer waited
         # The peer's end of input (or an error) came: it stays, so every later
@@ -118,7 +124,6 @@ class Watch:
         self.output_ended = False  # the connection broke: writes fail at once
         self.interrupted = False
         self.closed = False
-        self.read_trap: Any = None  # Trio's trap for a parked reader, made on first use
 
     async def wait_readable(self) -> bool:
         if self.take_readable():
@@ -132,10 +137,10 @@ class Watch:
         if self.writable or self.output_ended:
             self.writable = False
             return True
-        if self.writer is not None:
+        if _parked(self.writer, self):
             raise trio.BusyResourceError("another task is already waiting to write this socket")
-        self.writer = trio.lowlevel.current_task()
-        await trio.lowlevel.wait_task_rescheduled(self._abort_write)
+        self.writer = _mark_current_task(self)
+        await _wait()
         if self.closed:
             raise trio.ClosedResourceError("the socket's watch was closed")
         return True
@@ -160,15 +165,10 @@ class Watch:
         to be awaited at once; then call :meth:`reader_woken`."""
         if self.closed:
             raise trio.ClosedResourceError("the socket's watch was closed")
-        if self.reader is not None:
+        if _parked(self.reader, self):
             raise trio.BusyResourceError("another task is already waiting to read this socket")
-        self.reader = trio.lowlevel.current_task()
-        if _Trap is None:
-            return trio.lowlevel.wait_task_rescheduled(self._abort_read)
-        trap = self.read_trap
-        if trap is None:
-            trap = self.read_trap = _Trap(self._abort_read)
-        return _park(trap)
+        self.reader = _mark_current_task(self)
+        return _wait()
 
     def reader_woken(self) -> bool:
         """After a parked wait: True for an edge, False if
@@ -182,7 +182,7 @@ class Watch:
 
     def interrupt_reader(self) -> None:
         reader = self.reader
-        if reader is not None:
+        if _parked(reader, self):
             self.reader = None
             self.interrupted = True
             trio.lowlevel.reschedule(reader)
@@ -191,20 +191,40 @@ class Watch:
         if self.closed:
             return
         self.closed = True
-        self.read_trap = None  # it refers back to this watch
         self._hub._forget(self)
-        for task in (self.reader, self.writer):
-            if task is not None:
-                trio.lowlevel.reschedule(task)
+        reader, writer = self.reader, self.writer
         self.reader = self.writer = None
+        if _parked(reader, self):
+            trio.lowlevel.reschedule(reader)
+        if writer is not reader and _parked(writer, self):
+            trio.lowlevel.reschedule(writer)
 
-    def _abort_read(self, _: object) -> trio.lowlevel.Abort:
-        self.reader = None
-        return _SUCCEEDED
 
-    def _abort_write(self, _: object) -> trio.lowlevel.Abort:
-        self.writer = None
-        return _SUCCEEDED
+def _parked(task: trio.lowlevel.Task | None, watch: Watch) -> TypeGuard[trio.lowlevel.Task]:
+    """Whether ``task`` is parked on ``watch`` (and not woken yet)."""
+    return task is not None and task.custom_sleep_data is watch
+
+
+def _mark_current_task(watch: Watch) -> trio.lowlevel.Task:
+    task = trio.lowlevel.current_task()
+    task.custom_sleep_data = watch
+    return task
+
+
+def _abort(_: object) -> trio.lowlevel.Abort:
+    # Cancelled: Trio reschedules the task, which clears its mark.
+    return _SUCCEEDED
+
+
+def _wait() -> Awaitable[object]:
+    """The wait of a marked task: Trio's trap yielded directly (one shared
+    trap object), or the public ``wait_task_rescheduled`` without it."""
+    if _TRAP is None:
+        return trio.lowlevel.wait_task_rescheduled(_abort)
+    return _park(_TRAP)
+
+
+_TRAP = None if _Trap is None else _Trap(_abort)
 
 
 class ReadinessHub:
@@ -264,18 +284,18 @@ class ReadinessHub:
                             watch.output_ended = True
                     if events & _INPUT:
                         reader = watch.reader
-                        if reader is None:
-                            watch.readable = True
-                        else:
+                        if reader is not None and reader.custom_sleep_data is watch:
                             watch.reader = None
                             reschedule(reader)
+                        else:
+                            watch.readable = True
                     if events & _OUTPUT:
                         writer = watch.writer
-                        if writer is None:
-                            watch.writable = True
-                        else:
+                        if writer is not None and writer.custom_sleep_data is watch:
                             watch.writer = None
                             reschedule(writer)
+                        else:
+                            watch.writable = True
         finally:
             self.close()
 

@@ -53,6 +53,12 @@ DEFAULT_RECEIVE_SIZE = 64 * 1024
 RAW_RECEIVE_SIZE = 1024  # the seed's recv(1024): in raw framing, one read is one message
 
 
+# The empty _pending of every stream (an idle stream holds no list of its
+# own).  Never mutated: _feed() replaces an empty _pending, and only a
+# non-empty one is handed out.
+_NO_MESSAGES: list[bytes] = []
+
+
 def receive_size_for(framing: str) -> int:
     """How many bytes a stream of ``framing`` reads at a time."""
     return RAW_RECEIVE_SIZE if framing == "raw" else DEFAULT_RECEIVE_SIZE
@@ -119,7 +125,7 @@ class MessageStream(trio.abc.AsyncResource):
         self.receive_size = receive_size
         # Messages read but not yet delivered: _pending[_next:].  A list and an
         # index rather than a deque: an idle connection keeps it small.
-        self._pending: list[bytes] = []
+        self._pending: list[bytes] = _NO_MESSAGES
         self._next = 0
         self._error: FrameTooLongError | None = None  # raise once _pending is empty
         self._resume = False  # discard mode: feed(b"") again after the error
@@ -179,7 +185,7 @@ class MessageStream(trio.abc.AsyncResource):
         message = self._pending[self._next]
         self._next += 1
         if self._next == len(self._pending):
-            self._pending = []
+            self._pending = _NO_MESSAGES
             self._next = 0
             self._delivered()
         return message
@@ -196,7 +202,7 @@ class MessageStream(trio.abc.AsyncResource):
         if self.transport.checkpoint_due():
             await trio.lowlevel.checkpoint()
         batch = self._pending[self._next :] if self._next else self._pending
-        self._pending = []
+        self._pending = _NO_MESSAGES
         self._next = 0
         self._delivered()
         return batch
