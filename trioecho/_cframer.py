@@ -68,6 +68,11 @@ def _config_error(what: str) -> ValueError:
     return ValueError(f"the C framer rejected the configuration: {what}")
 
 
+_length_scan = lib.te_length_scan
+_unpack_result = _RESULT.unpack_from
+_NULL = ffi.NULL
+
+
 def _slice(buf: bytes | bytearray, start: int, end: int) -> bytes:
     if type(buf) is bytes:
         return buf[start:end]
@@ -88,18 +93,35 @@ class LengthScanner:
         self._result_view = ffi.buffer(self._result)
 
     def scan(self, buf: bytes | bytearray) -> tuple[list[bytes], int, int]:
-        frames: list[bytes] = []
+        size = len(buf)
+        if type(buf) is bytes:
+            # The request/reply case first: one call, at most one frame.
+            _length_scan(self._framer, buf, size, 0, _NULL, 0, _NULL, 0, self._result)
+            status, layout, _, _, start, end, _, _, pos, length = _unpack_result(
+                self._result_view
+            )
+            if status != _MORE:
+                frames = [buf[start:end]] if layout == _ONE else []
+                return frames, pos, (length if status == _TOO_LONG else -1)
+            if layout == _ONE:  # go on after the first frame
+                return self._scan_all(buf, [buf[start:end]], pos)
+        return self._scan_all(buf, [], 0)
+
+    def _scan_all(
+        self, buf: bytes | bytearray, frames: list[bytes], pos: int
+    ) -> tuple[list[bytes], int, int]:
+        """Scan from ``pos`` on, ``frames`` already found before it (the
+        length framer keeps no state between calls)."""
         fmt = pack = ffi.NULL
         capacity = 0
         ptr = buf if type(buf) is bytes else ffi.from_buffer(buf)
-        pos = 0
         try:
             while True:
-                lib.te_length_scan(
+                _length_scan(
                     self._framer, ptr, len(buf), pos, fmt, capacity, pack, capacity, self._result
                 )
                 status, layout, _, offset, start, end, fmt_len, packed, pos, length = (
-                    _RESULT.unpack_from(self._result_view)
+                    _unpack_result(self._result_view)
                 )
                 if layout == _ONE:
                     frames.append(_slice(buf, start, end))

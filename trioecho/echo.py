@@ -116,11 +116,12 @@ class EchoHandler(BaseRequestHandler):
     async def answer_messages(self) -> None:
         """Answer messages until ``q`` or the end of the stream."""
         stream = self.request
+        framer = stream.framer
+        transport = stream.transport
         while True:
             try:
                 batch = await stream.receive_messages()
             except FrameTooLongError as exc:
-                framer = stream.framer
                 if isinstance(framer, LineFramer) and framer.on_too_long == "discard":
                     self._log_dropped(exc)
                     continue
@@ -138,15 +139,16 @@ class EchoHandler(BaseRequestHandler):
             message = b""
             if replies:
                 try:
-                    data = stream.framer.encode_many(replies)
+                    data = framer.encode_many(replies)
                 except FramingError:
-                    # Send the replies before the one that cannot be framed,
-                    # then raise its error: none owed before it is lost.
+                    # Send the replies before the one that cannot be framed
+                    # (send_message raises its error): none owed before it is lost.
                     for reply in replies:
                         await stream.send_message(reply)
+                    raise  # not reached: one of them cannot be framed
                 count = len(replies)
                 replies = []  # only the framed bytes are held while a slow peer reads
-                await stream.transport.send_all(data)
+                await transport.send_all(data)
                 stream.messages_sent += count
             if stopped:
                 return

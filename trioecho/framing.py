@@ -155,7 +155,13 @@ class _StreamFramer:
         if self._broken is not None:
             raise self._error(self._broken.length, [], again=True)
         frames: list[bytes]
-        frames, _, too_long = self._advance(data, self._scanner.scan)
+        if not self._buffer and type(data) is bytes:
+            # Nothing buffered (the common case): scan the read itself.
+            frames, consumed, too_long = self._scanner.scan(data)
+            if consumed < len(data):
+                self._buffer += memoryview(data)[consumed:]
+        else:
+            frames, _, too_long = self._advance(data, self._scanner.scan)
         if too_long >= 0:
             error = self._error(too_long, frames, again=False)
             if not self._recoverable:
@@ -259,6 +265,10 @@ class LengthPrefixedFramer(_StreamFramer):
         """Return the frames of all payloads, concatenated, for one write."""
         pack = self._pack
         limit = self._encode_limit
+        if type(payloads) is list and len(payloads) == 1 and len(payloads[0]) <= limit:
+            payload: Buffer = payloads[0]  # one reply: no join
+            header: bytes = pack(len(payload))
+            return header + payload
         parts: list[Buffer] = []
         append = parts.append
         for payload in payloads:

@@ -197,9 +197,27 @@ class MessageStream(trio.abc.AsyncResource):
         replies can go out in one write (see :meth:`send_messages`).  Raises
         like :meth:`receive_message`.
         """
-        if not await self._fill():
+        transport = self.transport
+        deadline: float | None = None
+        if (
+            not self._pending
+            and self._error is None
+            and not (self._resume or self._at_eof or self._receiving or transport.closed)
+        ):
+            # The request/reply case, inline: one read, no _fill() coroutine.
+            self._receiving = True
+            deadline = self.idle_deadline()
+            try:
+                data = await transport.receive_some(self.receive_size, deadline)
+            finally:
+                self._receiving = False
+            if data:
+                self._feed(data)
+            elif data is not None:
+                self._at_eof = True
+        if self._next >= len(self._pending) and not await self._fill(deadline):
             raise trio.EndOfChannel
-        if self.transport.checkpoint_due():
+        if transport.checkpoint_due():
             await trio.lowlevel.checkpoint()
         batch = self._pending[self._next :] if self._next else self._pending
         self._pending = _NO_MESSAGES
@@ -260,14 +278,17 @@ class MessageStream(trio.abc.AsyncResource):
         timeout = self.transport.idle_timeout
         return math.inf if timeout is None else trio.current_time() + timeout
 
-    async def _fill(self) -> bool:
-        """Make ``_pending`` non-empty; return False at the end of the messages."""
+    async def _fill(self, deadline: float | None = None) -> bool:
+        """Make ``_pending`` non-empty; return False at the end of the messages.
+        ``deadline``: for the complete message (a wait that began earlier), by
+        default ``idle_timeout`` from now."""
         if self.transport.closed:
             raise trio.ClosedResourceError("the message stream was closed")
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving from this stream")
         self._receiving = True
-        deadline = self.idle_deadline()
+        if deadline is None:
+            deadline = self.idle_deadline()
         try:
             while self._next >= len(self._pending):
                 if self._error is not None:
@@ -297,8 +318,9 @@ class MessageStream(trio.abc.AsyncResource):
             self._receiving = False
 
     def _feed(self, data: bytes) -> None:
+        framer = self._framer if self._framer is not None else self.framer
         try:
-            frames = self.framer.feed(data)
+            frames = framer.feed(data)
         except FrameTooLongError as exc:
             frames = exc.frames  # delivered before the error
             exc.frames = []
@@ -311,7 +333,7 @@ class MessageStream(trio.abc.AsyncResource):
         account = self.transport.account
         if account is not None:
             # The unfinished frame, and this read's messages until delivered.
-            account.set_buffered(self.framer.buffered + (len(data) if frames else 0))
+            account.set_buffered(framer.buffered + (len(data) if frames else 0))
 
     # -- sending -----------------------------------------------------------
 
