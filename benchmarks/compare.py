@@ -9,7 +9,7 @@ shared machine); p99 and maximum latency with 5000 connections; RSS per idle
 connection; then trioecho's ratio to each peer and the performance goals,
 met or not.
 
-    python benchmarks/compare.py                # everything, ~8 minutes
+    python benchmarks/compare.py                # everything, ~10 minutes
     python benchmarks/compare.py --quick        # shorter runs
     python benchmarks/compare.py --peers trioecho,uvloop-protocol --workloads pipelined-len
 

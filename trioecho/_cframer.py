@@ -97,9 +97,7 @@ class LengthScanner:
         if type(buf) is bytes:
             # The request/reply case first: one call, at most one frame.
             _length_scan(self._framer, buf, size, 0, _NULL, 0, _NULL, 0, self._result)
-            status, layout, _, _, start, end, _, _, pos, length = _unpack_result(
-                self._result_view
-            )
+            status, layout, _, _, start, end, _, _, pos, length = _unpack_result(self._result_view)
             if status != _MORE:
                 frames = [buf[start:end]] if layout == _ONE else []
                 return frames, pos, (length if status == _TOO_LONG else -1)

@@ -5,10 +5,12 @@ session, and the only code of trioecho that touches Trio's socket
 internals.  One interface, two implementations:
 
 * :class:`SocketTransport` over a plain ``trio.SocketStream``: it calls the
-  non-blocking socket directly and waits with
-  ``trio.lowlevel.wait_readable``/``wait_writable`` only when the kernel has
-  nothing for it (the stream's own methods add a few scheduler round trips
-  per call);
+  non-blocking socket directly and waits only when the kernel has nothing
+  for it (the stream's own methods add a few scheduler round trips per
+  call), by default through the run's :mod:`readiness hub <trioecho.hub>`
+  (the socket registered once in a shared edge-triggered epoll set), else
+  with Trio's ``wait_readable``/``wait_writable`` (``readiness="trio"``,
+  ``TRIOECHO_READINESS=trio``: one ``epoll_ctl`` re-arm per wait);
 * :class:`StreamTransport` over any other ``trio.abc.Stream``: TLS,
   in-memory, anything with ``receive_some``/``send_all``.
 
