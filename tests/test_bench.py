@@ -141,6 +141,27 @@ def test_bench_command_json() -> None:
     assert set(report["latency_ms"]) == {"p50", "p90", "p99", "p99.9", "max"}
 
 
+def test_bench_reports_the_servers_cpu_per_message() -> None:
+    """``--server-pid``: the server's CPU seconds over the measured seconds
+    (from /proc), per message answered; a PID that is not there exits 2."""
+    base = [sys.executable, "-m", "trioecho", "bench", "--framing", "len", "-c", "4"]
+    with server_process("--framing", "len") as server:
+        options = ["--port", str(server.port), "--duration", "1", "--warmup", "0.1"]
+        pid = ["--server-pid", str(server.process.pid)]
+        text = subprocess.run([*base, *options, *pid], capture_output=True, timeout=60)
+        report = subprocess.run([*base, *options, *pid, "--json"], capture_output=True, timeout=60)
+        missing = subprocess.run(
+            [*base, *options, "--server-pid", "999999999"], capture_output=True, timeout=60
+        )
+    assert text.returncode == 0, text.stderr
+    assert " us per message" in text.stdout.decode()
+    result = json.loads(report.stdout)
+    # The server spent CPU answering; not more than the wall time (one thread).
+    assert 0 < result["server_cpu_seconds"] <= result["seconds"] * 1.5
+    assert missing.returncode == 2
+    assert "--server-pid 999999999" in missing.stderr.decode()
+
+
 def test_latency_histogram_buckets_and_percentiles() -> None:
     assert BUCKET_FLOORS[:17] == (*range(16), 16)
     assert all(a < b for a, b in itertools.pairwise(BUCKET_FLOORS[:976]))

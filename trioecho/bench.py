@@ -214,6 +214,11 @@ def format_result(result: BenchResult) -> str:
         f"({result.messages:,} replies checked, {result.errors} errors)",
         f"  latency ms: {latency}",
     ]
+    if result.cpu_per_message_us is not None:
+        lines.append(
+            f"  server CPU: {result.server_cpu_seconds:.2f}s, "
+            f"{result.cpu_per_message_us:.2f} us per message"
+        )
     if result.errors:
         lines.append(f"  last error: {result.last_error}")
     return "\n".join(lines)
@@ -227,6 +232,18 @@ def run_bench(
     answered nothing or answered any message wrong."""
     out = out if out is not None else sys.stdout
     progress = sys.stderr if (not args.json and sys.stderr.isatty()) else None
+    pid = getattr(args, "server_pid", None)
+    server_cpu = None
+    if pid is not None:
+        try:
+            process_cpu_seconds(pid)
+        except OSError as exc:
+            print(f"trioecho bench: --server-pid {pid}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+
+        def server_cpu() -> float:
+            return process_cpu_seconds(pid)
+
     try:
         result = measure(
             args.host,
@@ -240,6 +257,7 @@ def run_bench(
             progress=progress,
             ssl_context=ssl_context,
             server_name=args.tls_server_name,
+            server_cpu=server_cpu,
         )
     except ValueError as exc:  # options that do not go together
         print(f"trioecho bench: {exc}", file=sys.stderr)

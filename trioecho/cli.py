@@ -312,6 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--duration", type=_positive_seconds, default=5.0, help="seconds measured")
     bench.add_argument("--warmup", type=_seconds, default=1.0, help="seconds before measuring")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument(
+        "--server-pid",
+        type=_positive_int,
+        default=None,
+        metavar="PID",
+        help="a server on this machine: also report its CPU time per message, from "
+        "/proc/PID/stat (steadier than msgs/s on a shared machine)",
+    )
     _add_tls_client_options(bench)
     return parser
 
