@@ -73,7 +73,7 @@ def server_command(peer: str, framing: str) -> tuple[list[str], dict[str, str]]:
         if peer == "trioecho-py":
             env["TRIOECHO_PUREPYTHON"] = "1"
         command = [sys.executable, "-m", "trioecho", "--port", "0", "--framing", framing, "-q"]
-        command += ["--max-connections", "20000", "--idle-timeout", "0"]
+        command += ["--max-connections", "10000", "--idle-timeout", "0"]
         if peer == "trioecho-generic":
             command.append("--generic")
         command += ["--readiness", "trio" if peer == "trioecho-trio" else "hub"]

@@ -35,7 +35,7 @@ class Service:
 
     def __init__(self, workers: int, framing: str) -> None:
         command = [sys.executable, "-m", "trioecho", "--port", "0", "--framing", framing]
-        command += ["--workers", str(workers), "-q", "--max-connections", "20000"]
+        command += ["--workers", str(workers), "-q", "--max-connections", "10000"]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE)
         assert self.process.stdout is not None
         line = self.process.stdout.readline().decode()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import logging
 import resource
 import signal
@@ -380,6 +381,22 @@ def _fit_fd_limit(max_connections: int) -> None:
         )
 
 
+# The server process's cyclic garbage collector: each message allocates a few
+# short-lived containers (freed by reference counting), and at the default
+# threshold of 700 the collector ran every ~100 messages, ~5% of the server's
+# CPU with 1000 connections; at 20,000 it all but never runs under that load
+# (0.3 s -> 0.01 s of 4.7 s), while cyclic garbage is still collected.
+GC_THRESHOLD = 20_000
+
+
+def _tune_gc() -> None:
+    """Collect less often in the server process (see ``GC_THRESHOLD``), and
+    leave the objects of start-up out of every later collection."""
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD, older, oldest)
+    gc.freeze()
+
+
 async def _serve(
     args: argparse.Namespace,
     framing: FramingConfig,
@@ -387,6 +404,7 @@ async def _serve(
     ssl_context: ssl.SSLContext | None,
 ) -> int:
     _fit_fd_limit(args.max_connections)
+    _tune_gc()
     server = MessageServer(
         GenericEchoHandler if args.generic else EchoHandler,
         host=args.host,
