@@ -1,8 +1,8 @@
 """A TCP message server on Trio with the handler model of ``socketserver``.
 
 Each connection gets one task in a nursery (an accept loop per listener, as
-``trio.serve_listeners`` has) and a :class:`MessageStream`.  The handler is either a :class:`BaseRequestHandler`
-subclass, as in the seed tutorial::
+``trio.serve_listeners`` has) and a :class:`MessageStream`.  The handler is
+either a :class:`BaseRequestHandler` subclass, as in the seed tutorial::
 
     class Echo(BaseRequestHandler):
         async def handle(self):
