@@ -82,8 +82,9 @@ _SUCCEEDED = trio.lowlevel.Abort.SUCCEEDED
 
 @types.coroutine
 def _park(trap: Any) -> Generator[Any, Any, Any]:
-    """``trio.lowlevel.wait_task_rescheduled`` with a trap made once per
-    watch: what Trio's function does, one coroutine and one object less."""
+    """``trio.lowlevel.wait_task_rescheduled`` with the one trap every wait
+    shares (``_TRAP``): what Trio's function does, one coroutine and one
+    object less."""
     return (yield trap).unwrap()
 
 
@@ -328,7 +329,8 @@ def current_hub() -> ReadinessHub:
 
 async def _serve(hub: ReadinessHub) -> None:
     # A system task must not raise: an unexpected error closes this hub (its
-    # waiters see ClosedResourceError) and the next connection starts another.
+    # transports fall back to Trio's waits) and the next connection starts
+    # another.
     try:
         await hub.run()
     except trio.Cancelled:
