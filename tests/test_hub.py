@@ -23,6 +23,17 @@ def raw_pair() -> tuple[socket.socket, socket.socket]:
     return a, b
 
 
+async def fill_send_buffer(sock: socket.socket, watch: Watch) -> None:
+    """Send until the kernel takes no more (a socket pair buffers far less
+    than the bound), then let the hub take the output edges of those sends,
+    which are spent: a wait for output now parks until the peer reads."""
+    with pytest.raises(BlockingIOError):
+        for _ in range(10_000):
+            sock.send(b"x" * 65536)
+    await trio.testing.wait_all_tasks_blocked()
+    watch.writable = False
+
+
 async def test_current_hub_is_one_per_run_and_runs() -> None:
     hub = current_hub()
     assert current_hub() is hub
@@ -127,12 +138,7 @@ async def test_closing_a_watch_wakes_its_waiters_with_closed_resource_error() ->
             except trio.ClosedResourceError as exc:
                 errors.append(type(exc))
 
-        # Fill the socket so that a writer has to wait too.
-        with pytest.raises(BlockingIOError):
-            while True:
-                a.send(b"x" * 65536)
-        await trio.testing.wait_all_tasks_blocked()
-        watch.writable = False
+        await fill_send_buffer(a, watch)  # so that a writer has to wait too
         async with trio.open_nursery() as nursery:
             nursery.start_soon(waiter, "wait_readable")
             nursery.start_soon(waiter, "wait_writable")
@@ -193,11 +199,7 @@ async def test_a_writer_waits_until_the_peer_reads() -> None:
     a, b = raw_pair()
     with a, b:
         watch = current_hub().watch(a.fileno())
-        with pytest.raises(BlockingIOError):
-            while True:
-                a.send(b"x" * 65536)
-        await trio.testing.wait_all_tasks_blocked()
-        watch.writable = False  # the edges of the sends above are spent
+        await fill_send_buffer(a, watch)
         done = []
 
         async def writer() -> None:
