@@ -126,7 +126,7 @@ class Account:
         deadline = trio.current_time() + budget.patience
         budget.waiting += 1
         try:
-            while self.held >= budget.share and budget.used + incoming > budget.limit:
+            while not self.fits(incoming):
                 with trio.move_on_at(deadline):
                     await budget._freed.wait()
                     continue

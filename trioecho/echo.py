@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 
 import trio
 
@@ -78,9 +77,7 @@ class EchoHandler(BaseRequestHandler):
         transport = stream.transport
         account = transport.account
         receive_size = stream.receive_size
-        timeout = transport.idle_timeout
-        now = trio.current_time
-        deadline = math.inf if timeout is None else now() + timeout
+        deadline = stream.idle_deadline()
         while True:
             data = await transport.receive_some(receive_size, deadline)
             if data is None:
@@ -92,14 +89,11 @@ class EchoHandler(BaseRequestHandler):
             data = None  # an idle connection holds neither its last message ...
             if account is not None and account.buffered != session.buffered:
                 account.set_buffered(session.buffered)
-            if received:
+            if received or dropped:
                 stream.messages_received += received
-                if timeout is not None:
-                    deadline = now() + timeout
+                deadline = stream.idle_deadline()
             for too_long in dropped:
                 self._log_dropped(too_long)
-                if timeout is not None:
-                    deadline = now() + timeout
             if wire:
                 await transport.send_all(wire)
                 stream.messages_sent += replies

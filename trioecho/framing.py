@@ -49,7 +49,7 @@ import dataclasses
 import functools
 import struct
 from collections.abc import Callable, Iterable
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from . import _backend
 from ._errors import DelimiterInPayloadError, FrameTooLongError, IncompleteFrameError
@@ -154,14 +154,7 @@ class _StreamFramer:
         """Add the bytes of one read; return the frames they complete, in order."""
         if self._broken is not None:
             raise self._error(self._broken.length, [], again=True)
-        frames: list[bytes]
-        if not self._buffer and type(data) is bytes:
-            # Nothing buffered (the common case): scan the read itself.
-            frames, consumed, too_long = self._scanner.scan(data)
-            if consumed < len(data):
-                self._buffer += memoryview(data)[consumed:]
-        else:
-            frames, _, too_long = self._advance(data, self._scanner.scan)
+        frames, too_long = self._scan(data)
         if too_long >= 0:
             error = self._error(too_long, frames, again=False)
             if not self._recoverable:
@@ -170,27 +163,25 @@ class _StreamFramer:
             raise error
         return frames
 
-    def _advance(
-        self, data: Buffer, step: Callable[..., tuple[Any, ...]], *args: Any
-    ) -> tuple[Any, ...]:
-        """Run ``step(buffer, *args)`` over the buffered bytes plus ``data``;
-        it returns a tuple whose second item is how many bytes it consumed,
-        and those are dropped.  An empty buffer is not copied into."""
+    def _scan(self, data: Buffer) -> tuple[list[bytes], int]:
+        """Scan the buffered bytes plus ``data``, drop what the scanner
+        consumed; return its frames and its over-long length (-1: none).
+        An empty buffer is not copied into: the read itself is scanned."""
         buffer = self._buffer
         if buffer:
             buffer += data
-            result = step(buffer, *args)
-            if result[1] < len(buffer):
-                del buffer[: result[1]]
+            frames, consumed, too_long = self._scanner.scan(buffer)
+            if consumed < len(buffer):
+                del buffer[:consumed]
             else:  # a new one: an emptied bytearray keeps its capacity
                 self._buffer = bytearray()
         else:
             if type(data) is not bytes:
                 data = bytes(data)
-            result = step(data, *args)
-            if result[1] < len(data):
-                buffer += memoryview(data)[result[1] :]
-        return result
+            frames, consumed, too_long = self._scanner.scan(data)
+            if consumed < len(data):
+                buffer += memoryview(data)[consumed:]
+        return frames, too_long
 
     def feed_eof(self) -> None:
         """The peer closed its side: raise IncompleteFrameError if a frame is unfinished."""

@@ -57,7 +57,7 @@ from .accept import DEFAULT_HANDSHAKE_TIMEOUT, ProxyProtocolConfig, open_connect
 from .budget import MemoryBudget, MemoryBudgetError
 from .framing import FramingConfig
 from .stream import MessageStream, receive_size_for
-from .transport import READINESS_MODES, default_readiness
+from .transport import resolve_readiness
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -256,11 +256,7 @@ class MessageServer:
         self.ssl_context = ssl_context
         self.handshake_timeout = handshake_timeout
         self.budget = memory_budget if memory_budget is not None else MemoryBudget()
-        self.readiness = default_readiness() if readiness is None else readiness
-        if self.readiness not in READINESS_MODES:
-            raise ValueError(
-                f"readiness must be one of {', '.join(READINESS_MODES)}, not {readiness!r}"
-            )
+        self.readiness = resolve_readiness(readiness)
         self.listeners: list[trio.SocketListener] = []
         self.connections_served = 0
         self.messages_received = 0  # over all closed connections

@@ -318,7 +318,7 @@ class MessageStream(trio.abc.AsyncResource):
             self._receiving = False
 
     def _feed(self, data: bytes) -> None:
-        framer = self._framer if self._framer is not None else self.framer
+        framer = self.framer
         try:
             frames = framer.feed(data)
         except FrameTooLongError as exc:

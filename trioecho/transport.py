@@ -70,6 +70,7 @@ __all__ = [
     "Transport",
     "default_readiness",
     "open_transport",
+    "resolve_readiness",
 ]
 
 CHECKPOINT_EVERY = 16
@@ -87,6 +88,16 @@ def default_readiness() -> str:
     if mode not in READINESS_MODES:
         raise ValueError(f"{READINESS_ENV} must be hub or trio, not {mode!r}")
     return mode
+
+
+def resolve_readiness(readiness: str | None) -> str:
+    """``readiness`` checked (``"hub"`` or ``"trio"``), or for None
+    :func:`default_readiness`; ValueError otherwise."""
+    if readiness is None:
+        return default_readiness()
+    if readiness not in READINESS_MODES:
+        raise ValueError(f"readiness must be hub, trio or None, not {readiness!r}")
+    return readiness
 
 
 class Transport:
@@ -295,9 +306,9 @@ class StreamTransport(Transport):
 class SocketTransport(Transport):
     """A transport over a plain ``trio.SocketStream``'s non-blocking socket.
 
-    With ``hub`` (a :class:`~trioecho.hub.ReadinessHub`) the socket is
-    registered there once and every wait goes through it; without, through
-    Trio's ``wait_readable``/``wait_writable``.  Either way a read that had
+    With ``watch`` (the socket's registration in a
+    :class:`~trioecho.hub.ReadinessHub`) every wait goes through the hub;
+    without, through Trio's ``wait_readable``/``wait_writable``.  Either way a read that had
     to wait and came up short makes the next receive wait first, without
     the read that would fail (safe for the hub's edges too: a short read
     leaves nothing unread, so new input brings a new edge).
@@ -440,7 +451,11 @@ class SocketTransport(Transport):
                 raise
             self._watch_lost()
             return True  # read again, then wait Trio's way
-        # Woken by expire_if_idle() or stop_receiving().
+        return self._interrupted()
+
+    def _interrupted(self) -> bool:
+        """A wait without a scope was woken by expire_if_idle() (raise the
+        idle timeout) or stop_receiving() (False)."""
         if self._expired:
             self._expired = False
             raise self._idle_timeout_error()
@@ -488,11 +503,7 @@ class SocketTransport(Transport):
                 raise
         finally:
             self._waiting = False
-        # Woken by expire_if_idle() or stop_receiving() (notify_closing).
-        if self._expired:
-            self._expired = False
-            raise self._idle_timeout_error()
-        return not self._stopping
+        return self._interrupted()  # woken by notify_closing
 
     async def send_all(self, data: Buffer) -> None:
         if self._closed or self._sending:
@@ -506,9 +517,7 @@ class SocketTransport(Transport):
         except OSError as exc:
             raise self._socket_error(exc, "sending") from exc
         if sent >= len(data):
-            self._unyielded += 1
-            if self._unyielded >= CHECKPOINT_EVERY:
-                self._unyielded = 0
+            if self.checkpoint_due():
                 await trio.lowlevel.checkpoint()
             return
         await self._send_rest(data, sent)
@@ -663,10 +672,7 @@ def open_transport(
     waits), or None for :func:`default_readiness`.  Outside a Trio run, or
     without epoll, the hub is not available and Trio's waits are used.
     """
-    if readiness is None:
-        readiness = default_readiness()
-    elif readiness not in READINESS_MODES:
-        raise ValueError(f"readiness must be hub, trio or None, not {readiness!r}")
+    readiness = resolve_readiness(readiness)
     sock = _raw_socket(stream)
     if sock is None:
         return StreamTransport(stream, idle_timeout=idle_timeout, send_timeout=send_timeout)
