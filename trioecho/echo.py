@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 
 import trio
 
@@ -77,7 +78,10 @@ class EchoHandler(BaseRequestHandler):
         transport = stream.transport
         account = transport.account
         receive_size = stream.receive_size
-        deadline = stream.idle_deadline()
+        # stream.idle_deadline(), inline: it is renewed with every message.
+        timeout = transport.idle_timeout
+        now = trio.current_time
+        deadline = math.inf if timeout is None else now() + timeout
         while True:
             data = await transport.receive_some(receive_size, deadline)
             if data is None:
@@ -89,9 +93,9 @@ class EchoHandler(BaseRequestHandler):
             data = None  # an idle connection holds neither its last message ...
             if account is not None and account.buffered != session.buffered:
                 account.set_buffered(session.buffered)
-            if received or dropped:
-                stream.messages_received += received
-                deadline = stream.idle_deadline()
+            if (received or dropped) and timeout is not None:
+                deadline = now() + timeout
+            stream.messages_received += received
             for too_long in dropped:
                 self._log_dropped(too_long)
             if wire:

@@ -154,19 +154,9 @@ class _StreamFramer:
         """Add the bytes of one read; return the frames they complete, in order."""
         if self._broken is not None:
             raise self._error(self._broken.length, [], again=True)
-        frames, too_long = self._scan(data)
-        if too_long >= 0:
-            error = self._error(too_long, frames, again=False)
-            if not self._recoverable:
-                self._broken = error
-                self._buffer.clear()
-            raise error
-        return frames
-
-    def _scan(self, data: Buffer) -> tuple[list[bytes], int]:
-        """Scan the buffered bytes plus ``data``, drop what the scanner
-        consumed; return its frames and its over-long length (-1: none).
-        An empty buffer is not copied into: the read itself is scanned."""
+        # The buffered bytes plus ``data`` are scanned and what the scanner
+        # consumed is dropped; an empty buffer is not copied into (the read
+        # itself is scanned).  Inline: this runs for every read.
         buffer = self._buffer
         if buffer:
             buffer += data
@@ -181,7 +171,13 @@ class _StreamFramer:
             frames, consumed, too_long = self._scanner.scan(data)
             if consumed < len(data):
                 buffer += memoryview(data)[consumed:]
-        return frames, too_long
+        if too_long >= 0:
+            error = self._error(too_long, frames, again=False)
+            if not self._recoverable:
+                self._broken = error
+                self._buffer.clear()
+            raise error
+        return frames
 
     def feed_eof(self) -> None:
         """The peer closed its side: raise IncompleteFrameError if a frame is unfinished."""

@@ -318,7 +318,7 @@ class MessageStream(trio.abc.AsyncResource):
             self._receiving = False
 
     def _feed(self, data: bytes) -> None:
-        framer = self.framer
+        framer = self._framer if self._framer is not None else self.framer  # no property call
         try:
             frames = framer.feed(data)
         except FrameTooLongError as exc:

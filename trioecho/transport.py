@@ -517,7 +517,10 @@ class SocketTransport(Transport):
         except OSError as exc:
             raise self._socket_error(exc, "sending") from exc
         if sent >= len(data):
-            if self.checkpoint_due():
+            # checkpoint_due(), inline: this runs for every reply.
+            self._unyielded += 1
+            if self._unyielded >= CHECKPOINT_EVERY:
+                self._unyielded = 0
                 await trio.lowlevel.checkpoint()
             return
         await self._send_rest(data, sent)
