@@ -95,16 +95,47 @@ static void result_clear(te_result *r)
 
 /* ---- length-prefixed frames ----------------------------------------- */
 
+int te_frame_init(te_length_framer *f, int field, unsigned header_bytes,
+                  int little_endian, size_t length_offset, int64_t length_adjustment,
+                  int include_header, uint64_t max_frame)
+{
+    switch (field) {
+    case TE_FIELD_UINT:
+        if (header_bytes != 1 && header_bytes != 2 && header_bytes != 3 &&
+            header_bytes != 4 && header_bytes != 8)
+            return TE_BAD_CONFIG;
+        break;
+    case TE_FIELD_VARINT:
+        if (header_bytes < 1 || header_bytes > TE_MAX_VARINT || length_adjustment != 0)
+            return TE_BAD_CONFIG;
+        break;
+    case TE_FIELD_NONE:
+        if (header_bytes != 0 || max_frame == 0 || length_offset != 0 ||
+            length_adjustment != 0)
+            return TE_BAD_CONFIG;
+        break;
+    default:
+        return TE_BAD_CONFIG;
+    }
+    if (length_offset > TE_MAX_OFFSET || length_adjustment > TE_MAX_ADJUSTMENT ||
+        length_adjustment < -TE_MAX_ADJUSTMENT)
+        return TE_BAD_CONFIG;
+    f->field = field;
+    f->header_bytes = header_bytes;
+    f->little_endian = little_endian ? 1 : 0;
+    f->length_offset = length_offset;
+    f->length_adjustment = length_adjustment;
+    f->include_header = include_header ? 1 : 0;
+    f->max_frame = max_frame;
+    return TE_OK;
+}
+
 int te_length_init(te_length_framer *f, unsigned header_bytes,
                    int little_endian, uint64_t max_frame)
 {
-    if (header_bytes != 1 && header_bytes != 2 && header_bytes != 4 &&
-        header_bytes != 8)
-        return TE_BAD_CONFIG;
-    f->header_bytes = header_bytes;
-    f->little_endian = little_endian ? 1 : 0;
-    f->max_frame = max_frame;
-    return TE_OK;
+    if (header_bytes == 3)
+        return TE_BAD_CONFIG; /* the echo session writes 1/2/4/8-byte headers */
+    return te_frame_init(f, TE_FIELD_UINT, header_bytes, little_endian, 0, 0, 0, max_frame);
 }
 
 uint64_t te_read_header(const uint8_t *p, unsigned n, int little_endian)
@@ -133,11 +164,92 @@ void te_write_header(uint8_t *p, uint64_t v, unsigned n, int little_endian)
     }
 }
 
+/*
+ * Read the header of the frame at buf[pos:len).  Returns TE_OK with the
+ * payload's bounds, TE_MORE when the header is incomplete, or an error
+ * status (result's length and field_len say why).  Every value is checked
+ * as soon as its header is complete.
+ */
+static int read_frame_header(const te_length_framer *f, const uint8_t *buf, size_t len,
+                             size_t pos, size_t *payload_start, uint64_t *payload_len,
+                             te_result *r)
+{
+    const size_t field_at = pos + f->length_offset;
+    uint64_t value = 0, payload;
+    size_t n;
+
+    if (f->field == TE_FIELD_NONE) {
+        *payload_start = pos;
+        *payload_len = f->max_frame;
+        return TE_OK;
+    }
+    if (len - pos < f->length_offset)
+        return TE_MORE;
+    if (f->field == TE_FIELD_UINT) {
+        n = f->header_bytes;
+        if (len - field_at < n)
+            return TE_MORE;
+        value = te_read_header(buf + field_at, (unsigned)n, f->little_endian);
+        if (f->length_adjustment < 0) {
+            const uint64_t minus = (uint64_t)(-f->length_adjustment);
+            if (value < minus) {
+                r->length = value;
+                return TE_NEGATIVE_LENGTH;
+            }
+            payload = value - minus;
+        } else {
+            const uint64_t plus = (uint64_t)f->length_adjustment;
+            if (plus > f->max_frame || value > f->max_frame - plus) {
+                r->length = value; /* checked before any of the body is awaited */
+                return TE_TOO_LONG;
+            }
+            payload = value + plus;
+        }
+        if (payload > f->max_frame) {
+            r->length = value;
+            return TE_TOO_LONG;
+        }
+    } else { /* TE_FIELD_VARINT: 7 bits a byte, least significant first */
+        uint8_t byte = 0;
+        for (n = 0;; n++) {
+            if (n == f->header_bytes) {
+                r->length = value; /* every byte allowed says "more" */
+                r->field_len = n;
+                return TE_BAD_VARINT;
+            }
+            if (field_at + n >= len)
+                return TE_MORE;
+            byte = buf[field_at + n];
+            if (n == TE_MAX_VARINT - 1 && (byte & 0x7f) > 1) {
+                r->length = value; /* over 64 bits */
+                r->field_len = n + 1;
+                return TE_BAD_VARINT;
+            }
+            value |= (uint64_t)(byte & 0x7f) << (7 * n);
+            if (!(byte & 0x80))
+                break;
+        }
+        n++;
+        if (n > 1 && byte == 0) {
+            r->length = value;
+            r->field_len = n;
+            return TE_VARINT_NOT_MINIMAL;
+        }
+        if (value > f->max_frame) {
+            r->length = value;
+            return TE_TOO_LONG;
+        }
+        payload = value;
+    }
+    *payload_start = field_at + n;
+    *payload_len = payload;
+    return TE_OK;
+}
+
 int te_length_scan(const te_length_framer *f, const uint8_t *buf, size_t len,
                    size_t pos, char *fmt, size_t fmt_cap, uint8_t *dest,
                    size_t dest_cap, te_result *r)
 {
-    const size_t h = f->header_bytes;
     int packing = 0;
     fmt_writer w;
 
@@ -145,37 +257,39 @@ int te_length_scan(const te_length_framer *f, const uint8_t *buf, size_t len,
     if (pos > len)
         pos = len;
     r->offset = pos;
-    while (len - pos >= h) {
-        uint64_t length = te_read_header(buf + pos, (unsigned)h, f->little_endian);
-        size_t start = pos + h;
-        if (length > f->max_frame) {
-            /* Checked before waiting for the body: never trust the peer. */
-            r->status = TE_TOO_LONG;
-            r->length = length;
+    for (;;) {
+        size_t payload_start, start, length;
+        uint64_t payload;
+        int status = read_frame_header(f, buf, len, pos, &payload_start, &payload, r);
+        if (status == TE_MORE)
+            break; /* header incomplete */
+        if (status != TE_OK) {
+            r->status = status;
             break;
         }
-        if (length > (uint64_t)(len - start))
+        if (payload > (uint64_t)(len - payload_start))
             break; /* body incomplete */
+        start = f->include_header ? pos : payload_start;
+        length = payload_start + (size_t)payload - start;
         if (r->frames == 0) {
             r->start = start;
-            r->end = start + (size_t)length;
+            r->end = start + length;
             packing = dest != NULL && length <= TE_PACK_MAX && length <= dest_cap;
             fmt_init(&w, fmt, fmt_cap, packing ? 0 : pos);
         }
         if (packing) {
-            if (length > (uint64_t)(dest_cap - r->packed) ||
-                !fmt_add(&w, r->packed, (size_t)length)) {
+            if (length > dest_cap - r->packed || !fmt_add(&w, r->packed, length)) {
                 r->status = TE_MORE; /* no room for this frame */
                 break;
             }
-            memcpy(dest + r->packed, buf + start, (size_t)length);
-            r->packed += (size_t)length;
-        } else if (!fmt_add(&w, start, (size_t)length) && r->frames > 0) {
+            memcpy(dest + r->packed, buf + start, length);
+            r->packed += length;
+        } else if (!fmt_add(&w, start, length) && r->frames > 0) {
             r->status = TE_MORE; /* no room to describe this frame */
             break;
         }
         r->frames++;
-        pos = start + (size_t)length;
+        pos = start + length;
     }
     if (r->frames == 0)
         r->layout = TE_LAYOUT_NONE;
@@ -199,10 +313,83 @@ int te_line_init(te_line_framer *f, const uint8_t *delimiter,
     memset(f, 0, sizeof *f);
     memcpy(f->delimiter, delimiter, delimiter_len);
     f->delimiter_len = delimiter_len;
+    f->delimiter_count = 1;
+    f->longest = delimiter_len;
+    f->starts[delimiter[0] >> 3] |= (uint8_t)(1u << (delimiter[0] & 7));
     f->strip_cr = strip_cr ? 1 : 0;
     f->discard = discard ? 1 : 0;
     f->max_frame = max_frame;
     return TE_OK;
+}
+
+int te_line_add_delimiter(te_line_framer *f, const uint8_t *delimiter,
+                          size_t delimiter_len)
+{
+    size_t i = f->delimiter_count - 1;
+    if (delimiter_len < 1 || delimiter_len > TE_MAX_DELIMITER ||
+        f->delimiter_count >= TE_MAX_DELIMITERS)
+        return TE_BAD_CONFIG;
+    memcpy(f->more[i], delimiter, delimiter_len);
+    f->more_len[i] = delimiter_len;
+    f->delimiter_count++;
+    if (delimiter_len > f->longest)
+        f->longest = delimiter_len;
+    f->starts[delimiter[0] >> 3] |= (uint8_t)(1u << (delimiter[0] & 7));
+    return TE_OK;
+}
+
+/* Delimiter i (0: the first) and its length. */
+static const uint8_t *delimiter_at(const te_line_framer *f, size_t i, size_t *n)
+{
+    if (i == 0) {
+        *n = f->delimiter_len;
+        return f->delimiter;
+    }
+    *n = f->more_len[i - 1];
+    return f->more[i - 1];
+}
+
+/* Some delimiter starts at buf[p]: 2 if one is complete there and no
+ * earlier-listed one may still be completing (its length in *dlen), 1 if
+ * one may still be completing (only in the last longest - 1 bytes), else 0. */
+static int delimiter_starts(const te_line_framer *f, const uint8_t *buf, size_t len,
+                            size_t p, size_t *dlen)
+{
+    size_t i;
+    for (i = 0; i < f->delimiter_count; i++) {
+        size_t n;
+        const uint8_t *d = delimiter_at(f, i, &n);
+        if (len - p >= n) {
+            if (memcmp(buf + p, d, n) == 0) {
+                *dlen = n;
+                return 2;
+            }
+        } else if (memcmp(buf + p, d, len - p) == 0) {
+            return 1; /* an earlier-listed one decides first */
+        }
+    }
+    return 0;
+}
+
+size_t te_find_any_delimiter(const te_line_framer *f, const uint8_t *buf, size_t len,
+                             size_t pos, size_t *dlen)
+{
+    if (f->delimiter_count == 1) {
+        *dlen = f->delimiter_len;
+        return te_find_delimiter(f, buf, len, pos);
+    }
+    for (; pos < len; pos++) {
+        const uint8_t b = buf[pos];
+        int found;
+        if (!(f->starts[b >> 3] & (1u << (b & 7))))
+            continue;
+        found = delimiter_starts(f, buf, len, pos, dlen);
+        if (found == 2)
+            return pos;
+        if (found == 1)
+            return len; /* wait: the line may end here */
+    }
+    return len;
 }
 
 size_t te_find_delimiter(const te_line_framer *f, const uint8_t *buf,
@@ -235,15 +422,20 @@ size_t te_payload_length(const te_line_framer *f, const uint8_t *buf,
 uint64_t te_unfinished_line(const te_line_framer *f, const uint8_t *buf, size_t len,
                             size_t line_start, size_t *next_search)
 {
-    const size_t dlen = f->delimiter_len;
+    const size_t dlen = f->longest;
     size_t q, end = len;
     *next_search = len - line_start >= dlen ? len - dlen + 1 : line_start;
     /* The line can end no earlier than the first position whose remaining
-     * bytes are a prefix of the delimiter. */
-    for (q = *next_search; q < len; q++) {
-        if (memcmp(buf + q, f->delimiter, len - q) == 0) {
-            end = q;
-            break;
+     * bytes are a prefix of a delimiter (or hold one). */
+    for (q = *next_search; q < len && end == len; q++) {
+        size_t i;
+        for (i = 0; i < f->delimiter_count; i++) {
+            size_t n;
+            const uint8_t *d = delimiter_at(f, i, &n);
+            if (memcmp(buf + q, d, len - q < n ? len - q : n) == 0) {
+                end = q;
+                break;
+            }
         }
     }
     return te_payload_length(f, buf, line_start, end);
@@ -271,6 +463,10 @@ static void line_layout(const te_line_framer *f, const line_scan *s,
     } else if (s->frames == 1 && s->counted) {
         r->layout = TE_LAYOUT_ONE;
         r->end = r->start + s->first_len;
+    } else if (f->delimiter_count > 1) {
+        r->layout = TE_LAYOUT_FORMAT; /* split cannot cut at several delimiters */
+        r->offset = s->region_start;
+        r->fmt_len = fmt_len(w, fmt);
     } else if (s->counted && w->ok &&
                (s->line_start - s->region_start >= TE_SHORT_LINE * s->frames ||
                 (s->cr_lines != 0 && s->cr_lines != s->frames))) {
@@ -283,7 +479,6 @@ static void line_layout(const te_line_framer *f, const line_scan *s,
         r->layout = s->cr_lines == s->frames ? TE_LAYOUT_SPLIT_CR
                                              : TE_LAYOUT_SPLIT_MIXED;
     }
-    (void)f;
 }
 
 /*
@@ -296,7 +491,7 @@ static int line_fast_path(const te_line_framer *f, const uint8_t *buf,
                           size_t len, size_t pos, line_scan *s)
 {
     const uint8_t *first, *last;
-    if (f->delimiter_len != 1 || f->discarding || pos >= len)
+    if (f->delimiter_count != 1 || f->delimiter_len != 1 || f->discarding || pos >= len)
         return 0;
     first = memchr(buf + pos, f->delimiter[0], len - pos);
     if (first == NULL || (size_t)(first - buf) >= TE_SHORT_LINE)
@@ -321,7 +516,6 @@ static int line_fast_path(const te_line_framer *f, const uint8_t *buf,
 int te_line_scan(te_line_framer *f, const uint8_t *buf, size_t len,
                  char *fmt, size_t fmt_cap, te_result *r)
 {
-    const size_t dlen = f->delimiter_len;
     size_t next_search, pos = f->search_from;
     uint64_t min_payload;
     line_scan s = {0, 0, 0, 0, 0, 1};
@@ -336,7 +530,8 @@ int te_line_scan(te_line_framer *f, const uint8_t *buf, size_t len,
     }
     fmt_init(&w, fmt, fmt_cap, 0);
     for (;;) {
-        size_t d = te_find_delimiter(f, buf, len, pos);
+        size_t dlen;
+        size_t d = te_find_any_delimiter(f, buf, len, pos, &dlen);
         size_t payload;
         if (d == len)
             break;
@@ -360,13 +555,21 @@ int te_line_scan(te_line_framer *f, const uint8_t *buf, size_t len,
         if (s.frames == 0) {
             s.first_len = payload;
             /* Short lines will go to bytes.split: skip the format. */
-            if (payload < TE_SHORT_LINE && !f->strip_cr)
+            if (payload < TE_SHORT_LINE && !f->strip_cr && f->delimiter_count == 1)
                 w.ok = 0;
+        }
+        if (!fmt_add(&w, s.line_start, payload) && f->delimiter_count > 1 &&
+            s.frames > 0) {
+            /* Several delimiters: no split fallback, report what fits. */
+            line_layout(f, &s, &w, fmt, r);
+            r->status = TE_MORE;
+            r->consumed = s.line_start;
+            f->search_from = 0;
+            return r->status;
         }
         s.frames++;
         if (payload != d - s.line_start)
             s.cr_lines++;
-        fmt_add(&w, s.line_start, payload);
         s.line_start = pos = d + dlen;
     }
 

@@ -26,12 +26,25 @@
 /* cffi:begin -- everything up to cffi:end is also read by build_ffi.py */
 
 #define TE_MAX_DELIMITER 8
+#define TE_MAX_DELIMITERS 8  /* delimiters one line framer may have */
+#define TE_MAX_VARINT 10     /* bytes of a LEB128 varint holding 64 bits */
+#define TE_MAX_OFFSET 65535  /* largest length_offset */
+#define TE_MAX_ADJUSTMENT 2147483647 /* largest |length_adjustment| */
+
+/* How a length-family framer finds each frame's length (te_length_framer.field). */
+#define TE_FIELD_UINT 0    /* an unsigned 1/2/3/4/8-byte integer */
+#define TE_FIELD_VARINT 1  /* an unsigned LEB128 varint (protobuf, MQTT) */
+#define TE_FIELD_NONE 2    /* no field: every frame is max_frame bytes */
 
 /* Status codes returned by the scan functions. */
 #define TE_OK 0            /* every complete frame was reported */
 #define TE_MORE 1          /* output space ran out: scan again */
 #define TE_TOO_LONG -1     /* a frame exceeds max_frame: see result.length */
 #define TE_BAD_CONFIG -2   /* an init argument is out of range */
+#define TE_NEGATIVE_LENGTH -3 /* field + length_adjustment < 0: result.length is the field */
+#define TE_BAD_VARINT -4   /* a varint longer than header_bytes or over 64 bits */
+#define TE_VARINT_NOT_MINIMAL -5 /* a varint with needless 0x80 bytes: result.length
+                                    is its value, result.field_len its bytes */
 
 /* How the reported frames are laid out in buf (result.layout). */
 #define TE_LAYOUT_NONE 0   /* no frame reported */
@@ -57,17 +70,30 @@ typedef struct {
     size_t fmt_len;      /* LAYOUT_FORMAT, LAYOUT_PACKED: bytes written to fmt */
     size_t packed;       /* LAYOUT_PACKED: bytes written to dest */
     size_t consumed;     /* drop this many bytes from the buffer's front */
-    uint64_t length;     /* TE_TOO_LONG: the (minimum) length seen */
+    uint64_t length;     /* TE_TOO_LONG: the (minimum) length seen, before the
+                            length adjustment; errors: the field's value */
+    size_t field_len;    /* TE_BAD_VARINT, TE_VARINT_NOT_MINIMAL: its bytes */
 } te_result;
 
+/*
+ * A length-family framer: each frame is length_offset bytes (a type byte,
+ * say), a length field, then the payload.  The payload's size is the field's
+ * value plus length_adjustment (-4 when the field counts itself).  Frames
+ * are reported with the bytes before the payload (include_header) or
+ * without.  TE_FIELD_NONE frames have no header: each is max_frame bytes.
+ */
 typedef struct {
     uint64_t max_frame;      /* largest payload accepted, in bytes */
-    unsigned header_bytes;   /* 1, 2, 4 or 8 */
-    int little_endian;       /* 0: big endian (network order) */
+    unsigned header_bytes;   /* UINT: 1, 2, 3, 4 or 8; VARINT: most bytes (1..10) */
+    int little_endian;       /* UINT: 0 big endian (network order), 1 little */
+    int field;               /* TE_FIELD_* */
+    size_t length_offset;    /* bytes before the field, 0..TE_MAX_OFFSET */
+    int64_t length_adjustment; /* UINT: added to the field's value */
+    int include_header;      /* frames keep the bytes before the payload */
 } te_length_framer;
 
 typedef struct {
-    uint8_t delimiter[8];     /* TE_MAX_DELIMITER */
+    uint8_t delimiter[8];     /* TE_MAX_DELIMITER: the first (or only) one */
     size_t delimiter_len;    /* 1..TE_MAX_DELIMITER */
     uint64_t max_frame;      /* largest line accepted, delimiter excluded */
     int strip_cr;            /* drop one '\r' right before the delimiter */
@@ -75,6 +101,14 @@ typedef struct {
     /* scan state, relative to the caller's buffer */
     size_t search_from;      /* first position a delimiter may start at */
     int discarding;          /* dropping bytes through the next delimiter */
+    /* Further delimiters (te_line_add_delimiter): a line ends at the
+     * delimiter that starts first, the earlier listed if two start at the
+     * same byte. */
+    size_t delimiter_count;  /* 1..TE_MAX_DELIMITERS */
+    size_t longest;          /* the longest delimiter's length */
+    uint8_t more[7][8];      /* delimiters 2..TE_MAX_DELIMITERS */
+    size_t more_len[7];
+    uint8_t starts[32];      /* bitmap of the delimiters' first bytes */
 } te_line_framer;
 
 /*
@@ -89,8 +123,18 @@ typedef struct {
 /* Payloads up to this size are packed into dest when dest is given. */
 #define TE_PACK_MAX 128
 
+/* A framer with a bare big- or little-endian length field (TE_FIELD_UINT). */
 int te_length_init(te_length_framer *f, unsigned header_bytes,
                    int little_endian, uint64_t max_frame);
+
+/*
+ * Any length-family framer (see te_length_framer).  Returns TE_BAD_CONFIG for
+ * a field kind, width, offset or adjustment out of range, for a length
+ * adjustment on a varint and for TE_FIELD_NONE frames of 0 bytes.
+ */
+int te_frame_init(te_length_framer *f, int field, unsigned header_bytes,
+                  int little_endian, size_t length_offset, int64_t length_adjustment,
+                  int include_header, uint64_t max_frame);
 
 /*
  * Scan buf[pos:len), where pos is a frame boundary (0 on a fresh buffer),
@@ -109,13 +153,21 @@ int te_line_init(te_line_framer *f, const uint8_t *delimiter,
                  size_t delimiter_len, int strip_cr, int discard,
                  uint64_t max_frame);
 
+/* Add one more delimiter (1..TE_MAX_DELIMITER bytes; at most
+ * TE_MAX_DELIMITERS in all) before the first scan. */
+int te_line_add_delimiter(te_line_framer *f, const uint8_t *delimiter,
+                          size_t delimiter_len);
+
 /*
  * Scan buf[0:len), which starts at the first unconsumed byte, and report
  * every complete line.  Bytes of buf before the lines belong to a discarded
  * line.  On TE_TOO_LONG the lines before the bad one are reported; in
  * discard mode the framer drops the bad line through its delimiter (on this
  * or later scans), otherwise the framer must not be used again.  Never
- * returns TE_MORE: when fmt is too small the lines are laid out for split.
+ * returns TE_MORE with one delimiter: when fmt is too small the lines are
+ * laid out for split.  With several delimiters the lines are always laid out
+ * by a format: when fmt is full, TE_MORE reports the lines that fit (at least
+ * one); scan again from result.consumed.
  */
 int te_line_scan(te_line_framer *f, const uint8_t *buf, size_t len,
                  char *fmt, size_t fmt_cap, te_result *result);

@@ -18,6 +18,12 @@ void te_write_header(uint8_t *p, uint64_t v, unsigned n, int little_endian);
 size_t te_find_delimiter(const te_line_framer *f, const uint8_t *buf, size_t len,
                          size_t pos);
 
+/* The same over every delimiter of f: the first position where one is
+ * complete and no earlier-listed one may still be arriving, or len.  Sets
+ * *dlen to the length of the delimiter found. */
+size_t te_find_any_delimiter(const te_line_framer *f, const uint8_t *buf, size_t len,
+                             size_t pos, size_t *dlen);
+
 /* Payload length of buf[line_start:end) once a '\r' before `end` is stripped. */
 size_t te_payload_length(const te_line_framer *f, const uint8_t *buf,
                          size_t line_start, size_t end);
@@ -25,7 +31,7 @@ size_t te_payload_length(const te_line_framer *f, const uint8_t *buf,
 /*
  * buf[line_start:len) is an unfinished line.  Sets *next_search to the first
  * position a delimiter still to arrive may start at (only the last
- * delimiter_len - 1 bytes can begin one) and returns the least payload
+ * longest - 1 bytes can begin one) and returns the least payload
  * length the line can still have.
  */
 uint64_t te_unfinished_line(const te_line_framer *f, const uint8_t *buf, size_t len,

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Differential fuzzing: the C framer against its pure-Python twin (atheris).
 
-Each input picks a framing configuration, a chunking and the bytes to feed,
+Each input picks a framing configuration (lines with one or several
+delimiters; length fields of 1/2/3/4/8 bytes with an offset, an adjustment
+and the header kept or not; varints; fixed-length frames), a chunking and
+the bytes to feed,
 drives one C framer and one Python framer through the same calls, and
 crashes on the first difference in frames, errors, buffering or end-of-stream
 outcome.  Run it with the C extension built with ASan + UBSan (``fuzz/run``
@@ -22,26 +25,47 @@ import atheris
 # Coverage comes from the C framer, compiled with -fsanitize=fuzzer-no-link
 # (fuzz/run).  The Python twin mirrors its branches, and leaving it
 # uninstrumented makes each execution several times faster.
-from trioecho import FrameTooLongError, IncompleteFrameError, LengthPrefixedFramer, LineFramer
+from trioecho import FrameTooLongError, IncompleteFrameError, MalformedFrameError, make_framer
 
-DELIMITERS = [b"\n", b"\r\n", b"\0", b"aa", b"aba", b"\r\r", b"12345678"]
+DELIMITERS = [b"\n", b"\r\n", b"\0", b"aa", b"aba", b"\r\r", b"12345678", b"b", b"ab"]
 
 
-def config_from(fdp: atheris.FuzzedDataProvider) -> tuple[type[Any], dict[str, Any]]:
+def delimiter_from(fdp: atheris.FuzzedDataProvider) -> bytes:
     if fdp.ConsumeBool():
-        return LengthPrefixedFramer, {
-            "length_bytes": fdp.PickValueInList([1, 2, 4, 8]),
+        return bytes(fdp.PickValueInList(DELIMITERS))
+    return fdp.ConsumeBytes(fdp.ConsumeIntInRange(1, 8)) or b"\n"
+
+
+def config_from(fdp: atheris.FuzzedDataProvider) -> dict[str, Any]:
+    framing = fdp.PickValueInList(["len", "line", "varint", "fixed", "line-several"])
+    max_frame = fdp.ConsumeIntInRange(0, 1 << fdp.ConsumeIntInRange(0, 20))
+    if framing == "len":
+        return {
+            "framing": "len",
+            "length_bytes": fdp.PickValueInList([1, 2, 3, 4, 8]),
             "byteorder": fdp.PickValueInList(["big", "little"]),
-            "max_frame": fdp.ConsumeIntInRange(0, 1 << fdp.ConsumeIntInRange(0, 20)),
+            "max_frame": max_frame,
+            "length_offset": fdp.ConsumeIntInRange(0, 4),
+            "length_adjustment": fdp.ConsumeIntInRange(-9, 9),
+            "include_header": fdp.ConsumeBool(),
         }
-    if fdp.ConsumeBool():
-        delimiter = fdp.PickValueInList(DELIMITERS)
-    else:
-        delimiter = fdp.ConsumeBytes(fdp.ConsumeIntInRange(1, 8)) or b"\n"
-    return LineFramer, {
-        "delimiter": delimiter,
+    if framing == "varint":
+        return {
+            "framing": "varint",
+            "max_length_bytes": fdp.ConsumeIntInRange(1, 10),
+            "max_frame": max_frame,
+            "length_offset": fdp.ConsumeIntInRange(0, 4),
+            "include_header": fdp.ConsumeBool(),
+        }
+    if framing == "fixed":
+        return {"framing": "fixed", "frame_size": fdp.ConsumeIntInRange(1, 300)}
+    count = 1 if framing == "line" else fdp.ConsumeIntInRange(2, 8)
+    delimiters = tuple(delimiter_from(fdp) for _ in range(count))
+    return {
+        "framing": "line",
+        "delimiter": delimiters[0] if count == 1 else delimiters,
         "strip_cr": fdp.ConsumeBool(),
-        "max_frame": fdp.ConsumeIntInRange(0, 1 << fdp.ConsumeIntInRange(0, 17)),
+        "max_frame": max_frame >> 3,
         "on_too_long": fdp.PickValueInList(["error", "discard"]),
     }
 
@@ -52,6 +76,8 @@ def outcome(framer: Any, data: bytes) -> tuple[Any, ...]:
         frames = framer.feed(data)
     except FrameTooLongError as exc:
         return ("too long", exc.frames, exc.limit, exc.length, str(exc), framer.buffered)
+    except MalformedFrameError as exc:
+        return ("malformed", exc.frames, exc.value, str(exc), framer.buffered)
     return ("frames", frames, framer.buffered)
 
 
@@ -65,9 +91,9 @@ def eof_outcome(framer: Any) -> tuple[Any, ...]:
 
 def test_one_input(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
-    kind, config = config_from(fdp)
-    c_framer = kind(implementation="c", **config)
-    py_framer = kind(implementation="python", **config)
+    config = config_from(fdp)
+    c_framer = make_framer(implementation="c", **config)
+    py_framer = make_framer(implementation="python", **config)
     cuts = sorted(fdp.ConsumeIntInRange(0, 4096) for _ in range(fdp.ConsumeIntInRange(0, 12)))
     stream = fdp.ConsumeBytes(fdp.remaining_bytes())
     bounds = [0, *(min(cut, len(stream)) for cut in cuts), len(stream)]

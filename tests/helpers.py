@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import trio
 import trio.testing
 
-from trioecho import FramingConfig, MessageServer
+from trioecho import (
+    FrameTooLongError,
+    FramingConfig,
+    IncompleteFrameError,
+    LineFramer,
+    MalformedFrameError,
+    MessageServer,
+)
 from trioecho.stream import MessageStream
 
 
@@ -63,3 +72,41 @@ async def running(server: MessageServer) -> AsyncIterator[int]:
         listeners = await nursery.start(server.serve)
         yield listeners[0].socket.getsockname()[1]
         server.shutdown()
+
+
+def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
+    """``data`` cut at ``cuts`` (clamped, deduplicated, sorted)."""
+    bounds = [0, *sorted({min(c, len(data)) for c in cuts}), len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def framer_events(framer: Any, chunks: list[bytes]) -> list[tuple[Any, ...]]:
+    """Everything a framer reports for ``chunks``, in order, as plain values;
+    stops where the framer breaks (a line framer in discard mode goes on)."""
+    out: list[tuple[Any, ...]] = []
+    for chunk in chunks:
+        data = chunk
+        while True:
+            try:
+                out.append(("frames", framer.feed(data), framer.buffered))
+            except FrameTooLongError as exc:
+                out.append(("too long", exc.frames, exc.limit, exc.length, str(exc)))
+                if isinstance(framer, LineFramer) and framer.on_too_long == "discard":
+                    data = b""
+                    continue
+                return out
+            except MalformedFrameError as exc:
+                out.append(("malformed", exc.frames, exc.value, str(exc)))
+                return out
+            break
+    try:
+        framer.feed_eof()
+        out.append(("eof",))
+    except IncompleteFrameError as exc:
+        out.append(("incomplete", exc.buffered))
+    return out
+
+
+def received(evs: list[tuple[Any, ...]]) -> list[bytes]:
+    """Every frame reported, whether returned or carried by an error."""
+    return [f for e in evs if e[0] in ("frames", "too long", "malformed") for f in e[1]]

@@ -58,6 +58,51 @@ def test_len_framing_with_options() -> None:
         assert process.wait(timeout=10) == 0
 
 
+def test_varint_framing() -> None:
+    with server_process("--framing", "varint", "--varint-bytes", "2") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            assert recv_exactly(sock, 1 + len(GREETING)) == bytes([len(GREETING)]) + GREETING
+            big = b"v" * 200  # a 2-byte length, and a 2-byte reply length
+            sock.sendall(b"\x02hi" + b"\xc8\x01" + big + b"\x01q")
+            expected = b"\x05hi" + REPLY_SUFFIX + b"\xcb\x01" + big + REPLY_SUFFIX
+            assert recv_exactly(sock, len(expected)) == expected
+            assert sock.recv(10) == b""
+        assert server.stop(signal.SIGTERM) == 0
+
+
+def test_length_field_after_a_type_byte_with_the_header_kept() -> None:
+    """PostgreSQL's layout: each reply keeps its message's type byte and gets a
+    length that counts itself."""
+    options = ["--framing", "len", "--length-offset", "1", "--length-adjustment", "-4"]
+    with server_process(*options, "--include-header") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            greeting = b"\0" + (4 + len(GREETING)).to_bytes(4, "big") + GREETING
+            assert recv_exactly(sock, len(greeting)) == greeting
+            sock.sendall(b"Q\0\0\0\x06hiZ\0\0\0\x04")
+            expected = b"Q\0\0\0\x09hi" + REPLY_SUFFIX + b"Z\0\0\0\x07" + REPLY_SUFFIX
+            assert recv_exactly(sock, len(expected)) == expected
+            sock.sendall(b"Q\0\0\0\x03")  # a length below the header's own 4 bytes
+            assert sock.recv(10) == b""  # closed, with a clear error in the log
+            server.wait_for_log("length field 3 with length_adjustment -4 gives a negative length")
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as canary:
+                assert recv_exactly(canary, len(greeting)) == greeting
+                canary.sendall(b"A\0\0\0\x04")
+                reply = b"A\0\0\0\x07" + REPLY_SUFFIX
+                assert recv_exactly(canary, len(reply)) == reply
+        assert server.stop(signal.SIGTERM) == 0
+
+
+def test_several_delimiters() -> None:
+    options = ["--delimiter", "\\r\\n", "--delimiter", "\\0", "--delimiter", "||"]
+    with server_process(*options) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            assert recv_exactly(sock, len(GREETING) + 2) == GREETING + b"\r\n"
+            sock.sendall(b"a\r\nb\0c||")
+            expected = b"".join(x + REPLY_SUFFIX + b"\r\n" for x in (b"a", b"b", b"c"))
+            assert recv_exactly(sock, len(expected)) == expected
+        assert server.stop(signal.SIGTERM) == 0
+
+
 def test_client_in_a_pipe() -> None:
     with serving() as (process, port):
         result = subprocess.run(
@@ -155,6 +200,28 @@ def test_demo_shows_sticky_packets() -> None:
         (["bench", "--warmup", "nan"], "--warmup: must be 0..86400 seconds, not nan"),
         (["--workers", "many"], "--workers: must be a number or 'auto', not 'many'"),
         (["--readiness", "select"], "invalid choice: 'select'"),
+        (["--framing", "fixed"], "--framing fixed needs --frame-size"),
+        (
+            ["--framing", "fixed", "--frame-size", "4"],
+            "the echo service cannot answer fixed-length messages",
+        ),
+        (["--framing", "len", "--length-offset", "1"], "--length-offset needs --include-header"),
+        (["--framing", "varint", "--varint-bytes", "11"], "between 1 and 10"),
+        (
+            ["--framing", "varint", "--varint-bytes", "1", "--max-frame", "125"],
+            "--max-frame 125 is too large for --varint-bytes 1: the reply to a message "
+            "(3 bytes longer) must fit the header, so at most 124",
+        ),
+        (
+            ["--framing", "len", "--length-bytes", "1", "--length-adjustment", "20"],
+            "the greeting cannot be framed with these options",
+        ),
+        (["--delimiter", ""], "a delimiter is 1 to 8 bytes, not 0"),
+        (["--delimiter", "\\x"], "bad delimiter"),
+        (["--delimiter", "x"] * 9, "give 1 to 8 delimiters, not 9"),
+        (["--length-offset", "70000"], "between 0 and 65535"),
+        (["client", "--framing", "len", "--include-header"], "the client sends bare payloads"),
+        (["bench", "--framing", "varint"], "invalid choice: 'varint'"),
     ],
 )
 def test_bad_options_exit_2(options: list[str], message: str) -> None:

@@ -13,13 +13,12 @@ import subprocess
 import sys
 from typing import Any
 
+from helpers import chunked, framer_events, received
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trioecho import (
-    FrameTooLongError,
     FramingError,
-    IncompleteFrameError,
     LengthPrefixedFramer,
     LineFramer,
 )
@@ -50,38 +49,8 @@ line_bytes = st.lists(
 ).map(b"".join)
 
 
-def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({min(c, len(data)) for c in cuts})
-    bounds = [0, *points, len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(bounds)]
-
-
 def events(framer: LineFramer | LengthPrefixedFramer, chunks: list[bytes]) -> list[Event]:
-    """Everything the framer reports, in order; stops where the framer breaks."""
-    out: list[Event] = []
-    for chunk in chunks:
-        data = chunk
-        while True:
-            try:
-                out.append(("frames", framer.feed(data)))
-            except FrameTooLongError as exc:
-                out.append(("too long", exc.frames, exc.limit, exc.length, str(exc)))
-                if isinstance(framer, LineFramer) and framer.on_too_long == "discard":
-                    data = b""
-                    continue
-                return out
-            break
-    try:
-        framer.feed_eof()
-        out.append(("eof",))
-    except IncompleteFrameError as exc:
-        out.append(("incomplete", exc.buffered))
-    return out
-
-
-def received(evs: list[Event]) -> list[bytes]:
-    """Every frame reported, whether returned or carried by an error."""
-    return [f for e in evs if e[0] in ("frames", "too long") for f in e[1]]
+    return framer_events(framer, chunks)
 
 
 def errors(evs: list[Event]) -> list[int]:

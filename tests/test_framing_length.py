@@ -194,7 +194,7 @@ def test_encode_refuses_payload_too_long_for_the_header(length_bytes: int, heade
 @pytest.mark.parametrize(
     ("options", "error"),
     [
-        ({"length_bytes": 3}, ValueError),
+        ({"length_bytes": 5}, ValueError),
         ({"byteorder": "native"}, ValueError),
         ({"max_frame": -1}, ValueError),
         ({"max_frame": 1 << 63}, ValueError),

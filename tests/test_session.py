@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from helpers import chunked
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_framing_differential import chunked, length_configs, line_bytes, line_configs
+from test_framing_differential import length_configs, line_bytes, line_configs
 
 from trioecho import (
     DelimiterInPayloadError,

@@ -21,6 +21,7 @@ import threading
 from struct import Struct
 
 from ._framer_ffi import ffi, lib
+from ._pyframer import FIELD_UINT, Problem, check_frame_config
 
 IMPLEMENTATION = "c"
 
@@ -35,9 +36,9 @@ _SPLIT = lib.TE_LAYOUT_SPLIT
 _SPLIT_CR = lib.TE_LAYOUT_SPLIT_CR
 
 # te_result, read in one call: status, layout, frames, offset, start, end,
-# fmt_len, packed, consumed, length.
-_RESULT = Struct("@iiNNNNNNNQ")
-if _RESULT.size != ffi.sizeof("te_result") or ffi.offsetof("te_result", "length") != (
+# fmt_len, packed, consumed, length, field_len.
+_RESULT = Struct("@iiNNNNNNNQN")
+if _RESULT.size != ffi.sizeof("te_result") or ffi.offsetof("te_result", "field_len") != (
     _RESULT.size - 8
 ):
     raise ImportError("te_result layout does not match its struct format")
@@ -83,31 +84,77 @@ def _slice(buf: bytes | bytearray, start: int, end: int) -> bytes:
 class LengthScanner:
     """C twin of ``trioecho._pyframer.LengthScanner``."""
 
-    __slots__ = ("_framer", "_result", "_result_view")
+    __slots__ = ("_adjustment", "_framer", "_result", "_result_view")
 
-    def __init__(self, header_bytes: int, little_endian: bool, max_frame: int) -> None:
+    def __init__(
+        self,
+        header_bytes: int,
+        little_endian: bool,
+        max_frame: int,
+        *,
+        field: int = FIELD_UINT,
+        length_offset: int = 0,
+        length_adjustment: int = 0,
+        include_header: bool = False,
+    ) -> None:
+        check_frame_config(field, header_bytes, length_offset, length_adjustment, max_frame)
         self._framer = ffi.new("te_length_framer *")
-        if lib.te_length_init(self._framer, header_bytes, little_endian, max_frame) != _OK:
-            raise _config_error(f"header_bytes={header_bytes}")
+        status = lib.te_frame_init(
+            self._framer,
+            field,
+            header_bytes,
+            little_endian,
+            length_offset,
+            length_adjustment,
+            include_header,
+            max_frame,
+        )
+        if status != _OK:
+            raise _config_error(f"field={field} header_bytes={header_bytes}")
+        self._adjustment = length_adjustment
         self._result = ffi.new("te_result *")
         self._result_view = ffi.buffer(self._result)
 
-    def scan(self, buf: bytes | bytearray) -> tuple[list[bytes], int, int]:
+    def _problem(self, status: int, length: int, field_len: int) -> Problem | None:
+        if status >= 0:
+            return None
+        if status == _TOO_LONG:  # C reports the field; the length is after adjustment
+            return (status, length + self._adjustment, 0)
+        return (status, length, field_len)
+
+    def scan(
+        self, buf: bytes | bytearray, first_only: bool = False
+    ) -> tuple[list[bytes], int, Problem | None]:
         size = len(buf)
         if type(buf) is bytes:
             # The request/reply case first: one call, at most one frame.
             _length_scan(self._framer, buf, size, 0, _NULL, 0, _NULL, 0, self._result)
-            status, layout, _, _, start, end, _, _, pos, length = _unpack_result(self._result_view)
+            status, layout, _, _, start, end, _, _, pos, length, field_len = _unpack_result(
+                self._result_view
+            )
+            if layout == _ONE and first_only:  # what follows is not looked at
+                return [buf[start:end]], pos, None
             if status != _MORE:
                 frames = [buf[start:end]] if layout == _ONE else []
-                return frames, pos, (length if status == _TOO_LONG else -1)
+                if status >= 0:
+                    return frames, pos, None
+                return frames, pos, self._problem(status, length, field_len)
             if layout == _ONE:  # go on after the first frame
                 return self._scan_all(buf, [buf[start:end]], pos)
+        elif first_only:
+            with ffi.from_buffer(buf) as ptr:
+                _length_scan(self._framer, ptr, size, 0, _NULL, 0, _NULL, 0, self._result)
+            status, layout, _, _, start, end, _, _, pos, length, field_len = _unpack_result(
+                self._result_view
+            )
+            if layout == _ONE:  # what follows is not looked at
+                return [_slice(buf, start, end)], pos, None
+            return [], pos, self._problem(status, length, field_len)
         return self._scan_all(buf, [], 0)
 
     def _scan_all(
         self, buf: bytes | bytearray, frames: list[bytes], pos: int
-    ) -> tuple[list[bytes], int, int]:
+    ) -> tuple[list[bytes], int, Problem | None]:
         """Scan from ``pos`` on, ``frames`` already found before it (the
         length framer keeps no state between calls)."""
         fmt = pack = ffi.NULL
@@ -118,7 +165,7 @@ class LengthScanner:
                 _length_scan(
                     self._framer, ptr, len(buf), pos, fmt, capacity, pack, capacity, self._result
                 )
-                status, layout, _, offset, start, end, fmt_len, packed, pos, length = (
+                status, layout, _, offset, start, end, fmt_len, packed, pos, length, field_len = (
                     _unpack_result(self._result_view)
                 )
                 if layout == _ONE:
@@ -137,28 +184,61 @@ class LengthScanner:
         finally:
             if ptr is not buf:
                 ffi.release(ptr)
-        return frames, pos, (length if status == _TOO_LONG else -1)
+        return frames, pos, self._problem(status, length, field_len)
 
 
 class LineScanner:
     """C twin of ``trioecho._pyframer.LineScanner``."""
 
-    __slots__ = ("_cr_delimiter", "_delimiter", "_framer", "_result", "_result_view")
+    __slots__ = ("_cr_delimiter", "_delimiter", "_framer", "_result", "_result_view", "_several")
 
-    def __init__(self, delimiter: bytes, strip_cr: bool, discard: bool, max_frame: int) -> None:
+    def __init__(
+        self, delimiter: bytes | tuple[bytes, ...], strip_cr: bool, discard: bool, max_frame: int
+    ) -> None:
+        delimiters = (delimiter,) if isinstance(delimiter, bytes) else tuple(delimiter)
+        first = delimiters[0]
         self._framer = ffi.new("te_line_framer *")
-        status = lib.te_line_init(
-            self._framer, delimiter, len(delimiter), strip_cr, discard, max_frame
-        )
+        status = lib.te_line_init(self._framer, first, len(first), strip_cr, discard, max_frame)
+        for more in delimiters[1:]:
+            if status == _OK:
+                status = lib.te_line_add_delimiter(self._framer, more, len(more))
         if status != _OK:
             raise _config_error(f"delimiter={delimiter!r}")
         self._result = ffi.new("te_result *")
         self._result_view = ffi.buffer(self._result)
-        self._delimiter = delimiter
+        self._delimiter = first
+        self._several = len(delimiters) > 1
         # With a one-byte delimiter, "\r" + delimiter occurs only at line ends.
-        self._cr_delimiter = _CR + delimiter if len(delimiter) == 1 else None
+        self._cr_delimiter = _CR + first if len(first) == 1 else None
 
-    def scan(self, buf: bytes | bytearray) -> tuple[list[bytes], int, int]:
+    def _scan_several(self, buf: bytes | bytearray) -> tuple[list[bytes], int, Problem | None]:
+        """Several delimiters: the C scan lays the lines out by a format, and
+        reports what fits its scratch space per call."""
+        fmt = _scratch_buffers()[0]
+        frames: list[bytes] = []
+        base = 0
+        size = len(buf)
+        with ffi.from_buffer(buf) as ptr:
+            while True:
+                lib.te_line_scan(
+                    self._framer, ptr + base, size - base, fmt, _SCRATCH_CAPACITY, self._result
+                )
+                status, layout, _, offset, start, end, fmt_len, _, consumed, length, _ = (
+                    _unpack_result(self._result_view)
+                )
+                if layout == _ONE:
+                    frames.append(_slice(buf, base + start, base + end))
+                elif layout == _FORMAT:
+                    frames += Struct(ffi.buffer(fmt, fmt_len)[:]).unpack_from(buf, base + offset)
+                base += consumed
+                if status != _MORE:
+                    break
+        problem = (status, length, 0) if status == _TOO_LONG else None
+        return frames, base, problem
+
+    def scan(self, buf: bytes | bytearray) -> tuple[list[bytes], int, Problem | None]:
+        if self._several:
+            return self._scan_several(buf)
         size = len(buf)
         fmt, capacity = (
             (ffi.NULL, 0) if size < _SMALL_READ else (_scratch_buffers()[0], _SCRATCH_CAPACITY)
@@ -168,10 +248,10 @@ class LineScanner:
         else:
             with ffi.from_buffer(buf) as ptr:
                 lib.te_line_scan(self._framer, ptr, size, fmt, capacity, self._result)
-        status, layout, _, offset, start, end, fmt_len, _, consumed, length = _RESULT.unpack_from(
+        status, layout, _, offset, start, end, fmt_len, _, consumed, length, _ = _unpack_result(
             self._result_view
         )
-        too_long = length if status == _TOO_LONG else -1
+        too_long = (status, length, 0) if status == _TOO_LONG else None
         if layout == _NONE:
             return [], consumed, too_long
         if layout == _ONE:

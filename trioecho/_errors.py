@@ -46,6 +46,20 @@ class FrameTooLongError(FramingError):
         self.length = length
 
 
+class MalformedFrameError(FramingError):
+    """A frame's header breaks its format: a length adjusted below zero, a
+    varint that is too long or not minimally encoded; or a payload that
+    cannot be encoded (a fixed-length frame of the wrong size, a header too
+    short to rewrite).  ``value`` is the offending value (``None`` for an
+    encoder error without one)."""
+
+    def __init__(
+        self, message: str, *, value: int | None = None, frames: list[bytes] | None = None
+    ) -> None:
+        super().__init__(message, frames=frames)
+        self.value = value
+
+
 class IncompleteFrameError(FramingError):
     """The stream ended inside a frame; ``buffered`` bytes of it had arrived."""
 

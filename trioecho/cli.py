@@ -11,13 +11,15 @@ import resource
 import signal
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import trio
 
 from . import __version__
 from ._backend import IMPLEMENTATION
+from ._errors import FramingError
+from ._pyframer import MAX_ADJUSTMENT, MAX_OFFSET, MAX_VARINT
 from .accept import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_PROXY_ALLOW_FROM,
@@ -28,8 +30,15 @@ from .accept import (
 from .budget import DEFAULT_MEMORY_BUDGET, MemoryBudget
 from .client import run_client
 from .demo import run_demo
-from .echo import GREETING, REPLY_SUFFIX, EchoHandler, GenericEchoHandler
-from .framing import DEFAULT_MAX_FRAME, DEFAULT_MAX_LINE, FRAMINGS, FramingConfig
+from .echo import GREETING, REPLY_SUFFIX, EchoHandler, GenericEchoHandler, greeting_frame
+from .framing import (
+    DEFAULT_MAX_FRAME,
+    DEFAULT_MAX_LINE,
+    FRAMINGS,
+    LENGTH_BYTES,
+    MAX_DELIMITER,
+    FramingConfig,
+)
 from .server import (
     DEFAULT_GRACE,
     DEFAULT_HOST,
@@ -91,6 +100,43 @@ def _seconds_or_off(text: str) -> float | None:
     return None if value == 0 else value
 
 
+# The load generator (bench) speaks the first release's framings.
+BENCH_FRAMINGS = ("line", "len", "raw")
+
+
+def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+_length_offset = _int_in(0, MAX_OFFSET, "the length offset")
+_length_adjustment = _int_in(-MAX_ADJUSTMENT, MAX_ADJUSTMENT, "the length adjustment")
+_varint_bytes = _int_in(1, MAX_VARINT, "a varint length")
+
+
+def _delimiter(text: str) -> bytes:
+    """A delimiter given on the command line, with backslash escapes."""
+    try:
+        value = (
+            text.encode("latin-1", "backslashreplace").decode("unicode_escape").encode("latin-1")
+        )
+    except (UnicodeDecodeError, UnicodeEncodeError) as exc:
+        raise argparse.ArgumentTypeError(f"bad delimiter {text!r}: {exc}") from None
+    if not 1 <= len(value) <= MAX_DELIMITER:
+        raise argparse.ArgumentTypeError(
+            f"a delimiter is 1 to {MAX_DELIMITER} bytes, not {len(value)}: {text!r}"
+        )
+    return value
+
+
 def _add_connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=DEFAULT_HOST, help="address (default %(default)s)")
     parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help="default %(default)s")
@@ -98,19 +144,60 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
         "--framing",
         choices=FRAMINGS,
         default="line",
-        help="line: newline-delimited; len: length-prefixed; raw: the seed's unframed "
-        "format (default %(default)s)",
+        help="line: delimited lines (newline by default); len: a length field; varint: a "
+        "LEB128 varint length; fixed: --frame-size bytes each (library and relay use: the "
+        "echo service cannot answer it); raw: the seed's unframed format (default %(default)s)",
     )
     parser.add_argument(
-        "--length-bytes", type=int, choices=(1, 2, 4, 8), default=4, help="len header size"
+        "--length-bytes", type=int, choices=LENGTH_BYTES, default=4, help="len: field size"
     )
     parser.add_argument("--byteorder", choices=("big", "little"), default="big")
+    parser.add_argument(
+        "--length-offset",
+        type=_length_offset,
+        default=0,
+        metavar="N",
+        help="len, varint: N bytes (a type byte, say) before the length field",
+    )
+    parser.add_argument(
+        "--length-adjustment",
+        type=_length_adjustment,
+        default=0,
+        metavar="N",
+        help="len: added to the length field's value to get the body's size "
+        "(-4 when the field counts itself)",
+    )
+    parser.add_argument(
+        "--include-header",
+        action="store_true",
+        help="len, varint: messages keep the bytes before the body (offset bytes and length "
+        "field); the echo service then answers each message with its header, length rewritten",
+    )
+    parser.add_argument(
+        "--varint-bytes",
+        type=_varint_bytes,
+        default=MAX_VARINT,
+        metavar="N",
+        help="varint: most bytes a length may take (1-10, default %(default)s; MQTT: 4)",
+    )
+    parser.add_argument(
+        "--frame-size", type=_positive_int, metavar="N", help="fixed: bytes per message"
+    )
+    parser.add_argument(
+        "--delimiter",
+        action="append",
+        type=_delimiter,
+        metavar="BYTES",
+        help="line: the delimiter, with escapes (\\n, \\r\\n, \\0, \\x1e); repeat it for "
+        "several: a line ends at the first to occur, replies end with the first given "
+        "(default \\n)",
+    )
     parser.add_argument(
         "--max-frame",
         type=_positive_int,
         default=None,
         help=f"largest message in bytes (default {DEFAULT_MAX_LINE} for line, "
-        f"{DEFAULT_MAX_FRAME} for len)",
+        f"{DEFAULT_MAX_FRAME} for len and varint)",
     )
     cr = parser.add_mutually_exclusive_group()
     cr.add_argument(
@@ -302,7 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--host", default=DEFAULT_HOST, help="host name or address")
     bench.add_argument("--port", type=_port, default=DEFAULT_PORT, help="port")
-    bench.add_argument("--framing", choices=FRAMINGS, default="line", help="the server's framing")
+    bench.add_argument(
+        "--framing", choices=BENCH_FRAMINGS, default="line", help="the server's framing"
+    )
     bench.add_argument(
         "-c", "--connections", type=_positive_int, default=100, help="connections at once"
     )
@@ -326,14 +415,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _framing(args: argparse.Namespace) -> FramingConfig:
+    delimiters = tuple(args.delimiter or (b"\n",))
+    if args.framing == "fixed" and args.frame_size is None:
+        raise ValueError("--framing fixed needs --frame-size")
     return FramingConfig(
         args.framing,
         length_bytes=args.length_bytes,
         byteorder=args.byteorder,
         max_frame=args.max_frame,
+        delimiter=delimiters[0] if len(delimiters) == 1 else delimiters,
         strip_cr=args.strip_cr,
         on_too_long=args.on_too_long,
+        length_offset=args.length_offset,
+        length_adjustment=args.length_adjustment,
+        include_header=args.include_header,
+        max_length_bytes=args.varint_bytes,
+        frame_size=args.frame_size,
     )
+
+
+def _echo_framing_problem(framing: FramingConfig, command: str) -> str | None:
+    """Why the echo service (serve) or its client cannot use ``framing``, or None."""
+    if framing.framing == "fixed":
+        return (
+            "--framing fixed: the echo service cannot answer fixed-length messages "
+            f"(each reply is {len(REPLY_SUFFIX)} bytes longer than its message)"
+        )
+    if framing.framing not in ("len", "varint"):
+        return None
+    if command == "client" and (framing.include_header or framing.length_offset):
+        return "the client sends bare payloads: --include-header and --length-offset are for serve"
+    if framing.length_offset and not framing.include_header:
+        return (
+            "--length-offset needs --include-header for the echo service: each reply "
+            "carries its message's bytes before the length field"
+        )
+    return None
 
 
 def _fit_replies(
@@ -348,8 +465,15 @@ def _fit_replies(
     if args.max_frame is None:
         return dataclasses.replace(framing, max_frame=min(DEFAULT_MAX_FRAME, limit))
     if args.max_frame > limit:
+        field = (
+            f"--length-bytes {args.length_bytes}"
+            if framing.framing == "len"
+            else f"--varint-bytes {args.varint_bytes}"
+        )
+        if framing.length_adjustment:
+            field += f" and --length-adjustment {framing.length_adjustment}"
         parser.error(
-            f"--max-frame {args.max_frame} is too large for --length-bytes {args.length_bytes}: "
+            f"--max-frame {args.max_frame} is too large for {field}: "
             f"the reply to a message ({len(REPLY_SUFFIX)} bytes longer) must fit the header, "
             f"so at most {limit}"
         )
@@ -527,6 +651,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         framing = _framing(args)
     except ValueError as exc:  # a framing option out of range
         parser.error(str(exc))
+    problem = _echo_framing_problem(framing, args.command)
+    if problem is not None:
+        parser.error(problem)
     if args.command == "client":
         client_tls = _client_tls(parser, args)
         try:
@@ -545,6 +672,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_frame is not None and args.max_frame < len(GREETING):
         parser.error(f"--max-frame must be at least {len(GREETING)}: the greeting must fit")
     framing = _fit_replies(parser, args, framing)
+    try:
+        greeting_frame(framing.new_framer())
+    except FramingError as exc:
+        parser.error(f"the greeting cannot be framed with these options: {exc}")
     try:
         proxy = ProxyProtocolConfig.from_options(
             args.proxy_protocol, args.proxy_allow_from, args.proxy_timeout

@@ -31,7 +31,7 @@ import math
 import trio
 
 from ._errors import FrameTooLongError, FramingError
-from .framing import FramingConfig, LineFramer
+from .framing import Framer, FramingConfig, LengthFieldFramer, LineFramer
 from .server import BaseRequestHandler, format_address
 from .session import GREETING, QUIT, REPLY_SUFFIX, EchoSession
 
@@ -43,6 +43,14 @@ logger = logging.getLogger("trioecho.echo")
 @functools.lru_cache(maxsize=64)
 def _framed_greeting(framing: FramingConfig) -> bytes:
     return framing.new_framer().encode(GREETING)
+
+
+def greeting_frame(framer: Framer) -> bytes:
+    """The greeting, framed by ``framer``.  A framer whose frames keep their
+    header (``include_header``) gets zero bytes before its length field."""
+    if isinstance(framer, LengthFieldFramer):
+        return framer.encode_parts(bytes(framer.length_offset), GREETING)
+    return framer.encode(GREETING)
 
 
 def reply_to(message: bytes) -> bytes:
@@ -64,13 +72,14 @@ class EchoHandler(BaseRequestHandler):
     async def handle(self) -> None:
         stream = self.request
         framing = stream.framing
-        if isinstance(framing, FramingConfig) and not self.generic:
+        fast = isinstance(framing, FramingConfig) and framing.plain and not self.generic
+        if fast and isinstance(framing, FramingConfig):
             # Framed once per configuration: the fast path builds no framer.
             await stream.transport.send_all(_framed_greeting(framing))
-            stream.messages_sent += 1
         else:
-            await stream.send_message(GREETING)
-        if self.generic or stream.has_pending:
+            await stream.transport.send_all(greeting_frame(stream.framer))
+        stream.messages_sent += 1
+        if not fast or stream.has_pending:
             # Bytes the stream already read belong to its framer.
             await self.answer_messages()
             return

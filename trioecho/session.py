@@ -59,6 +59,7 @@ from .framing import (
     FramingConfig,
     LengthPrefixedFramer,
     LineFramer,
+    RawFramer,
     delimiter_in_payload,
     incomplete_frame,
     too_long_message,
@@ -107,10 +108,15 @@ _NO_BYTES = b""
 
 def reply_limit(config: FramingConfig, suffix: bytes = REPLY_SUFFIX) -> int | None:
     """The largest ``max_frame`` whose reply still fits the wire format, or
-    None if there is no such limit (lines, raw)."""
-    if config.framing != "len":
-        return None
-    return (1 << (8 * config.length_bytes)) - 1 - len(suffix)
+    None if there is no such limit (lines, raw).  The reply's body is the
+    message's plus ``suffix``; its length field holds that minus the length
+    adjustment."""
+    if config.framing == "len":
+        field_max = (1 << (8 * config.length_bytes)) - 1
+        return field_max + config.length_adjustment - len(suffix)
+    if config.framing == "varint":
+        return min(1 << (7 * config.max_length_bytes), 1 << 64) - 1 - len(suffix)
+    return None
 
 
 def _options(framing: FramingConfig | Framer) -> FramingConfig:
@@ -123,18 +129,23 @@ def _options(framing: FramingConfig | Framer) -> FramingConfig:
             length_bytes=framing.length_bytes,
             byteorder=framing.byteorder,
             max_frame=framing.max_frame,
+            length_offset=framing.length_offset,
+            length_adjustment=framing.length_adjustment,
+            include_header=framing.include_header,
             implementation=framing.implementation,
         )
     if isinstance(framing, LineFramer):
         return FramingConfig(
             "line",
-            delimiter=framing.delimiter,
+            delimiter=framing.delimiter if len(framing.delimiters) == 1 else framing.delimiters,
             strip_cr=framing.strip_cr,
             max_frame=framing.max_frame,
             on_too_long=framing.on_too_long,
             implementation=framing.implementation,
         )
-    return FramingConfig("raw")
+    if isinstance(framing, RawFramer):
+        return FramingConfig("raw")
+    raise ValueError(f"the echo session does not answer {type(framing).__name__} frames")
 
 
 class EchoSession:
@@ -158,6 +169,12 @@ class EchoSession:
         implementation: str | None = None,
     ) -> None:
         config = _options(framing if framing is not None else FramingConfig())
+        if not config.plain:
+            raise ValueError(
+                "the echo session answers lines with one delimiter, bare 1/2/4/8-byte "
+                "lengths and raw messages; serve other framings with the generic path "
+                "(EchoHandler does so by itself)"
+            )
         self.config = config
         if implementation is None:
             implementation = config.implementation
