@@ -1,20 +1,36 @@
 #!/bin/sh
 # System packages the test suite needs besides Python and a C compiler:
-# haproxy, for tests/test_haproxy.py (trioecho behind a real load balancer).
-# Does nothing if they are installed; otherwise installs them with apt-get
-# (through sudo when not root).
+# haproxy, for tests/test_haproxy.py (trioecho behind a real load balancer);
+# postgresql and mosquitto (+ mosquitto-clients), for tests/test_live_protocols.py
+# (real PostgreSQL and MQTT traffic through a trioecho relay; the tests start
+# their own servers in temporary directories: no system service is used).
+# Installs what is missing with apt-get (through sudo when not root).
 set -eu
-if command -v haproxy > /dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; then
+missing=""
+if ! command -v haproxy > /dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
+    missing="$missing haproxy"
+fi
+if ! command -v psql > /dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/initdb > /dev/null 2>&1; then
+    missing="$missing postgresql"
+fi
+if ! command -v mosquitto > /dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+    missing="$missing mosquitto"
+fi
+if ! command -v mosquitto_pub > /dev/null 2>&1 || ! command -v mosquitto_sub > /dev/null 2>&1; then
+    missing="$missing mosquitto-clients"
+fi
+if [ -z "$missing" ]; then
     exit 0
 fi
 if ! command -v apt-get > /dev/null 2>&1; then
-    echo "install-system-deps: no apt-get here; install haproxy (>= 2.0) with your package manager" >&2
+    echo "install-system-deps: no apt-get here; install$missing with your package manager" >&2
     exit 1
 fi
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
     sudo="sudo"
 fi
-echo "install-system-deps: installing haproxy with apt-get" >&2
+echo "install-system-deps: installing$missing with apt-get" >&2
 $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy > /dev/null
+# shellcheck disable=SC2086  # one word per package
+$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing > /dev/null

@@ -1,0 +1,199 @@
+"""Real protocol servers for the live tests: PostgreSQL and mosquitto (MQTT),
+from the Debian packages ``tools/install-system-deps.sh`` installs, each
+started in a temporary directory on a free loopback port and stopped after.
+Also a byte tap: a TCP forwarder that records what passes each way."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+INSTALL_HINT = "run `sh tools/install-system-deps.sh` (Debian: postgresql, mosquitto)"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start(command: list[str], log_path: str, **options: Any) -> subprocess.Popen[bytes]:
+    """Start a server logging to a file (a pipe nobody reads would fill up)."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(command, stdout=log, stderr=log, **options)
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], log_path: str) -> None:
+    what = os.path.basename(log_path).removesuffix(".log")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            with open(log_path, errors="replace") as log:
+                output = log.read()
+            raise RuntimeError(f"{what} exited with {process.returncode}: {output[-2000:]}")
+        with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port} within 30 s")
+
+
+def _stop(process: subprocess.Popen[bytes], signum: int) -> None:
+    if process.poll() is None:
+        process.send_signal(signum)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _postgres_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not found:
+        raise RuntimeError(f"PostgreSQL's {name} not found: {INSTALL_HINT}")
+    return found[-1]  # the newest version
+
+
+@dataclass
+class LiveServer:
+    port: int
+    process: subprocess.Popen[bytes]
+
+
+@contextmanager
+def postgresql_server() -> Iterator[LiveServer]:
+    """A PostgreSQL server (initdb, trust authentication, user ``postgres``)
+    on a free loopback port; as the ``postgres`` system user when run as root,
+    since the server refuses to run as root."""
+    user: dict[str, Any] = {}
+    directory = tempfile.mkdtemp(prefix="trioecho-pg-")
+    if os.geteuid() == 0:
+        user = {"user": "postgres", "group": "postgres", "extra_groups": []}
+        shutil.chown(directory, "postgres", "postgres")
+    data = os.path.join(directory, "data")
+    try:
+        subprocess.run(
+            [
+                _postgres_bin("initdb"),
+                "-D",
+                data,
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            cwd=directory,
+            **user,
+        )
+        port = _free_port()
+        log_path = os.path.join(directory, "postgres.log")
+        process = _start(
+            [
+                _postgres_bin("postgres"),
+                "-D",
+                data,
+                "-p",
+                str(port),
+                "-k",
+                directory,
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+            ],
+            log_path,
+            cwd=directory,
+            **user,
+        )
+        try:
+            _wait_for_port(port, process, log_path)
+            yield LiveServer(port, process)
+        finally:
+            _stop(process, signal.SIGINT)  # fast shutdown
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextmanager
+def mosquitto_server() -> Iterator[LiveServer]:
+    """A mosquitto broker (anonymous, no persistence) on a free loopback port."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not os.path.exists(binary):
+        raise RuntimeError(f"mosquitto not found: {INSTALL_HINT}")
+    with tempfile.TemporaryDirectory(prefix="trioecho-mqtt-") as directory:
+        port = _free_port()
+        config = os.path.join(directory, "mosquitto.conf")
+        with open(config, "w") as file:
+            file.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        os.chmod(directory, 0o755)
+        log_path = os.path.join(directory, "mosquitto.log")
+        process = _start([binary, "-c", config], log_path)
+        try:
+            _wait_for_port(port, process, log_path)
+            yield LiveServer(port, process)
+        finally:
+            _stop(process, signal.SIGTERM)
+
+
+@dataclass
+class TappedConnection:
+    up: bytearray = field(default_factory=bytearray)  # client to server
+    down: bytearray = field(default_factory=bytearray)
+    closed: trio.Event = field(default_factory=trio.Event)  # both ways ended
+
+
+class ByteTap:
+    """Forwards each loopback TCP connection to ``target_port`` byte for byte,
+    recording both directions (``connections``, in the order they came)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.connections: list[TappedConnection] = []
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self._forward, listeners)
+
+    async def _forward(self, client: trio.SocketStream) -> None:
+        tapped = TappedConnection()
+        self.connections.append(tapped)
+        try:
+            server = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+            async with client, server, trio.open_nursery() as nursery:
+                nursery.start_soon(self._copy, client, server, tapped.up)
+                nursery.start_soon(self._copy, server, client, tapped.down)
+        finally:
+            tapped.closed.set()
+
+    async def wait_closed(self, count: int) -> None:
+        """Wait until ``count`` connections came and all have ended both ways."""
+        while len(self.connections) < count:
+            await trio.sleep(0.01)
+        for tapped in self.connections:
+            await tapped.closed.wait()
+
+    @staticmethod
+    async def _copy(source: trio.SocketStream, sink: trio.SocketStream, record: bytearray) -> None:
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while data := await source.receive_some(65536):
+                record += data
+                await sink.send_all(data)
+            await sink.send_eof()

@@ -1,0 +1,143 @@
+"""A frame relay: a trioecho server that passes every frame on to another server.
+
+Each client connection gets its own connection upstream; two tasks pump
+frames, one each way, each reading whole frames with one side's
+:class:`~trioecho.MessageStream` and sending them, re-encoded, with the
+other's.  With a preset whose frames keep their header
+(``trioecho.presets``), re-encoding gives back the bytes received, so the
+relay is transparent; what it adds is that every message is checked against
+the framing (and its ``max_frame``) on the way::
+
+    server = relay_server(
+        ("db.internal", 5432),
+        client_framing=presets.postgresql("client"),
+        server_framing=presets.postgresql("server"),
+        port=6432,
+    )
+    await server.serve()
+
+When one side ends its stream the relay closes the other side's sending
+half and keeps relaying the other way until that ends too; when one side
+breaks (a reset, a framing error: the frames before the bad one are passed
+on first) both connections close.  An over-long line in discard mode is
+logged and dropped.  ``on_frame(direction,
+frame)`` (``"up"``: client to server, ``"down"``) sees each frame before it
+is sent on, for logging and tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Any, Literal
+
+import trio
+
+from ._errors import FramingError
+from .connect import open_message_stream
+from .framing import Framer, FramingConfig, LineFramer
+from .server import MessageServer, format_address
+from .stream import MessageStream
+
+__all__ = ["FrameHook", "relay", "relay_server"]
+
+logger = logging.getLogger("trioecho.relay")
+
+Direction = Literal["up", "down"]
+FrameHook = Callable[[Direction, bytes], None]
+
+
+async def _pump(
+    source: MessageStream,
+    sink: MessageStream,
+    encoder: Framer,
+    direction: Direction,
+    on_frame: FrameHook | None,
+) -> None:
+    """Frames from ``source`` to ``sink`` until ``source`` ends; then end
+    ``sink``'s sending side.  ``encoder`` frames them in ``source``'s framing
+    (``sink``'s own framer is for what ``sink`` sends)."""
+    while True:
+        error: FramingError | None = None
+        try:
+            frames = await source.receive_messages()
+        except trio.EndOfChannel:
+            break
+        except FramingError as exc:  # the frames before the bad one still go on
+            frames, error = exc.frames, exc
+        if on_frame is not None:
+            for frame in frames:
+                on_frame(direction, frame)
+        if frames:
+            await sink.transport.send_all(encoder.encode_many(frames))
+            sink.messages_sent += len(frames)
+        if error is not None:
+            framer = source.framer
+            if isinstance(framer, LineFramer) and framer.on_too_long == "discard":
+                logger.warning("relay: dropped an over-long line (%s): %s", direction, error)
+                continue
+            raise error
+    try:
+        await sink.send_eof()
+    except TypeError:  # a transport without half-close (TLS): close it all
+        await sink.aclose()
+
+
+async def relay(
+    client: MessageStream,
+    server: MessageStream,
+    *,
+    client_framing: FramingConfig,
+    server_framing: FramingConfig,
+    on_frame: FrameHook | None = None,
+) -> None:
+    """Relay frames between ``client`` and ``server``, which read with
+    ``client_framing`` and ``server_framing``, until both have ended, or
+    either breaks: the error propagates, the caller closes the streams."""
+    async with trio.open_nursery() as nursery:
+        up = client_framing.new_framer()
+        down = server_framing.new_framer()
+        nursery.start_soon(_pump, client, server, up, "up", on_frame)
+        nursery.start_soon(_pump, server, client, down, "down", on_frame)
+
+
+async def _relay_connection(
+    upstream: tuple[str, int],
+    client_framing: FramingConfig,
+    server_framing: FramingConfig,
+    on_frame: FrameHook | None,
+    client: MessageStream,
+) -> None:
+    host, port = upstream
+    try:
+        server = await open_message_stream(host, port, framing=server_framing)
+    except OSError as exc:
+        logger.warning("relay: cannot connect to %s: %s", format_address(upstream), exc)
+        return
+    async with server:
+        await relay(
+            client,
+            server,
+            client_framing=client_framing,
+            server_framing=server_framing,
+            on_frame=on_frame,
+        )
+
+
+def relay_server(
+    upstream: tuple[str, int],
+    *,
+    client_framing: FramingConfig,
+    server_framing: FramingConfig,
+    on_frame: FrameHook | None = None,
+    idle_timeout: float | None = None,
+    **options: Any,
+) -> MessageServer:
+    """A :class:`MessageServer` relaying each connection to ``upstream``
+    (host, port): frames from clients are read with ``client_framing``, frames
+    from the upstream server with ``server_framing``.  ``idle_timeout``
+    defaults to none (a database client may wait long for a reply); the other
+    ``options`` are :class:`MessageServer`'s."""
+    handler = partial(_relay_connection, upstream, client_framing, server_framing, on_frame)
+    return MessageServer(handler, framing=client_framing, idle_timeout=idle_timeout, **options)
