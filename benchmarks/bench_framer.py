@@ -5,7 +5,11 @@ frames when they are larger) to a framer with default limits, over and over,
 and reports the best of several rounds.  Baselines:
 
 * ``struct loop``: a ``struct.unpack_from`` loop slicing length-prefixed frames;
-* ``bytes.split``: ``data.split(b"\\n")``, the C loop a line framer must match.
+* ``bytes.split``: ``data.split(b"\\n")``, the C loop a line framer must match;
+* ``typed loop``: the same loop for PostgreSQL's messages (a type byte, then a
+  length counting itself; frames keep both), against ``presets.postgresql``;
+* ``varint loop``: a plain-Python LEB128 loop for protobuf's delimited
+  messages, against ``presets.protobuf_delimited``.
 
 Ratios are baseline time / framer time: above 1.0 the framer is faster.
 
@@ -22,7 +26,8 @@ import sys
 import time
 from collections.abc import Callable
 
-from trioecho import LengthPrefixedFramer, LineFramer, make_framer
+from trioecho import FramingConfig, LengthPrefixedFramer, LineFramer, make_framer
+from trioecho.framing import encode_varint, presets
 
 SIZES = (16, 256, 4096)
 READ_SIZE = 64 * 1024
@@ -41,6 +46,51 @@ def struct_loop(data: bytes) -> list[bytes]:
         if end > size:
             break
         frames.append(data[pos + 4 : end])
+        pos = end
+    return frames
+
+
+def typed_loop(data: bytes) -> list[bytes]:
+    """Naive PostgreSQL message splitter: type byte, length counting itself."""
+    unpack_from = _HEADER.unpack_from
+    frames: list[bytes] = []
+    pos = 0
+    size = len(data)
+    while size - pos >= 5:
+        (length,) = unpack_from(data, pos + 1)
+        if length < 4:
+            raise ValueError("negative length")
+        end = pos + 1 + length
+        if end > size:
+            break
+        frames.append(data[pos:end])
+        pos = end
+    return frames
+
+
+def varint_loop(data: bytes) -> list[bytes]:
+    """Naive varint-delimited splitter (protobuf's writeDelimitedTo format)."""
+    frames: list[bytes] = []
+    pos = 0
+    size = len(data)
+    while pos < size:
+        length = shift = 0
+        i = pos
+        while True:
+            if i >= size:
+                return frames
+            byte = data[i]
+            length |= (byte & 0x7F) << shift
+            i += 1
+            if not byte & 0x80:
+                break
+            shift += 7
+            if shift >= 35:
+                raise ValueError("varint too long")
+        end = i + length
+        if end > size:
+            break
+        frames.append(data[i:end])
         pos = end
     return frames
 
@@ -76,20 +126,30 @@ def workload(framing: str, size: int) -> tuple[bytes, int]:
     messages = [payload[:size]] * count
     if framing == "len":
         return LengthPrefixedFramer().encode_many(messages), count
+    if framing == "typed":  # PostgreSQL DataRow-like messages
+        return b"".join(b"D" + (size + 4).to_bytes(4, "big") + m for m in messages), count
+    if framing == "varint":
+        return b"".join(encode_varint(size) + m for m in messages), count
     return LineFramer().encode_many(messages), count
 
 
-def run(rounds: int) -> list[tuple[str, int, str, float, float]]:
+CASES: tuple[tuple[str, str, Callable[[bytes], list[bytes]], FramingConfig], ...] = (
+    ("len", "struct loop", struct_loop, FramingConfig("len")),
+    ("line", "bytes.split", split_lines, FramingConfig("line")),
+    ("typed", "typed loop", typed_loop, presets.postgresql("server")),
+    ("varint", "varint loop", varint_loop, presets.protobuf_delimited()),
+)
+
+
+def run(rounds: int, sizes: tuple[int, ...] = SIZES) -> list[tuple[str, int, str, float, float]]:
     rows = []
-    for framing, baseline_name, baseline in (
-        ("len", "struct loop", struct_loop),
-        ("line", "bytes.split", split_lines),
-    ):
-        for size in SIZES:
+    for framing, baseline_name, baseline, config in CASES:
+        for size in sizes:
             data, count = workload(framing, size)
             splitters: dict[str, Callable[[bytes], list[bytes]]] = {baseline_name: baseline}
             for impl in ("c", "python"):
-                framer = make_framer(framing, implementation=impl)
+                options = {k: v for k, v in config.__dict__.items() if k != "first_frame"}
+                framer = make_framer(**{**options, "implementation": impl})
                 splitters[f"trioecho {impl}"] = framer.feed
             best = best_ns_per_frame(splitters, data, count, rounds)
             base_ns = best[baseline_name]
