@@ -315,26 +315,36 @@ int te_line_init(te_line_framer *f, const uint8_t *delimiter,
     f->delimiter_len = delimiter_len;
     f->delimiter_count = 1;
     f->longest = delimiter_len;
-    f->starts[delimiter[0] >> 3] |= (uint8_t)(1u << (delimiter[0] & 7));
     f->strip_cr = strip_cr ? 1 : 0;
     f->discard = discard ? 1 : 0;
     f->max_frame = max_frame;
     return TE_OK;
 }
 
-int te_line_add_delimiter(te_line_framer *f, const uint8_t *delimiter,
-                          size_t delimiter_len)
+static void mark_start(te_more_delimiters *more, uint8_t first)
+{
+    more->starts[first >> 3] |= (uint8_t)(1u << (first & 7));
+}
+
+int te_line_add_delimiter(te_line_framer *f, te_more_delimiters *more,
+                          const uint8_t *delimiter, size_t delimiter_len)
 {
     size_t i = f->delimiter_count - 1;
     if (delimiter_len < 1 || delimiter_len > TE_MAX_DELIMITER ||
-        f->delimiter_count >= TE_MAX_DELIMITERS)
+        f->delimiter_count >= TE_MAX_DELIMITERS || more == NULL ||
+        (f->more != NULL && f->more != more))
         return TE_BAD_CONFIG;
-    memcpy(f->more[i], delimiter, delimiter_len);
-    f->more_len[i] = delimiter_len;
+    if (f->more == NULL) {
+        memset(more, 0, sizeof *more);
+        mark_start(more, f->delimiter[0]);
+        f->more = more;
+    }
+    memcpy(more->bytes[i], delimiter, delimiter_len);
+    more->len[i] = delimiter_len;
+    mark_start(more, delimiter[0]);
     f->delimiter_count++;
     if (delimiter_len > f->longest)
         f->longest = delimiter_len;
-    f->starts[delimiter[0] >> 3] |= (uint8_t)(1u << (delimiter[0] & 7));
     return TE_OK;
 }
 
@@ -345,8 +355,8 @@ static const uint8_t *delimiter_at(const te_line_framer *f, size_t i, size_t *n)
         *n = f->delimiter_len;
         return f->delimiter;
     }
-    *n = f->more_len[i - 1];
-    return f->more[i - 1];
+    *n = f->more->len[i - 1];
+    return f->more->bytes[i - 1];
 }
 
 /* Some delimiter starts at buf[p]: 2 if one is complete there and no
@@ -381,7 +391,7 @@ size_t te_find_any_delimiter(const te_line_framer *f, const uint8_t *buf, size_t
     for (; pos < len; pos++) {
         const uint8_t b = buf[pos];
         int found;
-        if (!(f->starts[b >> 3] & (1u << (b & 7))))
+        if (!(f->more->starts[b >> 3] & (1u << (b & 7))))
             continue;
         found = delimiter_starts(f, buf, len, pos, dlen);
         if (found == 2)

@@ -92,6 +92,14 @@ typedef struct {
     int include_header;      /* frames keep the bytes before the payload */
 } te_length_framer;
 
+/* The delimiters after a line framer's first, in memory the caller owns
+ * (te_line_add_delimiter): a framer with one delimiter stays small. */
+typedef struct {
+    uint8_t bytes[7][8];     /* delimiters 2..TE_MAX_DELIMITERS */
+    size_t len[7];
+    uint8_t starts[32];      /* bitmap of every delimiter's first byte */
+} te_more_delimiters;
+
 typedef struct {
     uint8_t delimiter[8];     /* TE_MAX_DELIMITER: the first (or only) one */
     size_t delimiter_len;    /* 1..TE_MAX_DELIMITER */
@@ -106,9 +114,7 @@ typedef struct {
      * same byte. */
     size_t delimiter_count;  /* 1..TE_MAX_DELIMITERS */
     size_t longest;          /* the longest delimiter's length */
-    uint8_t more[7][8];      /* delimiters 2..TE_MAX_DELIMITERS */
-    size_t more_len[7];
-    uint8_t starts[32];      /* bitmap of the delimiters' first bytes */
+    te_more_delimiters *more; /* NULL while there is one delimiter */
 } te_line_framer;
 
 /*
@@ -154,9 +160,10 @@ int te_line_init(te_line_framer *f, const uint8_t *delimiter,
                  uint64_t max_frame);
 
 /* Add one more delimiter (1..TE_MAX_DELIMITER bytes; at most
- * TE_MAX_DELIMITERS in all) before the first scan. */
-int te_line_add_delimiter(te_line_framer *f, const uint8_t *delimiter,
-                          size_t delimiter_len);
+ * TE_MAX_DELIMITERS in all) before the first scan, kept in `more`: pass the
+ * same one every time; it must outlive the framer. */
+int te_line_add_delimiter(te_line_framer *f, te_more_delimiters *more,
+                          const uint8_t *delimiter, size_t delimiter_len);
 
 /*
  * Scan buf[0:len), which starts at the first unconsumed byte, and report

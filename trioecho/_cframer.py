@@ -190,7 +190,15 @@ class LengthScanner:
 class LineScanner:
     """C twin of ``trioecho._pyframer.LineScanner``."""
 
-    __slots__ = ("_cr_delimiter", "_delimiter", "_framer", "_result", "_result_view", "_several")
+    __slots__ = (
+        "_cr_delimiter",
+        "_delimiter",
+        "_framer",
+        "_more",
+        "_result",
+        "_result_view",
+        "_several",
+    )
 
     def __init__(
         self, delimiter: bytes | tuple[bytes, ...], strip_cr: bool, discard: bool, max_frame: int
@@ -199,9 +207,11 @@ class LineScanner:
         first = delimiters[0]
         self._framer = ffi.new("te_line_framer *")
         status = lib.te_line_init(self._framer, first, len(first), strip_cr, discard, max_frame)
+        # The further delimiters' storage lives as long as this scanner.
+        self._more = ffi.new("te_more_delimiters *") if len(delimiters) > 1 else ffi.NULL
         for more in delimiters[1:]:
             if status == _OK:
-                status = lib.te_line_add_delimiter(self._framer, more, len(more))
+                status = lib.te_line_add_delimiter(self._framer, self._more, more, len(more))
         if status != _OK:
             raise _config_error(f"delimiter={delimiter!r}")
         self._result = ffi.new("te_result *")
