@@ -103,6 +103,29 @@ def test_several_delimiters() -> None:
         assert server.stop(signal.SIGTERM) == 0
 
 
+def test_relay_between_a_client_and_an_echo_server() -> None:
+    """trioecho relay in front of trioecho serve, both real processes: the
+    greeting and the replies pass through unchanged; a bad frame closes the
+    client's connection (and its upstream one) while a canary is served."""
+    framing = ["--framing", "varint", "--varint-bytes", "2"]
+    with server_process(*framing) as upstream:
+        upstream_at = f"127.0.0.1:{upstream.port}"
+        with server_process(*framing, "--upstream", upstream_at, command="relay") as relay:
+            with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:
+                assert recv_exactly(sock, 1 + len(GREETING)) == bytes([len(GREETING)]) + GREETING
+                sock.sendall(b"\x02hi")
+                assert recv_exactly(sock, 6) == b"\x05hi" + REPLY_SUFFIX
+                with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as canary:
+                    sock.sendall(b"\xff\xff\xff")  # a varint over 2 bytes
+                    assert sock.recv(10) == b""
+                    relay.wait_for_log("varint length field longer than max_length_bytes=2")
+                    assert recv_exactly(canary, 1 + len(GREETING))[1:] == GREETING
+                    canary.sendall(b"\x01q")
+                    assert canary.recv(10) == b""  # q ended the session upstream
+            assert relay.stop(signal.SIGTERM) == 0
+        assert upstream.stop(signal.SIGTERM) == 0
+
+
 def test_client_in_a_pipe() -> None:
     with serving() as (process, port):
         result = subprocess.run(
@@ -222,6 +245,9 @@ def test_demo_shows_sticky_packets() -> None:
         (["--length-offset", "70000"], "between 0 and 65535"),
         (["client", "--framing", "len", "--include-header"], "the client sends bare payloads"),
         (["bench", "--framing", "varint"], "invalid choice: 'varint'"),
+        (["relay"], "the following arguments are required: --upstream"),
+        (["relay", "--upstream", "nowhere"], "expected HOST:PORT, not 'nowhere'"),
+        (["relay", "--upstream", "h:1", "--preset", "x"], "invalid choice: 'x'"),
     ],
 )
 def test_bad_options_exit_2(options: list[str], message: str) -> None:
@@ -353,7 +379,7 @@ def test_demo_arrows_line_up_on_a_terminal() -> None:
 def test_help_shows_serves_options_and_bench_defaults() -> None:
     top = subprocess.run([*TRIOECHO, "--help"], capture_output=True, timeout=30, check=True)
     text = top.stdout.decode()
-    assert "{serve,client,demo,bench}" in text  # the commands
+    assert "{serve,client,relay,demo,bench}" in text  # the commands
     assert "--max-connections" in text and "--idle-timeout" in text  # and serve's options
     bench = subprocess.run(
         [*TRIOECHO, "bench", "--help"], capture_output=True, timeout=30, check=True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 import trio
 from liveservers import ByteTap, LiveServer, mosquitto_server, postgresql_server
+from serverproc import server_process
 
 from trioecho.framing import FramingConfig, presets
 from trioecho.relay import Direction, relay_server
@@ -248,3 +250,26 @@ async def test_mqtt_publishes_through_the_relay(mosquitto: LiveServer) -> None:
     assert max(len(frame) for frame in publishes) == 2_097_153 + 5  # byte, 4-byte varint, body
     assert {frame[0] >> 4 for frame in frames["up"] + frames["down"]} <= set(range(1, 16))
     assert_relayed_unchanged(client_side, server_side, 2)
+
+
+def test_relay_command_with_the_postgresql_preset(postgres: LiveServer) -> None:
+    """``trioecho relay --preset postgresql``, a real process, in front of the server."""
+    upstream = f"127.0.0.1:{postgres.port}"
+    with server_process("--preset", "postgresql", "--upstream", upstream, command="relay") as relay:
+        dsn = f"host=127.0.0.1 port={relay.port} user=postgres sslmode=disable gssencmode=disable"
+        result = subprocess.run(
+            [
+                "psql",
+                dsn,
+                "-X",
+                "-A",
+                "-t",
+                "-c",
+                "SELECT 6 * 7, repeat('x', 70000) = repeat('x', 70000)",
+            ],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert (result.returncode, result.stdout, result.stderr) == (0, b"42|t\n", b"")
+        assert relay.stop(signal.SIGTERM) == 0

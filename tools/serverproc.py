@@ -18,17 +18,21 @@ from trioecho.echo import GREETING, REPLY_SUFFIX
 
 
 class ServerProcess:
-    """``python -m trioecho --port 0 OPTIONS`` with its stderr log collected."""
+    """``python -m trioecho COMMAND --port 0 OPTIONS`` with its stderr log collected."""
 
     def __init__(
-        self, *options: str, env: dict[str, str] | None = None, limit_fds: int | None = None
+        self,
+        *options: str,
+        env: dict[str, str] | None = None,
+        limit_fds: int | None = None,
+        command: str = "serve",
     ) -> None:
         def limit() -> None:
             if limit_fds is not None:  # soft and hard: the server cannot raise it
                 resource.setrlimit(resource.RLIMIT_NOFILE, (limit_fds, limit_fds))
 
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "trioecho", "--port", "0", *options],
+            [sys.executable, "-m", "trioecho", command, "--port", "0", *options],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env={**os.environ, **env} if env else None,
@@ -97,11 +101,14 @@ class ServerProcess:
 
 @contextmanager
 def server_process(
-    *options: str, env: dict[str, str] | None = None, limit_fds: int | None = None
+    *options: str,
+    env: dict[str, str] | None = None,
+    limit_fds: int | None = None,
+    command: str = "serve",
 ) -> Iterator[ServerProcess]:
     """A server process (``env``: variables to add to this one's environment;
-    ``limit_fds``: its RLIMIT_NOFILE)."""
-    server = ServerProcess(*options, env=env, limit_fds=limit_fds)
+    ``limit_fds``: its RLIMIT_NOFILE; ``command``: ``serve`` or ``relay``)."""
+    server = ServerProcess(*options, env=env, limit_fds=limit_fds, command=command)
     try:
         yield server
     finally:

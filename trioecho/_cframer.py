@@ -243,6 +243,8 @@ class LineScanner:
                 base += consumed
                 if status != _MORE:
                     break
+                if not consumed:  # TE_MORE reports at least one line: never spin
+                    raise RuntimeError("the C line scan asked to go on without progress")
         problem = (status, length, 0) if status == _TOO_LONG else None
         return frames, base, problem
 

@@ -38,7 +38,9 @@ from .framing import (
     LENGTH_BYTES,
     MAX_DELIMITER,
     FramingConfig,
+    presets,
 )
+from .relay import relay_server
 from .server import (
     DEFAULT_GRACE,
     DEFAULT_HOST,
@@ -62,7 +64,13 @@ from .workers import (
 
 __all__ = ["main"]
 
-COMMANDS = ("serve", "client", "demo", "bench")
+COMMANDS = ("serve", "client", "relay", "demo", "bench")
+# --preset NAME: (what clients send, what the server sends), given max_frame.
+PRESETS: dict[str, tuple[Callable[..., FramingConfig], Callable[..., FramingConfig]]] = {
+    "postgresql": (partial(presets.postgresql, "client"), partial(presets.postgresql, "server")),
+    "mqtt": (presets.mqtt, presets.mqtt),
+    "protobuf-delimited": (presets.protobuf_delimited, presets.protobuf_delimited),
+}
 logger = logging.getLogger("trioecho")
 
 
@@ -135,6 +143,13 @@ def _delimiter(text: str) -> bytes:
             f"a delimiter is 1 to {MAX_DELIMITER} bytes, not {len(value)}: {text!r}"
         )
     return value
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
+    return host.strip("[]"), _port(port)
 
 
 def _add_connection_options(parser: argparse.ArgumentParser) -> None:
@@ -306,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="version",
         version=f"trioecho {__version__} (framer: {IMPLEMENTATION})",
     )
-    commands = parser.add_subparsers(dest="command", metavar="{serve,client,demo,bench}")
+    commands = parser.add_subparsers(dest="command", metavar="{serve,client,relay,demo,bench}")
     serve = commands.add_parser("serve", help="run the echo service (the default)")
     _add_connection_options(serve)
     serve.add_argument(
@@ -381,6 +396,33 @@ def build_parser() -> argparse.ArgumentParser:
     client = commands.add_parser("client", help="send stdin lines, print the replies")
     _add_connection_options(client)
     _add_tls_client_options(client)
+    relay = commands.add_parser(
+        "relay",
+        help="pass every frame between clients and an upstream server, checked against the framing",
+    )
+    relay.add_argument(
+        "--upstream", type=_host_port, required=True, metavar="HOST:PORT", help="the server"
+    )
+    relay.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        help="a real protocol's framing (PostgreSQL: clients must not ask for TLS); "
+        "otherwise the framing options below, the same both ways",
+    )
+    _add_connection_options(relay)
+    relay.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help="at the limit, stop accepting until one closes (default %(default)s)",
+    )
+    relay.add_argument(
+        "--grace",
+        type=_seconds,
+        default=DEFAULT_GRACE,
+        help="on SIGINT/SIGTERM, seconds connections get to finish (default %(default)s)",
+    )
+    _add_verbosity(relay)
     commands.add_parser("demo", help="show sticky packets: raw vs line vs len framing")
     bench = commands.add_parser(
         "bench",
@@ -545,6 +587,35 @@ async def _serve(
         memory_budget=MemoryBudget(args.memory_budget << 20),
         readiness=args.readiness,
     )
+    return await _run_server(args, server)
+
+
+def _relay(args: argparse.Namespace, framing: FramingConfig) -> int:
+    """``trioecho relay``: the frame relay until SIGINT/SIGTERM."""
+    if args.preset is not None:
+        client_preset, server_preset = PRESETS[args.preset]
+        max_frame = args.max_frame if args.max_frame is not None else DEFAULT_MAX_FRAME
+        client_framing = client_preset(max_frame=max_frame)
+        server_framing = server_preset(max_frame=max_frame)
+    else:
+        client_framing = server_framing = framing
+    server = relay_server(
+        args.upstream,
+        client_framing=client_framing,
+        server_framing=server_framing,
+        host=args.host,
+        port=args.port,
+        max_connections=args.max_connections,
+        grace=args.grace,
+    )
+    args.supervisor_fd = None
+    _fit_fd_limit(2 * args.max_connections)
+    return trio.run(_run_server, args, server)
+
+
+async def _run_server(args: argparse.Namespace, server: MessageServer) -> int:
+    """Serve until SIGINT/SIGTERM (drain, then exit 0); a second signal
+    closes every connection at once."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             try:
@@ -651,6 +722,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         framing = _framing(args)
     except ValueError as exc:  # a framing option out of range
         parser.error(str(exc))
+    if args.command == "relay":
+        return _relay(args, framing)
     problem = _echo_framing_problem(framing, args.command)
     if problem is not None:
         parser.error(problem)
