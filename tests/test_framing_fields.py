@@ -173,6 +173,20 @@ def test_encoding_with_a_header(impl: str) -> None:
         stripped.encode(b"x")
 
 
+def test_encode_parts_builds_a_frame_from_its_type_byte_and_body(impl: str) -> None:
+    typed = LengthPrefixedFramer(
+        length_offset=1, length_adjustment=-4, include_header=True, implementation=impl
+    )
+    frame = typed.encode_parts(b"Q", b"SELECT 1\x00")
+    assert frame == b"Q\x00\x00\x00\x0dSELECT 1\x00"
+    assert typed.feed(frame) == [frame]
+    mqtt = VarintFramer(length_offset=1, max_length_bytes=4, include_header=True)
+    assert mqtt.encode_parts(b"\xc0", b"") == b"\xc0\x00"  # PINGREQ
+    assert mqtt.encode_parts(b"\x30", b"p" * 128) == b"\x30\x80\x01" + b"p" * 128
+    with pytest.raises(ValueError, match="before must be length_offset=1 bytes, not 2"):
+        typed.encode_parts(b"QQ", b"")
+
+
 def test_encoding_limits_of_a_small_field(impl: str) -> None:
     framer = LengthPrefixedFramer(length_bytes=1, length_adjustment=-1, implementation=impl)
     assert framer.encode(b"x" * 254) == b"\xff" + b"x" * 254  # field 255: the widest
