@@ -106,6 +106,30 @@ def test_netty_examples(
         assert framer.encode(frame) == wire  # the encoder mirrors the decoder
 
 
+@pytest.mark.parametrize("frame_size", [127, 128, 129])  # the C scan packs frames up to 128
+@pytest.mark.parametrize("include_header", [False, True])
+def test_many_frames_around_the_packing_size(frame_size: int, include_header: bool) -> None:
+    """Frames of 127, 128 and 129 bytes as returned (header included or not),
+    a 64 KiB read of them and more: C and Python return the same frames."""
+    options: dict[str, Any] = {
+        "length_offset": 1,
+        "length_adjustment": -4,
+        "include_header": include_header,
+    }
+    body = frame_size - 5 if include_header else frame_size
+    frames = [bytes([65 + i % 26]) + b"\x00" * 4 + bytes([i % 256]) * body for i in range(2000)]
+    encoder = LengthPrefixedFramer(**{**options, "include_header": True})
+    wire = encoder.encode_many(frames)
+    expected = frames if include_header else [frame[5:] for frame in frames]
+    for impl in IMPLEMENTATIONS:
+        framer = LengthPrefixedFramer(implementation=impl, **options)
+        got = []
+        for start in range(0, len(wire), 65536):
+            got += framer.feed(wire[start : start + 65536])
+        assert got == [encoder.encode(f) if include_header else f for f in expected]
+        assert framer.buffered == 0
+
+
 @pytest.mark.parametrize("adjustment", [-4, 0, 3])
 def test_max_frame_edges_with_an_adjustment(impl: str, adjustment: int) -> None:
     """The adjusted length is the one limited: max_frame passes, +1 fails as
