@@ -400,6 +400,26 @@ def test_postgresql_client_side(impl: str, by_byte: bool) -> None:
     assert framer.encode(QUERY) == QUERY
 
 
+SSL_REQUEST = b"\x00\x00\x00\x08\x04\xd2\x16\x2f"  # 80877103
+
+
+@pytest.mark.parametrize("by_byte", [False, True])
+def test_postgresql_client_asking_for_tls_first(impl: str, by_byte: bool) -> None:
+    """An SSLRequest is a startup packet followed by another one."""
+    config = FramingConfig(**{**presets.postgresql("client").__dict__, "implementation": impl})
+    assert presets.is_encryption_request(SSL_REQUEST)
+    assert presets.refuse_encryption(SSL_REQUEST) == b"N"
+    assert presets.refuse_encryption(STARTUP) is None
+    framer = config.new_framer()
+    wire = SSL_REQUEST + STARTUP + QUERY
+    assert feed_all(framer, wire, by_byte=by_byte) == [SSL_REQUEST, STARTUP, QUERY]
+    assert framer.encode_many([SSL_REQUEST, STARTUP, QUERY]) == wire
+    with pytest.raises(FrameTooLongError) as info:  # a typed message is not a startup packet
+        config.new_framer().feed(SSL_REQUEST + QUERY)
+    assert info.value.frames == [SSL_REQUEST]
+    assert info.value.limit == 9996
+
+
 def test_postgresql_startup_limit_and_errors_after_it(impl: str) -> None:
     config = FramingConfig(**{**presets.postgresql("client").__dict__, "implementation": impl})
     with pytest.raises(FrameTooLongError) as info:

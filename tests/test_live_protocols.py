@@ -22,7 +22,7 @@ from liveservers import ByteTap, LiveServer, mosquitto_server, postgresql_server
 from serverproc import server_process
 
 from trioecho.framing import FramingConfig, presets
-from trioecho.relay import Direction, relay_server
+from trioecho.relay import Answer, Direction, relay_server
 
 # Message types of PostgreSQL's protocol 3.0 (the "Message Formats" chapter).
 FRONTEND_TYPES = set(b"BCcdDEfFHPpQSX")
@@ -49,6 +49,7 @@ async def start_relay(
     upstream_port: int,
     client_framing: FramingConfig,
     server_framing: FramingConfig,
+    answer: Answer | None = None,
 ) -> tuple[int, ByteTap, ByteTap, dict[Direction, list[bytes]]]:
     """client -> tap -> relay -> tap -> upstream; returns the port clients
     connect to, both taps and the frames the relay saw each way."""
@@ -60,6 +61,7 @@ async def start_relay(
         client_framing=client_framing,
         server_framing=server_framing,
         on_frame=lambda direction, frame: frames[direction].append(frame),
+        answer=answer,
         host="127.0.0.1",
         port=0,
     )
@@ -252,11 +254,55 @@ async def test_mqtt_publishes_through_the_relay(mosquitto: LiveServer) -> None:
     assert_relayed_unchanged(client_side, server_side, 2)
 
 
+async def test_a_request_for_tls_is_answered_by_the_relay(postgres: LiveServer) -> None:
+    """``sslmode=require``: the relay refuses TLS (it must see the messages),
+    so the client gives up with libpq's own clear error; ``prefer`` goes on in
+    clear; the request never reaches the server."""
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            port, client_side, server_side, _ = await start_relay(
+                nursery,
+                postgres.port,
+                presets.postgresql("client"),
+                presets.postgresql("server"),
+                answer=presets.refuse_encryption,
+            )
+            dsn = f"host=127.0.0.1 port={port} user=postgres gssencmode=disable"
+            refused = await trio.run_process(
+                ["psql", dsn + " sslmode=require", "-X", "-c", "SELECT 1"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            clear = await trio.run_process(
+                ["psql", dsn + " sslmode=prefer", "-X", "-A", "-t", "-c", "SELECT 1"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            await client_side.wait_closed(2)
+            await server_side.wait_closed(2)
+            nursery.cancel_scope.cancel()
+    assert refused.returncode == 2
+    assert b"server does not support SSL, but SSL was required" in refused.stderr
+    assert (clear.returncode, clear.stdout) == (0, b"1\n")
+    ssl_request = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")
+    assert [bytes(c.down[:1]) for c in client_side.connections] == [b"N", b"N"]
+    assert all(bytes(c.up[:8]) == ssl_request for c in client_side.connections)
+    # The server never sees a request: nothing at all from the client that
+    # gave up, the clear session from the other.
+    gave_up, went_on = server_side.connections
+    assert bytes(gave_up.up) == b""
+    assert bytes(went_on.up[4:8]) == (196608).to_bytes(4, "big")  # protocol 3.0
+
+
 def test_relay_command_with_the_postgresql_preset(postgres: LiveServer) -> None:
-    """``trioecho relay --preset postgresql``, a real process, in front of the server."""
+    """``trioecho relay --preset postgresql``, a real process, in front of the server,
+    with a client that asks for TLS first (``sslmode=prefer``)."""
     upstream = f"127.0.0.1:{postgres.port}"
     with server_process("--preset", "postgresql", "--upstream", upstream, command="relay") as relay:
-        dsn = f"host=127.0.0.1 port={relay.port} user=postgres sslmode=disable gssencmode=disable"
+        # libpq's defaults: it asks for TLS first, and the relay says no.
+        dsn = f"host=127.0.0.1 port={relay.port} user=postgres"
         result = subprocess.run(
             [
                 "psql",

@@ -119,6 +119,27 @@ async def test_an_unreachable_upstream_closes_the_client(
     assert f"relay: cannot connect to 127.0.0.1:{dead_port}" in caplog.text
 
 
+async def test_an_upstream_that_does_not_answer_in_time_closes_the_client(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with upstream_recorder() as (port, received, _):
+        server = relay_server(
+            ("127.0.0.1", port),
+            client_framing=TYPED,
+            server_framing=TYPED,
+            connect_timeout=0,  # no connection can be made in no time
+            host="127.0.0.1",
+            port=0,
+        )
+        listeners = await nursery.start(server.serve)
+        caplog.set_level(logging.WARNING)
+        with trio.fail_after(10):
+            client = await trio.open_tcp_stream("127.0.0.1", listeners[0].socket.getsockname()[1])
+            assert await read_all(client) == b""
+    assert received == []
+    assert f"relay: cannot connect to 127.0.0.1:{port}: no answer in 0 s" in caplog.text
+
+
 def test_presets_describe_their_protocols() -> None:
     client = presets.postgresql("client")
     assert client.first_frame is not None

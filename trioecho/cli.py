@@ -406,8 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     relay.add_argument(
         "--preset",
         choices=tuple(PRESETS),
-        help="a real protocol's framing (PostgreSQL: clients must not ask for TLS); "
-        "otherwise the framing options below, the same both ways",
+        help="a real protocol's framing (PostgreSQL: a client's request for TLS is "
+        "refused by the relay, which must see the messages); otherwise the framing "
+        "options below, the same both ways",
     )
     _add_connection_options(relay)
     relay.add_argument(
@@ -599,10 +600,12 @@ def _relay(args: argparse.Namespace, framing: FramingConfig) -> int:
         server_framing = server_preset(max_frame=max_frame)
     else:
         client_framing = server_framing = framing
+    answer = presets.refuse_encryption if args.preset == "postgresql" else None
     server = relay_server(
         args.upstream,
         client_framing=client_framing,
         server_framing=server_framing,
+        answer=answer,
         host=args.host,
         port=args.port,
         max_connections=args.max_connections,

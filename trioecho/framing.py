@@ -707,17 +707,22 @@ class PhasedFramer:
     """The first frame of a stream framed by ``first``, every later one by
     ``then`` (PostgreSQL's startup packet has no type byte; the messages after
     it do).  ``first`` is a length-field framer (:class:`LengthPrefixedFramer`,
-    :class:`VarintFramer`, :class:`FixedLengthFramer`).  Encoding follows the
-    same phases: the first payload encoded goes through ``first``."""
+    :class:`VarintFramer`, :class:`FixedLengthFramer`).  ``repeat(frame)``, if
+    given, keeps ``first`` for the next frame too while it returns true of a
+    frame it framed (PostgreSQL: a request for encryption is followed by
+    another startup packet).  Encoding follows the same phases."""
 
-    __slots__ = ("_first", "_first_encoder", "_then", "implementation")
+    __slots__ = ("_first", "_first_encoder", "_repeat", "_then", "implementation")
 
-    def __init__(self, first: Framer, then: Framer) -> None:
+    def __init__(
+        self, first: Framer, then: Framer, *, repeat: Callable[[bytes], bool] | None = None
+    ) -> None:
         if not isinstance(first, (LengthFieldFramer, FixedLengthFramer)):
             raise TypeError(f"first must be a length-field framer, not {type(first).__name__}")
         self._first: _StreamFramer | None = first
         self._first_encoder: Framer | None = first
         self._then = then
+        self._repeat = repeat
         self.implementation = first.implementation
 
     @property
@@ -728,15 +733,24 @@ class PhasedFramer:
     def buffered(self) -> int:
         return self._first.buffered if self._first is not None else self._then.buffered
 
+    def _again(self, frame: Buffer) -> bool:
+        return self._repeat is not None and bool(self._repeat(bytes(frame)))
+
     def feed(self, data: Buffer) -> list[bytes]:
         first = self._first
         if first is None:
             return self._then.feed(data)
-        frames = first._feed_first(data)
-        if not frames:
-            return frames
-        self._first = None
+        frames: list[bytes] = []
         try:
+            while True:
+                found = first._feed_first(data)  # one frame at most; the rest stays
+                data = b""
+                if not found:
+                    return frames
+                frames += found
+                if not self._again(found[0]):
+                    break
+            self._first = None
             return frames + self._then.feed(first._take_buffered())
         except FramingError as exc:
             exc.frames[:0] = frames
@@ -753,7 +767,8 @@ class PhasedFramer:
         if encoder is None:
             return self._then.encode(payload)
         data = encoder.encode(payload)
-        self._first_encoder = None
+        if not self._again(payload):
+            self._first_encoder = None
         return data
 
     def encode_many(self, payloads: Iterable[Buffer]) -> bytes:
@@ -895,7 +910,8 @@ def make_framer(
 class FramingConfig:
     """How each connection frames its messages: the arguments of :func:`make_framer`,
     and ``first_frame``: another configuration for a stream's first frame
-    only (a :class:`PhasedFramer`; see ``trioecho.presets.postgresql``).
+    only (a :class:`PhasedFramer`; see ``trioecho.presets.postgresql``), used
+    again after each first frame ``repeat_first_frame`` returns true of.
 
     ``new_framer()`` returns a fresh framer (one per connection).  The
     configuration is checked when it is created.
@@ -915,6 +931,7 @@ class FramingConfig:
     frame_size: int | None = None
     implementation: str | None = None
     first_frame: FramingConfig | None = None
+    repeat_first_frame: Callable[[bytes], bool] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.delimiter, bytes):  # a list would not be hashable
@@ -943,14 +960,14 @@ class FramingConfig:
         options = {
             field.name: getattr(self, field.name)
             for field in dataclasses.fields(self)
-            if field.name != "first_frame"
+            if field.name not in ("first_frame", "repeat_first_frame")
         }
         framer = make_framer(**options)
         first = self.first_frame
         if first is not None:
             if first.implementation is None and self.implementation is not None:
                 first = dataclasses.replace(first, implementation=self.implementation)
-            return PhasedFramer(first.new_framer(), framer)
+            return PhasedFramer(first.new_framer(), framer, repeat=self.repeat_first_frame)
         return framer
 
 

@@ -10,7 +10,8 @@ preset                 wire format
 =====================  =====================================================
 ``postgresql()``       type byte, 4-byte big-endian length counting itself
                        and the body; the client's first message (startup
-                       packet) has no type byte
+                       packet, or a request for encryption and then the
+                       startup packet) has no type byte
 ``mqtt()``             fixed-header byte, "remaining length" varint of at
                        most 4 bytes, the rest of the packet
 ``protobuf_delimited`` varint length (at most 5 bytes), then the message
@@ -23,10 +24,19 @@ from typing import Literal
 
 from .framing import DEFAULT_MAX_FRAME, FramingConfig
 
-__all__ = ["POSTGRESQL_MAX_STARTUP", "mqtt", "postgresql", "protobuf_delimited"]
+__all__ = [
+    "POSTGRESQL_MAX_STARTUP",
+    "is_encryption_request",
+    "mqtt",
+    "postgresql",
+    "protobuf_delimited",
+    "refuse_encryption",
+]
 
 # PostgreSQL refuses a startup packet over 10,000 bytes (MAX_STARTUP_PACKET_LENGTH).
 POSTGRESQL_MAX_STARTUP = 10_000
+# The request codes of SSLRequest (1234.5679) and GSSENCRequest (1234.5680).
+_ENCRYPTION_REQUESTS = ((80877103).to_bytes(4, "big"), (80877104).to_bytes(4, "big"))
 _MQTT_MAX_REMAINING = (1 << 28) - 1  # 4 varint bytes: 268,435,455
 
 
@@ -41,9 +51,11 @@ def postgresql(
     ``side="server"`` frames what the server sends: messages only.
     ``max_frame`` limits a message's body (the bytes after its length).
 
-    The client must not ask for TLS or GSSAPI encryption (``sslmode=disable``,
-    ``gssencmode=disable``): the server answers such a request with one
-    unframed byte, and the client sends a second startup packet.
+    A client may ask for TLS or GSSAPI encryption first (an 8-byte request
+    in the startup packet's form, ``sslmode=prefer``, libpq's default): the
+    next packet is then framed as a startup packet too.  The server's answer
+    to such a request is one unframed byte, so a relay answers it itself
+    (``refuse_encryption``): a relay must see the messages in clear.
     """
     messages = FramingConfig(
         "len", length_offset=1, length_adjustment=-4, include_header=True, max_frame=max_frame
@@ -62,7 +74,21 @@ def postgresql(
         include_header=True,
         max_frame=max_frame,
         first_frame=startup,
+        repeat_first_frame=is_encryption_request,
     )
+
+
+def is_encryption_request(frame: bytes) -> bool:
+    """Whether a PostgreSQL startup-form packet asks for TLS (SSLRequest) or
+    GSSAPI encryption (GSSENCRequest)."""
+    return len(frame) == 8 and frame[4:8] in _ENCRYPTION_REQUESTS
+
+
+def refuse_encryption(frame: bytes) -> bytes | None:
+    """A relay's own answer to a PostgreSQL client's frame: ``b"N"`` (no
+    encryption: the client goes on in clear, or gives up if it requires it)
+    to a request for TLS or GSSAPI encryption, else None (pass it on)."""
+    return b"N" if is_encryption_request(frame) else None
 
 
 def mqtt(*, max_frame: int = DEFAULT_MAX_FRAME) -> FramingConfig:

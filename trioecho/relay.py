@@ -12,6 +12,7 @@ the framing (and its ``max_frame``) on the way::
         ("db.internal", 5432),
         client_framing=presets.postgresql("client"),
         server_framing=presets.postgresql("server"),
+        answer=presets.refuse_encryption,  # TLS would hide the frames
         port=6432,
     )
     await server.serve()
@@ -40,12 +41,14 @@ from .framing import Framer, FramingConfig, LineFramer
 from .server import MessageServer, format_address
 from .stream import MessageStream
 
-__all__ = ["FrameHook", "relay", "relay_server"]
+__all__ = ["Answer", "FrameHook", "relay", "relay_server"]
 
 logger = logging.getLogger("trioecho.relay")
 
 Direction = Literal["up", "down"]
 FrameHook = Callable[[Direction, bytes], None]
+Answer = Callable[[bytes], bytes | None]
+DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
 async def _pump(
@@ -54,10 +57,12 @@ async def _pump(
     encoder: Framer,
     direction: Direction,
     on_frame: FrameHook | None,
+    answer: Answer | None = None,
 ) -> None:
     """Frames from ``source`` to ``sink`` until ``source`` ends; then end
     ``sink``'s sending side.  ``encoder`` frames them in ``source``'s framing
-    (``sink``'s own framer is for what ``sink`` sends)."""
+    (``sink``'s own framer is for what ``sink`` sends).  A frame ``answer``
+    has a reply for is answered to ``source`` instead of passed on."""
     while True:
         error: FramingError | None = None
         try:
@@ -69,6 +74,8 @@ async def _pump(
         if on_frame is not None:
             for frame in frames:
                 on_frame(direction, frame)
+        if answer is not None:
+            frames = await _answer_some(source, frames, answer)
         if frames:
             await sink.transport.send_all(encoder.encode_many(frames))
             sink.messages_sent += len(frames)
@@ -84,6 +91,18 @@ async def _pump(
         await sink.aclose()
 
 
+async def _answer_some(source: MessageStream, frames: list[bytes], answer: Answer) -> list[bytes]:
+    """Send ``answer``'s replies back to ``source``; return the frames to pass on."""
+    passed = []
+    for frame in frames:
+        reply = answer(frame)
+        if reply is None:
+            passed.append(frame)
+        else:
+            await source.transport.send_all(reply)
+    return passed
+
+
 async def relay(
     client: MessageStream,
     server: MessageStream,
@@ -91,14 +110,17 @@ async def relay(
     client_framing: FramingConfig,
     server_framing: FramingConfig,
     on_frame: FrameHook | None = None,
+    answer: Answer | None = None,
 ) -> None:
     """Relay frames between ``client`` and ``server``, which read with
     ``client_framing`` and ``server_framing``, until both have ended, or
-    either breaks: the error propagates, the caller closes the streams."""
+    either breaks: the error propagates, the caller closes the streams.
+    ``answer(frame)``, for each frame from the client, returns bytes to send
+    back to the client instead of passing the frame on, or None."""
     async with trio.open_nursery() as nursery:
         up = client_framing.new_framer()
         down = server_framing.new_framer()
-        nursery.start_soon(_pump, client, server, up, "up", on_frame)
+        nursery.start_soon(_pump, client, server, up, "up", on_frame, answer)
         nursery.start_soon(_pump, server, client, down, "down", on_frame)
 
 
@@ -107,13 +129,24 @@ async def _relay_connection(
     client_framing: FramingConfig,
     server_framing: FramingConfig,
     on_frame: FrameHook | None,
+    answer: Answer | None,
+    connect_timeout: float,
     client: MessageStream,
 ) -> None:
     host, port = upstream
-    try:
-        server = await open_message_stream(host, port, framing=server_framing)
-    except OSError as exc:
-        logger.warning("relay: cannot connect to %s: %s", format_address(upstream), exc)
+    server = None
+    with trio.move_on_after(connect_timeout):
+        try:
+            server = await open_message_stream(host, port, framing=server_framing)
+        except OSError as exc:
+            logger.warning("relay: cannot connect to %s: %s", format_address(upstream), exc)
+            return
+    if server is None:
+        logger.warning(
+            "relay: cannot connect to %s: no answer in %s s",
+            format_address(upstream),
+            connect_timeout,
+        )
         return
     async with server:
         await relay(
@@ -122,6 +155,7 @@ async def _relay_connection(
             client_framing=client_framing,
             server_framing=server_framing,
             on_frame=on_frame,
+            answer=answer,
         )
 
 
@@ -131,13 +165,25 @@ def relay_server(
     client_framing: FramingConfig,
     server_framing: FramingConfig,
     on_frame: FrameHook | None = None,
+    answer: Answer | None = None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     idle_timeout: float | None = None,
     **options: Any,
 ) -> MessageServer:
     """A :class:`MessageServer` relaying each connection to ``upstream``
     (host, port): frames from clients are read with ``client_framing``, frames
-    from the upstream server with ``server_framing``.  ``idle_timeout``
-    defaults to none (a database client may wait long for a reply); the other
-    ``options`` are :class:`MessageServer`'s."""
-    handler = partial(_relay_connection, upstream, client_framing, server_framing, on_frame)
+    from the upstream server with ``server_framing``; ``on_frame`` and
+    ``answer`` as :func:`relay` takes them.  A client whose upstream
+    connection fails, or takes over ``connect_timeout`` seconds, is closed.
+    ``idle_timeout`` defaults to none (a database client may wait long for
+    a reply); the other ``options`` are :class:`MessageServer`'s."""
+    handler = partial(
+        _relay_connection,
+        upstream,
+        client_framing,
+        server_framing,
+        on_frame,
+        answer,
+        connect_timeout,
+    )
     return MessageServer(handler, framing=client_framing, idle_timeout=idle_timeout, **options)
