@@ -20,13 +20,14 @@ Ratios are baseline time / framer time: above 1.0 the framer is faster.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import struct
 import sys
 import time
 from collections.abc import Callable
 
-from trioecho import FramingConfig, LengthPrefixedFramer, LineFramer, make_framer
+from trioecho import FramingConfig, LengthPrefixedFramer, LineFramer
 from trioecho.framing import encode_varint, presets
 
 SIZES = (16, 256, 4096)
@@ -148,8 +149,7 @@ def run(rounds: int, sizes: tuple[int, ...] = SIZES) -> list[tuple[str, int, str
             data, count = workload(framing, size)
             splitters: dict[str, Callable[[bytes], list[bytes]]] = {baseline_name: baseline}
             for impl in ("c", "python"):
-                options = {k: v for k, v in config.__dict__.items() if k != "first_frame"}
-                framer = make_framer(**{**options, "implementation": impl})
+                framer = dataclasses.replace(config, implementation=impl).new_framer()
                 splitters[f"trioecho {impl}"] = framer.feed
             best = best_ns_per_frame(splitters, data, count, rounds)
             base_ns = best[baseline_name]

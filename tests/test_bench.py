@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from serverproc import server_process
@@ -187,3 +189,25 @@ def test_python_side_latencies_land_in_the_c_histogram_buckets() -> None:
     assert sum(stats.histogram) == 4
     assert stats.percentile_ns(0.5) == floors[bucket_index(2_000)] == 1_984  # 2^10 + 15 x 2^6
     assert stats.percentile_ns(1.0) == floors[bucket_index(1_000_000)]
+
+
+def test_the_framer_benchmark_runs_every_case() -> None:
+    """``benchmarks/bench_framer.py``, one quick round: every framing and
+    splitter measured, every splitter returning every frame (it asserts so)."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_framer.py"
+    spec = importlib.util.spec_from_file_location("bench_framer", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.run(1, sizes=(16,))
+    assert [(framing, name) for framing, _, name, _, _ in rows] == [
+        (framing, name)
+        for framing, baseline in (
+            ("len", "struct loop"),
+            ("line", "bytes.split"),
+            ("typed", "typed loop"),
+            ("varint", "varint loop"),
+        )
+        for name in (baseline, "trioecho c", "trioecho python")
+    ]
+    assert all(ns > 0 for _, _, _, ns, _ in rows)
