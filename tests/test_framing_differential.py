@@ -49,10 +49,6 @@ line_bytes = st.lists(
 ).map(b"".join)
 
 
-def events(framer: LineFramer | LengthPrefixedFramer, chunks: list[bytes]) -> list[Event]:
-    return framer_events(framer, chunks)
-
-
 def errors(evs: list[Event]) -> list[int]:
     """The limit of each error: the length seen depends on when the error was noticed."""
     return [e[2] for e in evs if e[0] == "too long"]
@@ -69,7 +65,7 @@ def test_line_framers_agree_on_any_bytes(
 ) -> None:
     c, py = both(LineFramer, config)
     chunks = chunked(data, cuts)
-    assert events(c, chunks) == events(py, chunks)
+    assert framer_events(c, chunks) == framer_events(py, chunks)
 
 
 @settings(max_examples=1000, deadline=None)
@@ -77,10 +73,10 @@ def test_line_framers_agree_on_any_bytes(
 def test_line_framers_agree_byte_by_byte(config: dict[str, Any], data: bytes) -> None:
     c, py = both(LineFramer, config)
     chunks = [data[i : i + 1] for i in range(len(data))]
-    by_byte = events(c, chunks)
-    assert by_byte == events(py, chunks)
+    by_byte = framer_events(c, chunks)
+    assert by_byte == framer_events(py, chunks)
     # Chunking changes when frames and errors arrive, never what they are.
-    whole = events(LineFramer(implementation="c", **config), [data])
+    whole = framer_events(LineFramer(implementation="c", **config), [data])
     assert received(whole) == received(by_byte)
     assert errors(whole) == errors(by_byte)
 
@@ -96,7 +92,7 @@ def test_length_framers_agree_on_any_bytes(
 ) -> None:
     c, py = both(LengthPrefixedFramer, config)
     chunks = chunked(data, cuts)
-    assert events(c, chunks) == events(py, chunks)
+    assert framer_events(c, chunks) == framer_events(py, chunks)
 
 
 @settings(max_examples=800, deadline=None)
@@ -111,8 +107,8 @@ def test_length_messages_round_trip(
     encoder = LengthPrefixedFramer(**config)
     chunks = chunked(encoder.encode_many(messages), cuts)
     c, py = both(LengthPrefixedFramer, config)
-    c_events = events(c, chunks)
-    assert c_events == events(py, chunks)
+    c_events = framer_events(c, chunks)
+    assert c_events == framer_events(py, chunks)
     accepted = list(itertools.takewhile(lambda m: len(m) <= config["max_frame"], messages))
     assert received(c_events) == accepted
     assert c_events[-1][0] == ("eof" if accepted == messages else "too long")
@@ -136,8 +132,8 @@ def test_line_messages_round_trip_or_are_refused(
         return
     chunks = chunked(wire, cuts)
     c, py = both(LineFramer, config)
-    c_events = events(c, chunks)
-    assert c_events == events(py, chunks)
+    c_events = framer_events(c, chunks)
+    assert c_events == framer_events(py, chunks)
     if config["on_too_long"] == "discard":
         accepted = [m for m in messages if len(m) <= config["max_frame"]]
     else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from struct import Struct
 
+from . import _pyframer
 from ._framer_ffi import ffi, lib
 from ._pyframer import FIELD_UINT, Problem, check_frame_config
 
@@ -42,6 +43,22 @@ if _RESULT.size != ffi.sizeof("te_result") or ffi.offsetof("te_result", "field_l
     _RESULT.size - 8
 ):
     raise ImportError("te_result layout does not match its struct format")
+
+# The twin's numbers are the ones passed to and read from C.
+for _name in (
+    "TOO_LONG",
+    "NEGATIVE_LENGTH",
+    "BAD_VARINT",
+    "VARINT_NOT_MINIMAL",
+    "MAX_VARINT",
+    "MAX_OFFSET",
+    "MAX_ADJUSTMENT",
+    "FIELD_UINT",
+    "FIELD_VARINT",
+    "FIELD_NONE",
+):
+    if getattr(lib, f"TE_{_name}") != getattr(_pyframer, _name):
+        raise ImportError(f"TE_{_name} differs between csrc/framer.h and _pyframer")
 
 _CR = b"\r"
 # Scratch space for struct formats and packed payloads: one pair per thread
@@ -122,9 +139,7 @@ class LengthScanner:
             return (status, length + self._adjustment, 0)
         return (status, length, field_len)
 
-    def scan(
-        self, buf: bytes | bytearray, first_only: bool = False
-    ) -> tuple[list[bytes], int, Problem | None]:
+    def scan(self, buf: bytes | bytearray) -> tuple[list[bytes], int, Problem | None]:
         size = len(buf)
         if type(buf) is bytes:
             # The request/reply case first: one call, at most one frame.
@@ -132,8 +147,6 @@ class LengthScanner:
             status, layout, _, _, start, end, _, _, pos, length, field_len = _unpack_result(
                 self._result_view
             )
-            if layout == _ONE and first_only:  # what follows is not looked at
-                return [buf[start:end]], pos, None
             if status != _MORE:
                 frames = [buf[start:end]] if layout == _ONE else []
                 if status >= 0:
@@ -141,16 +154,18 @@ class LengthScanner:
                 return frames, pos, self._problem(status, length, field_len)
             if layout == _ONE:  # go on after the first frame
                 return self._scan_all(buf, [buf[start:end]], pos)
-        elif first_only:
-            with ffi.from_buffer(buf) as ptr:
-                _length_scan(self._framer, ptr, size, 0, _NULL, 0, _NULL, 0, self._result)
-            status, layout, _, _, start, end, _, _, pos, length, field_len = _unpack_result(
-                self._result_view
-            )
-            if layout == _ONE:  # what follows is not looked at
-                return [_slice(buf, start, end)], pos, None
-            return [], pos, self._problem(status, length, field_len)
         return self._scan_all(buf, [], 0)
+
+    def scan_first(self, buf: bytes | bytearray) -> tuple[list[bytes], int, Problem | None]:
+        # Without scratch space the C scan reports one frame at most.
+        with ffi.from_buffer(buf) as ptr:
+            _length_scan(self._framer, ptr, len(buf), 0, _NULL, 0, _NULL, 0, self._result)
+        status, layout, _, _, start, end, _, _, pos, length, field_len = _unpack_result(
+            self._result_view
+        )
+        if layout == _ONE:  # what follows it is not looked at
+            return [_slice(buf, start, end)], pos, None
+        return [], pos, self._problem(status, length, field_len)
 
     def _scan_all(
         self, buf: bytes | bytearray, frames: list[bytes], pos: int
@@ -201,9 +216,8 @@ class LineScanner:
     )
 
     def __init__(
-        self, delimiter: bytes | tuple[bytes, ...], strip_cr: bool, discard: bool, max_frame: int
+        self, delimiters: tuple[bytes, ...], strip_cr: bool, discard: bool, max_frame: int
     ) -> None:
-        delimiters = (delimiter,) if isinstance(delimiter, bytes) else tuple(delimiter)
         first = delimiters[0]
         self._framer = ffi.new("te_line_framer *")
         status = lib.te_line_init(self._framer, first, len(first), strip_cr, discard, max_frame)
@@ -213,7 +227,7 @@ class LineScanner:
             if status == _OK:
                 status = lib.te_line_add_delimiter(self._framer, self._more, more, len(more))
         if status != _OK:
-            raise _config_error(f"delimiter={delimiter!r}")
+            raise _config_error(f"delimiters={delimiters!r}")
         self._result = ffi.new("te_result *")
         self._result_view = ffi.buffer(self._result)
         self._delimiter = first

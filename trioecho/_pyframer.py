@@ -13,7 +13,7 @@ Each scanner takes the caller's whole unconsumed buffer (``bytes`` or
   allowed, or over 64 bits) with the value of the bytes before it and their
   count, ``VARINT_NOT_MINIMAL`` with the value and its bytes.
 
-``LengthScanner.scan(buf, first_only=True)`` stops after the first frame.
+``LengthScanner.scan_first(buf)`` is ``scan`` stopping after the first frame.
 
 The scanners keep their position between calls, so every byte is examined
 once however the stream is chunked.  ``trioecho._cframer`` implements the
@@ -39,11 +39,12 @@ FIELD_NONE = 2
 MAX_VARINT = 10
 MAX_OFFSET = 65535
 MAX_ADJUSTMENT = (1 << 31) - 1
+LENGTH_BYTES = (1, 2, 3, 4, 8)  # widths of a FIELD_UINT
+HEADER_FORMATS = {1: "B", 2: "H", 4: "I", 8: "Q"}  # struct's, for all but 3 bytes
 
 Problem = tuple[int, int, int]
 
 _CR = 0x0D
-_HEADER_FORMATS = {1: "B", 2: "H", 4: "I", 8: "Q"}
 
 
 class LengthScanner:
@@ -62,6 +63,7 @@ class LengthScanner:
         "_little",
         "_max_frame",
         "_offset",
+        "_plain",
         "_unpack_from",
     )
 
@@ -86,8 +88,10 @@ class LengthScanner:
         self._unpack_from = None
         if field == FIELD_UINT and header_bytes != 3:
             order = "<" if little_endian else ">"
-            self._unpack_from = struct.Struct(order + _HEADER_FORMATS[header_bytes]).unpack_from
+            self._unpack_from = struct.Struct(order + HEADER_FORMATS[header_bytes]).unpack_from
         self._little = little_endian
+        # A bare field counting the payload: the common case, with a loop of its own.
+        self._plain = self._unpack_from is not None and not length_offset and not length_adjustment
 
     def _header(self, buf: bytes | bytearray, pos: int) -> tuple[int, int] | Problem | None:
         """``(payload_start, payload_length)`` of the frame at ``pos``, a
@@ -135,12 +139,17 @@ class LengthScanner:
             return (TOO_LONG, value, 0)
         return field_at + n, value
 
-    def scan(
-        self, buf: bytes | bytearray, first_only: bool = False
-    ) -> tuple[list[bytes], int, Problem | None]:
-        plain = self._field == FIELD_UINT and not self._offset and not self._adjustment
-        if plain and self._unpack_from is not None and not first_only:
+    def scan(self, buf: bytes | bytearray) -> tuple[list[bytes], int, Problem | None]:
+        if self._plain:
             return self._scan_plain(buf)
+        return self._scan(buf, first_only=False)
+
+    def scan_first(self, buf: bytes | bytearray) -> tuple[list[bytes], int, Problem | None]:
+        return self._scan(buf, first_only=True)
+
+    def _scan(
+        self, buf: bytes | bytearray, *, first_only: bool
+    ) -> tuple[list[bytes], int, Problem | None]:
         frames: list[bytes] = []
         pos = 0
         size = len(buf)
@@ -187,7 +196,7 @@ def check_frame_config(
 ) -> None:
     """What te_frame_init refuses, refused alike (ValueError)."""
     if field == FIELD_UINT:
-        ok = header_bytes in (1, 2, 3, 4, 8)
+        ok = header_bytes in LENGTH_BYTES
     elif field == FIELD_VARINT:
         ok = 1 <= header_bytes <= MAX_VARINT and length_adjustment == 0
     elif field == FIELD_NONE:
@@ -206,7 +215,7 @@ def check_frame_config(
 class LineScanner:
     """Splits delimited lines, remembering where the last scan stopped.
 
-    ``delimiter`` is one delimiter or a tuple of them: with several, a line
+    ``delimiters`` is a tuple of one or more: with several, a line
     ends at the delimiter that starts first (the earlier listed if two start
     at the same byte), and a line whose end could still be decided by a
     delimiter not yet complete waits for more bytes.
@@ -224,9 +233,8 @@ class LineScanner:
     )
 
     def __init__(
-        self, delimiter: bytes | tuple[bytes, ...], strip_cr: bool, discard: bool, max_frame: int
+        self, delimiters: tuple[bytes, ...], strip_cr: bool, discard: bool, max_frame: int
     ) -> None:
-        delimiters = (delimiter,) if isinstance(delimiter, bytes) else tuple(delimiter)
         self._delimiters = delimiters
         self._delimiter = delimiters[0]
         self._longest = max(len(d) for d in delimiters)

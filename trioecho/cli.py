@@ -19,7 +19,7 @@ import trio
 from . import __version__
 from ._backend import IMPLEMENTATION
 from ._errors import FramingError
-from ._pyframer import MAX_ADJUSTMENT, MAX_OFFSET, MAX_VARINT
+from ._pyframer import LENGTH_BYTES, MAX_ADJUSTMENT, MAX_OFFSET, MAX_VARINT
 from .accept import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_PROXY_ALLOW_FROM,
@@ -35,7 +35,6 @@ from .framing import (
     DEFAULT_MAX_FRAME,
     DEFAULT_MAX_LINE,
     FRAMINGS,
-    LENGTH_BYTES,
     MAX_DELIMITER,
     FramingConfig,
     presets,
@@ -304,6 +303,22 @@ def _add_server_tls_and_proxy_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_server_limits(parser: argparse.ArgumentParser) -> None:
+    """What every server command takes: its connection limit and shutdown grace."""
+    parser.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help="at the limit, stop accepting until one closes (default %(default)s)",
+    )
+    parser.add_argument(
+        "--grace",
+        type=_seconds,
+        default=DEFAULT_GRACE,
+        help="on SIGINT/SIGTERM, seconds connections get to finish (default %(default)s)",
+    )
+
+
 def _add_verbosity(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("-v", "--verbose", action="store_true", help="log every connection")
@@ -324,12 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="{serve,client,relay,demo,bench}")
     serve = commands.add_parser("serve", help="run the echo service (the default)")
     _add_connection_options(serve)
-    serve.add_argument(
-        "--max-connections",
-        type=_positive_int,
-        default=DEFAULT_MAX_CONNECTIONS,
-        help="at the limit, stop accepting until one closes (default %(default)s)",
-    )
+    _add_server_limits(serve)
     serve.add_argument(
         "--idle-timeout",
         type=_seconds_or_off,
@@ -343,12 +353,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_SEND_TIMEOUT,
         help="close a peer that leaves its replies unread this long, in seconds; "
         "0: never (default %(default)s)",
-    )
-    serve.add_argument(
-        "--grace",
-        type=_seconds,
-        default=DEFAULT_GRACE,
-        help="on SIGINT/SIGTERM, seconds connections get to finish (default %(default)s)",
     )
     serve.add_argument(
         "--generic",
@@ -411,18 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         "options below, the same both ways",
     )
     _add_connection_options(relay)
-    relay.add_argument(
-        "--max-connections",
-        type=_positive_int,
-        default=DEFAULT_MAX_CONNECTIONS,
-        help="at the limit, stop accepting until one closes (default %(default)s)",
-    )
-    relay.add_argument(
-        "--grace",
-        type=_seconds,
-        default=DEFAULT_GRACE,
-        help="on SIGINT/SIGTERM, seconds connections get to finish (default %(default)s)",
-    )
+    _add_server_limits(relay)
     _add_verbosity(relay)
     commands.add_parser("demo", help="show sticky packets: raw vs line vs len framing")
     bench = commands.add_parser(
@@ -458,7 +451,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _framing(args: argparse.Namespace) -> FramingConfig:
-    delimiters = tuple(args.delimiter or (b"\n",))
     if args.framing == "fixed" and args.frame_size is None:
         raise ValueError("--framing fixed needs --frame-size")
     return FramingConfig(
@@ -466,7 +458,7 @@ def _framing(args: argparse.Namespace) -> FramingConfig:
         length_bytes=args.length_bytes,
         byteorder=args.byteorder,
         max_frame=args.max_frame,
-        delimiter=delimiters[0] if len(delimiters) == 1 else delimiters,
+        delimiter=tuple(args.delimiter or (b"\n",)),
         strip_cr=args.strip_cr,
         on_too_long=args.on_too_long,
         length_offset=args.length_offset,

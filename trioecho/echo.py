@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from typing import cast
 
 import trio
 
@@ -42,7 +43,7 @@ logger = logging.getLogger("trioecho.echo")
 
 @functools.lru_cache(maxsize=64)
 def _framed_greeting(framing: FramingConfig) -> bytes:
-    return framing.new_framer().encode(GREETING)
+    return greeting_frame(framing.new_framer())
 
 
 def greeting_frame(framer: Framer) -> bytes:
@@ -73,11 +74,12 @@ class EchoHandler(BaseRequestHandler):
         stream = self.request
         framing = stream.framing
         fast = isinstance(framing, FramingConfig) and framing.plain and not self.generic
-        if fast and isinstance(framing, FramingConfig):
+        if fast:
             # Framed once per configuration: the fast path builds no framer.
-            await stream.transport.send_all(_framed_greeting(framing))
+            greeting = _framed_greeting(cast(FramingConfig, framing))
         else:
-            await stream.transport.send_all(greeting_frame(stream.framer))
+            greeting = greeting_frame(stream.framer)
+        await stream.transport.send_all(greeting)
         stream.messages_sent += 1
         if not fast or stream.has_pending:
             # Bytes the stream already read belong to its framer.

@@ -64,7 +64,7 @@ import dataclasses
 import functools
 import struct
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal, Protocol
+from typing import Literal, NoReturn, Protocol, cast
 
 from . import _backend, _pyframer
 from ._errors import (
@@ -75,15 +75,16 @@ from ._errors import (
     MalformedFrameError,
 )
 from ._pyframer import (
-    BAD_VARINT,
     FIELD_NONE,
     FIELD_UINT,
     FIELD_VARINT,
+    HEADER_FORMATS,
+    LENGTH_BYTES,
     MAX_ADJUSTMENT,
     MAX_OFFSET,
     MAX_VARINT,
-    NEGATIVE_LENGTH,
     TOO_LONG,
+    VARINT_NOT_MINIMAL,
     Problem,
 )
 
@@ -109,8 +110,6 @@ MAX_DELIMITER = 8
 MAX_DELIMITERS = 8
 FRAMINGS = ("line", "len", "raw", "varint", "fixed")
 
-_HEADER_FORMATS = {1: "B", 2: "H", 4: "I", 8: "Q"}
-LENGTH_BYTES = (1, 2, 3, 4, 8)
 _MAX_LIMIT = (1 << 63) - 1
 
 Buffer = bytes | bytearray | memoryview
@@ -140,6 +139,12 @@ class _Scanner(Protocol):
     def scan(self, buf: bytes | bytearray) -> tuple[list[bytes], int, Problem | None]: ...
 
 
+class _FirstFrameScanner(_Scanner, Protocol):
+    """A length-family scanner: it can also stop after the first frame."""
+
+    def scan_first(self, buf: bytes | bytearray) -> tuple[list[bytes], int, Problem | None]: ...
+
+
 @functools.cache
 def _header_packer(
     byteorder: Literal["big", "little"], length_bytes: int
@@ -148,23 +153,20 @@ def _header_packer(
     if length_bytes == 3:
         return functools.partial(int.to_bytes, length=3, byteorder=byteorder)
     order = "<" if byteorder == "little" else ">"
-    return struct.Struct(order + _HEADER_FORMATS[length_bytes]).pack
+    return struct.Struct(order + HEADER_FORMATS[length_bytes]).pack
 
 
-def _check_range(name: str, value: int, low: int, high: int) -> int:
+def _check_range(name: str, value: int, low: int, high: int, shown: str | None = None) -> int:
+    """``value`` if it is an int in [low, high] (``shown``: how to write high)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, not {value}")
+        raise ValueError(f"{name} must be between {low} and {shown or high}, not {value}")
     return value
 
 
 def _check_limit(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if not 0 <= value <= _MAX_LIMIT:
-        raise ValueError(f"{name} must be between 0 and 2**63-1, not {value}")
-    return value
+    return _check_range(name, value, 0, _MAX_LIMIT, "2**63-1")
 
 
 class _StreamFramer:
@@ -223,12 +225,17 @@ class _StreamFramer:
             if consumed < len(data):
                 buffer += memoryview(data)[consumed:]
         if problem is not None:
-            error = self._error(problem, frames)
-            if not self._recoverable or problem[0] != TOO_LONG:
-                self._broken = error
-                self._buffer.clear()
-            raise error
+            self._fail(problem, frames)
         return frames
+
+    def _fail(self, problem: Problem, frames: list[bytes]) -> NoReturn:
+        """Raise the error for ``problem``; the framer is broken after it,
+        unless it is an over-long line in discard mode."""
+        error = self._error(problem, frames)
+        if not self._recoverable or problem[0] != TOO_LONG:
+            self._broken = error
+            self._buffer.clear()
+        raise error
 
     def feed_eof(self) -> None:
         """The peer closed its side: raise IncompleteFrameError if a frame is unfinished."""
@@ -261,19 +268,24 @@ class _StreamFramer:
     def _malformed_message(self, code: int, value: int, field_len: int) -> str:
         raise NotImplementedError  # only the length family reports these
 
+    def encode(self, payload: Buffer) -> bytes:
+        raise NotImplementedError
+
+    def encode_many(self, payloads: Iterable[Buffer]) -> bytes:
+        """Return the frames of all payloads, concatenated, for one write."""
+        return b"".join([self.encode(payload) for payload in payloads])
+
     def _feed_first(self, data: Buffer) -> list[bytes]:
         """:meth:`feed`, stopping after the first frame (the rest stays
         buffered); for :class:`PhasedFramer`."""
         if self._broken is not None:
             raise self._again()
         self._buffer += data
-        frames, consumed, problem = self._scanner.scan(self._buffer, True)  # type: ignore[call-arg]
+        scanner = cast(_FirstFrameScanner, self._scanner)
+        frames, consumed, problem = scanner.scan_first(self._buffer)
         del self._buffer[:consumed]
         if problem is not None:
-            error = self._error(problem, frames)
-            self._broken = error
-            self._buffer.clear()
-            raise error
+            self._fail(problem, frames)
         return frames
 
     def _take_buffered(self) -> bytes:
@@ -331,9 +343,6 @@ class LengthFieldFramer(_StreamFramer):
     def _too_long_message(self, length: int) -> str:
         return too_long_message("len", length, self._max_frame)
 
-    def _malformed_message(self, code: int, value: int, field_len: int) -> str:
-        return malformed_message(code, value, field_len)
-
     @property
     def can_encode(self) -> bool:
         """Whether :meth:`encode` can rebuild a frame: not when the bytes
@@ -369,17 +378,12 @@ class LengthFieldFramer(_StreamFramer):
             )
         return bytes(before) + self._field_bytes(len(body)) + body
 
-    def encode_many(self, payloads: Iterable[Buffer]) -> bytes:
-        """Return the frames of all payloads, concatenated, for one write."""
-        return b"".join([self.encode(payload) for payload in payloads])
-
 
 class LengthPrefixedFramer(LengthFieldFramer):
     """Frames are an unsigned length field followed by the payload, optionally
     after ``length_offset`` other bytes; see the module docstring."""
 
     __slots__ = (
-        "_adjustment",
         "_encode_limit",
         "_pack",
         "_plain",
@@ -417,7 +421,6 @@ class LengthPrefixedFramer(LengthFieldFramer):
         self.length_bytes = length_bytes
         self.byteorder = byteorder
         self.length_adjustment = length_adjustment
-        self._adjustment = length_adjustment
         self._plain = not (length_offset or length_adjustment or include_header)
         self._pack = _header_packer(byteorder, length_bytes)
         # Sending is limited by the header's width only: max_frame is what
@@ -425,12 +428,11 @@ class LengthPrefixedFramer(LengthFieldFramer):
         self._encode_limit = (1 << (8 * length_bytes)) - 1
 
     def _malformed_message(self, code: int, value: int, field_len: int) -> str:
-        if code == NEGATIVE_LENGTH:
-            return (
-                f"length field {value} with length_adjustment {self.length_adjustment} "
-                f"gives a negative length {value + self.length_adjustment}"
-            )
-        return malformed_message(code, value, field_len)
+        # NEGATIVE_LENGTH: the only malformed header a fixed-width field has
+        return (
+            f"length field {value} with length_adjustment {self.length_adjustment} "
+            f"gives a negative length {value + self.length_adjustment}"
+        )
 
     def _header_size(self, frame: Buffer) -> int:
         size = self.length_offset + self.length_bytes
@@ -441,13 +443,14 @@ class LengthPrefixedFramer(LengthFieldFramer):
         return size
 
     def _field_bytes(self, body_length: int) -> bytes:
-        field = body_length - self._adjustment
+        adjustment = self.length_adjustment
+        field = body_length - adjustment
         if not 0 <= field <= self._encode_limit:
             raise FrameTooLongError(
                 f"cannot encode a payload of {body_length} bytes: its length field "
-                f"({body_length} - length_adjustment {self._adjustment} = {field}) does not "
+                f"({body_length} - length_adjustment {adjustment} = {field}) does not "
                 f"fit the {self.length_bytes}-byte field (0 to {self._encode_limit})",
-                limit=self._encode_limit + self._adjustment,
+                limit=self._encode_limit + adjustment,
                 length=body_length,
             )
         return self._pack(field)
@@ -531,12 +534,15 @@ class VarintFramer(LengthFieldFramer):
         self._encode_limit = min((1 << (7 * max_length_bytes)) - 1, (1 << 64) - 1)
 
     def _malformed_message(self, code: int, value: int, field_len: int) -> str:
-        if code == BAD_VARINT:
+        if code == VARINT_NOT_MINIMAL:
             return (
-                f"varint length field longer than max_length_bytes={self.max_length_bytes} "
-                f"or over 64 bits: value {value} in its first {field_len} bytes"
+                f"varint length {value} is not minimally encoded: {field_len} bytes "
+                f"where {len(encode_varint(value))} suffice"
             )
-        return malformed_message(code, value, field_len)
+        return (  # BAD_VARINT
+            f"varint length field longer than max_length_bytes={self.max_length_bytes} "
+            f"or over 64 bits: value {value} in its first {field_len} bytes"
+        )
 
     def _header_size(self, frame: Buffer) -> int:
         offset = self.length_offset
@@ -578,9 +584,6 @@ class FixedLengthFramer(_StreamFramer):
         )
         self.frame_size = frame_size
 
-    def _too_long_message(self, length: int) -> str:  # never reported: no header
-        return too_long_message("len", length, self._max_frame)
-
     def encode(self, payload: Buffer) -> bytes:
         """Return ``payload``, which must be exactly ``frame_size`` bytes."""
         if len(payload) != self.frame_size:
@@ -590,10 +593,6 @@ class FixedLengthFramer(_StreamFramer):
                 value=len(payload),
             )
         return bytes(payload)
-
-    def encode_many(self, payloads: Iterable[Buffer]) -> bytes:
-        """Return all payloads, concatenated, for one write."""
-        return b"".join([self.encode(payload) for payload in payloads])
 
 
 class LineFramer(_StreamFramer):
@@ -626,9 +625,8 @@ class LineFramer(_StreamFramer):
         _check_limit("max_frame", max_frame)
         backend = _backend.get(implementation)
         discard = on_too_long == "discard"
-        scanner_delimiter = delimiters[0] if len(delimiters) == 1 else delimiters
         super().__init__(
-            backend.LineScanner(scanner_delimiter, bool(strip_cr), discard, max_frame),
+            backend.LineScanner(delimiters, bool(strip_cr), discard, max_frame),
             max_frame,
             recoverable=discard,
             implementation=backend.IMPLEMENTATION,
@@ -801,18 +799,6 @@ def delimiter_in_payload(delimiter: bytes | tuple[bytes, ...]) -> DelimiterInPay
     )
 
 
-def malformed_message(code: int, value: int, field_len: int) -> str:
-    """What a :class:`MalformedFrameError` says of an incoming header."""
-    if code == NEGATIVE_LENGTH:
-        return f"length field {value} gives a negative length"
-    if code == BAD_VARINT:
-        return f"varint length field too long: value {value} in its first {field_len} bytes"
-    return (
-        f"varint length {value} is not minimally encoded: {field_len} bytes "
-        f"where {len(encode_varint(value))} suffice"
-    )
-
-
 def trailing_cr() -> DelimiterInPayloadError:
     """The error for a line the receiver would shorten (``strip_cr=True``)."""
     return DelimiterInPayloadError(
@@ -934,14 +920,13 @@ class FramingConfig:
     repeat_first_frame: Callable[[bytes], bool] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.delimiter, bytes):  # a list would not be hashable
-            object.__setattr__(self, "delimiter", check_delimiters(self.delimiter))
+        if not isinstance(self.delimiter, bytes):
+            # A tuple (a list would not be hashable), or the one delimiter itself.
+            delimiters = check_delimiters(self.delimiter)
+            object.__setattr__(
+                self, "delimiter", delimiters[0] if len(delimiters) == 1 else delimiters
+            )
         self.new_framer()
-
-    @property
-    def delimiters(self) -> tuple[bytes, ...]:
-        """The line delimiters, as a tuple."""
-        return check_delimiters(self.delimiter)
 
     @property
     def plain(self) -> bool:

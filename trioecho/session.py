@@ -137,7 +137,7 @@ def _options(framing: FramingConfig | Framer) -> FramingConfig:
     if isinstance(framing, LineFramer):
         return FramingConfig(
             "line",
-            delimiter=framing.delimiter if len(framing.delimiters) == 1 else framing.delimiters,
+            delimiter=framing.delimiters,
             strip_cr=framing.strip_cr,
             max_frame=framing.max_frame,
             on_too_long=framing.on_too_long,
