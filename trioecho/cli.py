@@ -30,7 +30,14 @@ from .accept import (
 from .budget import DEFAULT_MEMORY_BUDGET, MemoryBudget
 from .client import run_client
 from .demo import run_demo
-from .echo import GREETING, REPLY_SUFFIX, EchoHandler, GenericEchoHandler, greeting_frame
+from .echo import (
+    GREETING,
+    REPLY_SUFFIX,
+    EchoHandler,
+    GenericEchoHandler,
+    RespondEchoHandler,
+    greeting_frame,
+)
 from .framing import (
     DEFAULT_MAX_FRAME,
     DEFAULT_MAX_LINE,
@@ -70,6 +77,13 @@ PRESETS: dict[str, tuple[Callable[..., FramingConfig], Callable[..., FramingConf
     "mqtt": (presets.mqtt, presets.mqtt),
     "protobuf-delimited": (presets.protobuf_delimited, presets.protobuf_delimited),
 }
+# serve --handler: the echo service's three handlers, the same bytes on the wire.
+ECHO_HANDLERS: dict[str, type[EchoHandler]] = {
+    "session": EchoHandler,
+    "respond": RespondEchoHandler,
+    "handle": GenericEchoHandler,
+}
+
 logger = logging.getLogger("trioecho")
 
 
@@ -355,10 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
         "0: never (default %(default)s)",
     )
     serve.add_argument(
+        "--handler",
+        choices=tuple(ECHO_HANDLERS),
+        default="session",
+        help="how the echo is answered (same bytes on the wire): session (the C echo "
+        "session, served inline), respond (a Python respond() per message, inline) or "
+        "handle (an async handle() loop in each connection's task); default %(default)s",
+    )
+    serve.add_argument(
         "--generic",
-        action="store_true",
-        help="build replies through the generic per-message handler path, not the C echo "
-        "(for benchmarks; same bytes on the wire)",
+        dest="handler",
+        action="store_const",
+        const="handle",
+        help="the same as --handler handle",
     )
     serve.add_argument(
         "--readiness",
@@ -565,7 +588,7 @@ async def _serve(
     _fit_fd_limit(args.max_connections)
     _tune_gc()
     server = MessageServer(
-        GenericEchoHandler if args.generic else EchoHandler,
+        ECHO_HANDLERS[args.handler],
         host=args.host,
         port=args.port,
         framing=framing,

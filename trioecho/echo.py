@@ -14,20 +14,20 @@ delimiter, then each read of up to 1024 bytes is one message.  Every
 message the server accepts (up to ``max_frame``) is answered: a reply is
 limited by the wire format only (see :mod:`trioecho.session`).
 
-:class:`EchoHandler` is a loop of transport receive, :class:`EchoSession`
-(the sans-IO protocol, in C with a pure-Python twin) and transport send.
-:class:`GenericEchoHandler` answers through the generic message path
-instead (``receive_messages``, a Python ``bytes`` per message, the
-replies framed by the stream's framer in one write) with the same bytes on
-the wire.
+:class:`EchoHandler` serves an :class:`EchoSession` (the sans-IO protocol,
+in C with a pure-Python twin) with ``MessageStream.run_session``: on plain
+TCP the readiness hub runs it inline on every read.
+:class:`RespondEchoHandler` answers with a Python ``respond()`` per message
+instead, inline too, and :class:`GenericEchoHandler` with an ``async def
+handle()`` loop in the connection's task (``receive_messages``, a Python
+``bytes`` per message, the replies framed by the stream's framer in one
+write).  All three put the same bytes on the wire.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
-from typing import cast
 
 import trio
 
@@ -36,7 +36,15 @@ from .framing import Framer, FramingConfig, LengthFieldFramer, LineFramer
 from .server import BaseRequestHandler, format_address
 from .session import GREETING, QUIT, REPLY_SUFFIX, EchoSession
 
-__all__ = ["GREETING", "QUIT", "REPLY_SUFFIX", "EchoHandler", "GenericEchoHandler", "reply_to"]
+__all__ = [
+    "GREETING",
+    "QUIT",
+    "REPLY_SUFFIX",
+    "EchoHandler",
+    "GenericEchoHandler",
+    "RespondEchoHandler",
+    "reply_to",
+]
 
 logger = logging.getLogger("trioecho.echo")
 
@@ -62,77 +70,68 @@ def reply_to(message: bytes) -> bytes:
 class EchoHandler(BaseRequestHandler):
     """Greets, then answers each message with ``message + 好`` until ``q``.
 
-    The replies to each read are built by an :class:`EchoSession` and sent
-    in one write; an over-long line in discard mode is logged and dropped.
-    Messages the stream had already read (a subclass that received before
-    calling this) go through the generic path.
+    The plain framings (one delimiter, bare lengths, raw) are answered by an
+    :class:`EchoSession` (C, with its pure-Python twin), the others by
+    :meth:`respond` through the stream's framer: either way a sans-IO
+    session, which the readiness hub serves inline on plain TCP.  An
+    over-long line in discard mode is logged and dropped.  Messages the
+    stream had already read (a subclass that received before calling this)
+    go through the generic path.
     """
 
-    generic = False
-
-    async def handle(self) -> None:
+    async def send_greeting(self) -> None:
+        """Send the greeting, framed like every message."""
         stream = self.request
         framing = stream.framing
-        fast = isinstance(framing, FramingConfig) and framing.plain and not self.generic
-        if fast:
-            # Framed once per configuration: the fast path builds no framer.
-            greeting = _framed_greeting(cast(FramingConfig, framing))
+        if isinstance(framing, FramingConfig):
+            await stream.send_framed(_framed_greeting(framing))  # builds no framer
         else:
-            greeting = greeting_frame(stream.framer)
-        await stream.transport.send_all(greeting)
-        stream.messages_sent += 1
-        if not fast or stream.has_pending:
-            # Bytes the stream already read belong to its framer.
-            await self.answer_messages()
-            return
-        session = EchoSession(framing)
-        transport = stream.transport
-        account = transport.account
-        receive_size = stream.receive_size
-        # stream.idle_deadline(), inline: it is renewed with every message.
-        timeout = transport.idle_timeout
-        now = trio.current_time
-        deadline = math.inf if timeout is None else now() + timeout
-        while True:
-            data = await transport.receive_some(receive_size, deadline)
-            if data is None:
-                return  # stop_receiving(): shutting down
-            ended = not data
-            wire, replies, received, stopped, error, dropped = (
-                session.feed_eof() if ended else session.feed(data)
-            )
-            data = None  # an idle connection holds neither its last message ...
-            if account is not None and account.buffered != session.buffered:
-                account.set_buffered(session.buffered)
-            if (received or dropped) and timeout is not None:
-                deadline = now() + timeout
-            stream.messages_received += received
-            for too_long in dropped:
-                self._log_dropped(too_long)
-            if wire:
-                await transport.send_all(wire)
-                stream.messages_sent += replies
-                wire = b""  # ... nor its last reply
-            if error is not None:
-                raise error
-            if stopped or ended:
-                return
+            await stream.send_framed(greeting_frame(stream.framer))
 
-    def _log_dropped(self, error: FramingError) -> None:
+    async def handle(self) -> None:
+        """Greet, then answer until ``q`` or the end of the input."""
+        await self.send_greeting()
+        stream = self.request
+        if stream.has_pending:
+            await self.answer_messages()  # bytes the stream already read belong to its framer
+            return
+        session = self.echo_session()
+        if session is None:
+            await super().handle()  # respond(), inline
+            return
+        await stream.run_session(session, on_dropped=self.dropped_line)
+
+    def echo_session(self) -> EchoSession | None:
+        """The C echo session for the stream's framing, or None where
+        :meth:`respond` answers instead."""
+        framing = self.request.framing
+        if isinstance(framing, FramingConfig) and framing.plain:
+            return EchoSession(framing)
+        return None
+
+    def respond(self, message: bytes) -> bytes | None:
+        """The echo's answer to one message: ``message + 好``, or the end at ``q``."""
+        if message == QUIT:
+            self.end_session()
+            return None
+        return message + REPLY_SUFFIX
+
+    def dropped_line(self, error: FramingError) -> None:
         where = format_address(self.client_address)
         logger.warning("%s: dropped an over-long line: %s", where, error)
 
     async def answer_messages(self) -> None:
-        """Answer messages until ``q`` or the end of the stream."""
+        """Answer messages until ``q`` or the end of the stream, through the
+        generic path: ``receive_messages``, a ``bytes`` per message, the
+        replies framed by the stream's framer in one write."""
         stream = self.request
         framer = stream.framer
-        transport = stream.transport
         while True:
             try:
                 batch = await stream.receive_messages()
             except FrameTooLongError as exc:
                 if isinstance(framer, LineFramer) and framer.on_too_long == "discard":
-                    self._log_dropped(exc)
+                    self.dropped_line(exc)
                     continue
                 raise
             except trio.EndOfChannel:
@@ -157,15 +156,26 @@ class EchoHandler(BaseRequestHandler):
                     raise  # not reached: one of them cannot be framed
                 count = len(replies)
                 replies = []  # only the framed bytes are held while a slow peer reads
-                await transport.send_all(data)
-                stream.messages_sent += count
+                await stream.send_framed(data, count)
             if stopped:
                 return
 
 
-class GenericEchoHandler(EchoHandler):
-    """:class:`EchoHandler` through the generic path: each message received as
-    ``bytes`` (``receive_messages``), the replies framed by the stream's framer
-    and sent in one write (``serve --generic``)."""
+class RespondEchoHandler(EchoHandler):
+    """:class:`EchoHandler` answering every framing with its Python
+    :meth:`~EchoHandler.respond`, served inline like a user's ``respond``
+    handler (``serve --handler respond``)."""
 
-    generic = True
+    def echo_session(self) -> EchoSession | None:
+        return None
+
+
+class GenericEchoHandler(EchoHandler):
+    """:class:`EchoHandler` as an ``async def handle()`` handler: each message
+    received as ``bytes`` (``receive_messages``), the replies framed by the
+    stream's framer and sent in one write, all in the connection's task
+    (``serve --handler handle``, ``--generic``)."""
+
+    async def handle(self) -> None:
+        await self.send_greeting()
+        await self.answer_messages()

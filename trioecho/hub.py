@@ -36,6 +36,28 @@ A :class:`Watch` is one socket's registration:
     forget the socket (call it *before* closing the socket) and wake its
     waiters with ``ClosedResourceError``.  Idempotent.
 
+**Inline serving.**  A reader may park with ``watch.inline`` set to a
+function of no arguments (:meth:`Watch.park_inline`): the transport's step
+that reads the socket, runs the connection's sans-IO session on the bytes
+and sends its output.  On an input edge the hub then calls that function
+itself instead of waking the task, so a request/reply exchange costs no
+task wake-up.  The function returns:
+
+``WAIT``
+    it read until the socket had nothing more (the next edge calls it again);
+``AGAIN``
+    it used up its share of one turn (``turn_bytes``) and more may be
+    waiting: the hub calls it again on its next turn, after a checkpoint, so
+    that one busy peer cannot hold the hub (nor other tasks) for long;
+``HAND_BACK``
+    the connection needs its task (the session ended, a send came up short,
+    an error): the hub wakes the parked task, which finds why in its
+    transport.
+
+The function must not raise (the transport turns every exception into a
+hand-back).  A task that is cancelled while parked inline is never served
+inline again until it parks again.
+
 :func:`current_hub` returns the hub of the running Trio run, starting it (a
 system task) on first use.  A socket closed without :meth:`Watch.close`
 leaves the kernel to drop it from the set; its stale watch is closed when
@@ -48,7 +70,7 @@ import contextlib
 import logging
 import select
 import types
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, TypeGuard
 
 import trio
@@ -62,11 +84,28 @@ try:
 except ImportError:  # pragma: no cover - another Trio
     _Trap = None
 
-__all__ = ["MAX_EVENTS", "ReadinessHub", "Watch", "current_hub"]
+__all__ = [
+    "AGAIN",
+    "DEFAULT_TURN_BYTES",
+    "HAND_BACK",
+    "MAX_EVENTS",
+    "WAIT",
+    "ReadinessHub",
+    "Watch",
+    "current_hub",
+]
 
 logger = logging.getLogger("trioecho.hub")
 
 MAX_EVENTS = 1024  # events taken per poll; more wait for the hub's next turn
+# Bytes one connection's inline step may read in one turn of the hub before
+# it yields to the others (the rest is read on a later turn).
+DEFAULT_TURN_BYTES = 256 * 1024
+
+# What an inline step returns (see the module docstring).
+WAIT = 0
+AGAIN = 1
+HAND_BACK = 2
 
 if hasattr(select, "epoll"):
     _REGISTER = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
@@ -102,6 +141,7 @@ class Watch:
         "_hub",
         "closed",
         "fd",
+        "inline",
         "input_ended",
         "interrupted",
         "output_ended",
@@ -125,6 +165,13 @@ class Watch:
         self.output_ended = False  # the connection broke: writes fail at once
         self.interrupted = False
         self.closed = False
+        # The parked reader's inline step (see the module docstring), or None.
+        self.inline: Callable[[], int] | None = None
+
+    @property
+    def turn_bytes(self) -> int:
+        """What an inline step may read per turn of the hub."""
+        return self._hub.turn_bytes
 
     async def wait_readable(self) -> bool:
         if self.take_readable():
@@ -171,6 +218,15 @@ class Watch:
         self.reader = _mark_current_task(self)
         return _wait()
 
+    def park_inline(self, step: Callable[[], int]) -> Awaitable[object]:
+        """Make the current task this socket's reader, parked while the hub
+        serves it with ``step`` (see the module docstring); await the result
+        at once, then call :meth:`reader_woken`.  ``inline`` is cleared when
+        the hub hands the connection back; the caller clears it otherwise."""
+        wait = self.park_reader()
+        self.inline = step
+        return wait
+
     def reader_woken(self) -> bool:
         """After a parked wait: True for an edge, False if
         :meth:`interrupt_reader` woke it; ``ClosedResourceError`` if closed."""
@@ -192,6 +248,7 @@ class Watch:
         if self.closed:
             return
         self.closed = True
+        self.inline = None
         self._hub._forget(self)
         reader, writer = self.reader, self.writer
         self.reader = self.writer = None
@@ -232,16 +289,28 @@ class ReadinessHub:
     """A private edge-triggered epoll set and the task that serves it.
 
     ``max_events`` bounds the events taken per poll (the rest stay queued
-    in the kernel for the next turn).  :meth:`run` is the hub's task;
-    :func:`current_hub` starts one per Trio run.
+    in the kernel for the next turn); ``turn_bytes`` is what one
+    connection's inline step may read per turn.  :meth:`run` is the hub's
+    task; :func:`current_hub` starts one per Trio run.
+
+    One turn: wait for the epoll set (a Trio wait, so every other runnable
+    task runs first), or only checkpoint when a step is owed another turn;
+    then serve the steps owed a turn, then every event of one poll.  A turn
+    is therefore bounded: at most ``max_events`` events and the steps owed,
+    each reading at most ``turn_bytes``.
     """
 
-    def __init__(self, max_events: int = MAX_EVENTS) -> None:
+    def __init__(self, max_events: int = MAX_EVENTS, turn_bytes: int = DEFAULT_TURN_BYTES) -> None:
         if max_events < 1:
             raise ValueError(f"max_events must be at least 1, not {max_events}")
+        if turn_bytes < 1:
+            raise ValueError(f"turn_bytes must be at least 1, not {turn_bytes}")
         self.max_events = max_events
+        self.turn_bytes = turn_bytes
         self._epoll = select.epoll()
         self._watches: dict[int, Watch] = {}
+        self._again: list[Watch] = []  # inline steps owed another turn
+        self.turns = 0  # turns taken (for tests and statistics)
         self.closed = False
 
     def __len__(self) -> int:
@@ -268,37 +337,67 @@ class ReadinessHub:
                 self._epoll.unregister(watch.fd)
 
     async def run(self) -> None:
-        """Wake the waiters of every socket with an edge, until cancelled."""
+        """Serve every socket with an edge, until cancelled."""
         epoll = self._epoll
-        watches = self._watches
-        reschedule = trio.lowlevel.reschedule
         try:
             while True:
-                await trio.lowlevel.wait_readable(epoll.fileno())
-                for fd, events in epoll.poll(0, self.max_events):
-                    watch = watches.get(fd)
-                    if watch is None:
-                        continue
-                    if events & _INPUT_ENDS:
-                        watch.input_ended = True
-                        if events & _OUTPUT_ENDS:
-                            watch.output_ended = True
-                    if events & _INPUT:
-                        reader = watch.reader
-                        if reader is not None and reader.custom_sleep_data is watch:
-                            watch.reader = None
-                            reschedule(reader)
-                        else:
-                            watch.readable = True
-                    if events & _OUTPUT:
-                        writer = watch.writer
-                        if writer is not None and writer.custom_sleep_data is watch:
-                            watch.writer = None
-                            reschedule(writer)
-                        else:
-                            watch.writable = True
+                if self._again:
+                    await trio.lowlevel.checkpoint()  # other tasks run, then the steps owed
+                else:
+                    await trio.lowlevel.wait_readable(epoll.fileno())
+                self.turns += 1
+                owed, self._again = self._again, []
+                for watch in owed:
+                    if watch.inline is not None and _parked(watch.reader, watch):
+                        self._serve_inline(watch)
+                self._dispatch(epoll.poll(0, self.max_events))
         finally:
             self.close()
+
+    def _dispatch(self, events: list[tuple[int, int]]) -> None:
+        """Wake, serve inline or mark the watch of each event."""
+        watches = self._watches
+        for fd, mask in events:
+            watch = watches.get(fd)
+            if watch is None:
+                continue
+            if mask & _INPUT_ENDS:
+                watch.input_ended = True
+                if mask & _OUTPUT_ENDS:
+                    watch.output_ended = True
+            if mask & _INPUT:
+                reader = watch.reader
+                if reader is None or reader.custom_sleep_data is not watch:
+                    watch.readable = True
+                elif watch.inline is not None:
+                    self._serve_inline(watch)
+                else:
+                    watch.reader = None
+                    trio.lowlevel.reschedule(reader)
+            if mask & _OUTPUT:
+                writer = watch.writer
+                if writer is not None and writer.custom_sleep_data is watch:
+                    watch.writer = None
+                    trio.lowlevel.reschedule(writer)
+                else:
+                    watch.writable = True
+
+    def _serve_inline(self, watch: Watch) -> None:
+        """Run the parked reader's inline step; hand the connection back to
+        its task, or owe it another turn, as the step says."""
+        step = watch.inline
+        assert step is not None
+        outcome = step()
+        if outcome == WAIT:
+            return
+        if outcome == AGAIN:
+            self._again.append(watch)
+            return
+        reader = watch.reader
+        watch.inline = None
+        watch.reader = None
+        if _parked(reader, watch):
+            trio.lowlevel.reschedule(reader)
 
     def close(self) -> None:
         """Stop: every watch is closed (its waiters get ``ClosedResourceError``)."""

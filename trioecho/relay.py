@@ -77,8 +77,7 @@ async def _pump(
         if answer is not None:
             frames = await _answer_some(source, frames, answer)
         if frames:
-            await sink.transport.send_all(encoder.encode_many(frames))
-            sink.messages_sent += len(frames)
+            await sink.send_framed(encoder.encode_many(frames), len(frames))
         if error is not None:
             framer = source.framer
             if isinstance(framer, LineFramer) and framer.on_too_long == "discard":
@@ -99,7 +98,7 @@ async def _answer_some(source: MessageStream, frames: list[bytes], answer: Answe
         if reply is None:
             passed.append(frame)
         else:
-            await source.transport.send_all(reply)
+            await source.send_framed(reply)
     return passed
 
 

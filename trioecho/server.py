@@ -1,7 +1,7 @@
 """A TCP message server on Trio with the handler model of ``socketserver``.
 
-Each connection gets one task in a nursery (an accept loop per listener, as
-``trio.serve_listeners`` has) and a :class:`MessageStream`.  The handler is
+Each connection gets one task in the connections' nursery (accepted by
+``trio.serve_listeners``) and a :class:`MessageStream`.  The handler is
 either a :class:`BaseRequestHandler` subclass, as in the seed tutorial::
 
     class Echo(BaseRequestHandler):
@@ -36,6 +36,7 @@ connection.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import socket
 import ssl
@@ -56,8 +57,9 @@ from ._errors import (
 from .accept import DEFAULT_HANDSHAKE_TIMEOUT, ProxyProtocolConfig, open_connection
 from .budget import MemoryBudget, MemoryBudgetError
 from .framing import FramingConfig
+from .session import RespondSession
 from .stream import MessageStream, receive_size_for
-from .transport import resolve_readiness
+from .transport import open_transport, resolve_readiness
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -90,8 +92,6 @@ DEFAULT_GRACE = 5.0  # seconds handlers get to finish on shutdown
 LINGER_SECONDS = 2.0
 MEMORY_CHECK_SECONDS = 1.0  # how often freed memory is considered for return to the OS
 MEMORY_TRIM_BYTES = 4 << 20  # freed since the peak: worth a malloc_trim
-# One name for every connection's task (Trio would format one per task).
-CONNECTION_TASK_NAME = "trioecho.server.MessageServer._serve_connection"
 
 
 class BaseRequestHandler:
@@ -107,20 +107,54 @@ class BaseRequestHandler:
         the peer's address, ``(host, port)`` for IPv4;
     ``server``
         the :class:`MessageServer`.
+
+    A subclass answers in one of two ways:
+
+    * ``async def handle(self)``: receive and send through ``self.request``
+      as it likes, awaiting whatever it needs;
+    * ``def respond(self, message) -> bytes | None``: a plain function
+      called for each message, whose return value is the reply (framed like
+      the input; None: no reply).  It must not block.  The server then
+      frames, answers and sends inline: on a plain TCP socket the readiness
+      hub calls ``respond`` as the bytes arrive, with no task wake-up per
+      message.  :meth:`end_session` closes the connection after the current
+      reply.  Over TLS and in-memory streams the same handler runs in the
+      connection's task.
     """
 
-    __slots__ = ("__dict__", "client_address", "request", "server")
+    __slots__ = ("__dict__", "_session", "client_address", "request", "server")
 
     def __init__(self, request: MessageStream, client_address: Any, server: MessageServer) -> None:
         self.request = request
         self.client_address = client_address
         self.server = server
+        self._session: RespondSession | None = None
 
     async def setup(self) -> None:
         """Called before :meth:`handle`; does nothing by default."""
 
     async def handle(self) -> None:
-        """Serve the connection; does nothing by default."""
+        """Serve the connection: by default, answer each message with
+        :meth:`respond` if the subclass defines it, else do nothing."""
+        if type(self).respond is BaseRequestHandler.respond:
+            return
+        self._session = RespondSession(self.request.framer, self.respond)
+        await self.request.run_session(self._session, on_dropped=self.dropped_line)
+
+    def respond(self, message: bytes) -> bytes | None:
+        """The reply to ``message`` (None: no reply); see the class docstring."""
+        raise NotImplementedError
+
+    def end_session(self) -> None:
+        """From :meth:`respond`: close the connection once this reply is sent;
+        later messages are not answered."""
+        if self._session is None:
+            raise RuntimeError("end_session() is for respond(); handle() returns instead")
+        self._session.stop()
+
+    def dropped_line(self, error: FramingError) -> None:
+        """An over-long line was dropped (discard mode); logs it."""
+        logger.warning("%s: dropped an over-long line: %s", format_address(self.client_address), error)
 
     async def finish(self) -> None:
         """Called after :meth:`handle`, even if it raised; does nothing by default."""
@@ -330,28 +364,27 @@ class MessageServer:
         limited: list[_LimitedListener],
         task_status: trio.TaskStatus[list[trio.SocketListener]],
     ) -> None:
-        """Accept until shutdown(), then drain the connections."""
+        """Accept with ``trio.serve_listeners`` until shutdown() cancels it,
+        one task per connection in the connections' nursery; then drain."""
         async with trio.open_nursery() as connections:
             self._connections_scope = connections.cancel_scope
-            async with trio.open_nursery() as acceptors:
-                for accepting in limited:
-                    acceptors.start_soon(self._accept, accepting, connections)
+            async with trio.open_nursery() as accepting:
+                await accepting.start(
+                    functools.partial(
+                        trio.serve_listeners,
+                        self._serve_connection,
+                        limited,
+                        handler_nursery=connections,
+                    )
+                )
                 for listener in listeners:
                     logger.debug("listening on %s", format_address(listener.socket.getsockname()))
                 task_status.started(listeners)
                 await self._shutdown_requested.wait()
-                acceptors.cancel_scope.cancel()
+                accepting.cancel_scope.cancel()
             for listener in listeners:
                 await listener.aclose()
             await self._drain()
-
-    async def _accept(self, listener: _LimitedListener, connections: trio.Nursery) -> None:
-        """Accept connections until cancelled, one task each (as
-        ``trio.serve_listeners``, with the connection's task started right on
-        :meth:`_serve_connection`: one coroutine less to resume per message)."""
-        while True:
-            stream = await listener.accept()
-            connections.start_soon(self._serve_connection, stream, name=CONNECTION_TASK_NAME)
 
     async def _expire_idle_connections(self, idle_timeout: float) -> None:
         """Enforce ``idle_timeout`` for every connection from this one task
@@ -422,41 +455,20 @@ class MessageServer:
             if set_up is None:
                 return
             connection, client = set_up
-            stream = MessageStream(
-                connection,
-                self.framing,
-                receive_size=receive_size_for(self.framing.framing),
-                idle_timeout=self.idle_timeout,
-                send_timeout=self.send_timeout,
-                readiness=self.readiness,
-            )
-            stream.hand_over_deadlines()
-            account = stream.transport.account = self.budget.open_account()
+            stream = self._open_stream(connection)
             self._streams.add(stream)
             self.connections_served += 1
             if self.shutting_down:
                 stream.stop_receiving()
             connection_logger.info("%s: connected", _Where(client, peer))
             try:
-                # The handler runs in this coroutine (no _run_handler of its
-                # own): each message resumes one frame less.
-                handler = self.handler
-                if isinstance(handler, type) and issubclass(handler, BaseRequestHandler):
-                    request_handler = handler(stream, client, self)
-                    await request_handler.setup()
-                    try:
-                        await request_handler.handle()
-                    finally:
-                        await request_handler.finish()
-                else:
-                    await cast(Callable[[MessageStream], Awaitable[None]], handler)(stream)
+                await self._run_handler(stream, client)
             except Exception as exc:
                 _log_handler_error(exc, _Where(client, peer))
             finally:
                 try:
                     await _linger_close(stream, self.send_timeout)
                 finally:
-                    account.close()
                     self._streams.discard(stream)
                     self.messages_received += stream.messages_received
                     self.messages_sent += stream.messages_sent
@@ -466,6 +478,36 @@ class MessageServer:
         finally:
             await trio.aclose_forcefully(transport)  # idempotent: closed already but on errors
             self._slots.release()
+
+    def _open_stream(self, connection: trio.abc.Stream) -> MessageStream:
+        """The connection's message stream: its transport (deadlines handed
+        over to the watchdog), the server's framing, a memory account."""
+        transport = open_transport(
+            connection,
+            idle_timeout=self.idle_timeout,
+            send_timeout=self.send_timeout,
+            readiness=self.readiness,
+        )
+        transport.hand_over_deadlines()
+        return MessageStream(
+            transport,
+            self.framing,
+            receive_size=receive_size_for(self.framing.framing),
+            account=self.budget.open_account(),
+        )
+
+    async def _run_handler(self, stream: MessageStream, client: Any) -> None:
+        """The handler's life: setup, handle, finish (a class), or the call."""
+        handler = self.handler
+        if isinstance(handler, type) and issubclass(handler, BaseRequestHandler):
+            request_handler = handler(stream, client, self)
+            await request_handler.setup()
+            try:
+                await request_handler.handle()
+            finally:
+                await request_handler.finish()
+        else:
+            await cast(Callable[[MessageStream], Awaitable[None]], handler)(stream)
 
     async def _set_up(
         self, transport: trio.SocketStream, peer: Any
@@ -582,4 +624,4 @@ async def _linger_close(stream: MessageStream, send_timeout: float | None) -> No
     a peer that keeps reading gets them all, for up to ``send_timeout``
     (at least ``LINGER_SECONDS``), or the grace period on shutdown."""
     limit = max(LINGER_SECONDS, send_timeout or 0.0)
-    await stream.transport.close_gracefully(LINGER_SECONDS, limit)
+    await stream.close_gracefully(LINGER_SECONDS, limit)

@@ -46,6 +46,7 @@ selects the pure-Python twin, which gives the same results.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 from . import _backend
@@ -73,6 +74,8 @@ __all__ = [
     "REPLY_SUFFIX",
     "EchoOutput",
     "EchoSession",
+    "RespondSession",
+    "SessionOutput",
     "reply_limit",
 ]
 
@@ -84,8 +87,9 @@ QUIT = b"q"
 DEFAULT_ECHO_CAPACITY = 256 * 1024
 
 
-class EchoOutput(NamedTuple):
-    """What one :meth:`EchoSession.feed` (or ``feed_eof``) produced."""
+class SessionOutput(NamedTuple):
+    """What one ``feed`` (or ``feed_eof``) of a session produced
+    (:class:`EchoSession`, :class:`RespondSession`)."""
 
     data: bytes
     """The framed replies, in order, to send as they are."""
@@ -101,8 +105,9 @@ class EchoOutput(NamedTuple):
     """Discard mode: the over-long lines dropped (the session goes on)."""
 
 
-_NOTHING = EchoOutput(b"", 0, 0)
-_new_tuple = tuple.__new__
+EchoOutput = SessionOutput  # the echo session's name for it
+
+_NOTHING = SessionOutput(b"", 0, 0)
 _NO_BYTES = b""
 
 
@@ -232,8 +237,7 @@ class EchoSession:
             if consumed < len(data) and not self._raw:
                 self._buffer = bytearray(memoryview(data)[consumed:])
         if status == 0 and not dropped:  # NEED: the common case
-            # EchoOutput(wire, replies, received) without its Python __new__
-            return _new_tuple(EchoOutput, (wire, replies, received, False, None, ()))
+            return SessionOutput(wire, replies, received)
         return self._unusual(wire, replies, received, status, length, dropped)
 
     def _unusual(
@@ -282,3 +286,123 @@ class EchoSession:
             self._end(EchoOutput(b"", 0, 0, error=error))
             return self._ending  # type: ignore[return-value]
         return _NOTHING
+
+
+class RespondSession:
+    """A function that answers message by message, as a sans-IO session.
+
+    ``framer`` splits the input; ``respond(message)`` returns the reply to
+    one message (framed by ``framer``), or None for no reply.  The replies
+    to one read are framed together (``encode_many``), so they go out in
+    one write.  After :meth:`stop` (called from ``respond``) the session
+    ends once that message's reply is sent: the messages after it are not
+    answered.  Errors, as :class:`EchoSession` reports them:
+
+    * input that breaks the framing ends the session with that
+      :class:`FramingError` as ``error``, after the replies to the messages
+      before it; an over-long line in discard mode is ``dropped`` instead;
+    * a reply the framer cannot encode (a line holding the delimiter) ends
+      the session with that error, after the replies before it;
+    * an exception ``respond`` raises is its own bug: it propagates.
+
+    ``received`` counts the messages given to ``respond``.
+    """
+
+    __slots__ = ("_discard", "_ending", "_framer", "_respond", "_stopping")
+
+    def __init__(self, framer: Framer, respond: Callable[[bytes], bytes | None]) -> None:
+        self._framer = framer
+        self._respond = respond
+        self._discard = isinstance(framer, LineFramer) and framer.on_too_long == "discard"
+        self._stopping = False
+        self._ending: SessionOutput | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an unfinished message the framer holds."""
+        return self._framer.buffered
+
+    @property
+    def over(self) -> bool:
+        return self._ending is not None
+
+    def stop(self) -> None:
+        """End the session after the reply to the message being answered."""
+        self._stopping = True
+
+    def feed(self, data: Buffer) -> SessionOutput:
+        """Take the bytes of one read; return the replies they complete."""
+        if self._ending is not None:
+            return self._ending
+        frames, error, dropped = self._split(data)
+        replies: list[bytes] = []
+        received = 0
+        respond = self._respond
+        for message in frames:
+            received += 1
+            reply = respond(message)
+            if reply is not None:
+                replies.append(reply)
+            if self._stopping:
+                error = None  # the input after the stop message is not read
+                break
+        wire, answered, encode_error = self._encode(replies)
+        error = encode_error or error
+        if self._stopping or error is not None:
+            self._ending = SessionOutput(b"", 0, 0, stopped=self._stopping, error=error)
+            return SessionOutput(wire, answered, received, self._stopping, error, dropped)
+        if dropped:
+            return SessionOutput(wire, answered, received, dropped=dropped)
+        return SessionOutput(wire, answered, received)
+
+    def feed_eof(self) -> SessionOutput:
+        """The peer closed its side; ``error`` is an :class:`IncompleteFrameError`
+        if the stream ended inside a message."""
+        if self._ending is not None:
+            return self._ending
+        try:
+            self._framer.feed_eof()
+        except FramingError as exc:
+            self._ending = SessionOutput(b"", 0, 0, error=exc)
+            return self._ending
+        return _NOTHING
+
+    def _split(
+        self, data: Buffer
+    ) -> tuple[list[bytes], FramingError | None, tuple[FrameTooLongError, ...]]:
+        """The messages of one read, the error that ends the input, and
+        the over-long lines dropped (discard mode)."""
+        framer = self._framer
+        try:
+            return framer.feed(data), None, ()
+        except FramingError as exc:
+            frames, exc.frames = exc.frames, []
+            if not (self._discard and isinstance(exc, FrameTooLongError)):
+                return frames, exc, ()
+            dropped = [exc]
+        while True:  # discard mode: go on after each dropped line
+            try:
+                frames += framer.feed(b"")
+                return frames, None, tuple(dropped)
+            except FrameTooLongError as exc:
+                frames += exc.frames
+                exc.frames = []
+                dropped.append(exc)
+
+    def _encode(self, replies: list[bytes]) -> tuple[bytes, int, FramingError | None]:
+        """The replies framed, how many, and the error of the first one
+        that cannot be framed (the replies before it are kept)."""
+        if not replies:
+            return b"", 0, None
+        framer = self._framer
+        try:
+            return framer.encode_many(replies), len(replies), None
+        except FramingError:
+            pass
+        parts = []
+        for reply in replies:
+            try:
+                parts.append(framer.encode(reply))
+            except FramingError as exc:
+                return b"".join(parts), len(parts), exc
+        raise AssertionError("encode_many() refused replies that encode() frames one by one")

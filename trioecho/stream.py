@@ -1,11 +1,23 @@
 """A message stream: framed messages over any ``trio.abc.Stream``.
 
-``MessageStream`` owns a transport stream (a TCP ``SocketStream``, an
-``SSLStream``, an in-memory stream ...) through a
-:class:`~trioecho.transport.Transport` (``transport``), and a framer.  It
-reads the transport in chunks, splits them into messages with the framer and
-writes framed replies.  The transport does the I/O; this module is framing,
-pending messages and errors.
+``MessageStream`` is the one owner of a connection's data path: its
+:class:`~trioecho.transport.Transport` (``transport``), its framer, its
+share of the server's memory budget (``account``) and its counters
+(``messages_received``, ``messages_sent``, ``lines_dropped``).  Everything
+above it -- handlers, the echo service, the relay -- sends and receives
+through its methods, never through the transport.
+
+Two ways to use it:
+
+* message by message: ``receive_message()`` / ``async for`` /
+  ``receive_messages()`` and ``send_message()`` / ``send_messages()`` /
+  ``send_framed()``;
+* a whole sans-IO session (:meth:`run_session`): bytes in, bytes to send
+  out, as :class:`~trioecho.session.EchoSession` and
+  :class:`~trioecho.session.RespondSession` are.  On a plain TCP socket on
+  the readiness hub the hub runs the session itself on every read (no task
+  wakes per message); elsewhere (TLS, in-memory streams, Trio's own waits)
+  this task does, with the same session object and so the same bytes.
 
 Outcomes, as documented on each method:
 
@@ -23,34 +35,66 @@ Outcomes, as documented on each method:
 
 Memory is bounded: the stream reads again only when every message of the
 previous read has been delivered, and the framer keeps at most one
-unfinished frame (``max_frame``) plus one read.
+unfinished frame (``max_frame``) plus one read.  With an ``account`` every
+read is admitted by the budget first (and may wait for it), and the account
+knows the bytes buffered and the bytes of a send in progress.
 
 Checkpoints: a call that has to wait yields to Trio; one that finds its
 messages already read (or its bytes sent at once) yields at least every
 ``CHECKPOINT_EVERY`` calls, so cancellation and other tasks get their turn
 without a scheduler round trip per message.
 
-Speed and deadlines are the transport's: over a plain ``trio.SocketStream``
-it calls the non-blocking socket directly, and a server can enforce the idle
-deadlines of all its streams from one task (:meth:`hand_over_deadlines`,
-:meth:`expire_if_idle`); see :mod:`trioecho.transport`.
+Deadlines: ``idle_timeout`` bounds each wait for a complete message.  A
+server enforces the deadlines of all its streams from one task
+(:meth:`hand_over_deadlines`, :meth:`expire_if_idle`); see
+:mod:`trioecho.transport`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import trio
 
 from ._errors import FrameTooLongError
+from .budget import Account
 from .framing import Buffer, Framer, FramingConfig, LineFramer
+from .session import SessionOutput
 from .transport import CHECKPOINT_EVERY, Transport, open_transport
 
-__all__ = ["CHECKPOINT_EVERY", "DEFAULT_RECEIVE_SIZE", "RAW_RECEIVE_SIZE", "MessageStream"]
+__all__ = [
+    "CHECKPOINT_EVERY",
+    "DEFAULT_RECEIVE_SIZE",
+    "RAW_RECEIVE_SIZE",
+    "MessageStream",
+    "Session",
+    "SessionOutput",
+]
 
 DEFAULT_RECEIVE_SIZE = 64 * 1024
 RAW_RECEIVE_SIZE = 1024  # the seed's recv(1024): in raw framing, one read is one message
+
+
+class Session(Protocol):
+    """A sans-IO protocol :meth:`MessageStream.run_session` can serve.
+
+    ``feed(data)`` takes the bytes of one read and returns a
+    :class:`SessionOutput`: the framed replies to send, how many replies and
+    messages that was, whether the session stopped, the error that ended it
+    (after the replies in ``data``), and the over-long lines it dropped.
+    ``feed_eof()`` says the peer ended its input.  ``buffered`` is the bytes
+    of an unfinished message it holds.  Neither may block; an exception they
+    raise (other than in the output) is a bug, raised in the stream's task.
+    """
+
+    @property
+    def buffered(self) -> int: ...
+
+    def feed(self, data: bytes) -> SessionOutput: ...
+
+    def feed_eof(self) -> SessionOutput: ...
 
 
 # The empty _pending of every stream (an idle stream holds no list of its
@@ -67,21 +111,26 @@ def receive_size_for(framing: str) -> int:
 class MessageStream(trio.abc.AsyncResource):
     """Framed messages over ``transport_stream``.
 
-    ``framer`` defaults to a new :class:`LineFramer`; a
-    :class:`~trioecho.framing.FramingConfig` there builds its framer when
-    first used.  ``receive_size`` is the
-    most bytes asked of the transport per read.  ``idle_timeout`` (seconds)
+    ``transport_stream`` is any ``trio.abc.Stream`` (the stream builds its
+    :class:`~trioecho.transport.Transport` with
+    :func:`~trioecho.transport.open_transport`, passing ``idle_timeout``,
+    ``send_timeout`` and ``readiness``), or a ``Transport`` the caller
+    opened (those three must then be left out).  ``framer`` defaults to a
+    new :class:`LineFramer`; a :class:`~trioecho.framing.FramingConfig`
+    there builds its framer when first used.  ``receive_size`` is the most
+    bytes asked of the transport per read.  ``idle_timeout`` (seconds)
     bounds how long ``receive_message()`` waits for a complete message and
-    raises :class:`IdleTimeoutError` past it; ``send_timeout`` bounds how long
-    a send may stay blocked on a peer that does not read, and raises
-    :class:`SlowReaderError` (closing the stream) past it.  ``None`` means no
-    limit.  ``transport`` is the :class:`~trioecho.transport.Transport` over
-    ``transport_stream`` that does the I/O; ``readiness`` (``"hub"``,
-    ``"trio"`` or None for the default) is how it waits on a plain TCP
-    socket (see :func:`~trioecho.transport.open_transport`).
+    raises :class:`IdleTimeoutError` past it; ``send_timeout`` bounds how
+    long a send may stay blocked on a peer that does not read, and raises
+    :class:`SlowReaderError` (closing the stream) past it.  ``None`` means
+    no limit.  ``readiness`` (``"hub"``, ``"trio"`` or None for the default)
+    is how the transport waits on a plain TCP socket.  ``account`` is the
+    stream's share of a :class:`~trioecho.budget.MemoryBudget`; the stream
+    gives it back when it closes.
     """
 
     __slots__ = (
+        "_account",
         "_at_eof",
         "_error",
         "_framer",
@@ -90,6 +139,8 @@ class MessageStream(trio.abc.AsyncResource):
         "_pending",
         "_receiving",
         "_resume",
+        "_run",
+        "lines_dropped",
         "messages_received",
         "messages_sent",
         "receive_size",
@@ -99,25 +150,35 @@ class MessageStream(trio.abc.AsyncResource):
 
     def __init__(
         self,
-        transport_stream: trio.abc.Stream,
+        transport_stream: trio.abc.Stream | Transport,
         framer: Framer | FramingConfig | None = None,
         *,
         receive_size: int = DEFAULT_RECEIVE_SIZE,
         idle_timeout: float | None = None,
         send_timeout: float | None = None,
         readiness: str | None = None,
+        account: Account | None = None,
     ) -> None:
         if receive_size < 1:
             raise ValueError(f"receive_size must be at least 1, not {receive_size}")
-        self.transport_stream = transport_stream
-        self.transport: Transport = open_transport(
-            transport_stream,
-            idle_timeout=idle_timeout,
-            send_timeout=send_timeout,
-            readiness=readiness,
-        )
-        # A FramingConfig builds its framer when first needed (the echo fast
-        # path never needs one: an idle connection holds less).
+        if isinstance(transport_stream, Transport):
+            if idle_timeout is not None or send_timeout is not None or readiness is not None:
+                raise ValueError(
+                    "idle_timeout, send_timeout and readiness belong to the Transport "
+                    "when one is given"
+                )
+            self.transport = transport_stream
+        else:
+            self.transport = open_transport(
+                transport_stream,
+                idle_timeout=idle_timeout,
+                send_timeout=send_timeout,
+                readiness=readiness,
+            )
+        self.transport_stream = self.transport.stream
+        self._account = account
+        # A FramingConfig builds its framer when first needed (a session
+        # never needs one: an idle connection holds less).
         self._framing = framer if isinstance(framer, FramingConfig) else None
         self._framer: Framer | None = None
         if self._framing is None:
@@ -131,9 +192,10 @@ class MessageStream(trio.abc.AsyncResource):
         self._resume = False  # discard mode: feed(b"") again after the error
         self._at_eof = False
         self._receiving = False
+        self._run: _SessionRun | None = None  # run_session(), while it runs
         self.messages_received = 0  # complete messages read from the transport
         self.messages_sent = 0  # messages whose bytes the transport accepted
-
+        self.lines_dropped = 0  # over-long lines dropped in discard mode
     @property
     def framer(self) -> Framer:
         """The framer that splits input and frames output."""
@@ -170,6 +232,11 @@ class MessageStream(trio.abc.AsyncResource):
     def send_timeout(self, value: float | None) -> None:
         self.transport.send_timeout = value
 
+    @property
+    def account(self) -> Account | None:
+        """The stream's share of the server's memory budget, or None."""
+        return self._account
+
     # -- receiving ---------------------------------------------------------
 
     async def receive_message(self) -> bytes:
@@ -180,8 +247,7 @@ class MessageStream(trio.abc.AsyncResource):
         """
         if not await self._fill():
             raise trio.EndOfChannel
-        if self.transport.checkpoint_due():
-            await trio.lowlevel.checkpoint()
+        await self.transport.checkpoint_sometimes()
         message = self._pending[self._next]
         self._next += 1
         if self._next == len(self._pending):
@@ -197,28 +263,9 @@ class MessageStream(trio.abc.AsyncResource):
         replies can go out in one write (see :meth:`send_messages`).  Raises
         like :meth:`receive_message`.
         """
-        transport = self.transport
-        deadline: float | None = None
-        if (
-            not self._pending
-            and self._error is None
-            and not (self._resume or self._at_eof or self._receiving or transport.closed)
-        ):
-            # The request/reply case, inline: one read, no _fill() coroutine.
-            self._receiving = True
-            deadline = self.idle_deadline()
-            try:
-                data = await transport.receive_some(self.receive_size, deadline)
-            finally:
-                self._receiving = False
-            if data:
-                self._feed(data)
-            elif data is not None:
-                self._at_eof = True
-        if self._next >= len(self._pending) and not await self._fill(deadline):
+        if not await self._fill():
             raise trio.EndOfChannel
-        if transport.checkpoint_due():
-            await trio.lowlevel.checkpoint()
+        await self.transport.checkpoint_sometimes()
         batch = self._pending[self._next :] if self._next else self._pending
         self._pending = _NO_MESSAGES
         self._next = 0
@@ -227,9 +274,8 @@ class MessageStream(trio.abc.AsyncResource):
 
     def _delivered(self) -> None:
         """Every message read was delivered: only the unfinished frame is held."""
-        account = self.transport.account
-        if account is not None:
-            account.set_buffered(self.framer.buffered)
+        if self._account is not None:
+            self._account.set_buffered(self.framer.buffered)
 
     @property
     def has_pending(self) -> bool:
@@ -253,10 +299,11 @@ class MessageStream(trio.abc.AsyncResource):
     def stop_receiving(self) -> None:
         """End the stream after the messages already received.
 
-        Messages already read from the transport are still delivered; then
-        receiving ends as at a clean end of stream, without waiting for more
-        bytes (a receive waiting for them returns at once).  Sending still
-        works.  The server calls this on graceful shutdown.
+        Messages already read from the transport are still delivered (a
+        session's replies to them are sent); then receiving ends as at a
+        clean end of stream, without waiting for more bytes (a receive
+        waiting for them returns at once).  Sending still works.  The server
+        calls this on graceful shutdown.
         """
         self.transport.stop_receiving()
 
@@ -265,12 +312,15 @@ class MessageStream(trio.abc.AsyncResource):
         :meth:`expire_if_idle` periodically (the server does, for all its
         streams from one task), so that a receive waiting on a socket needs no
         cancel scope of its own.  The timeout then fires within one period
-        after it is due.  Only the direct socket transport is affected."""
+        after it is due (two, while :meth:`run_session` is served inline).
+        Only the direct socket transport is affected."""
         self.transport.hand_over_deadlines()
 
     def expire_if_idle(self, now: float) -> bool:
         """If a receive is waiting past its idle deadline, wake it (it raises
         :class:`IdleTimeoutError`) and return True."""
+        if self._run is not None:
+            self._run.renew_deadline_on_progress(now)
         return self.transport.expire_if_idle(now)
 
     def idle_deadline(self) -> float:
@@ -278,17 +328,14 @@ class MessageStream(trio.abc.AsyncResource):
         timeout = self.transport.idle_timeout
         return math.inf if timeout is None else trio.current_time() + timeout
 
-    async def _fill(self, deadline: float | None = None) -> bool:
-        """Make ``_pending`` non-empty; return False at the end of the messages.
-        ``deadline``: for the complete message (a wait that began earlier), by
-        default ``idle_timeout`` from now."""
+    async def _fill(self) -> bool:
+        """Make ``_pending`` non-empty; return False at the end of the messages."""
         if self.transport.closed:
             raise trio.ClosedResourceError("the message stream was closed")
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving from this stream")
         self._receiving = True
-        if deadline is None:
-            deadline = self.idle_deadline()
+        deadline = self.idle_deadline()
         try:
             while self._next >= len(self._pending):
                 if self._error is not None:
@@ -302,11 +349,10 @@ class MessageStream(trio.abc.AsyncResource):
                     self._resume = False
                     self._feed(b"")
                     continue
-                # The next non-empty chunk (inline: one coroutine less per wait).
                 if self._at_eof:
                     self.framer.feed_eof()  # raises IncompleteFrameError inside a frame
                     return False
-                data = await self.transport.receive_some(self.receive_size, deadline)
+                data = await self._receive_some(deadline)
                 if data is None:
                     return False  # stop_receiving()
                 if not data:
@@ -317,8 +363,19 @@ class MessageStream(trio.abc.AsyncResource):
         finally:
             self._receiving = False
 
+    async def _receive_some(self, deadline: float) -> bytes | None:
+        """The transport's next bytes, once the memory budget admits them."""
+        await self._admit()
+        return await self.transport.receive_some(self.receive_size, deadline)
+
+    async def _admit(self) -> None:
+        """Wait until the memory budget lets this stream read again."""
+        account = self._account
+        if account is not None and not self.transport.stopping:
+            await account.admit(self.receive_size)
+
     def _feed(self, data: bytes) -> None:
-        framer = self._framer if self._framer is not None else self.framer  # no property call
+        framer = self.framer
         try:
             frames = framer.feed(data)
         except FrameTooLongError as exc:
@@ -330,10 +387,97 @@ class MessageStream(trio.abc.AsyncResource):
         else:
             self._pending = frames
         self.messages_received += len(frames)
-        account = self.transport.account
-        if account is not None:
+        if self._account is not None:
             # The unfinished frame, and this read's messages until delivered.
-            account.set_buffered(framer.buffered + (len(data) if frames else 0))
+            self._account.set_buffered(framer.buffered + (len(data) if frames else 0))
+
+    # -- serving a session ---------------------------------------------------
+
+    async def run_session(
+        self,
+        session: Session,
+        *,
+        on_dropped: Callable[[FrameTooLongError], None] | None = None,
+    ) -> SessionOutput | None:
+        """Serve the sans-IO ``session`` on this stream until it ends.
+
+        Every read is fed to the session and its output sent.  On a plain
+        TCP socket on the readiness hub (with the deadlines handed over, or
+        no ``idle_timeout``) the hub does this itself on each read and this
+        task sleeps until the connection needs it; otherwise this task does
+        it.  The bytes on the wire are the same.  ``on_dropped`` is called
+        for each over-long line the session dropped (discard mode), from
+        whichever task runs the session.
+
+        Returns the output that ended the session: its stop message
+        (``stopped``), or the end of the input; None after
+        :meth:`stop_receiving`.  Raises the session's ``error`` once the
+        replies before it are sent, and like :meth:`receive_message` and
+        :meth:`send_message` otherwise.  Bytes this stream's framer already
+        read are not the session's: with :attr:`has_pending` it raises
+        RuntimeError.
+        """
+        if self.has_pending:
+            raise RuntimeError("run_session() on a stream whose framer holds unread messages")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving from this stream")
+        if self.transport.closed:
+            raise trio.ClosedResourceError("the message stream was closed")
+        run = _SessionRun(self, session, on_dropped)
+        self._receiving = True
+        self._run = run
+        try:
+            while run.ending is None:
+                if self._serves_inline():
+                    await self._serve_inline(run)
+                else:
+                    await self._serve_in_task(run)
+                if run.owed:
+                    await self.send_framed(run.take_owed(), run.owed_replies)
+                if run.ending is None and not await self._ready_to_read(run):
+                    return None
+            return run.finish()
+        finally:
+            self._run = None
+            self._receiving = False
+            # An exception's traceback holds this frame: without the session
+            # (and its unfinished message) in it, nothing big lives in a cycle.
+            del run, session
+
+    def _serves_inline(self) -> bool:
+        transport = self.transport
+        return transport.can_serve_inline and (
+            transport.deadlines_handed_over or transport.idle_timeout is None
+        )
+
+    async def _serve_inline(self, run: _SessionRun) -> None:
+        """One stretch of inline serving, until the hub hands the connection back."""
+        rest = await self.transport.serve_inline(run.step, self.receive_size, run.deadline)
+        if rest is not None:
+            await self.send_framed(rest, 0)  # the replies were counted when built
+        elif self.transport.stopping and run.ending is None:
+            run.stopped_receiving = True
+
+    async def _serve_in_task(self, run: _SessionRun) -> None:
+        """One read and its output, in this task (the reference path)."""
+        data = await self.transport.receive_some(self.receive_size, run.deadline)
+        if data is None:
+            run.stopped_receiving = True
+            return
+        progress = run.progress
+        wire = run.step(data)
+        if run.progress != progress:
+            run.deadline = self.idle_deadline()
+        if wire:
+            await self.send_framed(wire, 0)
+
+    async def _ready_to_read(self, run: _SessionRun) -> bool:
+        """Before the session reads again: False once receiving has stopped;
+        waits for the memory budget."""
+        if run.stopped_receiving or self.transport.stopping:
+            return False
+        await self._admit()
+        return not self.transport.stopping
 
     # -- sending -----------------------------------------------------------
 
@@ -344,15 +488,29 @@ class MessageStream(trio.abc.AsyncResource):
         is sent then), :class:`ConnectionClosedError` if the transport broke and
         :class:`SlowReaderError` past ``send_timeout``.
         """
-        await self.transport.send_all(self.framer.encode(payload))
-        self.messages_sent += 1
+        await self.send_framed(self.framer.encode(payload))
 
     async def send_messages(self, payloads: Iterable[Buffer]) -> None:
         """Frame all ``payloads`` and send them in one write; raises like :meth:`send_message`."""
         if not isinstance(payloads, list | tuple):
             payloads = list(payloads)
-        await self.transport.send_all(self.framer.encode_many(payloads))
-        self.messages_sent += len(payloads)
+        await self.send_framed(self.framer.encode_many(payloads), len(payloads))
+
+    async def send_framed(self, data: Buffer, count: int = 1) -> None:
+        """Send ``data``, already framed, and count ``count`` messages sent.
+
+        The memory account holds the bytes while the send is in progress.
+        Raises like :meth:`send_message`.
+        """
+        account = self._account
+        if account is not None:
+            account.set_sending(len(data))
+        try:
+            await self.transport.send_all(data)
+        finally:
+            if account is not None:
+                account.set_sending(0)
+        self.messages_sent += count
 
     async def send_eof(self) -> None:
         """Close the sending side only (the transport must support half-close)."""
@@ -361,8 +519,130 @@ class MessageStream(trio.abc.AsyncResource):
     # -- closing -----------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Close the transport.  Idempotent; closes even when cancelled."""
-        await self.transport.aclose()
+        """Close the transport and give the memory account back.  Idempotent;
+        closes even when cancelled."""
+        try:
+            await self.transport.aclose()
+        finally:
+            self._release_account()
+
+    async def close_gracefully(self, linger: float, limit: float) -> None:
+        """Close without destroying replies in flight (see
+        ``Transport.close_gracefully``), then give the memory account back."""
+        try:
+            await self.transport.close_gracefully(linger, limit)
+        finally:
+            self._release_account()
+
+    def _release_account(self) -> None:
+        if self._account is not None:
+            self._account.close()
+
+
+class _SessionRun:
+    """One :meth:`MessageStream.run_session`: the step that feeds the
+    session one read and accounts for its output.
+
+    ``step`` is what the hub calls inline (and the task path calls the same
+    way): it returns the bytes to send, or None when the connection needs
+    its task -- the session ended (``ending``), or the memory budget must be
+    waited for; the bytes still to send then are ``owed``.
+    """
+
+    __slots__ = (
+        "_on_dropped",
+        "_progress_seen",
+        "_session",
+        "_stream",
+        "deadline",
+        "ending",
+        "owed",
+        "owed_replies",
+        "progress",
+        "stopped_receiving",
+    )
+
+    def __init__(
+        self,
+        stream: MessageStream,
+        session: Session,
+        on_dropped: Callable[[FrameTooLongError], None] | None,
+    ) -> None:
+        self._stream = stream
+        self._session = session
+        self._on_dropped = on_dropped
+        self.ending: SessionOutput | None = None
+        self.owed: Buffer = b""
+        self.owed_replies = 0
+        self.stopped_receiving = False
+        # Reads that completed (or dropped) a message, and the idle deadline
+        # they keep moving: on the task path at each such read, inline at the
+        # watchdog's next look (renew_deadline_on_progress).
+        self.progress = 0
+        self._progress_seen = 0
+        self.deadline = stream.idle_deadline()
+
+    def step(self, data: bytes) -> Buffer | None:
+        """Feed one read (``b""``: the end of the input); see the class docstring."""
+        session = self._session
+        output = session.feed(data) if data else session.feed_eof()
+        wire, replies, received, stopped, error, dropped = output
+        stream = self._stream
+        stream.messages_received += received
+        account = stream._account
+        if account is not None:
+            account.set_buffered(session.buffered)
+        if dropped:
+            self._report_dropped(dropped)
+        if received or dropped:
+            self.progress += 1
+        if stopped or error is not None or not data:
+            self.ending = output
+            return self._owe(wire, replies)
+        if account is not None and not account.fits(stream.receive_size):
+            return self._owe(wire, replies)
+        stream.messages_sent += replies
+        return wire
+
+    def _owe(self, wire: Buffer, replies: int) -> None:
+        """Hand the connection back with ``wire`` still to send (and count
+        its replies once they are)."""
+        self.owed = wire
+        self.owed_replies = replies
+        return None
+
+    def take_owed(self) -> Buffer:
+        owed, self.owed = self.owed, b""
+        return owed
+
+    def _report_dropped(self, dropped: tuple[FrameTooLongError, ...]) -> None:
+        self._stream.lines_dropped += len(dropped)
+        if self._on_dropped is not None:
+            for error in dropped:
+                self._on_dropped(error)
+
+    def renew_deadline_on_progress(self, now: float) -> None:
+        """The watchdog's look (inline serving): a message since the last
+        look moves the idle deadline to ``idle_timeout`` from now."""
+        if self.progress != self._progress_seen:
+            self._progress_seen = self.progress
+            timeout = self._stream.transport.idle_timeout
+            if timeout is not None:
+                self.deadline = now + timeout
+                self._stream.transport.renew_deadline(self.deadline)
+
+    def finish(self) -> SessionOutput | None:
+        """The ending: raise the session's error, or return the output."""
+        ending = self.ending
+        assert ending is not None
+        error = ending.error
+        if error is not None:
+            self.ending = None
+            try:
+                raise error
+            finally:
+                del error, ending  # no cycle through this frame (see _take_handback)
+        return ending
 
 
 def _recoverable(framer: Framer) -> bool:

@@ -54,16 +54,17 @@ import socket
 import ssl
 import struct
 import termios
+from collections.abc import Callable
 
 import trio
 
 from ._errors import ConnectionClosedError, IdleTimeoutError, SlowReaderError
-from .budget import Account
 from .framing import Buffer
-from .hub import Watch, current_hub
+from .hub import AGAIN, HAND_BACK, WAIT, Watch, current_hub
 
 __all__ = [
     "CHECKPOINT_EVERY",
+    "InlineStep",
     "READINESS_MODES",
     "SocketTransport",
     "StreamTransport",
@@ -80,6 +81,11 @@ DELIVERED_DRAIN_BYTES = 1 << 20
 # "trio" (Trio's own wait_readable/wait_writable).
 READINESS_MODES = ("hub", "trio")
 READINESS_ENV = "TRIOECHO_READINESS"
+
+# serve_inline()'s step: the bytes of one read (b"" at the end of the input)
+# in, the bytes to send out, or None to hand the connection back to its task.
+InlineStep = Callable[[bytes], "Buffer | None"]
+_NO_HANDBACK = object()  # _handback while the hub did not hand the connection back
 
 
 def default_readiness() -> str:
@@ -110,7 +116,6 @@ class Transport:
         "_sending",
         "_stopping",
         "_unyielded",
-        "account",
         "idle_timeout",
         "send_timeout",
         "stream",
@@ -132,9 +137,6 @@ class Transport:
         self._receive_scope: trio.CancelScope | None = None  # a receive's, while it waits
         self._sending = False
         self._unyielded = 0  # calls since the last checkpoint
-        # A server's memory budget: each receive is admitted by it first, and
-        # a send that has to wait reports the bytes it holds.
-        self.account: Account | None = None
 
     @property
     def closed(self) -> bool:
@@ -145,11 +147,23 @@ class Transport:
         """Whether :meth:`stop_receiving` was called."""
         return self._stopping
 
+    @property
+    def can_serve_inline(self) -> bool:
+        """Whether :meth:`serve_inline` is available (a socket on the hub)."""
+        return False
+
     async def receive_some(self, max_bytes: int, deadline: float = math.inf) -> bytes | None:
         raise NotImplementedError
 
     async def send_all(self, data: Buffer) -> None:
         raise NotImplementedError
+
+    async def serve_inline(
+        self, step: InlineStep, max_bytes: int, deadline: float = math.inf
+    ) -> Buffer | None:
+        """Have the readiness hub serve this connection with ``step`` until
+        it needs its task; see :class:`SocketTransport`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot serve a session inline")
 
     def stop_receiving(self) -> None:
         raise NotImplementedError
@@ -157,25 +171,25 @@ class Transport:
     def hand_over_deadlines(self) -> None:
         """Let the caller enforce receive deadlines with :meth:`expire_if_idle`."""
 
+    @property
+    def deadlines_handed_over(self) -> bool:
+        return False
+
     def expire_if_idle(self, now: float) -> bool:
         """If a receive is waiting past its deadline, wake it (it raises
         :class:`IdleTimeoutError`) and return True."""
         return False
 
-    async def checkpoint_sometimes(self) -> None:
-        """A checkpoint every ``CHECKPOINT_EVERY`` calls."""
-        if self.checkpoint_due():
-            await trio.lowlevel.checkpoint()
+    def renew_deadline(self, deadline: float) -> None:
+        """Move the deadline of a waiting :meth:`serve_inline` (deadlines
+        handed over); no effect otherwise."""
 
-    def checkpoint_due(self) -> bool:
-        """Count a call that did not wait; True every ``CHECKPOINT_EVERY``
-        calls, when the caller must checkpoint (cheaper than awaiting
-        :meth:`checkpoint_sometimes` on a hot path)."""
+    async def checkpoint_sometimes(self) -> None:
+        """Count a call that did not wait; a checkpoint every ``CHECKPOINT_EVERY`` calls."""
         self._unyielded += 1
         if self._unyielded >= CHECKPOINT_EVERY:
             self._unyielded = 0
-            return True
-        return False
+            await trio.lowlevel.checkpoint()
 
     async def send_eof(self) -> None:
         """Close the sending side only (the stream must support half-close)."""
@@ -255,9 +269,6 @@ class StreamTransport(Transport):
         try:
             if self._stopping:
                 return None
-            account = self.account
-            if account is not None and not account.fits(max_bytes):
-                await account.admit(max_bytes)
             self._unyielded = 0
             with trio.CancelScope(deadline=deadline) as scope:
                 self._receive_scope = scope
@@ -279,19 +290,13 @@ class StreamTransport(Transport):
         if self._closed:
             raise trio.ClosedResourceError("the message stream was closed")
         timeout = math.inf if self.send_timeout is None else self.send_timeout
-        account = self.account
         with trio.move_on_after(timeout) as scope:
             try:
-                if account is not None:
-                    account.set_sending(len(data))
                 await self.stream.send_all(data)
             except trio.BrokenResourceError as exc:
                 raise ConnectionClosedError(
                     f"connection broken while sending: {_reason(exc)}"
                 ) from exc
-            finally:
-                if account is not None:
-                    account.set_sending(0)
             return
         assert scope.cancelled_caught
         await self.aclose()
@@ -312,12 +317,19 @@ class SocketTransport(Transport):
     to wait and came up short makes the next receive wait first, without
     the read that would fail (safe for the hub's edges too: a short read
     leaves nothing unread, so new input brings a new edge).
+
+    On the hub it can also be served inline (:meth:`serve_inline`): the hub
+    itself reads, runs the connection's step and sends, and the task sleeps
+    until the connection needs it.
     """
 
     __slots__ = (
         "_deadlines_handed_over",
         "_expired",
+        "_handback",
+        "_inline_size",
         "_socket",
+        "_step",
         "_wait_deadline",
         "_wait_first",
         "_waiting",
@@ -342,14 +354,27 @@ class SocketTransport(Transport):
         self._waiting = False  # in a wait for input without a scope
         self._wait_deadline = math.inf  # ... and until when
         self._expired = False  # expire_if_idle() woke it
+        # serve_inline(): the step, the read size, and why the hub handed the
+        # connection back (_NO_HANDBACK while it did not).
+        self._step: InlineStep | None = None
+        self._inline_size = 0
+        self._handback: object = _NO_HANDBACK
 
     @property
     def readiness(self) -> str:
         """``"hub"`` or ``"trio"``: how this transport waits."""
         return "trio" if self._watch is None else "hub"
 
+    @property
+    def can_serve_inline(self) -> bool:
+        return self._watch is not None and not self._closed
+
     def hand_over_deadlines(self) -> None:
         self._deadlines_handed_over = True
+
+    @property
+    def deadlines_handed_over(self) -> bool:
+        return self._deadlines_handed_over
 
     def expire_if_idle(self, now: float) -> bool:
         if self._waiting and self._wait_deadline <= now:
@@ -357,6 +382,9 @@ class SocketTransport(Transport):
             self._wake_waiting_receive()
             return True
         return False
+
+    def renew_deadline(self, deadline: float) -> None:
+        self._wait_deadline = deadline
 
     def stop_receiving(self) -> None:
         self._stopping = True
@@ -388,70 +416,86 @@ class SocketTransport(Transport):
             raise trio.ClosedResourceError("the message stream was closed")
         self._watch = None
 
+    # -- receiving -----------------------------------------------------------
+
     async def receive_some(self, max_bytes: int, deadline: float = math.inf) -> bytes | None:
-        # The request/reply hot path: one coroutine from the caller to Trio's
-        # wait, so each message resumes as few frames as possible.
-        if self._receiving or self._closed:
-            self._claim_receiving()  # raises
-        self._receiving = True
+        self._claim_receiving()
         try:
-            account = self.account
-            if account is not None and not self._stopping and not account.fits(max_bytes):
-                await account.admit(max_bytes)
-            sock = self._socket
             while True:
                 if self._stopping:
                     return None
                 if not self._wait_first:
-                    try:
-                        return sock.recv(max_bytes)
-                    except BlockingIOError:
-                        pass
-                    except OSError as exc:
-                        raise self._socket_error(exc, "receiving") from exc
+                    data = self._try_receive(max_bytes)
+                    if data is not None:
+                        return data
                 self._wait_first = False
                 self._unyielded = 0
-                watch = self._watch
-                if watch is not None and self._deadlines_handed_over:
-                    if not watch.take_readable():
-                        self._wait_deadline = deadline
-                        self._expired = False  # a stale mark: data came in the tick it expired
-                        self._waiting = True
-                        try:
-                            await watch.park_reader()
-                        finally:
-                            self._waiting = False
-                        if not self._woken(watch):
-                            return None
-                elif not await self._wait_readable_slowly(deadline):
+                if not await self._wait_readable_until(deadline):
                     return None
-                try:
-                    data = sock.recv(max_bytes)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    raise self._socket_error(exc, "receiving") from exc
-                # It had to wait: in a request/reply exchange the next read
-                # will too, so skip the read that would fail -- unless this one
-                # filled the buffer (more may be waiting, and no edge would
-                # announce it).
-                self._wait_first = len(data) < max_bytes
-                return data
+                data = self._try_receive(max_bytes)
+                if data is not None:
+                    # It had to wait: in a request/reply exchange the next
+                    # read will too, so skip the read that would fail --
+                    # unless this one filled the buffer (more may be waiting,
+                    # and no edge would announce it).
+                    self._wait_first = len(data) < max_bytes
+                    return data
         finally:
             self._receiving = False
 
-    def _woken(self, watch: Watch) -> bool:
-        """After a parked wait on the hub: True to read, False if
-        stop_receiving() interrupted it; raises for an idle timeout."""
+    def _try_receive(self, max_bytes: int) -> bytes | None:
+        """One non-blocking read: the bytes (``b""`` at the end), or None if
+        there are none yet."""
         try:
-            if watch.reader_woken():
+            return self._socket.recv(max_bytes)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise self._socket_error(exc, "receiving") from exc
+
+    async def _wait_readable_until(self, deadline: float) -> bool:
+        """Wait for input until ``deadline``; False if stop_receiving()
+        interrupted the wait, IdleTimeoutError past the deadline.
+
+        With the deadlines handed over the wait has no cancel scope:
+        :meth:`expire_if_idle` wakes it when it is due."""
+        if not self._deadlines_handed_over:
+            with trio.CancelScope(deadline=deadline) as scope:
+                self._receive_scope = scope
+                try:
+                    await self._wait_readable()
+                finally:
+                    self._receive_scope = None
+            if scope.cancelled_caught:
+                if self._stopping:
+                    return False
+                raise self._idle_timeout_error()
+            return True
+        self._wait_deadline = deadline
+        self._expired = False  # a stale mark: woken by data in the tick it expired
+        self._waiting = True
+        try:
+            woken = await self._wait_readable()
+        finally:
+            self._waiting = False
+        return woken or self._interrupted()
+
+    async def _wait_readable(self) -> bool:
+        """Wait for input on the hub or with Trio's wait: True for input
+        (or a lost hub), False if interrupted (expire_if_idle, stop_receiving)."""
+        watch = self._watch
+        try:
+            if watch is None:
+                await trio.lowlevel.wait_readable(self._socket)
                 return True
+            return await watch.wait_readable()
         except trio.ClosedResourceError:
             if self._closed:
                 raise
+            if watch is None:
+                return False  # woken by notify_closing
             self._watch_lost()
             return True  # read again, then wait Trio's way
-        return self._interrupted()
 
     def _interrupted(self) -> bool:
         """A wait without a scope was woken by expire_if_idle() (raise the
@@ -461,69 +505,156 @@ class SocketTransport(Transport):
             raise self._idle_timeout_error()
         return not self._stopping
 
-    async def _wait_readable_slowly(self, deadline: float) -> bool:
-        """Wait for input, except the hub's fast path: with a cancel scope
-        for the deadline, or Trio's wait with deadlines handed over.  False
-        if stop_receiving() interrupted it."""
-        if self._deadlines_handed_over:
-            return await self._wait_readable_watched(deadline)
-        with trio.CancelScope(deadline=deadline) as scope:
-            self._receive_scope = scope
-            try:
-                await self._wait_readable()
-            finally:
-                self._receive_scope = None
-        if scope.cancelled_caught:
-            if self._stopping:
-                return False
-            raise self._idle_timeout_error()
-        return True
+    # -- serving inline ------------------------------------------------------
 
-    async def _wait_readable(self) -> None:
+    async def serve_inline(
+        self, step: InlineStep, max_bytes: int, deadline: float = math.inf
+    ) -> Buffer | None:
+        """Serve the connection from the readiness hub until it needs this task.
+
+        Each time the socket has input, the hub (or, first, this task) reads
+        it ``max_bytes`` at a time and calls ``step(data)`` on each read
+        (``b""`` at the end of the input): ``step`` returns the bytes to
+        send, sent at once, or None when the connection needs its task (it
+        ended, or must wait for something).  At most the hub's
+        ``turn_bytes`` are read per turn.  Returns:
+
+        * None when ``step`` returned None, or after :meth:`stop_receiving`;
+        * the unsent rest of ``step``'s bytes when a send came up short (the
+          caller sends it with :meth:`send_all`, then may serve inline again).
+
+        Raises :class:`ConnectionClosedError` if the socket broke,
+        :class:`IdleTimeoutError` when :meth:`expire_if_idle` finds
+        ``deadline`` past (deadlines handed over; :meth:`renew_deadline`
+        moves it), whatever ``step`` raised, and ``trio.Cancelled``.  Needs
+        :attr:`can_serve_inline`; if the hub stops meanwhile it returns None
+        and can no longer serve inline.
+        """
+        self._claim_receiving()
         watch = self._watch
         if watch is None:
-            await trio.lowlevel.wait_readable(self._socket)
-            return
-        try:
-            await watch.wait_readable()
-        except trio.ClosedResourceError:
-            self._watch_lost()
-
-    async def _wait_readable_watched(self, deadline: float) -> bool:
-        """Trio's wait for input without a cancel scope (see
-        hand_over_deadlines()); False if stop_receiving() interrupted it."""
+            self._receiving = False
+            raise RuntimeError("serve_inline() needs the readiness hub")
+        self._step = step
+        self._inline_size = max_bytes
         self._wait_deadline = deadline
-        self._expired = False  # a stale mark: woken by data in the tick it expired
-        self._waiting = True
         try:
-            await trio.lowlevel.wait_readable(self._socket)
+            watch.take_readable()  # the step reads until the socket is empty anyway
+            while not self._stopping:
+                outcome = self._serve_ready()
+                if outcome == AGAIN:
+                    await trio.lowlevel.checkpoint()
+                    continue
+                if outcome == HAND_BACK:
+                    return self._take_handback()
+                if not await self._park_inline(watch):
+                    return None
+                if self._handback is not _NO_HANDBACK:
+                    return self._take_handback()
+            return None
+        finally:
+            self._step = None
+            self._handback = _NO_HANDBACK
+            self._receiving = False
+
+    async def _park_inline(self, watch: Watch) -> bool:
+        """Sleep while the hub serves the connection.  False if woken by
+        stop_receiving() or a lost hub (the caller returns None); raises the
+        idle timeout."""
+        self._expired = False
+        self._waiting = True
+        self._unyielded = 0
+        try:
+            await watch.park_inline(self._serve_ready)
+        finally:
+            watch.inline = None
+            self._waiting = False
+        if self._handback is not _NO_HANDBACK:
             return True
+        try:
+            if watch.reader_woken():
+                return True  # an edge's wake-up that found no step: serve again
         except trio.ClosedResourceError:
             if self._closed:
                 raise
-        finally:
-            self._waiting = False
-        return self._interrupted()  # woken by notify_closing
+            self._watch_lost()
+            return False
+        return self._interrupted()
 
-    async def send_all(self, data: Buffer) -> None:
-        if self._closed or self._sending:
-            self._check_can_send()  # raises
-        # The common case, all sent at once, without a wait: no await before
-        # it is done, so no other task can send meanwhile.
+    def _serve_ready(self) -> int:
+        """One inline step: read until the socket is empty (a short read, or
+        ``EAGAIN``) or this turn's bytes are used, running the step on each
+        read and sending what it returns.  Returns the hub's WAIT, AGAIN or
+        HAND_BACK (with ``_handback`` set).  Never raises: an exception is
+        handed back to the task."""
+        sock = self._socket
+        step = self._step
+        watch = self._watch
+        size = self._inline_size
+        assert step is not None and watch is not None
+        budget = watch.turn_bytes
+        try:
+            while True:
+                try:
+                    data = sock.recv(size)
+                except BlockingIOError:
+                    return WAIT
+                wire = step(data)
+                if wire is None:
+                    self._handback = None
+                    return HAND_BACK
+                if wire:
+                    unsent = self._send_now(wire)
+                    if unsent is not None:
+                        self._handback = unsent
+                        return HAND_BACK
+                if len(data) < size and not watch.input_ended:
+                    return WAIT  # nothing more: the next input brings an edge
+                budget -= len(data)
+                if budget <= 0:
+                    return AGAIN
+        except OSError as exc:
+            self._handback = self._socket_error(exc, "receiving or sending")
+        except Exception as exc:  # the step's own error: raised in the task
+            self._handback = exc
+        return HAND_BACK
+
+    def _take_handback(self) -> Buffer | None:
+        handback = self._handback
+        self._handback = _NO_HANDBACK
+        if isinstance(handback, BaseException):
+            try:
+                raise handback
+            finally:
+                # Not held by this frame, which its traceback holds: a cycle
+                # would keep the connection's memory until the cyclic GC runs.
+                del handback
+        return handback  # type: ignore[return-value]
+
+    # -- sending -------------------------------------------------------------
+
+    def _send_now(self, data: Buffer) -> Buffer | None:
+        """Send what the socket takes now; the rest, or None if all went."""
         try:
             sent = self._socket.send(data)
         except BlockingIOError:
             sent = 0
+        if sent >= len(data):
+            return None
+        return memoryview(data)[sent:]
+
+    async def send_all(self, data: Buffer) -> None:
+        self._check_can_send()
+        # The common case, all sent at once, without a wait: no await before
+        # it is done, so no other task can send meanwhile.
+        try:
+            rest = self._send_now(data)
         except OSError as exc:
             raise self._socket_error(exc, "sending") from exc
-        if sent >= len(data):
-            # checkpoint_due(), inline: this runs for every reply.
-            self._unyielded += 1
-            if self._unyielded >= CHECKPOINT_EVERY:
-                self._unyielded = 0
-                await trio.lowlevel.checkpoint()
-            return
-        await self._send_rest(data, sent)
+        if rest is None:
+            await self.checkpoint_sometimes()
+        else:
+            await self._send_rest(rest)
 
     def _check_can_send(self) -> None:
         if self._closed:
@@ -531,36 +662,23 @@ class SocketTransport(Transport):
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this stream")
 
-    async def _send_rest(self, data: Buffer, sent: int) -> None:
-        """Send ``data[sent:]``, waiting for the peer to read as needed."""
-        sock = self._socket
+    async def _send_rest(self, rest: Buffer) -> None:
+        """Send ``rest``, waiting for the peer to read as needed, for at most
+        ``send_timeout`` seconds (then close and raise SlowReaderError)."""
         self._sending = True
+        timeout = math.inf if self.send_timeout is None else self.send_timeout
         try:
-            view = memoryview(data)
-            size = len(view)
-            deadline = math.inf
-            while True:
-                if self.account is not None:  # held while the peer does not read
-                    self.account.set_sending(size - sent)
-                if deadline == math.inf and self.send_timeout is not None:
-                    deadline = trio.current_time() + self.send_timeout
-                self._unyielded = 0
-                with trio.CancelScope(deadline=deadline) as scope:
+            with trio.move_on_after(timeout):
+                while rest is not None:
+                    self._unyielded = 0
                     await self._wait_writable()
-                if scope.cancelled_caught:
-                    break
-                try:
-                    sent += sock.send(view[sent:])
-                except BlockingIOError:
-                    pass
-                except OSError as exc:
-                    raise self._socket_error(exc, "sending") from exc
-                if sent >= size:
-                    return
+                    try:
+                        rest = self._send_now(rest)
+                    except OSError as exc:
+                        raise self._socket_error(exc, "sending") from exc
+                return
         finally:
             self._sending = False
-            if self.account is not None:
-                self.account.set_sending(0)
         await self.aclose()
         raise self._slow_reader_error()
 
