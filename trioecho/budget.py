@@ -98,6 +98,12 @@ class Account:
             self._budget._change(size - self.buffered)
             self.buffered = size
 
+    def buffer(self, size: int, incoming: int) -> bool:
+        """Record ``size`` bytes buffered (:meth:`set_buffered`) and say
+        whether ``incoming`` more may be read now (:meth:`fits`)."""
+        self.set_buffered(size)
+        return self.fits(incoming)
+
     def set_sending(self, size: int) -> None:
         if size != self.sending:
             self._budget._change(size - self.sending)

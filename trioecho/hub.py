@@ -147,6 +147,7 @@ class Watch:
         "output_ended",
         "readable",
         "reader",
+        "served_turn",
         "writable",
         "writer",
     )
@@ -167,6 +168,7 @@ class Watch:
         self.closed = False
         # The parked reader's inline step (see the module docstring), or None.
         self.inline: Callable[[], int] | None = None
+        self.served_turn = -1  # the hub's turn that last ran the inline step
 
     @property
     def turn_bytes(self) -> int:
@@ -387,6 +389,10 @@ class ReadinessHub:
         its task, or owe it another turn, as the step says."""
         step = watch.inline
         assert step is not None
+        if watch.served_turn == self.turns:
+            self._again.append(watch)  # once a turn: this edge waits for the next one
+            return
+        watch.served_turn = self.turns
         outcome = step()
         if outcome == WAIT:
             return

@@ -154,7 +154,9 @@ class BaseRequestHandler:
 
     def dropped_line(self, error: FramingError) -> None:
         """An over-long line was dropped (discard mode); logs it."""
-        logger.warning("%s: dropped an over-long line: %s", format_address(self.client_address), error)
+        logger.warning(
+            "%s: dropped an over-long line: %s", format_address(self.client_address), error
+        )
 
     async def finish(self) -> None:
         """Called after :meth:`handle`, even if it raised; does nothing by default."""

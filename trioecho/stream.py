@@ -196,6 +196,7 @@ class MessageStream(trio.abc.AsyncResource):
         self.messages_received = 0  # complete messages read from the transport
         self.messages_sent = 0  # messages whose bytes the transport accepted
         self.lines_dropped = 0  # over-long lines dropped in discard mode
+
     @property
     def framer(self) -> Framer:
         """The framer that splits input and frames output."""
@@ -590,17 +591,18 @@ class _SessionRun:
         stream = self._stream
         stream.messages_received += received
         account = stream._account
-        if account is not None:
-            account.set_buffered(session.buffered)
+        fits = account is None or account.buffer(session.buffered, stream.receive_size)
         if dropped:
             self._report_dropped(dropped)
         if received or dropped:
             self.progress += 1
         if stopped or error is not None or not data:
             self.ending = output
-            return self._owe(wire, replies)
-        if account is not None and not account.fits(stream.receive_size):
-            return self._owe(wire, replies)
+            self._owe(wire, replies)
+            return None
+        if not fits:
+            self._owe(wire, replies)  # the task waits for the memory budget
+            return None
         stream.messages_sent += replies
         return wire
 
@@ -609,7 +611,6 @@ class _SessionRun:
         its replies once they are)."""
         self.owed = wire
         self.owed_replies = replies
-        return None
 
     def take_owed(self) -> Buffer:
         owed, self.owed = self.owed, b""

@@ -64,8 +64,8 @@ from .hub import AGAIN, HAND_BACK, WAIT, Watch, current_hub
 
 __all__ = [
     "CHECKPOINT_EVERY",
-    "InlineStep",
     "READINESS_MODES",
+    "InlineStep",
     "SocketTransport",
     "StreamTransport",
     "Transport",
@@ -330,6 +330,7 @@ class SocketTransport(Transport):
         "_inline_size",
         "_socket",
         "_step",
+        "_turn_bytes",
         "_wait_deadline",
         "_wait_first",
         "_waiting",
@@ -358,6 +359,7 @@ class SocketTransport(Transport):
         # connection back (_NO_HANDBACK while it did not).
         self._step: InlineStep | None = None
         self._inline_size = 0
+        self._turn_bytes = 0
         self._handback: object = _NO_HANDBACK
 
     @property
@@ -537,6 +539,7 @@ class SocketTransport(Transport):
             raise RuntimeError("serve_inline() needs the readiness hub")
         self._step = step
         self._inline_size = max_bytes
+        self._turn_bytes = watch.turn_bytes
         self._wait_deadline = deadline
         try:
             watch.take_readable()  # the step reads until the socket is empty anyway
@@ -583,8 +586,9 @@ class SocketTransport(Transport):
 
     def _serve_ready(self) -> int:
         """One inline step: read until the socket is empty (a short read, or
-        ``EAGAIN``) or this turn's bytes are used, running the step on each
-        read and sending what it returns.  Returns the hub's WAIT, AGAIN or
+        ``EAGAIN``) or this turn's bytes are used (each read asks for at most
+        what is left of them), running the step on each read and sending
+        what it returns.  Returns the hub's WAIT, AGAIN or
         HAND_BACK (with ``_handback`` set).  Never raises: an exception is
         handed back to the task."""
         sock = self._socket
@@ -592,11 +596,12 @@ class SocketTransport(Transport):
         watch = self._watch
         size = self._inline_size
         assert step is not None and watch is not None
-        budget = watch.turn_bytes
+        budget = self._turn_bytes
         try:
             while True:
+                wanted = size if size <= budget else budget
                 try:
-                    data = sock.recv(size)
+                    data = sock.recv(wanted)
                 except BlockingIOError:
                     return WAIT
                 wire = step(data)
@@ -608,7 +613,7 @@ class SocketTransport(Transport):
                     if unsent is not None:
                         self._handback = unsent
                         return HAND_BACK
-                if len(data) < size and not watch.input_ended:
+                if len(data) < wanted and not watch.input_ended:
                     return WAIT  # nothing more: the next input brings an edge
                 budget -= len(data)
                 if budget <= 0:
@@ -667,13 +672,14 @@ class SocketTransport(Transport):
         ``send_timeout`` seconds (then close and raise SlowReaderError)."""
         self._sending = True
         timeout = math.inf if self.send_timeout is None else self.send_timeout
+        unsent: Buffer | None = rest
         try:
             with trio.move_on_after(timeout):
-                while rest is not None:
+                while unsent is not None:
                     self._unyielded = 0
                     await self._wait_writable()
                     try:
-                        rest = self._send_now(rest)
+                        unsent = self._send_now(unsent)
                     except OSError as exc:
                         raise self._socket_error(exc, "sending") from exc
                 return
