@@ -36,12 +36,12 @@ A :class:`Watch` is one socket's registration:
     forget the socket (call it *before* closing the socket) and wake its
     waiters with ``ClosedResourceError``.  Idempotent.
 
-**Inline serving.**  A reader may park with ``watch.inline`` set to a
-function of no arguments (:meth:`Watch.park_inline`): the transport's step
-that reads the socket, runs the connection's sans-IO session on the bytes
-and sends its output.  On an input edge the hub then calls that function
+**Inline serving.**  A reader may park with ``watch.inline`` set to an
+:class:`InlineServed` (:meth:`Watch.park_inline`): the transport, whose
+``serve_ready()`` reads the socket, runs the connection's sans-IO session on
+the bytes and sends its output.  On an input edge the hub then calls it
 itself instead of waking the task, so a request/reply exchange costs no
-task wake-up.  The function returns:
+task wake-up.  ``serve_ready()`` returns:
 
 ``WAIT``
     it read until the socket had nothing more (the next edge calls it again);
@@ -54,7 +54,7 @@ task wake-up.  The function returns:
     an error): the hub wakes the parked task, which finds why in its
     transport.
 
-The function must not raise (the transport turns every exception into a
+It must not raise (the transport turns every exception into a
 hand-back).  A task that is cancelled while parked inline is never served
 inline again until it parks again.
 
@@ -70,8 +70,8 @@ import contextlib
 import logging
 import select
 import types
-from collections.abc import Awaitable, Callable, Generator
-from typing import Any, TypeGuard
+from collections.abc import Awaitable, Generator
+from typing import Any, Protocol, TypeGuard
 
 import trio
 
@@ -89,6 +89,7 @@ __all__ = [
     "DEFAULT_TURN_BYTES",
     "HAND_BACK",
     "MAX_EVENTS",
+    "InlineServed",
     "WAIT",
     "ReadinessHub",
     "Watch",
@@ -117,6 +118,12 @@ else:  # no epoll: ReadinessHub() raises AttributeError, and transports use Trio
     _REGISTER = _INPUT = _OUTPUT = _INPUT_ENDS = _OUTPUT_ENDS = 0
 
 _SUCCEEDED = trio.lowlevel.Abort.SUCCEEDED
+
+
+class InlineServed(Protocol):
+    """What the hub serves inline (a transport): see the module docstring."""
+
+    def serve_ready(self) -> int: ...
 
 
 @types.coroutine
@@ -166,8 +173,8 @@ class Watch:
         self.output_ended = False  # the connection broke: writes fail at once
         self.interrupted = False
         self.closed = False
-        # The parked reader's inline step (see the module docstring), or None.
-        self.inline: Callable[[], int] | None = None
+        # What serves the parked reader inline (see the module docstring), or None.
+        self.inline: InlineServed | None = None
         self.served_turn = -1  # the hub's turn that last ran the inline step
 
     @property
@@ -220,13 +227,13 @@ class Watch:
         self.reader = _mark_current_task(self)
         return _wait()
 
-    def park_inline(self, step: Callable[[], int]) -> Awaitable[object]:
+    def park_inline(self, served: InlineServed) -> Awaitable[object]:
         """Make the current task this socket's reader, parked while the hub
         serves it with ``step`` (see the module docstring); await the result
         at once, then call :meth:`reader_woken`.  ``inline`` is cleared when
         the hub hands the connection back; the caller clears it otherwise."""
         wait = self.park_reader()
-        self.inline = step
+        self.inline = served
         return wait
 
     def reader_woken(self) -> bool:
@@ -387,13 +394,13 @@ class ReadinessHub:
     def _serve_inline(self, watch: Watch) -> None:
         """Run the parked reader's inline step; hand the connection back to
         its task, or owe it another turn, as the step says."""
-        step = watch.inline
-        assert step is not None
+        served = watch.inline
+        assert served is not None
         if watch.served_turn == self.turns:
             self._again.append(watch)  # once a turn: this edge waits for the next one
             return
         watch.served_turn = self.turns
-        outcome = step()
+        outcome = served.serve_ready()
         if outcome == WAIT:
             return
         if outcome == AGAIN:

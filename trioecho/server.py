@@ -464,7 +464,18 @@ class MessageServer:
                 stream.stop_receiving()
             connection_logger.info("%s: connected", _Where(client, peer))
             try:
-                await self._run_handler(stream, client)
+                # The handler's life, in this frame (an idle connection keeps
+                # one coroutine less): setup, handle, finish, or the call.
+                handler = self.handler
+                if isinstance(handler, type) and issubclass(handler, BaseRequestHandler):
+                    request_handler = handler(stream, client, self)
+                    await request_handler.setup()
+                    try:
+                        await request_handler.handle()
+                    finally:
+                        await request_handler.finish()
+                else:
+                    await cast(Callable[[MessageStream], Awaitable[None]], handler)(stream)
             except Exception as exc:
                 _log_handler_error(exc, _Where(client, peer))
             finally:
@@ -497,19 +508,6 @@ class MessageServer:
             receive_size=receive_size_for(self.framing.framing),
             account=self.budget.open_account(),
         )
-
-    async def _run_handler(self, stream: MessageStream, client: Any) -> None:
-        """The handler's life: setup, handle, finish (a class), or the call."""
-        handler = self.handler
-        if isinstance(handler, type) and issubclass(handler, BaseRequestHandler):
-            request_handler = handler(stream, client, self)
-            await request_handler.setup()
-            try:
-                await request_handler.handle()
-            finally:
-                await request_handler.finish()
-        else:
-            await cast(Callable[[MessageStream], Awaitable[None]], handler)(stream)
 
     async def _set_up(
         self, transport: trio.SocketStream, peer: Any

@@ -177,6 +177,8 @@ class MessageStream(trio.abc.AsyncResource):
             )
         self.transport_stream = self.transport.stream
         self._account = account
+        if account is not None:
+            self.transport.on_held_send = account.set_sending
         # A FramingConfig builds its framer when first needed (a session
         # never needs one: an idle connection holds less).
         self._framing = framer if isinstance(framer, FramingConfig) else None
@@ -248,7 +250,8 @@ class MessageStream(trio.abc.AsyncResource):
         """
         if not await self._fill():
             raise trio.EndOfChannel
-        await self.transport.checkpoint_sometimes()
+        if self.transport.checkpoint_due():
+            await trio.lowlevel.checkpoint()
         message = self._pending[self._next]
         self._next += 1
         if self._next == len(self._pending):
@@ -266,7 +269,8 @@ class MessageStream(trio.abc.AsyncResource):
         """
         if not await self._fill():
             raise trio.EndOfChannel
-        await self.transport.checkpoint_sometimes()
+        if self.transport.checkpoint_due():
+            await trio.lowlevel.checkpoint()
         batch = self._pending[self._next :] if self._next else self._pending
         self._pending = _NO_MESSAGES
         self._next = 0
@@ -353,7 +357,9 @@ class MessageStream(trio.abc.AsyncResource):
                 if self._at_eof:
                     self.framer.feed_eof()  # raises IncompleteFrameError inside a frame
                     return False
-                data = await self._receive_some(deadline)
+                if self._must_wait_for_memory():
+                    await self._wait_for_memory()
+                data = await self.transport.receive_some(self.receive_size, deadline)
                 if data is None:
                     return False  # stop_receiving()
                 if not data:
@@ -364,16 +370,20 @@ class MessageStream(trio.abc.AsyncResource):
         finally:
             self._receiving = False
 
-    async def _receive_some(self, deadline: float) -> bytes | None:
-        """The transport's next bytes, once the memory budget admits them."""
-        await self._admit()
-        return await self.transport.receive_some(self.receive_size, deadline)
-
-    async def _admit(self) -> None:
-        """Wait until the memory budget lets this stream read again."""
+    def _must_wait_for_memory(self) -> bool:
+        """Whether the memory budget does not let this stream read now (a
+        test, so that a read it admits creates no coroutine)."""
         account = self._account
-        if account is not None and not self.transport.stopping:
-            await account.admit(self.receive_size)
+        return (
+            account is not None
+            and not self.transport.stopping
+            and not account.fits(self.receive_size)
+        )
+
+    async def _wait_for_memory(self) -> None:
+        """Wait until the memory budget lets this stream read again."""
+        assert self._account is not None
+        await self._account.admit(self.receive_size)
 
     def _feed(self, data: bytes) -> None:
         framer = self.framer
@@ -430,7 +440,15 @@ class MessageStream(trio.abc.AsyncResource):
         try:
             while run.ending is None:
                 if self._serves_inline():
-                    await self._serve_inline(run)
+                    # Inline, until the hub hands the connection back (awaited
+                    # here: an idle connection keeps one coroutine less).
+                    rest = await self.transport.serve_inline(
+                        run.step, self.receive_size, run.deadline
+                    )
+                    if rest is not None:
+                        await self.send_framed(rest, 0)  # its replies were counted
+                    elif self.transport.stopping and run.ending is None:
+                        run.stopped_receiving = True
                 else:
                     await self._serve_in_task(run)
                 if run.owed:
@@ -451,14 +469,6 @@ class MessageStream(trio.abc.AsyncResource):
             transport.deadlines_handed_over or transport.idle_timeout is None
         )
 
-    async def _serve_inline(self, run: _SessionRun) -> None:
-        """One stretch of inline serving, until the hub hands the connection back."""
-        rest = await self.transport.serve_inline(run.step, self.receive_size, run.deadline)
-        if rest is not None:
-            await self.send_framed(rest, 0)  # the replies were counted when built
-        elif self.transport.stopping and run.ending is None:
-            run.stopped_receiving = True
-
     async def _serve_in_task(self, run: _SessionRun) -> None:
         """One read and its output, in this task (the reference path)."""
         data = await self.transport.receive_some(self.receive_size, run.deadline)
@@ -477,7 +487,8 @@ class MessageStream(trio.abc.AsyncResource):
         waits for the memory budget."""
         if run.stopped_receiving or self.transport.stopping:
             return False
-        await self._admit()
+        if self._must_wait_for_memory():
+            await self._wait_for_memory()
         return not self.transport.stopping
 
     # -- sending -----------------------------------------------------------
@@ -500,17 +511,10 @@ class MessageStream(trio.abc.AsyncResource):
     async def send_framed(self, data: Buffer, count: int = 1) -> None:
         """Send ``data``, already framed, and count ``count`` messages sent.
 
-        The memory account holds the bytes while the send is in progress.
-        Raises like :meth:`send_message`.
+        While the send waits for the peer to read, the memory account holds
+        the bytes not sent yet.  Raises like :meth:`send_message`.
         """
-        account = self._account
-        if account is not None:
-            account.set_sending(len(data))
-        try:
-            await self.transport.send_all(data)
-        finally:
-            if account is not None:
-                account.set_sending(0)
+        await self.transport.send_all(data)
         self.messages_sent += count
 
     async def send_eof(self) -> None:

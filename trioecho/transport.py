@@ -40,7 +40,7 @@ then, which wakes a wait past its deadline.
 
 Checkpoints: a call that has to wait yields to Trio; one that completes at
 once yields at least every ``CHECKPOINT_EVERY`` calls
-(:meth:`checkpoint_sometimes`), so cancellation and other tasks get their
+(:meth:`checkpoint_due`), so cancellation and other tasks get their
 turn without a scheduler round trip per message.
 """
 
@@ -54,7 +54,7 @@ import socket
 import ssl
 import struct
 import termios
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -117,6 +117,7 @@ class Transport:
         "_stopping",
         "_unyielded",
         "idle_timeout",
+        "on_held_send",
         "send_timeout",
         "stream",
     )
@@ -137,6 +138,9 @@ class Transport:
         self._receive_scope: trio.CancelScope | None = None  # a receive's, while it waits
         self._sending = False
         self._unyielded = 0  # calls since the last checkpoint
+        # Told the bytes a send holds while it waits for the peer to read
+        # (then 0): the message stream's memory account listens.
+        self.on_held_send: Callable[[int], None] | None = None
 
     @property
     def closed(self) -> bool:
@@ -184,12 +188,15 @@ class Transport:
         """Move the deadline of a waiting :meth:`serve_inline` (deadlines
         handed over); no effect otherwise."""
 
-    async def checkpoint_sometimes(self) -> None:
-        """Count a call that did not wait; a checkpoint every ``CHECKPOINT_EVERY`` calls."""
+    def checkpoint_due(self) -> bool:
+        """Count a call that did not wait; True every ``CHECKPOINT_EVERY``
+        calls, when the caller must ``await trio.lowlevel.checkpoint()`` (a
+        test, so that a call that completes at once creates no coroutine)."""
         self._unyielded += 1
         if self._unyielded >= CHECKPOINT_EVERY:
             self._unyielded = 0
-            await trio.lowlevel.checkpoint()
+            return True
+        return False
 
     async def send_eof(self) -> None:
         """Close the sending side only (the stream must support half-close)."""
@@ -290,13 +297,19 @@ class StreamTransport(Transport):
         if self._closed:
             raise trio.ClosedResourceError("the message stream was closed")
         timeout = math.inf if self.send_timeout is None else self.send_timeout
+        held = self.on_held_send
         with trio.move_on_after(timeout) as scope:
             try:
+                if held is not None:  # the stream cannot say whether it will wait
+                    held(len(data))
                 await self.stream.send_all(data)
             except trio.BrokenResourceError as exc:
                 raise ConnectionClosedError(
                     f"connection broken while sending: {_reason(exc)}"
                 ) from exc
+            finally:
+                if held is not None:
+                    held(0)
             return
         assert scope.cancelled_caught
         await self.aclose()
@@ -476,8 +489,18 @@ class SocketTransport(Transport):
         self._wait_deadline = deadline
         self._expired = False  # a stale mark: woken by data in the tick it expired
         self._waiting = True
+        watch = self._watch
         try:
-            woken = await self._wait_readable()
+            if watch is None:
+                woken = await self._wait_readable()
+            else:
+                # The hub's wait awaited here, not through _wait_readable():
+                # each message resumes a coroutine less.
+                wait = self._hub_wait(watch)
+                woken = True
+                if wait is not None:
+                    await wait
+                    woken = self._woken(watch)
         finally:
             self._waiting = False
         return woken or self._interrupted()
@@ -486,18 +509,39 @@ class SocketTransport(Transport):
         """Wait for input on the hub or with Trio's wait: True for input
         (or a lost hub), False if interrupted (expire_if_idle, stop_receiving)."""
         watch = self._watch
-        try:
-            if watch is None:
-                await trio.lowlevel.wait_readable(self._socket)
+        if watch is not None:
+            wait = self._hub_wait(watch)
+            if wait is None:
                 return True
-            return await watch.wait_readable()
+            await wait
+            return self._woken(watch)
+        try:
+            await trio.lowlevel.wait_readable(self._socket)
+            return True
         except trio.ClosedResourceError:
             if self._closed:
                 raise
-            if watch is None:
-                return False  # woken by notify_closing
-            self._watch_lost()
-            return True  # read again, then wait Trio's way
+            return False  # woken by notify_closing
+
+    def _hub_wait(self, watch: Watch) -> Awaitable[object] | None:
+        """The hub's wait for input, to be awaited at once, or None if there
+        is input (or the hub is gone: read again, then wait Trio's way)."""
+        if watch.take_readable():
+            return None
+        try:
+            return watch.park_reader()
+        except trio.ClosedResourceError:
+            self._watch_lost()  # raises if this transport was closed
+            return None
+
+    def _woken(self, watch: Watch) -> bool:
+        """After the hub's wait: True for input (or a lost hub: read again,
+        then wait Trio's way), False if interrupted."""
+        try:
+            return watch.reader_woken()
+        except trio.ClosedResourceError:
+            self._watch_lost()  # raises if this transport was closed
+            return True
 
     def _interrupted(self) -> bool:
         """A wait without a scope was woken by expire_if_idle() (raise the
@@ -544,36 +588,36 @@ class SocketTransport(Transport):
         try:
             watch.take_readable()  # the step reads until the socket is empty anyway
             while not self._stopping:
-                outcome = self._serve_ready()
+                outcome = self.serve_ready()
                 if outcome == AGAIN:
                     await trio.lowlevel.checkpoint()
                     continue
                 if outcome == HAND_BACK:
                     return self._take_handback()
-                if not await self._park_inline(watch):
-                    return None
+                # Sleep while the hub serves the connection (in this frame:
+                # an idle connection keeps one coroutine less).
+                self._expired = False
+                self._waiting = True
+                self._unyielded = 0
+                try:
+                    await watch.park_inline(self)
+                finally:
+                    watch.inline = None
+                    self._waiting = False
                 if self._handback is not _NO_HANDBACK:
                     return self._take_handback()
+                if not self._woken_inline(watch):
+                    return None
             return None
         finally:
             self._step = None
             self._handback = _NO_HANDBACK
             self._receiving = False
 
-    async def _park_inline(self, watch: Watch) -> bool:
-        """Sleep while the hub serves the connection.  False if woken by
-        stop_receiving() or a lost hub (the caller returns None); raises the
-        idle timeout."""
-        self._expired = False
-        self._waiting = True
-        self._unyielded = 0
-        try:
-            await watch.park_inline(self._serve_ready)
-        finally:
-            watch.inline = None
-            self._waiting = False
-        if self._handback is not _NO_HANDBACK:
-            return True
+    def _woken_inline(self, watch: Watch) -> bool:
+        """Woken from serving inline without a hand-back: True to serve on
+        (a wake-up that found no step), False after stop_receiving() or a
+        lost hub (the caller returns None); raises the idle timeout."""
         try:
             if watch.reader_woken():
                 return True  # an edge's wake-up that found no step: serve again
@@ -584,7 +628,7 @@ class SocketTransport(Transport):
             return False
         return self._interrupted()
 
-    def _serve_ready(self) -> int:
+    def serve_ready(self) -> int:
         """One inline step: read until the socket is empty (a short read, or
         ``EAGAIN``) or this turn's bytes are used (each read asks for at most
         what is left of them), running the step on each read and sending
@@ -656,10 +700,10 @@ class SocketTransport(Transport):
             rest = self._send_now(data)
         except OSError as exc:
             raise self._socket_error(exc, "sending") from exc
-        if rest is None:
-            await self.checkpoint_sometimes()
-        else:
+        if rest is not None:
             await self._send_rest(rest)
+        elif self.checkpoint_due():
+            await trio.lowlevel.checkpoint()
 
     def _check_can_send(self) -> None:
         if self._closed:
@@ -673,9 +717,12 @@ class SocketTransport(Transport):
         self._sending = True
         timeout = math.inf if self.send_timeout is None else self.send_timeout
         unsent: Buffer | None = rest
+        held = self.on_held_send
         try:
             with trio.move_on_after(timeout):
                 while unsent is not None:
+                    if held is not None:
+                        held(len(unsent))
                     self._unyielded = 0
                     await self._wait_writable()
                     try:
@@ -685,6 +732,8 @@ class SocketTransport(Transport):
                 return
         finally:
             self._sending = False
+            if held is not None:
+                held(0)
         await self.aclose()
         raise self._slow_reader_error()
 
