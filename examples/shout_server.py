@@ -24,13 +24,13 @@ GREETING = "你好欢迎你".encode()  # what trioecho's client expects first
 class Shout(BaseRequestHandler):
     async def setup(self) -> None:  # then handle(), then finish(), as in socketserver
         print("connected:", self.client_address, flush=True)
-
-    async def handle(self) -> None:
         await self.request.send_message(GREETING)
-        async for message in self.request:  # ends at a clean end of stream
-            if message == b"q":
-                return
-            await self.request.send_message(message.upper())
+
+    def respond(self, message: bytes) -> bytes | None:  # each message's reply, served inline
+        if message == b"q":
+            self.end_session()  # close once this reply (none) is sent
+            return None
+        return message.upper()
 
 
 async def main(port: int) -> int:

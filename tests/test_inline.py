@@ -531,7 +531,7 @@ async def test_respond_reply_that_cannot_be_framed_ends_after_the_replies_before
 @pytest.mark.parametrize("handler", [EchoHandler, RespondEchoHandler])
 async def test_echo_handlers_are_served_inline_by_the_server(handler: type[EchoHandler]) -> None:
     steps = TaskSteps("_run_handler")
-    server = MessageServer(handler, port=0, framing=LEN)
+    server = MessageServer(handler, port=0, framing=LEN, readiness="hub")
     async with running(server) as port:
         stream = MessageStream(await trio.open_tcp_stream("127.0.0.1", port), LEN)
         assert await stream.receive_message() == GREETING

@@ -49,8 +49,8 @@ from .framing import (
     presets,
 )
 from .server import BaseRequestHandler, MessageServer
-from .session import EchoOutput, EchoSession
-from .stream import MessageStream
+from .session import EchoOutput, EchoSession, RespondSession, SessionOutput
+from .stream import MessageStream, Session
 from .transport import Transport
 
 __all__ = [
@@ -79,6 +79,9 @@ __all__ = [
     "ProxyProtocolConfig",
     "ProxyProtocolError",
     "RawFramer",
+    "RespondSession",
+    "Session",
+    "SessionOutput",
     "SlowReaderError",
     "TLSHandshakeError",
     "Transport",
