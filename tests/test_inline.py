@@ -14,9 +14,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -53,6 +55,17 @@ class TaskSteps(trio.abc.Instrument):
             self.steps += 1
 
 
+@contextlib.contextmanager
+def counting_steps(name: str) -> Iterator[TaskSteps]:
+    """A :class:`TaskSteps` instrument, installed for the block."""
+    steps = TaskSteps(name)
+    trio.lowlevel.add_instrument(steps)
+    try:
+        yield steps
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+
+
 async def serve_session(stream: MessageStream, session: Any) -> tuple[str, str]:
     """run_session's outcome as text: ``returned <what>`` or ``raised <error>``."""
     async with stream:
@@ -69,9 +82,7 @@ async def test_no_task_wakes_per_message_when_served_inline() -> None:
     client, server = socket_stream_pair()
     stream = MessageStream(server, LEN, readiness="hub")
     assert stream.transport.can_serve_inline
-    steps = TaskSteps("inline-server")
-    trio.lowlevel.add_instrument(steps)
-    try:
+    with counting_steps("inline-server") as steps:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(serve_session, stream, EchoSession(LEN), name="inline-server")
             for i in range(200):
@@ -80,8 +91,6 @@ async def test_no_task_wakes_per_message_when_served_inline() -> None:
                 assert await client.receive_some(1000) == frame(message + H)
             await client.send_all(frame(b"q"))
             assert await client.receive_some(1000) == b""
-    finally:
-        trio.lowlevel.remove_instrument(steps)
     # Starting, parking once, the hand-back at "q", closing: a handful of
     # steps for 200 exchanges (the task path takes at least one per message).
     assert steps.steps < 20, steps.steps
@@ -94,17 +103,13 @@ async def test_the_task_path_wakes_per_message() -> None:
     client, server = socket_stream_pair()
     stream = MessageStream(server, LEN, readiness="trio")
     assert not stream.transport.can_serve_inline
-    steps = TaskSteps("task-server")
-    trio.lowlevel.add_instrument(steps)
-    try:
+    with counting_steps("task-server") as steps:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(serve_session, stream, EchoSession(LEN), name="task-server")
             for i in range(50):
                 await client.send_all(frame(b"m%d" % i))
                 assert await client.receive_some(1000) == frame(b"m%d" % i + H)
             await client.send_all(frame(b"q"))
-    finally:
-        trio.lowlevel.remove_instrument(steps)
     assert steps.steps >= 50
 
 

@@ -447,13 +447,11 @@ class MessageStream(trio.abc.AsyncResource):
                     )
                     if rest is not None:
                         await self.send_framed(rest, 0)  # its replies were counted
-                    elif self.transport.stopping and run.ending is None:
-                        run.stopped_receiving = True
                 else:
                     await self._serve_in_task(run)
                 if run.owed:
                     await self.send_framed(run.take_owed(), run.owed_replies)
-                if run.ending is None and not await self._ready_to_read(run):
+                if run.ending is None and not await self._ready_to_read():
                     return None
             return run.finish()
         finally:
@@ -473,8 +471,7 @@ class MessageStream(trio.abc.AsyncResource):
         """One read and its output, in this task (the reference path)."""
         data = await self.transport.receive_some(self.receive_size, run.deadline)
         if data is None:
-            run.stopped_receiving = True
-            return
+            return  # stop_receiving(): _ready_to_read() says so
         progress = run.progress
         wire = run.step(data)
         if run.progress != progress:
@@ -482,10 +479,10 @@ class MessageStream(trio.abc.AsyncResource):
         if wire:
             await self.send_framed(wire, 0)
 
-    async def _ready_to_read(self, run: _SessionRun) -> bool:
+    async def _ready_to_read(self) -> bool:
         """Before the session reads again: False once receiving has stopped;
         waits for the memory budget."""
-        if run.stopped_receiving or self.transport.stopping:
+        if self.transport.stopping:
             return False
         if self._must_wait_for_memory():
             await self._wait_for_memory()
@@ -564,7 +561,6 @@ class _SessionRun:
         "owed",
         "owed_replies",
         "progress",
-        "stopped_receiving",
     )
 
     def __init__(
@@ -579,7 +575,6 @@ class _SessionRun:
         self.ending: SessionOutput | None = None
         self.owed: Buffer = b""
         self.owed_replies = 0
-        self.stopped_receiving = False
         # Reads that completed (or dropped) a message, and the idle deadline
         # they keep moving: on the task path at each such read, inline at the
         # watchdog's next look (renew_deadline_on_progress).

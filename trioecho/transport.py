@@ -606,27 +606,17 @@ class SocketTransport(Transport):
                     self._waiting = False
                 if self._handback is not _NO_HANDBACK:
                     return self._take_handback()
-                if not self._woken_inline(watch):
+                # Woken without a hand-back: the hub is gone (raises if this
+                # transport was closed), stop_receiving(), the idle timeout
+                # (raises), or a wake-up that found no step (serve again).
+                woken = self._woken(watch)
+                if self._watch is None or not (woken or self._interrupted()):
                     return None
             return None
         finally:
             self._step = None
             self._handback = _NO_HANDBACK
             self._receiving = False
-
-    def _woken_inline(self, watch: Watch) -> bool:
-        """Woken from serving inline without a hand-back: True to serve on
-        (a wake-up that found no step), False after stop_receiving() or a
-        lost hub (the caller returns None); raises the idle timeout."""
-        try:
-            if watch.reader_woken():
-                return True  # an edge's wake-up that found no step: serve again
-        except trio.ClosedResourceError:
-            if self._closed:
-                raise
-            self._watch_lost()
-            return False
-        return self._interrupted()
 
     def serve_ready(self) -> int:
         """One inline step: read until the socket is empty (a short read, or
