@@ -94,15 +94,17 @@ class Account:
         return self.buffered + self.sending
 
     def set_buffered(self, size: int) -> None:
-        if size != self.buffered:
-            self._budget._change(size - self.buffered)
-            self.buffered = size
+        self.buffer(size, 0)
 
     def buffer(self, size: int, incoming: int) -> bool:
         """Record ``size`` bytes buffered (:meth:`set_buffered`) and say
-        whether ``incoming`` more may be read now (:meth:`fits`)."""
-        self.set_buffered(size)
-        return self.fits(incoming)
+        whether ``incoming`` more may be read now (:meth:`fits`), in one call:
+        the inline step makes it once per read."""
+        budget = self._budget
+        if size != self.buffered:
+            budget._change(size - self.buffered)
+            self.buffered = size
+        return size + self.sending < budget.share or budget.used + incoming <= budget.limit
 
     def set_sending(self, size: int) -> None:
         if size != self.sending:
@@ -117,8 +119,7 @@ class Account:
     def fits(self, incoming: int) -> bool:
         """Whether this connection may read ``incoming`` more bytes now (the
         common case: a test without a coroutine on the hot path)."""
-        budget = self._budget
-        return self.buffered + self.sending < budget.share or budget.used + incoming <= budget.limit
+        return self.buffer(self.buffered, incoming)
 
     async def admit(self, incoming: int) -> None:
         """Return once this connection may read ``incoming`` more bytes
