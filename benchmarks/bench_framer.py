@@ -28,7 +28,8 @@ import time
 from collections.abc import Callable
 
 from trioecho import FramingConfig, LengthPrefixedFramer, LineFramer
-from trioecho.framing import encode_varint, presets
+from trioecho.framing import presets
+from trioecho.framing.length import encode_varint
 
 SIZES = (16, 256, 4096)
 READ_SIZE = 64 * 1024

@@ -29,7 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-from trioecho.bench import BenchResult, measure, process_cpu_seconds
+from trioecho.cli.bench import BenchResult, measure, process_cpu_seconds
+from trioecho.framing.base import FramingName
 
 HERE = Path(__file__).resolve().parent
 SERVER_CPU, LOAD_CPU = 0, 1
@@ -42,7 +43,7 @@ class Workload:
     connections: int
     depth: int
     size: int
-    framing: str
+    framing: FramingName
 
 
 WORKLOADS = [
@@ -154,7 +155,7 @@ def median_run(results: list[Result]) -> Result:
 def idle_rss_per_connection(peer: str, connections: int = 5000) -> float | str:
     """Bytes of the server's RSS per idle connection (each connection got its
     greeting and one reply, then stays idle)."""
-    from trioecho._cloadgen import LoadGenerator
+    from trioecho.cli._cloadgen import LoadGenerator
 
     try:
         server = Server(peer, "len")

@@ -19,10 +19,11 @@ import signal
 import subprocess
 import sys
 
-from trioecho.bench import BenchResult, measure
-from trioecho.workers import cpu_count
+from trioecho.cli.bench import BenchResult, measure
+from trioecho.framing.base import FramingName
+from trioecho.workers.supervisor import cpu_count
 
-WORKLOADS = {
+WORKLOADS: dict[str, tuple[str, int, int, int, FramingName]] = {
     "pingpong-100": ("ping-pong, 100 conns, 64 B, len", 100, 1, 64, "len"),
     "pingpong-1000": ("ping-pong, 1000 conns, 64 B, len", 1000, 1, 64, "len"),
     "pipelined-len": ("pipelined, 10 conns, depth 64, 16 B, len", 10, 64, 16, "len"),
@@ -33,7 +34,7 @@ WORKLOADS = {
 class Service:
     """``python -m trioecho --workers N`` on a free port."""
 
-    def __init__(self, workers: int, framing: str) -> None:
+    def __init__(self, workers: int, framing: FramingName) -> None:
         command = [sys.executable, "-m", "trioecho", "--port", "0", "--framing", framing]
         command += ["--workers", str(workers), "-q", "--max-connections", "10000"]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE)

@@ -17,7 +17,7 @@ import sys
 import trio
 
 from trioecho import FramingConfig, TrioEchoError, open_message_stream
-from trioecho.tls import client_context
+from trioecho.io.tls import client_context
 
 
 async def main(port: int, messages: list[str], cafile: str | None) -> int:

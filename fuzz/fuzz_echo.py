@@ -24,7 +24,7 @@ from typing import Any
 import atheris
 
 from trioecho import FramingConfig
-from trioecho.session import EchoOutput, EchoSession
+from trioecho.services.echo_session import EchoOutput, EchoSession
 
 DELIMITERS = [b"\n", b"\r\n", b"\0", b"aa", b"aba", b"\r\r", b"12345678", b"a\xe5"]
 SUFFIXES = [b"\xe5\xa5\xbd", b"", b"!", b"\r", b"a", b"\n"]

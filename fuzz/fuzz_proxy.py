@@ -4,7 +4,7 @@
 The parser is pure Python, so there is no memory to corrupt; what can go
 wrong is an exception other than ``ProxyProtocolError`` (a crash of the
 connection task, not a clean close) or a broken promise that
-``trioecho.accept.receive_proxy_header`` relies on when it consumes bytes
+``trioecho.server.accept.receive_proxy_header`` relies on when it consumes bytes
 off the socket.  Each input checks all of them:
 
 * the outcome is a header, ``None`` (unfinished) or ``ProxyProtocolError``;
@@ -25,9 +25,9 @@ import sys
 
 import atheris
 
-with atheris.instrument_imports(include=["trioecho.proxy"]):
+with atheris.instrument_imports(include=["trioecho.server.proxy"]):
     from trioecho import ProxyProtocolError
-    from trioecho.proxy import V2_SIGNATURE, ProxyHeader, parse_proxy_header
+    from trioecho.server.proxy import V2_SIGNATURE, ProxyHeader, parse_proxy_header
 
 VERSIONS = [(1,), (2,), (1, 2)]
 # Inputs start with a real signature most of the time, to get past it.

@@ -1,19 +1,78 @@
-"""Shared fixtures.  Framer tests take ``impl`` and so run against both the C
-framer and its pure-Python twin in every test run."""
+"""Shared fixtures, and the tiers.
+
+Framer tests take ``impl`` and so run against both the C framer and its
+pure-Python twin in every test run.
+
+Every test carries its file's tier marker (``pytest -m unit``, ...):
+
+* ``unit``: sans-IO code, no I/O at all;
+* ``stream``: in-process streams (Trio's memory streams, socket pairs);
+* ``loopback``: in-process servers and clients on loopback;
+* ``process``: real server processes (``python -m trioecho``);
+* ``daemon``: external daemons (HAProxy, PostgreSQL, mosquitto);
+
+and ``cunit`` marks the tests that exercise a C unit (the framer, the echo
+session, the load generator): CI runs them under AddressSanitizer and
+UndefinedBehaviorSanitizer.  A new test file must be listed in ``TIERS``.
+"""
 
 from __future__ import annotations
 
 import ssl
+from typing import cast
 
 import pytest
 import trustme
 
 from trioecho import _backend
+from trioecho._backend import Implementation
+
+TIERS = {
+    "test_framing_length.py": ("unit", "cunit"),
+    "test_framing_line.py": ("unit", "cunit"),
+    "test_framing_fields.py": ("unit", "cunit"),
+    "test_framing_differential.py": ("unit", "cunit"),
+    "test_proxy.py": ("unit",),
+    "test_framing_names.py": ("loopback",),
+    "test_testing.py": ("stream", "cunit"),
+    "test_session.py": ("unit", "cunit"),
+    "test_hub.py": ("stream",),
+    "test_stream.py": ("stream",),
+    "test_transport.py": ("stream",),
+    "test_accept.py": ("loopback",),
+    "test_echo.py": ("loopback",),
+    "test_load.py": ("loopback",),
+    "test_relay.py": ("loopback",),
+    "test_server.py": ("loopback",),
+    "test_bench.py": ("process", "cunit"),
+    "test_cli.py": ("process",),
+    "test_connect.py": ("process",),
+    "test_defects.py": ("process",),
+    "test_examples.py": ("process",),
+    "test_hostile.py": ("process",),
+    "test_inline.py": ("process",),
+    "test_memory.py": ("process",),
+    "test_shutdown.py": ("process",),
+    "test_sizes.py": ("process",),
+    "test_workers.py": ("process",),
+    "test_haproxy.py": ("daemon",),
+    "test_live_protocols.py": ("daemon",),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test gets its file's tier markers; a file with no tier is an error."""
+    for item in items:
+        name = item.path.name
+        if name not in TIERS:
+            raise pytest.UsageError(f"{name} has no tier: add it to TIERS in tests/conftest.py")
+        for marker in TIERS[name]:
+            item.add_marker(marker)
 
 
 @pytest.fixture(params=_backend.IMPLEMENTATIONS)
-def impl(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+def impl(request: pytest.FixtureRequest) -> Implementation:
+    return cast(Implementation, request.param)
 
 
 @pytest.fixture(scope="session")

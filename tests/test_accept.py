@@ -6,15 +6,17 @@ import logging
 import ssl
 from typing import Any
 
-import proxyheaders
 import pytest
 import trio
-from helpers import running
+from support import proxyheaders
+from support.helpers import running
 
 from trioecho import FramingConfig, MessageStream
-from trioecho.accept import ProxyProtocolConfig, parse_networks, receive_proxy_header
-from trioecho.echo import GREETING, REPLY_SUFFIX, EchoHandler
-from trioecho.server import BaseRequestHandler, MessageServer, format_address
+from trioecho.logtext import format_address
+from trioecho.server.accept import ProxyProtocolConfig, parse_networks, receive_proxy_header
+from trioecho.server.handler import BaseRequestHandler
+from trioecho.server.server import MessageServer
+from trioecho.services.echo import GREETING, REPLY_SUFFIX, EchoHandler
 
 LOCAL_ONLY = parse_networks(["127.0.0.0/8"])
 

@@ -12,23 +12,19 @@ import threading
 from pathlib import Path
 
 import pytest
-from serverproc import server_process
+from support.serverproc import server_process
 
-from trioecho._cloadgen import (
-    BUCKET_FLOORS,
-    BenchStats,
-    LoadGenerator,
-    LoadGeneratorError,
-    bucket_index,
-)
-from trioecho.bench import measure
-from trioecho.echo import GREETING, REPLY_SUFFIX
+from trioecho.cli._cloadgen import BUCKET_FLOORS, BenchStats, LoadGenerator, bucket_index
+from trioecho.cli.bench import measure
+from trioecho.errors import LoadGeneratorError
+from trioecho.framing.base import FramingName
+from trioecho.services.echo import GREETING, REPLY_SUFFIX
 
 
 @pytest.mark.parametrize(
     ("framing", "depth", "size"), [("line", 1, 64), ("len", 16, 16), ("raw", 1, 100)]
 )
-def test_bench_against_the_service(framing: str, depth: int, size: int) -> None:
+def test_bench_against_the_service(framing: FramingName, depth: int, size: int) -> None:
     with server_process("--framing", framing) as server:
         result = measure(
             "127.0.0.1",

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from serverproc import recv_exactly, server_process
+from support.serverproc import recv_exactly, server_process
 
 from trioecho import FRAMER_IMPLEMENTATION, __version__
-from trioecho.echo import GREETING, REPLY_SUFFIX
+from trioecho.services.echo import GREETING, REPLY_SUFFIX
 
 TRIOECHO = [sys.executable, "-m", "trioecho"]
 

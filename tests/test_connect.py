@@ -12,8 +12,8 @@ import time
 
 import pytest
 import trio
-from helpers import running
-from serverproc import server_process
+from support.helpers import running
+from support.serverproc import server_process
 
 from trioecho import (
     FramingConfig,
@@ -21,8 +21,9 @@ from trioecho import (
     TLSHandshakeError,
     open_message_stream,
 )
-from trioecho.echo import GREETING, REPLY_SUFFIX, EchoHandler
-from trioecho.greeting import GreetingError, expect_greeting, guess_framing
+from trioecho.errors import GreetingError
+from trioecho.services.echo import GREETING, REPLY_SUFFIX, EchoHandler
+from trioecho.services.greeting import expect_greeting, guess_framing
 
 TRIOECHO = [sys.executable, "-m", "trioecho"]
 QUICK = ["--duration", "0.5", "--warmup", "0"]

@@ -12,11 +12,11 @@ import socket
 import ssl
 import time
 
-import proxyheaders
-from serverproc import Canary, connect, recv_exactly, server_process
+from support import proxyheaders
+from support.serverproc import Canary, connect, recv_exactly, server_process
 
-from trioecho.echo import GREETING, REPLY_SUFFIX
-from trioecho.server import escape_for_log, format_address
+from trioecho.logtext import escape_for_log, format_address
+from trioecho.services.echo import GREETING, REPLY_SUFFIX
 
 
 def test_peer_text_cannot_forge_log_lines() -> None:

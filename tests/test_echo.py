@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from helpers import message_pair, stream_pairs
+from support.helpers import message_pair, stream_pairs
 
 from trioecho import FramingConfig, LengthPrefixedFramer
-from trioecho.echo import GREETING, REPLY_SUFFIX, EchoHandler
-from trioecho.server import MessageServer
-from trioecho.stream import MessageStream
+from trioecho.server.server import MessageServer
+from trioecho.services.echo import GREETING, REPLY_SUFFIX, EchoHandler
+from trioecho.stream.message_stream import MessageStream
 
 PAIRS = stream_pairs()
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from serverproc import server_process
+from support.serverproc import server_process
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -13,9 +13,9 @@ import subprocess
 import sys
 from typing import Any
 
-from helpers import chunked, framer_events, received
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.helpers import chunked, framer_events, received
 
 from trioecho import (
     FramingError,

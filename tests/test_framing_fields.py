@@ -12,9 +12,9 @@ import itertools
 from typing import Any
 
 import pytest
-from helpers import chunked, framer_events, received
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.helpers import chunked, framer_events, received
 
 from trioecho import (
     DelimiterInPayloadError,
@@ -25,17 +25,14 @@ from trioecho import (
     LineFramer,
     MalformedFrameError,
 )
-from trioecho.framing import (
-    FixedLengthFramer,
-    FramingConfig,
-    PhasedFramer,
-    VarintFramer,
-    encode_varint,
-    make_framer,
-    presets,
-)
+from trioecho._backend import Implementation
+from trioecho.framing import presets
+from trioecho.framing.config import FramingConfig, make_framer
+from trioecho.framing.fixed import FixedLengthFramer
+from trioecho.framing.length import VarintFramer, encode_varint
+from trioecho.framing.phased import PhasedFramer
 
-IMPLEMENTATIONS = ("c", "python")
+IMPLEMENTATIONS: tuple[Implementation, ...] = ("c", "python")
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)
@@ -96,7 +93,7 @@ HELLO = b"HELLO, WORLD"  # 12 bytes
     ],
 )
 def test_netty_examples(
-    impl: str, options: dict[str, Any], wire: bytes, frame: bytes, by_byte: bool
+    impl: Implementation, options: dict[str, Any], wire: bytes, frame: bytes, by_byte: bool
 ) -> None:
     framer = LengthPrefixedFramer(implementation=impl, **options)
     assert feed_all(framer, wire + wire, by_byte=by_byte) == [frame, frame]
@@ -131,7 +128,7 @@ def test_many_frames_around_the_packing_size(frame_size: int, include_header: bo
 
 
 @pytest.mark.parametrize("adjustment", [-4, 0, 3])
-def test_max_frame_edges_with_an_adjustment(impl: str, adjustment: int) -> None:
+def test_max_frame_edges_with_an_adjustment(impl: Implementation, adjustment: int) -> None:
     """The adjusted length is the one limited: max_frame passes, +1 fails as
     soon as the header is complete (no body sent)."""
     limit = 10
@@ -151,7 +148,7 @@ def test_max_frame_edges_with_an_adjustment(impl: str, adjustment: int) -> None:
     assert str(info.value) == "frame header announces 11 bytes, over max_frame=10"
 
 
-def test_negative_adjusted_length(impl: str) -> None:
+def test_negative_adjusted_length(impl: Implementation) -> None:
     framer = LengthPrefixedFramer(length_adjustment=-4, include_header=True, implementation=impl)
     good = b"\x00\x00\x00\x04"  # a length counting itself and nothing else
     with pytest.raises(MalformedFrameError) as info:
@@ -165,7 +162,7 @@ def test_negative_adjusted_length(impl: str) -> None:
         framer.feed(b"")
 
 
-def test_a_huge_8_byte_field_with_a_positive_adjustment(impl: str) -> None:
+def test_a_huge_8_byte_field_with_a_positive_adjustment(impl: Implementation) -> None:
     """No overflow: 2**64-1 + 5 is reported as it is."""
     framer = LengthPrefixedFramer(length_bytes=8, length_adjustment=5, implementation=impl)
     with pytest.raises(FrameTooLongError) as info:
@@ -173,7 +170,7 @@ def test_a_huge_8_byte_field_with_a_positive_adjustment(impl: str) -> None:
     assert info.value.length == (1 << 64) + 4
 
 
-def test_header_split_around_the_offset(impl: str) -> None:
+def test_header_split_around_the_offset(impl: Implementation) -> None:
     framer = LengthPrefixedFramer(length_offset=3, length_bytes=2, implementation=impl)
     wire = b"abc\x00\x02hi"
     for i in range(len(wire) - 1):
@@ -182,7 +179,7 @@ def test_header_split_around_the_offset(impl: str) -> None:
     assert framer.feed(wire[-1:]) == [b"hi"]
 
 
-def test_encoding_with_a_header(impl: str) -> None:
+def test_encoding_with_a_header(impl: Implementation) -> None:
     framer = LengthPrefixedFramer(
         length_offset=1, length_adjustment=-4, include_header=True, implementation=impl
     )
@@ -197,7 +194,7 @@ def test_encoding_with_a_header(impl: str) -> None:
         stripped.encode(b"x")
 
 
-def test_encode_parts_builds_a_frame_from_its_type_byte_and_body(impl: str) -> None:
+def test_encode_parts_builds_a_frame_from_its_type_byte_and_body(impl: Implementation) -> None:
     typed = LengthPrefixedFramer(
         length_offset=1, length_adjustment=-4, include_header=True, implementation=impl
     )
@@ -211,7 +208,7 @@ def test_encode_parts_builds_a_frame_from_its_type_byte_and_body(impl: str) -> N
         typed.encode_parts(b"QQ", b"")
 
 
-def test_encoding_limits_of_a_small_field(impl: str) -> None:
+def test_encoding_limits_of_a_small_field(impl: Implementation) -> None:
     framer = LengthPrefixedFramer(length_bytes=1, length_adjustment=-1, implementation=impl)
     assert framer.encode(b"x" * 254) == b"\xff" + b"x" * 254  # field 255: the widest
     with pytest.raises(FrameTooLongError) as info:
@@ -247,7 +244,7 @@ def test_varint_encoding(value: int, encoded: bytes) -> None:
 
 
 @pytest.mark.parametrize("size", [0, 1, 127, 128, 16383, 16384])
-def test_varint_frames_at_the_byte_boundaries(impl: str, size: int) -> None:
+def test_varint_frames_at_the_byte_boundaries(impl: Implementation, size: int) -> None:
     framer = VarintFramer(implementation=impl)
     payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
     wire = framer.encode(payload)
@@ -256,7 +253,7 @@ def test_varint_frames_at_the_byte_boundaries(impl: str, size: int) -> None:
     assert framer.buffered == len(wire) - 1
 
 
-def test_varint_errors(impl: str) -> None:
+def test_varint_errors(impl: Implementation) -> None:
     framer = VarintFramer(max_length_bytes=4, implementation=impl)
     with pytest.raises(MalformedFrameError) as info:
         framer.feed(b"\x01a\xff\xff\xff\xff")  # the 5th byte is not awaited
@@ -281,7 +278,7 @@ def test_varint_errors(impl: str) -> None:
     assert (too_long.value.limit, too_long.value.length) == (127, 128)
 
 
-def test_mqtt_preset_frames_and_rewrites_packets(impl: str) -> None:
+def test_mqtt_preset_frames_and_rewrites_packets(impl: Implementation) -> None:
     framer = FramingConfig(**{**presets.mqtt().__dict__, "implementation": impl}).new_framer()
     connect = b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00"
     publish = b"\x30\x82\x01" + b"\x00\x01t" + b"p" * 127  # remaining length 130
@@ -296,7 +293,7 @@ def test_mqtt_preset_frames_and_rewrites_packets(impl: str) -> None:
 
 
 @pytest.mark.parametrize("size", [1, 2, 7])
-def test_fixed_length_frames(impl: str, size: int) -> None:
+def test_fixed_length_frames(impl: Implementation, size: int) -> None:
     framer = FixedLengthFramer(size, implementation=impl)
     data = bytes(range(4 * size - 1))  # three frames and all but one byte of a fourth
     assert feed_all(framer, data) == [data[i : i + size] for i in range(0, 3 * size, size)]
@@ -336,7 +333,7 @@ def test_fixed_length_needs_a_size() -> None:
     ],
 )
 def test_several_delimiters(
-    impl: str, delimiters: list[bytes], data: bytes, lines: list[bytes], rest: int
+    impl: Implementation, delimiters: list[bytes], data: bytes, lines: list[bytes], rest: int
 ) -> None:
     framer = LineFramer(delimiter=delimiters, strip_cr=False, implementation=impl)
     assert framer.feed(data) == lines
@@ -345,7 +342,7 @@ def test_several_delimiters(
     assert feed_all(by_byte, data, by_byte=True) == lines
 
 
-def test_several_delimiters_encode_with_the_first(impl: str) -> None:
+def test_several_delimiters_encode_with_the_first(impl: Implementation) -> None:
     framer = LineFramer(delimiter=(b"\r\n", b"\n"), implementation=impl)
     assert framer.delimiter == b"\r\n"
     assert framer.delimiters == (b"\r\n", b"\n")
@@ -356,14 +353,14 @@ def test_several_delimiters_encode_with_the_first(impl: str) -> None:
         framer.encode(b"a\r")
 
 
-def test_several_delimiters_many_lines_per_read(impl: str) -> None:
+def test_several_delimiters_many_lines_per_read(impl: Implementation) -> None:
     """More lines than one C call's format space describes: all come back."""
     framer = LineFramer(delimiter=[b";", b"\n"], implementation=impl)
     data = b"".join(b"%d%s" % (i, b";\n"[i % 2 : i % 2 + 1]) for i in range(20000))
     assert framer.feed(data) == [b"%d" % i for i in range(20000)]
 
 
-def test_several_delimiters_limit(impl: str) -> None:
+def test_several_delimiters_limit(impl: Implementation) -> None:
     framer = LineFramer(delimiter=[b"\n", b"!"], max_frame=3, implementation=impl)
     assert framer.feed(b"abc!") == [b"abc"]
     with pytest.raises(FrameTooLongError) as info:
@@ -389,7 +386,7 @@ TERMINATE = b"X\x00\x00\x00\x04"
 
 
 @pytest.mark.parametrize("by_byte", [False, True])
-def test_postgresql_client_side(impl: str, by_byte: bool) -> None:
+def test_postgresql_client_side(impl: Implementation, by_byte: bool) -> None:
     config = FramingConfig(**{**presets.postgresql("client").__dict__, "implementation": impl})
     framer = config.new_framer()
     assert isinstance(framer, PhasedFramer)
@@ -404,7 +401,7 @@ SSL_REQUEST = b"\x00\x00\x00\x08\x04\xd2\x16\x2f"  # 80877103
 
 
 @pytest.mark.parametrize("by_byte", [False, True])
-def test_postgresql_client_asking_for_tls_first(impl: str, by_byte: bool) -> None:
+def test_postgresql_client_asking_for_tls_first(impl: Implementation, by_byte: bool) -> None:
     """An SSLRequest is a startup packet followed by another one."""
     config = FramingConfig(**{**presets.postgresql("client").__dict__, "implementation": impl})
     assert presets.is_encryption_request(SSL_REQUEST)
@@ -420,7 +417,7 @@ def test_postgresql_client_asking_for_tls_first(impl: str, by_byte: bool) -> Non
     assert info.value.limit == 9996
 
 
-def test_postgresql_startup_limit_and_errors_after_it(impl: str) -> None:
+def test_postgresql_startup_limit_and_errors_after_it(impl: Implementation) -> None:
     config = FramingConfig(**{**presets.postgresql("client").__dict__, "implementation": impl})
     with pytest.raises(FrameTooLongError) as info:
         config.new_framer().feed(b"\x00\x01\x00\x00")
@@ -431,13 +428,13 @@ def test_postgresql_startup_limit_and_errors_after_it(impl: str) -> None:
     assert bad.value.frames == [STARTUP, QUERY]
 
 
-def test_postgresql_server_side(impl: str) -> None:
+def test_postgresql_server_side(impl: Implementation) -> None:
     config = FramingConfig(**{**presets.postgresql("server").__dict__, "implementation": impl})
     ready = b"Z\x00\x00\x00\x05I"
     assert config.new_framer().feed(ready + ready) == [ready, ready]
 
 
-def test_protobuf_delimited(impl: str) -> None:
+def test_protobuf_delimited(impl: Implementation) -> None:
     config = FramingConfig(**{**presets.protobuf_delimited().__dict__, "implementation": impl})
     framer = config.new_framer()
     message = b"\x08\x96\x01"  # protobuf's example message: field 1 = 150

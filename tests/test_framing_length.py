@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from trioecho import FrameTooLongError, IncompleteFrameError, LengthPrefixedFramer
+from trioecho import (
+    DelimiterInPayloadError,
+    FrameTooLongError,
+    IncompleteFrameError,
+    LengthPrefixedFramer,
+    make_framer,
+)
+from trioecho._backend import Implementation
 
 
 def feed_all(framer: LengthPrefixedFramer, chunks: list[bytes]) -> list[bytes]:
@@ -27,7 +34,7 @@ def feed_all(framer: LengthPrefixedFramer, chunks: list[bytes]) -> list[bytes]:
     ],
 )
 def test_header_widths_and_byte_orders(
-    impl: str, length_bytes: int, byteorder: str, wire: bytes
+    impl: Implementation, length_bytes: int, byteorder: str, wire: bytes
 ) -> None:
     framer = LengthPrefixedFramer(
         length_bytes=length_bytes,
@@ -39,19 +46,19 @@ def test_header_widths_and_byte_orders(
     assert framer.buffered == 0
 
 
-def test_default_is_four_bytes_big_endian(impl: str) -> None:
+def test_default_is_four_bytes_big_endian(impl: Implementation) -> None:
     framer = LengthPrefixedFramer(implementation=impl)
     assert framer.encode(b"hi") == b"\x00\x00\x00\x02hi"
     assert framer.max_frame == 1 << 20
 
 
-def test_zero_length_frames(impl: str) -> None:
+def test_zero_length_frames(impl: Implementation) -> None:
     framer = LengthPrefixedFramer(implementation=impl)
     assert framer.encode(b"") == b"\x00\x00\x00\x00"
     assert framer.feed(b"\x00\x00\x00\x00" * 3) == [b"", b"", b""]
 
 
-def test_sticky_packets_are_split_and_split_packets_joined(impl: str) -> None:
+def test_sticky_packets_are_split_and_split_packets_joined(impl: Implementation) -> None:
     framer = LengthPrefixedFramer(implementation=impl)
     wire = framer.encode(b"hello") + framer.encode(b"world")
     assert framer.feed(wire[:7]) == []
@@ -61,7 +68,7 @@ def test_sticky_packets_are_split_and_split_packets_joined(impl: str) -> None:
     assert framer.buffered == 0
 
 
-def test_every_split_position(impl: str) -> None:
+def test_every_split_position(impl: Implementation) -> None:
     messages = [b"", b"a", b"sticky", b"\x00\xff" * 20, b"end"]
     wire = LengthPrefixedFramer().encode_many(messages)
     for cut in range(len(wire) + 1):
@@ -70,7 +77,7 @@ def test_every_split_position(impl: str) -> None:
         framer.feed_eof()
 
 
-def test_one_byte_at_a_time(impl: str) -> None:
+def test_one_byte_at_a_time(impl: Implementation) -> None:
     messages = [bytes([i]) * i for i in range(40)]
     wire = LengthPrefixedFramer(length_bytes=2).encode_many(messages)
     framer = LengthPrefixedFramer(length_bytes=2, implementation=impl)
@@ -78,14 +85,14 @@ def test_one_byte_at_a_time(impl: str) -> None:
 
 
 @pytest.mark.parametrize("count", [15, 16, 17, 500, 20_000])
-def test_many_frames_in_one_feed(impl: str, count: int) -> None:
+def test_many_frames_in_one_feed(impl: Implementation, count: int) -> None:
     messages = [str(i).encode() for i in range(count)]
     framer = LengthPrefixedFramer(implementation=impl)
     assert framer.feed(framer.encode_many(messages) + b"\x00\x00") == messages
     assert framer.buffered == 2
 
 
-def test_accepts_bytearray_and_memoryview(impl: str) -> None:
+def test_accepts_bytearray_and_memoryview(impl: Implementation) -> None:
     framer = LengthPrefixedFramer(length_bytes=1, implementation=impl)
     assert framer.feed(bytearray(b"\x02ab\x01")) == [b"ab"]
     frames = framer.feed(memoryview(b"c\x00"))
@@ -93,7 +100,7 @@ def test_accepts_bytearray_and_memoryview(impl: str) -> None:
     assert all(type(frame) is bytes for frame in frames)
 
 
-def test_limit_exactly_and_limit_plus_one(impl: str) -> None:
+def test_limit_exactly_and_limit_plus_one(impl: Implementation) -> None:
     framer = LengthPrefixedFramer(max_frame=5, implementation=impl)
     assert framer.feed(b"\x00\x00\x00\x05abcde") == [b"abcde"]
     with pytest.raises(FrameTooLongError) as info:
@@ -103,7 +110,7 @@ def test_limit_exactly_and_limit_plus_one(impl: str) -> None:
     assert str(info.value) == "frame header announces 6 bytes, over max_frame=5"
 
 
-def test_huge_prefix_fails_as_soon_as_the_header_is_complete(impl: str) -> None:
+def test_huge_prefix_fails_as_soon_as_the_header_is_complete(impl: Implementation) -> None:
     framer = LengthPrefixedFramer(implementation=impl)
     assert framer.feed(b"\xff\xff\xff") == []
     with pytest.raises(FrameTooLongError) as info:
@@ -113,28 +120,28 @@ def test_huge_prefix_fails_as_soon_as_the_header_is_complete(impl: str) -> None:
     assert framer.buffered == 0
 
 
-def test_eight_byte_prefix_of_two_to_the_63(impl: str) -> None:
+def test_eight_byte_prefix_of_two_to_the_63(impl: Implementation) -> None:
     framer = LengthPrefixedFramer(length_bytes=8, implementation=impl)
     with pytest.raises(FrameTooLongError) as info:
         framer.feed((1 << 63).to_bytes(8, "big") + b"body")
     assert info.value.length == 1 << 63
 
 
-def test_max_eight_byte_prefix_with_max_limit(impl: str) -> None:
+def test_max_eight_byte_prefix_with_max_limit(impl: Implementation) -> None:
     framer = LengthPrefixedFramer(length_bytes=8, max_frame=(1 << 63) - 1, implementation=impl)
     with pytest.raises(FrameTooLongError) as info:
         framer.feed(b"\xff" * 8)
     assert info.value.length == (1 << 64) - 1
 
 
-def test_frames_before_the_bad_header_are_kept(impl: str) -> None:
+def test_frames_before_the_bad_header_are_kept(impl: Implementation) -> None:
     framer = LengthPrefixedFramer(max_frame=3, implementation=impl)
     with pytest.raises(FrameTooLongError) as info:
         framer.feed(b"\x00\x00\x00\x01a\x00\x00\x00\x02bc\x00\x00\x00\x09xyz")
     assert info.value.frames == [b"a", b"bc"]
 
 
-def test_framer_stays_broken_after_an_error(impl: str) -> None:
+def test_framer_stays_broken_after_an_error(impl: Implementation) -> None:
     framer = LengthPrefixedFramer(max_frame=3, implementation=impl)
     with pytest.raises(FrameTooLongError):
         framer.feed(b"\x00\x00\x00\x09")
@@ -144,7 +151,7 @@ def test_framer_stays_broken_after_an_error(impl: str) -> None:
     framer.feed_eof()  # the error was already reported
 
 
-def test_eof_inside_header_and_body(impl: str) -> None:
+def test_eof_inside_header_and_body(impl: Implementation) -> None:
     framer = LengthPrefixedFramer(implementation=impl)
     framer.feed(b"\x00\x00")
     with pytest.raises(IncompleteFrameError) as info:
@@ -159,7 +166,7 @@ def test_eof_inside_header_and_body(impl: str) -> None:
     assert info.value.buffered == 7
 
 
-def test_clean_eof(impl: str) -> None:
+def test_clean_eof(impl: Implementation) -> None:
     framer = LengthPrefixedFramer(implementation=impl)
     framer.feed(b"\x00\x00\x00\x01a")
     framer.feed_eof()
@@ -205,3 +212,23 @@ def test_encode_refuses_payload_too_long_for_the_header(length_bytes: int, heade
 def test_bad_options(options: dict[str, object], error: type[Exception]) -> None:
     with pytest.raises(error):
         LengthPrefixedFramer(**options)  # type: ignore[arg-type]
+
+
+def test_encoding_errors_are_local_and_wire_errors_are_not(impl: Implementation) -> None:
+    """A payload of our own that cannot be framed is this side's mistake
+    (``local``); a peer's frame over the limit is not."""
+    framer = make_framer("len", length_bytes=1, max_frame=10, implementation=impl)
+    with pytest.raises(FrameTooLongError) as ours:
+        framer.encode(b"x" * 256)
+    assert ours.value.local is True
+    with pytest.raises(FrameTooLongError) as theirs:
+        framer.feed(b"\xff")
+    assert theirs.value.local is False
+    with pytest.raises(DelimiterInPayloadError) as line:
+        make_framer("line", implementation=impl).encode(b"a\nb")
+    assert line.value.local is True
+    with pytest.raises(IncompleteFrameError) as cut:
+        fresh = make_framer("len", implementation=impl)
+        fresh.feed(b"\x00\x00")
+        fresh.feed_eof()
+    assert cut.value.local is False

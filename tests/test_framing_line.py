@@ -12,6 +12,7 @@ from trioecho import (
     RawFramer,
     make_framer,
 )
+from trioecho._backend import Implementation
 
 
 def feed_all(framer: LineFramer, chunks: list[bytes]) -> list[bytes]:
@@ -21,20 +22,20 @@ def feed_all(framer: LineFramer, chunks: list[bytes]) -> list[bytes]:
     return frames
 
 
-def test_lines_keep_their_bytes(impl: str) -> None:
+def test_lines_keep_their_bytes(impl: Implementation) -> None:
     framer = LineFramer(strip_cr=False, implementation=impl)
     assert framer.feed(b"a\n\nb\r\nc\xff\x00\n") == [b"a", b"", b"b\r", b"c\xff\x00"]
     assert framer.max_frame == 64 * 1024
 
 
-def test_strip_cr(impl: str) -> None:
+def test_strip_cr(impl: Implementation) -> None:
     framer = LineFramer(strip_cr=True, implementation=impl)
     assert framer.feed(b"a\r\nb\n\r\n\r\r\n") == [b"a", b"b", b"", b"\r"]
     assert framer.feed(b"x\r\ny\r\n") == [b"x", b"y"]
 
 
 @pytest.mark.parametrize("delimiter", [b"\r\n", b"\0", b"||", b"aba", b"12345678"])
-def test_custom_delimiters(impl: str, delimiter: bytes) -> None:
+def test_custom_delimiters(impl: Implementation, delimiter: bytes) -> None:
     messages = [b"", b"one", b"t\rw\no", b"\n"]
     wire = b"".join(m + delimiter for m in messages)
     framer = LineFramer(delimiter=delimiter, implementation=impl)
@@ -44,7 +45,7 @@ def test_custom_delimiters(impl: str, delimiter: bytes) -> None:
         assert feed_all(framer, [wire[:cut], wire[cut:]]) == messages, cut
 
 
-def test_self_overlapping_delimiter_takes_the_leftmost_match(impl: str) -> None:
+def test_self_overlapping_delimiter_takes_the_leftmost_match(impl: Implementation) -> None:
     framer = LineFramer(delimiter=b"aa", implementation=impl)
     assert framer.feed(b"xaaay") == [b"x"]
     assert framer.feed(b"aa") == [b"ay"]
@@ -52,7 +53,7 @@ def test_self_overlapping_delimiter_takes_the_leftmost_match(impl: str) -> None:
     assert feed_all(framer, [b"xa", b"a", b"a", b"y", b"a", b"a"]) == [b"x", b"ay"]
 
 
-def test_every_split_position(impl: str) -> None:
+def test_every_split_position(impl: Implementation) -> None:
     messages = [b"", b"a", b"sticky packets", b"\xe4\xbd\xa0\xe5\xa5\xbd", b"end"]
     wire = b"".join(m + b"\r\n" for m in messages)
     for strip_cr in (False, True):
@@ -63,7 +64,7 @@ def test_every_split_position(impl: str) -> None:
             framer.feed_eof()
 
 
-def test_one_byte_at_a_time(impl: str) -> None:
+def test_one_byte_at_a_time(impl: Implementation) -> None:
     wire = b"abc\ndefgh\n\nxyz\n" * 10
     framer = LineFramer(max_frame=5, implementation=impl)
     frames = feed_all(framer, [wire[i : i + 1] for i in range(len(wire))])
@@ -71,21 +72,21 @@ def test_one_byte_at_a_time(impl: str) -> None:
 
 
 @pytest.mark.parametrize("count", [1, 300, 10_000])
-def test_many_lines_in_one_feed(impl: str, count: int) -> None:
+def test_many_lines_in_one_feed(impl: Implementation, count: int) -> None:
     messages = [str(i).encode() for i in range(count)]
     framer = LineFramer(implementation=impl)
     assert framer.feed(b"\n".join(messages) + b"\npartial") == messages
     assert framer.buffered == len(b"partial")
 
 
-def test_mixed_cr_lines_in_one_feed(impl: str) -> None:
+def test_mixed_cr_lines_in_one_feed(impl: Implementation) -> None:
     framer = LineFramer(strip_cr=True, delimiter=b"\n", implementation=impl)
     assert framer.feed(b"a\r\nb\nc\r\n\n") == [b"a", b"b", b"c", b""]
     framer = LineFramer(strip_cr=True, delimiter=b"||", implementation=impl)
     assert framer.feed(b"a\r||b\r||") == [b"a", b"b"]
 
 
-def test_limit_exactly_and_limit_plus_one(impl: str) -> None:
+def test_limit_exactly_and_limit_plus_one(impl: Implementation) -> None:
     framer = LineFramer(max_frame=4, implementation=impl)
     assert framer.feed(b"abcd\n") == [b"abcd"]
     with pytest.raises(FrameTooLongError) as info:
@@ -94,7 +95,7 @@ def test_limit_exactly_and_limit_plus_one(impl: str) -> None:
     assert str(info.value) == "line longer than max_frame=4: 5 bytes seen"
 
 
-def test_unfinished_line_fails_as_soon_as_it_exceeds_the_limit(impl: str) -> None:
+def test_unfinished_line_fails_as_soon_as_it_exceeds_the_limit(impl: Implementation) -> None:
     framer = LineFramer(max_frame=4, implementation=impl)
     assert framer.feed(b"abcd") == []
     with pytest.raises(FrameTooLongError) as info:
@@ -103,7 +104,7 @@ def test_unfinished_line_fails_as_soon_as_it_exceeds_the_limit(impl: str) -> Non
     assert framer.buffered == 0
 
 
-def test_cr_and_lf_in_different_feeds_at_exactly_the_limit(impl: str) -> None:
+def test_cr_and_lf_in_different_feeds_at_exactly_the_limit(impl: Implementation) -> None:
     framer = LineFramer(max_frame=4, strip_cr=True, implementation=impl)
     assert framer.feed(b"abcd\r") == []
     assert framer.feed(b"\n") == [b"abcd"]
@@ -114,14 +115,14 @@ def test_cr_and_lf_in_different_feeds_at_exactly_the_limit(impl: str) -> None:
     assert info.value.length == 6
 
 
-def test_cr_counts_when_it_is_not_stripped(impl: str) -> None:
+def test_cr_counts_when_it_is_not_stripped(impl: Implementation) -> None:
     framer = LineFramer(max_frame=4, strip_cr=False, implementation=impl)
     with pytest.raises(FrameTooLongError) as info:
         framer.feed(b"abcd\r")
     assert info.value.length == 5
 
 
-def test_partial_multibyte_delimiter_at_the_limit(impl: str) -> None:
+def test_partial_multibyte_delimiter_at_the_limit(impl: Implementation) -> None:
     framer = LineFramer(max_frame=4, delimiter=b"\r\n", strip_cr=False, implementation=impl)
     assert framer.feed(b"abcd\r") == []
     assert framer.feed(b"\n") == [b"abcd"]
@@ -131,14 +132,14 @@ def test_partial_multibyte_delimiter_at_the_limit(impl: str) -> None:
     assert info.value.length == 5
 
 
-def test_zero_limit_allows_only_empty_lines(impl: str) -> None:
+def test_zero_limit_allows_only_empty_lines(impl: Implementation) -> None:
     framer = LineFramer(max_frame=0, implementation=impl)
     assert framer.feed(b"\n\n") == [b"", b""]
     with pytest.raises(FrameTooLongError):
         framer.feed(b"x")
 
 
-def test_error_mode_keeps_earlier_lines_then_stays_broken(impl: str) -> None:
+def test_error_mode_keeps_earlier_lines_then_stays_broken(impl: Implementation) -> None:
     framer = LineFramer(max_frame=3, implementation=impl)
     with pytest.raises(FrameTooLongError) as info:
         framer.feed(b"ab\ncd\ntoo long\nef\n")
@@ -147,7 +148,7 @@ def test_error_mode_keeps_earlier_lines_then_stays_broken(impl: str) -> None:
         framer.feed(b"ok\n")
 
 
-def test_discard_mode_drops_a_complete_over_long_line_and_carries_on(impl: str) -> None:
+def test_discard_mode_drops_a_complete_over_long_line_and_carries_on(impl: Implementation) -> None:
     framer = LineFramer(max_frame=3, on_too_long="discard", implementation=impl)
     with pytest.raises(FrameTooLongError) as info:
         framer.feed(b"ab\ntoo long\ncd\nef")
@@ -156,7 +157,7 @@ def test_discard_mode_drops_a_complete_over_long_line_and_carries_on(impl: str) 
     assert framer.feed(b"\n") == [b"ef"]
 
 
-def test_discard_mode_drops_an_unfinished_line_through_its_delimiter(impl: str) -> None:
+def test_discard_mode_drops_an_unfinished_line_through_its_delimiter(impl: Implementation) -> None:
     framer = LineFramer(max_frame=3, on_too_long="discard", implementation=impl)
     with pytest.raises(FrameTooLongError) as info:
         framer.feed(b"ab\nxxxx")
@@ -169,14 +170,14 @@ def test_discard_mode_drops_an_unfinished_line_through_its_delimiter(impl: str) 
     framer.feed_eof()
 
 
-def test_discard_mode_keeps_a_possible_delimiter_start(impl: str) -> None:
+def test_discard_mode_keeps_a_possible_delimiter_start(impl: Implementation) -> None:
     framer = LineFramer(max_frame=2, delimiter=b"\r\n", on_too_long="discard", implementation=impl)
     with pytest.raises(FrameTooLongError):
         framer.feed(b"xxxx\r")
     assert framer.feed(b"\nok\r\n") == [b"ok"]
 
 
-def test_discard_mode_reports_each_over_long_line_once(impl: str) -> None:
+def test_discard_mode_reports_each_over_long_line_once(impl: Implementation) -> None:
     framer = LineFramer(max_frame=1, on_too_long="discard", implementation=impl)
     errors = 0
     frames: list[bytes] = []
@@ -193,7 +194,7 @@ def test_discard_mode_reports_each_over_long_line_once(impl: str) -> None:
     assert (errors, frames) == (2, [b"a", b"b"])
 
 
-def test_eof_inside_a_line(impl: str) -> None:
+def test_eof_inside_a_line(impl: Implementation) -> None:
     framer = LineFramer(implementation=impl)
     framer.feed(b"done\nhalf")
     with pytest.raises(IncompleteFrameError) as info:
@@ -202,7 +203,7 @@ def test_eof_inside_a_line(impl: str) -> None:
     assert str(info.value) == "connection closed inside a line: 4 bytes of it received"
 
 
-def test_eof_after_a_lone_cr(impl: str) -> None:
+def test_eof_after_a_lone_cr(impl: Implementation) -> None:
     framer = LineFramer(strip_cr=True, implementation=impl)
     framer.feed(b"\r")
     with pytest.raises(IncompleteFrameError):
@@ -219,7 +220,7 @@ def test_encode() -> None:
     assert keep.encode_many([b"a\n", b"\r"]) == b"a\n\r\n\r\r\n"
 
 
-def test_a_trailing_cr_is_stripped_by_default(impl: str) -> None:
+def test_a_trailing_cr_is_stripped_by_default(impl: Implementation) -> None:
     """Telnet and Windows clients end lines with \\r\\n, as Netty's and
     tokio's line decoders assume by default."""
     framer = LineFramer(implementation=impl)
@@ -280,11 +281,11 @@ def test_raw_framing_is_one_message_per_chunk() -> None:
     assert framer.encode_many([b"a", b"b"]) == b"ab"
 
 
-def test_make_framer(impl: str) -> None:
+def test_make_framer(impl: Implementation) -> None:
     line = make_framer("line", implementation=impl)
     assert isinstance(line, LineFramer) and line.max_frame == 64 * 1024
     length = make_framer("len", length_bytes=2, max_frame=10, implementation=impl)
     assert length.encode(b"ab") == b"\x00\x02ab"
     assert isinstance(make_framer("raw"), RawFramer)
     with pytest.raises(ValueError, match="framing must be one of"):
-        make_framer("json")
+        make_framer("json")  # type: ignore[arg-type]

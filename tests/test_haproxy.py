@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 import trustme
-from serverproc import ServerProcess, greeted_line_client, recv_exactly, server_process
+from support.serverproc import ServerProcess, greeted_line_client, recv_exactly, server_process
 
-from trioecho.echo import GREETING, REPLY_SUFFIX
-from trioecho.server import format_address
+from trioecho.logtext import format_address
+from trioecho.services.echo import GREETING, REPLY_SUFFIX
 
 HAPROXY_CONFIG = """\
 global

@@ -14,7 +14,7 @@ import struct
 import time
 
 import pytest
-from serverproc import (
+from support.serverproc import (
     Canary,
     connect,
     greeted_line_client,
@@ -22,7 +22,7 @@ from serverproc import (
     server_process,
 )
 
-from trioecho.echo import GREETING, REPLY_SUFFIX
+from trioecho.services.echo import GREETING, REPLY_SUFFIX
 
 RSS_GROWTH_KIB = 32 * 1024  # what a misbehaving peer may cost the server, at most
 CLOSE_BOUND = 5.0  # seconds within which an offender's connection is closed

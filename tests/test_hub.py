@@ -1,4 +1,4 @@
-"""The readiness hub (trioecho.hub) and the direct-socket transport on it."""
+"""The readiness hub (trioecho.io.hub) and the direct-socket transport on it."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import socket
 import pytest
 import trio
 import trio.testing
-from helpers import socket_stream_pair
+from support.helpers import socket_stream_pair
 
 from trioecho import IdleTimeoutError, MessageStream
-from trioecho import hub as hub_module
-from trioecho.hub import ReadinessHub, Watch, current_hub
-from trioecho.transport import SocketTransport, open_transport
+from trioecho.io import hub as hub_module
+from trioecho.io.hub import ReadinessHub, Watch, current_hub
+from trioecho.io.opening import open_transport
+from trioecho.io.readiness import Readiness
+from trioecho.io.socket_transport import SocketTransport
 
 
 def raw_pair() -> tuple[socket.socket, socket.socket]:
@@ -342,7 +344,7 @@ async def test_many_connections_ping_pong_through_one_hub(max_events: int) -> No
 
 
 @pytest.mark.parametrize("readiness", ["hub", "trio"])
-async def test_message_stream_idle_timeout_and_stop_on_both_waits(readiness: str) -> None:
+async def test_message_stream_idle_timeout_and_stop_on_both_waits(readiness: Readiness) -> None:
     """The server's way of waiting (deadlines handed over, expired by one
     task; stop_receiving) on both kinds of waits."""
     _client, server = socket_stream_pair()

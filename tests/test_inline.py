@@ -19,21 +19,23 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
 import trio.testing
-from helpers import running, socket_stream_pair
-from serverproc import Canary, connect, recv_exactly, server_process
+from support.helpers import running, socket_stream_pair
+from support.serverproc import Canary, connect, recv_exactly, server_process
 
 from trioecho import FramingConfig, IdleTimeoutError, MessageServer
-from trioecho.echo import GREETING, REPLY_SUFFIX, EchoHandler, RespondEchoHandler
-from trioecho.hub import ReadinessHub, current_hub
-from trioecho.server import BaseRequestHandler
-from trioecho.session import EchoSession, RespondSession
-from trioecho.stream import MessageStream
-from trioecho.transport import SocketTransport
+from trioecho.io.hub import ReadinessHub, current_hub
+from trioecho.io.readiness import Readiness
+from trioecho.io.socket_transport import SocketTransport
+from trioecho.server.handler import BaseRequestHandler
+from trioecho.services.echo import GREETING, REPLY_SUFFIX, EchoHandler, RespondEchoHandler
+from trioecho.services.echo_session import EchoSession
+from trioecho.stream.message_stream import MessageStream
+from trioecho.stream.session import RespondSession
 
 H = REPLY_SUFFIX
 LEN = FramingConfig("len")
@@ -155,7 +157,7 @@ async def run_case(
         stream = MessageStream(server_stream, config)
     else:
         client_stream, server_sock = socket_stream_pair()
-        stream = MessageStream(server_sock, config, readiness=pair)
+        stream = MessageStream(server_sock, config, readiness=cast(Readiness, pair))
         assert stream.transport.can_serve_inline == (pair == "hub")
     received = bytearray()
     outcome: list[tuple[str, str]] = []
@@ -397,7 +399,7 @@ async def expire_idle_streams(stream: MessageStream) -> None:
 
 @pytest.mark.parametrize("trickle", [True, False])
 @pytest.mark.parametrize("readiness", ["hub", "trio"])
-async def test_idle_timeout_counts_messages_not_bytes(readiness: str, trickle: bool) -> None:
+async def test_idle_timeout_counts_messages_not_bytes(readiness: Readiness, trickle: bool) -> None:
     """Handed-over deadlines: a peer trickling one byte at a time of a message
     that never completes is timed out; one that keeps completing messages is not."""
     client, server = socket_stream_pair()

@@ -1,5 +1,5 @@
 """Proof on live traffic: real PostgreSQL and MQTT clients and servers, with a
-trioecho relay between them (``trioecho.relay``: a MessageStream each way,
+trioecho relay between them (``trioecho.services.relay``: a MessageStream each way,
 every frame re-encoded) built from the presets.
 
 Each session runs through a byte tap on each side of the relay
@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 import trio
-from liveservers import ByteTap, LiveServer, mosquitto_server, postgresql_server
-from serverproc import server_process
+from support.liveservers import ByteTap, LiveServer, mosquitto_server, postgresql_server
+from support.serverproc import server_process
 
-from trioecho.framing import FramingConfig, presets
-from trioecho.relay import Answer, Direction, relay_server
+from trioecho.framing import presets
+from trioecho.framing.config import FramingConfig
+from trioecho.services.relay import Answer, Direction, relay_server
 
 # Message types of PostgreSQL's protocol 3.0 (the "Message Formats" chapter).
 FRONTEND_TYPES = set(b"BCcdDEfFHPpQSX")

@@ -8,9 +8,10 @@ import pytest
 import trio
 
 from trioecho import FramingConfig
-from trioecho.echo import GREETING, REPLY_SUFFIX, EchoHandler
-from trioecho.server import MessageServer
-from trioecho.stream import MessageStream
+from trioecho.framing.base import FramingName
+from trioecho.server.server import MessageServer
+from trioecho.services.echo import GREETING, REPLY_SUFFIX, EchoHandler
+from trioecho.stream.message_stream import MessageStream
 
 CONNECTIONS = 100
 MESSAGES_PER_CONNECTION = 300
@@ -51,7 +52,7 @@ async def pipelining_client(port: int, framing: FramingConfig, seed: int) -> int
 
 
 @pytest.mark.parametrize("framing", ["line", "len"])
-async def test_100_connections_pipelining_in_random_segmentations(framing: str) -> None:
+async def test_100_connections_pipelining_in_random_segmentations(framing: FramingName) -> None:
     config = FramingConfig(framing, strip_cr=False)  # any byte, \r included
     server = MessageServer(EchoHandler, host="127.0.0.1", port=0, framing=config)
     checked: list[int] = []

@@ -16,7 +16,7 @@ import socket
 import time
 
 import pytest
-from serverproc import Canary, ServerProcess, server_process
+from support.serverproc import Canary, ServerProcess, server_process
 
 CONNECTIONS = 900
 ATTACK_SECONDS = 8.0

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import struct
 
-import proxyheaders
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support import proxyheaders
 
 from trioecho import ProxyProtocolError
-from trioecho.accept import ProxyProtocolConfig, parse_networks
-from trioecho.proxy import (
+from trioecho.server.accept import ProxyProtocolConfig, parse_networks
+from trioecho.server.proxy import (
     MAX_V1_LENGTH,
     MAX_V2_PAYLOAD,
     V2_SIGNATURE,

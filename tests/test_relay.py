@@ -1,4 +1,4 @@
-"""The frame relay (trioecho.relay) against a local upstream: frames pass
+"""The frame relay (trioecho.services.relay) against a local upstream: frames pass
 unchanged both ways, half-closes are passed on, bad frames close both sides,
 an unreachable upstream closes the client."""
 
@@ -14,7 +14,7 @@ import trio
 
 from trioecho import FramingConfig
 from trioecho.framing import presets
-from trioecho.relay import Direction, relay_server
+from trioecho.services.relay import Direction, relay_server
 
 TYPED = FramingConfig("len", length_offset=1, length_adjustment=-4, include_header=True)
 

@@ -7,15 +7,18 @@ from typing import Any
 
 import pytest
 import trio
-from helpers import running
+from support.helpers import running
 
 from trioecho import FramingConfig
-from trioecho.echo import GREETING, REPLY_SUFFIX, EchoHandler
-from trioecho.server import BaseRequestHandler, MessageServer, format_address
-from trioecho.stream import MessageStream
+from trioecho.framing.base import FramingName
+from trioecho.logtext import format_address
+from trioecho.server.handler import BaseRequestHandler
+from trioecho.server.server import MessageServer
+from trioecho.services.echo import GREETING, REPLY_SUFFIX, EchoHandler
+from trioecho.stream.message_stream import MessageStream
 
 
-async def connect(port: int, framing: str = "line") -> MessageStream:
+async def connect(port: int, framing: FramingName = "line") -> MessageStream:
     transport = await trio.open_tcp_stream("127.0.0.1", port)
     return MessageStream(transport, FramingConfig(framing).new_framer())
 
@@ -129,6 +132,37 @@ async def test_framing_error_is_logged_with_peer_and_reason(
     assert (
         f"{peer}: closing: FrameTooLongError: frame header announces 4294967295 bytes, "
         "over max_frame=1048576" in messages
+    )
+
+
+async def test_our_own_unframeable_message_is_logged_as_ours_not_the_peers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler that sends a line holding the delimiter: an ERROR naming this
+    side, not the peer's WARNING; the error says it is local."""
+    caplog.set_level(logging.INFO, logger="trioecho")
+    errors: list[Exception] = []
+
+    async def handler(stream: MessageStream) -> None:
+        try:
+            await stream.send_message(b"two\nlines")
+        except Exception as exc:
+            errors.append(exc)
+            raise
+
+    with trio.fail_after(10):
+        async with running(MessageServer(handler, port=0)) as port:
+            client = await connect(port, "line")
+            with pytest.raises(trio.EndOfChannel):
+                await client.receive_message()
+            peer = format_address(client.transport_stream.socket.getsockname())  # type: ignore[attr-defined]
+    [error] = errors
+    assert error.local is True  # type: ignore[attr-defined]
+    [record] = [r for r in caplog.records if peer in r.getMessage() and "closing" in r.getMessage()]
+    assert record.levelno == logging.ERROR
+    assert record.getMessage() == (
+        f"{peer}: closing: our own message cannot be framed: DelimiterInPayloadError: "
+        "cannot encode a line that contains the delimiter b'\\n'"
     )
 
 

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from helpers import chunked
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.helpers import chunked
 from test_framing_differential import length_configs, line_bytes, line_configs
 
 from trioecho import (
@@ -30,8 +30,9 @@ from trioecho import (
     LengthPrefixedFramer,
     LineFramer,
 )
-from trioecho.echo import EchoHandler, GenericEchoHandler
-from trioecho.session import (
+from trioecho._backend import Implementation
+from trioecho.services.echo import EchoHandler, GenericEchoHandler
+from trioecho.services.echo_session import (
     DEFAULT_ECHO_CAPACITY,
     GREETING,
     REPLY_SUFFIX,
@@ -39,7 +40,7 @@ from trioecho.session import (
     EchoSession,
     reply_limit,
 )
-from trioecho.stream import DEFAULT_RECEIVE_SIZE, MessageStream
+from trioecho.stream.message_stream import DEFAULT_RECEIVE_SIZE, MessageStream
 
 H = REPLY_SUFFIX
 
@@ -173,7 +174,7 @@ def handlers_agree(config: FramingConfig, chunks: list[bytes]) -> None:
     impl=st.sampled_from(["c", "python"]),
 )
 def test_line_session_matches_the_generic_path(
-    config: dict[str, Any], data: bytes, cuts: list[int], impl: str
+    config: dict[str, Any], data: bytes, cuts: list[int], impl: Implementation
 ) -> None:
     config = {**config, "max_frame": config["max_frame"] + 16}  # room for the greeting
     handlers_agree(
@@ -191,7 +192,11 @@ def test_line_session_matches_the_generic_path(
     impl=st.sampled_from(["c", "python"]),
 )
 def test_length_session_matches_the_generic_path(
-    config: dict[str, Any], messages: list[bytes], junk: bytes, cuts: list[int], impl: str
+    config: dict[str, Any],
+    messages: list[bytes],
+    junk: bytes,
+    cuts: list[int],
+    impl: Implementation,
 ) -> None:
     config = fit({**config, "max_frame": config["max_frame"] + 16})
     encoder = LengthPrefixedFramer(
@@ -232,7 +237,9 @@ def boundary_sizes(max_frame: int, capacity: int, extra: int) -> list[int]:
 @pytest.mark.parametrize("impl", ["c", "python"])
 @pytest.mark.parametrize("capacity", [1, SMALL_CAPACITY, DEFAULT_ECHO_CAPACITY])
 @pytest.mark.parametrize("length_bytes", [1, 2, 4, 8])
-def test_every_length_size_is_answered(impl: str, capacity: int, length_bytes: int) -> None:
+def test_every_length_size_is_answered(
+    impl: Implementation, capacity: int, length_bytes: int
+) -> None:
     config = FramingConfig("len", length_bytes=length_bytes)
     limit = reply_limit(config)
     assert limit is not None
@@ -256,7 +263,7 @@ def test_every_length_size_is_answered(impl: str, capacity: int, length_bytes: i
 @pytest.mark.parametrize("impl", ["c", "python"])
 @pytest.mark.parametrize("capacity", [1, SMALL_CAPACITY, DEFAULT_ECHO_CAPACITY])
 @pytest.mark.parametrize("delimiter", [b"\n", b"\r\n"])
-def test_every_line_size_is_answered(impl: str, capacity: int, delimiter: bytes) -> None:
+def test_every_line_size_is_answered(impl: Implementation, capacity: int, delimiter: bytes) -> None:
     max_frame = DEFAULT_ECHO_CAPACITY + 10
     config = FramingConfig("line", delimiter=delimiter, max_frame=max_frame)
     sizes = boundary_sizes(max_frame, capacity, len(delimiter) + len(H))
@@ -275,7 +282,7 @@ def test_every_line_size_is_answered(impl: str, capacity: int, delimiter: bytes)
 
 
 @pytest.mark.parametrize("impl", ["c", "python"])
-def test_a_message_of_exactly_max_frame_gets_its_reply(impl: str) -> None:
+def test_a_message_of_exactly_max_frame_gets_its_reply(impl: Implementation) -> None:
     for config in (
         FramingConfig("len", max_frame=1000),
         FramingConfig("len", length_bytes=1, max_frame=252),
@@ -293,7 +300,9 @@ def test_a_message_of_exactly_max_frame_gets_its_reply(impl: str) -> None:
 
 
 @pytest.mark.parametrize("impl", ["c", "python"])
-def test_a_reply_that_cannot_fit_the_header_is_refused_at_construction(impl: str) -> None:
+def test_a_reply_that_cannot_fit_the_header_is_refused_at_construction(
+    impl: Implementation,
+) -> None:
     EchoSession(FramingConfig("len", length_bytes=1, max_frame=252), implementation=impl)
     with pytest.raises(ValueError, match=r"max_frame=253 .* at most 252"):
         EchoSession(FramingConfig("len", length_bytes=1, max_frame=253), implementation=impl)
@@ -307,7 +316,7 @@ def test_a_reply_that_cannot_fit_the_header_is_refused_at_construction(impl: str
 
 
 @pytest.mark.parametrize("impl", ["c", "python"])
-def test_stop_ends_the_session_and_later_bytes_are_ignored(impl: str) -> None:
+def test_stop_ends_the_session_and_later_bytes_are_ignored(impl: Implementation) -> None:
     session = EchoSession(FramingConfig("line"), capacity=3, implementation=impl)
     output = session.feed(b"a\nbb\nq\nnever\n")
     assert output == EchoOutput(b"a" + H + b"\nbb" + H + b"\n", 2, 3, stopped=True)
@@ -317,7 +326,7 @@ def test_stop_ends_the_session_and_later_bytes_are_ignored(impl: str) -> None:
 
 
 @pytest.mark.parametrize("impl", ["c", "python"])
-def test_too_long_ends_the_session_after_the_replies_before_it(impl: str) -> None:
+def test_too_long_ends_the_session_after_the_replies_before_it(impl: Implementation) -> None:
     framer = LengthPrefixedFramer(max_frame=10)
     session = EchoSession(framer, capacity=2, implementation=impl)
     output = session.feed(framer.encode(b"ok") + b"\x00\x00\x00\x0b")
@@ -328,7 +337,7 @@ def test_too_long_ends_the_session_after_the_replies_before_it(impl: str) -> Non
 
 
 @pytest.mark.parametrize("impl", ["c", "python"])
-def test_discard_mode_drops_over_long_lines_and_goes_on(impl: str) -> None:
+def test_discard_mode_drops_over_long_lines_and_goes_on(impl: Implementation) -> None:
     config = FramingConfig("line", max_frame=3, on_too_long="discard")
     session = EchoSession(config, capacity=1, implementation=impl)
     output = session.feed(b"ab\nabcdef\nxy\nabcdefgh")
@@ -340,7 +349,7 @@ def test_discard_mode_drops_over_long_lines_and_goes_on(impl: str) -> None:
 
 
 @pytest.mark.parametrize("impl", ["c", "python"])
-def test_a_line_whose_reply_is_not_one_line_ends_the_session(impl: str) -> None:
+def test_a_line_whose_reply_is_not_one_line_ends_the_session(impl: Implementation) -> None:
     # "a" + suffix completes the delimiter b"a\xe5" inside the reply.
     config = FramingConfig("line", delimiter=b"a\xe5")
     session = EchoSession(config, implementation=impl)
@@ -361,7 +370,7 @@ def test_a_line_whose_reply_is_not_one_line_ends_the_session(impl: str) -> None:
 
 
 @pytest.mark.parametrize("impl", ["c", "python"])
-def test_eof_inside_a_message_is_an_incomplete_frame(impl: str) -> None:
+def test_eof_inside_a_message_is_an_incomplete_frame(impl: Implementation) -> None:
     session = EchoSession(FramingConfig("len"), implementation=impl)
     assert session.feed(b"\x00\x00\x00\x05abc") == EchoOutput(b"", 0, 0)
     assert session.buffered == 7
@@ -372,7 +381,7 @@ def test_eof_inside_a_message_is_an_incomplete_frame(impl: str) -> None:
 
 
 @pytest.mark.parametrize("impl", ["c", "python"])
-def test_raw_answers_each_read(impl: str) -> None:
+def test_raw_answers_each_read(impl: Implementation) -> None:
     session = EchoSession(FramingConfig("raw"), capacity=2, implementation=impl)
     assert session.feed(b"hello") == EchoOutput(b"hello" + H, 1, 1)
     assert session.feed(b"") == EchoOutput(b"", 0, 0)
@@ -399,7 +408,7 @@ def test_a_c_call_that_makes_no_progress_raises_instead_of_looping(
 ) -> None:
     """The loop around the C call requires progress: were the C code to
     report "output full" having written nothing, the session raises."""
-    _cecho = pytest.importorskip("trioecho._cecho")
+    _cecho = pytest.importorskip("trioecho.services._cecho")
     real = _cecho.lib
     calls = 0
 

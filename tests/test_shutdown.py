@@ -16,11 +16,11 @@ import time
 
 import pytest
 import trio
-from serverproc import recv_exactly, server_process
+from support.serverproc import recv_exactly, server_process
 
 from trioecho import FramingConfig
-from trioecho.echo import GREETING, REPLY_SUFFIX
-from trioecho.stream import MessageStream
+from trioecho.services.echo import GREETING, REPLY_SUFFIX
+from trioecho.stream.message_stream import MessageStream
 
 CLIENTS = 20
 GRACE = 5.0

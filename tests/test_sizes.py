@@ -15,12 +15,12 @@ import itertools
 import socket
 
 import pytest
-from serverproc import Canary, connect, recv_exactly, server_process
+from support.serverproc import Canary, connect, recv_exactly, server_process
 
-from trioecho.echo import GREETING, REPLY_SUFFIX
-from trioecho.framing import DEFAULT_MAX_FRAME
-from trioecho.session import DEFAULT_ECHO_CAPACITY
-from trioecho.stream import DEFAULT_RECEIVE_SIZE
+from trioecho.framing.base import DEFAULT_MAX_FRAME
+from trioecho.services.echo import GREETING, REPLY_SUFFIX
+from trioecho.services.echo_session import DEFAULT_ECHO_CAPACITY
+from trioecho.stream.message_stream import DEFAULT_RECEIVE_SIZE
 
 PATHS = {
     "c": ((), None),
@@ -28,7 +28,7 @@ PATHS = {
     "python": ((), {"TRIOECHO_PUREPYTHON": "1"}),
 }
 LINE_MAX_FRAME = DEFAULT_ECHO_CAPACITY + 40_000
-FRAMER_SCRATCH = 64 * 1024  # trioecho._cframer._SCRATCH_CAPACITY
+FRAMER_SCRATCH = 64 * 1024  # trioecho.framing._cframer._SCRATCH_CAPACITY
 
 
 def sizes(max_frame: int, framing_bytes: int) -> list[int]:

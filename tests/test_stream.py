@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from helpers import message_pair, stream_pairs
+from support.helpers import message_pair, stream_pairs
 
 from trioecho import (
     ConnectionClosedError,
@@ -15,9 +15,9 @@ from trioecho import (
     LengthPrefixedFramer,
     LineFramer,
 )
-from trioecho._errors import IdleTimeoutError, SlowReaderError
-from trioecho.echo import GREETING, REPLY_SUFFIX, EchoHandler, GenericEchoHandler
-from trioecho.stream import MessageStream
+from trioecho.errors import IdleTimeoutError, SlowReaderError
+from trioecho.services.echo import GREETING, REPLY_SUFFIX, EchoHandler, GenericEchoHandler
+from trioecho.stream.message_stream import MessageStream
 
 PAIRS = stream_pairs()
 

@@ -8,14 +8,18 @@ from collections.abc import Callable
 import pytest
 import trio
 import trio.testing
-from helpers import socket_stream_pair
+from support.helpers import socket_stream_pair
 
 from trioecho import ConnectionClosedError, IdleTimeoutError, SlowReaderError
-from trioecho.transport import SocketTransport, StreamTransport, Transport, open_transport
+from trioecho.io.opening import open_transport
+from trioecho.io.readiness import Readiness
+from trioecho.io.socket_transport import SocketTransport
+from trioecho.io.stream_transport import StreamTransport
+from trioecho.io.transport import Transport
 
 Pair = Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]]
 # name: (stream pair, readiness of a direct-socket transport)
-PAIRS: dict[str, tuple[Pair, str | None]] = {
+PAIRS: dict[str, tuple[Pair, Readiness | None]] = {
     "socket-hub": (socket_stream_pair, "hub"),
     "socket-trio": (socket_stream_pair, "trio"),
     "memory": (trio.testing.memory_stream_pair, None),

@@ -13,12 +13,13 @@ import time
 
 import pytest
 import trio
-from serverproc import ServerProcess, greeted_line_client, recv_exactly, server_process
+from support.serverproc import ServerProcess, greeted_line_client, recv_exactly, server_process
 
-from trioecho import workers
-from trioecho.cli import build_parser
-from trioecho.echo import REPLY_SUFFIX
-from trioecho.workers import reserve_port
+from trioecho.cli.options import build_parser
+from trioecho.services.echo import REPLY_SUFFIX
+from trioecho.workers import link
+from trioecho.workers import supervisor as workers
+from trioecho.workers.supervisor import reserve_port
 
 WORKER_READY = re.compile(r"trioecho\.workers: worker (\d+) \(pid (\d+)\) ready$")
 WORKER_STOPPED = re.compile(
@@ -235,7 +236,7 @@ def test_workers_auto_is_the_cpu_count() -> None:
 
 # -- liveness: stuck workers are replaced, shutdown completes, no orphans ------
 
-FREEZER = {"PYTHONPATH": os.path.join(os.path.dirname(__file__), "freezer")}
+FREEZER = {"PYTHONPATH": os.path.join(os.path.dirname(__file__), "support", "freezer")}
 
 
 def time_until(condition: object, timeout: float, what: str) -> float:
@@ -266,7 +267,7 @@ def test_a_stopped_worker_is_killed_and_replaced() -> None:
         restarted = time_until(lambda: replaced(server, 0, pids[0]), 10, "restart")
         print(f"SIGSTOP: detected after {detected:.2f} s, replaced after {restarted:.2f} s more")
         # The last heartbeat came up to 0.5 s before SIGSTOP; none is killed early.
-        assert 1.5 - workers.HEARTBEAT_INTERVAL - 0.1 <= detected < 3.5
+        assert 1.5 - link.HEARTBEAT_INTERVAL - 0.1 <= detected < 3.5
         assert gone(pids[0])
         for n in range(20):  # every new client is greeted and answered
             exchange(server.port, f"after {n}".encode())
@@ -299,7 +300,7 @@ def test_supervisor_shutdown_completes_with_a_stopped_worker() -> None:
         took = time.monotonic() - start
         print(f"shutdown with a stopped worker: {took:.2f} s")
         assert code == 1  # a worker had to be killed
-        assert took < 1 + workers.KILL_MARGIN + 2
+        assert took < 1 + link.KILL_MARGIN + 2
         server.wait_for_log("still running 3.0 s after SIGTERM: killing it")
         time_until(lambda: gone(pids[1]) and gone(pids[0]), 5, "both workers gone")
 

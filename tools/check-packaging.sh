@@ -12,7 +12,7 @@ python -m build --outdir "$work/dist" . > "$work/build.log" 2>&1 || { cat "$work
 sdist=$(ls "$work"/dist/trioecho-*.tar.gz)
 echo "check-packaging: built $(basename "$sdist") and $(basename "$work"/dist/*.whl)"
 for needed in build_ffi.py setup.py LICENSE csrc/framer.h csrc/echo.h csrc/scan.h csrc/loadgen.h \
-    csrc/echo.c tests/helpers.py tools/serverproc.py examples/shout_server.py; do
+    csrc/echo.c tests/support/helpers.py tests/support/serverproc.py examples/shout_server.py; do
     tar -tzf "$sdist" | grep -q "^trioecho-[^/]*/$needed\$" || { echo "sdist lacks $needed"; exit 1; }
 done
 
@@ -29,7 +29,7 @@ import sys, trio
 from trioecho import EchoSession, FramingConfig
 out = EchoSession(FramingConfig("len")).feed(b"\0\0\0\2hi")
 assert out.data == b"\0\0\0\5hi" + "好".encode(), out
-from trioecho import _cecho  # the C echo session is installed too
+from trioecho.services import _cecho  # the C echo session is installed too
 '
 cd - > /dev/null
 

@@ -26,13 +26,16 @@ import socket
 import struct
 import sys
 import time
+from pathlib import Path
 
 import trio
-from serverproc import ServerProcess
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.serverproc import ServerProcess
 
 from trioecho import FramingConfig
-from trioecho.echo import GREETING, REPLY_SUFFIX
-from trioecho.stream import MessageStream
+from trioecho.services.echo import GREETING, REPLY_SUFFIX
+from trioecho.stream.message_stream import MessageStream
 
 RSS_TOLERANCE_KIB = 16 * 1024
 

@@ -6,52 +6,50 @@
 The sans-IO framers (``LineFramer``, ``LengthPrefixedFramer``, ``RawFramer``)
 split a byte stream into messages, and ``EchoSession`` answers them the echo
 service's way; their hot loops are C (``csrc/``, built with cffi), each
-with a pure-Python twin.  ``Transport`` (``trioecho.transport``) moves the
+with a pure-Python twin.  ``Transport`` (``trioecho.io.transport``) moves the
 bytes: a socket directly, or any ``trio.abc.Stream``.  ``FRAMER_IMPLEMENTATION`` says which one is
 active: ``"c"`` or ``"python"`` (``TRIOECHO_PUREPYTHON=1`` selects the twin).
 
 In front of the handler, the server can read a PROXY protocol header
-(``ProxyProtocolConfig``; parser in ``trioecho.proxy``) and speak TLS
-(``ssl_context``; contexts from ``trioecho.tls``); ``trioecho --workers N``
-runs N processes on one port (``trioecho.workers``).
+(``ProxyProtocolConfig``; parser in ``trioecho.server.proxy``) and speak TLS
+(``ssl_context``; contexts from ``trioecho.io.tls``); ``trioecho --workers N``
+runs N processes on one port (``trioecho.workers.supervisor``).
 """
 
-from ._backend import IMPLEMENTATION as FRAMER_IMPLEMENTATION
-from ._errors import (
+from trioecho._backend import IMPLEMENTATION as FRAMER_IMPLEMENTATION
+from trioecho._version import __version__
+from trioecho.errors import (
     ConnectionClosedError,
     DelimiterInPayloadError,
     FrameTooLongError,
     FramingError,
+    GreetingError,
     IdleTimeoutError,
     IncompleteFrameError,
+    LoadGeneratorError,
     MalformedFrameError,
+    MemoryBudgetError,
     ProxyProtocolError,
     SlowReaderError,
     TLSHandshakeError,
     TrioEchoError,
 )
-from ._version import __version__
-from .accept import ProxyProtocolConfig
-from .connect import open_message_stream
-from .framing import (
-    DEFAULT_MAX_FRAME,
-    DEFAULT_MAX_LINE,
-    FRAMINGS,
-    FixedLengthFramer,
-    Framer,
-    FramingConfig,
-    LengthPrefixedFramer,
-    LineFramer,
-    PhasedFramer,
-    RawFramer,
-    VarintFramer,
-    make_framer,
-    presets,
-)
-from .server import BaseRequestHandler, MessageServer
-from .session import EchoOutput, EchoSession, RespondSession, SessionOutput
-from .stream import MessageStream, Session
-from .transport import Transport
+from trioecho.framing import presets
+from trioecho.framing.base import DEFAULT_MAX_FRAME, DEFAULT_MAX_LINE, FRAMINGS, Framer
+from trioecho.framing.config import FramingConfig, make_framer
+from trioecho.framing.fixed import FixedLengthFramer, RawFramer
+from trioecho.framing.length import LengthPrefixedFramer, VarintFramer
+from trioecho.framing.lines import LineFramer
+from trioecho.framing.phased import PhasedFramer
+from trioecho.io.budget import MemoryBudget
+from trioecho.io.transport import Transport
+from trioecho.server.accept import ProxyProtocolConfig
+from trioecho.server.handler import BaseRequestHandler
+from trioecho.server.server import MessageServer
+from trioecho.services.echo_session import EchoOutput, EchoSession
+from trioecho.stream.connect import open_message_stream
+from trioecho.stream.message_stream import MessageStream
+from trioecho.stream.session import RespondSession, Session, SessionOutput
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
@@ -68,11 +66,15 @@ __all__ = [
     "Framer",
     "FramingConfig",
     "FramingError",
+    "GreetingError",
     "IdleTimeoutError",
     "IncompleteFrameError",
     "LengthPrefixedFramer",
     "LineFramer",
+    "LoadGeneratorError",
     "MalformedFrameError",
+    "MemoryBudget",
+    "MemoryBudgetError",
     "MessageServer",
     "MessageStream",
     "PhasedFramer",

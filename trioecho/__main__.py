@@ -1,6 +1,6 @@
-"""``python -m trioecho``: see ``trioecho.cli``."""
+"""``python -m trioecho``: see ``trioecho.cli.main``."""
 
-from .cli import main
+from trioecho.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

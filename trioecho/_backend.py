@@ -1,8 +1,8 @@
 """Chooses each C unit's implementation: the C extension or its pure-Python twin.
 
 trioecho has two sans-IO C units, each with a twin of the same contract:
-the framer (``_cframer``/``_pyframer``) and the echo session
-(``_cecho``/``_pyecho``).  ``TRIOECHO_PUREPYTHON=1`` selects the twins.
+the framer (``framing._cframer``/``framing._pyframer``) and the echo session
+(``services._cecho``/``services._pyecho``).  ``TRIOECHO_PUREPYTHON=1`` selects the twins.
 Otherwise the C units are used, and if an extension is missing (not
 compiled) trioecho falls back to its twin with one logged warning.
 ``IMPLEMENTATION`` says which one the framer uses.
@@ -14,12 +14,17 @@ import importlib
 import logging
 import os
 from types import ModuleType
+from typing import Literal
 
 logger = logging.getLogger("trioecho")
 
-IMPLEMENTATIONS = ("c", "python")
+Implementation = Literal["c", "python"]
+IMPLEMENTATIONS: tuple[Implementation, ...] = ("c", "python")
 # unit -> (C module, pure-Python twin)
-_UNITS = {"framer": ("_cframer", "_pyframer"), "echo": ("_cecho", "_pyecho")}
+_UNITS = {
+    "framer": ("trioecho.framing._cframer", "trioecho.framing._pyframer"),
+    "echo": ("trioecho.services._cecho", "trioecho.services._pyecho"),
+}
 
 
 def _want_pure_python() -> bool:
@@ -27,7 +32,7 @@ def _want_pure_python() -> bool:
 
 
 def _module(name: str) -> ModuleType:
-    return importlib.import_module(f"{__package__}.{name}")
+    return importlib.import_module(name)
 
 
 def _select(unit: str) -> ModuleType:
@@ -47,16 +52,21 @@ def _select(unit: str) -> ModuleType:
         return _module(twin)
 
 
-_defaults = {unit: _select(unit) for unit in _UNITS}
+# Each unit is chosen when first used (the echo unit is the services' layer:
+# the framing core does not load it).
+_defaults: dict[str, ModuleType] = {"framer": _select("framer")}
 default = _defaults["framer"]
 IMPLEMENTATION: str = default.IMPLEMENTATION
 
 
-def get(implementation: str | None, unit: str = "framer") -> ModuleType:
+def get(implementation: Implementation | str | None, unit: str = "framer") -> ModuleType:
     """Return ``unit``'s module (``"framer"`` or ``"echo"``) for ``"c"``,
     ``"python"`` or ``None`` (the default)."""
     if implementation is None:
-        return _defaults[unit]
+        module = _defaults.get(unit)
+        if module is None:
+            module = _defaults[unit] = _select(unit)
+        return module
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
             f"implementation must be one of {IMPLEMENTATIONS} or None, not {implementation!r}"

@@ -1,0 +1,141 @@
+"""Check trioecho's import structure: no import cycle, no import upwards.
+
+    python tools/check_layers.py
+
+Reads every module under ``trioecho/`` (its imports at run time: those under
+``if TYPE_CHECKING:`` are left out) and fails, listing each problem, if
+
+* the modules' imports form a cycle, or
+* a module imports from a higher layer than its own.
+
+The layers, lowest first (a module may import its own layer and those below):
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+LAYERS = [
+    # the ground: errors, log text, the C extensions and their selection
+    (
+        "trioecho.errors",
+        "trioecho.logtext",
+        "trioecho._version",
+        "trioecho._backend",
+        "trioecho._framer_ffi",
+        "trioecho._echo_ffi",
+        "trioecho._loadgen_ffi",
+    ),
+    ("trioecho.framing",),  # sans-IO framing core
+    ("trioecho.io",),  # transports, hub, memory budget: sockets and Trio internals
+    ("trioecho.stream",),  # the message stream, sessions, connect
+    ("trioecho.server",),  # handler model, listeners, accept, PROXY
+    ("trioecho.services",),  # echo, relay
+    ("trioecho.workers",),  # supervisor and workers
+    ("trioecho.cli",),  # the command line and its tools
+    ("trioecho", "trioecho.__main__", "trioecho.testing"),  # the public package
+]
+__doc__ += "".join(f"\n{rank}. {', '.join(names)}" for rank, names in enumerate(LAYERS)) + "\n"
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def layer(name: str) -> int:
+    best, rank = -1, -1
+    for index, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
+                best, rank = len(prefix), index
+    if rank < 0:
+        raise SystemExit(f"check_layers: {name} is in no layer: add it to LAYERS")
+    return rank
+
+
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node, except what sits under ``if TYPE_CHECKING:``."""
+    nodes: list[ast.AST] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            stack.extend(node.orelse)
+            continue
+        nodes.append(node)
+        stack.extend(ast.iter_child_nodes(node))
+    return nodes
+
+
+def imports(path: Path, modules: set[str]) -> set[str]:
+    """The trioecho modules ``path`` imports at run time."""
+    found: set[str] = set()
+    for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("trioecho"))
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if not node.module.startswith("trioecho"):
+                continue
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if sub in modules else node.module)
+    return found
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+    path: list[str] = []
+
+    def visit(name: str) -> list[str] | None:
+        state[name] = 1
+        path.append(name)
+        for target in sorted(graph.get(name, ())):
+            if state.get(target) == 1:
+                return [*path[path.index(target) :], target]
+            if target not in state and (cycle := visit(target)) is not None:
+                return cycle
+        path.pop()
+        state[name] = 2
+        return None
+
+    for name in sorted(graph):
+        if name not in state and (cycle := visit(name)) is not None:
+            return cycle
+    return None
+
+
+def main() -> int:
+    paths = sorted((ROOT / "trioecho").rglob("*.py"))
+    modules = {module_name(p) for p in paths} | {n for names in LAYERS[:1] for n in names}
+    graph = {module_name(p): imports(p, modules) - {module_name(p)} for p in paths}
+    problems = [
+        f"{source} (layer {layer(source)}) imports {target} (layer {layer(target)})"
+        for source, targets in sorted(graph.items())
+        for target in sorted(targets)
+        if layer(target) > layer(source)
+    ]
+    # A package's __init__ importing its own submodules is not a cycle; a
+    # submodule importing its package's __init__ would be.
+    acyclic = {
+        source: {t for t in targets if not (t.startswith(source + "."))}
+        for source, targets in graph.items()
+    }
+    cycle = find_cycle(acyclic)
+    if cycle:
+        problems.append("import cycle: " + " -> ".join(cycle))
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not problems:
+        print(f"{len(graph)} modules in {len(LAYERS)} layers: no import upwards, no cycle")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

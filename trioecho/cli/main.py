@@ -1,0 +1,146 @@
+"""Command line: ``trioecho [serve] [options]``, ``trioecho client``, ``trioecho demo``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from functools import partial
+
+import trio
+
+from trioecho.cli.client import run_client
+from trioecho.cli.demo import run_demo
+from trioecho.cli.echo_policy import echo_framing_problem, fit_replies
+from trioecho.cli.options import build_parser, client_tls, framing_from_args
+from trioecho.cli.serve import run_relay, serve_echo
+from trioecho.errors import FramingError
+from trioecho.io.readiness import default_readiness
+from trioecho.io.tls import server_context
+from trioecho.server.accept import (
+    ProxyProtocolConfig,
+)
+from trioecho.services.echo import (
+    GREETING,
+    greeting_frame,
+)
+from trioecho.workers.supervisor import supervise
+
+__all__ = ["main"]
+
+COMMANDS = ("serve", "client", "relay", "demo", "bench")
+logger = logging.getLogger("trioecho")
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """INFO for the server (WARNING with -q), one line per connection with -v."""
+    level = logging.INFO if args.command == "serve" else logging.WARNING
+    if getattr(args, "quiet", False):
+        level = logging.WARNING
+    if not getattr(args, "verbose", False):
+        logging.getLogger("trioecho.connections").setLevel(logging.WARNING)
+    worker = getattr(args, "worker_index", None)
+    who = f"worker {worker} [%(process)d] " if worker is not None else ""
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if not arguments or (
+        arguments[0] not in COMMANDS and arguments[0] not in ("-h", "--help", "--version")
+    ):
+        arguments.insert(0, "serve")
+    parser = build_parser()
+    if arguments[:1] in (["-h"], ["--help"]):
+        # Without a command trioecho serves: show serve's options too.
+        print(parser.format_help())
+        print("Options of 'serve', the default command:\n")
+        arguments = ["serve", "--help"]
+    args = parser.parse_args(arguments)
+    _configure_logging(args)
+    if args.command == "demo":
+        return trio.run(run_demo)
+    if args.command == "bench":
+        try:
+            from trioecho.cli.bench import run_bench
+        except ImportError as exc:  # installed without a C compiler
+            print(
+                f"trioecho bench needs its C load generator, which this install lacks ({exc}): "
+                "reinstall trioecho where a C compiler is available",
+                file=sys.stderr,
+            )
+            return 1
+        try:
+            return run_bench(args, ssl_context=client_tls(parser, args))
+        except KeyboardInterrupt:
+            return 130
+    try:
+        framing = framing_from_args(args)
+    except ValueError as exc:  # a framing option out of range
+        parser.error(str(exc))
+    if args.command == "relay":
+        return run_relay(args, framing)
+    problem = echo_framing_problem(framing, args.command)
+    if problem is not None:
+        parser.error(problem)
+    if args.command == "client":
+        tls = client_tls(parser, args)
+        try:
+            return trio.run(
+                partial(
+                    run_client,
+                    args.host,
+                    args.port,
+                    framing,
+                    ssl_context=tls,
+                    server_name=args.tls_server_name,
+                )
+            )
+        except KeyboardInterrupt:
+            return 130
+    if args.max_frame is not None and args.max_frame < len(GREETING):
+        parser.error(f"--max-frame must be at least {len(GREETING)}: the greeting must fit")
+    framing = fit_replies(parser, args, framing)
+    try:
+        greeting_frame(framing.new_framer())
+    except FramingError as exc:
+        parser.error(f"the greeting cannot be framed with these options: {exc}")
+    try:
+        proxy = ProxyProtocolConfig.from_options(
+            args.proxy_protocol, args.proxy_allow_from, args.proxy_timeout
+        )
+    except ValueError as exc:
+        parser.error(f"--proxy-allow-from: {exc}")
+    if args.proxy_allow_from is not None and proxy is None:
+        parser.error("--proxy-allow-from needs --proxy-protocol v1, v2 or auto")
+    if args.tls_key and not args.tls_cert:
+        parser.error("--tls-key needs --tls-cert")
+    if args.readiness is None:
+        try:
+            args.readiness = default_readiness()
+        except ValueError as exc:  # a bad $TRIOECHO_READINESS
+            parser.error(str(exc))
+    try:
+        server_tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    except OSError as exc:  # ssl.SSLError included
+        key = f" / --tls-key {args.tls_key}" if args.tls_key else ""
+        parser.error(f"cannot load --tls-cert {args.tls_cert}{key}: {exc}")
+    if args.workers > 1 and args.worker_index is None:
+        return trio.run(
+            partial(
+                supervise,
+                arguments[1:],
+                args.workers,
+                args.host,
+                args.port,
+                grace=args.grace,
+                worker_timeout=args.worker_timeout,
+            )
+        )
+    return trio.run(serve_echo, args, framing, proxy, server_tls)

@@ -1,0 +1,131 @@
+"""``trioecho serve`` and ``trioecho relay``: build the server from the parsed
+options and run it until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import ssl
+import sys
+
+import trio
+
+from trioecho.cli.options import ECHO_HANDLERS, PRESETS
+from trioecho.cli.tuning import fit_fd_limit, tune_gc
+from trioecho.framing import presets
+from trioecho.framing.base import DEFAULT_MAX_FRAME
+from trioecho.framing.config import FramingConfig
+from trioecho.io.budget import MemoryBudget
+from trioecho.logtext import format_address
+from trioecho.server.accept import (
+    ProxyProtocolConfig,
+)
+from trioecho.server.server import MessageServer
+from trioecho.services.relay import relay_server
+from trioecho.workers.link import WorkerLink, start_orphan_watchdog
+
+logger = logging.getLogger("trioecho")
+
+__all__ = ["run_relay", "run_server", "serve_echo"]
+
+
+async def serve_echo(
+    args: argparse.Namespace,
+    framing: FramingConfig,
+    proxy: ProxyProtocolConfig | None,
+    ssl_context: ssl.SSLContext | None,
+) -> int:
+    fit_fd_limit(args.max_connections)
+    tune_gc()
+    server = MessageServer(
+        ECHO_HANDLERS[args.handler],
+        host=args.host,
+        port=args.port,
+        framing=framing,
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+        send_timeout=args.send_timeout,
+        grace=args.grace,
+        proxy_protocol=proxy,
+        ssl_context=ssl_context,
+        handshake_timeout=args.tls_handshake_timeout,
+        reuse_port=args.worker_index is not None,
+        memory_budget=MemoryBudget(args.memory_budget << 20),
+        readiness=args.readiness,
+    )
+    return await run_server(args, server)
+
+
+def run_relay(args: argparse.Namespace, framing: FramingConfig) -> int:
+    """``trioecho relay``: the frame relay until SIGINT/SIGTERM."""
+    if args.preset is not None:
+        client_preset, server_preset = PRESETS[args.preset]
+        max_frame = args.max_frame if args.max_frame is not None else DEFAULT_MAX_FRAME
+        client_framing = client_preset(max_frame=max_frame)
+        server_framing = server_preset(max_frame=max_frame)
+    else:
+        client_framing = server_framing = framing
+    answer = presets.refuse_encryption if args.preset == "postgresql" else None
+    server = relay_server(
+        args.upstream,
+        client_framing=client_framing,
+        server_framing=server_framing,
+        answer=answer,
+        host=args.host,
+        port=args.port,
+        max_connections=args.max_connections,
+        grace=args.grace,
+    )
+    args.supervisor_fd = None
+    fit_fd_limit(2 * args.max_connections)
+    return trio.run(run_server, args, server)
+
+
+async def run_server(args: argparse.Namespace, server: MessageServer) -> int:
+    """Serve until SIGINT/SIGTERM (drain, then exit 0); a second signal
+    closes every connection at once."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            try:
+                listeners = await nursery.start(server.serve)
+            except OSError as exc:
+                where = format_address((args.host, args.port))
+                print(f"trioecho: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
+                return 1
+            if args.supervisor_fd is not None:  # a worker: the supervisor announces
+                for listener in listeners:
+                    where = format_address(listener.socket.getsockname())
+                    logger.info("listening on %s", where)
+                link = WorkerLink(args.supervisor_fd)
+                await link.ready()
+                nursery.start_soon(link.heartbeat)
+                start_orphan_watchdog(args.grace)
+
+                async def stop_when_orphaned() -> None:
+                    await link.wait_orphaned()
+                    if not server.shutting_down:
+                        logger.warning("the supervisor is gone: shutting down")
+                        server.shutdown()
+
+                nursery.start_soon(stop_when_orphaned)
+            else:
+                for listener in listeners:
+                    where = format_address(listener.socket.getsockname())
+                    print(f"listening on {where}", flush=True)
+
+            async def stop_on_signals() -> None:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if not server.shutting_down:
+                        logger.info("%s: shutting down (grace %ss)", name, server.grace)
+                        server.shutdown()
+                    else:
+                        logger.warning("%s again: closing every connection now", name)
+                        server.shutdown(grace=0)
+
+            nursery.start_soon(stop_on_signals)
+            await server.wait_stopped()
+            nursery.cancel_scope.cancel()
+    return 0

@@ -1,0 +1,168 @@
+"""Which framing, with which options: :class:`FramingConfig` and
+:func:`make_framer`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from trioecho._backend import Implementation
+from trioecho.framing._pyframer import (
+    MAX_VARINT,
+)
+from trioecho.framing.base import DEFAULT_MAX_FRAME, DEFAULT_MAX_LINE, FRAMINGS, Framer, FramingName
+from trioecho.framing.fixed import FixedLengthFramer, RawFramer
+from trioecho.framing.length import LengthPrefixedFramer, VarintFramer
+from trioecho.framing.lines import LineFramer, check_delimiters
+from trioecho.framing.phased import PhasedFramer
+
+__all__ = ["FramingConfig", "framing_config", "make_framer", "new_framer"]
+
+
+def make_framer(
+    framing: FramingName,
+    *,
+    length_bytes: int = 4,
+    byteorder: Literal["big", "little"] = "big",
+    max_frame: int | None = None,
+    delimiter: bytes | Sequence[bytes] = b"\n",
+    strip_cr: bool = True,
+    on_too_long: Literal["error", "discard"] = "error",
+    length_offset: int = 0,
+    length_adjustment: int = 0,
+    include_header: bool = False,
+    max_length_bytes: int = MAX_VARINT,
+    frame_size: int | None = None,
+    implementation: Implementation | None = None,
+) -> Framer:
+    """Return a new framer for ``framing``: ``"line"``, ``"len"``, ``"raw"``,
+    ``"varint"`` or ``"fixed"`` (which needs ``frame_size``).
+
+    ``max_frame=None`` means the framing's default (64 KiB lines, 1 MiB frames).
+    Options that do not apply to the framing are ignored.
+    """
+    limit = DEFAULT_MAX_LINE if framing == "line" else DEFAULT_MAX_FRAME
+    if max_frame is not None:
+        limit = max_frame
+    if framing == "len":
+        return LengthPrefixedFramer(
+            length_bytes=length_bytes,
+            byteorder=byteorder,
+            max_frame=limit,
+            length_offset=length_offset,
+            length_adjustment=length_adjustment,
+            include_header=include_header,
+            implementation=implementation,
+        )
+    if framing == "line":
+        return LineFramer(
+            delimiter=delimiter,
+            strip_cr=strip_cr,
+            max_frame=limit,
+            on_too_long=on_too_long,
+            implementation=implementation,
+        )
+    if framing == "varint":
+        return VarintFramer(
+            max_frame=limit,
+            max_length_bytes=max_length_bytes,
+            length_offset=length_offset,
+            include_header=include_header,
+            implementation=implementation,
+        )
+    if framing == "fixed":
+        if frame_size is None:
+            raise ValueError("framing 'fixed' needs frame_size")
+        return FixedLengthFramer(frame_size, implementation=implementation)
+    if framing == "raw":
+        return RawFramer()
+    raise ValueError(f"framing must be one of {FRAMINGS}, not {framing!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FramingConfig:
+    """How each connection frames its messages: the arguments of :func:`make_framer`,
+    and ``first_frame``: another configuration for a stream's first frame
+    only (a :class:`PhasedFramer`; see ``trioecho.framing.presets.postgresql``), used
+    again after each first frame ``repeat_first_frame`` returns true of.
+
+    ``new_framer()`` returns a fresh framer (one per connection).  The
+    configuration is checked when it is created.
+    """
+
+    framing: FramingName = "line"
+    length_bytes: int = 4
+    byteorder: Literal["big", "little"] = "big"
+    max_frame: int | None = None
+    delimiter: bytes | tuple[bytes, ...] = b"\n"
+    strip_cr: bool = True
+    on_too_long: Literal["error", "discard"] = "error"
+    length_offset: int = 0
+    length_adjustment: int = 0
+    include_header: bool = False
+    max_length_bytes: int = MAX_VARINT
+    frame_size: int | None = None
+    implementation: Implementation | None = None
+    first_frame: FramingConfig | None = None
+    repeat_first_frame: Callable[[bytes], bool] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.delimiter, bytes):
+            # A tuple (a list would not be hashable), or the one delimiter itself.
+            delimiters = check_delimiters(self.delimiter)
+            object.__setattr__(
+                self, "delimiter", delimiters[0] if len(delimiters) == 1 else delimiters
+            )
+        self.new_framer()
+
+    def new_framer(self) -> Framer:
+        options = {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.name not in ("first_frame", "repeat_first_frame")
+        }
+        framer = make_framer(**options)
+        first = self.first_frame
+        if first is not None:
+            if first.implementation is None and self.implementation is not None:
+                first = dataclasses.replace(first, implementation=self.implementation)
+            return PhasedFramer(first.new_framer(), framer, repeat=self.repeat_first_frame)
+        return framer
+
+
+def framing_config(framing: FramingConfig | str | None, what: str = "framing") -> FramingConfig:
+    """``framing`` as a :class:`FramingConfig`: a configuration as it is, a
+    framing name (``"len"``) as ``FramingConfig(name)``, None as the default
+    (lines).  ``TypeError`` for anything else, ``ValueError`` for an unknown
+    name; ``what`` names the argument in the message."""
+    if framing is None:
+        return FramingConfig()
+    if isinstance(framing, FramingConfig):
+        return framing
+    if isinstance(framing, str):
+        if framing not in FRAMINGS:
+            raise ValueError(f"{what} must be one of {FRAMINGS}, not {framing!r}")
+        return FramingConfig(framing)
+    raise TypeError(
+        f"{what} must be a FramingConfig or a framing name ({', '.join(FRAMINGS)}), "
+        f"not {type(framing).__name__}"
+    )
+
+
+def new_framer(framing: Framer | FramingConfig | str | None, what: str = "framer") -> Framer:
+    """A framer for ``framing``: a framer as it is (anything with ``feed``,
+    ``feed_eof``, ``encode`` and ``encode_many``), else the framer of
+    :func:`framing_config`'s configuration."""
+    if all(callable(getattr(framing, name, None)) for name in _FRAMER_METHODS):
+        return framing  # type: ignore[return-value]
+    if framing is None or isinstance(framing, FramingConfig | str):
+        return framing_config(framing, what).new_framer()
+    raise TypeError(
+        f"{what} must be a framer, a FramingConfig or a framing name "
+        f"({', '.join(FRAMINGS)}), not {type(framing).__name__}"
+    )
+
+
+_FRAMER_METHODS = ("feed", "feed_eof", "encode", "encode_many")

@@ -1,0 +1,86 @@
+"""One framing for a stream's first frame, another after it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from trioecho.errors import (
+    FramingError,
+)
+from trioecho.framing.base import Buffer, Framer, _StreamFramer
+from trioecho.framing.fixed import FixedLengthFramer
+from trioecho.framing.length import LengthFieldFramer
+
+__all__ = ["PhasedFramer"]
+
+
+class PhasedFramer:
+    """The first frame of a stream framed by ``first``, every later one by
+    ``then`` (PostgreSQL's startup packet has no type byte; the messages after
+    it do).  ``first`` is a length-field framer (:class:`LengthPrefixedFramer`,
+    :class:`VarintFramer`, :class:`FixedLengthFramer`).  ``repeat(frame)``, if
+    given, keeps ``first`` for the next frame too while it returns true of a
+    frame it framed (PostgreSQL: a request for encryption is followed by
+    another startup packet).  Encoding follows the same phases."""
+
+    __slots__ = ("_first", "_first_encoder", "_repeat", "_then", "implementation")
+
+    def __init__(
+        self, first: Framer, then: Framer, *, repeat: Callable[[bytes], bool] | None = None
+    ) -> None:
+        if not isinstance(first, (LengthFieldFramer, FixedLengthFramer)):
+            raise TypeError(f"first must be a length-field framer, not {type(first).__name__}")
+        self._first: _StreamFramer | None = first
+        self._first_encoder: Framer | None = first
+        self._then = then
+        self._repeat = repeat
+        self.implementation = first.implementation
+
+    @property
+    def max_frame(self) -> int:
+        return self._first.max_frame if self._first is not None else self._then.max_frame
+
+    @property
+    def buffered(self) -> int:
+        return self._first.buffered if self._first is not None else self._then.buffered
+
+    def _again(self, frame: Buffer) -> bool:
+        return self._repeat is not None and bool(self._repeat(bytes(frame)))
+
+    def feed(self, data: Buffer) -> list[bytes]:
+        first = self._first
+        if first is None:
+            return self._then.feed(data)
+        frames: list[bytes] = []
+        try:
+            while True:
+                found = first._feed_first(data)  # one frame at most; the rest stays
+                data = b""
+                if not found:
+                    return frames
+                frames += found
+                if not self._again(found[0]):
+                    break
+            self._first = None
+            return frames + self._then.feed(first._take_buffered())
+        except FramingError as exc:
+            exc.frames[:0] = frames
+            raise
+
+    def feed_eof(self) -> None:
+        if self._first is not None:
+            self._first.feed_eof()
+        else:
+            self._then.feed_eof()
+
+    def encode(self, payload: Buffer) -> bytes:
+        encoder = self._first_encoder
+        if encoder is None:
+            return self._then.encode(payload)
+        data = encoder.encode(payload)
+        if not self._again(payload):
+            self._first_encoder = None
+        return data
+
+    def encode_many(self, payloads: Iterable[Buffer]) -> bytes:
+        return b"".join([self.encode(payload) for payload in payloads])

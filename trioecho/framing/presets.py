@@ -1,0 +1,116 @@
+"""Framing configurations for real protocols (``trioecho.framing.presets``).
+
+Each function returns a :class:`~trioecho.framing.config.FramingConfig`: pass it to
+``MessageStream``, ``MessageServer`` or ``open_message_stream``.  The frames
+are whole protocol messages (``include_header=True``), so a relay can pass
+them on unchanged: ``encode`` rewrites each one's length field from its size.
+
+=====================  =====================================================
+preset                 wire format
+=====================  =====================================================
+``postgresql()``       type byte, 4-byte big-endian length counting itself
+                       and the body; the client's first message (startup
+                       packet, or a request for encryption and then the
+                       startup packet) has no type byte
+``mqtt()``             fixed-header byte, "remaining length" varint of at
+                       most 4 bytes, the rest of the packet
+``protobuf_delimited`` varint length (at most 5 bytes), then the message
+=====================  =====================================================
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from trioecho.framing.base import DEFAULT_MAX_FRAME
+from trioecho.framing.config import FramingConfig
+
+__all__ = [
+    "POSTGRESQL_MAX_STARTUP",
+    "is_encryption_request",
+    "mqtt",
+    "postgresql",
+    "protobuf_delimited",
+    "refuse_encryption",
+]
+
+# PostgreSQL refuses a startup packet over 10,000 bytes (MAX_STARTUP_PACKET_LENGTH).
+POSTGRESQL_MAX_STARTUP = 10_000
+# The request codes of SSLRequest (1234.5679) and GSSENCRequest (1234.5680).
+_ENCRYPTION_REQUESTS = ((80877103).to_bytes(4, "big"), (80877104).to_bytes(4, "big"))
+_MQTT_MAX_REMAINING = (1 << 28) - 1  # 4 varint bytes: 268,435,455
+
+
+def postgresql(
+    side: Literal["client", "server"] = "client", *, max_frame: int = DEFAULT_MAX_FRAME
+) -> FramingConfig:
+    """PostgreSQL's frontend/backend protocol (version 3).
+
+    ``side="client"`` frames what a client sends: the startup packet (a
+    4-byte length counting itself, then the body; no type byte), then
+    messages of a type byte and a 4-byte length counting itself.
+    ``side="server"`` frames what the server sends: messages only.
+    ``max_frame`` limits a message's body (the bytes after its length).
+
+    A client may ask for TLS or GSSAPI encryption first (an 8-byte request
+    in the startup packet's form, ``sslmode=prefer``, libpq's default): the
+    next packet is then framed as a startup packet too.  The server's answer
+    to such a request is one unframed byte, so a relay answers it itself
+    (``refuse_encryption``): a relay must see the messages in clear.
+    """
+    messages = FramingConfig(
+        "len", length_offset=1, length_adjustment=-4, include_header=True, max_frame=max_frame
+    )
+    if side == "server":
+        return messages
+    if side != "client":
+        raise ValueError(f"side must be 'client' or 'server', not {side!r}")
+    startup = FramingConfig(
+        "len", length_adjustment=-4, include_header=True, max_frame=POSTGRESQL_MAX_STARTUP - 4
+    )
+    return FramingConfig(
+        "len",
+        length_offset=1,
+        length_adjustment=-4,
+        include_header=True,
+        max_frame=max_frame,
+        first_frame=startup,
+        repeat_first_frame=is_encryption_request,
+    )
+
+
+def is_encryption_request(frame: bytes) -> bool:
+    """Whether a PostgreSQL startup-form packet asks for TLS (SSLRequest) or
+    GSSAPI encryption (GSSENCRequest)."""
+    return len(frame) == 8 and frame[4:8] in _ENCRYPTION_REQUESTS
+
+
+def refuse_encryption(frame: bytes) -> bytes | None:
+    """A relay's own answer to a PostgreSQL client's frame: ``b"N"`` (no
+    encryption: the client goes on in clear, or gives up if it requires it)
+    to a request for TLS or GSSAPI encryption, else None (pass it on)."""
+    return b"N" if is_encryption_request(frame) else None
+
+
+def mqtt(*, max_frame: int = DEFAULT_MAX_FRAME) -> FramingConfig:
+    """MQTT 3.1.1 and 5 control packets, both directions: a fixed-header byte,
+    the remaining length (a varint of at most 4 bytes, minimally encoded),
+    then that many bytes.  ``max_frame`` limits the remaining length (the
+    protocol's own limit is 268,435,455)."""
+    return FramingConfig(
+        "varint",
+        length_offset=1,
+        max_length_bytes=4,
+        include_header=True,
+        max_frame=min(max_frame, _MQTT_MAX_REMAINING),
+    )
+
+
+def protobuf_delimited(
+    *, max_frame: int = DEFAULT_MAX_FRAME, max_length_bytes: int = 5
+) -> FramingConfig:
+    """Length-delimited protobuf messages (``writeDelimitedTo``,
+    ``parseDelimitedFrom``; Netty's ``ProtobufVarint32FrameDecoder``): a varint
+    length of at most ``max_length_bytes`` (5: a 32-bit length), then the
+    message.  Frames are the messages alone."""
+    return FramingConfig("varint", max_length_bytes=max_length_bytes, max_frame=max_frame)

@@ -1,0 +1,56 @@
+"""The transport for a Trio stream: the direct socket for a plain
+``trio.SocketStream`` (the only code that takes the stdlib socket out of
+Trio's stream), the stream's own methods otherwise.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+
+from trioecho.io.readiness import Readiness, resolve_readiness
+from trioecho.io.socket_transport import SocketTransport, hub_watch
+from trioecho.io.stream_transport import StreamTransport
+from trioecho.io.transport import Transport
+
+__all__ = ["open_transport"]
+
+
+def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
+    """The stdlib socket under a plain ``trio.SocketStream``, if there is one.
+
+    ``_sock`` is Trio's (stable but private) attribute holding the
+    non-blocking stdlib socket; without it the generic path is used.
+    """
+    if type(stream) is trio.SocketStream:
+        raw = getattr(stream.socket, "_sock", None)
+        if isinstance(raw, socket.socket):
+            return raw
+    return None
+
+
+def open_transport(
+    stream: trio.abc.Stream,
+    *,
+    idle_timeout: float | None = None,
+    send_timeout: float | None = None,
+    readiness: Readiness | None = None,
+) -> Transport:
+    """The transport for ``stream``: direct socket calls for a plain
+    ``trio.SocketStream``, the stream's own methods otherwise.
+
+    ``readiness`` says how a direct-socket transport waits: ``"hub"`` (the
+    run's :mod:`readiness hub <trioecho.io.hub>`), ``"trio"`` (Trio's own
+    waits), or None for :func:`default_readiness`.  Outside a Trio run, or
+    without epoll, the hub is not available and Trio's waits are used.
+    """
+    readiness = resolve_readiness(readiness)
+    sock = _raw_socket(stream)
+    if sock is None:
+        return StreamTransport(stream, idle_timeout=idle_timeout, send_timeout=send_timeout)
+    assert isinstance(stream, trio.SocketStream)
+    watch = hub_watch(sock) if readiness == "hub" else None
+    return SocketTransport(
+        stream, sock, idle_timeout=idle_timeout, send_timeout=send_timeout, watch=watch
+    )

@@ -1,0 +1,230 @@
+"""Transports: bytes in and out of one connection, with deadlines.
+
+The layer under :class:`~trioecho.stream.message_stream.MessageStream` and the echo
+session, and the only code of trioecho that touches Trio's socket
+internals.  One interface, two implementations:
+
+* :class:`SocketTransport` over a plain ``trio.SocketStream``: it calls the
+  non-blocking socket directly and waits only when the kernel has nothing
+  for it (the stream's own methods add a few scheduler round trips per
+  call), by default through the run's :mod:`readiness hub <trioecho.io.hub>`
+  (the socket registered once in a shared edge-triggered epoll set), else
+  with Trio's ``wait_readable``/``wait_writable`` (``readiness="trio"``,
+  ``TRIOECHO_READINESS=trio``: one ``epoll_ctl`` re-arm per wait);
+* :class:`StreamTransport` over any other ``trio.abc.Stream``: TLS,
+  in-memory, anything with ``receive_some``/``send_all``.
+
+:func:`open_transport` picks one.  The interface:
+
+``await receive_some(max_bytes, deadline)``
+    the next bytes: ``b""`` at the end of the stream, ``None`` once
+    :meth:`stop_receiving` was called (also when it interrupts a wait);
+    raises :class:`IdleTimeoutError` if nothing arrived by ``deadline``
+    (``trio.current_time()`` units, ``math.inf`` for none) and
+    :class:`ConnectionClosedError` if the peer or the network broke it.
+``await send_all(data)``
+    send every byte; past ``send_timeout`` of being blocked on a peer that
+    does not read, close the transport and raise :class:`SlowReaderError`.
+``stop_receiving()``
+    wake a waiting receive, and end every later one with ``None``.
+
+Both raise ``trio.ClosedResourceError`` after ``aclose()`` and
+``trio.BusyResourceError`` when two tasks receive (or send) at once.
+
+Deadlines: a wait for input normally runs in a cancel scope carrying the
+deadline.  Entering and leaving a scope costs more than the rest of a
+request/reply exchange, so a server with many connections can take the
+deadlines over (:meth:`hand_over_deadlines`): a socket wait then needs no
+scope, and one task calls :meth:`expire_if_idle` on every transport now and
+then, which wakes a wait past its deadline.
+
+Checkpoints: a call that has to wait yields to Trio; one that completes at
+once yields at least every ``CHECKPOINT_EVERY`` calls
+(:meth:`checkpoint_due`), so cancellation and other tasks get their
+turn without a scheduler round trip per message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import ssl
+from collections.abc import Callable
+
+import trio
+
+from trioecho.errors import ConnectionClosedError, IdleTimeoutError, SlowReaderError
+from trioecho.framing.base import Buffer
+from trioecho.io.closing import broken_reason, drain_until_eof
+
+__all__ = ["CHECKPOINT_EVERY", "InlineStep", "Transport"]
+
+CHECKPOINT_EVERY = 16
+# close_gracefully(): input still discarded once every reply is delivered.
+# How a direct-socket transport waits: "hub" (trioecho.io.hub, the default) or
+# "trio" (Trio's own wait_readable/wait_writable).
+# serve_inline()'s step: the bytes of one read (b"" at the end of the input)
+# in, the bytes to send out, or None to hand the connection back to its task.
+InlineStep = Callable[[bytes], "Buffer | None"]
+
+
+class Transport:
+    """What both transports share; see the module docstring for the interface."""
+
+    __slots__ = (
+        "_closed",
+        "_receive_scope",
+        "_receiving",
+        "_sending",
+        "_stopping",
+        "_unyielded",
+        "idle_timeout",
+        "on_held_send",
+        "send_timeout",
+        "stream",
+    )
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        idle_timeout: float | None = None,
+        send_timeout: float | None = None,
+    ) -> None:
+        self.stream = stream
+        self.idle_timeout = idle_timeout  # only for the error's message
+        self.send_timeout = send_timeout
+        self._closed = False
+        self._stopping = False
+        self._receiving = False
+        self._receive_scope: trio.CancelScope | None = None  # a receive's, while it waits
+        self._sending = False
+        self._unyielded = 0  # calls since the last checkpoint
+        # Told the bytes a send holds while it waits for the peer to read
+        # (then 0): the message stream's memory account listens.
+        self.on_held_send: Callable[[int], None] | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop_receiving` was called."""
+        return self._stopping
+
+    @property
+    def can_serve_inline(self) -> bool:
+        """Whether :meth:`serve_inline` is available (a socket on the hub)."""
+        return False
+
+    async def receive_some(self, max_bytes: int, deadline: float = math.inf) -> bytes | None:
+        raise NotImplementedError
+
+    async def send_all(self, data: Buffer) -> None:
+        raise NotImplementedError
+
+    async def serve_inline(
+        self, step: InlineStep, max_bytes: int, deadline: float = math.inf
+    ) -> Buffer | None:
+        """Have the readiness hub serve this connection with ``step`` until
+        it needs its task; see :class:`SocketTransport`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot serve a session inline")
+
+    def stop_receiving(self) -> None:
+        raise NotImplementedError
+
+    def hand_over_deadlines(self) -> None:
+        """Let the caller enforce receive deadlines with :meth:`expire_if_idle`."""
+
+    @property
+    def deadlines_handed_over(self) -> bool:
+        return False
+
+    def expire_if_idle(self, now: float) -> bool:
+        """If a receive is waiting past its deadline, wake it (it raises
+        :class:`IdleTimeoutError`) and return True."""
+        return False
+
+    def renew_deadline(self, deadline: float) -> None:
+        """Move the deadline of a waiting :meth:`serve_inline` (deadlines
+        handed over); no effect otherwise."""
+
+    def checkpoint_due(self) -> bool:
+        """Count a call that did not wait; True every ``CHECKPOINT_EVERY``
+        calls, when the caller must ``await trio.lowlevel.checkpoint()`` (a
+        test, so that a call that completes at once creates no coroutine)."""
+        self._unyielded += 1
+        if self._unyielded >= CHECKPOINT_EVERY:
+            self._unyielded = 0
+            return True
+        return False
+
+    async def send_eof(self) -> None:
+        """Close the sending side only (the stream must support half-close)."""
+        stream = self.stream
+        if not isinstance(stream, trio.abc.HalfCloseableStream):
+            raise TypeError(f"{type(stream).__name__} cannot close only its sending side")
+        try:
+            await stream.send_eof()
+        except trio.BrokenResourceError as exc:
+            raise ConnectionClosedError(
+                f"connection broken while closing: {broken_reason(exc)}"
+            ) from exc
+
+    async def aclose(self) -> None:
+        """Close the stream.  Idempotent; closes even when cancelled."""
+        self._closed = True
+        await self.stream.aclose()
+
+    async def close_gracefully(self, linger: float, limit: float) -> None:
+        """Close without destroying replies in flight, then close for good.
+
+        Closing a TCP socket whose input was not all read makes the kernel
+        send a reset, which discards the replies still queued for the peer.
+        So: TLS ``close_notify`` first (over TLS), then FIN, then read and
+        discard the peer's input until its own end of stream -- for as long
+        as the peer makes progress: each time it takes more of the replies
+        queued for it, it gets another
+        ``linger`` seconds; ``limit`` seconds in all.  A peer that keeps
+        reading gets every reply; the end is a FIN, not a reset.  Input is
+        not what buys time: once every reply is delivered, a peer that keeps
+        sending is cut off after ``DELIVERED_DRAIN_BYTES`` more.
+        """
+        stream = self.stream
+        tcp = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        self._closed = True
+        try:
+            with trio.move_on_after(limit):
+                if isinstance(stream, trio.SSLStream):
+                    with (
+                        trio.move_on_after(linger),
+                        contextlib.suppress(trio.BrokenResourceError, ssl.SSLError),
+                    ):
+                        await stream.unwrap()
+                if isinstance(tcp, trio.abc.HalfCloseableStream):
+                    await tcp.send_eof()
+                await drain_until_eof(tcp, linger)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+            if tcp is not stream:
+                await trio.aclose_forcefully(tcp)
+
+    # -- shared helpers ----------------------------------------------------
+
+    def _claim_receiving(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the message stream was closed")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving from this stream")
+        self._receiving = True
+
+    def _idle_timeout_error(self) -> IdleTimeoutError:
+        return IdleTimeoutError(f"no complete message within idle_timeout={self.idle_timeout}s")
+
+    def _slow_reader_error(self) -> SlowReaderError:
+        return SlowReaderError(
+            f"peer did not read its replies: send blocked for send_timeout={self.send_timeout}s"
+        )

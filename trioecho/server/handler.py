@@ -1,0 +1,95 @@
+"""The handler model of ``socketserver``, made async: :class:`BaseRequestHandler`
+(``setup``/``handle``/``finish``, or ``respond`` per message) and the
+:data:`Handler` a server takes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trioecho.server.server import MessageServer
+
+from trioecho.errors import (
+    FramingError,
+)
+from trioecho.logtext import format_address
+from trioecho.stream.message_stream import MessageStream
+from trioecho.stream.session import RespondSession
+
+logger = logging.getLogger("trioecho.server")
+
+__all__ = ["BaseRequestHandler", "Handler"]
+
+
+class BaseRequestHandler:
+    """``socketserver.BaseRequestHandler``, made async.
+
+    One instance serves one connection.  The server calls :meth:`setup`, then
+    :meth:`handle`, then :meth:`finish` (even if ``handle`` raised), as
+    socketserver does.  Attributes:
+
+    ``request``
+        the connection's :class:`MessageStream`;
+    ``client_address``
+        the peer's address, ``(host, port)`` for IPv4;
+    ``server``
+        the :class:`MessageServer`.
+
+    A subclass answers in one of two ways:
+
+    * ``async def handle(self)``: receive and send through ``self.request``
+      as it likes, awaiting whatever it needs;
+    * ``def respond(self, message) -> bytes | None``: a plain function
+      called for each message, whose return value is the reply (framed like
+      the input; None: no reply).  It must not block.  The server then
+      frames, answers and sends inline: on a plain TCP socket the readiness
+      hub calls ``respond`` as the bytes arrive, with no task wake-up per
+      message.  :meth:`end_session` closes the connection after the current
+      reply.  Over TLS and in-memory streams the same handler runs in the
+      connection's task.
+    """
+
+    __slots__ = ("__dict__", "_session", "client_address", "request", "server")
+
+    def __init__(self, request: MessageStream, client_address: Any, server: MessageServer) -> None:
+        self.request = request
+        self.client_address = client_address
+        self.server = server
+        self._session: RespondSession | None = None
+
+    async def setup(self) -> None:
+        """Called before :meth:`handle`; does nothing by default."""
+
+    async def handle(self) -> None:
+        """Serve the connection: by default, answer each message with
+        :meth:`respond` if the subclass defines it, else do nothing."""
+        if type(self).respond is BaseRequestHandler.respond:
+            return
+        self._session = RespondSession(self.request.framer, self.respond)
+        await self.request.run_session(self._session, on_dropped=self.dropped_line)
+
+    def respond(self, message: bytes) -> bytes | None:
+        """The reply to ``message`` (None: no reply); see the class docstring."""
+        raise NotImplementedError
+
+    def end_session(self) -> None:
+        """From :meth:`respond`: close the connection once this reply is sent;
+        later messages are not answered."""
+        if self._session is None:
+            raise RuntimeError("end_session() is for respond(); handle() returns instead")
+        self._session.stop()
+
+    def dropped_line(self, error: FramingError) -> None:
+        """An over-long line was dropped (discard mode); logs it."""
+        logger.warning(
+            "%s: dropped an over-long line: %s", format_address(self.client_address), error
+        )
+
+    async def finish(self) -> None:
+        """Called after :meth:`handle`, even if it raised; does nothing by default."""
+
+
+Handler = type[BaseRequestHandler] | Callable[[MessageStream], Awaitable[None]]

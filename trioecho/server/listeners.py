@@ -1,0 +1,124 @@
+"""Listening sockets: the connection limit and the out-of-descriptors pause
+around accept, and ``SO_REUSEPORT`` binding for several processes on one
+port.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+
+import trio
+
+logger = logging.getLogger("trioecho.server")
+
+__all__ = [
+    "ACCEPT_RETRY_SECONDS",
+    "LimitedListener",
+    "bind_reuse_port",
+    "open_reuse_port_listeners",
+]
+
+
+# accept() errors that mean "out of a resource", not "this connection failed":
+# accepting pauses and retries (as trio.serve_listeners does, but logged once
+# per episode rather than with a traceback every retry).
+_ACCEPT_CAPACITY_ERRNOS = {
+    errno.EMFILE: "out of file descriptors",
+    errno.ENFILE: "out of file descriptors (system-wide)",
+    errno.ENOMEM: "out of memory",
+    errno.ENOBUFS: "out of socket buffers",
+}
+ACCEPT_RETRY_SECONDS = 0.1
+
+
+class LimitedListener(trio.abc.Listener[trio.SocketStream]):
+    """Accepts only while a connection slot is free: at the limit, the server
+    stops accepting (clients wait in the kernel's backlog) until one frees.
+    Out of file descriptors (or memory), it pauses and retries, logging the
+    episode's start and end once each."""
+
+    def __init__(self, listener: trio.SocketListener, slots: trio.Semaphore) -> None:
+        self.listener = listener
+        self.socket = listener.socket
+        self._slots = slots
+        self._short_of: str | None = None  # the resource accept() ran out of
+
+    async def accept(self) -> trio.SocketStream:
+        await self._slots.acquire()
+        try:
+            while True:
+                try:
+                    stream = await self.listener.accept()
+                except OSError as exc:
+                    what = _ACCEPT_CAPACITY_ERRNOS.get(exc.errno or 0)
+                    if what is None:
+                        raise
+                    if self._short_of is None:
+                        logger.warning(
+                            "cannot accept: %s (%s): accepting paused, retrying every %ss",
+                            what,
+                            errno.errorcode.get(exc.errno or 0, exc.errno),
+                            ACCEPT_RETRY_SECONDS,
+                        )
+                    self._short_of = what
+                    await trio.sleep(ACCEPT_RETRY_SECONDS)
+                    continue
+                if self._short_of is not None:
+                    logger.warning("accepting again (was %s)", self._short_of)
+                    self._short_of = None
+                return stream
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def aclose(self) -> None:
+        await self.listener.aclose()
+
+
+def bind_reuse_port(host: str | None, port: int) -> list[socket.socket]:
+    """Bind, without listening, one ``SO_REUSEPORT`` socket per address of
+    ``host``, all on one port: ``port``, or for 0 the one the kernel picks for
+    the first address.  Raises ``OSError`` if the port is held without
+    ``SO_REUSEPORT`` (or the platform lacks it).  Blocks on name resolution.
+    """
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise OSError("SO_REUSEPORT is not available on this platform")
+    addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    bound: list[socket.socket] = []
+    try:
+        for family, kind, protocol, _, address in addresses:
+            sock = socket.socket(family, kind, protocol)
+            bound.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((address[0], port, *address[2:]))
+            port = sock.getsockname()[1]
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
+
+
+async def open_reuse_port_listeners(
+    port: int, *, host: str | None = None, backlog: int | None = None
+) -> list[trio.SocketListener]:
+    """Like ``trio.open_tcp_listeners``, with ``SO_REUSEPORT`` set on each
+    socket (see :func:`bind_reuse_port`).
+
+    Every process that opens the same ``host``:``port`` this way gets its own
+    listening socket, and the kernel spreads new connections across them.
+    """
+    sockets = await trio.to_thread.run_sync(bind_reuse_port, host, port)
+    try:
+        for sock in sockets:
+            sock.listen(backlog if backlog is not None else socket.SOMAXCONN)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]

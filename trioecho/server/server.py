@@ -1,0 +1,437 @@
+"""A TCP message server on Trio with the handler model of ``socketserver``.
+
+Each connection gets one task in the connections' nursery (accepted by
+``trio.serve_listeners``) and a :class:`MessageStream`.  The handler is
+either a :class:`BaseRequestHandler` subclass, as in the seed tutorial::
+
+    class Echo(BaseRequestHandler):
+        async def handle(self):
+            async for message in self.request:
+                await self.request.send_message(message)
+
+or a plain ``async def handler(stream)`` that takes the message stream.
+
+A handler that raises is logged with the peer address and only its
+connection closes.  Limits: ``max_connections`` (at the limit the server stops
+accepting until a slot frees), ``idle_timeout`` (no complete message for that
+many seconds closes the connection), ``send_timeout`` (a peer that does not
+read its replies is closed after a send stays blocked that long) and the
+framer's ``max_frame``.
+
+Before the handler runs, :mod:`trioecho.server.accept` reads a PROXY protocol header
+(``proxy_protocol``), which makes ``client_address`` the real client behind a
+load balancer, and does the TLS handshake (``ssl_context``).  A connection
+that fails either is logged and closed; the others never notice.
+
+``reuse_port=True`` opens the listening sockets with ``SO_REUSEPORT``, so
+that several processes (``trioecho --workers N``) can listen on one port and
+the kernel spreads the connections over them.
+
+Graceful shutdown (:meth:`MessageServer.shutdown`): stop accepting, let every
+connection finish the messages it has already received, wait up to ``grace``
+seconds for the handlers to return, then cancel the rest and close every
+connection.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import trio
+
+from trioecho.errors import (
+    ConnectionClosedError,
+    FramingError,
+    IdleTimeoutError,
+    MemoryBudgetError,
+    ProxyProtocolError,
+    SlowReaderError,
+    TLSHandshakeError,
+)
+from trioecho.framing.config import FramingConfig, framing_config
+from trioecho.io import memory as _memory
+from trioecho.io.budget import MemoryBudget
+from trioecho.io.opening import open_transport
+from trioecho.io.readiness import Readiness, resolve_readiness
+from trioecho.logtext import format_address
+from trioecho.server.accept import DEFAULT_HANDSHAKE_TIMEOUT, ProxyProtocolConfig, open_connection
+from trioecho.server.handler import BaseRequestHandler, Handler
+from trioecho.server.listeners import LimitedListener, open_reuse_port_listeners
+from trioecho.stream.message_stream import MessageStream, receive_size_for
+
+__all__ = [
+    "DEFAULT_GRACE",
+    "DEFAULT_HOST",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_PORT",
+    "DEFAULT_SEND_TIMEOUT",
+    "MessageServer",
+]
+
+logger = logging.getLogger("trioecho.server")
+# One line per connection opened and closed, at INFO: `trioecho -v` shows them.
+connection_logger = logging.getLogger("trioecho.connections")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9999
+DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_IDLE_TIMEOUT = 300.0  # seconds without a complete message
+DEFAULT_SEND_TIMEOUT = 30.0  # seconds a send may stay blocked on a peer not reading
+DEFAULT_GRACE = 5.0  # seconds handlers get to finish on shutdown
+# Closing a socket with unread input makes the kernel send a reset, which can
+# destroy replies still in flight.  So a connection is closed by sending FIN,
+# then reading and discarding what the peer still sends until its end, while
+# it makes progress at least this often (see Transport.close_gracefully).
+LINGER_SECONDS = 2.0
+MEMORY_CHECK_SECONDS = 1.0  # how often freed memory is considered for return to the OS
+MEMORY_TRIM_BYTES = 4 << 20  # freed since the peak: worth a malloc_trim
+
+
+class MessageServer:
+    """Serves framed messages over TCP, one Trio task per connection.
+
+    ``await nursery.start(server.serve)`` binds, starts serving and returns
+    the bound ``trio.SocketListener`` list (use port 0 for a free port).
+    ``serve`` returns after :meth:`shutdown` has drained the connections.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        host: str | None = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        framing: FramingConfig | str | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
+        grace: float = DEFAULT_GRACE,
+        backlog: int | None = None,
+        reuse_port: bool = False,
+        proxy_protocol: ProxyProtocolConfig | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        memory_budget: MemoryBudget | None = None,
+        readiness: Readiness | None = None,
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+        for name, value in (
+            ("idle_timeout", idle_timeout),
+            ("send_timeout", send_timeout),
+            ("handshake_timeout", handshake_timeout),
+        ):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive or None, not {value}")
+        if grace < 0:
+            raise ValueError(f"grace must be at least 0, not {grace}")
+        self.handler = handler
+        self.host = host
+        self.port = port
+        self.framing = framing_config(framing)
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.send_timeout = send_timeout
+        self.grace = grace
+        self.backlog = backlog
+        self.reuse_port = reuse_port
+        self.proxy_protocol = proxy_protocol
+        self.ssl_context = ssl_context
+        self.handshake_timeout = handshake_timeout
+        self.budget = memory_budget if memory_budget is not None else MemoryBudget()
+        self.readiness = resolve_readiness(readiness)
+        self.listeners: list[trio.SocketListener] = []
+        self.connections_served = 0
+        self.messages_received = 0  # over all closed connections
+        self.messages_sent = 0
+        self._slots = trio.Semaphore(max_connections)
+        self._streams: set[MessageStream] = set()
+        # Connections still reading a PROXY header or doing a TLS handshake:
+        # shutdown cancels them at once (they have no message to finish).
+        self._setting_up: set[trio.CancelScope] = set()
+        self._shutdown_requested = trio.Event()
+        self._all_closed = trio.Event()
+        self._stopped = trio.Event()
+        self._connections_scope: trio.CancelScope | None = None
+
+    @property
+    def active_connections(self) -> int:
+        return len(self._streams)
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutdown_requested.is_set()
+
+    # -- running -------------------------------------------------------------
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Bind ``host``:``port`` and serve until :meth:`shutdown`."""
+        if self.reuse_port:
+            listeners = await open_reuse_port_listeners(
+                self.port, host=self.host, backlog=self.backlog
+            )
+        else:
+            listeners = await trio.open_tcp_listeners(
+                self.port, host=self.host, backlog=self.backlog
+            )
+        await self.serve_listeners(listeners, task_status=task_status)
+
+    async def serve_listeners(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve on listeners the caller opened (they are closed on return)."""
+        self.listeners = listeners
+        limited = [LimitedListener(listener, self._slots) for listener in listeners]
+        try:
+            async with trio.open_nursery() as watchdog:
+                if self.idle_timeout is not None:
+                    watchdog.start_soon(self._expire_idle_connections, self.idle_timeout)
+                watchdog.start_soon(self._return_memory)
+                await self._serve_until_drained(listeners, limited, task_status)
+                watchdog.cancel_scope.cancel()
+        finally:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+            self._stopped.set()
+        served = self.connections_served
+        logger.info(
+            "stopped after serving %d connection%s: %d messages received, %d sent",
+            served,
+            "" if served == 1 else "s",
+            self.messages_received,
+            self.messages_sent,
+        )
+
+    async def _serve_until_drained(
+        self,
+        listeners: list[trio.SocketListener],
+        limited: list[LimitedListener],
+        task_status: trio.TaskStatus[list[trio.SocketListener]],
+    ) -> None:
+        """Accept with ``trio.serve_listeners`` until shutdown() cancels it,
+        one task per connection in the connections' nursery; then drain."""
+        async with trio.open_nursery() as connections:
+            self._connections_scope = connections.cancel_scope
+            async with trio.open_nursery() as accepting:
+                await accepting.start(
+                    functools.partial(
+                        trio.serve_listeners,
+                        self._serve_connection,
+                        limited,
+                        handler_nursery=connections,
+                    )
+                )
+                for listener in listeners:
+                    logger.debug("listening on %s", format_address(listener.socket.getsockname()))
+                task_status.started(listeners)
+                await self._shutdown_requested.wait()
+                accepting.cancel_scope.cancel()
+            for listener in listeners:
+                await listener.aclose()
+            await self._drain()
+
+    async def _expire_idle_connections(self, idle_timeout: float) -> None:
+        """Enforce ``idle_timeout`` for every connection from this one task
+        (see ``MessageStream.hand_over_deadlines``): it fires within a tenth
+        of the timeout (at most 1 s) after it is due."""
+        period = min(1.0, max(idle_timeout / 10, 0.01))
+        while True:
+            await trio.sleep(period)
+            now = trio.current_time()
+            for stream in self._streams:
+                stream.expire_if_idle(now)
+
+    async def _return_memory(self) -> None:
+        """Give freed memory back to the OS after a peak (``_memory.trim``):
+        RSS falls again once large messages are gone."""
+        _memory.serve_large_blocks_with_mmap()
+        high = self.budget.used
+        while True:
+            await trio.sleep(MEMORY_CHECK_SECONDS)
+            used = self.budget.used
+            high = max(high, self.budget.peak)
+            if high - used >= MEMORY_TRIM_BYTES:
+                _memory.trim()
+                self.budget.peak = high = used
+
+    def shutdown(self, *, grace: float | None = None) -> None:
+        """Stop gracefully: see the module docstring.  Safe to call more than once;
+        a later call with a shorter ``grace`` (0: now) cuts the wait short."""
+        if grace is not None:
+            self.grace = min(self.grace, grace)
+            if self.grace == 0 and self._shutdown_requested.is_set():
+                self._cancel_connections()
+        self._shutdown_requested.set()
+
+    async def wait_stopped(self) -> None:
+        """Return once :meth:`serve` has shut down."""
+        await self._stopped.wait()
+
+    async def _drain(self) -> None:
+        for setup in self._setting_up:
+            setup.cancel()
+        streams = list(self._streams)
+        logger.info("shutting down: %d connections finishing", len(streams))
+        for stream in streams:
+            stream.stop_receiving()
+        if not self._streams:
+            return
+        with trio.move_on_after(self.grace):
+            await self._all_closed.wait()
+            return
+        self._cancel_connections()
+
+    def _cancel_connections(self) -> None:
+        if self._streams:
+            logger.warning("grace period over: cancelling %d connections", len(self._streams))
+        if self._connections_scope is not None:
+            self._connections_scope.cancel()
+
+    # -- one connection ----------------------------------------------------
+
+    async def _serve_connection(self, socket_stream: trio.SocketStream) -> None:
+        try:
+            try:
+                peer = socket_stream.socket.getpeername()
+            except OSError:  # reset before we got here
+                return
+            set_up = await self._set_up(socket_stream, peer)
+            if set_up is None:
+                return
+            connection, client = set_up
+            stream = self._open_stream(connection)
+            self._streams.add(stream)
+            self.connections_served += 1
+            if self.shutting_down:
+                stream.stop_receiving()
+            connection_logger.info("%s: connected", _Where(client, peer))
+            try:
+                # The handler's life, in this frame (an idle connection keeps
+                # one coroutine less): setup, handle, finish, or the call.
+                handler = self.handler
+                if isinstance(handler, type) and issubclass(handler, BaseRequestHandler):
+                    request_handler = handler(stream, client, self)
+                    await request_handler.setup()
+                    try:
+                        await request_handler.handle()
+                    finally:
+                        await request_handler.finish()
+                else:
+                    await cast(Callable[[MessageStream], Awaitable[None]], handler)(stream)
+            except Exception as exc:
+                _log_handler_error(exc, _Where(client, peer))
+            finally:
+                try:
+                    await _linger_close(stream, self.send_timeout)
+                finally:
+                    self._streams.discard(stream)
+                    self.messages_received += stream.messages_received
+                    self.messages_sent += stream.messages_sent
+                    if self.shutting_down and not self._streams:
+                        self._all_closed.set()
+            connection_logger.info("%s: closed", _Where(client, peer))
+        finally:
+            await trio.aclose_forcefully(socket_stream)  # idempotent: closed already but on errors
+            self._slots.release()
+
+    def _open_stream(self, connection: trio.abc.Stream) -> MessageStream:
+        """The connection's message stream: its transport (deadlines handed
+        over to the watchdog), the server's framing, a memory account."""
+        transport = open_transport(
+            connection,
+            idle_timeout=self.idle_timeout,
+            send_timeout=self.send_timeout,
+            readiness=self.readiness,
+        )
+        transport.hand_over_deadlines()
+        return MessageStream(
+            transport,
+            self.framing,
+            receive_size=receive_size_for(self.framing.framing),
+            account=self.budget.open_account(),
+        )
+
+    async def _set_up(
+        self, socket_stream: trio.SocketStream, peer: Any
+    ) -> tuple[trio.abc.Stream, Any] | None:
+        """PROXY header and TLS handshake (:mod:`trioecho.server.accept`): the stream
+        to serve and the client address, or None (logged) to close."""
+        where = format_address(peer)
+        setup = trio.CancelScope()
+        self._setting_up.add(setup)
+        try:
+            with setup:
+                if self.shutting_down:
+                    setup.cancel()
+                return await open_connection(
+                    socket_stream,
+                    peer,
+                    proxy=self.proxy_protocol,
+                    ssl_context=self.ssl_context,
+                    handshake_timeout=self.handshake_timeout,
+                )
+            logger.info("%s: closed before it was set up: shutting down", where)
+        except (ProxyProtocolError, TLSHandshakeError) as exc:
+            logger.warning("%s: closing: %s", where, exc)
+        except (OSError, trio.BrokenResourceError) as exc:
+            logger.info("%s: connection lost before it was set up: %s", where, exc)
+        finally:
+            self._setting_up.discard(setup)
+        return None
+
+
+class _Where:
+    """A connection's address for a log line (``client (via proxy peer)``),
+    formatted only when a line is written: an idle connection holds no string."""
+
+    __slots__ = ("client", "peer")
+
+    def __init__(self, client: Any, peer: Any) -> None:
+        self.client = client
+        self.peer = peer
+
+    def __str__(self) -> str:
+        where = format_address(self.client)
+        if self.client is not self.peer:
+            where += f" (via proxy {format_address(self.peer)})"
+        return where
+
+
+def _log_handler_error(exc: Exception, where: _Where) -> None:
+    """Log what ended a connection's handler: one line for the expected
+    endings, a traceback for a handler's own bug."""
+    if isinstance(exc, FramingError) and exc.local:
+        # Not the peer's fault: a payload of this side's could not be framed.
+        logger.error(
+            "%s: closing: our own message cannot be framed: %s: %s", where, type(exc).__name__, exc
+        )
+    elif isinstance(exc, FramingError):
+        logger.warning("%s: closing: %s: %s", where, type(exc).__name__, exc)
+    elif isinstance(exc, SlowReaderError | MemoryBudgetError):
+        logger.warning("%s: closing: %s", where, exc)
+    elif isinstance(exc, IdleTimeoutError):
+        logger.info("%s: closing: %s", where, exc)
+    elif isinstance(exc, ConnectionClosedError):
+        logger.info("%s: %s", where, exc)
+    elif isinstance(exc, trio.ClosedResourceError):
+        pass  # closed by ourselves (shutdown or a timeout)
+    else:
+        logger.error("%s: handler raised; closing its connection", where, exc_info=exc)
+
+
+async def _linger_close(stream: MessageStream, send_timeout: float | None) -> None:
+    """Close without losing replies in flight (see ``Transport.close_gracefully``):
+    a peer that keeps reading gets them all, for up to ``send_timeout``
+    (at least ``LINGER_SECONDS``), or the grace period on shutdown."""
+    limit = max(LINGER_SECONDS, send_timeout or 0.0)
+    await stream.close_gracefully(LINGER_SECONDS, limit)

@@ -1,0 +1,114 @@
+"""The client side: connect to a message server and get a :class:`MessageStream`.
+
+``open_message_stream`` is to :class:`~trioecho.server.server.MessageServer` what
+``trio.open_tcp_stream`` is to ``trio.serve_tcp``::
+
+    async with await open_message_stream("127.0.0.1", 9999) as stream:
+        greeting = await stream.receive_message()
+        await stream.send_message(b"hello")
+        reply = await stream.receive_message()
+
+It connects with ``trio.open_tcp_stream`` (every address of ``host``,
+happy eyeballs between them), runs the TLS handshake when given an
+``ssl_context``, and frames the connection with ``framing``.  The
+command-line client, the demo and the TLS load generator all connect here.
+"""
+
+from __future__ import annotations
+
+import ssl
+import sys
+
+import trio
+
+if sys.version_info < (3, 11):  # pragma: no cover - trio installs the backport there
+    from exceptiongroup import BaseExceptionGroup
+
+from trioecho.errors import TLSHandshakeError
+from trioecho.framing.config import FramingConfig, framing_config
+from trioecho.io.tls import do_handshake
+from trioecho.stream.message_stream import MessageStream, receive_size_for
+
+__all__ = ["DEFAULT_CONNECT_HANDSHAKE_TIMEOUT", "open_message_stream"]
+
+DEFAULT_CONNECT_HANDSHAKE_TIMEOUT = 10.0
+
+
+async def open_message_stream(
+    host: str | bytes,
+    port: int,
+    *,
+    framing: FramingConfig | str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    handshake_timeout: float | None = DEFAULT_CONNECT_HANDSHAKE_TIMEOUT,
+    happy_eyeballs_delay: float | None = 0.25,
+    receive_size: int | None = None,
+    idle_timeout: float | None = None,
+    send_timeout: float | None = None,
+) -> MessageStream:
+    """Connect to ``host``:``port`` and return a :class:`MessageStream` over it.
+
+    ``framing`` is the server's: a :class:`FramingConfig` or a framing name
+    (default: lines).  With ``ssl_context`` the
+    connection speaks TLS: the server's certificate is checked against
+    ``server_hostname`` (default ``host``), and the handshake must finish
+    within ``handshake_timeout`` seconds.  ``receive_size`` defaults to
+    64 KiB, 1024 bytes for raw framing (the seed's read size);
+    ``idle_timeout`` and ``send_timeout`` are the stream's.
+
+    Raises ``OSError`` if no address of ``host`` accepts the connection (the
+    system's error, e.g. ``ConnectionRefusedError``, when every address
+    failed the same way) and
+    :class:`TLSHandshakeError` if the TLS handshake fails or times out (the
+    connection is closed then).
+    """
+    config = framing_config(framing)
+    if receive_size is None:
+        receive_size = receive_size_for(config.framing)
+    try:
+        tcp = await trio.open_tcp_stream(host, port, happy_eyeballs_delay=happy_eyeballs_delay)
+    except OSError as exc:
+        raise _plain_connect_error(exc) from exc
+    transport: trio.abc.Stream = tcp
+    if ssl_context is not None:
+        if server_hostname is None:
+            server_hostname = host.decode() if isinstance(host, bytes) else host
+        tls = trio.SSLStream(tcp, ssl_context, server_hostname=server_hostname)
+        timeout = float("inf") if handshake_timeout is None else handshake_timeout
+        with trio.move_on_after(timeout):
+            await do_handshake(tls)
+            transport = tls
+        if transport is not tls:
+            await trio.aclose_forcefully(tls)
+            raise TLSHandshakeError(
+                f"TLS handshake did not finish within {handshake_timeout}s", reason="timed out"
+            )
+    return MessageStream(
+        transport,
+        config.new_framer(),
+        receive_size=receive_size,
+        idle_timeout=idle_timeout,
+        send_timeout=send_timeout,
+    )
+
+
+def _plain_connect_error(exc: OSError) -> OSError:
+    """Trio's "all attempts to connect failed" as the error the addresses
+    gave, when they all gave the same one (a refused port is then a plain
+    ``ConnectionRefusedError``)."""
+    group = exc.__cause__
+    if exc.errno is not None or not isinstance(group, BaseExceptionGroup):
+        return exc
+    leaves = [e for e in _leaves(group) if isinstance(e, OSError) and e.errno is not None]
+    if not leaves or len({e.errno for e in leaves}) != 1:
+        return exc
+    first = leaves[0]
+    return type(first)(first.errno, first.strerror)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for error in group.exceptions:
+        found += _leaves(error) if isinstance(error, BaseExceptionGroup) else [error]
+    return found

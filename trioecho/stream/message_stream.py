@@ -1,0 +1,651 @@
+"""A message stream: framed messages over any ``trio.abc.Stream``.
+
+``MessageStream`` is the one owner of a connection's data path: its
+:class:`~trioecho.io.transport.Transport` (``transport``), its framer, its
+share of the server's memory budget (``account``) and its counters
+(``messages_received``, ``messages_sent``, ``lines_dropped``).  Everything
+above it -- handlers, the echo service, the relay -- sends and receives
+through its methods, never through the transport.
+
+Two ways to use it:
+
+* message by message: ``receive_message()`` / ``async for`` /
+  ``receive_messages()`` and ``send_message()`` / ``send_messages()`` /
+  ``send_framed()``;
+* a whole sans-IO session (:meth:`run_session`): bytes in, bytes to send
+  out, as :class:`~trioecho.services.echo_session.EchoSession` and
+  :class:`~trioecho.stream.session.RespondSession` are.  On a plain TCP socket on
+  the readiness hub the hub runs the session itself on every read (no task
+  wakes per message); elsewhere (TLS, in-memory streams, Trio's own waits)
+  this task does, with the same session object and so the same bytes.
+
+Outcomes, as documented on each method:
+
+* a clean end of stream ends ``async for`` and makes ``receive_message()``
+  raise :class:`trio.EndOfChannel`;
+* a stream that ends inside a frame raises :class:`IncompleteFrameError`;
+* input that breaks the framing rules raises a :class:`FramingError`
+  subclass, after every message completed before it has been delivered;
+* a transport broken by the peer or the network raises
+  :class:`ConnectionClosedError` (the transport's exception is ``__cause__``);
+* using the stream after ``aclose()`` raises :class:`trio.ClosedResourceError`;
+* two tasks receiving at once raise :class:`trio.BusyResourceError`, and two
+  sending at once do whatever the transport does (Trio's streams raise
+  ``BusyResourceError`` too).
+
+Memory is bounded: the stream reads again only when every message of the
+previous read has been delivered, and the framer keeps at most one
+unfinished frame (``max_frame``) plus one read.  With an ``account`` every
+read is admitted by the budget first (and may wait for it), and the account
+knows the bytes buffered and the bytes of a send in progress.
+
+Checkpoints: a call that has to wait yields to Trio; one that finds its
+messages already read (or its bytes sent at once) yields at least every
+``CHECKPOINT_EVERY`` calls, so cancellation and other tasks get their turn
+without a scheduler round trip per message.
+
+Deadlines: ``idle_timeout`` bounds each wait for a complete message.  A
+server enforces the deadlines of all its streams from one task
+(:meth:`hand_over_deadlines`, :meth:`expire_if_idle`); see
+:mod:`trioecho.io.transport`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import trio
+
+from trioecho.errors import FrameTooLongError
+from trioecho.framing.base import Buffer, Framer, drops_too_long
+from trioecho.framing.config import FramingConfig, framing_config, new_framer
+from trioecho.io.budget import Account
+from trioecho.io.opening import open_transport
+from trioecho.io.readiness import Readiness
+from trioecho.io.transport import CHECKPOINT_EVERY, Transport
+from trioecho.stream.session import Session, SessionOutput
+
+__all__ = [
+    "CHECKPOINT_EVERY",
+    "DEFAULT_RECEIVE_SIZE",
+    "RAW_RECEIVE_SIZE",
+    "MessageStream",
+    "Session",
+    "SessionOutput",
+]
+
+DEFAULT_RECEIVE_SIZE = 64 * 1024
+RAW_RECEIVE_SIZE = 1024  # the seed's recv(1024): in raw framing, one read is one message
+
+
+# The empty _pending of every stream (an idle stream holds no list of its
+# own).  Never mutated: _feed() replaces an empty _pending, and only a
+# non-empty one is handed out.
+_NO_MESSAGES: list[bytes] = []
+
+
+def receive_size_for(framing: str) -> int:
+    """How many bytes a stream of ``framing`` reads at a time."""
+    return RAW_RECEIVE_SIZE if framing == "raw" else DEFAULT_RECEIVE_SIZE
+
+
+class MessageStream(trio.abc.AsyncResource):
+    """Framed messages over ``transport_stream``.
+
+    ``transport_stream`` is any ``trio.abc.Stream`` (the stream builds its
+    :class:`~trioecho.io.transport.Transport` with
+    :func:`~trioecho.io.opening.open_transport`, passing ``idle_timeout``,
+    ``send_timeout`` and ``readiness``), or a ``Transport`` the caller
+    opened (those three must then be left out).  ``framer`` is a framer,
+    a :class:`~trioecho.framing.config.FramingConfig` (its framer is
+    built when first used) or a framing name (``"len"``); it defaults to
+    lines.  ``receive_size`` is the most
+    bytes asked of the transport per read.  ``idle_timeout`` (seconds)
+    bounds how long ``receive_message()`` waits for a complete message and
+    raises :class:`IdleTimeoutError` past it; ``send_timeout`` bounds how
+    long a send may stay blocked on a peer that does not read, and raises
+    :class:`SlowReaderError` (closing the stream) past it.  ``None`` means
+    no limit.  ``readiness`` (``"hub"``, ``"trio"`` or None for the default)
+    is how the transport waits on a plain TCP socket.  ``account`` is the
+    stream's share of a :class:`~trioecho.io.budget.MemoryBudget`; the stream
+    gives it back when it closes.
+    """
+
+    __slots__ = (
+        "_account",
+        "_at_eof",
+        "_error",
+        "_framer",
+        "_framing",
+        "_next",
+        "_pending",
+        "_receiving",
+        "_resume",
+        "_run",
+        "lines_dropped",
+        "messages_received",
+        "messages_sent",
+        "receive_size",
+        "transport",
+        "transport_stream",
+    )
+
+    def __init__(
+        self,
+        transport_stream: trio.abc.Stream | Transport,
+        framer: Framer | FramingConfig | str | None = None,
+        *,
+        receive_size: int = DEFAULT_RECEIVE_SIZE,
+        idle_timeout: float | None = None,
+        send_timeout: float | None = None,
+        readiness: Readiness | None = None,
+        account: Account | None = None,
+    ) -> None:
+        if not isinstance(transport_stream, trio.abc.Stream | Transport):
+            raise TypeError(
+                "MessageStream needs a trio.abc.Stream (or a Transport), "
+                f"not {type(transport_stream).__name__}"
+            )
+        if receive_size < 1:
+            raise ValueError(f"receive_size must be at least 1, not {receive_size}")
+        if isinstance(transport_stream, Transport):
+            if idle_timeout is not None or send_timeout is not None or readiness is not None:
+                raise ValueError(
+                    "idle_timeout, send_timeout and readiness belong to the Transport "
+                    "when one is given"
+                )
+            self.transport = transport_stream
+        else:
+            self.transport = open_transport(
+                transport_stream,
+                idle_timeout=idle_timeout,
+                send_timeout=send_timeout,
+                readiness=readiness,
+            )
+        self.transport_stream = self.transport.stream
+        self._account = account
+        if account is not None:
+            self.transport.on_held_send = account.set_sending
+        # A FramingConfig builds its framer when first needed (a session
+        # never needs one: an idle connection holds less).
+        self._framing = framing_config(framer, "framer") if isinstance(framer, str) else None
+        if isinstance(framer, FramingConfig):
+            self._framing = framer
+        self._framer: Framer | None = None
+        if self._framing is None:
+            self._framer = new_framer(framer)
+        self.receive_size = receive_size
+        # Messages read but not yet delivered: _pending[_next:].  A list and an
+        # index rather than a deque: an idle connection keeps it small.
+        self._pending: list[bytes] = _NO_MESSAGES
+        self._next = 0
+        self._error: FrameTooLongError | None = None  # raise once _pending is empty
+        self._resume = False  # discard mode: feed(b"") again after the error
+        self._at_eof = False
+        self._receiving = False
+        self._run: _SessionRun | None = None  # run_session(), while it runs
+        self.messages_received = 0  # complete messages read from the transport
+        self.messages_sent = 0  # messages whose bytes the transport accepted
+        self.lines_dropped = 0  # over-long lines dropped in discard mode
+
+    @property
+    def framer(self) -> Framer:
+        """The framer that splits input and frames output."""
+        framer = self._framer
+        if framer is None:
+            assert self._framing is not None
+            framer = self._framer = self._framing.new_framer()
+        return framer
+
+    @framer.setter
+    def framer(self, framer: Framer) -> None:
+        self._framer = framer
+        self._framing = None
+
+    @property
+    def framing(self) -> FramingConfig | Framer:
+        """The framing configuration the stream was given, else its framer
+        (either one tells :class:`~trioecho.services.echo_session.EchoSession` how to frame)."""
+        return self._framing if self._framing is not None else self.framer
+
+    @property
+    def idle_timeout(self) -> float | None:
+        return self.transport.idle_timeout
+
+    @idle_timeout.setter
+    def idle_timeout(self, value: float | None) -> None:
+        self.transport.idle_timeout = value
+
+    @property
+    def send_timeout(self) -> float | None:
+        return self.transport.send_timeout
+
+    @send_timeout.setter
+    def send_timeout(self, value: float | None) -> None:
+        self.transport.send_timeout = value
+
+    @property
+    def account(self) -> Account | None:
+        """The stream's share of the server's memory budget, or None."""
+        return self._account
+
+    # -- receiving ---------------------------------------------------------
+
+    async def receive_message(self) -> bytes:
+        """Return the next message.
+
+        Raises :class:`trio.EndOfChannel` at a clean end of stream (or after
+        :meth:`stop_receiving`), and the errors listed in the module docstring.
+        """
+        if not await self._fill():
+            raise trio.EndOfChannel
+        if self.transport.checkpoint_due():
+            await trio.lowlevel.checkpoint()
+        message = self._pending[self._next]
+        self._next += 1
+        if self._next == len(self._pending):
+            self._pending = _NO_MESSAGES
+            self._next = 0
+            self._delivered()
+        return message
+
+    async def receive_messages(self) -> list[bytes]:
+        """Return every message available now, at least one, in order.
+
+        Messages that arrived together are returned together, so that their
+        replies can go out in one write (see :meth:`send_messages`).  Raises
+        like :meth:`receive_message`.
+        """
+        if not await self._fill():
+            raise trio.EndOfChannel
+        if self.transport.checkpoint_due():
+            await trio.lowlevel.checkpoint()
+        batch = self._pending[self._next :] if self._next else self._pending
+        self._pending = _NO_MESSAGES
+        self._next = 0
+        self._delivered()
+        return batch
+
+    def _delivered(self) -> None:
+        """Every message read was delivered: only the unfinished frame is held."""
+        if self._account is not None:
+            self._account.set_buffered(self.framer.buffered)
+
+    @property
+    def has_pending(self) -> bool:
+        """Whether bytes or messages were read that no receive returned yet."""
+        return (
+            self._next < len(self._pending)
+            or (self._framer is not None and self._framer.buffered > 0)
+            or self._error is not None
+            or self._resume
+        )
+
+    def __aiter__(self) -> MessageStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self.receive_message()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    def stop_receiving(self) -> None:
+        """End the stream after the messages already received.
+
+        Messages already read from the transport are still delivered (a
+        session's replies to them are sent); then receiving ends as at a
+        clean end of stream, without waiting for more bytes (a receive
+        waiting for them returns at once).  Sending still works.  The server
+        calls this on graceful shutdown.
+        """
+        self.transport.stop_receiving()
+
+    def hand_over_deadlines(self) -> None:
+        """Let the caller enforce ``idle_timeout`` by calling
+        :meth:`expire_if_idle` periodically (the server does, for all its
+        streams from one task), so that a receive waiting on a socket needs no
+        cancel scope of its own.  The timeout then fires within one period
+        after it is due (two, while :meth:`run_session` is served inline).
+        Only the direct socket transport is affected."""
+        self.transport.hand_over_deadlines()
+
+    def expire_if_idle(self, now: float) -> bool:
+        """If a receive is waiting past its idle deadline, wake it (it raises
+        :class:`IdleTimeoutError`) and return True."""
+        if self._run is not None:
+            self._run.renew_deadline_on_progress(now)
+        return self.transport.expire_if_idle(now)
+
+    def idle_deadline(self) -> float:
+        """When a wait for the next complete message that starts now must end."""
+        timeout = self.transport.idle_timeout
+        return math.inf if timeout is None else trio.current_time() + timeout
+
+    async def _fill(self) -> bool:
+        """Make ``_pending`` non-empty; return False at the end of the messages."""
+        if self.transport.closed:
+            raise trio.ClosedResourceError("the message stream was closed")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving from this stream")
+        self._receiving = True
+        deadline = self.idle_deadline()
+        try:
+            while self._next >= len(self._pending):
+                if self._error is not None:
+                    error = self._error
+                    if drops_too_long(self.framer):
+                        # Discard mode: report once, then go on after the bad line.
+                        self._error = None
+                        self._resume = True
+                    raise error
+                if self._resume:
+                    self._resume = False
+                    self._feed(b"")
+                    continue
+                if self._at_eof:
+                    self.framer.feed_eof()  # raises IncompleteFrameError inside a frame
+                    return False
+                if self._must_wait_for_memory():
+                    await self._wait_for_memory()
+                data = await self.transport.receive_some(self.receive_size, deadline)
+                if data is None:
+                    return False  # stop_receiving()
+                if not data:
+                    self._at_eof = True
+                    continue
+                self._feed(data)
+            return True
+        finally:
+            self._receiving = False
+
+    def _must_wait_for_memory(self) -> bool:
+        """Whether the memory budget does not let this stream read now (a
+        test, so that a read it admits creates no coroutine)."""
+        account = self._account
+        return (
+            account is not None
+            and not self.transport.stopping
+            and not account.fits(self.receive_size)
+        )
+
+    async def _wait_for_memory(self) -> None:
+        """Wait until the memory budget lets this stream read again."""
+        assert self._account is not None
+        await self._account.admit(self.receive_size)
+
+    def _feed(self, data: bytes) -> None:
+        framer = self.framer
+        try:
+            frames = framer.feed(data)
+        except FrameTooLongError as exc:
+            frames = exc.frames  # delivered before the error
+            exc.frames = []
+            self._error = exc
+        if self._pending:
+            self._pending.extend(frames)
+        else:
+            self._pending = frames
+        self.messages_received += len(frames)
+        if self._account is not None:
+            # The unfinished frame, and this read's messages until delivered.
+            self._account.set_buffered(framer.buffered + (len(data) if frames else 0))
+
+    # -- serving a session ---------------------------------------------------
+
+    async def run_session(
+        self,
+        session: Session,
+        *,
+        on_dropped: Callable[[FrameTooLongError], None] | None = None,
+    ) -> SessionOutput | None:
+        """Serve the sans-IO ``session`` on this stream until it ends.
+
+        Every read is fed to the session and its output sent.  On a plain
+        TCP socket on the readiness hub (with the deadlines handed over, or
+        no ``idle_timeout``) the hub does this itself on each read and this
+        task sleeps until the connection needs it; otherwise this task does
+        it.  The bytes on the wire are the same.  ``on_dropped`` is called
+        for each over-long line the session dropped (discard mode), from
+        whichever task runs the session.
+
+        Returns the output that ended the session: its stop message
+        (``stopped``), or the end of the input; None after
+        :meth:`stop_receiving`.  Raises the session's ``error`` once the
+        replies before it are sent, and like :meth:`receive_message` and
+        :meth:`send_message` otherwise.  Bytes this stream's framer already
+        read are not the session's: with :attr:`has_pending` it raises
+        RuntimeError.
+        """
+        if self.has_pending:
+            raise RuntimeError("run_session() on a stream whose framer holds unread messages")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving from this stream")
+        if self.transport.closed:
+            raise trio.ClosedResourceError("the message stream was closed")
+        run = _SessionRun(self, session, on_dropped)
+        self._receiving = True
+        self._run = run
+        try:
+            while run.ending is None:
+                if self._serves_inline():
+                    # Inline, until the hub hands the connection back (awaited
+                    # here: an idle connection keeps one coroutine less).
+                    rest = await self.transport.serve_inline(
+                        run.step, self.receive_size, run.deadline
+                    )
+                    if rest is not None:
+                        await self.send_framed(rest, 0)  # its replies were counted
+                else:
+                    await self._serve_in_task(run)
+                if run.owed:
+                    await self.send_framed(run.take_owed(), run.owed_replies)
+                if run.ending is None and not await self._ready_to_read():
+                    return None
+            return run.finish()
+        finally:
+            self._run = None
+            self._receiving = False
+            # An exception's traceback holds this frame: without the session
+            # (and its unfinished message) in it, nothing big lives in a cycle.
+            del run, session
+
+    def _serves_inline(self) -> bool:
+        transport = self.transport
+        return transport.can_serve_inline and (
+            transport.deadlines_handed_over or transport.idle_timeout is None
+        )
+
+    async def _serve_in_task(self, run: _SessionRun) -> None:
+        """One read and its output, in this task (the reference path)."""
+        data = await self.transport.receive_some(self.receive_size, run.deadline)
+        if data is None:
+            return  # stop_receiving(): _ready_to_read() says so
+        progress = run.progress
+        wire = run.step(data)
+        if run.progress != progress:
+            run.deadline = self.idle_deadline()
+        if wire:
+            await self.send_framed(wire, 0)
+
+    async def _ready_to_read(self) -> bool:
+        """Before the session reads again: False once receiving has stopped;
+        waits for the memory budget."""
+        if self.transport.stopping:
+            return False
+        if self._must_wait_for_memory():
+            await self._wait_for_memory()
+        return not self.transport.stopping
+
+    # -- sending -----------------------------------------------------------
+
+    async def send_message(self, payload: Buffer) -> None:
+        """Frame ``payload`` and send it.
+
+        Raises the framer's errors for a payload that cannot be framed (nothing
+        is sent then), :class:`ConnectionClosedError` if the transport broke and
+        :class:`SlowReaderError` past ``send_timeout``.
+        """
+        _check_payload(payload)
+        await self.send_framed(self.framer.encode(payload))
+
+    async def send_messages(self, payloads: Iterable[Buffer]) -> None:
+        """Frame all ``payloads`` and send them in one write; raises like :meth:`send_message`."""
+        if not isinstance(payloads, list | tuple):
+            payloads = list(payloads)
+        for payload in payloads:
+            _check_payload(payload)
+        await self.send_framed(self.framer.encode_many(payloads), len(payloads))
+
+    async def send_framed(self, data: Buffer, count: int = 1) -> None:
+        """Send ``data``, already framed, and count ``count`` messages sent.
+
+        While the send waits for the peer to read, the memory account holds
+        the bytes not sent yet.  Raises like :meth:`send_message`.
+        """
+        await self.transport.send_all(data)
+        self.messages_sent += count
+
+    async def send_eof(self) -> None:
+        """Close the sending side only (the transport must support half-close)."""
+        await self.transport.send_eof()
+
+    # -- closing -----------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the transport and give the memory account back.  Idempotent;
+        closes even when cancelled."""
+        try:
+            await self.transport.aclose()
+        finally:
+            self._release_account()
+
+    async def close_gracefully(self, linger: float, limit: float) -> None:
+        """Close without destroying replies in flight (see
+        ``Transport.close_gracefully``), then give the memory account back."""
+        try:
+            await self.transport.close_gracefully(linger, limit)
+        finally:
+            self._release_account()
+
+    def _release_account(self) -> None:
+        if self._account is not None:
+            self._account.close()
+
+
+class _SessionRun:
+    """One :meth:`MessageStream.run_session`: the step that feeds the
+    session one read and accounts for its output.
+
+    ``step`` is what the hub calls inline (and the task path calls the same
+    way): it returns the bytes to send, or None when the connection needs
+    its task -- the session ended (``ending``), or the memory budget must be
+    waited for; the bytes still to send then are ``owed``.
+    """
+
+    __slots__ = (
+        "_on_dropped",
+        "_progress_seen",
+        "_session",
+        "_stream",
+        "deadline",
+        "ending",
+        "owed",
+        "owed_replies",
+        "progress",
+    )
+
+    def __init__(
+        self,
+        stream: MessageStream,
+        session: Session,
+        on_dropped: Callable[[FrameTooLongError], None] | None,
+    ) -> None:
+        self._stream = stream
+        self._session = session
+        self._on_dropped = on_dropped
+        self.ending: SessionOutput | None = None
+        self.owed: Buffer = b""
+        self.owed_replies = 0
+        # Reads that completed (or dropped) a message, and the idle deadline
+        # they keep moving: on the task path at each such read, inline at the
+        # watchdog's next look (renew_deadline_on_progress).
+        self.progress = 0
+        self._progress_seen = 0
+        self.deadline = stream.idle_deadline()
+
+    def step(self, data: bytes) -> Buffer | None:
+        """Feed one read (``b""``: the end of the input); see the class docstring."""
+        session = self._session
+        output = session.feed(data) if data else session.feed_eof()
+        wire, replies, received, stopped, error, dropped = output
+        stream = self._stream
+        stream.messages_received += received
+        account = stream._account
+        fits = account is None or account.buffer(session.buffered, stream.receive_size)
+        if dropped:
+            self._report_dropped(dropped)
+        if received or dropped:
+            self.progress += 1
+        if stopped or error is not None or not data:
+            self.ending = output
+            self._owe(wire, replies)
+            return None
+        if not fits:
+            self._owe(wire, replies)  # the task waits for the memory budget
+            return None
+        stream.messages_sent += replies
+        return wire
+
+    def _owe(self, wire: Buffer, replies: int) -> None:
+        """Hand the connection back with ``wire`` still to send (and count
+        its replies once they are)."""
+        self.owed = wire
+        self.owed_replies = replies
+
+    def take_owed(self) -> Buffer:
+        owed, self.owed = self.owed, b""
+        return owed
+
+    def _report_dropped(self, dropped: tuple[FrameTooLongError, ...]) -> None:
+        self._stream.lines_dropped += len(dropped)
+        if self._on_dropped is not None:
+            for error in dropped:
+                self._on_dropped(error)
+
+    def renew_deadline_on_progress(self, now: float) -> None:
+        """The watchdog's look (inline serving): a message since the last
+        look moves the idle deadline to ``idle_timeout`` from now."""
+        if self.progress != self._progress_seen:
+            self._progress_seen = self.progress
+            timeout = self._stream.transport.idle_timeout
+            if timeout is not None:
+                self.deadline = now + timeout
+                self._stream.transport.renew_deadline(self.deadline)
+
+    def finish(self) -> SessionOutput | None:
+        """The ending: raise the session's error, or return the output."""
+        ending = self.ending
+        assert ending is not None
+        error = ending.error
+        if error is not None:
+            self.ending = None
+            try:
+                raise error
+            finally:
+                del error, ending  # no cycle through this frame (see _take_handback)
+        return ending
+
+
+def _check_payload(payload: object) -> None:
+    """TypeError, saying what to do, for a payload that is not bytes."""
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return
+    if isinstance(payload, str):
+        raise TypeError(
+            "a message is bytes, not str: encode the text first, e.g. send_message(text.encode())"
+        )
+    raise TypeError(
+        f"a message is bytes (or a bytearray or memoryview), not {type(payload).__name__}"
+    )
