@@ -76,6 +76,11 @@ def test_two_workers_share_the_port_and_drain_on_a_signal(signum: signal.Signals
     with server_process("--workers", "2") as server:
         workers = ready_workers(server)
         assert sorted(workers) == [0, 1]
+        for index, pid in workers.items():  # started through the Python entry point
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                argv = cmdline.read().split(b"\0")[:-1]
+            assert argv[1:3] == [b"-m", b"trioecho.cli.worker"], argv
+            assert argv[4:] == [str(index).encode(), str(server.port).encode()], argv
         for number in range(40):
             exchange(server.port, f"message {number}".encode())
         # An open connection with a message in flight when the signal comes.
@@ -200,7 +205,7 @@ async def test_a_worker_failing_its_first_start_stops_everything(
 ) -> None:
     fake_workers(monkeypatch, ready=False, lives=0, code=3)
     with trio.fail_after(20):
-        assert await workers.supervise([], 2, "127.0.0.1", 0) == 1
+        assert await workers.supervise(b"", 2, "127.0.0.1", 0, worker_module="unused") == 1
     assert any(
         re.fullmatch(r"worker \d \(pid \d+\) failed to start \(exited with code 3\); stopping", m)
         for m in caplog.messages
@@ -221,7 +226,7 @@ async def test_a_worker_that_keeps_dying_is_restarted_with_growing_back_off(
                 os.kill(os.getpid(), signal.SIGTERM)  # the supervisor's signal receiver
 
             nursery.start_soon(stop_after_three_restarts)
-            code = await workers.supervise([], 1, "127.0.0.1", 0)
+            code = await workers.supervise(b"", 1, "127.0.0.1", 0, worker_module="unused")
     assert code == 1  # the last worker exited with 1
     restarts = [m for m in caplog.messages if "restarting in" in m]
     assert [m.rsplit("restarting in ", 1)[1] for m in restarts[:3]] == ["0.2 s", "0.4 s", "0.8 s"]
@@ -331,3 +336,41 @@ def test_a_second_instance_on_a_served_port_is_refused() -> None:
             assert b"Address already in use" in second.stderr
         exchange(server.port)  # the first is untouched
         assert server.stop(signal.SIGTERM) == 0
+
+
+def test_the_worker_entry_point_refuses_to_start_without_its_supervisor() -> None:
+    """``python -m trioecho.cli.worker`` by hand: a usage line (exit 2); with
+    a link that brings no configuration, one line saying so (exit 1)."""
+    by_hand = subprocess.run(
+        [sys.executable, "-m", "trioecho.cli.worker"], capture_output=True, text=True, timeout=30
+    )
+    assert by_hand.returncode == 2
+    assert by_hand.stderr == (
+        "usage: python -m trioecho.cli.worker FD INDEX PORT "
+        "(started by trioecho serve --workers N)\n"
+    )
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.sendall((5).to_bytes(8, "big") + b"junk!")
+        ours.shutdown(socket.SHUT_WR)
+        bad = subprocess.run(
+            [sys.executable, "-m", "trioecho.cli.worker", str(theirs.fileno()), "0", "1"],
+            pass_fds=(theirs.fileno(),),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("trioecho worker 0: the supervisor sent no worker configuration: ")
+    assert bad.stderr.count("\n") == 1, bad.stderr
+
+
+def test_the_old_hidden_worker_flags_are_gone() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "trioecho", "serve", "--worker-index", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "unrecognized arguments: --worker-index 0" in result.stderr

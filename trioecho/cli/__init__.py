@@ -1,5 +1,6 @@
 """The command line and its tools: :mod:`~trioecho.cli.main` (the entry point),
-:mod:`~trioecho.cli.options` (the parser), :mod:`~trioecho.cli.serve`
+:mod:`~trioecho.cli.options` (the parser), :mod:`~trioecho.cli.worker` (a worker of
+``serve --workers N``), :mod:`~trioecho.cli.serve`
 (serve and relay), :mod:`~trioecho.cli.client`, :mod:`~trioecho.cli.demo`,
 :mod:`~trioecho.cli.bench` with its C load generator (``_cloadgen``) and TLS
 load (``_tlsload``); :mod:`~trioecho.cli.echo_policy` and

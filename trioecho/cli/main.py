@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
+import pickle
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -13,8 +13,9 @@ import trio
 from trioecho.cli.client import run_client
 from trioecho.cli.demo import run_demo
 from trioecho.cli.echo_policy import echo_framing_problem, fit_replies
+from trioecho.cli.logging_setup import configure_logging
 from trioecho.cli.options import build_parser, client_tls, framing_from_args
-from trioecho.cli.serve import run_relay, serve_echo
+from trioecho.cli.serve import ServeSpec, run_relay, serve_echo
 from trioecho.errors import FramingError
 from trioecho.io.readiness import default_readiness
 from trioecho.io.tls import server_context
@@ -33,22 +34,6 @@ COMMANDS = ("serve", "client", "relay", "demo", "bench")
 logger = logging.getLogger("trioecho")
 
 
-def _configure_logging(args: argparse.Namespace) -> None:
-    """INFO for the server (WARNING with -q), one line per connection with -v."""
-    level = logging.INFO if args.command == "serve" else logging.WARNING
-    if getattr(args, "quiet", False):
-        level = logging.WARNING
-    if not getattr(args, "verbose", False):
-        logging.getLogger("trioecho.connections").setLevel(logging.WARNING)
-    worker = getattr(args, "worker_index", None)
-    who = f"worker {worker} [%(process)d] " if worker is not None else ""
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s",
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
@@ -63,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("Options of 'serve', the default command:\n")
         arguments = ["serve", "--help"]
     args = parser.parse_args(arguments)
-    _configure_logging(args)
+    configure_logging(args)
     if args.command == "demo":
         return trio.run(run_demo)
     if args.command == "bench":
@@ -131,14 +116,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # ssl.SSLError included
         key = f" / --tls-key {args.tls_key}" if args.tls_key else ""
         parser.error(f"cannot load --tls-cert {args.tls_cert}{key}: {exc}")
-    if args.workers > 1 and args.worker_index is None:
+    if args.workers > 1:
         return trio.run(
             partial(
                 supervise,
-                arguments[1:],
+                pickle.dumps(ServeSpec(args, framing, proxy)),
                 args.workers,
                 args.host,
                 args.port,
+                worker_module="trioecho.cli.worker",
                 grace=args.grace,
                 worker_timeout=args.worker_timeout,
             )

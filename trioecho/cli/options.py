@@ -386,8 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
         "turned for this long (default %(default)s)",
     )
     # Set by the supervisor on the command line of each worker it starts.
-    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
-    serve.add_argument("--supervisor-fd", type=int, help=argparse.SUPPRESS)
+    # Set by the worker entry point (trioecho.cli.worker), never on the command line.
+    serve.set_defaults(worker_index=None, supervisor_fd=None)
     _add_server_tls_and_proxy_options(serve)
     _add_verbosity(serve)
     client = commands.add_parser("client", help="send stdin lines, print the replies")

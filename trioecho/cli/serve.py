@@ -5,6 +5,7 @@ options and run it until SIGINT/SIGTERM.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import ssl
@@ -28,7 +29,19 @@ from trioecho.workers.link import WorkerLink, start_orphan_watchdog
 
 logger = logging.getLogger("trioecho")
 
-__all__ = ["run_relay", "run_server", "serve_echo"]
+__all__ = ["ServeSpec", "run_relay", "run_server", "serve_echo"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeSpec:
+    """What one worker of ``serve --workers N`` serves: the parsed options and
+    what was built from them, checked once by the supervisor's command line
+    and sent to each worker (pickled, over its private socket pair).  The TLS
+    context is not in it: each worker loads it from ``args.tls_cert``."""
+
+    args: argparse.Namespace
+    framing: FramingConfig
+    proxy: ProxyProtocolConfig | None
 
 
 async def serve_echo(

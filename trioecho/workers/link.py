@@ -24,6 +24,8 @@ __all__ = [
     "ORPHAN_CHECK",
     "READY",
     "WorkerLink",
+    "receive_configuration",
+    "send_configuration",
     "start_orphan_watchdog",
 ]
 
@@ -89,3 +91,41 @@ def start_orphan_watchdog(grace: float, check: float = ORPHAN_CHECK) -> threadin
     thread = threading.Thread(target=watch, name="trioecho-orphan-watchdog", daemon=True)
     thread.start()
     return thread
+
+
+# The worker's configuration: sent by the supervisor on the socket pair
+# before anything else, as an 8-byte big-endian length and that many bytes.
+MAX_CONFIGURATION = 16 << 20
+CONFIGURATION_TIMEOUT = 30.0  # seconds a new worker waits for it
+
+
+async def send_configuration(sock: trio.socket.SocketType, data: bytes) -> None:
+    """The supervisor's side: send a worker its configuration (opaque bytes)."""
+    if len(data) > MAX_CONFIGURATION:
+        raise ValueError(f"a worker configuration of {len(data)} bytes is over {MAX_CONFIGURATION}")
+    view = memoryview(len(data).to_bytes(8, "big") + data)
+    while view:
+        sent = await sock.send(view)
+        view = view[sent:]
+
+
+def receive_configuration(fd: int, timeout: float = CONFIGURATION_TIMEOUT) -> bytes:
+    """The worker's side, before its event loop starts: the configuration its
+    supervisor sent on ``fd`` (left open for :class:`WorkerLink`).  Raises
+    ``OSError`` (``TimeoutError`` included) or ``ValueError`` if none came."""
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        sock.settimeout(timeout)
+        size = int.from_bytes(_receive_exactly(sock, 8), "big")
+        if size > MAX_CONFIGURATION:
+            raise ValueError(f"a worker configuration of {size} bytes is over {MAX_CONFIGURATION}")
+        return _receive_exactly(sock, size)
+
+
+def _receive_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ValueError(f"the supervisor closed the link after {len(data)} of {size} bytes")
+        data += chunk
+    return bytes(data)

@@ -1,8 +1,10 @@
 """``trioecho serve --workers N``: a supervisor and N worker processes on one port.
 
 One Trio process uses one core.  With ``--workers N`` the ``trioecho``
-process becomes a supervisor that starts N copies of the server
-(``python -m trioecho serve ... --worker-index I``); each opens its own
+process becomes a supervisor that starts N copies of the server through a
+Python entry point (``python -m trioecho.cli.worker FD INDEX PORT``, which
+receives its configuration over the socket pair ``FD``, not as command-line
+flags to parse again); each opens its own
 ``SO_REUSEPORT`` listening socket on the same port and the kernel spreads new
 connections over them.
 
@@ -39,6 +41,7 @@ period after the supervisor's death is over.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -46,13 +49,12 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
 
 import trio
 
 from trioecho.logtext import format_address
 from trioecho.server.listeners import bind_reuse_port
-from trioecho.workers.link import KILL_MARGIN, READY
+from trioecho.workers.link import KILL_MARGIN, READY, send_configuration
 
 __all__ = ["cpu_count", "reserve_port", "supervise"]
 
@@ -104,14 +106,16 @@ def _check_port_free(host: str | None, port: int) -> None:
 class _Supervisor:
     def __init__(
         self,
-        worker_argv: Sequence[str],
+        configuration: bytes,
         workers: int,
         port: int,
         *,
+        worker_module: str,
         grace: float,
         worker_timeout: float,
     ) -> None:
-        self.worker_argv = list(worker_argv)
+        self.configuration = configuration
+        self.worker_module = worker_module
         self.workers = workers
         self.port = port
         self.grace = grace
@@ -125,21 +129,7 @@ class _Supervisor:
         self.stop_requested = trio.Event()
 
     def command(self, index: int, fd: int) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "trioecho",
-            "serve",
-            *self.worker_argv,
-            "--workers",
-            "1",
-            "--port",
-            str(self.port),
-            "--worker-index",
-            str(index),
-            "--supervisor-fd",
-            str(fd),
-        ]
+        return [sys.executable, "-m", self.worker_module, str(fd), str(index), str(self.port)]
 
     def forward(self, signum: int) -> None:
         for process in list(self.processes.values()):
@@ -172,6 +162,8 @@ class _Supervisor:
             began = trio.current_time()
             with ours:
                 link = trio.socket.from_stdlib_socket(ours)
+                with contextlib.suppress(OSError):  # it died already: _wait_ready sees it
+                    await send_configuration(link, self.configuration)
                 became_ready = await self._wait_ready(link, index, process)
                 if became_ready:
                     logger.info("worker %d (pid %d) ready", index, process.pid)
@@ -282,19 +274,22 @@ def _describe_exit(code: int | None) -> str:
 
 
 async def supervise(
-    worker_argv: Sequence[str],
+    configuration: bytes,
     workers: int,
     host: str | None,
     port: int,
     *,
+    worker_module: str,
     grace: float = 5.0,
     worker_timeout: float = DEFAULT_WORKER_TIMEOUT,
 ) -> int:
     """Run ``workers`` worker processes on ``host``:``port``; return the exit code.
 
-    ``worker_argv`` are the ``serve`` options every worker gets (``--port``,
-    ``--workers`` and the worker's own options are appended); ``grace`` is
-    theirs (``--grace``), ``worker_timeout`` how long a worker may stay silent.
+    Each worker is ``python -m worker_module FD INDEX PORT``: ``FD`` its end
+    of the socket pair, on which it first receives ``configuration`` (bytes
+    the supervisor does not read; see :func:`~trioecho.workers.link.receive_configuration`).
+    ``grace`` is the workers' (``--grace``), ``worker_timeout`` how long a
+    worker may stay silent.
     """
     try:
         reserved, port = reserve_port(host, port)
@@ -303,7 +298,14 @@ async def supervise(
         reason = exc.strerror or os.strerror(exc.errno or errno.EADDRINUSE)
         print(f"trioecho: cannot listen on {where}: {reason}", file=sys.stderr)
         return 1
-    supervisor = _Supervisor(worker_argv, workers, port, grace=grace, worker_timeout=worker_timeout)
+    supervisor = _Supervisor(
+        configuration,
+        workers,
+        port,
+        worker_module=worker_module,
+        grace=grace,
+        worker_timeout=worker_timeout,
+    )
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:

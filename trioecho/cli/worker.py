@@ -1,0 +1,73 @@
+"""One worker of ``trioecho serve --workers N``: ``python -m trioecho.cli.worker FD INDEX PORT``.
+
+The supervisor (:mod:`trioecho.workers.supervisor`) starts it with ``FD``,
+its end of a socket pair, inherited.  On it the worker first receives its
+:class:`~trioecho.cli.serve.ServeSpec` (the options the supervisor's
+command line parsed and checked: nothing is parsed again), then serves
+``PORT`` with ``SO_REUSEPORT`` as worker ``INDEX``, reporting "ready" and
+heartbeats on the same socket pair.  Not meant to be started by hand: run
+``trioecho serve --workers N``.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from trioecho.cli.logging_setup import configure_logging
+from trioecho.cli.serve import ServeSpec, serve_echo
+from trioecho.io.tls import server_context
+from trioecho.workers.link import receive_configuration
+
+__all__ = ["main", "read_spec"]
+
+logger = logging.getLogger("trioecho.workers")
+
+
+def read_spec(fd: int) -> ServeSpec:
+    """The worker's configuration, from its supervisor on ``fd``.  Raises
+    ``OSError`` or ``ValueError`` if none (or something else) came."""
+    data = receive_configuration(fd)
+    try:
+        spec = pickle.loads(data)  # from our own supervisor, over a private socket pair
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+        raise ValueError(f"the supervisor sent no worker configuration: {exc}") from exc
+    if not isinstance(spec, ServeSpec):
+        raise ValueError(f"the supervisor sent a {type(spec).__name__}, not a ServeSpec")
+    return spec
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the worker; return its exit code (1: it could not start)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        fd, index, port = (int(argument) for argument in arguments)
+    except ValueError:
+        print(
+            "usage: python -m trioecho.cli.worker FD INDEX PORT (started by trioecho serve "
+            "--workers N)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        spec = read_spec(fd)
+    except (OSError, ValueError) as exc:
+        print(f"trioecho worker {index}: {exc}", file=sys.stderr)
+        return 1
+    args = spec.args
+    args.worker_index, args.supervisor_fd, args.port, args.workers = index, fd, port, 1
+    configure_logging(args)
+    try:
+        tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    except OSError as exc:  # the files changed since the supervisor checked them
+        logger.error("cannot load --tls-cert %s: %s", args.tls_cert, exc)
+        return 1
+    return trio.run(serve_echo, args, spec.framing, spec.proxy, tls)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
