@@ -115,10 +115,11 @@ def engine_answers(config: FramingConfig) -> bool:
     )
 
 
-def _options(framing: FramingConfig | Framer) -> FramingConfig:
-    """The configuration of a framer, to answer what it would read."""
-    if isinstance(framing, FramingConfig):
-        return framing
+def _options(framing: FramingConfig | Framer | str | None) -> FramingConfig:
+    """The configuration given (a name or None as :func:`framing_config`
+    takes them), or a framer's, to answer what it would read."""
+    if framing is None or isinstance(framing, FramingConfig | str):
+        return framing_config(framing)
     if isinstance(framing, LengthPrefixedFramer):
         return FramingConfig(
             "len",
@@ -164,9 +165,7 @@ class EchoSession:
         capacity: int = DEFAULT_ECHO_CAPACITY,
         implementation: Implementation | None = None,
     ) -> None:
-        config = _options(
-            framing_config(framing) if framing is None or isinstance(framing, str) else framing
-        )
+        config = _options(framing)
         if not engine_answers(config):
             raise ValueError(
                 "the echo session answers lines with one delimiter, bare 1/2/4/8-byte "

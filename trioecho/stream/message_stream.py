@@ -169,11 +169,11 @@ class MessageStream(trio.abc.AsyncResource):
             self.transport.on_held_send = account.set_sending
         # A FramingConfig builds its framer when first needed (a session
         # never needs one: an idle connection holds less).
-        self._framing = framing_config(framer, "framer") if isinstance(framer, str) else None
-        if isinstance(framer, FramingConfig):
-            self._framing = framer
+        self._framing: FramingConfig | None = None
         self._framer: Framer | None = None
-        if self._framing is None:
+        if isinstance(framer, FramingConfig | str):
+            self._framing = framing_config(framer, "framer")
+        else:
             self._framer = new_framer(framer)
         self.receive_size = receive_size
         # Messages read but not yet delivered: _pending[_next:].  A list and an
