@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from support import proxyheaders
 from support.helpers import running
 
@@ -70,7 +71,9 @@ def tls_server(
         (proxyheaders.v2("/run/client.sock", "/run/srv.sock"), "/run/client.sock"),
     ],
 )
-async def test_client_address_is_the_real_client(header: bytes, seen: str) -> None:
+async def test_client_address_is_the_real_client(
+    header: bytes, seen: str, autojump_clock: trio.testing.MockClock
+) -> None:
     with trio.fail_after(10):
         async with running(proxy_server()) as port:
             transport = await raw_connect(port)
@@ -83,7 +86,9 @@ async def test_client_address_is_the_real_client(header: bytes, seen: str) -> No
 
 
 @pytest.mark.parametrize("header", [proxyheaders.v1(None), proxyheaders.v2(None, command=0)])
-async def test_unknown_and_local_keep_the_connection_address(header: bytes) -> None:
+async def test_unknown_and_local_keep_the_connection_address(
+    header: bytes, autojump_clock: trio.testing.MockClock
+) -> None:
     with trio.fail_after(10):
         async with running(proxy_server()) as port:
             transport = await raw_connect(port)
@@ -93,7 +98,7 @@ async def test_unknown_and_local_keep_the_connection_address(header: bytes) -> N
             await stream.aclose()
 
 
-async def test_header_dribbled_one_byte_at_a_time() -> None:
+async def test_header_dribbled_one_byte_at_a_time(autojump_clock: trio.testing.MockClock) -> None:
     header = proxyheaders.v1(("192.0.2.1", 7))
     with trio.fail_after(10):
         async with running(proxy_server(EchoHandler)) as port:
@@ -107,7 +112,9 @@ async def test_header_dribbled_one_byte_at_a_time() -> None:
             await stream.aclose()
 
 
-async def test_the_reader_never_consumes_past_the_header() -> None:
+async def test_the_reader_never_consumes_past_the_header(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     for header in (proxyheaders.v1(("192.0.2.1", 7)), proxyheaders.v2(("192.0.2.1", 7))):
         a, b = trio.socket.socketpair()
         with a, b:
@@ -127,7 +134,10 @@ async def test_the_reader_never_consumes_past_the_header() -> None:
     ],
 )
 async def test_malformed_header_closes_with_a_log_line(
-    data: bytes, reason: str, caplog: pytest.LogCaptureFixture
+    data: bytes,
+    reason: str,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     with trio.fail_after(10):
         async with running(proxy_server(EchoHandler)) as port:
@@ -145,7 +155,9 @@ async def test_malformed_header_closes_with_a_log_line(
     assert any(line.startswith(f"{peer}: closing: ") and reason in line for line in lines), lines
 
 
-async def test_header_timeout(caplog: pytest.LogCaptureFixture) -> None:
+async def test_header_timeout(
+    caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
+) -> None:
     with trio.fail_after(10):
         async with running(proxy_server(EchoHandler, timeout=0.3)) as port:
             slow = await raw_connect(port)
@@ -157,7 +169,9 @@ async def test_header_timeout(caplog: pytest.LogCaptureFixture) -> None:
     assert f"{peer}: closing: no complete PROXY header within 0.3 s" in caplog.messages
 
 
-async def test_peer_outside_the_allow_list_is_refused(caplog: pytest.LogCaptureFixture) -> None:
+async def test_peer_outside_the_allow_list_is_refused(
+    caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
+) -> None:
     server = proxy_server(EchoHandler, allow_from=parse_networks(["10.0.0.0/8"]))
     with trio.fail_after(10):
         async with running(server) as port:
@@ -171,7 +185,7 @@ async def test_peer_outside_the_allow_list_is_refused(caplog: pytest.LogCaptureF
     )
 
 
-async def test_version_restriction() -> None:
+async def test_version_restriction(autojump_clock: trio.testing.MockClock) -> None:
     with trio.fail_after(10):
         async with running(proxy_server(versions=(2,))) as port:
             transport = await raw_connect(port)
@@ -192,7 +206,9 @@ async def tls_connect(port: int, context: ssl.SSLContext, prefix: bytes = b"") -
 
 
 async def test_tls_echo(
-    server_ssl_context: ssl.SSLContext, client_ssl_context: ssl.SSLContext
+    server_ssl_context: ssl.SSLContext,
+    client_ssl_context: ssl.SSLContext,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     server = tls_server(server_ssl_context)
     with trio.fail_after(10):
@@ -217,6 +233,7 @@ async def test_garbage_handshake_closes_only_that_connection(
     server_ssl_context: ssl.SSLContext,
     client_ssl_context: ssl.SSLContext,
     caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     server = tls_server(server_ssl_context)
     with trio.fail_after(10):
@@ -239,7 +256,9 @@ async def test_garbage_handshake_closes_only_that_connection(
 
 
 async def test_tls_handshake_timeout(
-    server_ssl_context: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+    server_ssl_context: ssl.SSLContext,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     server = tls_server(server_ssl_context, handshake_timeout=0.3)
     with trio.fail_after(10):
@@ -251,7 +270,9 @@ async def test_tls_handshake_timeout(
 
 
 async def test_proxy_header_then_tls(
-    server_ssl_context: ssl.SSLContext, client_ssl_context: ssl.SSLContext
+    server_ssl_context: ssl.SSLContext,
+    client_ssl_context: ssl.SSLContext,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     server = tls_server(
         server_ssl_context, WhoAmI, proxy_protocol=ProxyProtocolConfig(allow_from=LOCAL_ONLY)
@@ -266,7 +287,9 @@ async def test_proxy_header_then_tls(
 
 
 async def test_shutdown_does_not_wait_for_connections_being_set_up(
-    server_ssl_context: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+    server_ssl_context: ssl.SSLContext,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     caplog.set_level(logging.INFO, logger="trioecho")
     servers = [

@@ -12,6 +12,7 @@ import time
 
 import pytest
 import trio
+import trio.testing
 from support.helpers import running
 from support.serverproc import server_process
 
@@ -29,7 +30,7 @@ TRIOECHO = [sys.executable, "-m", "trioecho"]
 QUICK = ["--duration", "0.5", "--warmup", "0"]
 
 
-async def test_plain_connection() -> None:
+async def test_plain_connection(autojump_clock: trio.testing.MockClock) -> None:
     async with (
         running(MessageServer(EchoHandler, port=0)) as port,
         await open_message_stream("127.0.0.1", port) as stream,
@@ -39,7 +40,7 @@ async def test_plain_connection() -> None:
         assert await stream.receive_message() == b"hi" + REPLY_SUFFIX
 
 
-async def test_a_host_name_and_raw_framing() -> None:
+async def test_a_host_name_and_raw_framing(autojump_clock: trio.testing.MockClock) -> None:
     config = FramingConfig("raw")
     async with (
         running(MessageServer(EchoHandler, port=0, framing=config)) as port,
@@ -66,7 +67,9 @@ class TwoAddresses(trio.abc.HostnameResolver):
         raise NotImplementedError
 
 
-async def test_happy_eyeballs_falls_back_to_an_address_that_answers() -> None:
+async def test_happy_eyeballs_falls_back_to_an_address_that_answers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """Two addresses for one name, the first refusing: Trio's happy eyeballs
     moves on to the second."""
     previous = trio.socket.set_custom_hostname_resolver(TwoAddresses())
@@ -82,7 +85,11 @@ async def test_happy_eyeballs_falls_back_to_an_address_that_answers() -> None:
         trio.socket.set_custom_hostname_resolver(previous)
 
 
-async def test_tls(server_ssl_context: ssl.SSLContext, client_ssl_context: ssl.SSLContext) -> None:
+async def test_tls(
+    server_ssl_context: ssl.SSLContext,
+    client_ssl_context: ssl.SSLContext,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     server = MessageServer(EchoHandler, port=0, ssl_context=server_ssl_context)
     async with running(server) as port:
         stream = await open_message_stream(
@@ -97,7 +104,7 @@ async def test_tls(server_ssl_context: ssl.SSLContext, client_ssl_context: ssl.S
             )
 
 
-async def test_refused() -> None:
+async def test_refused(autojump_clock: trio.testing.MockClock) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -106,7 +113,7 @@ async def test_refused() -> None:
 
 
 async def test_a_tls_handshake_that_never_finishes_times_out(
-    client_ssl_context: ssl.SSLContext,
+    client_ssl_context: ssl.SSLContext, autojump_clock: trio.testing.MockClock
 ) -> None:
     with socket.socket() as listener:  # accepts (backlog), never answers
         listener.bind(("127.0.0.1", 0))
@@ -133,7 +140,9 @@ FRAMINGS = {
 
 @pytest.mark.parametrize("client", sorted(FRAMINGS))
 @pytest.mark.parametrize("server", sorted(FRAMINGS))
-async def test_the_greeting_names_the_servers_framing(server: str, client: str) -> None:
+async def test_the_greeting_names_the_servers_framing(
+    server: str, client: str, autojump_clock: trio.testing.MockClock
+) -> None:
     server_config, server_options = FRAMINGS[server]
     client_config = FRAMINGS[client][0]
     async with (
@@ -152,7 +161,7 @@ async def test_the_greeting_names_the_servers_framing(server: str, client: str) 
     assert f"try {' '.join(server_options)}" in str(raised.value)
 
 
-async def test_a_silent_or_closing_server_is_named() -> None:
+async def test_a_silent_or_closing_server_is_named(autojump_clock: trio.testing.MockClock) -> None:
     async def silent(stream: object) -> None:
         await trio.sleep_forever()
 

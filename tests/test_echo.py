@@ -32,7 +32,9 @@ async def run_echo(server_stream: MessageStream) -> None:
 
 @pytest.mark.parametrize("pair", sorted(PAIRS))
 @pytest.mark.parametrize("framing", ["line", "len"])
-async def test_echo_session(pair: str, framing: str) -> None:
+async def test_echo_session(
+    pair: str, framing: str, autojump_clock: trio.testing.MockClock
+) -> None:
     client, server = message_pair(PAIRS[pair], framing)
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
@@ -49,7 +51,9 @@ async def test_echo_session(pair: str, framing: str) -> None:
                 await client.receive_message()
 
 
-async def test_exact_bytes_on_the_wire_for_line_framing() -> None:
+async def test_exact_bytes_on_the_wire_for_line_framing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     client, server = trio.testing.memory_stream_pair()
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
@@ -61,7 +65,9 @@ async def test_exact_bytes_on_the_wire_for_line_framing() -> None:
     assert received == GREETING + b"\n" + b"a" + REPLY_SUFFIX + b"\n" + b"b" + REPLY_SUFFIX + b"\n"
 
 
-async def test_sticky_batch_is_answered_in_one_write() -> None:
+async def test_sticky_batch_is_answered_in_one_write(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     client, server = trio.testing.memory_stream_pair()
     writes: list[bytes] = []
     original = server.send_all
@@ -84,7 +90,9 @@ async def test_sticky_batch_is_answered_in_one_write() -> None:
     ]
 
 
-async def test_messages_before_q_in_the_same_batch_are_answered() -> None:
+async def test_messages_before_q_in_the_same_batch_are_answered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     client, server = message_pair(trio.testing.memory_stream_pair)
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
@@ -93,7 +101,9 @@ async def test_messages_before_q_in_the_same_batch_are_answered() -> None:
             assert [m async for m in client] == [GREETING, b"x" + REPLY_SUFFIX]
 
 
-async def test_discard_mode_drops_the_long_line_and_keeps_serving() -> None:
+async def test_discard_mode_drops_the_long_line_and_keeps_serving(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     client, server = message_pair(
         trio.testing.memory_stream_pair, "line", max_frame=16, on_too_long="discard"
     )
@@ -108,7 +118,7 @@ async def test_discard_mode_drops_the_long_line_and_keeps_serving() -> None:
             ]
 
 
-async def test_seed_raw_wire_format_over_tcp() -> None:
+async def test_seed_raw_wire_format_over_tcp(autojump_clock: trio.testing.MockClock) -> None:
     """The seed's client: recv the greeting, send text, recv text + 好, send q."""
     server = MessageServer(EchoHandler, host="127.0.0.1", port=0, framing=FramingConfig("raw"))
     with trio.fail_after(10):
@@ -132,7 +142,9 @@ async def test_seed_raw_wire_format_over_tcp() -> None:
             server.shutdown()
 
 
-async def test_raw_framing_reads_at_most_1024_bytes_per_message() -> None:
+async def test_raw_framing_reads_at_most_1024_bytes_per_message(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     server = MessageServer(EchoHandler, host="127.0.0.1", port=0, framing=FramingConfig("raw"))
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:

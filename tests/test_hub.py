@@ -36,7 +36,7 @@ async def fill_send_buffer(sock: socket.socket, watch: Watch) -> None:
     watch.writable = False
 
 
-async def test_current_hub_is_one_per_run_and_runs() -> None:
+async def test_current_hub_is_one_per_run_and_runs(autojump_clock: trio.testing.MockClock) -> None:
     hub = current_hub()
     assert current_hub() is hub
     a, b = raw_pair()
@@ -51,7 +51,9 @@ async def test_current_hub_is_one_per_run_and_runs() -> None:
         assert len(hub) == 0
 
 
-async def test_a_parked_reader_is_woken_by_new_input() -> None:
+async def test_a_parked_reader_is_woken_by_new_input(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     a, b = raw_pair()
     with a, b:
         watch = current_hub().watch(a.fileno())
@@ -71,7 +73,9 @@ async def test_a_parked_reader_is_woken_by_new_input() -> None:
         watch.close()
 
 
-async def test_an_edge_without_a_waiter_is_remembered_once() -> None:
+async def test_an_edge_without_a_waiter_is_remembered_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """Input that came while nobody waited makes the next wait return at
     once; the wait after that parks (a spurious wake-up costs one read)."""
     a, b = raw_pair()
@@ -90,7 +94,7 @@ async def test_an_edge_without_a_waiter_is_remembered_once() -> None:
         watch.close()
 
 
-async def test_the_end_of_input_is_sticky() -> None:
+async def test_the_end_of_input_is_sticky(autojump_clock: trio.testing.MockClock) -> None:
     """The read that takes the last bytes leaves the end to read; the
     peer's close came in the same edge, so every later wait returns."""
     a, b = raw_pair()
@@ -107,7 +111,9 @@ async def test_the_end_of_input_is_sticky() -> None:
         watch.close()
 
 
-async def test_interrupt_reader_makes_the_wait_return_false() -> None:
+async def test_interrupt_reader_makes_the_wait_return_false(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     a, b = raw_pair()
     with a, b:
         watch = current_hub().watch(a.fileno())
@@ -128,7 +134,9 @@ async def test_interrupt_reader_makes_the_wait_return_false() -> None:
         watch.close()
 
 
-async def test_closing_a_watch_wakes_its_waiters_with_closed_resource_error() -> None:
+async def test_closing_a_watch_wakes_its_waiters_with_closed_resource_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     a, b = raw_pair()
     with a, b:
         watch = current_hub().watch(a.fileno())
@@ -152,7 +160,9 @@ async def test_closing_a_watch_wakes_its_waiters_with_closed_resource_error() ->
             await watch.wait_readable()
 
 
-async def test_a_cancelled_wait_leaves_no_stale_waiter() -> None:
+async def test_a_cancelled_wait_leaves_no_stale_waiter(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """A reader cancelled while parked is no longer woken (nor busy): the
     next edge is remembered for the next wait, and a later wait of the same
     task elsewhere is not disturbed by this watch."""
@@ -184,7 +194,7 @@ async def test_a_cancelled_wait_leaves_no_stale_waiter() -> None:
         other.close()
 
 
-async def test_two_readers_are_busy() -> None:
+async def test_two_readers_are_busy(autojump_clock: trio.testing.MockClock) -> None:
     a, b = raw_pair()
     with a, b:
         watch = current_hub().watch(a.fileno())
@@ -197,7 +207,7 @@ async def test_two_readers_are_busy() -> None:
         watch.close()
 
 
-async def test_a_writer_waits_until_the_peer_reads() -> None:
+async def test_a_writer_waits_until_the_peer_reads(autojump_clock: trio.testing.MockClock) -> None:
     a, b = raw_pair()
     with a, b:
         watch = current_hub().watch(a.fileno())
@@ -221,7 +231,9 @@ async def test_a_writer_waits_until_the_peer_reads() -> None:
         watch.close()
 
 
-async def test_a_descriptor_closed_without_its_watch_is_replaced_cleanly() -> None:
+async def test_a_descriptor_closed_without_its_watch_is_replaced_cleanly(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     hub = current_hub()
     a, b = raw_pair()
     fd = a.fileno()
@@ -247,7 +259,9 @@ async def test_a_descriptor_closed_without_its_watch_is_replaced_cleanly() -> No
         assert len(hub) == 0
 
 
-async def test_a_hub_that_stops_leaves_its_transports_working() -> None:
+async def test_a_hub_that_stops_leaves_its_transports_working(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """The transport falls back to Trio's waits when its watch is closed by
     the hub (which only happens if the hub stops)."""
     client, server = socket_stream_pair()
@@ -276,7 +290,7 @@ async def test_a_hub_that_stops_leaves_its_transports_working() -> None:
 
 
 async def test_without_trios_private_trap_the_public_wait_is_used(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
 ) -> None:
     monkeypatch.setattr(hub_module, "_TRAP", None)
     a, b = raw_pair()
@@ -303,7 +317,9 @@ def test_hub_argument_checks() -> None:
 
 
 @pytest.mark.parametrize("max_events", [1, 2, 1024])
-async def test_many_connections_ping_pong_through_one_hub(max_events: int) -> None:
+async def test_many_connections_ping_pong_through_one_hub(
+    max_events: int, autojump_clock: trio.testing.MockClock
+) -> None:
     """200 connections, 20 exchanges each, every reply checked; the hub takes
     at most ``max_events`` edges per poll (1: one wake per turn)."""
     hub = ReadinessHub(max_events=max_events)
@@ -344,7 +360,9 @@ async def test_many_connections_ping_pong_through_one_hub(max_events: int) -> No
 
 
 @pytest.mark.parametrize("readiness", ["hub", "trio"])
-async def test_message_stream_idle_timeout_and_stop_on_both_waits(readiness: Readiness) -> None:
+async def test_message_stream_idle_timeout_and_stop_on_both_waits(
+    readiness: Readiness, autojump_clock: trio.testing.MockClock
+) -> None:
     """The server's way of waiting (deadlines handed over, expired by one
     task; stop_receiving) on both kinds of waits."""
     _client, server = socket_stream_pair()
@@ -378,7 +396,7 @@ async def _stop_soon(stream: MessageStream) -> None:
     stream.stop_receiving()
 
 
-async def test_watch_is_closed_before_the_socket() -> None:
+async def test_watch_is_closed_before_the_socket(autojump_clock: trio.testing.MockClock) -> None:
     client, server = socket_stream_pair()
     stream = MessageStream(server, readiness="hub")
     transport = stream.transport

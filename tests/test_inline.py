@@ -80,7 +80,9 @@ async def serve_session(stream: MessageStream, session: Any) -> tuple[str, str]:
         return "returned", f"stopped={output.stopped}"
 
 
-async def test_no_task_wakes_per_message_when_served_inline() -> None:
+async def test_no_task_wakes_per_message_when_served_inline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     client, server = socket_stream_pair()
     stream = MessageStream(server, LEN, readiness="hub")
     assert stream.transport.can_serve_inline
@@ -100,7 +102,7 @@ async def test_no_task_wakes_per_message_when_served_inline() -> None:
     assert stream.messages_sent == 200
 
 
-async def test_the_task_path_wakes_per_message() -> None:
+async def test_the_task_path_wakes_per_message(autojump_clock: trio.testing.MockClock) -> None:
     """The reference for the test above: Trio's waits, one step a message or more."""
     client, server = socket_stream_pair()
     stream = MessageStream(server, LEN, readiness="trio")
@@ -194,7 +196,9 @@ async def run_case(
 
 @pytest.mark.parametrize("kind", ["echo", "respond"])
 @pytest.mark.parametrize("case", sorted(CASES))
-async def test_inline_and_task_paths_put_the_same_bytes_on_the_wire(case: str, kind: str) -> None:
+async def test_inline_and_task_paths_put_the_same_bytes_on_the_wire(
+    case: str, kind: str, autojump_clock: trio.testing.MockClock
+) -> None:
     config, chunks = CASES[case]
     results = {
         pair: await run_case(pair, kind, config, chunks) for pair in ("hub", "trio", "memory")
@@ -216,7 +220,9 @@ async def test_inline_and_task_paths_put_the_same_bytes_on_the_wire(case: str, k
 # -- fairness ----------------------------------------------------------------
 
 
-async def test_a_step_reads_at_most_turn_bytes_per_turn() -> None:
+async def test_a_step_reads_at_most_turn_bytes_per_turn(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """A connection that keeps its socket full is served turn_bytes at a
     time, whichever task serves it (the hub, or its own task when a step
     found more than a turn's worth), and another connection's exchanges go
@@ -355,7 +361,7 @@ def test_a_pipelining_peer_does_not_delay_the_canary_or_accept() -> None:
 # -- handing back -------------------------------------------------------------
 
 
-async def test_cancelling_a_parked_inline_task() -> None:
+async def test_cancelling_a_parked_inline_task(autojump_clock: trio.testing.MockClock) -> None:
     client, server = socket_stream_pair()
     stream = MessageStream(server, LEN, readiness="hub")
     transport = stream.transport
@@ -374,7 +380,9 @@ async def test_cancelling_a_parked_inline_task() -> None:
     await stream.aclose()
 
 
-async def test_stop_receiving_wakes_a_parked_inline_task() -> None:
+async def test_stop_receiving_wakes_a_parked_inline_task(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     client, server = socket_stream_pair()
     stream = MessageStream(server, LEN, readiness="hub")
     async with trio.open_nursery() as nursery:
@@ -399,7 +407,9 @@ async def expire_idle_streams(stream: MessageStream) -> None:
 
 @pytest.mark.parametrize("trickle", [True, False])
 @pytest.mark.parametrize("readiness", ["hub", "trio"])
-async def test_idle_timeout_counts_messages_not_bytes(readiness: Readiness, trickle: bool) -> None:
+async def test_idle_timeout_counts_messages_not_bytes(
+    readiness: Readiness, trickle: bool, autojump_clock: trio.testing.MockClock
+) -> None:
     """Handed-over deadlines: a peer trickling one byte at a time of a message
     that never completes is timed out; one that keeps completing messages is not."""
     client, server = socket_stream_pair()
@@ -434,7 +444,9 @@ async def test_idle_timeout_counts_messages_not_bytes(readiness: Readiness, tric
         nursery.cancel_scope.cancel()
 
 
-async def test_a_short_send_is_finished_by_the_task_then_inline_again() -> None:
+async def test_a_short_send_is_finished_by_the_task_then_inline_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """Replies larger than the socket buffer, to a peer that reads late:
     the hub hands the rest to the task, which sends it and hands back."""
     client, server = socket_stream_pair()
@@ -484,7 +496,9 @@ async def exchange(port: int, data: bytes) -> bytes:
     return received
 
 
-async def test_respond_handler_over_tcp(caplog: pytest.LogCaptureFixture) -> None:
+async def test_respond_handler_over_tcp(
+    caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
+) -> None:
     server = MessageServer(Shout, port=0, framing=FramingConfig("line"))
     async with running(server) as port:
         assert await exchange(port, b"hello\nskip\nworld\nbye\nafter\n") == b"HELLO\nWORLD\nBYE\n"
@@ -500,7 +514,7 @@ async def test_respond_handler_over_tcp(caplog: pytest.LogCaptureFixture) -> Non
     assert errors[0].exc_info is not None and errors[0].exc_info[0] is ZeroDivisionError
 
 
-async def test_respond_handler_over_memory_streams() -> None:
+async def test_respond_handler_over_memory_streams(autojump_clock: trio.testing.MockClock) -> None:
     client, server = trio.testing.memory_stream_pair()
     stream = MessageStream(server, FramingConfig("line"))
     handler = Shout(stream, ("memory", 0), None)  # type: ignore[arg-type]
@@ -518,14 +532,18 @@ async def test_respond_handler_over_memory_streams() -> None:
     assert got == b"A\nB\nBYE\n"
 
 
-async def test_end_session_outside_respond_is_an_error() -> None:
+async def test_end_session_outside_respond_is_an_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     _client, server = trio.testing.memory_stream_pair()
     handler = BaseRequestHandler(MessageStream(server), ("x", 0), None)  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="end_session\\(\\) is for respond\\(\\)"):
         handler.end_session()
 
 
-async def test_respond_reply_that_cannot_be_framed_ends_after_the_replies_before_it() -> None:
+async def test_respond_reply_that_cannot_be_framed_ends_after_the_replies_before_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     class Bad(BaseRequestHandler):
         def respond(self, message: bytes) -> bytes | None:
             return message + b"\nbroken" if message == b"2" else message
@@ -536,7 +554,9 @@ async def test_respond_reply_that_cannot_be_framed_ends_after_the_replies_before
 
 
 @pytest.mark.parametrize("handler", [EchoHandler, RespondEchoHandler])
-async def test_echo_handlers_are_served_inline_by_the_server(handler: type[EchoHandler]) -> None:
+async def test_echo_handlers_are_served_inline_by_the_server(
+    handler: type[EchoHandler], autojump_clock: trio.testing.MockClock
+) -> None:
     steps = TaskSteps("_run_handler")
     server = MessageServer(handler, port=0, framing=LEN, readiness="hub")
     async with running(server) as port:

@@ -11,6 +11,7 @@ from functools import partial
 
 import pytest
 import trio
+import trio.testing
 
 from trioecho import FramingConfig
 from trioecho.framing import presets
@@ -69,7 +70,9 @@ async def read_all(stream: trio.SocketStream) -> bytes:
     return data
 
 
-async def test_frames_pass_unchanged_and_half_close_is_passed_on(nursery: trio.Nursery) -> None:
+async def test_frames_pass_unchanged_and_half_close_is_passed_on(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     frames: list[tuple[Direction, bytes]] = []
     async with upstream_recorder() as (port, received, ended):
         relay_port = await start_relay(nursery, port, frames)
@@ -90,7 +93,7 @@ async def test_frames_pass_unchanged_and_half_close_is_passed_on(nursery: trio.N
 
 
 async def test_a_malformed_frame_closes_both_sides(
-    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
 ) -> None:
     frames: list[tuple[Direction, bytes]] = []
     async with upstream_recorder() as (port, received, ended):
@@ -106,7 +109,7 @@ async def test_a_malformed_frame_closes_both_sides(
 
 
 async def test_an_unreachable_upstream_closes_the_client(
-    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
 ) -> None:
     with trio.socket.socket() as sock:  # a port nobody listens on
         await sock.bind(("127.0.0.1", 0))
@@ -120,7 +123,7 @@ async def test_an_unreachable_upstream_closes_the_client(
 
 
 async def test_an_upstream_that_does_not_answer_in_time_closes_the_client(
-    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with upstream_recorder() as (port, received, _):
         server = relay_server(

@@ -1,4 +1,10 @@
-"""MessageServer over real loopback TCP (port 0)."""
+"""MessageServer over real loopback TCP (port 0).
+
+The tests run on Trio's autojump clock: timeouts, grace periods and the
+lossless close's wait for the peer take no real time.  Loopback bytes are
+in the peer's socket when send returns, so the clock jumps only when nothing
+is on its way.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from support.helpers import running
 
 from trioecho import FramingConfig
@@ -27,7 +34,7 @@ def echo_server(**options: Any) -> MessageServer:
     return MessageServer(EchoHandler, host="127.0.0.1", port=0, **options)
 
 
-async def test_request_handler_model() -> None:
+async def test_request_handler_model(autojump_clock: trio.testing.MockClock) -> None:
     events: list[Any] = []
 
     class Recorder(BaseRequestHandler):
@@ -55,7 +62,9 @@ async def test_request_handler_model() -> None:
     assert events == [("setup", MessageStream, local, server), "handle", "finish"]
 
 
-async def test_finish_runs_when_handle_raises(caplog: pytest.LogCaptureFixture) -> None:
+async def test_finish_runs_when_handle_raises(
+    caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
+) -> None:
     events: list[str] = []
 
     class Failing(BaseRequestHandler):
@@ -78,7 +87,7 @@ async def test_finish_runs_when_handle_raises(caplog: pytest.LogCaptureFixture) 
     assert record.exc_info is not None and "boom" in str(record.exc_info[1])
 
 
-async def test_plain_async_function_handler() -> None:
+async def test_plain_async_function_handler(autojump_clock: trio.testing.MockClock) -> None:
     async def shout(stream: MessageStream) -> None:
         async for message in stream:
             await stream.send_message(message.upper())
@@ -93,7 +102,7 @@ async def test_plain_async_function_handler() -> None:
 
 
 async def test_a_failing_handler_closes_only_its_connection(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
 ) -> None:
     async def handler(stream: MessageStream) -> None:
         async for message in stream:
@@ -116,7 +125,7 @@ async def test_a_failing_handler_closes_only_its_connection(
 
 
 async def test_framing_error_is_logged_with_peer_and_reason(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
 ) -> None:
     caplog.set_level(logging.INFO, logger="trioecho")
     server = echo_server(framing=FramingConfig("len"))
@@ -136,7 +145,7 @@ async def test_framing_error_is_logged_with_peer_and_reason(
 
 
 async def test_our_own_unframeable_message_is_logged_as_ours_not_the_peers(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
 ) -> None:
     """A handler that sends a line holding the delimiter: an ERROR naming this
     side, not the peer's WARNING; the error says it is local."""
@@ -166,7 +175,9 @@ async def test_our_own_unframeable_message_is_logged_as_ours_not_the_peers(
     )
 
 
-async def test_max_connections_stops_accepting_until_a_slot_frees() -> None:
+async def test_max_connections_stops_accepting_until_a_slot_frees(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     server = echo_server(max_connections=2)
     with trio.fail_after(10):
         async with running(server) as port:
@@ -186,7 +197,9 @@ async def test_max_connections_stops_accepting_until_a_slot_frees() -> None:
                 await stream.aclose()
 
 
-async def test_idle_timeout_closes_a_silent_connection(caplog: pytest.LogCaptureFixture) -> None:
+async def test_idle_timeout_closes_a_silent_connection(
+    caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
+) -> None:
     caplog.set_level(logging.INFO, logger="trioecho")
     server = echo_server(idle_timeout=0.3)
     with trio.fail_after(10):
@@ -201,7 +214,9 @@ async def test_idle_timeout_closes_a_silent_connection(caplog: pytest.LogCapture
     assert any("idle_timeout=0.3s" in r.getMessage() for r in caplog.records)
 
 
-async def test_slow_reader_is_closed(caplog: pytest.LogCaptureFixture) -> None:
+async def test_slow_reader_is_closed(
+    caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
+) -> None:
     server = echo_server(send_timeout=0.5)
     with trio.fail_after(20):
         async with running(server) as port:
@@ -217,7 +232,9 @@ async def test_slow_reader_is_closed(caplog: pytest.LogCaptureFixture) -> None:
     assert any("did not read its replies" in r.getMessage() for r in caplog.records)
 
 
-async def test_graceful_shutdown_answers_what_was_received() -> None:
+async def test_graceful_shutdown_answers_what_was_received(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     received = trio.Event()
 
     class SlowEcho(BaseRequestHandler):
@@ -243,7 +260,9 @@ async def test_graceful_shutdown_answers_what_was_received() -> None:
     assert replies == [b"1!", b"2!", b"3!"]
 
 
-async def test_grace_period_then_handlers_are_cancelled(caplog: pytest.LogCaptureFixture) -> None:
+async def test_grace_period_then_handlers_are_cancelled(
+    caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
+) -> None:
     async def stubborn(stream: MessageStream) -> None:
         await trio.sleep_forever()
 
@@ -262,7 +281,9 @@ async def test_grace_period_then_handlers_are_cancelled(caplog: pytest.LogCaptur
     assert any("cancelling 1 connections" in r.getMessage() for r in caplog.records)
 
 
-async def test_new_connections_are_refused_after_shutdown() -> None:
+async def test_new_connections_are_refused_after_shutdown(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     server = echo_server()
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:

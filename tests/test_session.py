@@ -424,3 +424,32 @@ def test_a_c_call_that_makes_no_progress_raises_instead_of_looping(
     with pytest.raises(RuntimeError, match="no progress"):
         session.feed(b"hello\n")
     assert calls == 2
+
+
+def test_the_engines_return_named_results(impl: Implementation) -> None:
+    """Both twins return an EngineResult, its fields in the documented order."""
+    from trioecho import _backend
+    from trioecho.services._pyecho import EngineResult, Status
+
+    unit = _backend.get(impl, "echo")
+    engine = unit.EchoEngine("len", 4, False, b"\n", True, False, 100, H, b"q", 64)
+    result = engine.feed(b"\x00\x00\x00\x02hi\x00\x00")
+    assert type(result) is EngineResult
+    assert (result.consumed, result.replies, result.received) == (6, 1, 1)
+    assert result == (b"\x00\x00\x00\x05hi" + H, 6, 1, 1, Status.NEED, 0, ())
+    over = engine.feed(b"\x00\x00\x00\x65" + b"x" * 101)
+    assert type(over) is EngineResult
+    assert (over.status, over.length, over.wire) == (Status.TOO_LONG, 101, b"")
+
+
+def test_a_framer_problem_is_named(impl: Implementation) -> None:
+    """A scan's problem is a Problem with the code, the value and the varint's bytes."""
+    from trioecho import _backend
+    from trioecho.framing._pyframer import Problem, ProblemCode
+
+    framer = LengthPrefixedFramer(length_bytes=1, max_frame=5, implementation=impl)
+    frames, consumed, problem = framer._scanner.scan(b"\x01a\x09")
+    assert (frames, consumed) == ([b"a"], 2)
+    assert type(problem) is Problem
+    assert problem == Problem(ProblemCode.TOO_LONG, 9, 0)
+    assert impl == _backend.get(impl).IMPLEMENTATION

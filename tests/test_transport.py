@@ -44,7 +44,9 @@ def test_open_transport_picks_the_direct_socket_path() -> None:
     assert type(open_transport(trio.testing.memory_stream_pair()[0])) is StreamTransport
 
 
-async def test_receive_send_and_end_of_stream(pair: tuple[Transport, trio.abc.Stream]) -> None:
+async def test_receive_send_and_end_of_stream(
+    pair: tuple[Transport, trio.abc.Stream], autojump_clock: trio.testing.MockClock
+) -> None:
     transport, client = pair
     await client.send_all(b"hello")
     assert await transport.receive_some(100) == b"hello"
@@ -54,20 +56,24 @@ async def test_receive_send_and_end_of_stream(pair: tuple[Transport, trio.abc.St
     assert await transport.receive_some(100) == b""
 
 
-async def test_receive_honours_max_bytes(pair: tuple[Transport, trio.abc.Stream]) -> None:
+async def test_receive_honours_max_bytes(
+    pair: tuple[Transport, trio.abc.Stream], autojump_clock: trio.testing.MockClock
+) -> None:
     transport, client = pair
     await client.send_all(b"0123456789")
     assert await transport.receive_some(4) == b"0123"
 
 
-async def test_deadline_raises_idle_timeout(pair: tuple[Transport, trio.abc.Stream]) -> None:
+async def test_deadline_raises_idle_timeout(
+    pair: tuple[Transport, trio.abc.Stream], autojump_clock: trio.testing.MockClock
+) -> None:
     transport, _client = pair
     with trio.fail_after(5), pytest.raises(IdleTimeoutError, match="idle_timeout=5s"):
         await transport.receive_some(100, trio.current_time() + 0.05)
 
 
 async def test_stop_receiving_wakes_a_waiting_receive(
-    pair: tuple[Transport, trio.abc.Stream],
+    pair: tuple[Transport, trio.abc.Stream], autojump_clock: trio.testing.MockClock
 ) -> None:
     transport, client = pair
     results: list[bytes | None] = []
@@ -87,7 +93,9 @@ async def test_stop_receiving_wakes_a_waiting_receive(
     assert await client.receive_some(100) == b"sending still works"
 
 
-async def test_watched_deadline_is_enforced_by_expire_if_idle() -> None:
+async def test_watched_deadline_is_enforced_by_expire_if_idle(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     client, server = socket_stream_pair()
     transport = open_transport(server, idle_timeout=1)
     transport.hand_over_deadlines()
@@ -112,7 +120,9 @@ async def test_watched_deadline_is_enforced_by_expire_if_idle() -> None:
 
 
 @pytest.mark.parametrize("kind", ["socket", "lockstep"])  # memory streams never block
-async def test_a_peer_that_does_not_read_is_a_slow_reader(kind: str) -> None:
+async def test_a_peer_that_does_not_read_is_a_slow_reader(
+    kind: str, autojump_clock: trio.testing.MockClock
+) -> None:
     make = socket_stream_pair if kind == "socket" else trio.testing.lockstep_stream_pair
     _client, server = make()
     transport = open_transport(server, send_timeout=0.2)
@@ -124,7 +134,9 @@ async def test_a_peer_that_does_not_read_is_a_slow_reader(kind: str) -> None:
         await transport.send_all(b"x")
 
 
-async def test_closed_and_busy(pair: tuple[Transport, trio.abc.Stream]) -> None:
+async def test_closed_and_busy(
+    pair: tuple[Transport, trio.abc.Stream], autojump_clock: trio.testing.MockClock
+) -> None:
     transport, _client = pair
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
@@ -139,7 +151,7 @@ async def test_closed_and_busy(pair: tuple[Transport, trio.abc.Stream]) -> None:
         await transport.receive_some(100)
 
 
-async def test_a_reset_is_connection_closed() -> None:
+async def test_a_reset_is_connection_closed(autojump_clock: trio.testing.MockClock) -> None:
     client, server = socket_stream_pair()
     transport = open_transport(server)
     client.setsockopt(

@@ -136,8 +136,8 @@ class LengthScanner:
         if status >= 0:
             return None
         if status == _TOO_LONG:  # C reports the field; the length is after adjustment
-            return (status, length + self._adjustment, 0)
-        return (status, length, field_len)
+            return Problem(status, length + self._adjustment, 0)
+        return Problem(status, length, field_len)
 
     def scan(self, buf: bytes | bytearray) -> tuple[list[bytes], int, Problem | None]:
         size = len(buf)
@@ -259,7 +259,7 @@ class LineScanner:
                     break
                 if not consumed:  # TE_MORE reports at least one line: never spin
                     raise RuntimeError("the C line scan asked to go on without progress")
-        problem = (status, length, 0) if status == _TOO_LONG else None
+        problem = Problem(status, length, 0) if status == _TOO_LONG else None
         return frames, base, problem
 
     def scan(self, buf: bytes | bytearray) -> tuple[list[bytes], int, Problem | None]:
@@ -277,7 +277,7 @@ class LineScanner:
         status, layout, _, offset, start, end, fmt_len, _, consumed, length, _ = _unpack_result(
             self._result_view
         )
-        too_long = (status, length, 0) if status == _TOO_LONG else None
+        too_long = Problem(status, length, 0) if status == _TOO_LONG else None
         if layout == _NONE:
             return [], consumed, too_long
         if layout == _ONE:

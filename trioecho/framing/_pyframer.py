@@ -1,12 +1,12 @@
 """Pure-Python frame scanners: the behaviour-identical twin of ``csrc/framer.c``.
 
 Each scanner takes the caller's whole unconsumed buffer (``bytes`` or
-``bytearray``) and returns ``(frames, consumed, too_long)``:
+``bytearray``) and returns ``(frames, consumed, problem)``:
 
 * ``frames``: the complete frames found, as ``bytes``, in order;
 * ``consumed``: how many bytes the caller must drop from the buffer's front
   before the next scan;
-* ``problem``: ``None``, or ``(code, value, field_len)`` when the input broke
+* ``problem``: ``None``, or a :class:`Problem` when the input broke
   a rule (the frames before it are still returned): ``TOO_LONG`` with the
   length seen (for a length field: its value plus the adjustment),
   ``NEGATIVE_LENGTH`` with the field's value, ``BAD_VARINT`` (more bytes than
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
+from typing import NamedTuple
 
 IMPLEMENTATION = "python"
 
@@ -53,7 +54,19 @@ MAX_ADJUSTMENT = (1 << 31) - 1
 LENGTH_BYTES = (1, 2, 3, 4, 8)  # widths of a FIELD_UINT
 HEADER_FORMATS = {1: "B", 2: "H", 4: "I", 8: "Q"}  # struct's, for all but 3 bytes
 
-Problem = tuple[int, int, int]
+
+class Problem(NamedTuple):
+    """How the input broke a rule (a scan's third value)."""
+
+    code: int
+    """A :class:`ProblemCode` value."""
+    value: int
+    """``TOO_LONG``: the length seen (a length field's value plus the
+    adjustment); ``NEGATIVE_LENGTH``: the field's value; ``BAD_VARINT`` and
+    ``VARINT_NOT_MINIMAL``: the value of the varint's bytes read."""
+    field_len: int
+    """The varint's bytes read (0 for the other codes)."""
+
 
 _CR = 0x0D
 
@@ -127,29 +140,29 @@ class LengthScanner:
                 )
             payload = value + self._adjustment
             if payload < 0:
-                return (NEGATIVE_LENGTH, value, 0)
+                return Problem(NEGATIVE_LENGTH, value, 0)
             if payload > self._max_frame:
-                return (TOO_LONG, payload, 0)
+                return Problem(TOO_LONG, payload, 0)
             return field_at + n, payload
         value = 0
         n = 0
         byte = 0
         while True:
             if n == self._header_bytes:
-                return (BAD_VARINT, value, n)
+                return Problem(BAD_VARINT, value, n)
             if field_at + n >= size:
                 return None
             byte = buf[field_at + n]
             if n == MAX_VARINT - 1 and byte & 0x7F > 1:
-                return (BAD_VARINT, value, n + 1)
+                return Problem(BAD_VARINT, value, n + 1)
             value |= (byte & 0x7F) << (7 * n)
             n += 1
             if not byte & 0x80:
                 break
         if n > 1 and byte == 0:
-            return (VARINT_NOT_MINIMAL, value, n)
+            return Problem(VARINT_NOT_MINIMAL, value, n)
         if value > self._max_frame:
-            return (TOO_LONG, value, 0)
+            return Problem(TOO_LONG, value, 0)
         return field_at + n, value
 
     def scan(self, buf: bytes | bytearray) -> tuple[list[bytes], int, Problem | None]:
@@ -170,7 +183,7 @@ class LengthScanner:
             header = self._header(buf, pos)
             if header is None:
                 break
-            if len(header) == 3:
+            if isinstance(header, Problem):
                 return frames, pos, header
             payload_start, payload = header
             end = payload_start + payload
@@ -195,7 +208,7 @@ class LengthScanner:
         while size - pos >= header_bytes:
             (length,) = unpack_from(buf, pos)
             if length > max_frame:
-                return frames, pos, (TOO_LONG, length, 0)
+                return frames, pos, Problem(TOO_LONG, length, 0)
             start = pos + header_bytes
             if length > size - start:
                 break
@@ -320,7 +333,11 @@ class LineScanner:
             payload = self._payload_length(buf, line_start, d)
             if payload > self._max_frame:
                 self._search_from = 0
-                return frames, (d + dlen if self._discard else line_start), (TOO_LONG, payload, 0)
+                return (
+                    frames,
+                    (d + dlen if self._discard else line_start),
+                    Problem(TOO_LONG, payload, 0),
+                )
             frames.append(bytes(buf[line_start : line_start + payload]))
             line_start = pos = d + dlen
 
@@ -341,7 +358,7 @@ class LineScanner:
             if self._discard:
                 self._discarding = True
                 self._search_from = 0
-                return frames, next_search, (TOO_LONG, min_payload, 0)
-            return frames, line_start, (TOO_LONG, min_payload, 0)
+                return frames, next_search, Problem(TOO_LONG, min_payload, 0)
+            return frames, line_start, Problem(TOO_LONG, min_payload, 0)
         self._search_from = next_search - line_start
         return frames, line_start, None

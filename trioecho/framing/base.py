@@ -164,7 +164,7 @@ class _StreamFramer:
         """Raise the error for ``problem``; the framer is broken after it,
         unless it is an over-long line in discard mode."""
         error = self._error(problem, frames)
-        if not self._drops_too_long or problem[0] != TOO_LONG:
+        if not self._drops_too_long or problem.code != TOO_LONG:
             self._broken = error
             self._buffer.clear()
         raise error

@@ -21,6 +21,7 @@ from typing import Any
 
 from trioecho._echo_ffi import ffi, lib
 from trioecho.services import _pyecho
+from trioecho.services._pyecho import EngineResult
 
 IMPLEMENTATION = "c"
 
@@ -50,6 +51,11 @@ _NO_DROPS: tuple[int, ...] = ()
 _feed = lib.te_echo_feed  # every C call of the session goes through this name
 _unpack = ffi.unpack
 _unpack_result = _RESULT.unpack_from
+# EngineResult built without its Python-level __new__ (a third of the cost):
+# the fields are given in order, all of them.
+_new_result = tuple.__new__
+if len(EngineResult._fields) != 7:
+    raise ImportError("EngineResult's fields changed: update EchoEngine.feed")
 # Output buffers, one per capacity and thread (cffi releases the GIL during
 # C calls, so threads must not share them).  The bytes are copied out after
 # each call, so every session of a thread can use the same buffer.
@@ -130,7 +136,7 @@ class EchoEngine:
         self._thread = _thread_id()
         self._buffers = _output_buffer(capacity)
 
-    def feed(self, buf: bytes | bytearray) -> _pyecho.Result:
+    def feed(self, buf: bytes | bytearray) -> EngineResult:
         if self._thread == get_ident():
             out, chars, result, view = self._buffers
         else:
@@ -140,7 +146,10 @@ class EchoEngine:
             _feed(self._session, buf, size, out, self._capacity, result)
             status, pos, produced, replies, received, length = _unpack_result(view)
             if status == _NEED and pos == size:
-                return _unpack(chars, produced), pos, replies, received, status, 0, _NO_DROPS
+                return _new_result(
+                    EngineResult,
+                    (_unpack(chars, produced), pos, replies, received, status, 0, _NO_DROPS),
+                )
             return self._feed_on(buf, buf, status, pos, produced, replies, received, length)
         # Anything else through a buffer export, released before the caller
         # resizes its bytearray.
@@ -162,7 +171,7 @@ class EchoEngine:
         replies: int,
         received: int,
         length: int,
-    ) -> _pyecho.Result:
+    ) -> EngineResult:
         """Go on after the first call: take the output, call again while the
         output buffer fills up or an over-long line is dropped."""
         out, chars, result, view = _output_buffer(self._capacity)
@@ -199,4 +208,4 @@ class EchoEngine:
                 ffi.release(base)
         if status == _BAD_CONFIG:
             raise RuntimeError("the C echo session was called against its contract (_cecho)")
-        return b"".join(parts), pos, replies, received, status, length, dropped
+        return EngineResult(b"".join(parts), pos, replies, received, status, length, dropped)

@@ -2,19 +2,9 @@
 
 An engine answers the complete messages of the caller's unconsumed buffer
 (``bytes`` or ``bytearray``; the buffer contract of ``csrc/echo.h``) and
-``feed(buf)`` returns ``(wire, consumed, replies, received, status, length,
-dropped)``:
-
-* ``wire``: the framed replies, in order, as one ``bytes``;
-* ``consumed``: how many bytes the caller must drop from the buffer's front;
-* ``replies``: messages answered; ``received``: messages consumed (the
-  answered ones and the stop message);
-* ``status``: ``NEED`` (every complete message answered), ``STOP``,
-  ``TOO_LONG``, ``BAD_REPLY`` or ``BROKEN`` (fed after one of the last three);
-* ``length``: the length seen with ``TOO_LONG``, the ``REPLY_*`` reason with
-  ``BAD_REPLY``;
-* ``dropped``: discard mode: the lengths of the over-long lines dropped, in
-  order (the session goes on).
+``feed(buf)`` returns an :class:`EngineResult`: the framed replies, the bytes
+consumed, the messages answered and received, the status it ended on, and
+the over-long lines dropped in discard mode.
 
 The C engine writes into an output buffer of ``capacity`` bytes and
 produces larger replies in pieces; this one builds its output with no fixed
@@ -26,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
+from typing import NamedTuple
 
 IMPLEMENTATION = "python"
 
@@ -58,7 +49,26 @@ _HEADER_FORMATS = {1: "B", 2: "H", 4: "I", 8: "Q"}
 _CR = 0x0D
 _NO_DROPS: tuple[int, ...] = ()
 
-Result = tuple[bytes, int, int, int, int, int, "tuple[int, ...] | list[int]"]
+
+class EngineResult(NamedTuple):
+    """What one ``feed`` of an engine (either twin) returns."""
+
+    wire: bytes
+    """The framed replies, in order."""
+    consumed: int
+    """Bytes the caller must drop from the front of its buffer."""
+    replies: int
+    """Messages answered."""
+    received: int
+    """Messages consumed: the answered ones and the stop message."""
+    status: int
+    """A :class:`Status` value: ``NEED``, ``STOP``, ``TOO_LONG``, ``BAD_REPLY``
+    or ``BROKEN`` (``MORE`` and ``DROPPED`` never leave the engine)."""
+    length: int
+    """The length seen with ``TOO_LONG``; the :class:`ReplyProblem` with
+    ``BAD_REPLY``; otherwise 0."""
+    dropped: tuple[int, ...] | list[int]
+    """Discard mode: the lengths of the over-long lines dropped, in order."""
 
 
 def check_config(
@@ -143,9 +153,9 @@ class EchoEngine:
         self._discarding = False
         self._suffix_safe = len(delimiter) == 1 and delimiter not in suffix
 
-    def feed(self, buf: bytes | bytearray) -> Result:
+    def feed(self, buf: bytes | bytearray) -> EngineResult:
         if self._over:
-            return b"", 0, 0, 0, BROKEN, 0, _NO_DROPS
+            return EngineResult(b"", 0, 0, 0, BROKEN, 0, _NO_DROPS)
         if self._framing == "len":
             return self._feed_length(buf)
         if self._framing == "line":
@@ -154,7 +164,7 @@ class EchoEngine:
 
     # -- length prefixes ---------------------------------------------------
 
-    def _feed_length(self, buf: bytes | bytearray) -> Result:
+    def _feed_length(self, buf: bytes | bytearray) -> EngineResult:
         h = self._header
         unpack_from = self._unpack_from
         pack = self._pack
@@ -168,7 +178,9 @@ class EchoEngine:
             (length,) = unpack_from(buf, pos)
             if length > self._max_frame:
                 self._over = True
-                return b"".join(parts), pos, replies, replies, TOO_LONG, length, _NO_DROPS
+                return EngineResult(
+                    b"".join(parts), pos, replies, replies, TOO_LONG, length, _NO_DROPS
+                )
             start = pos + h
             if length > size - start:
                 break
@@ -177,21 +189,21 @@ class EchoEngine:
             pos = end
             if payload == stop:
                 self._over = True
-                return b"".join(parts), pos, replies, replies + 1, STOP, 0, _NO_DROPS
+                return EngineResult(b"".join(parts), pos, replies, replies + 1, STOP, 0, _NO_DROPS)
             parts += (pack(length + extra), payload, suffix)
             replies += 1
-        return b"".join(parts), pos, replies, replies, NEED, 0, _NO_DROPS
+        return EngineResult(b"".join(parts), pos, replies, replies, NEED, 0, _NO_DROPS)
 
     # -- raw ---------------------------------------------------------------
 
-    def _feed_raw(self, buf: bytes | bytearray) -> Result:
+    def _feed_raw(self, buf: bytes | bytearray) -> EngineResult:
         size = len(buf)
         if size == 0:
-            return b"", 0, 0, 0, NEED, 0, _NO_DROPS
+            return EngineResult(b"", 0, 0, 0, NEED, 0, _NO_DROPS)
         if buf == self._stop:
             self._over = True
-            return b"", size, 0, 1, STOP, 0, _NO_DROPS
-        return bytes(buf) + self._suffix, size, 1, 1, NEED, 0, _NO_DROPS
+            return EngineResult(b"", size, 0, 1, STOP, 0, _NO_DROPS)
+        return EngineResult(bytes(buf) + self._suffix, size, 1, 1, NEED, 0, _NO_DROPS)
 
     # -- lines -------------------------------------------------------------
 
@@ -230,7 +242,7 @@ class EchoEngine:
             return REPLY_DELIMITER
         return 0
 
-    def _feed_line(self, buf: bytes | bytearray) -> Result:
+    def _feed_line(self, buf: bytes | bytearray) -> EngineResult:
         delimiter = self._delimiter
         dlen = len(delimiter)
         suffix = self._suffix
@@ -270,7 +282,9 @@ class EchoEngine:
                     received += count
                     if stopped:
                         self._over = True
-                        return b"".join(parts), end, replies, received + 1, STOP, 0, dropped
+                        return EngineResult(
+                            b"".join(parts), end, replies, received + 1, STOP, 0, dropped
+                        )
                     line_start = pos = search = end
             while True:
                 d = buf.find(delimiter, search)
@@ -279,7 +293,7 @@ class EchoEngine:
                 if d < 0:
                     # Still inside the line being dropped.
                     pos = self._unfinished(buf, line_start)[1]
-                    return b"".join(parts), pos, replies, received, NEED, 0, dropped
+                    return EngineResult(b"".join(parts), pos, replies, received, NEED, 0, dropped)
                 self._discarding = False
                 line_start = search = pos = d + dlen
             if d < 0:
@@ -291,9 +305,11 @@ class EchoEngine:
                         dropped = [*dropped, min_payload]
                         continue
                     self._over = True
-                    return b"".join(parts), pos, replies, received, TOO_LONG, min_payload, dropped
+                    return EngineResult(
+                        b"".join(parts), pos, replies, received, TOO_LONG, min_payload, dropped
+                    )
                 self._search_from = next_search - line_start
-                return b"".join(parts), pos, replies, received, NEED, 0, dropped
+                return EngineResult(b"".join(parts), pos, replies, received, NEED, 0, dropped)
             payload_length = self._payload_length(buf, line_start, d)
             if payload_length > max_frame:
                 if self._discard:
@@ -301,15 +317,21 @@ class EchoEngine:
                     dropped = [*dropped, payload_length]
                     continue
                 self._over = True
-                return b"".join(parts), pos, replies, received, TOO_LONG, payload_length, dropped
+                return EngineResult(
+                    b"".join(parts), pos, replies, received, TOO_LONG, payload_length, dropped
+                )
             payload = buf[line_start : line_start + payload_length]
             if payload == stop:
                 self._over = True
-                return b"".join(parts), d + dlen, replies, received + 1, STOP, 0, dropped
+                return EngineResult(
+                    b"".join(parts), d + dlen, replies, received + 1, STOP, 0, dropped
+                )
             fault = self._reply_fault(payload)
             if fault:
                 self._over = True
-                return b"".join(parts), pos, replies, received, BAD_REPLY, fault, dropped
+                return EngineResult(
+                    b"".join(parts), pos, replies, received, BAD_REPLY, fault, dropped
+                )
             parts += (payload, suffix, delimiter)
             replies += 1
             received += 1
