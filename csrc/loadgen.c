@@ -399,6 +399,58 @@ int tb_run(tb_bench *b, int millis, tb_stats *s)
     return s->open_connections;
 }
 
+int tb_finish(tb_bench *b, int millis)
+{
+    struct epoll_event events[512];
+    uint8_t sink[16384];
+    uint64_t deadline = now_ns() + (uint64_t)millis * 1000000u;
+    int open = 0, i;
+    for (i = 0; i < b->cfg.connections; i++) {
+        tb_conn *c = &b->conns[i];
+        struct epoll_event ev;
+        if (c->fd < 0)
+            continue;
+        memset(&ev, 0, sizeof ev);
+        ev.events = EPOLLIN | EPOLLRDHUP;
+        ev.data.ptr = c;
+        if (shutdown(c->fd, SHUT_WR) != 0 || epoll_ctl(b->epfd, EPOLL_CTL_MOD, c->fd, &ev) != 0) {
+            close_conn(b, c, NULL);
+            continue;
+        }
+        open++;
+    }
+    while (open > 0) {
+        uint64_t t = now_ns();
+        int n;
+        if (t >= deadline)
+            break;
+        n = epoll_wait(b->epfd, events, 512, (int)((deadline - t) / 1000000u) + 1);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        for (i = 0; i < n; i++) {
+            tb_conn *c = events[i].data.ptr;
+            if (c->fd < 0)
+                continue;
+            for (;;) { /* discard what is still owed to us, up to the server's end */
+                ssize_t r = recv(c->fd, sink, sizeof sink, 0);
+                if (r > 0)
+                    continue;
+                if (r < 0 && errno == EINTR)
+                    continue;
+                if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                    break;
+                close_conn(b, c, NULL); /* the end of the stream, or an error */
+                open--;
+                break;
+            }
+        }
+    }
+    return open;
+}
+
 void tb_close(tb_bench *b)
 {
     int i;

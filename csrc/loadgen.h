@@ -62,6 +62,12 @@ uint64_t tb_bucket_floor(int i);
 /* The histogram bucket of a latency of `ns` nanoseconds. */
 int tb_bucket_index(uint64_t ns);
 
+/* End every open connection cleanly: send FIN (shutdown), then read and
+ * discard until the server's end, for at most `millis` milliseconds, so no
+ * unread bytes turn the close into a reset.  Returns the connections still
+ * open at the deadline (tb_close closes them). */
+int tb_finish(tb_bench *bench, int millis);
+
 void tb_close(tb_bench *bench);
 
 /* cffi:end */

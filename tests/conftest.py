@@ -34,6 +34,7 @@ TIERS = {
     "test_framing_differential.py": ("unit", "cunit"),
     "test_proxy.py": ("unit",),
     "test_framing_names.py": ("loopback",),
+    "test_mistakes.py": ("loopback",),
     "test_testing.py": ("stream", "cunit"),
     "test_session.py": ("unit", "cunit"),
     "test_hub.py": ("stream",),
@@ -55,6 +56,7 @@ TIERS = {
     "test_shutdown.py": ("process",),
     "test_sizes.py": ("process",),
     "test_workers.py": ("process",),
+    "test_typing.py": ("process",),
     "test_haproxy.py": ("daemon",),
     "test_live_protocols.py": ("daemon",),
 }

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -207,3 +208,24 @@ def test_the_framer_benchmark_runs_every_case() -> None:
         for name in (baseline, "trioecho c", "trioecho python")
     ]
     assert all(ns > 0 for _, _, _, ns, _ in rows)
+
+
+@pytest.mark.parametrize("depth", [1, 16])
+def test_the_load_generator_ends_its_connections_cleanly(depth: int) -> None:
+    """With messages still in flight when it stops, the generator sends FIN
+    and reads to the server's end: the server logs every connection as
+    closed, none as reset or broken."""
+    with server_process("--framing", "len", "-v") as server:
+        with LoadGenerator(
+            "127.0.0.1", server.port, connections=20, depth=depth, size=64, framing="len"
+        ) as load:
+            stats = load.run(0.5)
+            assert stats.received > 0
+        deadline = time.monotonic() + 10
+        while sum(": closed" in line for line in server.log) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.stop() == 0
+    assert sum(line.endswith(": connected") for line in server.log) == 20
+    assert sum(line.endswith(": closed") for line in server.log) == 20
+    noisy = [line for line in server.log if "reset" in line or "broken" in line]
+    assert noisy == []

@@ -5,6 +5,7 @@ an unreachable upstream closes the client."""
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -15,6 +16,7 @@ import trio.testing
 
 from trioecho import FramingConfig
 from trioecho.framing import presets
+from trioecho.logtext import format_address
 from trioecho.services.relay import Direction, relay_server
 
 TYPED = FramingConfig("len", length_offset=1, length_adjustment=-4, include_header=True)
@@ -161,3 +163,86 @@ def test_presets_describe_their_protocols() -> None:
         5,
         False,
     )
+
+
+async def test_a_relay_that_reaches_itself_closes_at_the_first_connection(
+    nursery: trio.Nursery,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An upstream whose written address does not show it is the relay (a
+    name that resolves back to it) is caught when the first client's
+    connection upstream arrives at the relay: both loop connections close,
+    the client is closed, and no chain of connections grows."""
+    import trioecho.services.relay as relay_module
+
+    with socket.socket() as probe:  # a free port, then the relay's own
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(relay_module, "may_be_the_same_listener", lambda *args: False)
+    server = relay_server(
+        ("127.0.0.1", port), client_framing="len", server_framing="len", host="127.0.0.1", port=port
+    )
+    await nursery.start(server.serve)
+    caplog.set_level(logging.INFO)
+    with trio.fail_after(10):
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        assert await read_all(client) == b""
+        while server.active_connections:
+            await trio.sleep(0.1)
+    assert server.connections_served == 2  # the client, and the relay's own loop connection
+    loops = [r.getMessage() for r in caplog.records if "is this relay itself" in r.getMessage()]
+    # once by the client's connection (its upstream reached its own
+    # listener), once by the loop connection (it came from the relay's own port)
+    assert loops == [f"relay: the upstream 127.0.0.1:{port} is this relay itself: closing"] * 2
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+@pytest.mark.parametrize("side", ["client", "upstream"])
+async def test_a_peer_failure_in_the_relay_is_one_log_line(
+    side: str,
+    nursery: trio.Nursery,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A frame over max_frame from either side closes both, logged as one
+    WARNING naming the side, with no traceback."""
+    too_long = b"\x00\x00\x10\x00" + b"x" * 16  # announces 4096 bytes, over max_frame=100
+    framing = FramingConfig("len", max_frame=100)
+
+    async def upstream(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some(100)
+            if side == "upstream":
+                await stream.send_all(too_long)
+            await read_all(stream)
+
+    listeners = await nursery.start(partial(trio.serve_tcp, upstream, 0, host="127.0.0.1"))
+    server = relay_server(
+        ("127.0.0.1", listeners[0].socket.getsockname()[1]),
+        client_framing=framing,
+        server_framing=framing,
+        host="127.0.0.1",
+        port=0,
+    )
+    await nursery.start(server.serve)
+    caplog.set_level(logging.INFO)
+    with trio.fail_after(10):
+        client = await trio.open_tcp_stream("127.0.0.1", server.port)
+        await client.send_all(b"\x00\x00\x00\x02hi" + (too_long if side == "client" else b""))
+        await read_all(client)
+        peer = format_address(client.socket.getsockname())
+        while server.active_connections:
+            await trio.sleep(0.1)
+    prefix = "" if side == "client" else "the upstream side: "
+    assert [
+        (r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING
+    ] == [
+        (
+            "WARNING",
+            f"{peer}: closing: {prefix}FrameTooLongError: frame header announces 4096 bytes, "
+            "over max_frame=100",
+        )
+    ]
+    assert not [r for r in caplog.records if r.exc_info]

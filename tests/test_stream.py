@@ -17,7 +17,7 @@ from trioecho import (
 )
 from trioecho.errors import IdleTimeoutError, SlowReaderError
 from trioecho.services.echo import GREETING, REPLY_SUFFIX, EchoHandler, GenericEchoHandler
-from trioecho.stream.message_stream import MessageStream
+from trioecho.stream.message_stream import MessageStream, expire_if_idle, hand_over_deadlines
 
 PAIRS = stream_pairs()
 
@@ -289,7 +289,7 @@ def socket_message_pair() -> tuple[MessageStream, MessageStream]:
 async def test_handed_over_idle_deadline_fires_only_when_expired() -> None:
     client, server = socket_message_pair()
     server.idle_timeout = 5
-    server.hand_over_deadlines()
+    hand_over_deadlines(server)
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             outcome: list[object] = []
@@ -303,19 +303,19 @@ async def test_handed_over_idle_deadline_fires_only_when_expired() -> None:
             nursery.start_soon(receive)
             await trio.testing.wait_all_tasks_blocked()
             now = trio.current_time()
-            assert not server.expire_if_idle(now)  # not due yet: nothing happens
+            assert not expire_if_idle(server, now)  # not due yet: nothing happens
             assert not outcome
-            assert server.expire_if_idle(now + 5)  # due
+            assert expire_if_idle(server, now + 5)  # due
     assert [str(e) for e in outcome] == ["no complete message within idle_timeout=5s"]
     # The socket was not closed: replies can still be sent.
     await server.send_message(b"bye")
     assert await client.receive_message() == b"bye"
-    assert not server.expire_if_idle(trio.current_time() + 100)  # nobody waits now
+    assert not expire_if_idle(server, trio.current_time() + 100)  # nobody waits now
 
 
 async def test_handed_over_stop_receiving_wakes_the_receiver_not_a_blocked_sender() -> None:
     client, server = socket_message_pair()
-    server.hand_over_deadlines()
+    hand_over_deadlines(server)
     big = b"x" * 60_000
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -345,7 +345,7 @@ async def test_handed_over_stop_receiving_wakes_the_receiver_not_a_blocked_sende
 async def test_echo_with_handed_over_deadlines_over_a_socket() -> None:
     client, server = socket_message_pair()
     server.framer = LineFramer(implementation="c")
-    server.hand_over_deadlines()
+    hand_over_deadlines(server)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(EchoHandler(server, ("test", 0), None).handle)  # type: ignore[arg-type]
         assert await client.receive_message() == GREETING

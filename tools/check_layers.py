@@ -22,6 +22,7 @@ LAYERS = [
     (
         "trioecho.errors",
         "trioecho.logtext",
+        "trioecho.arguments",
         "trioecho._version",
         "trioecho._backend",
         "trioecho._framer_ffi",

@@ -20,6 +20,7 @@ __all__ = [
     "MalformedFrameError",
     "MemoryBudgetError",
     "ProxyProtocolError",
+    "RelayError",
     "SlowReaderError",
     "TLSHandshakeError",
     "TrioEchoError",
@@ -156,6 +157,19 @@ class GreetingError(TrioEchoError):
     def __init__(self, message: str, *, options: list[str] | None = None) -> None:
         super().__init__(message)
         self.options = options
+
+
+class RelayError(TrioEchoError):
+    """One side of a relayed connection failed, so the relay closes both.
+
+    ``side`` is ``"client"`` or ``"upstream"``: whose stream raised ``error``
+    (a framing error, a reset, a timeout), which is also the ``__cause__``.
+    """
+
+    def __init__(self, side: str, error: Exception) -> None:
+        super().__init__(f"the {side} side: {type(error).__name__}: {error}")
+        self.side = side
+        self.error = error
 
 
 class LoadGeneratorError(TrioEchoError, RuntimeError):

@@ -112,6 +112,13 @@ class LoadGenerator:
             last_error=ffi.string(stats.last_error).decode(errors="replace"),
         )
 
+    def finish(self, seconds: float = 2.0) -> int:
+        """End every connection cleanly (FIN, then read to the server's end,
+        for at most ``seconds``); return how many had not ended by then."""
+        if self._bench is None:
+            return 0
+        return int(lib.tb_finish(self._bench, max(1, int(seconds * 1000))))
+
     def close(self) -> None:
         """Close every connection now (also done when the object is collected)."""
         if self._bench is not None:
@@ -122,4 +129,8 @@ class LoadGenerator:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        """End the connections cleanly (:meth:`finish`), then close."""
+        try:
+            self.finish()
+        finally:
+            self.close()

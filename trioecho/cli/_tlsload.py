@@ -11,6 +11,7 @@ per message than the C generator: it measures TLS servers, not raw speed.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ssl
 import threading
 import time
@@ -30,6 +31,7 @@ from trioecho.stream.message_stream import MessageStream
 __all__ = ["TLSLoadGenerator"]
 
 _HEX = b"0123456789abcdef"
+_CLOSE_SECONDS = 2.0  # for the connections to end cleanly at close()
 _CONNECTING_AT_ONCE = 64  # TLS handshakes in flight while connecting
 
 
@@ -123,6 +125,12 @@ class TLSLoadGenerator:
             self._ready.set()
             await self._stop.wait()
             nursery.cancel_scope.cancel()
+        # End each connection as a client should (close_notify, FIN, the rest
+        # read), so the server logs no resets; at most _CLOSE_SECONDS.
+        with trio.move_on_after(_CLOSE_SECONDS):
+            async with trio.open_nursery() as closing:
+                for stream in streams:
+                    closing.start_soon(_close_cleanly, stream)
         for stream in streams:
             await trio.aclose_forcefully(stream)
 
@@ -216,3 +224,12 @@ class TLSLoadGenerator:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(until_broken, send, nursery.cancel_scope)
             nursery.start_soon(until_broken, receive, nursery.cancel_scope)
+
+
+async def _close_cleanly(stream: MessageStream) -> None:
+    """Close ``stream`` without losing or resetting anything; a peer that
+    breaks it meanwhile only ends it sooner."""
+    with contextlib.suppress(
+        TrioEchoError, trio.BrokenResourceError, trio.ClosedResourceError, OSError
+    ):
+        await stream.close_gracefully(_CLOSE_SECONDS, _CLOSE_SECONDS)

@@ -14,8 +14,13 @@ from trioecho.cli.client import run_client
 from trioecho.cli.demo import run_demo
 from trioecho.cli.echo_policy import echo_framing_problem, fit_replies
 from trioecho.cli.logging_setup import configure_logging
-from trioecho.cli.options import build_parser, client_tls, framing_from_args
-from trioecho.cli.serve import ServeSpec, run_relay, serve_echo
+from trioecho.cli.options import (
+    build_parser,
+    client_tls,
+    framing_from_args,
+    resolve_framing_options,
+)
+from trioecho.cli.serve import ServeSpec, relay_from_args, run_relay, serve_echo
 from trioecho.errors import FramingError
 from trioecho.io.readiness import default_readiness
 from trioecho.io.tls import server_context
@@ -48,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("Options of 'serve', the default command:\n")
         arguments = ["serve", "--help"]
     args = parser.parse_args(arguments)
+    # The command's own parser reports its mistakes ("trioecho serve: error: ...").
+    parser = vars(args).pop("command_parser")
     configure_logging(args)
     if args.command == "demo":
         return trio.run(run_demo)
@@ -65,12 +72,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_bench(args, ssl_context=client_tls(parser, args))
         except KeyboardInterrupt:
             return 130
+    resolve_framing_options(parser, args, getattr(args, "preset", None))
     try:
         framing = framing_from_args(args)
     except ValueError as exc:  # a framing option out of range
         parser.error(str(exc))
     if args.command == "relay":
-        return run_relay(args, framing)
+        try:
+            relay = relay_from_args(args, framing)
+        except ValueError as exc:  # an upstream that is the relay itself
+            parser.error(f"--upstream: {exc}")
+        return run_relay(args, relay)
     problem = echo_framing_problem(framing, args.command)
     if problem is not None:
         parser.error(problem)
@@ -113,9 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(str(exc))
     try:
         server_tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
-    except OSError as exc:  # ssl.SSLError included
-        key = f" / --tls-key {args.tls_key}" if args.tls_key else ""
-        parser.error(f"cannot load --tls-cert {args.tls_cert}{key}: {exc}")
+    except OSError as exc:
+        files = f"{args.tls_cert}" + (f" or {args.tls_key}" if args.tls_key else "")
+        parser.error(f"--tls-cert: cannot read {files}: {exc.strerror or exc}")
+    except ValueError as exc:  # what the files hold
+        parser.error(f"--tls-cert: {exc}")
     if args.workers > 1:
         return trio.run(
             partial(

@@ -9,6 +9,7 @@ import argparse
 import ssl
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from trioecho._backend import IMPLEMENTATION
 from trioecho._version import __version__
@@ -40,7 +41,14 @@ from trioecho.services.echo import (
 )
 from trioecho.workers.supervisor import DEFAULT_WORKER_TIMEOUT, cpu_count
 
-__all__ = ["ECHO_HANDLERS", "PRESETS", "build_parser", "client_tls", "framing_from_args"]
+__all__ = [
+    "ECHO_HANDLERS",
+    "PRESETS",
+    "build_parser",
+    "client_tls",
+    "framing_from_args",
+    "resolve_framing_options",
+]
 
 
 # --preset NAME: (what clients send, what the server sends), given max_frame.
@@ -58,16 +66,34 @@ ECHO_HANDLERS: dict[str, type[EchoHandler]] = {
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be 0..65535, not {value}")
+    return value
+
+
+def _length_bytes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value not in LENGTH_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"must be one of {', '.join(map(str, LENGTH_BYTES))}, not {text!r}"
+        )
     return value
 
 
@@ -135,89 +161,154 @@ def _host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), _port(port)
 
 
-def _add_connection_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default=DEFAULT_HOST, help="address (default %(default)s)")
-    parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help="default %(default)s")
-    parser.add_argument(
+def _add_address_options(parser: argparse.ArgumentParser, title: str, what: str) -> None:
+    """--host and --port: where a server listens, or the server a client dials."""
+    group = parser.add_argument_group(title)
+    group.add_argument("--host", default=DEFAULT_HOST, help=f"{what} (default: %(default)s)")
+    group.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help="TCP port (default: %(default)s)"
+    )
+
+
+# Each framing option: its flag, the framings it applies to, its default.
+# They default to None on the parser, so that one given for a framing it
+# does not apply to is refused (resolve_framing_options) instead of ignored.
+FRAMING_OPTIONS: dict[str, tuple[str, tuple[str, ...], object]] = {
+    "length_bytes": ("--length-bytes", ("len",), 4),
+    "byteorder": ("--byteorder", ("len",), "big"),
+    "length_offset": ("--length-offset", ("len", "varint"), 0),
+    "length_adjustment": ("--length-adjustment", ("len",), 0),
+    "include_header": ("--include-header", ("len", "varint"), False),
+    "varint_bytes": ("--varint-bytes", ("varint",), MAX_VARINT),
+    "frame_size": ("--frame-size", ("fixed",), None),
+    "delimiter": ("--delimiter", ("line",), None),
+    "strip_cr": ("--strip-cr/--keep-cr", ("line",), True),
+    "on_too_long": ("--on-too-long", ("line",), "error"),
+    "max_frame": ("--max-frame", ("line", "len", "varint"), None),
+}
+DEFAULT_FRAMING = "line"
+
+
+def _add_framing_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "framing",
+        "how messages are cut from the byte stream (each option applies to the "
+        "framings it names; given with another, it is refused)",
+    )
+    group.add_argument(
         "--framing",
         choices=FRAMINGS,
-        default="line",
+        default=None,
         help="line: delimited lines (newline by default); len: a length field; varint: a "
         "LEB128 varint length; fixed: --frame-size bytes each (library and relay use: the "
-        "echo service cannot answer it); raw: the seed's unframed format (default %(default)s)",
+        "echo service cannot answer it); raw: the seed's unframed format "
+        f"(default: {DEFAULT_FRAMING})",
     )
-    parser.add_argument(
-        "--length-bytes", type=int, choices=LENGTH_BYTES, default=4, help="len: field size"
+    group.add_argument(
+        "--length-bytes",
+        type=_length_bytes,
+        metavar="{" + ",".join(map(str, LENGTH_BYTES)) + "}",
+        help="len: the length field's size in bytes (default: 4)",
     )
-    parser.add_argument("--byteorder", choices=("big", "little"), default="big")
-    parser.add_argument(
+    group.add_argument(
+        "--byteorder",
+        choices=("big", "little"),
+        help="len: the length field's byte order (default: big, network order)",
+    )
+    group.add_argument(
         "--length-offset",
         type=_length_offset,
-        default=0,
         metavar="N",
-        help="len, varint: N bytes (a type byte, say) before the length field",
+        help="len, varint: N bytes (a type byte, say) before the length field (default: 0)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--length-adjustment",
         type=_length_adjustment,
-        default=0,
         metavar="N",
         help="len: added to the length field's value to get the body's size "
-        "(-4 when the field counts itself)",
+        "(-4 when the field counts itself; default: 0)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--include-header",
         action="store_true",
+        default=None,
         help="len, varint: messages keep the bytes before the body (offset bytes and length "
         "field); the echo service then answers each message with its header, length rewritten",
     )
-    parser.add_argument(
+    group.add_argument(
         "--varint-bytes",
         type=_varint_bytes,
-        default=MAX_VARINT,
         metavar="N",
-        help="varint: most bytes a length may take (1-10, default %(default)s; MQTT: 4)",
+        help=f"varint: most bytes a length may take (1-10; MQTT: 4; default: {MAX_VARINT})",
     )
-    parser.add_argument(
-        "--frame-size", type=_positive_int, metavar="N", help="fixed: bytes per message"
+    group.add_argument(
+        "--frame-size", type=_positive_int, metavar="N", help="fixed: bytes per message (required)"
     )
-    parser.add_argument(
+    group.add_argument(
         "--delimiter",
         action="append",
         type=_delimiter,
         metavar="BYTES",
         help="line: the delimiter, with escapes (\\n, \\r\\n, \\0, \\x1e); repeat it for "
         "several: a line ends at the first to occur, replies end with the first given "
-        "(default \\n)",
+        "(default: \\n)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--max-frame",
         type=_positive_int,
-        default=None,
-        help=f"largest message in bytes (default {DEFAULT_MAX_LINE} for line, "
-        f"{DEFAULT_MAX_FRAME} for len and varint)",
+        metavar="BYTES",
+        help=f"line, len, varint: largest message in bytes (default: {DEFAULT_MAX_LINE} for "
+        f"line, {DEFAULT_MAX_FRAME} for len and varint)",
     )
-    cr = parser.add_mutually_exclusive_group()
+    cr = group.add_mutually_exclusive_group()
     cr.add_argument(
         "--strip-cr",
         dest="strip_cr",
-        action="store_true",
-        default=True,
+        action="store_const",
+        const=True,
         help="line: strip a \\r before each \\n, as telnet sends it (the default)",
     )
     cr.add_argument(
         "--keep-cr",
         dest="strip_cr",
-        action="store_false",
+        action="store_const",
+        const=False,
         help="line: keep a \\r before \\n as part of the message",
     )
-    parser.add_argument(
+    group.add_argument(
         "--on-too-long",
         choices=("error", "discard"),
-        default="error",
-        help="line over --max-frame: close the connection (error), or drop the line "
-        "and go on (discard); default %(default)s",
+        help="line: a line over --max-frame closes the connection (error), or is dropped "
+        "and the connection goes on (discard); default: error",
     )
+
+
+def resolve_framing_options(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, preset: str | None = None
+) -> None:
+    """Refuse a framing option given for a framing it does not apply to (or
+    with ``--preset``, which sets the framing), then fill in the defaults."""
+    if preset is not None:
+        given = [
+            flag
+            for dest, (flag, _framings, _default) in FRAMING_OPTIONS.items()
+            if dest != "max_frame" and getattr(args, dest) is not None
+        ]
+        if args.framing is not None:
+            given.insert(0, "--framing")
+        if given:
+            parser.error(
+                f"{', '.join(given)}: --preset {preset} sets the framing "
+                "(only --max-frame applies with it)"
+            )
+    framing = args.framing or DEFAULT_FRAMING
+    for dest, (flag, framings, default) in FRAMING_OPTIONS.items():
+        value = getattr(args, dest)
+        if value is None:
+            setattr(args, dest, default)
+        elif preset is None and framing not in framings:
+            parser.error(f"{flag} applies to --framing {' or '.join(framings)}, not {framing}")
+    args.framing = framing
 
 
 def _positive_seconds(text: str) -> float:
@@ -230,20 +321,20 @@ def _positive_seconds(text: str) -> float:
 def _workers(text: str) -> int:
     if text == "auto":
         return cpu_count()
-    try:
-        return _positive_int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number or 'auto', not {text!r}") from None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a number or 'auto', not {text!r}")
+    return _positive_int(text)
 
 
 def _add_tls_client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tls", action="store_true", help="connect with TLS")
-    parser.add_argument(
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument("--tls", action="store_true", help="connect with TLS")
+    tls.add_argument(
         "--tls-ca",
         metavar="FILE",
         help="trust the CA certificates in this PEM file instead of the system's (implies --tls)",
     )
-    parser.add_argument(
+    tls.add_argument(
         "--tls-server-name",
         metavar="NAME",
         help="the name the server's certificate must carry (default: --host)",
@@ -261,7 +352,7 @@ def _add_server_tls_and_proxy_options(parser: argparse.ArgumentParser) -> None:
         type=_positive_seconds,
         default=DEFAULT_HANDSHAKE_TIMEOUT,
         metavar="SECONDS",
-        help="close a connection whose handshake takes longer (default %(default)s)",
+        help="close a connection whose handshake takes longer (default: %(default)s)",
     )
     proxy = parser.add_argument_group("PROXY protocol (behind HAProxy and other load balancers)")
     proxy.add_argument(
@@ -270,43 +361,248 @@ def _add_server_tls_and_proxy_options(parser: argparse.ArgumentParser) -> None:
         default="off",
         help="expect a PROXY protocol header of this version on every connection "
         "(auto: v1 or v2); the handler's client_address is then the real client "
-        "(default %(default)s)",
+        "(default: %(default)s)",
     )
     proxy.add_argument(
         "--proxy-allow-from",
         metavar="CIDR[,CIDR...]",
         help="the proxies allowed to send headers; others are refused "
-        f"(default {','.join(DEFAULT_PROXY_ALLOW_FROM)})",
+        f"(default: {','.join(DEFAULT_PROXY_ALLOW_FROM)})",
     )
     proxy.add_argument(
         "--proxy-timeout",
         type=_positive_seconds,
         default=DEFAULT_PROXY_TIMEOUT,
         metavar="SECONDS",
-        help="close a connection whose header is not complete in time (default %(default)s)",
+        help="close a connection whose header is not complete in time (default: %(default)s)",
     )
 
 
-def _add_server_limits(parser: argparse.ArgumentParser) -> None:
-    """What every server command takes: its connection limit and shutdown grace."""
-    parser.add_argument(
+def _add_server_limits(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """What every server command takes: its connection limit and shutdown
+    grace; returns the group, for the command's own limits."""
+    limits = parser.add_argument_group("limits")
+    limits.add_argument(
         "--max-connections",
         type=_positive_int,
         default=DEFAULT_MAX_CONNECTIONS,
-        help="at the limit, stop accepting until one closes (default %(default)s)",
+        metavar="N",
+        help="at the limit, stop accepting until one closes (default: %(default)s)",
     )
-    parser.add_argument(
+    limits.add_argument(
         "--grace",
         type=_seconds,
         default=DEFAULT_GRACE,
-        help="on SIGINT/SIGTERM, seconds connections get to finish (default %(default)s)",
+        metavar="SECONDS",
+        help="on SIGINT/SIGTERM, seconds connections get to finish (default: %(default)s)",
     )
+    return limits
 
 
 def _add_verbosity(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group()
+    logging_group = parser.add_argument_group("logging")
+    group = logging_group.add_mutually_exclusive_group()
     group.add_argument("-v", "--verbose", action="store_true", help="log every connection")
     group.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+
+
+def _add_serve(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="run the echo service (the default)",
+        description="The seed's echo service: greets each client, answers every message "
+        "with the message and 好, ends a session on q.",
+    )
+    serve.set_defaults(command_parser=serve)
+    _add_address_options(serve, "listening", "the address to listen on")
+    _add_framing_options(serve)
+    limits = _add_server_limits(serve)
+    limits.add_argument(
+        "--idle-timeout",
+        type=_seconds_or_off,
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help="close a connection with no complete message for this long; "
+        "0: never (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--send-timeout",
+        type=_seconds_or_off,
+        default=DEFAULT_SEND_TIMEOUT,
+        metavar="SECONDS",
+        help="close a peer that leaves its replies unread this long; "
+        "0: never (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--memory-budget",
+        type=_positive_int,
+        default=DEFAULT_MEMORY_BUDGET >> 20,
+        metavar="MIB",
+        help="MiB that unfinished messages and unsent replies may hold over all "
+        "connections; past it, the largest stop being read (default: %(default)s)",
+    )
+    service = serve.add_argument_group("service")
+    service.add_argument(
+        "--handler",
+        choices=tuple(ECHO_HANDLERS),
+        default="session",
+        help="how the echo is answered (same bytes on the wire): session (the C echo "
+        "session, served inline), respond (a Python respond() per message, inline) or "
+        "handle (an async handle() loop in each connection's task); default: %(default)s",
+    )
+    service.add_argument(
+        "--generic",
+        dest="handler",
+        action="store_const",
+        const="handle",
+        help="the same as --handler handle",
+    )
+    service.add_argument(
+        "--readiness",
+        choices=READINESS_MODES,
+        default=None,
+        help="how plain TCP connections wait for their socket: hub (one shared edge-triggered "
+        "epoll set) or trio (Trio's own waits, one re-arm per wait); default: "
+        "$TRIOECHO_READINESS, else hub",
+    )
+    workers = serve.add_argument_group("workers")
+    workers.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N|auto",
+        help="run N server processes on the port (SO_REUSEPORT), restarted if they die; "
+        "auto: one per CPU (default: %(default)s)",
+    )
+    workers.add_argument(
+        "--worker-timeout",
+        type=_positive_seconds,
+        default=DEFAULT_WORKER_TIMEOUT,
+        metavar="SECONDS",
+        help="with --workers: kill and restart a worker whose event loop has not "
+        "turned for this long (default: %(default)s)",
+    )
+    # Set by the worker entry point (trioecho.cli.worker), never on the command line.
+    serve.set_defaults(worker_index=None, supervisor_fd=None)
+    _add_server_tls_and_proxy_options(serve)
+    _add_verbosity(serve)
+
+
+def _add_client(commands: Any) -> None:
+    client = commands.add_parser(
+        "client",
+        help="send stdin lines, print the replies",
+        description="An interactive client: each line of stdin is one message, each reply "
+        "is printed.  It checks the server's greeting and names the framing the server "
+        "seems to speak if it is not this one.",
+    )
+    client.set_defaults(command_parser=client)
+    _add_address_options(client, "server", "the server's host name or address")
+    _add_framing_options(client)
+    _add_tls_client_options(client)
+
+
+def _add_relay(commands: Any) -> None:
+    relay = commands.add_parser(
+        "relay",
+        help="pass every frame between clients and an upstream server, checked against the framing",
+        description="A frame relay: each client gets its own connection to the upstream "
+        "server, and every frame each way is checked against the framing (and --max-frame) "
+        "before it is passed on.",
+    )
+    relay.set_defaults(command_parser=relay)
+    relay.add_argument(
+        "--upstream",
+        type=_host_port,
+        required=True,
+        metavar="HOST:PORT",
+        help="the server to relay to (not the relay's own --host/--port)",
+    )
+    relay.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        help="a real protocol's framing (PostgreSQL: a client's request for TLS is "
+        "refused by the relay, which must see the messages); otherwise the framing "
+        "options, the same both ways",
+    )
+    _add_address_options(relay, "listening", "the address to listen on")
+    _add_framing_options(relay)
+    _add_server_limits(relay)
+    _add_verbosity(relay)
+
+
+def _add_bench(commands: Any) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="load a server with many pipelined messages, check every reply",
+        description="A load generator in C: many connections, each keeping --depth "
+        "messages in flight; every reply is checked.  Reports messages per second and "
+        "latency percentiles.",
+    )
+    bench.set_defaults(command_parser=bench)
+    target = bench.add_argument_group("server")
+    target.add_argument(
+        "--host", default=DEFAULT_HOST, help="host name or address (default: %(default)s)"
+    )
+    target.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help="TCP port (default: %(default)s)"
+    )
+    target.add_argument(
+        "--framing",
+        choices=BENCH_FRAMINGS,
+        default="line",
+        help="the server's framing (default: %(default)s)",
+    )
+    load = bench.add_argument_group("load")
+    load.add_argument(
+        "-c",
+        "--connections",
+        type=_positive_int,
+        default=100,
+        metavar="N",
+        help="connections at once (default: %(default)s)",
+    )
+    load.add_argument(
+        "-d",
+        "--depth",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="messages in flight per connection (default: %(default)s)",
+    )
+    load.add_argument(
+        "-s",
+        "--size",
+        type=_positive_int,
+        default=64,
+        metavar="BYTES",
+        help="message bytes (default: %(default)s)",
+    )
+    load.add_argument(
+        "--duration",
+        type=_positive_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds measured (default: %(default)s)",
+    )
+    load.add_argument(
+        "--warmup",
+        type=_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds before measuring (default: %(default)s)",
+    )
+    report = bench.add_argument_group("report")
+    report.add_argument("--json", action="store_true", help="print one JSON object")
+    report.add_argument(
+        "--server-pid",
+        type=_positive_int,
+        default=None,
+        metavar="PID",
+        help="a server on this machine: also report its CPU time per message, from "
+        "/proc/PID/stat (steadier than msgs/s on a shared machine)",
+    )
+    _add_tls_client_options(bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -321,125 +617,18 @@ def build_parser() -> argparse.ArgumentParser:
         version=f"trioecho {__version__} (framer: {IMPLEMENTATION})",
     )
     commands = parser.add_subparsers(dest="command", metavar="{serve,client,relay,demo,bench}")
-    serve = commands.add_parser("serve", help="run the echo service (the default)")
-    _add_connection_options(serve)
-    _add_server_limits(serve)
-    serve.add_argument(
-        "--idle-timeout",
-        type=_seconds_or_off,
-        default=DEFAULT_IDLE_TIMEOUT,
-        help="close a connection with no complete message for this long, in seconds; "
-        "0: never (default %(default)s)",
+    _add_serve(commands)
+    _add_client(commands)
+    _add_relay(commands)
+    demo = commands.add_parser(
+        "demo",
+        help="show sticky packets: raw vs line vs len framing",
+        description="Shows the seed's sticky-packet problem on a real socket: three messages "
+        "sent back to back arrive merged without framing, and separate with line and "
+        "len framing.",
     )
-    serve.add_argument(
-        "--send-timeout",
-        type=_seconds_or_off,
-        default=DEFAULT_SEND_TIMEOUT,
-        help="close a peer that leaves its replies unread this long, in seconds; "
-        "0: never (default %(default)s)",
-    )
-    serve.add_argument(
-        "--handler",
-        choices=tuple(ECHO_HANDLERS),
-        default="session",
-        help="how the echo is answered (same bytes on the wire): session (the C echo "
-        "session, served inline), respond (a Python respond() per message, inline) or "
-        "handle (an async handle() loop in each connection's task); default %(default)s",
-    )
-    serve.add_argument(
-        "--generic",
-        dest="handler",
-        action="store_const",
-        const="handle",
-        help="the same as --handler handle",
-    )
-    serve.add_argument(
-        "--readiness",
-        choices=READINESS_MODES,
-        default=None,
-        help="how plain TCP connections wait for their socket: hub (one shared edge-triggered "
-        "epoll set) or trio (Trio's own waits, one re-arm per wait); default: "
-        "$TRIOECHO_READINESS, else hub",
-    )
-    serve.add_argument(
-        "--workers",
-        type=_workers,
-        default=1,
-        metavar="N|auto",
-        help="run N server processes on the port (SO_REUSEPORT), restarted if they die; "
-        "auto: one per CPU (default %(default)s)",
-    )
-    serve.add_argument(
-        "--memory-budget",
-        type=_positive_int,
-        default=DEFAULT_MEMORY_BUDGET >> 20,
-        metavar="MIB",
-        help="MiB that unfinished messages and unsent replies may hold over all "
-        "connections; past it, the largest stop being read (default %(default)s)",
-    )
-    serve.add_argument(
-        "--worker-timeout",
-        type=_positive_seconds,
-        default=DEFAULT_WORKER_TIMEOUT,
-        metavar="SECONDS",
-        help="with --workers: kill and restart a worker whose event loop has not "
-        "turned for this long (default %(default)s)",
-    )
-    # Set by the supervisor on the command line of each worker it starts.
-    # Set by the worker entry point (trioecho.cli.worker), never on the command line.
-    serve.set_defaults(worker_index=None, supervisor_fd=None)
-    _add_server_tls_and_proxy_options(serve)
-    _add_verbosity(serve)
-    client = commands.add_parser("client", help="send stdin lines, print the replies")
-    _add_connection_options(client)
-    _add_tls_client_options(client)
-    relay = commands.add_parser(
-        "relay",
-        help="pass every frame between clients and an upstream server, checked against the framing",
-    )
-    relay.add_argument(
-        "--upstream", type=_host_port, required=True, metavar="HOST:PORT", help="the server"
-    )
-    relay.add_argument(
-        "--preset",
-        choices=tuple(PRESETS),
-        help="a real protocol's framing (PostgreSQL: a client's request for TLS is "
-        "refused by the relay, which must see the messages); otherwise the framing "
-        "options below, the same both ways",
-    )
-    _add_connection_options(relay)
-    _add_server_limits(relay)
-    _add_verbosity(relay)
-    commands.add_parser("demo", help="show sticky packets: raw vs line vs len framing")
-    bench = commands.add_parser(
-        "bench",
-        help="load a server with many pipelined messages, check every reply",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    bench.add_argument("--host", default=DEFAULT_HOST, help="host name or address")
-    bench.add_argument("--port", type=_port, default=DEFAULT_PORT, help="port")
-    bench.add_argument(
-        "--framing", choices=BENCH_FRAMINGS, default="line", help="the server's framing"
-    )
-    bench.add_argument(
-        "-c", "--connections", type=_positive_int, default=100, help="connections at once"
-    )
-    bench.add_argument(
-        "-d", "--depth", type=_positive_int, default=1, help="messages in flight per connection"
-    )
-    bench.add_argument("-s", "--size", type=_positive_int, default=64, help="message bytes")
-    bench.add_argument("--duration", type=_positive_seconds, default=5.0, help="seconds measured")
-    bench.add_argument("--warmup", type=_seconds, default=1.0, help="seconds before measuring")
-    bench.add_argument("--json", action="store_true", help="print one JSON object")
-    bench.add_argument(
-        "--server-pid",
-        type=_positive_int,
-        default=None,
-        metavar="PID",
-        help="a server on this machine: also report its CPU time per message, from "
-        "/proc/PID/stat (steadier than msgs/s on a shared machine)",
-    )
-    _add_tls_client_options(bench)
+    demo.set_defaults(command_parser=demo)
+    _add_bench(commands)
     return parser
 
 

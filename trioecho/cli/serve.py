@@ -71,8 +71,9 @@ async def serve_echo(
     return await run_server(args, server)
 
 
-def run_relay(args: argparse.Namespace, framing: FramingConfig) -> int:
-    """``trioecho relay``: the frame relay until SIGINT/SIGTERM."""
+def relay_from_args(args: argparse.Namespace, framing: FramingConfig) -> MessageServer:
+    """``trioecho relay``'s server; ``ValueError`` for an upstream it refuses
+    (its own address)."""
     if args.preset is not None:
         client_preset, server_preset = PRESETS[args.preset]
         max_frame = args.max_frame if args.max_frame is not None else DEFAULT_MAX_FRAME
@@ -81,7 +82,7 @@ def run_relay(args: argparse.Namespace, framing: FramingConfig) -> int:
     else:
         client_framing = server_framing = framing
     answer = presets.refuse_encryption if args.preset == "postgresql" else None
-    server = relay_server(
+    return relay_server(
         args.upstream,
         client_framing=client_framing,
         server_framing=server_framing,
@@ -91,6 +92,10 @@ def run_relay(args: argparse.Namespace, framing: FramingConfig) -> int:
         max_connections=args.max_connections,
         grace=args.grace,
     )
+
+
+def run_relay(args: argparse.Namespace, server: MessageServer) -> int:
+    """``trioecho relay``: the frame relay until SIGINT/SIGTERM."""
     args.supervisor_fd = None
     fit_fd_limit(2 * args.max_connections)
     return trio.run(run_server, args, server)

@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args)
     try:
         tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
-    except OSError as exc:  # the files changed since the supervisor checked them
+    except (OSError, ValueError) as exc:  # the files changed since the supervisor checked them
         logger.error("cannot load --tls-cert %s: %s", args.tls_cert, exc)
         return 1
     return trio.run(serve_echo, args, spec.framing, spec.proxy, tls)

@@ -104,6 +104,7 @@ class _StreamFramer:
     )
 
     _what = "frame"
+    _repr_fields: tuple[str, ...] = ()  # the options a repr shows, besides max_frame
 
     def __init__(
         self,
@@ -118,6 +119,15 @@ class _StreamFramer:
         self._broken: FramingError | None = None
         self._drops_too_long = drops_too_long
         self._max_frame = max_frame
+
+    def __repr__(self) -> str:
+        options = [f"{name}={getattr(self, name)!r}" for name in self._repr_fields]
+        options.append(f"max_frame={self._max_frame}")
+        state = f", broken by {type(self._broken).__name__}" if self._broken is not None else ""
+        return (
+            f"<{type(self).__name__} {', '.join(options)} ({self.implementation}), "
+            f"{len(self._buffer)} bytes buffered{state}>"
+        )
 
     @property
     def drops_too_long(self) -> bool:

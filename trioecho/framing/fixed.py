@@ -21,6 +21,8 @@ class FixedLengthFramer(_StreamFramer):
     """Every frame is exactly ``frame_size`` bytes (Netty's
     ``FixedLengthFrameDecoder``): no header, nothing a peer can make too long."""
 
+    _repr_fields = ("frame_size",)
+
     __slots__ = ("frame_size",)
 
     def __init__(self, frame_size: int, *, implementation: Implementation | None = None) -> None:
@@ -59,6 +61,9 @@ class RawFramer:
     implementation = "python"  # nothing to scan
     max_frame = 0  # unused: a message is whatever one read returns
     buffered = 0
+
+    def __repr__(self) -> str:
+        return "<RawFramer: each read is one message>"
 
     def feed(self, data: Buffer) -> list[bytes]:
         return [bytes(data)] if data else []

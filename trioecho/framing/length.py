@@ -137,6 +137,14 @@ class LengthPrefixedFramer(LengthFieldFramer):
     """Frames are an unsigned length field followed by the payload, optionally
     after ``length_offset`` other bytes; see the module docstring."""
 
+    _repr_fields = (
+        "length_bytes",
+        "byteorder",
+        "length_offset",
+        "length_adjustment",
+        "include_header",
+    )
+
     __slots__ = (
         "_encode_limit",
         "_length_only_header",
@@ -264,6 +272,8 @@ class VarintFramer(LengthFieldFramer):
     """Frames are a varint length (unsigned LEB128, as protobuf's delimited
     format and MQTT's remaining length) followed by the payload, optionally
     after ``length_offset`` other bytes; see the module docstring."""
+
+    _repr_fields = ("max_length_bytes", "length_offset", "include_header")
 
     __slots__ = ("_encode_limit", "max_length_bytes")
 

@@ -29,6 +29,8 @@ __all__ = ["LineFramer", "check_delimiters"]
 class LineFramer(_StreamFramer):
     """Frames are lines ended by a delimiter, or by the first of several."""
 
+    _repr_fields = ("delimiters", "strip_cr", "on_too_long")
+
     __slots__ = (
         "_check_scanner",
         "_cr_delimiter",

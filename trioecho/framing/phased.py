@@ -36,6 +36,10 @@ class PhasedFramer:
         self._repeat = repeat
         self.implementation = first.implementation
 
+    def __repr__(self) -> str:
+        phase = f"first frame by {self._first!r}, then" if self._first is not None else "now"
+        return f"<PhasedFramer {phase} {self._then!r}>"
+
     @property
     def max_frame(self) -> int:
         return self._first.max_frame if self._first is not None else self._then.max_frame

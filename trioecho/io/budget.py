@@ -34,11 +34,28 @@ __all__ = [
     "DEFAULT_SHARE",
     "Account",
     "MemoryBudget",
+    "memory_budget_of",
 ]
 
 DEFAULT_MEMORY_BUDGET = 192 << 20  # bytes, over all connections
 DEFAULT_SHARE = 64 << 10  # bytes a connection may hold without asking
 DEFAULT_PATIENCE = 5.0  # seconds a connection holding part of a message may wait
+
+
+def memory_budget_of(budget: object) -> MemoryBudget:
+    """A server's budget: ``None`` for the default, a byte count, or a
+    :class:`MemoryBudget` (shared by the servers given it)."""
+    if budget is None:
+        return MemoryBudget()
+    if isinstance(budget, MemoryBudget):
+        return budget
+    if isinstance(budget, int) and not isinstance(budget, bool):
+        if budget < 1:
+            raise ValueError(f"memory_budget must be at least 1 byte, not {budget}")
+        return MemoryBudget(budget)
+    raise TypeError(
+        f"memory_budget must be a byte count (an int) or a MemoryBudget, not {budget!r}"
+    )
 
 
 class MemoryBudget:

@@ -50,6 +50,7 @@ import contextlib
 import math
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -130,6 +131,20 @@ class Transport:
         """Have the readiness hub serve this connection with ``step`` until
         it needs its task; see :class:`SocketTransport`."""
         raise NotImplementedError(f"{type(self).__name__} cannot serve a session inline")
+
+    def addresses(self) -> tuple[Any, Any] | None:
+        """``(local, peer)``: the socket addresses under the stream (through
+        TLS), or None for a stream with no socket (in memory) or one the
+        network already broke."""
+        stream: object = self.stream
+        while not isinstance(stream, trio.SocketStream):
+            stream = getattr(stream, "transport_stream", None)
+            if stream is None:
+                return None
+        try:
+            return stream.socket.getsockname(), stream.socket.getpeername()
+        except OSError:
+            return None
 
     def stop_receiving(self) -> None:
         raise NotImplementedError

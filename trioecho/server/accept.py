@@ -165,7 +165,7 @@ async def open_connection(
     with trio.move_on_after(
         handshake_timeout if handshake_timeout is not None else math.inf
     ) as scope:
-        await do_handshake(stream)
+        await do_handshake(stream, peer="client")
     if scope.cancelled_caught:
         raise TLSHandshakeError(f"TLS handshake not done within {handshake_timeout:g} s")
     return stream, client

@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from trioecho.server.server import MessageServer
@@ -21,7 +23,7 @@ from trioecho.stream.session import RespondSession
 
 logger = logging.getLogger("trioecho.server")
 
-__all__ = ["BaseRequestHandler", "Handler"]
+__all__ = ["BaseRequestHandler", "Handler", "check_handler"]
 
 
 class BaseRequestHandler:
@@ -93,3 +95,81 @@ class BaseRequestHandler:
 
 
 Handler = type[BaseRequestHandler] | Callable[[MessageStream], Awaitable[None]]
+
+
+_HANDLER_KINDS = (
+    "an async def function taking the MessageStream, or a BaseRequestHandler "
+    "subclass with async def handle() or def respond()"
+)
+
+
+def check_handler(handler: object) -> Handler:
+    """``handler`` if a server can call it, else one ``TypeError`` saying why:
+    a :class:`BaseRequestHandler` subclass whose ``setup``, ``handle`` and
+    ``finish`` are ``async def`` and whose ``respond`` (if defined) is a
+    plain ``def``, defining ``handle`` or ``respond``; or an ``async def``
+    callable (a function, a ``functools.partial`` of one, or an object
+    whose ``__call__`` is one)."""
+    if isinstance(handler, type):
+        if not issubclass(handler, BaseRequestHandler):
+            raise TypeError(
+                f"handler {handler.__name__} must subclass trioecho.BaseRequestHandler "
+                f"(not {_base_names(handler)})"
+            )
+        _check_request_handler(handler)
+        return handler
+    if isinstance(handler, BaseRequestHandler):
+        raise TypeError(
+            f"handler must be the class {type(handler).__name__}, not an instance of it: "
+            "the server makes one per connection"
+        )
+    if not callable(handler):
+        raise TypeError(f"handler must be {_HANDLER_KINDS}, not {handler!r}")
+    if not _is_async_callable(handler):
+        raise TypeError(
+            f"handler {_callable_name(handler)} must be async def: a plain function "
+            "cannot wait for messages (write async def, or a BaseRequestHandler "
+            "with def respond(self, message))"
+        )
+    return cast(Handler, handler)
+
+
+def _check_request_handler(cls: type[BaseRequestHandler]) -> None:
+    for name in ("setup", "handle", "finish"):
+        method = getattr(cls, name)
+        if not inspect.iscoroutinefunction(method):
+            raise TypeError(
+                f"{cls.__name__}.{name} must be async def (the server awaits it)"
+                + (": or define def respond(self, message) instead" if name == "handle" else "")
+            )
+    respond = cls.respond
+    if respond is not BaseRequestHandler.respond and inspect.iscoroutinefunction(respond):
+        raise TypeError(
+            f"{cls.__name__}.respond must be a plain def returning the reply "
+            "(it runs inline, with no await): use async def handle() to await"
+        )
+    if cls.handle is BaseRequestHandler.handle and respond is BaseRequestHandler.respond:
+        raise TypeError(
+            f"{cls.__name__} defines neither handle() nor respond(): it would close "
+            "every connection at once"
+        )
+
+
+def _is_async_callable(handler: object) -> bool:
+    while isinstance(handler, functools.partial):
+        handler = handler.func
+    if inspect.iscoroutinefunction(handler):
+        return True
+    return inspect.iscoroutinefunction(type(handler).__call__)
+
+
+def _callable_name(handler: object) -> str:
+    while isinstance(handler, functools.partial):
+        handler = handler.func
+    return getattr(handler, "__qualname__", None) or repr(handler)
+
+
+def _base_names(cls: type) -> str:
+    return ", ".join(f"{base.__module__}.{base.__qualname__}" for base in cls.__mro__[1:-1]) or (
+        "a plain class"
+    )

@@ -43,25 +43,32 @@ from typing import Any, cast
 
 import trio
 
+from trioecho.arguments import check_count, check_listen_host, check_port, check_timeout
 from trioecho.errors import (
     ConnectionClosedError,
     FramingError,
     IdleTimeoutError,
     MemoryBudgetError,
     ProxyProtocolError,
+    RelayError,
     SlowReaderError,
     TLSHandshakeError,
 )
 from trioecho.framing.config import FramingConfig, framing_config
 from trioecho.io import memory as _memory
-from trioecho.io.budget import MemoryBudget
+from trioecho.io.budget import MemoryBudget, memory_budget_of
 from trioecho.io.opening import open_transport
 from trioecho.io.readiness import Readiness, resolve_readiness
+from trioecho.io.tls import check_server_context
 from trioecho.logtext import format_address
 from trioecho.server.accept import DEFAULT_HANDSHAKE_TIMEOUT, ProxyProtocolConfig, open_connection
-from trioecho.server.handler import BaseRequestHandler, Handler
+from trioecho.server.handler import BaseRequestHandler, Handler, check_handler
 from trioecho.server.listeners import LimitedListener, open_reuse_port_listeners
-from trioecho.stream.message_stream import MessageStream, receive_size_for
+from trioecho.stream.message_stream import (
+    MessageStream,
+    expire_if_idle,
+    receive_size_for,
+)
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -96,8 +103,48 @@ class MessageServer:
     """Serves framed messages over TCP, one Trio task per connection.
 
     ``await nursery.start(server.serve)`` binds, starts serving and returns
-    the bound ``trio.SocketListener`` list (use port 0 for a free port).
-    ``serve`` returns after :meth:`shutdown` has drained the connections.
+    the bound ``trio.SocketListener`` list; :attr:`port` is then the port
+    bound (use port 0 for a free one).  ``serve`` returns after
+    :meth:`shutdown` has drained the connections.
+
+    Every argument is checked here: a wrong one raises ``TypeError`` or
+    ``ValueError`` naming it, never an error at the first connection.
+
+    Parameters:
+
+    ``handler``
+        a :class:`BaseRequestHandler` subclass (``async def handle()``, or
+        ``def respond(message)``), or an ``async def handler(stream)``.
+    ``host``, ``port``
+        where to listen (default 127.0.0.1:9999); ``host=None`` or ``""``:
+        every interface; ``port=0``: a free port.
+    ``framing``
+        a :class:`FramingConfig` or a framing name (``"len"``); default lines.
+    ``max_connections``
+        at the limit, stop accepting until a connection closes.
+    ``idle_timeout``, ``send_timeout``
+        seconds without a complete message, and seconds a send may stay
+        blocked on a peer that does not read, before the connection is
+        closed (None: no limit).
+    ``grace``
+        seconds connections get to finish on :meth:`shutdown`.
+    ``backlog``
+        the listening sockets' accept queue (default: Trio's, the
+        system's maximum).
+    ``reuse_port``
+        open the listening sockets with ``SO_REUSEPORT`` (several processes
+        on one port).
+    ``proxy_protocol``
+        a :class:`ProxyProtocolConfig`: read a PROXY header first.
+    ``ssl_context``, ``handshake_timeout``
+        a server-side ``ssl.SSLContext`` to speak TLS, and the seconds a
+        handshake may take.
+    ``memory_budget``
+        bytes (an int) or a :class:`MemoryBudget` that unfinished messages
+        and unsent replies may hold over all connections.
+    ``readiness``
+        ``"hub"`` or ``"trio"``: how plain TCP connections wait (default:
+        ``$TRIOECHO_READINESS``, else the hub).
     """
 
     def __init__(
@@ -116,36 +163,32 @@ class MessageServer:
         proxy_protocol: ProxyProtocolConfig | None = None,
         ssl_context: ssl.SSLContext | None = None,
         handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
-        memory_budget: MemoryBudget | None = None,
+        memory_budget: MemoryBudget | int | None = None,
         readiness: Readiness | None = None,
     ) -> None:
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
-        for name, value in (
-            ("idle_timeout", idle_timeout),
-            ("send_timeout", send_timeout),
-            ("handshake_timeout", handshake_timeout),
-        ):
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive or None, not {value}")
-        if grace < 0:
-            raise ValueError(f"grace must be at least 0, not {grace}")
-        self.handler = handler
-        self.host = host
-        self.port = port
+        self.handler = check_handler(handler)
+        self.host = check_listen_host(host)
+        self._port = check_port(port)
         self.framing = framing_config(framing)
-        self.max_connections = max_connections
-        self.idle_timeout = idle_timeout
-        self.send_timeout = send_timeout
-        self.grace = grace
-        self.backlog = backlog
+        self.max_connections = check_count(max_connections, "max_connections", 1)
+        self.idle_timeout = check_timeout(idle_timeout, "idle_timeout")
+        self.send_timeout = check_timeout(send_timeout, "send_timeout")
+        self.handshake_timeout = check_timeout(handshake_timeout, "handshake_timeout")
+        if not isinstance(grace, int | float) or isinstance(grace, bool) or not grace >= 0:
+            raise ValueError(f"grace must be a number of seconds, at least 0, not {grace!r}")
+        self.grace = float(grace)
+        self.backlog = None if backlog is None else check_count(backlog, "backlog", 1)
         self.reuse_port = reuse_port
+        if proxy_protocol is not None and not isinstance(proxy_protocol, ProxyProtocolConfig):
+            raise TypeError(
+                f"proxy_protocol must be a ProxyProtocolConfig or None, not {proxy_protocol!r}"
+            )
         self.proxy_protocol = proxy_protocol
-        self.ssl_context = ssl_context
-        self.handshake_timeout = handshake_timeout
-        self.budget = memory_budget if memory_budget is not None else MemoryBudget()
+        self.ssl_context = check_server_context(ssl_context)
+        self.budget = memory_budget_of(memory_budget)
         self.readiness = resolve_readiness(readiness)
         self.listeners: list[trio.SocketListener] = []
+        self._addresses: list[Any] = []  # the listeners', kept after they close
         self.connections_served = 0
         self.messages_received = 0  # over all closed connections
         self.messages_sent = 0
@@ -158,6 +201,28 @@ class MessageServer:
         self._all_closed = trio.Event()
         self._stopped = trio.Event()
         self._connections_scope: trio.CancelScope | None = None
+
+    def __repr__(self) -> str:
+        where = format_address(self.addresses[0]) if self.addresses else f"port {self.port}"
+        state = "stopped" if self._stopped.is_set() else "serving" if self.listeners else "new"
+        if self.shutting_down and state == "serving":
+            state = "shutting down"
+        return (
+            f"<MessageServer {state} on {where}, framing={self.framing.framing!r}, "
+            f"{self.active_connections} connections>"
+        )
+
+    @property
+    def port(self) -> int:
+        """The port given, or once listening, the port bound (port 0 asks for a free one)."""
+        if self._addresses:
+            return int(self._addresses[0][1])
+        return self._port
+
+    @property
+    def addresses(self) -> list[Any]:
+        """The addresses listened on (empty before :meth:`serve` binds)."""
+        return list(self._addresses)
 
     @property
     def active_connections(self) -> int:
@@ -175,11 +240,11 @@ class MessageServer:
         """Bind ``host``:``port`` and serve until :meth:`shutdown`."""
         if self.reuse_port:
             listeners = await open_reuse_port_listeners(
-                self.port, host=self.host, backlog=self.backlog
+                self._port, host=self.host, backlog=self.backlog
             )
         else:
             listeners = await trio.open_tcp_listeners(
-                self.port, host=self.host, backlog=self.backlog
+                self._port, host=self.host, backlog=self.backlog
             )
         await self.serve_listeners(listeners, task_status=task_status)
 
@@ -191,6 +256,7 @@ class MessageServer:
     ) -> None:
         """Serve on listeners the caller opened (they are closed on return)."""
         self.listeners = listeners
+        self._addresses = [listener.socket.getsockname() for listener in listeners]
         limited = [LimitedListener(listener, self._slots) for listener in listeners]
         try:
             async with trio.open_nursery() as watchdog:
@@ -242,14 +308,14 @@ class MessageServer:
 
     async def _expire_idle_connections(self, idle_timeout: float) -> None:
         """Enforce ``idle_timeout`` for every connection from this one task
-        (see ``MessageStream.hand_over_deadlines``): it fires within a tenth
+        (see :func:`~trioecho.stream.message_stream.hand_over_deadlines`): it fires within a tenth
         of the timeout (at most 1 s) after it is due."""
         period = min(1.0, max(idle_timeout / 10, 0.01))
         while True:
             await trio.sleep(period)
             now = trio.current_time()
             for stream in self._streams:
-                stream.expire_if_idle(now)
+                expire_if_idle(stream, now)
 
     async def _return_memory(self) -> None:
         """Give freed memory back to the OS after a peak (``_memory.trim``):
@@ -409,20 +475,25 @@ class _Where:
 
 def _log_handler_error(exc: Exception, where: _Where) -> None:
     """Log what ended a connection's handler: one line for the expected
-    endings, a traceback for a handler's own bug."""
+    endings, a traceback for a handler's own bug.  A relay's failure is
+    logged as its side's error, naming the side."""
+    side = ""
+    if isinstance(exc, RelayError):
+        side = f"the {exc.side} side: " if exc.side != "client" else ""
+        exc = exc.error
     if isinstance(exc, FramingError) and exc.local:
         # Not the peer's fault: a payload of this side's could not be framed.
         logger.error(
             "%s: closing: our own message cannot be framed: %s: %s", where, type(exc).__name__, exc
         )
     elif isinstance(exc, FramingError):
-        logger.warning("%s: closing: %s: %s", where, type(exc).__name__, exc)
+        logger.warning("%s: closing: %s%s: %s", where, side, type(exc).__name__, exc)
     elif isinstance(exc, SlowReaderError | MemoryBudgetError):
-        logger.warning("%s: closing: %s", where, exc)
+        logger.warning("%s: closing: %s%s", where, side, exc)
     elif isinstance(exc, IdleTimeoutError):
-        logger.info("%s: closing: %s", where, exc)
-    elif isinstance(exc, ConnectionClosedError):
-        logger.info("%s: %s", where, exc)
+        logger.info("%s: closing: %s%s", where, side, exc)
+    elif isinstance(exc, ConnectionClosedError | trio.BrokenResourceError):
+        logger.info("%s: %s%s", where, side, exc)
     elif isinstance(exc, trio.ClosedResourceError):
         pass  # closed by ourselves (shutdown or a timeout)
     else:

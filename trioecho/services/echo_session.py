@@ -148,7 +148,14 @@ def _options(framing: FramingConfig | Framer | str | None) -> FramingConfig:
         )
     if isinstance(framing, RawFramer):
         return FramingConfig("raw")
-    raise ValueError(f"the echo session does not answer {type(framing).__name__} frames")
+    if hasattr(framing, "feed") and hasattr(framing, "encode"):  # another framer
+        raise ValueError(
+            f"the echo session does not answer {type(framing).__name__} frames "
+            "(it answers lines, length fields and raw reads)"
+        )
+    raise TypeError(
+        f"framing must be a FramingConfig, a framing name or a framer, not {type(framing).__name__}"
+    )
 
 
 class EchoSession:

@@ -33,6 +33,9 @@ def guess_framing(data: bytes, greeting: bytes = GREETING) -> list[str] | None:
         return ["--framing", "line"]
     if data == greeting:
         return ["--framing", "raw"]
+    if len(greeting) < 0x80 and data == bytes([len(greeting)]) + greeting:
+        # A one-byte varint and a one-byte length field frame it alike.
+        return ["--framing", "varint"]
     for size in (4, 2, 1, 8):
         header, rest = data[:size], data[size:]
         if rest != greeting:
@@ -87,15 +90,25 @@ async def expect_greeting(
         return
     options = guess_framing(received, greeting)
     if options is not None:
+        alike = (
+            " (or len --length-bytes 1, which frames it alike)" if options[1] == "varint" else ""
+        )
         raise GreetingError(
             f"the server's greeting is not in {framing.framing} framing "
-            f"({_show(received)}): the server speaks {options[1]} framing? "
+            f"({_show(received)}): the server speaks {options[1]} framing{alike}? "
             f"try {' '.join(options)}",
             options=options,
         )
+    if not received and closed:
+        raise GreetingError("no greeting: the server closed the connection (a trioecho service?)")
     if not received:
-        why = "closed the connection" if closed else f"sent nothing within {timeout:g}s"
-        raise GreetingError(f"no greeting: the server {why} (is it a trioecho service?)")
+        silent = f"no greeting: the server sent nothing within {timeout:g}s"
+        if isinstance(stream.transport_stream, trio.SSLStream):
+            raise GreetingError(f"{silent} (is it a trioecho service?)")
+        raise GreetingError(
+            f"{silent}: a TLS server waits for the client to speak first "
+            "(try --tls), else is it a trioecho service?"
+        )
     raise GreetingError(
         f"expected the greeting in {framing.framing} framing, got {_show(received)}: "
         "not a trioecho echo service?"

@@ -24,6 +24,7 @@ import trio
 if sys.version_info < (3, 11):  # pragma: no cover - trio installs the backport there
     from exceptiongroup import BaseExceptionGroup
 
+from trioecho.arguments import check_connect_host, check_port
 from trioecho.errors import TLSHandshakeError
 from trioecho.framing.config import FramingConfig, framing_config
 from trioecho.io.tls import do_handshake
@@ -63,6 +64,8 @@ async def open_message_stream(
     :class:`TLSHandshakeError` if the TLS handshake fails or times out (the
     connection is closed then).
     """
+    host = check_connect_host(host)
+    port = check_port(port)
     config = framing_config(framing)
     if receive_size is None:
         receive_size = receive_size_for(config.framing)
@@ -77,7 +80,7 @@ async def open_message_stream(
         tls = trio.SSLStream(tcp, ssl_context, server_hostname=server_hostname)
         timeout = float("inf") if handshake_timeout is None else handshake_timeout
         with trio.move_on_after(timeout):
-            await do_handshake(tls)
+            await do_handshake(tls, peer="server")
             transport = tls
         if transport is not tls:
             await trio.aclose_forcefully(tls)

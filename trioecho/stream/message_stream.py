@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import trio
 
@@ -64,6 +65,7 @@ from trioecho.io.budget import Account
 from trioecho.io.opening import open_transport
 from trioecho.io.readiness import Readiness
 from trioecho.io.transport import CHECKPOINT_EVERY, Transport
+from trioecho.logtext import format_address
 from trioecho.stream.session import Session, SessionOutput
 
 __all__ = [
@@ -73,6 +75,8 @@ __all__ = [
     "MessageStream",
     "Session",
     "SessionOutput",
+    "expire_if_idle",
+    "hand_over_deadlines",
 ]
 
 DEFAULT_RECEIVE_SIZE = 64 * 1024
@@ -189,6 +193,16 @@ class MessageStream(trio.abc.AsyncResource):
         self.messages_sent = 0  # messages whose bytes the transport accepted
         self.lines_dropped = 0  # over-long lines dropped in discard mode
 
+    def __repr__(self) -> str:
+        framing = self._framing.framing if self._framing is not None else type(self.framer).__name__
+        addresses = self.addresses()
+        peer = f" with {format_address(addresses[1])}" if addresses is not None else ""
+        state = "closed" if self.transport.closed else "open"
+        return (
+            f"<MessageStream {state}{peer}, framing={framing!r}, "
+            f"{self.messages_received} received, {self.messages_sent} sent>"
+        )
+
     @property
     def framer(self) -> Framer:
         """The framer that splits input and frames output."""
@@ -208,6 +222,11 @@ class MessageStream(trio.abc.AsyncResource):
         """The framing configuration the stream was given, else its framer
         (either one tells :class:`~trioecho.services.echo_session.EchoSession` how to frame)."""
         return self._framing if self._framing is not None else self.framer
+
+    def addresses(self) -> tuple[Any, Any] | None:
+        """``(local, peer)`` socket addresses, or None with no socket (see
+        :meth:`Transport.addresses <trioecho.io.transport.Transport.addresses>`)."""
+        return self.transport.addresses()
 
     @property
     def idle_timeout(self) -> float | None:
@@ -302,23 +321,7 @@ class MessageStream(trio.abc.AsyncResource):
         """
         self.transport.stop_receiving()
 
-    def hand_over_deadlines(self) -> None:
-        """Let the caller enforce ``idle_timeout`` by calling
-        :meth:`expire_if_idle` periodically (the server does, for all its
-        streams from one task), so that a receive waiting on a socket needs no
-        cancel scope of its own.  The timeout then fires within one period
-        after it is due (two, while :meth:`run_session` is served inline).
-        Only the direct socket transport is affected."""
-        self.transport.hand_over_deadlines()
-
-    def expire_if_idle(self, now: float) -> bool:
-        """If a receive is waiting past its idle deadline, wake it (it raises
-        :class:`IdleTimeoutError`) and return True."""
-        if self._run is not None:
-            self._run.renew_deadline_on_progress(now)
-        return self.transport.expire_if_idle(now)
-
-    def idle_deadline(self) -> float:
+    def _idle_deadline(self) -> float:
         """When a wait for the next complete message that starts now must end."""
         timeout = self.transport.idle_timeout
         return math.inf if timeout is None else trio.current_time() + timeout
@@ -330,7 +333,7 @@ class MessageStream(trio.abc.AsyncResource):
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving from this stream")
         self._receiving = True
-        deadline = self.idle_deadline()
+        deadline = self._idle_deadline()
         try:
             while self._next >= len(self._pending):
                 if self._error is not None:
@@ -465,7 +468,7 @@ class MessageStream(trio.abc.AsyncResource):
         progress = run.progress
         wire = run.step(data)
         if run.progress != progress:
-            run.deadline = self.idle_deadline()
+            run.deadline = self._idle_deadline()
         if wire:
             await self.send_framed(wire, 0)
 
@@ -534,6 +537,25 @@ class MessageStream(trio.abc.AsyncResource):
             self._account.close()
 
 
+def hand_over_deadlines(stream: MessageStream) -> None:
+    """Let the caller enforce ``stream``'s ``idle_timeout`` by calling
+    :func:`expire_if_idle` periodically (the server does, for all its
+    streams from one task), so that a receive waiting on a socket needs no
+    cancel scope of its own.  The timeout then fires within one period
+    after it is due (two, while :meth:`MessageStream.run_session` is served
+    inline).  Only the direct socket transport is affected."""
+    stream.transport.hand_over_deadlines()
+
+
+def expire_if_idle(stream: MessageStream, now: float) -> bool:
+    """If a receive of ``stream`` is waiting past its idle deadline, wake it
+    (it raises :class:`IdleTimeoutError`) and return True."""
+    run = stream._run
+    if run is not None:
+        run.renew_deadline_on_progress(now)
+    return stream.transport.expire_if_idle(now)
+
+
 class _SessionRun:
     """One :meth:`MessageStream.run_session`: the step that feeds the
     session one read and accounts for its output.
@@ -573,7 +595,7 @@ class _SessionRun:
         # watchdog's next look (renew_deadline_on_progress).
         self.progress = 0
         self._progress_seen = 0
-        self.deadline = stream.idle_deadline()
+        self.deadline = stream._idle_deadline()
 
     def step(self, data: bytes) -> Buffer | None:
         """Feed one read (``b""``: the end of the input); see the class docstring."""
