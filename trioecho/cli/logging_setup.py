@@ -11,10 +11,13 @@ __all__ = ["configure_logging"]
 
 
 def configure_logging(args: argparse.Namespace) -> None:
-    """INFO for the server (WARNING with -q), one line per connection with -v."""
+    """INFO for the server (WARNING with -q, or ``--log-level``), one line per
+    connection with -v."""
     level = logging.INFO if args.command == "serve" else logging.WARNING
     if getattr(args, "quiet", False):
         level = logging.WARNING
+    if getattr(args, "log_level", None) is not None:
+        level = getattr(logging, args.log_level.upper())
     if not getattr(args, "verbose", False):
         logging.getLogger("trioecho.connections").setLevel(logging.WARNING)
     worker = getattr(args, "worker_index", None)

@@ -161,13 +161,25 @@ def _host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), _port(port)
 
 
-def _add_address_options(parser: argparse.ArgumentParser, title: str, what: str) -> None:
-    """--host and --port: where a server listens, or the server a client dials."""
+def _add_address_options(
+    parser: argparse.ArgumentParser, title: str, what: str, *, listening: bool = False
+) -> None:
+    """--host and --port: where a server listens (and its --backlog), or the
+    server a client dials."""
     group = parser.add_argument_group(title)
     group.add_argument("--host", default=DEFAULT_HOST, help=f"{what} (default: %(default)s)")
     group.add_argument(
         "--port", type=_port, default=DEFAULT_PORT, help="TCP port (default: %(default)s)"
     )
+    if listening:
+        group.add_argument(
+            "--backlog",
+            type=_positive_int,
+            default=None,
+            metavar="N",
+            help="connections the kernel may queue before they are accepted "
+            "(default: the system's limit, net.core.somaxconn)",
+        )
 
 
 # Each framing option: its flag, the framings it applies to, its default.
@@ -399,11 +411,21 @@ def _add_server_limits(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
     return limits
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 def _add_verbosity(parser: argparse.ArgumentParser) -> None:
     logging_group = parser.add_argument_group("logging")
     group = logging_group.add_mutually_exclusive_group()
     group.add_argument("-v", "--verbose", action="store_true", help="log every connection")
     group.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    logging_group.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=None,
+        help="the lowest level logged, over -q (default: info for serve, warning otherwise); "
+        "connections are logged with -v",
+    )
 
 
 def _add_serve(commands: Any) -> None:
@@ -414,7 +436,7 @@ def _add_serve(commands: Any) -> None:
         "with the message and 好, ends a session on q.",
     )
     serve.set_defaults(command_parser=serve)
-    _add_address_options(serve, "listening", "the address to listen on")
+    _add_address_options(serve, "listening", "the address to listen on", listening=True)
     _add_framing_options(serve)
     limits = _add_server_limits(serve)
     limits.add_argument(
@@ -525,7 +547,7 @@ def _add_relay(commands: Any) -> None:
         "refused by the relay, which must see the messages); otherwise the framing "
         "options, the same both ways",
     )
-    _add_address_options(relay, "listening", "the address to listen on")
+    _add_address_options(relay, "listening", "the address to listen on", listening=True)
     _add_framing_options(relay)
     _add_server_limits(relay)
     _add_verbosity(relay)

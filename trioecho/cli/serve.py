@@ -19,6 +19,7 @@ from trioecho.framing import presets
 from trioecho.framing.base import DEFAULT_MAX_FRAME
 from trioecho.framing.config import FramingConfig
 from trioecho.io.budget import MemoryBudget
+from trioecho.io.tls import server_context
 from trioecho.logtext import format_address
 from trioecho.server.accept import (
     ProxyProtocolConfig,
@@ -29,7 +30,14 @@ from trioecho.workers.link import WorkerLink, start_orphan_watchdog
 
 logger = logging.getLogger("trioecho")
 
-__all__ = ["ServeSpec", "run_relay", "run_server", "serve_echo"]
+__all__ = [
+    "ServeSpec",
+    "relay_from_args",
+    "reload_on_sighup",
+    "run_relay",
+    "run_server",
+    "serve_echo",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +73,7 @@ async def serve_echo(
         ssl_context=ssl_context,
         handshake_timeout=args.tls_handshake_timeout,
         reuse_port=args.worker_index is not None,
+        backlog=args.backlog,
         memory_budget=MemoryBudget(args.memory_budget << 20),
         readiness=args.readiness,
     )
@@ -91,6 +100,7 @@ def relay_from_args(args: argparse.Namespace, framing: FramingConfig) -> Message
         port=args.port,
         max_connections=args.max_connections,
         grace=args.grace,
+        backlog=args.backlog,
     )
 
 
@@ -101,10 +111,29 @@ def run_relay(args: argparse.Namespace, server: MessageServer) -> int:
     return trio.run(run_server, args, server)
 
 
+def reload_on_sighup(args: argparse.Namespace, server: MessageServer) -> None:
+    """SIGHUP in one process: re-read the TLS certificate and key (new
+    handshakes use them; connections already open keep theirs), log what was
+    done, and go on serving.  It never stops the server; a certificate that
+    cannot be loaded is logged and the old one kept."""
+    cert = getattr(args, "tls_cert", None)
+    if cert is None:
+        logger.info("SIGHUP: nothing to reload (no TLS certificate); still serving")
+        return
+    try:
+        server.ssl_context = server_context(cert, args.tls_key)
+    except (OSError, ValueError) as exc:
+        logger.error(
+            "SIGHUP: cannot reload the TLS certificate %s: %s; keeping the old one", cert, exc
+        )
+        return
+    logger.info("SIGHUP: reloaded the TLS certificate %s; still serving", cert)
+
+
 async def run_server(args: argparse.Namespace, server: MessageServer) -> int:
     """Serve until SIGINT/SIGTERM (drain, then exit 0); a second signal
-    closes every connection at once."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    closes every connection at once.  SIGHUP: :func:`reload_on_sighup`."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             try:
                 listeners = await nursery.start(server.serve)
@@ -136,7 +165,9 @@ async def run_server(args: argparse.Namespace, server: MessageServer) -> int:
             async def stop_on_signals() -> None:
                 async for signum in signals:
                     name = signal.Signals(signum).name
-                    if not server.shutting_down:
+                    if signum == signal.SIGHUP:
+                        reload_on_sighup(args, server)
+                    elif not server.shutting_down:
                         logger.info("%s: shutting down (grace %ss)", name, server.grace)
                         server.shutdown()
                     else:

@@ -25,6 +25,8 @@ The supervisor:
   heartbeat every ``HEARTBEAT_INTERVAL`` seconds over its socket pair, and
   one silent for ``--worker-timeout`` seconds (stopped, or stuck in a busy
   loop) is killed with SIGKILL, logged, and restarted like a worker that died;
+* ignores SIGHUP, with a warning: it never stops the service (a rolling
+  reload is still to be built);
 * forwards SIGINT/SIGTERM to the workers as SIGTERM (a second signal is
   forwarded again: the workers then close at once), waits for them to
   drain, and exits 0 if all of them exited 0.  A worker still running
@@ -307,13 +309,19 @@ async def supervise(
         worker_timeout=worker_timeout,
     )
     try:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
 
                 async def relay_signals() -> None:
                     async for signum in signals:
                         name = signal.Signals(signum).name
-                        if not supervisor.stopping:
+                        if signum == signal.SIGHUP:
+                            logger.warning(
+                                "SIGHUP: a rolling reload of the workers is not built yet; "
+                                "still serving (restart the service to load new code or "
+                                "certificates)"
+                            )
+                        elif not supervisor.stopping:
                             logger.info("%s: stopping all %d workers", name, workers)
                             supervisor.stop()
                             nursery.start_soon(supervisor.kill_stragglers)
