@@ -48,7 +48,7 @@ from trioecho.server.accept import ProxyProtocolConfig
 from trioecho.server.handler import BaseRequestHandler
 from trioecho.server.server import MessageServer
 from trioecho.services.echo_session import EchoOutput, EchoSession
-from trioecho.stream.connect import open_message_stream
+from trioecho.stream.connect import open_message_stream, open_unix_message_stream
 from trioecho.stream.message_stream import MessageStream
 from trioecho.stream.session import RespondSession, Session, SessionOutput
 
@@ -94,5 +94,6 @@ __all__ = [
     "__version__",
     "make_framer",
     "open_message_stream",
+    "open_unix_message_stream",
     "presets",
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["escape_for_log", "format_address"]
+__all__ = ["escape_for_log", "format_address", "format_listen_address"]
 
 
 def escape_for_log(text: str) -> str:
@@ -26,3 +26,10 @@ def format_address(address: Any) -> str:
     if isinstance(address, bytes):
         address = address.decode("utf-8", "backslashreplace")
     return escape_for_log(str(address))
+
+
+def format_listen_address(address: Any) -> str:
+    """Where a listener listens: ``host:port``, or ``unix:PATH``."""
+    if isinstance(address, str | bytes):
+        return "unix:" + format_address(address)
+    return format_address(address)

@@ -116,6 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--proxy-allow-from: {exc}")
     if args.proxy_allow_from is not None and proxy is None:
         parser.error("--proxy-allow-from needs --proxy-protocol v1, v2 or auto")
+    if args.uds is not None and args.workers > 1:
+        parser.error("--uds with --workers is not supported yet: one process serves a unix socket")
+    if args.uds is not None and args.proxy_allow_from is not None:
+        parser.error(
+            "--proxy-allow-from is for TCP peers: on a unix socket (--uds) every peer may "
+            "send PROXY headers, the socket file's mode decides who connects"
+        )
     if args.tls_key and not args.tls_cert:
         parser.error("--tls-key needs --tls-cert")
     if args.readiness is None:

@@ -26,6 +26,7 @@ from trioecho.server.accept import (
     DEFAULT_PROXY_TIMEOUT,
     PROXY_MODES,
 )
+from trioecho.server.listeners import DEFAULT_UNIX_MODE
 from trioecho.server.server import (
     DEFAULT_GRACE,
     DEFAULT_HOST,
@@ -82,6 +83,16 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be 0..65535, not {value}")
+    return value
+
+
+def _file_mode(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an octal file mode: {text!r}") from None
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError(f"must be 0..777, not {text}")
     return value
 
 
@@ -172,6 +183,19 @@ def _add_address_options(
         "--port", type=_port, default=DEFAULT_PORT, help="TCP port (default: %(default)s)"
     )
     if listening:
+        group.add_argument(
+            "--uds",
+            metavar="PATH",
+            help="listen on this unix socket instead of --host/--port (a stale socket file "
+            "is replaced, one in use refused; removed at stop)",
+        )
+        group.add_argument(
+            "--uds-mode",
+            type=_file_mode,
+            default=DEFAULT_UNIX_MODE,
+            metavar="OCTAL",
+            help=f"--uds: the socket file's mode (default: {DEFAULT_UNIX_MODE:o})",
+        )
         group.add_argument(
             "--backlog",
             type=_positive_int,

@@ -20,7 +20,7 @@ from trioecho.framing.base import DEFAULT_MAX_FRAME
 from trioecho.framing.config import FramingConfig
 from trioecho.io.budget import MemoryBudget
 from trioecho.io.tls import server_context
-from trioecho.logtext import format_address
+from trioecho.logtext import format_address, format_listen_address
 from trioecho.server.accept import (
     ProxyProtocolConfig,
 )
@@ -74,6 +74,8 @@ async def serve_echo(
         handshake_timeout=args.tls_handshake_timeout,
         reuse_port=args.worker_index is not None,
         backlog=args.backlog,
+        unix_path=args.uds,
+        unix_mode=args.uds_mode,
         memory_budget=MemoryBudget(args.memory_budget << 20),
         readiness=args.readiness,
     )
@@ -101,6 +103,8 @@ def relay_from_args(args: argparse.Namespace, framing: FramingConfig) -> Message
         max_connections=args.max_connections,
         grace=args.grace,
         backlog=args.backlog,
+        unix_path=args.uds,
+        unix_mode=args.uds_mode,
     )
 
 
@@ -138,7 +142,7 @@ async def run_server(args: argparse.Namespace, server: MessageServer) -> int:
             try:
                 listeners = await nursery.start(server.serve)
             except OSError as exc:
-                where = format_address((args.host, args.port))
+                where = f"unix:{args.uds}" if args.uds else format_address((args.host, args.port))
                 print(f"trioecho: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
                 return 1
             if args.supervisor_fd is not None:  # a worker: the supervisor announces
@@ -159,7 +163,7 @@ async def run_server(args: argparse.Namespace, server: MessageServer) -> int:
                 nursery.start_soon(stop_when_orphaned)
             else:
                 for listener in listeners:
-                    where = format_address(listener.socket.getsockname())
+                    where = format_listen_address(listener.socket.getsockname())
                     print(f"listening on {where}", flush=True)
 
             async def stop_on_signals() -> None:

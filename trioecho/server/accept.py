@@ -147,8 +147,9 @@ async def open_connection(
     """The stream to serve and the client's address; see the module docstring."""
     client = peer
     if proxy is not None:
-        host = peer[0] if isinstance(peer, tuple) else str(peer)
-        if not proxy.allows(host):
+        # A unix peer passed the socket file's mode; an IP peer must be allowed.
+        host = peer[0] if isinstance(peer, tuple) else None
+        if host is not None and not proxy.allows(host):
             raise ProxyProtocolError(
                 f"PROXY header refused: peer {host} is not in the allowed proxies "
                 f"({', '.join(map(str, proxy.allow_from))})"

@@ -5,9 +5,12 @@ port.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import os
 import socket
+import stat
 
 import trio
 
@@ -15,9 +18,13 @@ logger = logging.getLogger("trioecho.server")
 
 __all__ = [
     "ACCEPT_RETRY_SECONDS",
+    "DEFAULT_UNIX_MODE",
     "LimitedListener",
     "bind_reuse_port",
+    "bind_unix",
     "open_reuse_port_listeners",
+    "open_unix_listener",
+    "remove_unix_socket",
 ]
 
 
@@ -122,3 +129,55 @@ async def open_reuse_port_listeners(
             sock.close()
         raise
     return [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
+
+
+DEFAULT_UNIX_MODE = 0o660  # the socket file: owner and group may connect
+
+
+def bind_unix(path: str, mode: int = DEFAULT_UNIX_MODE) -> socket.socket:
+    """A ``SOCK_STREAM`` unix socket bound at ``path`` with file ``mode``
+    (not listening yet).
+
+    A socket file left by a process that is gone (nobody accepts on it) is
+    replaced; one a live process serves is refused (``OSError`` EADDRINUSE),
+    and so is a path that is not a socket (``FileExistsError``).
+    """
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise FileExistsError(errno.EEXIST, "exists and is not a socket: not replaced", path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(path)
+            except (ConnectionRefusedError, FileNotFoundError):
+                os.unlink(path)  # stale: its server is gone
+            else:
+                raise OSError(errno.EADDRINUSE, "a live server listens on it", path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, mode)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def open_unix_listener(
+    path: str, *, mode: int = DEFAULT_UNIX_MODE, backlog: int | None = None
+) -> trio.SocketListener:
+    """A listener on the unix socket ``path`` (see :func:`bind_unix`)."""
+    sock = await trio.to_thread.run_sync(bind_unix, path, mode)
+    try:
+        sock.listen(backlog if backlog is not None else socket.SOMAXCONN)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+
+
+def remove_unix_socket(path: str, inode: int) -> None:
+    """Remove the socket file at ``path`` if it is still the one bound
+    (``inode``): a newer server's file is left alone."""
+    with contextlib.suppress(FileNotFoundError):
+        if os.lstat(path).st_ino == inode:
+            os.unlink(path)

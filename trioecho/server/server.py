@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -60,10 +61,16 @@ from trioecho.io.budget import MemoryBudget, memory_budget_of
 from trioecho.io.opening import open_transport
 from trioecho.io.readiness import Readiness, resolve_readiness
 from trioecho.io.tls import check_server_context
-from trioecho.logtext import format_address
+from trioecho.logtext import format_address, format_listen_address
 from trioecho.server.accept import DEFAULT_HANDSHAKE_TIMEOUT, ProxyProtocolConfig, open_connection
 from trioecho.server.handler import BaseRequestHandler, Handler, check_handler
-from trioecho.server.listeners import LimitedListener, open_reuse_port_listeners
+from trioecho.server.listeners import (
+    DEFAULT_UNIX_MODE,
+    LimitedListener,
+    open_reuse_port_listeners,
+    open_unix_listener,
+    remove_unix_socket,
+)
 from trioecho.stream.message_stream import (
     MessageStream,
     expire_if_idle,
@@ -145,6 +152,13 @@ class MessageServer:
     ``readiness``
         ``"hub"`` or ``"trio"``: how plain TCP connections wait (default:
         ``$TRIOECHO_READINESS``, else the hub).
+    ``unix_path``, ``unix_mode``
+        listen on this unix socket instead of ``host``:``port``, its file
+        created with ``unix_mode`` (default 0o660) and removed at stop; a
+        stale socket file is replaced, one a live server uses refused.  A
+        unix peer's ``client_address`` (and log name) is ``"unix:PATH"``;
+        PROXY headers are taken from every unix peer (the file's mode
+        decides who may connect).
     """
 
     def __init__(
@@ -165,8 +179,19 @@ class MessageServer:
         handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
         memory_budget: MemoryBudget | int | None = None,
         readiness: Readiness | None = None,
+        unix_path: str | None = None,
+        unix_mode: int = DEFAULT_UNIX_MODE,
     ) -> None:
         self.handler = check_handler(handler)
+        if unix_path is not None:
+            if not isinstance(unix_path, str) or not unix_path:
+                raise TypeError(f"unix_path must be a non-empty str, not {unix_path!r}")
+            if reuse_port:
+                raise ValueError("reuse_port is for TCP ports, not unix_path")
+        if not isinstance(unix_mode, int) or not 0 <= unix_mode <= 0o777:
+            raise ValueError(f"unix_mode must be a file mode from 0 to 0o777, not {unix_mode!r}")
+        self.unix_path = unix_path
+        self.unix_mode = unix_mode
         self.host = check_listen_host(host)
         self._port = check_port(port)
         self.framing = framing_config(framing)
@@ -203,7 +228,12 @@ class MessageServer:
         self._connections_scope: trio.CancelScope | None = None
 
     def __repr__(self) -> str:
-        where = format_address(self.addresses[0]) if self.addresses else f"port {self.port}"
+        if self.addresses:
+            where = format_listen_address(self.addresses[0])
+        elif self.unix_path is not None:
+            where = f"unix:{self.unix_path}"
+        else:
+            where = f"port {self.port}"
         state = "stopped" if self._stopped.is_set() else "serving" if self.listeners else "new"
         if self.shutting_down and state == "serving":
             state = "shutting down"
@@ -215,7 +245,7 @@ class MessageServer:
     @property
     def port(self) -> int:
         """The port given, or once listening, the port bound (port 0 asks for a free one)."""
-        if self._addresses:
+        if self._addresses and isinstance(self._addresses[0], tuple):
             return int(self._addresses[0][1])
         return self._port
 
@@ -237,7 +267,17 @@ class MessageServer:
     async def serve(
         self, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Bind ``host``:``port`` and serve until :meth:`shutdown`."""
+        """Bind ``host``:``port`` (or ``unix_path``) and serve until :meth:`shutdown`."""
+        if self.unix_path is not None:
+            listener = await open_unix_listener(
+                self.unix_path, mode=self.unix_mode, backlog=self.backlog
+            )
+            inode = os.stat(self.unix_path).st_ino
+            try:
+                await self.serve_listeners([listener], task_status=task_status)
+            finally:
+                remove_unix_socket(self.unix_path, inode)
+            return
         if self.reuse_port:
             listeners = await open_reuse_port_listeners(
                 self._port, host=self.host, backlog=self.backlog
@@ -371,6 +411,8 @@ class MessageServer:
                 peer = socket_stream.socket.getpeername()
             except OSError:  # reset before we got here
                 return
+            if isinstance(peer, str | bytes) and not peer:  # an unnamed unix peer
+                peer = f"unix:{self.unix_path}"
             set_up = await self._set_up(socket_stream, peer)
             if set_up is None:
                 return

@@ -30,7 +30,11 @@ from trioecho.framing.config import FramingConfig, framing_config
 from trioecho.io.tls import do_handshake
 from trioecho.stream.message_stream import MessageStream, receive_size_for
 
-__all__ = ["DEFAULT_CONNECT_HANDSHAKE_TIMEOUT", "open_message_stream"]
+__all__ = [
+    "DEFAULT_CONNECT_HANDSHAKE_TIMEOUT",
+    "open_message_stream",
+    "open_unix_message_stream",
+]
 
 DEFAULT_CONNECT_HANDSHAKE_TIMEOUT = 10.0
 
@@ -91,6 +95,31 @@ async def open_message_stream(
         transport,
         config.new_framer(),
         receive_size=receive_size,
+        idle_timeout=idle_timeout,
+        send_timeout=send_timeout,
+    )
+
+
+async def open_unix_message_stream(
+    path: str,
+    *,
+    framing: FramingConfig | str | None = None,
+    receive_size: int | None = None,
+    idle_timeout: float | None = None,
+    send_timeout: float | None = None,
+) -> MessageStream:
+    """Connect to the unix socket ``path`` and return a :class:`MessageStream`
+    over it; the other arguments as :func:`open_message_stream` takes them.
+    Raises ``OSError`` (``FileNotFoundError``, ``ConnectionRefusedError``)
+    if nothing serves ``path``."""
+    if not isinstance(path, str) or not path:
+        raise TypeError(f"path must be a non-empty str naming a unix socket, not {path!r}")
+    config = framing_config(framing)
+    unix = await trio.open_unix_socket(path)
+    return MessageStream(
+        unix,
+        config.new_framer(),
+        receive_size=receive_size_for(config.framing) if receive_size is None else receive_size,
         idle_timeout=idle_timeout,
         send_timeout=send_timeout,
     )
