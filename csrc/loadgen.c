@@ -361,6 +361,25 @@ tb_bench *tb_open(const tb_config *config, char *err, size_t err_len)
     return b;
 }
 
+/* Wait for events until `deadline` (now_ns() time): their count, or -1
+ * once the deadline has passed (errno 0) or epoll_wait failed (errno set). */
+static int wait_events(tb_bench *b, struct epoll_event *events, int max, uint64_t deadline)
+{
+    for (;;) {
+        uint64_t t = now_ns();
+        int n;
+        if (t >= deadline) {
+            errno = 0;
+            return -1;
+        }
+        n = epoll_wait(b->epfd, events, max, (int)((deadline - t) / 1000000u) + 1);
+        if (n >= 0)
+            return n;
+        if (errno != EINTR)
+            return -1;
+    }
+}
+
 int tb_run(tb_bench *b, int millis, tb_stats *s)
 {
     struct epoll_event events[512];
@@ -370,15 +389,10 @@ int tb_run(tb_bench *b, int millis, tb_stats *s)
         open += b->conns[i].fd >= 0;
     s->open_connections = open;
     while (open > 0) {
-        uint64_t t = now_ns();
-        int n;
-        if (t >= deadline)
-            break;
-        n = epoll_wait(b->epfd, events, 512, (int)((deadline - t) / 1000000u) + 1);
+        int n = wait_events(b, events, 512, deadline);
         if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            set_error(s, "epoll_wait", errno);
+            if (errno != 0)
+                set_error(s, "epoll_wait", errno);
             break;
         }
         for (i = 0; i < n; i++) {
@@ -420,16 +434,9 @@ int tb_finish(tb_bench *b, int millis)
         open++;
     }
     while (open > 0) {
-        uint64_t t = now_ns();
-        int n;
-        if (t >= deadline)
+        int n = wait_events(b, events, 512, deadline);
+        if (n < 0)
             break;
-        n = epoll_wait(b->epfd, events, 512, (int)((deadline - t) / 1000000u) + 1);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
-        }
         for (i = 0; i < n; i++) {
             tb_conn *c = events[i].data.ptr;
             if (c->fd < 0)

@@ -343,23 +343,17 @@ def test_a_mistake_is_refused_where_it_is_made(
     assert str(refused.value) == message
 
 
+class AsyncCallable:
+    async def __call__(self, stream: MessageStream) -> None:
+        pass
+
+
 @pytest.mark.parametrize(
     "good",
-    [
-        handler,
-        partial(handler),
-        EchoHandler,
-        "an object with async __call__",
-    ],
+    [handler, partial(handler), EchoHandler, AsyncCallable()],
     ids=["async def", "partial", "BaseRequestHandler", "async __call__"],
 )
 def test_every_working_handler_is_accepted(good: Any) -> None:
-    class Callable_:
-        async def __call__(self, stream: MessageStream) -> None:
-            pass
-
-    if good == "an object with async __call__":
-        good = Callable_()
     assert MessageServer(good).handler is good
 
 

@@ -19,6 +19,8 @@ __all__ = [
     "check_listen_host",
     "check_port",
     "check_timeout",
+    "is_loopback_host",
+    "may_be_the_same_listener",
     "parse_address",
 ]
 
@@ -114,12 +116,14 @@ def may_be_the_same_listener(upstream: tuple[str, int], host: str | None, port: 
         return False
     if host is not None and upstream_host == host:
         return True
-    if not _is_local(upstream_host):
+    if not is_loopback_host(upstream_host):
         return False
-    return host is None or _is_local(host) or _is_any(host)
+    return host is None or is_loopback_host(host) or _is_any(host)
 
 
-def _is_local(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback address (an
+    IPv4-mapped IPv6 one included)."""
     if host == "localhost":
         return True
     try:

@@ -66,31 +66,30 @@ ECHO_HANDLERS: dict[str, type[EchoHandler]] = {
 }
 
 
-def _positive_int(text: str) -> int:
+def _integer(text: str, what: str, base: int = 10) -> int:
+    """``text`` as an int, or the argparse error "not a WHAT: 'TEXT'"."""
     try:
-        value = int(text)
+        return int(text, base)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _integer(text, "a positive integer")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
 
 
 def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    value = _integer(text, "a port number")
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be 0..65535, not {value}")
     return value
 
 
 def _file_mode(text: str) -> int:
-    try:
-        value = int(text, 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an octal file mode: {text!r}") from None
+    value = _integer(text, "an octal file mode", 8)
     if not 0 <= value <= 0o777:
         raise argparse.ArgumentTypeError(f"must be 0..777, not {text}")
     return value
@@ -134,10 +133,7 @@ BENCH_FRAMINGS = ("line", "len", "raw")
 
 def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        value = _integer(text, "an integer")
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{what} must be between {low} and {high}")
         return value

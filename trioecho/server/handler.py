@@ -155,18 +155,23 @@ def _check_request_handler(cls: type[BaseRequestHandler]) -> None:
         )
 
 
-def _is_async_callable(handler: object) -> bool:
+def _unwrapped(handler: object) -> object:
+    """The function under any ``functools.partial`` layers."""
     while isinstance(handler, functools.partial):
         handler = handler.func
-    if inspect.iscoroutinefunction(handler):
+    return handler
+
+
+def _is_async_callable(handler: object) -> bool:
+    function = _unwrapped(handler)
+    if inspect.iscoroutinefunction(function):
         return True
-    return inspect.iscoroutinefunction(type(handler).__call__)
+    return inspect.iscoroutinefunction(type(function).__call__)
 
 
 def _callable_name(handler: object) -> str:
-    while isinstance(handler, functools.partial):
-        handler = handler.func
-    return getattr(handler, "__qualname__", None) or repr(handler)
+    function = _unwrapped(handler)
+    return getattr(function, "__qualname__", None) or repr(function)
 
 
 def _base_names(cls: type) -> str:

@@ -38,7 +38,12 @@ from typing import Any, Literal
 
 import trio
 
-from trioecho.arguments import check_timeout, may_be_the_same_listener, parse_address
+from trioecho.arguments import (
+    check_timeout,
+    is_loopback_host,
+    may_be_the_same_listener,
+    parse_address,
+)
 from trioecho.errors import FramingError, RelayError, TrioEchoError
 from trioecho.framing.base import Framer, drops_too_long
 from trioecho.framing.config import FramingConfig, framing_config
@@ -169,11 +174,7 @@ class _OwnConnections:
         self.ports: set[int] = set()
 
     def is_own(self, peer: Any) -> bool:
-        return _is_loopback(peer[0]) and peer[1] in self.ports
-
-
-def _is_loopback(host: str) -> bool:
-    return host.startswith("127.") or host in ("::1", "localhost") or host.startswith("::ffff:127.")
+        return is_loopback_host(peer[0]) and peer[1] in self.ports
 
 
 def _host_port(address: Any) -> tuple[str, int]:
