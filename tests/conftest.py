@@ -58,6 +58,7 @@ TIERS = {
     "test_workers.py": ("process",),
     "test_typing.py": ("process",),
     "test_signals.py": ("process",),
+    "test_reload.py": ("process",),
     "test_unix.py": ("process",),
     "test_haproxy.py": ("daemon",),
     "test_live_protocols.py": ("daemon",),

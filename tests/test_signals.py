@@ -8,7 +8,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import time
 from pathlib import Path
 
 import trustme
@@ -79,18 +78,6 @@ def test_sighup_reloads_the_tls_certificate_for_new_connections(tmp_path: Path) 
         again = _tls_client(server.port, new_ca)
         for sock in (before, after, again):
             sock.close()
-        assert server.stop(signal.SIGTERM) == 0
-
-
-def test_sighup_does_not_stop_the_supervisor_of_workers() -> None:
-    with server_process("--workers", "2") as server:
-        canary = greeted_line_client(server.port)
-        server.process.send_signal(signal.SIGHUP)
-        server.wait_for_log("SIGHUP: a rolling reload of the workers is not built yet")
-        time.sleep(0.5)
-        assert server.process.poll() is None
-        assert ask(canary, b"still") == b"still" + REPLY_SUFFIX + b"\n"
-        canary.close()
         assert server.stop(signal.SIGTERM) == 0
 
 

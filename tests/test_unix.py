@@ -127,10 +127,22 @@ def test_bad_unix_arguments() -> None:
         MessageServer(EchoHandler, unix_path="/tmp/x.sock", unix_mode=0o10000)
 
 
-def test_serve_uds_on_a_real_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_uds_on_a_real_process(tmp_path: Path, workers: str) -> None:
     path = str(tmp_path / "cli.sock")
     process = subprocess.Popen(
-        [sys.executable, "-m", "trioecho", "serve", "--uds", path, "--framing", "len"],
+        [
+            sys.executable,
+            "-m",
+            "trioecho",
+            "serve",
+            "--uds",
+            path,
+            "--framing",
+            "len",
+            "--workers",
+            workers,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -144,7 +156,9 @@ def test_serve_uds_on_a_real_process(tmp_path: Path) -> None:
                 await stream.send_message(b"over unix")
                 return await stream.receive_message()
 
-        assert trio.run(talk) == b"over unix" + REPLY_SUFFIX
+        for _ in range(10):  # with --workers 2, both serve the one socket
+            assert trio.run(talk) == b"over unix" + REPLY_SUFFIX
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
     finally:
@@ -157,10 +171,7 @@ def test_serve_uds_on_a_real_process(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (
-            ["--workers", "2"],
-            "--uds with --workers is not supported yet: one process serves a unix socket",
-        ),
+        (["--workers", "2", "--reuse-port"], "--reuse-port is for TCP ports, not --uds"),
         (
             ["--proxy-protocol", "v1", "--proxy-allow-from", "10.0.0.0/8"],
             "--proxy-allow-from is for TCP peers: on a unix socket (--uds) every peer may send "

@@ -37,7 +37,7 @@ def exchange(port: int, message: bytes = b"hi") -> None:
 
 def ready_workers(server: ServerProcess) -> dict[int, int]:
     """worker index -> pid of its latest start, from the supervisor's log."""
-    server.wait_for_log("trioecho.workers: 2 workers listening on port")
+    server.wait_for_log("trioecho.workers: 2 workers listening on ")
     pids: dict[int, int] = {}
     for line in list(server.log):
         match = WORKER_READY.search(line)
@@ -53,6 +53,21 @@ def connections_by_pid(log: list[str]) -> dict[int, int]:
         if match:
             served[int(match.group(2))] = int(match.group(3))
     return served
+
+
+def listening_fds(pid: int) -> list[int]:
+    """The supervisor's descriptors of listening TCP sockets (which its workers inherit)."""
+    listening = set()
+    with open("/proc/net/tcp") as table:
+        for row in list(table)[1:]:
+            fields = row.split()
+            if fields[3] == "0A":
+                listening.add(f"socket:[{fields[9]}]")
+    return sorted(
+        int(fd)
+        for fd in os.listdir(f"/proc/{pid}/fd")
+        if os.readlink(f"/proc/{pid}/fd/{fd}") in listening
+    )
 
 
 def gone(pid: int) -> bool:
@@ -80,7 +95,8 @@ def test_two_workers_share_the_port_and_drain_on_a_signal(signum: signal.Signals
             with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
                 argv = cmdline.read().split(b"\0")[:-1]
             assert argv[1:3] == [b"-m", b"trioecho.cli.worker"], argv
-            assert argv[4:] == [str(index).encode(), str(server.port).encode()], argv
+            listening = [str(fd).encode() for fd in listening_fds(server.pid)]
+            assert argv[4:] == [str(index).encode(), b"0", *listening], argv  # the shared socket
         for number in range(40):
             exchange(server.port, f"message {number}".encode())
         # An open connection with a message in flight when the signal comes.
@@ -346,7 +362,7 @@ def test_the_worker_entry_point_refuses_to_start_without_its_supervisor() -> Non
     )
     assert by_hand.returncode == 2
     assert by_hand.stderr == (
-        "usage: python -m trioecho.cli.worker FD INDEX PORT "
+        "usage: python -m trioecho.cli.worker FD INDEX PORT [LISTEN_FD...] "
         "(started by trioecho serve --workers N)\n"
     )
     ours, theirs = socket.socketpair()

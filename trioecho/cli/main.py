@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import pickle
+import socket
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -13,6 +15,7 @@ import trio
 from trioecho.cli.client import run_client
 from trioecho.cli.demo import run_demo
 from trioecho.cli.echo_policy import echo_framing_problem, fit_replies
+from trioecho.cli.listening import inherited_listening_sockets, open_shared_unix_socket
 from trioecho.cli.logging_setup import configure_logging
 from trioecho.cli.options import (
     build_parser,
@@ -27,11 +30,13 @@ from trioecho.io.tls import server_context
 from trioecho.server.accept import (
     ProxyProtocolConfig,
 )
+from trioecho.server.listeners import remove_unix_socket
 from trioecho.services.echo import (
     GREETING,
     greeting_frame,
 )
 from trioecho.workers.supervisor import supervise
+from trioecho.workers.systemd import Notifier
 
 __all__ = ["main"]
 
@@ -82,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             relay = relay_from_args(args, framing)
         except ValueError as exc:  # an upstream that is the relay itself
             parser.error(f"--upstream: {exc}")
-        return run_relay(args, relay)
+        sockets = inherited_listening_sockets(parser, args)
+        return run_relay(args, relay, sockets, Notifier())
     problem = echo_framing_problem(framing, args.command)
     if problem is not None:
         parser.error(problem)
@@ -116,8 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--proxy-allow-from: {exc}")
     if args.proxy_allow_from is not None and proxy is None:
         parser.error("--proxy-allow-from needs --proxy-protocol v1, v2 or auto")
-    if args.uds is not None and args.workers > 1:
-        parser.error("--uds with --workers is not supported yet: one process serves a unix socket")
+    if args.reuse_port and args.workers == 1:
+        parser.error("--reuse-port is for --workers N: one process opens one socket")
+    if args.reuse_port and args.uds is not None:
+        parser.error("--reuse-port is for TCP ports, not --uds")
     if args.uds is not None and args.proxy_allow_from is not None:
         parser.error(
             "--proxy-allow-from is for TCP peers: on a unix socket (--uds) every peer may "
@@ -137,17 +145,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--tls-cert: cannot read {files}: {exc.strerror or exc}")
     except ValueError as exc:  # what the files hold
         parser.error(f"--tls-cert: {exc}")
+    sockets = inherited_listening_sockets(parser, args)
+    notifier = Notifier()  # before any worker starts: NOTIFY_SOCKET is the supervisor's
     if args.workers > 1:
+        return run_workers(args, ServeSpec(args, framing, proxy), sockets, notifier)
+    return trio.run(serve_echo, args, framing, proxy, server_tls, sockets, notifier)
+
+
+def run_workers(
+    args: argparse.Namespace,
+    spec: ServeSpec,
+    sockets: list[socket.socket] | None,
+    notifier: Notifier,
+) -> int:
+    """``serve --workers N``: the supervisor, on the inherited ``sockets``,
+    on ``--uds`` (opened here and removed at stop), or on ``--host``/``--port``."""
+    unix_inode = None
+    if sockets is None and args.uds is not None:
+        try:
+            shared, unix_inode = open_shared_unix_socket(args.uds, args.uds_mode, args.backlog)
+        except OSError as exc:
+            print(
+                f"trioecho: cannot listen on unix:{args.uds}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 1
+        sockets = [shared]
+    try:
         return trio.run(
             partial(
                 supervise,
-                pickle.dumps(ServeSpec(args, framing, proxy)),
+                pickle.dumps(spec),
                 args.workers,
                 args.host,
                 args.port,
                 worker_module="trioecho.cli.worker",
                 grace=args.grace,
                 worker_timeout=args.worker_timeout,
+                sockets=sockets,
+                reuse_port=args.reuse_port,
+                backlog=args.backlog,
+                notifier=notifier,
             )
         )
-    return trio.run(serve_echo, args, framing, proxy, server_tls)
+    finally:
+        if unix_inode is not None:
+            remove_unix_socket(args.uds, unix_inode)
+        for sock in sockets or []:
+            sock.close()

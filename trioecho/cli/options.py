@@ -200,6 +200,14 @@ def _add_address_options(
             help="connections the kernel may queue before they are accepted "
             "(default: the system's limit, net.core.somaxconn)",
         )
+        group.add_argument(
+            "--fd",
+            action="append",
+            metavar="N|NAME",
+            help="serve on an inherited listening socket instead of --host/--port: file "
+            "descriptor N, or the systemd socket named NAME (FileDescriptorName=); may be "
+            "repeated.  Sockets systemd passes (LISTEN_FDS) are adopted without it",
+        )
 
 
 # Each framing option: its flag, the framings it applies to, its default.
@@ -513,8 +521,15 @@ def _add_serve(commands: Any) -> None:
         type=_workers,
         default=1,
         metavar="N|auto",
-        help="run N server processes on the port (SO_REUSEPORT), restarted if they die; "
-        "auto: one per CPU (default: %(default)s)",
+        help="run N server processes sharing one listening socket, restarted if they die, "
+        "replaced one at a time on SIGHUP; auto: one per CPU (default: %(default)s)",
+    )
+    workers.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="with --workers: each worker opens its own SO_REUSEPORT socket on the port "
+        "instead (the kernel spreads connections evenly, but a worker that dies, is killed "
+        "or reloaded resets the connections queued on its socket)",
     )
     workers.add_argument(
         "--worker-timeout",

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import signal
+import socket
 import ssl
 import sys
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -24,9 +27,11 @@ from trioecho.logtext import format_address, format_listen_address
 from trioecho.server.accept import (
     ProxyProtocolConfig,
 )
+from trioecho.server.listeners import adopt_listening_socket, socket_listeners
 from trioecho.server.server import MessageServer
 from trioecho.services.relay import relay_server
 from trioecho.workers.link import WorkerLink, start_orphan_watchdog
+from trioecho.workers.systemd import Notifier
 
 logger = logging.getLogger("trioecho")
 
@@ -57,7 +62,12 @@ async def serve_echo(
     framing: FramingConfig,
     proxy: ProxyProtocolConfig | None,
     ssl_context: ssl.SSLContext | None,
+    sockets: list[socket.socket] | None = None,
+    notifier: Notifier | None = None,
 ) -> int:
+    """``trioecho serve`` in this process (one worker, or the whole
+    service): on ``sockets`` if given (inherited; a worker's come as
+    ``args.listen_fds``), else where the options say."""
     fit_fd_limit(args.max_connections)
     tune_gc()
     server = MessageServer(
@@ -72,14 +82,16 @@ async def serve_echo(
         proxy_protocol=proxy,
         ssl_context=ssl_context,
         handshake_timeout=args.tls_handshake_timeout,
-        reuse_port=args.worker_index is not None,
+        reuse_port=args.worker_index is not None and not getattr(args, "listen_fds", None),
         backlog=args.backlog,
         unix_path=args.uds,
         unix_mode=args.uds_mode,
         memory_budget=MemoryBudget(args.memory_budget << 20),
         readiness=args.readiness,
     )
-    return await run_server(args, server)
+    if sockets is None and getattr(args, "listen_fds", None):
+        sockets = [adopt_listening_socket(fd) for fd in args.listen_fds]
+    return await run_server(args, server, sockets, notifier)
 
 
 def relay_from_args(args: argparse.Namespace, framing: FramingConfig) -> MessageServer:
@@ -108,11 +120,16 @@ def relay_from_args(args: argparse.Namespace, framing: FramingConfig) -> Message
     )
 
 
-def run_relay(args: argparse.Namespace, server: MessageServer) -> int:
+def run_relay(
+    args: argparse.Namespace,
+    server: MessageServer,
+    sockets: list[socket.socket] | None = None,
+    notifier: Notifier | None = None,
+) -> int:
     """``trioecho relay``: the frame relay until SIGINT/SIGTERM."""
     args.supervisor_fd = None
     fit_fd_limit(2 * args.max_connections)
-    return trio.run(run_server, args, server)
+    return trio.run(run_server, args, server, sockets, notifier)
 
 
 def reload_on_sighup(args: argparse.Namespace, server: MessageServer) -> None:
@@ -134,13 +151,25 @@ def reload_on_sighup(args: argparse.Namespace, server: MessageServer) -> None:
     logger.info("SIGHUP: reloaded the TLS certificate %s; still serving", cert)
 
 
-async def run_server(args: argparse.Namespace, server: MessageServer) -> int:
+async def run_server(
+    args: argparse.Namespace,
+    server: MessageServer,
+    sockets: list[socket.socket] | None = None,
+    notifier: Notifier | None = None,
+) -> int:
     """Serve until SIGINT/SIGTERM (drain, then exit 0); a second signal
-    closes every connection at once.  SIGHUP: :func:`reload_on_sighup`."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+    closes every connection at once.  SIGHUP: :func:`reload_on_sighup`.  On
+    the listening ``sockets`` given (inherited), else where ``server`` says;
+    ``notifier`` (systemd) hears READY, RELOADING and STOPPING."""
+    notifier = notifier or Notifier({})
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
+    with trio.open_signal_receiver(*handled) as signals:
         async with trio.open_nursery() as nursery:
+            serve: Callable[..., Awaitable[None]] = server.serve
+            if sockets:
+                serve = functools.partial(server.serve_listeners, socket_listeners(sockets))
             try:
-                listeners = await nursery.start(server.serve)
+                listeners = await nursery.start(serve)
             except OSError as exc:
                 where = f"unix:{args.uds}" if args.uds else format_address((args.host, args.port))
                 print(f"trioecho: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
@@ -155,7 +184,7 @@ async def run_server(args: argparse.Namespace, server: MessageServer) -> int:
                 start_orphan_watchdog(args.grace)
 
                 async def stop_when_orphaned() -> None:
-                    await link.wait_orphaned()
+                    await link.wait_orphaned(on_retire=server.retire)
                     if not server.shutting_down:
                         logger.warning("the supervisor is gone: shutting down")
                         server.shutdown()
@@ -165,14 +194,21 @@ async def run_server(args: argparse.Namespace, server: MessageServer) -> int:
                 for listener in listeners:
                     where = format_listen_address(listener.socket.getsockname())
                     print(f"listening on {where}", flush=True)
+                notifier.ready("serving")
+                nursery.start_soon(notifier.keep_watchdog_fed)
 
             async def stop_on_signals() -> None:
                 async for signum in signals:
                     name = signal.Signals(signum).name
                     if signum == signal.SIGHUP:
+                        notifier.reloading()
                         reload_on_sighup(args, server)
+                        notifier.ready("serving")
+                    elif signum in (signal.SIGTTIN, signal.SIGTTOU):
+                        logger.warning("%s: one process serves (no --workers): ignored", name)
                     elif not server.shutting_down:
                         logger.info("%s: shutting down (grace %ss)", name, server.grace)
+                        notifier.stopping()
                         server.shutdown()
                     else:
                         logger.warning("%s again: closing every connection now", name)

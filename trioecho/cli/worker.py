@@ -1,11 +1,15 @@
-"""One worker of ``trioecho serve --workers N``: ``python -m trioecho.cli.worker FD INDEX PORT``.
+"""One worker of ``trioecho serve --workers N``.
+
+``python -m trioecho.cli.worker FD INDEX PORT [LISTEN_FD...]``.
 
 The supervisor (:mod:`trioecho.workers.supervisor`) starts it with ``FD``,
 its end of a socket pair, inherited.  On it the worker first receives its
 :class:`~trioecho.cli.serve.ServeSpec` (the options the supervisor's
-command line parsed and checked: nothing is parsed again), then serves
-``PORT`` with ``SO_REUSEPORT`` as worker ``INDEX``, reporting "ready" and
-heartbeats on the same socket pair.  Not meant to be started by hand: run
+command line parsed and checked: nothing is parsed again), then serves as
+worker ``INDEX`` on the listening sockets ``LISTEN_FD...`` it inherited from
+the supervisor (shared with the other workers) or, without them, on ``PORT``
+with its own ``SO_REUSEPORT`` socket, reporting "ready" and heartbeats on the
+same socket pair.  Not meant to be started by hand: run
 ``trioecho serve --workers N``.
 """
 
@@ -45,11 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the worker; return its exit code (1: it could not start)."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     try:
-        fd, index, port = (int(argument) for argument in arguments)
+        fd, index, port, *listen_fds = (int(argument) for argument in arguments)
     except ValueError:
         print(
-            "usage: python -m trioecho.cli.worker FD INDEX PORT (started by trioecho serve "
-            "--workers N)",
+            "usage: python -m trioecho.cli.worker FD INDEX PORT [LISTEN_FD...] (started by "
+            "trioecho serve --workers N)",
             file=sys.stderr,
         )
         return 2
@@ -60,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     args = spec.args
     args.worker_index, args.supervisor_fd, args.port, args.workers = index, fd, port, 1
+    args.listen_fds = listen_fds
     configure_logging(args)
     try:
         tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None

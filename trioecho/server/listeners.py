@@ -20,11 +20,14 @@ __all__ = [
     "ACCEPT_RETRY_SECONDS",
     "DEFAULT_UNIX_MODE",
     "LimitedListener",
+    "adopt_listening_socket",
     "bind_reuse_port",
     "bind_unix",
+    "open_listening_sockets",
     "open_reuse_port_listeners",
     "open_unix_listener",
     "remove_unix_socket",
+    "socket_listeners",
 ]
 
 
@@ -92,6 +95,29 @@ def bind_reuse_port(host: str | None, port: int) -> list[socket.socket]:
     """
     if not hasattr(socket, "SO_REUSEPORT"):
         raise OSError("SO_REUSEPORT is not available on this platform")
+    return _bind_each_address(host, port, reuse_port=True)
+
+
+def open_listening_sockets(
+    host: str | None, port: int, *, backlog: int | None = None
+) -> list[socket.socket]:
+    """Listening TCP sockets, one per address of ``host`` (``None``: every
+    address), all on ``port`` (0: the one the kernel picks for the first), as
+    ``trio.open_tcp_listeners`` opens them but with the stdlib, for a process
+    that hands them to others (the ``--workers`` supervisor).  Raises
+    ``OSError``; blocks on name resolution."""
+    opened = _bind_each_address(host, port, reuse_port=False)
+    try:
+        for sock in opened:
+            sock.listen(backlog if backlog is not None else socket.SOMAXCONN)
+    except BaseException:
+        for sock in opened:
+            sock.close()
+        raise
+    return opened
+
+
+def _bind_each_address(host: str | None, port: int, *, reuse_port: bool) -> list[socket.socket]:
     addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     bound: list[socket.socket] = []
     try:
@@ -99,7 +125,8 @@ def bind_reuse_port(host: str | None, port: int) -> list[socket.socket]:
             sock = socket.socket(family, kind, protocol)
             bound.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((address[0], port, *address[2:]))
@@ -109,6 +136,37 @@ def bind_reuse_port(host: str | None, port: int) -> list[socket.socket]:
             sock.close()
         raise
     return bound
+
+
+def adopt_listening_socket(fd: int) -> socket.socket:
+    """The listening stream socket open on ``fd`` (inherited: ``--fd``,
+    systemd's ``LISTEN_FDS``, a supervisor's).  Raises ``ValueError``, saying
+    what it is instead, for a descriptor that is not one; ``OSError`` for
+    one that is not open."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        if exc.errno == errno.ENOTSOCK:
+            raise ValueError(f"file descriptor {fd} is not a socket") from None
+        raise
+    try:
+        if sock.type != socket.SOCK_STREAM:
+            raise ValueError(f"file descriptor {fd} is not a stream socket ({sock.type.name})")
+        if sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+            raise ValueError(
+                f"file descriptor {fd} is a {sock.family.name} socket, not TCP or unix"
+            )
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            raise ValueError(f"file descriptor {fd} is a socket that is not listening")
+    except BaseException:
+        sock.detach()  # leave the descriptor as it was given
+        raise
+    return sock
+
+
+def socket_listeners(sockets: list[socket.socket]) -> list[trio.SocketListener]:
+    """Trio listeners on listening stdlib sockets (which they now own)."""
+    return [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
 
 
 async def open_reuse_port_listeners(
@@ -128,7 +186,7 @@ async def open_reuse_port_listeners(
         for sock in sockets:
             sock.close()
         raise
-    return [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
+    return socket_listeners(sockets)
 
 
 DEFAULT_UNIX_MODE = 0o660  # the socket file: owner and group may connect

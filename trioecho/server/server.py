@@ -223,6 +223,8 @@ class MessageServer:
         # shutdown cancels them at once (they have no message to finish).
         self._setting_up: set[trio.CancelScope] = set()
         self._shutdown_requested = trio.Event()
+        self._accepting_stopped = trio.Event()  # by shutdown() or retire()
+        self._streams_changed = trio.Event()  # a connection closed, or shutdown()
         self._all_closed = trio.Event()
         self._stopped = trio.Event()
         self._connections_scope: trio.CancelScope | None = None
@@ -340,10 +342,12 @@ class MessageServer:
                 for listener in listeners:
                     logger.debug("listening on %s", format_address(listener.socket.getsockname()))
                 task_status.started(listeners)
-                await self._shutdown_requested.wait()
+                await self._accepting_stopped.wait()
                 accepting.cancel_scope.cancel()
             for listener in listeners:
                 await listener.aclose()
+            if not self.shutting_down:  # retired: the connections run on for a while
+                await self._let_connections_finish()
             await self._drain()
 
     async def _expire_idle_connections(self, idle_timeout: float) -> None:
@@ -370,6 +374,26 @@ class MessageServer:
                 _memory.trim()
                 self.budget.peak = high = used
 
+    def retire(self) -> None:
+        """Stop accepting, and let the open connections run on as usual for
+        up to ``grace`` seconds; those still open then are shut down as by
+        :meth:`shutdown` (which may also be called at any time).  For a
+        worker replaced by a rolling reload: the listening socket it shares
+        with the other workers keeps its queued connections for them."""
+        if not self._accepting_stopped.is_set():
+            logger.info(
+                "retiring: accepting stopped, %d connections may run on for %ss",
+                len(self._streams),
+                self.grace,
+            )
+        self._accepting_stopped.set()
+
+    async def _let_connections_finish(self) -> None:
+        with trio.move_on_after(self.grace):
+            while self._streams and not self.shutting_down:
+                self._streams_changed = trio.Event()
+                await self._streams_changed.wait()
+
     def shutdown(self, *, grace: float | None = None) -> None:
         """Stop gracefully: see the module docstring.  Safe to call more than once;
         a later call with a shorter ``grace`` (0: now) cuts the wait short."""
@@ -378,6 +402,8 @@ class MessageServer:
             if self.grace == 0 and self._shutdown_requested.is_set():
                 self._cancel_connections()
         self._shutdown_requested.set()
+        self._accepting_stopped.set()
+        self._streams_changed.set()
 
     async def wait_stopped(self) -> None:
         """Return once :meth:`serve` has shut down."""
@@ -412,7 +438,7 @@ class MessageServer:
             except OSError:  # reset before we got here
                 return
             if isinstance(peer, str | bytes) and not peer:  # an unnamed unix peer
-                peer = f"unix:{self.unix_path}"
+                peer = f"unix:{self.unix_path or socket_stream.socket.getsockname()}"
             set_up = await self._set_up(socket_stream, peer)
             if set_up is None:
                 return
@@ -443,6 +469,7 @@ class MessageServer:
                     await _linger_close(stream, self.send_timeout)
                 finally:
                     self._streams.discard(stream)
+                    self._streams_changed.set()
                     self.messages_received += stream.messages_received
                     self.messages_sent += stream.messages_sent
                     if self.shutting_down and not self._streams:

@@ -14,6 +14,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import trio
 
@@ -23,6 +24,7 @@ __all__ = [
     "KILL_MARGIN",
     "ORPHAN_CHECK",
     "READY",
+    "RETIRE",
     "WorkerLink",
     "receive_configuration",
     "send_configuration",
@@ -30,6 +32,7 @@ __all__ = [
 ]
 
 READY = b"ready\n"
+RETIRE = b"R"  # supervisor to worker: stop accepting and let the connections finish
 HEARTBEAT = b"."
 HEARTBEAT_INTERVAL = 0.5  # seconds between a worker's heartbeats
 KILL_MARGIN = 2.0  # seconds past the grace period before stopping workers are killed
@@ -40,7 +43,7 @@ class WorkerLink:
     """The worker's end of its socket pair with the supervisor.
 
     ``await ready()`` tells the supervisor the worker listens;
-    ``await wait_orphaned()`` returns when the supervisor is gone.
+    ``await wait_orphaned(on_retire)`` returns when the supervisor is gone.
     """
 
     def __init__(self, fd: int) -> None:
@@ -51,13 +54,18 @@ class WorkerLink:
         with contextlib.suppress(OSError):  # the supervisor is gone: wait_orphaned() sees it
             await self._socket.send(READY)
 
-    async def wait_orphaned(self) -> None:
+    async def wait_orphaned(self, on_retire: Callable[[], None] | None = None) -> None:
+        """Return when the supervisor is gone; call ``on_retire()`` each time
+        it says :data:`RETIRE` (a rolling reload replaced this worker)."""
         while True:
             try:
-                if not await self._socket.recv(64):
-                    return
+                data = await self._socket.recv(64)
             except OSError:
                 return
+            if not data:
+                return
+            if RETIRE in data and on_retire is not None:
+                on_retire()
 
     async def heartbeat(self, interval: float = HEARTBEAT_INTERVAL) -> None:
         """Tell the supervisor, every ``interval`` seconds, that this
