@@ -3,7 +3,10 @@
 # haproxy, for tests/test_haproxy.py (trioecho behind a real load balancer);
 # postgresql and mosquitto (+ mosquitto-clients), for tests/test_live_protocols.py
 # (real PostgreSQL and MQTT traffic through a trioecho relay; the tests start
-# their own servers in temporary directories: no system service is used).
+# their own servers in temporary directories: no system service is used);
+# systemd, for systemd-socket-activate (tests/test_systemd.py: socket activation
+# as systemd does it); prometheus, for promtool (tests/test_metrics.py checks
+# the metrics exposition with it).
 # Installs what is missing with apt-get (through sudo when not root).
 set -eu
 missing=""
@@ -18,6 +21,12 @@ if ! command -v mosquitto > /dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
 fi
 if ! command -v mosquitto_pub > /dev/null 2>&1 || ! command -v mosquitto_sub > /dev/null 2>&1; then
     missing="$missing mosquitto-clients"
+fi
+if ! command -v systemd-socket-activate > /dev/null 2>&1; then
+    missing="$missing systemd"
+fi
+if ! command -v promtool > /dev/null 2>&1; then
+    missing="$missing prometheus"
 fi
 if [ -z "$missing" ]; then
     exit 0

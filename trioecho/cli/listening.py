@@ -39,10 +39,10 @@ def inherited_listening_sockets(
         parser.error(f"--host, --port and --uds do not apply: it serves on {given}")
     if getattr(args, "reuse_port", False):
         parser.error("--reuse-port opens its own sockets: not with inherited ones")
+    for inherited in from_systemd:
+        where = format_listen_address(inherited.socket.getsockname())
+        logger.info("systemd socket %s (fd %d): %s", inherited.name, inherited.fd, where)
     if not wanted:
-        for inherited in from_systemd:
-            where = format_listen_address(inherited.socket.getsockname())
-            logger.info("systemd socket %s (fd %d): %s", inherited.name, inherited.fd, where)
         return [inherited.socket for inherited in from_systemd]
     chosen: list[socket.socket] = []
     for item in wanted:
