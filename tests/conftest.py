@@ -60,6 +60,7 @@ TIERS = {
     "test_signals.py": ("process",),
     "test_reload.py": ("process",),
     "test_systemd.py": ("process",),
+    "test_metrics.py": ("process",),
     "test_unix.py": ("process",),
     "test_haproxy.py": ("daemon",),
     "test_live_protocols.py": ("daemon",),

@@ -12,6 +12,7 @@ from functools import partial
 
 import trio
 
+from trioecho.arguments import is_loopback_host
 from trioecho.cli.client import run_client
 from trioecho.cli.demo import run_demo
 from trioecho.cli.echo_policy import echo_framing_problem, fit_replies
@@ -27,6 +28,7 @@ from trioecho.cli.serve import ServeSpec, relay_from_args, run_relay, serve_echo
 from trioecho.errors import FramingError
 from trioecho.io.readiness import default_readiness
 from trioecho.io.tls import server_context
+from trioecho.logtext import format_address
 from trioecho.server.accept import (
     ProxyProtocolConfig,
 )
@@ -87,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             relay = relay_from_args(args, framing)
         except ValueError as exc:  # an upstream that is the relay itself
             parser.error(f"--upstream: {exc}")
+        check_metrics_address(parser, args)
         sockets = inherited_listening_sockets(parser, args)
         return run_relay(args, relay, sockets, Notifier())
     problem = echo_framing_problem(framing, args.command)
@@ -145,11 +148,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--tls-cert: cannot read {files}: {exc.strerror or exc}")
     except ValueError as exc:  # what the files hold
         parser.error(f"--tls-cert: {exc}")
+    check_metrics_address(parser, args)
     sockets = inherited_listening_sockets(parser, args)
     notifier = Notifier()  # before any worker starts: NOTIFY_SOCKET is the supervisor's
     if args.workers > 1:
         return run_workers(args, ServeSpec(args, framing, proxy), sockets, notifier)
     return trio.run(serve_echo, args, framing, proxy, server_tls, sockets, notifier)
+
+
+def check_metrics_address(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--metrics`` must not be the service's own port; one that is not on
+    loopback is served as named, with a warning."""
+    if args.metrics is None:
+        return
+    host, port = args.metrics
+    if port != 0 and port == args.port and args.uds is None and not args.fd:
+        parser.error(f"--metrics {format_address(args.metrics)}: that is the service's own port")
+    if not is_loopback_host(host):
+        logger.warning(
+            "--metrics %s: the metrics are served beyond this machine", format_address(args.metrics)
+        )
 
 
 def run_workers(
@@ -186,6 +204,7 @@ def run_workers(
                 reuse_port=args.reuse_port,
                 backlog=args.backlog,
                 notifier=notifier,
+                metrics=args.metrics,
             )
         )
     finally:

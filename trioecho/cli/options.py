@@ -13,6 +13,7 @@ from typing import Any
 
 from trioecho._backend import IMPLEMENTATION
 from trioecho._version import __version__
+from trioecho.arguments import parse_address
 from trioecho.framing import presets
 from trioecho.framing._pyframer import LENGTH_BYTES, MAX_ADJUSTMENT, MAX_OFFSET, MAX_VARINT
 from trioecho.framing.base import DEFAULT_MAX_FRAME, DEFAULT_MAX_LINE, FRAMINGS, MAX_DELIMITER
@@ -442,6 +443,29 @@ def _add_server_limits(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def _metrics_address(text: str) -> tuple[str, int]:
+    """``--metrics``: ``PORT`` (on 127.0.0.1) or ``HOST:PORT``."""
+    if text.isdigit():
+        text = f"127.0.0.1:{text}"
+    try:
+        return parse_address(text, "--metrics")
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(
+            f"not [HOST:]PORT: {text!r} ({exc})" if ":" in text else f"not [HOST:]PORT: {text!r}"
+        ) from None
+
+
+def _add_metrics(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("metrics")
+    group.add_argument(
+        "--metrics",
+        type=_metrics_address,
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics, with /healthz and "
+        "/readyz (HOST defaults to 127.0.0.1: another address must be named)",
+    )
+
+
 def _add_verbosity(parser: argparse.ArgumentParser) -> None:
     logging_group = parser.add_argument_group("logging")
     group = logging_group.add_mutually_exclusive_group()
@@ -542,6 +566,7 @@ def _add_serve(commands: Any) -> None:
     # Set by the worker entry point (trioecho.cli.worker), never on the command line.
     serve.set_defaults(worker_index=None, supervisor_fd=None)
     _add_server_tls_and_proxy_options(serve)
+    _add_metrics(serve)
     _add_verbosity(serve)
 
 
@@ -585,6 +610,7 @@ def _add_relay(commands: Any) -> None:
     _add_address_options(relay, "listening", "the address to listen on", listening=True)
     _add_framing_options(relay)
     _add_server_limits(relay)
+    _add_metrics(relay)
     _add_verbosity(relay)
 
 

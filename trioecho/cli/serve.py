@@ -30,7 +30,8 @@ from trioecho.server.accept import (
 from trioecho.server.listeners import adopt_listening_socket, socket_listeners
 from trioecho.server.server import MessageServer
 from trioecho.services.relay import relay_server
-from trioecho.workers.link import WorkerLink, start_orphan_watchdog
+from trioecho.workers.link import HEARTBEAT_INTERVAL, WorkerLink, start_orphan_watchdog
+from trioecho.workers.metrics import metrics_registry, open_metrics
 from trioecho.workers.systemd import Notifier
 
 logger = logging.getLogger("trioecho")
@@ -180,7 +181,7 @@ async def run_server(
                     logger.info("listening on %s", where)
                 link = WorkerLink(args.supervisor_fd)
                 await link.ready()
-                nursery.start_soon(link.heartbeat)
+                nursery.start_soon(link.heartbeat, HEARTBEAT_INTERVAL, server.stats)
                 start_orphan_watchdog(args.grace)
 
                 async def stop_when_orphaned() -> None:
@@ -194,6 +195,21 @@ async def run_server(
                 for listener in listeners:
                     where = format_listen_address(listener.socket.getsockname())
                     print(f"listening on {where}", flush=True)
+                if getattr(args, "metrics", None) is not None:
+                    registry = metrics_registry(server.stats)
+                    try:
+                        await open_metrics(
+                            nursery, args.metrics, registry, lambda: bool(server.stats()["serving"])
+                        )
+                    except OSError as exc:
+                        where = format_address(args.metrics)
+                        print(
+                            f"trioecho: cannot serve --metrics on {where}: {exc.strerror or exc}",
+                            file=sys.stderr,
+                        )
+                        server.shutdown(grace=0)
+                        await server.wait_stopped()
+                        return 1
                 notifier.ready("serving")
                 nursery.start_soon(notifier.keep_watchdog_fed)
 
@@ -216,5 +232,7 @@ async def run_server(
 
             nursery.start_soon(stop_on_signals)
             await server.wait_stopped()
+            if args.supervisor_fd is not None:
+                await link.send_heartbeat(server.stats())  # the last figures, for the totals
             nursery.cancel_scope.cancel()
     return 0

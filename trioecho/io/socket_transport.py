@@ -163,11 +163,13 @@ class SocketTransport(Transport):
         """One non-blocking read: the bytes (``b""`` at the end), or None if
         there are none yet."""
         try:
-            return self._socket.recv(max_bytes)
+            data = self._socket.recv(max_bytes)
         except BlockingIOError:
             return None
         except OSError as exc:
             raise self._socket_error(exc, "receiving") from exc
+        self.bytes_received += len(data)
+        return data
 
     async def _wait_readable_until(self, deadline: float) -> bool:
         """Wait for input until ``deadline``; False if stop_receiving()
@@ -339,6 +341,7 @@ class SocketTransport(Transport):
                     data = sock.recv(wanted)
                 except BlockingIOError:
                     return WAIT
+                self.bytes_received += len(data)
                 wire = step(data)
                 if wire is None:
                     self._handback = None
@@ -379,6 +382,7 @@ class SocketTransport(Transport):
             sent = self._socket.send(data)
         except BlockingIOError:
             sent = 0
+        self.bytes_sent += sent
         if sent >= len(data):
             return None
         return memoryview(data)[sent:]

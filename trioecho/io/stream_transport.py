@@ -30,7 +30,9 @@ class StreamTransport(Transport):
             with trio.CancelScope(deadline=deadline) as scope:
                 self._receive_scope = scope
                 try:
-                    return bytes(await self.stream.receive_some(max_bytes))
+                    data = bytes(await self.stream.receive_some(max_bytes))
+                    self.bytes_received += len(data)
+                    return data
                 except trio.BrokenResourceError as exc:
                     raise ConnectionClosedError(
                         f"connection broken while receiving: {broken_reason(exc)}"
@@ -53,6 +55,7 @@ class StreamTransport(Transport):
                 if held is not None:  # the stream cannot say whether it will wait
                     held(len(data))
                 await self.stream.send_all(data)
+                self.bytes_sent += memoryview(data).nbytes
             except trio.BrokenResourceError as exc:
                 raise ConnectionClosedError(
                     f"connection broken while sending: {broken_reason(exc)}"

@@ -79,6 +79,8 @@ class Transport:
         "_sending",
         "_stopping",
         "_unyielded",
+        "bytes_received",
+        "bytes_sent",
         "idle_timeout",
         "on_held_send",
         "send_timeout",
@@ -101,6 +103,8 @@ class Transport:
         self._receive_scope: trio.CancelScope | None = None  # a receive's, while it waits
         self._sending = False
         self._unyielded = 0  # calls since the last checkpoint
+        self.bytes_received = 0  # read from the connection (after TLS: the plain bytes)
+        self.bytes_sent = 0  # taken by the connection
         # Told the bytes a send holds while it waits for the peer to read
         # (then 0): the message stream's memory account listens.
         self.on_held_send: Callable[[int], None] | None = None

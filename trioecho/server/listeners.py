@@ -54,6 +54,7 @@ class LimitedListener(trio.abc.Listener[trio.SocketStream]):
         self.socket = listener.socket
         self._slots = slots
         self._short_of: str | None = None  # the resource accept() ran out of
+        self.pauses = 0  # episodes of accepting paused for want of a resource
 
     async def accept(self) -> trio.SocketStream:
         await self._slots.acquire()
@@ -66,6 +67,7 @@ class LimitedListener(trio.abc.Listener[trio.SocketStream]):
                     if what is None:
                         raise
                     if self._short_of is None:
+                        self.pauses += 1
                         logger.warning(
                             "cannot accept: %s (%s): accepting paused, retrying every %ss",
                             what,
@@ -82,6 +84,11 @@ class LimitedListener(trio.abc.Listener[trio.SocketStream]):
         except BaseException:
             self._slots.release()
             raise
+
+    @property
+    def paused(self) -> bool:
+        """Accepting waits: for a free connection slot, or for a resource."""
+        return self._short_of is not None or self._slots.value == 0
 
     async def aclose(self) -> None:
         await self.listener.aclose()

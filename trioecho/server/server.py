@@ -217,6 +217,10 @@ class MessageServer:
         self.connections_served = 0
         self.messages_received = 0  # over all closed connections
         self.messages_sent = 0
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.closed_by_reason = dict.fromkeys(CLOSE_REASONS, 0)
+        self._limited: list[LimitedListener] = []
         self._slots = trio.Semaphore(max_connections)
         self._streams: set[MessageStream] = set()
         # Connections still reading a PROXY header or doing a TLS handshake:
@@ -299,7 +303,7 @@ class MessageServer:
         """Serve on listeners the caller opened (they are closed on return)."""
         self.listeners = listeners
         self._addresses = [listener.socket.getsockname() for listener in listeners]
-        limited = [LimitedListener(listener, self._slots) for listener in listeners]
+        limited = self._limited = [LimitedListener(listener, self._slots) for listener in listeners]
         try:
             async with trio.open_nursery() as watchdog:
                 if self.idle_timeout is not None:
@@ -449,6 +453,7 @@ class MessageServer:
             if self.shutting_down:
                 stream.stop_receiving()
             connection_logger.info("%s: connected", _Where(client, peer))
+            reason: str | None = None
             try:
                 # The handler's life, in this frame (an idle connection keeps
                 # one coroutine less): setup, handle, finish, or the call.
@@ -463,21 +468,53 @@ class MessageServer:
                 else:
                     await cast(Callable[[MessageStream], Awaitable[None]], handler)(stream)
             except Exception as exc:
+                reason = close_reason_of(exc, shutting_down=self.shutting_down)
                 _log_handler_error(exc, _Where(client, peer))
             finally:
+                if reason is None:
+                    reason = stream.close_reason or (
+                        "shutdown" if self.shutting_down else "handler_returned"
+                    )
                 try:
                     await _linger_close(stream, self.send_timeout)
                 finally:
                     self._streams.discard(stream)
                     self._streams_changed.set()
-                    self.messages_received += stream.messages_received
-                    self.messages_sent += stream.messages_sent
+                    self._count_closed(stream, reason)
                     if self.shutting_down and not self._streams:
                         self._all_closed.set()
             connection_logger.info("%s: closed", _Where(client, peer))
         finally:
             await trio.aclose_forcefully(socket_stream)  # idempotent: closed already but on errors
             self._slots.release()
+
+    def _count_closed(self, stream: MessageStream, reason: str) -> None:
+        self.messages_received += stream.messages_received
+        self.messages_sent += stream.messages_sent
+        self.bytes_received += stream.bytes_received
+        self.bytes_sent += stream.bytes_sent
+        self.closed_by_reason[reason] += 1
+
+    def stats(self) -> dict[str, Any]:
+        """The server's figures now, open connections included, as plain
+        data (for metrics; see :data:`CLOSE_REASONS` for ``closed``)."""
+        streams = list(self._streams)
+        return {
+            "connections_open": len(streams),
+            "connections_total": self.connections_served,
+            "closed": dict(self.closed_by_reason),
+            "messages_received": self.messages_received
+            + sum(stream.messages_received for stream in streams),
+            "messages_sent": self.messages_sent + sum(stream.messages_sent for stream in streams),
+            "bytes_received": self.bytes_received
+            + sum(stream.bytes_received for stream in streams),
+            "bytes_sent": self.bytes_sent + sum(stream.bytes_sent for stream in streams),
+            "memory_budget_used": self.budget.used,
+            "memory_budget_limit": self.budget.limit,
+            "accept_pauses": sum(listener.pauses for listener in self._limited),
+            "accepting_paused": int(any(listener.paused for listener in self._limited)),
+            "serving": int(bool(self.listeners) and not self._accepting_stopped.is_set()),
+        }
 
     def _open_stream(self, connection: trio.abc.Stream) -> MessageStream:
         """The connection's message stream: its transport (deadlines handed
@@ -516,13 +553,56 @@ class MessageServer:
                     handshake_timeout=self.handshake_timeout,
                 )
             logger.info("%s: closed before it was set up: shutting down", where)
+            self.closed_by_reason["shutdown"] += 1
         except (ProxyProtocolError, TLSHandshakeError) as exc:
             logger.warning("%s: closing: %s", where, exc)
+            self.closed_by_reason[close_reason_of(exc)] += 1
         except (OSError, trio.BrokenResourceError) as exc:
             logger.info("%s: connection lost before it was set up: %s", where, exc)
+            self.closed_by_reason["reset"] += 1
         finally:
             self._setting_up.discard(setup)
         return None
+
+
+# Why connections closed, as the server counts them (``closed_by_reason``).
+CLOSE_REASONS = (
+    "peer_closed",  # the end of the peer's input
+    "stop_message",  # the session's stop message (the echo's q)
+    "handler_returned",  # the handler returned with the input still open
+    "idle",  # idle_timeout
+    "slow_reader",  # send_timeout: the peer did not read its replies
+    "framing_error",  # the peer's bytes could not be framed (or ours, rarely)
+    "memory_budget",  # the memory budget refused the connection's messages
+    "tls",  # the TLS handshake failed
+    "proxy",  # a missing or bad PROXY header
+    "reset",  # the connection broke (reset, or lost before it was set up)
+    "shutdown",  # closed by shutdown()
+    "handler_error",  # the handler raised: a bug
+)
+
+
+def close_reason_of(exc: BaseException, *, shutting_down: bool = False) -> str:
+    """The :data:`CLOSE_REASONS` entry for an error that closed a connection."""
+    if isinstance(exc, RelayError):
+        exc = exc.error
+    if isinstance(exc, FramingError):
+        return "framing_error"
+    if isinstance(exc, SlowReaderError):
+        return "slow_reader"
+    if isinstance(exc, MemoryBudgetError):
+        return "memory_budget"
+    if isinstance(exc, IdleTimeoutError):
+        return "idle"
+    if isinstance(exc, TLSHandshakeError):
+        return "tls"
+    if isinstance(exc, ProxyProtocolError):
+        return "proxy"
+    if isinstance(exc, ConnectionClosedError | trio.BrokenResourceError):
+        return "reset"
+    if isinstance(exc, trio.ClosedResourceError):  # closed by ourselves
+        return "shutdown" if shutting_down else "idle"
+    return "handler_error"
 
 
 class _Where:

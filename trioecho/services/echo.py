@@ -161,6 +161,7 @@ class EchoHandler(BaseRequestHandler):
                 replies = []  # only the framed bytes are held while a slow peer reads
                 await stream.send_framed(data, count)
             if stopped:
+                stream.close_reason = "stop_message"
                 return
 
 

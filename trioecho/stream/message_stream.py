@@ -127,6 +127,7 @@ class MessageStream(trio.abc.AsyncResource):
         "_receiving",
         "_resume",
         "_run",
+        "close_reason",
         "lines_dropped",
         "messages_received",
         "messages_sent",
@@ -192,6 +193,10 @@ class MessageStream(trio.abc.AsyncResource):
         self.messages_received = 0  # complete messages read from the transport
         self.messages_sent = 0  # messages whose bytes the transport accepted
         self.lines_dropped = 0  # over-long lines dropped in discard mode
+        # How the session ended, once it has: "peer_closed" (the end of the
+        # input) or "stop_message" (the session's stop message), set here;
+        # a handler may set its own.  The server counts closes by it.
+        self.close_reason: str | None = None
 
     def __repr__(self) -> str:
         framing = self._framing.framing if self._framing is not None else type(self.framer).__name__
@@ -202,6 +207,16 @@ class MessageStream(trio.abc.AsyncResource):
             f"<MessageStream {state}{peer}, framing={framing!r}, "
             f"{self.messages_received} received, {self.messages_sent} sent>"
         )
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes read from the connection so far (after TLS: the plain ones)."""
+        return self.transport.bytes_received
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes the connection has taken so far."""
+        return self.transport.bytes_sent
 
     @property
     def framer(self) -> Framer:
@@ -357,6 +372,8 @@ class MessageStream(trio.abc.AsyncResource):
                     return False  # stop_receiving()
                 if not data:
                     self._at_eof = True
+                    if self.close_reason is None:
+                        self.close_reason = "peer_closed"
                     continue
                 self._feed(data)
             return True
@@ -446,6 +463,8 @@ class MessageStream(trio.abc.AsyncResource):
                     await self.send_framed(run.take_owed(), run.owed_replies)
                 if run.ending is None and not await self._ready_to_read():
                     return None
+            if run.ending.error is None and self.close_reason is None:
+                self.close_reason = "stop_message" if run.ending.stopped else "peer_closed"
             return run.finish()
         finally:
             self._run = None

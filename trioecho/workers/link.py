@@ -8,6 +8,7 @@ supervisor is gone while its event loop is stuck.  See
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -15,6 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -25,7 +27,9 @@ __all__ = [
     "ORPHAN_CHECK",
     "READY",
     "RETIRE",
+    "LinkReader",
     "WorkerLink",
+    "encode_snapshot",
     "receive_configuration",
     "send_configuration",
     "start_orphan_watchdog",
@@ -67,13 +71,25 @@ class WorkerLink:
             if RETIRE in data and on_retire is not None:
                 on_retire()
 
-    async def heartbeat(self, interval: float = HEARTBEAT_INTERVAL) -> None:
+    async def heartbeat(
+        self,
+        interval: float = HEARTBEAT_INTERVAL,
+        snapshot: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         """Tell the supervisor, every ``interval`` seconds, that this
-        worker's event loop turns (run it as a task; it never returns)."""
+        worker's event loop turns, with the server's figures if
+        ``snapshot`` is given (run it as a task; it never returns)."""
         while True:
-            with contextlib.suppress(OSError):  # the supervisor is gone
-                await self._socket.send(HEARTBEAT)
+            await self.send_heartbeat(snapshot() if snapshot is not None else None)
             await trio.sleep(interval)
+
+    async def send_heartbeat(self, snapshot: dict[str, Any] | None = None) -> None:
+        """One heartbeat (with ``snapshot``: the figures, see :func:`encode_snapshot`)."""
+        message = HEARTBEAT if snapshot is None else encode_snapshot(snapshot)
+        view = memoryview(message)
+        with contextlib.suppress(OSError):  # the supervisor is gone
+            while view:
+                view = view[await self._socket.send(view) :]
 
 
 def start_orphan_watchdog(grace: float, check: float = ORPHAN_CHECK) -> threading.Thread:
@@ -137,3 +153,43 @@ def _receive_exactly(sock: socket.socket, size: int) -> bytes:
             raise ValueError(f"the supervisor closed the link after {len(data)} of {size} bytes")
         data += chunk
     return bytes(data)
+
+
+# A heartbeat with the worker's figures: SNAPSHOT, a 4-byte big-endian
+# length, and that many bytes of JSON (MessageServer.stats()).
+SNAPSHOT = b"S"
+MAX_SNAPSHOT = 1 << 20
+
+
+def encode_snapshot(snapshot: dict[str, Any]) -> bytes:
+    data = json.dumps(snapshot, separators=(",", ":")).encode()
+    return SNAPSHOT + len(data).to_bytes(4, "big") + data
+
+
+class LinkReader:
+    """The supervisor's side: splits what a worker sent into heartbeats and
+    the latest snapshot.  Raises ``ValueError`` for bytes that are neither
+    (the link is then useless: the caller treats the worker as gone)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self.snapshot: dict[str, Any] | None = None  # the latest one
+
+    def feed(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        while buffer:
+            if buffer[0:1] == HEARTBEAT:
+                del buffer[0]
+                continue
+            if buffer[0:1] != SNAPSHOT:
+                raise ValueError(f"the worker sent {bytes(buffer[:16])!r}")
+            if len(buffer) < 5:
+                return
+            size = int.from_bytes(buffer[1:5], "big")
+            if size > MAX_SNAPSHOT:
+                raise ValueError(f"a snapshot of {size} bytes is over {MAX_SNAPSHOT}")
+            if len(buffer) < 5 + size:
+                return
+            self.snapshot = json.loads(bytes(buffer[5 : 5 + size]))
+            del buffer[: 5 + size]

@@ -58,12 +58,14 @@ import signal
 import socket
 import subprocess
 import sys
+from typing import Any
 
 import trio
 
 from trioecho.logtext import format_address, format_listen_address
 from trioecho.server.listeners import bind_reuse_port, open_listening_sockets
-from trioecho.workers.link import KILL_MARGIN, READY, RETIRE, send_configuration
+from trioecho.workers.link import KILL_MARGIN, READY, RETIRE, LinkReader, send_configuration
+from trioecho.workers.metrics import add_snapshots, metrics_registry, open_metrics
 from trioecho.workers.systemd import Notifier
 
 __all__ = ["cpu_count", "reserve_port", "supervise"]
@@ -75,6 +77,10 @@ BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 DIED_YOUNG = 1.0  # a worker that dies sooner than this after starting backs off more
 DEFAULT_WORKER_TIMEOUT = 10.0  # seconds of silence after which a worker is killed
+# Snapshot figures that are levels, not counts: a departed worker's are dropped.
+GAUGES = frozenset(
+    {"connections_open", "memory_budget_used", "memory_budget_limit", "accepting_paused", "serving"}
+)
 
 
 def cpu_count() -> int:
@@ -124,6 +130,7 @@ class _Worker:
         self.ready = False
         self.retired = False  # replaced by a reload, or removed by SIGTTOU
         self.exited = trio.Event()
+        self.reader = LinkReader()  # its heartbeats, and its latest figures
 
     @property
     def pid(self) -> int:
@@ -164,6 +171,7 @@ class _Supervisor:
         self.all_started = trio.Event()
         self.stop_requested = trio.Event()
         self.nursery: trio.Nursery | None = None  # where worker processes run
+        self.departed: dict[str, Any] = {}  # the counters of workers gone
 
     def command(self, index: int, fd: int) -> list[str]:
         port = str(self.port if not self.listen_fds else 0)
@@ -225,6 +233,7 @@ class _Supervisor:
                     task_status.started(worker)
             finally:
                 self.live.discard(worker)
+                self._keep_counters_of(worker)
                 worker.exited.set()
         if worker.retired:
             logger.info(
@@ -239,9 +248,14 @@ class _Supervisor:
         while True:
             with trio.move_on_after(self.worker_timeout):
                 try:
-                    if not await worker.link.recv(4096):
+                    data = await worker.link.recv(65536)
+                    if not data:
                         return  # the worker closed its end: it is exiting
+                    worker.reader.feed(data)
                 except OSError:
+                    return
+                except ValueError as exc:  # not our worker's bytes: a bug
+                    logger.error("worker %d (pid %d): %s", worker.index, worker.pid, exc)
                     return
                 continue
             if worker.process.returncode is not None:
@@ -294,6 +308,29 @@ class _Supervisor:
             after,
         )
         worker.process.kill()
+
+    # -- figures ---------------------------------------------------------------
+
+    def _keep_counters_of(self, worker: _Worker) -> None:
+        """A worker is gone: its counters stay in the service's totals."""
+        last = worker.reader.snapshot
+        if last is not None:
+            counters = {key: value for key, value in last.items() if key not in GAUGES}
+            add_snapshots(self.departed, counters)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole service's figures: every live worker's latest, the
+        counters of those gone, and the supervisor's own."""
+        total = add_snapshots({}, self.departed)
+        for worker in list(self.live):
+            if worker.reader.snapshot is not None:
+                add_snapshots(total, worker.reader.snapshot)
+        total.pop("serving", None)
+        total.update(restarts=self.restarts, reloads=self.reloads, workers=len(self.slots))
+        return total
+
+    def ready(self) -> bool:
+        return self.all_started.is_set() and not self.stopping
 
     # -- slots -----------------------------------------------------------------
 
@@ -464,6 +501,7 @@ async def supervise(
     reuse_port: bool = False,
     backlog: int | None = None,
     notifier: Notifier | None = None,
+    metrics: tuple[str, int] | None = None,
 ) -> int:
     """Run ``workers`` worker processes; return the exit code.
 
@@ -480,6 +518,7 @@ async def supervise(
     for ``SO_REUSEPORT`` (0 when it inherits listening sockets).  ``grace``
     is the workers' (``--grace``), ``worker_timeout`` how long a worker may
     stay silent.  ``notifier`` gets READY, RELOADING and STOPPING.
+    ``metrics`` is the (host, port) of the whole service's ``/metrics``.
     """
     owned: list[socket.socket] = []
     try:
@@ -547,6 +586,9 @@ async def supervise(
                 nursery.start_soon(announce)
                 if notifier is not None:
                     nursery.start_soon(notifier.keep_watchdog_fed)
+                if metrics is not None:
+                    registry = metrics_registry(supervisor.snapshot)
+                    await open_metrics(nursery, metrics, registry, supervisor.ready)
                 async with trio.open_nursery() as worker_tasks:
                     supervisor.nursery = worker_tasks
                     for index in range(workers):
