@@ -582,24 +582,25 @@ CLOSE_REASONS = (
 )
 
 
+# Which reason each error that closes a connection counts as (first match).
+_REASON_OF_ERROR: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str], ...] = (
+    (FramingError, "framing_error"),
+    (SlowReaderError, "slow_reader"),
+    (MemoryBudgetError, "memory_budget"),
+    (IdleTimeoutError, "idle"),
+    (TLSHandshakeError, "tls"),
+    (ProxyProtocolError, "proxy"),
+    ((ConnectionClosedError, trio.BrokenResourceError), "reset"),
+)
+
+
 def close_reason_of(exc: BaseException, *, shutting_down: bool = False) -> str:
     """The :data:`CLOSE_REASONS` entry for an error that closed a connection."""
     if isinstance(exc, RelayError):
         exc = exc.error
-    if isinstance(exc, FramingError):
-        return "framing_error"
-    if isinstance(exc, SlowReaderError):
-        return "slow_reader"
-    if isinstance(exc, MemoryBudgetError):
-        return "memory_budget"
-    if isinstance(exc, IdleTimeoutError):
-        return "idle"
-    if isinstance(exc, TLSHandshakeError):
-        return "tls"
-    if isinstance(exc, ProxyProtocolError):
-        return "proxy"
-    if isinstance(exc, ConnectionClosedError | trio.BrokenResourceError):
-        return "reset"
+    for kind, reason in _REASON_OF_ERROR:
+        if isinstance(exc, kind):
+            return reason
     if isinstance(exc, trio.ClosedResourceError):  # closed by ourselves
         return "shutdown" if shutting_down else "idle"
     return "handler_error"
