@@ -61,6 +61,7 @@ TIERS = {
     "test_reload.py": ("process",),
     "test_systemd.py": ("process",),
     "test_metrics.py": ("process",),
+    "test_logs.py": ("process",),
     "test_unix.py": ("process",),
     "test_haproxy.py": ("daemon",),
     "test_live_protocols.py": ("daemon",),

@@ -1,18 +1,97 @@
 """Logging for the command line: the level and format every command (and
-every worker of ``serve --workers N``) logs with."""
+every worker of ``serve --workers N``) logs with.
+
+* ``--log-level``, ``-q``, ``-v`` (the ``trioecho.connections`` lines);
+* ``--log-format json``: :class:`JSONFormatter`, one object per record with
+  the record's ``extra=`` fields;
+* ``--log-config FILE``: ``logging.config.dictConfig`` from JSON or TOML,
+  instead of all of the above;
+* ``--access-log``: the ``trioecho.access`` logger at INFO, whatever the
+  level, one record per closed connection (see
+  :data:`~trioecho.server.server.ACCESS_FIELDS`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import logging
+import logging.config
 import sys
+from typing import Any
 
-__all__ = ["configure_logging"]
+import tomllib
+
+__all__ = ["JSONFormatter", "configure_logging", "load_log_config"]
+
+# What every LogRecord has: the rest of a record's attributes came as extra=.
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per record: ``time`` (ISO 8601, UTC), ``level``,
+    ``logger``, ``message``, ``process``, every ``extra=`` field, and
+    ``exception`` (the traceback text) if there is one.  Text is escaped by
+    JSON, and peer text was already escaped by trioecho.  ``worker``: the
+    ``--workers`` index, added to every record."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "process": record.process,
+        }
+        if self.worker is not None:
+            entry["worker"] = self.worker
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def load_log_config(path: str) -> dict[str, Any]:
+    """The dictConfig in ``path`` (``.toml``, else JSON).  Raises ``OSError``
+    or ``ValueError`` saying what is wrong."""
+    with open(path, "rb") as file:
+        data = file.read()
+    try:
+        config = tomllib.loads(data.decode()) if path.endswith(".toml") else json.loads(data)
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        kind = "TOML" if path.endswith(".toml") else "JSON"
+        raise ValueError(f"not {kind}: {exc}") from None
+    if not isinstance(config, dict) or config.get("version") != 1:
+        raise ValueError('a logging dictConfig must be a table with "version": 1')
+    return config
 
 
 def configure_logging(args: argparse.Namespace) -> None:
     """INFO for the server (WARNING with -q, or ``--log-level``), one line per
-    connection with -v."""
+    connection with -v; or ``--log-config``.  Raises ``ValueError`` for a
+    config that ``dictConfig`` refuses."""
+    access = logging.getLogger("trioecho.access")
+    if getattr(args, "log_config", None) is not None:
+        try:
+            config = load_log_config(args.log_config)
+            config.setdefault("disable_existing_loggers", False)  # trioecho's loggers exist
+            logging.config.dictConfig(config)
+        except (ValueError, TypeError, AttributeError, ImportError, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ValueError(f"--log-config {args.log_config}: {reason}") from None
+        if getattr(args, "access_log", False):
+            access.setLevel(logging.INFO)
+        return
+    access.setLevel(logging.INFO if getattr(args, "access_log", False) else logging.WARNING)
     level = logging.INFO if args.command == "serve" else logging.WARNING
     if getattr(args, "quiet", False):
         level = logging.WARNING
@@ -20,10 +99,13 @@ def configure_logging(args: argparse.Namespace) -> None:
         level = getattr(logging, args.log_level.upper())
     if not getattr(args, "verbose", False):
         logging.getLogger("trioecho.connections").setLevel(logging.WARNING)
+    handler = logging.StreamHandler(sys.stderr)
     worker = getattr(args, "worker_index", None)
-    who = f"worker {worker} [%(process)d] " if worker is not None else ""
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s",
-    )
+    if getattr(args, "log_format", "text") == "json":
+        handler.setFormatter(JSONFormatter(worker))
+    else:
+        who = f"worker {worker} [%(process)d] " if worker is not None else ""
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s")
+        )
+    logging.basicConfig(level=level, handlers=[handler])

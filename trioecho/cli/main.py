@@ -62,7 +62,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(arguments)
     # The command's own parser reports its mistakes ("trioecho serve: error: ...").
     parser = vars(args).pop("command_parser")
-    configure_logging(args)
+    if getattr(args, "log_config", None) is not None:
+        given = [
+            flag
+            for flag, value in (
+                ("--log-level", args.log_level),
+                ("--log-format json", args.log_format == "json"),
+                ("-q", args.quiet),
+                ("-v", args.verbose),
+            )
+            if value
+        ]
+        if given:
+            parser.error(f"--log-config decides the logging: not with {', '.join(given)}")
+    try:
+        configure_logging(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.command == "demo":
         return trio.run(run_demo)
     if args.command == "bench":

@@ -478,6 +478,26 @@ def _add_verbosity(parser: argparse.ArgumentParser) -> None:
         help="the lowest level logged, over -q (default: info for serve, warning otherwise); "
         "connections are logged with -v",
     )
+    logging_group.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text lines, or one JSON object per record with every field (default: %(default)s)",
+    )
+    logging_group.add_argument(
+        "--log-config",
+        metavar="FILE",
+        help="configure logging from FILE instead (logging.config.dictConfig, as .json or "
+        ".toml); not with --log-level, --log-format, -q or -v",
+    )
+    logging_group.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="one INFO record per closed connection on the trioecho.access logger, whatever "
+        "--log-level says, with its fields as attributes (peer, client, tls, duration, "
+        "messages and bytes each way, close_reason) (default: off)",
+    )
 
 
 def _add_serve(commands: Any) -> None:

@@ -90,6 +90,7 @@ __all__ = [
 logger = logging.getLogger("trioecho.server")
 # One line per connection opened and closed, at INFO: `trioecho -v` shows them.
 connection_logger = logging.getLogger("trioecho.connections")
+access_logger = logging.getLogger("trioecho.access")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9999
@@ -436,6 +437,7 @@ class MessageServer:
     # -- one connection ----------------------------------------------------
 
     async def _serve_connection(self, socket_stream: trio.SocketStream) -> None:
+        began = trio.current_time()
         try:
             try:
                 peer = socket_stream.socket.getpeername()
@@ -443,7 +445,7 @@ class MessageServer:
                 return
             if isinstance(peer, str | bytes) and not peer:  # an unnamed unix peer
                 peer = f"unix:{self.unix_path or socket_stream.socket.getsockname()}"
-            set_up = await self._set_up(socket_stream, peer)
+            set_up = await self._set_up(socket_stream, peer, began)
             if set_up is None:
                 return
             connection, client = set_up
@@ -453,6 +455,7 @@ class MessageServer:
             if self.shutting_down:
                 stream.stop_receiving()
             connection_logger.info("%s: connected", _Where(client, peer))
+            tls = tls_version(connection)  # while it is open: a closed one has none
             reason: str | None = None
             try:
                 # The handler's life, in this frame (an idle connection keeps
@@ -481,12 +484,20 @@ class MessageServer:
                     self._streams.discard(stream)
                     self._streams_changed.set()
                     self._count_closed(stream, reason)
+                    if access_logger.isEnabledFor(logging.INFO):
+                        log_access(client, peer, tls, began, stream, reason)
                     if self.shutting_down and not self._streams:
                         self._all_closed.set()
             connection_logger.info("%s: closed", _Where(client, peer))
         finally:
             await trio.aclose_forcefully(socket_stream)  # idempotent: closed already but on errors
             self._slots.release()
+
+    def _count_unset_up(self, peer: Any, began: float, reason: str) -> None:
+        """A connection closed before its handler ran (PROXY, TLS, reset)."""
+        self.closed_by_reason[reason] += 1
+        if access_logger.isEnabledFor(logging.INFO):
+            log_access(peer, peer, None, began, None, reason)
 
     def _count_closed(self, stream: MessageStream, reason: str) -> None:
         self.messages_received += stream.messages_received
@@ -534,7 +545,7 @@ class MessageServer:
         )
 
     async def _set_up(
-        self, socket_stream: trio.SocketStream, peer: Any
+        self, socket_stream: trio.SocketStream, peer: Any, began: float
     ) -> tuple[trio.abc.Stream, Any] | None:
         """PROXY header and TLS handshake (:mod:`trioecho.server.accept`): the stream
         to serve and the client address, or None (logged) to close."""
@@ -553,13 +564,13 @@ class MessageServer:
                     handshake_timeout=self.handshake_timeout,
                 )
             logger.info("%s: closed before it was set up: shutting down", where)
-            self.closed_by_reason["shutdown"] += 1
+            self._count_unset_up(peer, began, "shutdown")
         except (ProxyProtocolError, TLSHandshakeError) as exc:
             logger.warning("%s: closing: %s", where, exc)
-            self.closed_by_reason[close_reason_of(exc)] += 1
+            self._count_unset_up(peer, began, close_reason_of(exc))
         except (OSError, trio.BrokenResourceError) as exc:
             logger.info("%s: connection lost before it was set up: %s", where, exc)
-            self.closed_by_reason["reset"] += 1
+            self._count_unset_up(peer, began, "reset")
         finally:
             self._setting_up.discard(setup)
         return None
@@ -604,6 +615,60 @@ def close_reason_of(exc: BaseException, *, shutting_down: bool = False) -> str:
     if isinstance(exc, trio.ClosedResourceError):  # closed by ourselves
         return "shutdown" if shutting_down else "idle"
     return "handler_error"
+
+
+# The fields of an access record (--access-log), as attributes of the record.
+ACCESS_FIELDS = (
+    "peer",  # the TCP peer, host:port (or unix:PATH)
+    "client",  # the real client (from a PROXY header), else the peer
+    "tls",  # the TLS version, or None
+    "duration",  # seconds the connection was open (from its accept)
+    "messages_received",
+    "messages_sent",
+    "bytes_received",
+    "bytes_sent",
+    "close_reason",  # one of CLOSE_REASONS
+)
+
+
+def tls_version(connection: trio.abc.Stream) -> str | None:
+    """The TLS version of a set-up connection, or None for plain TCP."""
+    if isinstance(connection, trio.SSLStream):
+        return cast(str | None, connection.version())
+    return None
+
+
+def log_access(
+    client: Any,
+    peer: Any,
+    tls: str | None,
+    began: float,
+    stream: MessageStream | None,
+    reason: str,
+) -> None:
+    """The access record of one closed connection (``trioecho.access``)."""
+    fields: dict[str, Any] = {
+        "peer": format_address(peer),
+        "client": format_address(client),
+        "tls": tls,
+        "duration": round(trio.current_time() - began, 6),
+        "messages_received": stream.messages_received if stream is not None else 0,
+        "messages_sent": stream.messages_sent if stream is not None else 0,
+        "bytes_received": stream.bytes_received if stream is not None else 0,
+        "bytes_sent": stream.bytes_sent if stream is not None else 0,
+        "close_reason": reason,
+    }
+    access_logger.info(
+        "%s: %s after %.3f s: %d messages in, %d out; %d bytes in, %d out",
+        fields["client"],
+        reason,
+        fields["duration"],
+        fields["messages_received"],
+        fields["messages_sent"],
+        fields["bytes_received"],
+        fields["bytes_sent"],
+        extra=fields,
+    )
 
 
 class _Where:
