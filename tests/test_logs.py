@@ -227,3 +227,19 @@ def test_workers_log_json_with_their_index() -> None:
         assert server.stop(signal.SIGTERM) == 0
     finally:
         server.close()
+
+
+def test_the_readmes_log_config_works(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("    version = 1\n", 1)[1].split("\n\n", 1)[0]
+    config = tmp_path / "logging.toml"
+    config.write_text("version = 1\n" + "\n".join(line[4:] for line in block.splitlines()))
+    server = ServerProcess("--log-config", str(config), "--access-log")
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            session(sock, b"as documented")
+        (record,) = json_records(server, "trioecho.access", 1)
+        assert record["close_reason"] == "stop_message"
+        assert server.stop(signal.SIGTERM) == 0
+    finally:
+        server.close()
