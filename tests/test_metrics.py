@@ -59,13 +59,26 @@ def scrape(port: int) -> dict[str, float]:
 
 class Clients:
     """``threads`` clients, each running ``sessions`` sessions of
-    ``messages`` echoes then ``q``, counting every byte each way."""
+    ``messages`` echoes then ``q``, counting every message and byte each way
+    as it goes.  In the middle of session ``pause_at`` (greeted, its echoes
+    done, ``q`` not sent) each client waits for :meth:`resume`: the test
+    scrapes a server under load, with every client's connection open."""
 
-    def __init__(self, port: int, threads: int = 8, sessions: int = 40, messages: int = 5):
+    def __init__(
+        self,
+        port: int,
+        threads: int = 8,
+        sessions: int = 40,
+        messages: int = 5,
+        pause_at: int | None = None,
+    ):
         self.port, self.sessions, self.messages = port, sessions, messages
+        self.pause_at = pause_at
         self.lock = threading.Lock()
         self.done_sessions = self.sent_messages = self.received_messages = 0
         self.sent_bytes = self.received_bytes = 0
+        self.paused = threading.Semaphore(0)
+        self._resume = threading.Event()
         self.errors: list[BaseException] = []
         self.threads = [threading.Thread(target=self._run, args=(n,)) for n in range(threads)]
         for thread in self.threads:
@@ -74,63 +87,80 @@ class Clients:
     def _run(self, number: int) -> None:
         try:
             for session in range(self.sessions):
-                self._session(f"client {number} session {session}")
+                self._session(f"client {number} session {session}", session == self.pause_at)
         except BaseException as exc:
             self.errors.append(exc)
+            self.paused.release()
 
-    def _session(self, name: str) -> None:
-        sent = received = 0
+    def _count(self, sent: bytes = b"", received: bytes = b"") -> None:
+        with self.lock:
+            self.sent_messages += bool(sent)
+            self.sent_bytes += len(sent)
+            self.received_messages += bool(received)
+            self.received_bytes += len(received)
+
+    def _session(self, name: str, pause: bool) -> None:
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
-            received += len(recv_exactly(sock, len(GREETING) + 1))
+            self._count(received=recv_exactly(sock, len(GREETING) + 1))
             for n in range(self.messages):
-                message = f"{name} message {n}".encode()
-                sock.sendall(message + b"\n")
-                sent += len(message) + 1
-                expected = message + REPLY_SUFFIX + b"\n"
+                message = f"{name} message {n}".encode() + b"\n"
+                sock.sendall(message)
+                self._count(sent=message)
+                expected = message[:-1] + REPLY_SUFFIX + b"\n"
                 assert recv_exactly(sock, len(expected)) == expected
-                received += len(expected)
+                self._count(received=expected)
+            if pause:
+                self.paused.release()
+                assert self._resume.wait(30)
             sock.sendall(b"q\n")
-            sent += 2
+            self._count(sent=b"q\n")
             assert sock.recv(10) == b""
         with self.lock:
             self.done_sessions += 1
-            self.sent_messages += self.messages + 1  # and the q
-            self.received_messages += self.messages + 1  # and the greeting
-            self.sent_bytes += sent
-            self.received_bytes += received
+
+    def wait_paused(self) -> None:
+        for _ in self.threads:
+            assert self.paused.acquire(timeout=30)
+        assert self.errors == []
+
+    def resume(self) -> None:
+        self._resume.set()
 
     def join(self) -> Clients:
+        self.resume()
         for thread in self.threads:
             thread.join(timeout=60)
         assert self.errors == []
         return self
 
 
-def settled(port: int, clients: Clients) -> dict[str, float]:
-    """Scrape until the figures match the clients' (workers report their
-    figures with their heartbeats, every HEARTBEAT_INTERVAL)."""
+def settled(port: int, clients: Clients, open_connections: int = 0) -> dict[str, float]:
+    """Scrape until the figures match the clients' (workers report theirs
+    with their heartbeats, every HEARTBEAT_INTERVAL); the last scrape."""
     deadline = time.monotonic() + 10 * HEARTBEAT_INTERVAL + 5
     while True:
         values = scrape(port)
         if (
-            values['trioecho_connections_closed_total{reason="stop_message"}']
-            >= (clients.done_sessions)
-            or time.monotonic() > deadline
-        ):
+            values["trioecho_sent_bytes_total"] == clients.received_bytes
+            and values["trioecho_received_bytes_total"] == clients.sent_bytes
+            and values["trioecho_connections_open"] == open_connections
+        ) or time.monotonic() > deadline:
             return values
         time.sleep(0.1)
 
 
-def assert_figures_match(values: dict[str, float], clients: Clients, earlier: int = 0) -> None:
-    sessions = clients.done_sessions + earlier
-    assert values["trioecho_connections_total"] == sessions
-    assert values['trioecho_connections_closed_total{reason="stop_message"}'] == sessions
-    assert values["trioecho_connections_open"] == 0
+def assert_figures_match(values: dict[str, float], clients: Clients, open_now: int = 0) -> None:
+    assert values["trioecho_connections_total"] == clients.done_sessions + open_now
+    assert values['trioecho_connections_closed_total{reason="stop_message"}'] == (
+        clients.done_sessions
+    )
+    assert values["trioecho_connections_open"] == open_now
     assert values["trioecho_messages_received_total"] == clients.sent_messages
     assert values["trioecho_messages_sent_total"] == clients.received_messages
     assert values["trioecho_received_bytes_total"] == clients.sent_bytes
     assert values["trioecho_sent_bytes_total"] == clients.received_bytes
-    assert values["trioecho_memory_budget_used_bytes"] == 0
+    if not open_now:
+        assert values["trioecho_memory_budget_used_bytes"] == 0
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -139,17 +169,15 @@ def test_scraped_during_load_the_figures_match_the_clients(workers: str) -> None
     server = ServerProcess("--workers", workers, "--metrics", str(metrics))
     try:
         server.wait_for_log("metrics on http://127.0.0.1:")
-        clients = Clients(server.port)
-        during = []
-        while any(thread.is_alive() for thread in clients.threads):
-            during.append(scrape(metrics))  # promtool checks each
-            time.sleep(0.05)
+        clients = Clients(server.port, pause_at=20)
+        clients.wait_paused()  # under load: 8 connections open, 20 sessions each done
+        during = settled(metrics, clients, open_connections=8)  # promtool checks each scrape
+        assert_figures_match(during, clients, open_now=8)
+        assert during["trioecho_connections_total"] == 8 * 21
         clients.join()
-        assert len(during) >= 2
-        totals = [values["trioecho_connections_total"] for values in during]
-        assert totals == sorted(totals)  # counters never go back
         values = settled(metrics, clients)
         assert_figures_match(values, clients)
+        assert values["trioecho_connections_total"] == 8 * 40
         assert values["trioecho_memory_budget_limit_bytes"] == int(workers) * (192 << 20)
         if workers == "2":
             assert values["trioecho_workers"] == 2
