@@ -62,6 +62,7 @@ TIERS = {
     "test_systemd.py": ("process",),
     "test_metrics.py": ("process",),
     "test_logs.py": ("process",),
+    "test_relay_limits.py": ("process",),
     "test_unix.py": ("process",),
     "test_haproxy.py": ("daemon",),
     "test_live_protocols.py": ("daemon",),

@@ -21,6 +21,7 @@ from support.serverproc import ServerProcess, recv_exactly
 
 from trioecho.services.echo import GREETING, REPLY_SUFFIX
 from trioecho.workers.link import HEARTBEAT_INTERVAL
+from trioecho.workers.metrics import MAX_SCRAPERS, REQUEST_TIMEOUT
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
@@ -277,14 +278,21 @@ def test_healthz_and_readyz_and_a_draining_server() -> None:
         server.close()
 
 
-def test_a_slow_scraper_does_not_hold_the_endpoint() -> None:
+def test_silent_scrapers_do_not_hold_the_endpoint() -> None:
     metrics = free_port()
     server = ServerProcess("--metrics", str(metrics))
     try:
-        silent = [socket.create_connection(("127.0.0.1", metrics)) for _ in range(20)]
-        status, _ = fetch(metrics, "/healthz")  # 16 scrapers at once; this one waits
-        assert status == 200
-        for sock in silent:
+        silent = [socket.create_connection(("127.0.0.1", metrics)) for _ in range(MAX_SCRAPERS)]
+        extra = socket.create_connection(("127.0.0.1", metrics))
+        extra.settimeout(10)
+        assert extra.recv(10) == b""  # over MAX_SCRAPERS: closed at once
+        server.wait_for_log(f"metrics: {MAX_SCRAPERS} scrapers connected already")
+        silent[0].settimeout(REQUEST_TIMEOUT + 5)
+        started = time.monotonic()
+        assert silent[0].recv(10) == b""  # no request within REQUEST_TIMEOUT: closed
+        assert time.monotonic() - started < REQUEST_TIMEOUT + 2
+        assert fetch(metrics, "/healthz") == (200, b"ok\n")  # the endpoint serves again
+        for sock in [*silent, extra]:
             sock.close()
         assert server.stop(signal.SIGTERM) == 0
     finally:

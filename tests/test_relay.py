@@ -121,7 +121,10 @@ async def test_an_unreachable_upstream_closes_the_client(
     with trio.fail_after(10):
         client = await trio.open_tcp_stream("127.0.0.1", relay_port)
         assert await read_all(client) == b""
-    assert f"relay: cannot connect to 127.0.0.1:{dead_port}" in caplog.text
+    assert (
+        f": closing: cannot connect to the upstream 127.0.0.1:{dead_port}: Connection refused"
+        in (caplog.text)
+    )
 
 
 async def test_an_upstream_that_does_not_answer_in_time_closes_the_client(
@@ -142,7 +145,9 @@ async def test_an_upstream_that_does_not_answer_in_time_closes_the_client(
             client = await trio.open_tcp_stream("127.0.0.1", listeners[0].socket.getsockname()[1])
             assert await read_all(client) == b""
     assert received == []
-    assert f"relay: cannot connect to 127.0.0.1:{port}: no answer in 0 s" in caplog.text
+    assert f"closing: cannot connect to the upstream 127.0.0.1:{port}: no answer in 0 s" in (
+        caplog.text
+    )
 
 
 def test_presets_describe_their_protocols() -> None:
@@ -195,7 +200,10 @@ async def test_a_relay_that_reaches_itself_closes_at_the_first_connection(
     loops = [r.getMessage() for r in caplog.records if "is this relay itself" in r.getMessage()]
     # once by the client's connection (its upstream reached its own
     # listener), once by the loop connection (it came from the relay's own port)
-    assert loops == [f"relay: the upstream 127.0.0.1:{port} is this relay itself: closing"] * 2
+    assert [loop.split(": ", 1)[1] for loop in loops] == [
+        f"the upstream 127.0.0.1:{port} is this relay itself: closing"
+    ] * 2
+    assert all(loop.startswith("127.0.0.1:") for loop in loops)  # naming the client
     assert not [r for r in caplog.records if r.exc_info]
 
 

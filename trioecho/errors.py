@@ -19,6 +19,7 @@ __all__ = [
     "LoadGeneratorError",
     "MalformedFrameError",
     "MemoryBudgetError",
+    "ProtocolRefusedError",
     "ProxyProtocolError",
     "RelayError",
     "SlowReaderError",
@@ -170,6 +171,12 @@ class RelayError(TrioEchoError):
         super().__init__(f"the {side} side: {type(error).__name__}: {error}")
         self.side = side
         self.error = error
+
+
+class ProtocolRefusedError(TrioEchoError):
+    """A peer asked for something its protocol does not allow (a relay's
+    PostgreSQL client sending a second SSLRequest); it was told so and its
+    connection closes."""
 
 
 class LoadGeneratorError(TrioEchoError, RuntimeError):

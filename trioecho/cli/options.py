@@ -41,6 +41,7 @@ from trioecho.services.echo import (
     GenericEchoHandler,
     RespondEchoHandler,
 )
+from trioecho.services.relay import DEFAULT_RELAY_IDLE_TIMEOUT, DEFAULT_RELAY_SEND_TIMEOUT
 from trioecho.workers.supervisor import DEFAULT_WORKER_TIMEOUT, cpu_count
 
 __all__ = [
@@ -629,7 +630,25 @@ def _add_relay(commands: Any) -> None:
     )
     _add_address_options(relay, "listening", "the address to listen on", listening=True)
     _add_framing_options(relay)
-    _add_server_limits(relay)
+    limits = _add_server_limits(relay)
+    limits.add_argument(
+        "--idle-timeout",
+        type=_seconds_or_off,
+        default=DEFAULT_RELAY_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help="close a client and its upstream connection when no frame has moved either "
+        "way for this long; 0: never (default: %(default)s, an hour: a database session "
+        "may sit idle, a client waiting for a long query is not idle)",
+    )
+    limits.add_argument(
+        "--send-timeout",
+        type=_seconds_or_off,
+        default=DEFAULT_RELAY_SEND_TIMEOUT,
+        metavar="SECONDS",
+        help="close both connections when a send to either side stays blocked this long "
+        "(a peer that does not read), or when one side has ended and the other has not "
+        "finished within it; 0: never (default: %(default)s)",
+    )
     _add_metrics(relay)
     _add_verbosity(relay)
 

@@ -105,12 +105,15 @@ def relay_from_args(args: argparse.Namespace, framing: FramingConfig) -> Message
         server_framing = server_preset(max_frame=max_frame)
     else:
         client_framing = server_framing = framing
-    answer = presets.refuse_encryption if args.preset == "postgresql" else None
+    negotiation = presets.PostgresNegotiation if args.preset == "postgresql" else None
     return relay_server(
         args.upstream,
         client_framing=client_framing,
         server_framing=server_framing,
-        answer=answer,
+        answer_factory=negotiation,
+        refusal=presets.postgres_refusal if args.preset == "postgresql" else None,
+        idle_timeout=args.idle_timeout,
+        send_timeout=args.send_timeout,
         host=args.host,
         port=args.port,
         max_connections=args.max_connections,
@@ -181,7 +184,9 @@ async def run_server(
                     logger.info("listening on %s", where)
                 link = WorkerLink(args.supervisor_fd)
                 await link.ready()
-                nursery.start_soon(link.heartbeat, HEARTBEAT_INTERVAL, server.stats)
+                # With --metrics, each heartbeat carries the worker's figures.
+                figures = server.stats if getattr(args, "metrics", None) is not None else None
+                nursery.start_soon(link.heartbeat, HEARTBEAT_INTERVAL, figures)
                 start_orphan_watchdog(args.grace)
 
                 async def stop_when_orphaned() -> None:
@@ -232,7 +237,7 @@ async def run_server(
 
             nursery.start_soon(stop_on_signals)
             await server.wait_stopped()
-            if args.supervisor_fd is not None:
+            if args.supervisor_fd is not None and getattr(args, "metrics", None) is not None:
                 await link.send_heartbeat(server.stats())  # the last figures, for the totals
             nursery.cancel_scope.cancel()
     return 0

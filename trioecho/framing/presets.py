@@ -22,13 +22,18 @@ from __future__ import annotations
 
 from typing import Literal
 
+from trioecho.errors import FrameTooLongError, FramingError
 from trioecho.framing.base import DEFAULT_MAX_FRAME
 from trioecho.framing.config import FramingConfig
 
 __all__ = [
     "POSTGRESQL_MAX_STARTUP",
+    "FinalAnswer",
+    "PostgresNegotiation",
+    "error_response",
     "is_encryption_request",
     "mqtt",
+    "postgres_refusal",
     "postgresql",
     "protobuf_delimited",
     "refuse_encryption",
@@ -83,6 +88,68 @@ def is_encryption_request(frame: bytes) -> bool:
     """Whether a PostgreSQL startup-form packet asks for TLS (SSLRequest) or
     GSSAPI encryption (GSSENCRequest)."""
     return len(frame) == 8 and frame[4:8] in _ENCRYPTION_REQUESTS
+
+
+class FinalAnswer(bytes):
+    """An answer after which the relay closes the client's connection
+    (``reason`` says why, for the log)."""
+
+    reason: str
+
+    def __new__(cls, data: bytes, reason: str) -> FinalAnswer:
+        answer = super().__new__(cls, data)
+        answer.reason = reason
+        return answer
+
+
+def error_response(severity: str, sqlstate: str, message: str) -> bytes:
+    """A PostgreSQL ErrorResponse ('E') with the severity (``S`` and ``V``),
+    the SQLSTATE (``C``) and the message (``M``)."""
+    fields = b"".join(
+        code + text.encode() + b"\0"
+        for code, text in ((b"S", severity), (b"V", severity), (b"C", sqlstate), (b"M", message))
+    )
+    body = fields + b"\0"
+    return b"E" + (4 + len(body)).to_bytes(4, "big") + body
+
+
+_SSL_REQUEST, _GSSENC_REQUEST = _ENCRYPTION_REQUESTS
+
+
+class PostgresNegotiation:
+    """A relay's answers to one PostgreSQL client's encryption requests, as
+    PostgreSQL gives them (``ProcessStartupPacket``): the first SSLRequest
+    and the first GSSENCRequest each get ``N``; a second one of either kind
+    gets PostgreSQL's FATAL ErrorResponse (SQLSTATE 0A000, "unsupported
+    frontend protocol 1234.5679") and the connection closes.  One object per
+    connection (``relay_server(answer_factory=PostgresNegotiation)``)."""
+
+    def __init__(self) -> None:
+        self.answered: set[bytes] = set()
+
+    def __call__(self, frame: bytes) -> bytes | None:
+        if not is_encryption_request(frame):
+            return None
+        code = frame[4:8]
+        if code not in self.answered:
+            self.answered.add(code)
+            return b"N"
+        major, minor = int.from_bytes(code[:2], "big"), int.from_bytes(code[2:], "big")
+        kind = "SSLRequest" if code == _SSL_REQUEST else "GSSENCRequest"
+        message = f"unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"
+        return FinalAnswer(error_response("FATAL", "0A000", message), f"a second {kind}: {message}")
+
+
+def postgres_refusal(direction: str, error: FramingError) -> bytes:
+    """What a relay tells a PostgreSQL client when it refuses a message (in
+    either ``direction``) before closing: an ErrorResponse, SQLSTATE 54000
+    (program_limit_exceeded) for one over ``max_frame``, else 08P01
+    (protocol_violation), its message saying which side sent what."""
+    sqlstate = "54000" if isinstance(error, FrameTooLongError) else "08P01"
+    side = "client" if direction == "up" else "server"
+    return error_response(
+        "FATAL", sqlstate, f"the relay refused a message from the {side}: {error}"
+    )
 
 
 def refuse_encryption(frame: bytes) -> bytes | None:

@@ -429,7 +429,10 @@ class SocketTransport(Transport):
             self._sending = False
             if held is not None:
                 held(0)
-        await self.aclose()
+        # Shielded: a task woken by this close (the relay's other pump) may
+        # cancel ours, and the error that says why must not be lost.
+        with trio.CancelScope(shield=True):
+            await self.aclose()
         raise self._slow_reader_error()
 
     async def _wait_writable(self) -> None:

@@ -65,7 +65,12 @@ class StreamTransport(Transport):
                     held(0)
             return
         assert scope.cancelled_caught
-        await self.aclose()
+        # Shielded: a task woken by this close (the relay's other pump) may
+        # cancel ours, and the error that says why must not be lost.
+        # Forceful: a TLS close_notify to a peer that does not read would wait.
+        self._closed = True
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self.stream)
         raise self._slow_reader_error()
 
     def stop_receiving(self) -> None:

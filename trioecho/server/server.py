@@ -50,6 +50,7 @@ from trioecho.errors import (
     FramingError,
     IdleTimeoutError,
     MemoryBudgetError,
+    ProtocolRefusedError,
     ProxyProtocolError,
     RelayError,
     SlowReaderError,
@@ -589,6 +590,8 @@ CLOSE_REASONS = (
     "proxy",  # a missing or bad PROXY header
     "reset",  # the connection broke (reset, or lost before it was set up)
     "shutdown",  # closed by shutdown()
+    "refused",  # the peer asked what its protocol forbids (a second SSLRequest)
+    "upstream_unreachable",  # a relay could not connect to its upstream
     "handler_error",  # the handler raised: a bug
 )
 
@@ -601,6 +604,7 @@ _REASON_OF_ERROR: tuple[tuple[type[BaseException] | tuple[type[BaseException], .
     (IdleTimeoutError, "idle"),
     (TLSHandshakeError, "tls"),
     (ProxyProtocolError, "proxy"),
+    (ProtocolRefusedError, "refused"),
     ((ConnectionClosedError, trio.BrokenResourceError), "reset"),
 )
 
@@ -703,7 +707,7 @@ def _log_handler_error(exc: Exception, where: _Where) -> None:
         )
     elif isinstance(exc, FramingError):
         logger.warning("%s: closing: %s%s: %s", where, side, type(exc).__name__, exc)
-    elif isinstance(exc, SlowReaderError | MemoryBudgetError):
+    elif isinstance(exc, SlowReaderError | MemoryBudgetError | ProtocolRefusedError):
         logger.warning("%s: closing: %s%s", where, side, exc)
     elif isinstance(exc, IdleTimeoutError):
         logger.info("%s: closing: %s%s", where, side, exc)

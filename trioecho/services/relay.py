@@ -29,8 +29,10 @@ is sent on, for logging and tests.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
+import os
 import socket
 from collections.abc import Callable
 from functools import partial
@@ -44,21 +46,39 @@ from trioecho.arguments import (
     may_be_the_same_listener,
     parse_address,
 )
-from trioecho.errors import FramingError, RelayError, TrioEchoError
+from trioecho.errors import (
+    FramingError,
+    IdleTimeoutError,
+    ProtocolRefusedError,
+    RelayError,
+    TrioEchoError,
+)
 from trioecho.framing.base import Framer, drops_too_long
 from trioecho.framing.config import FramingConfig, framing_config
+from trioecho.framing.presets import FinalAnswer
 from trioecho.logtext import format_address
 from trioecho.server.server import MessageServer
 from trioecho.stream.message_stream import MessageStream
 
-__all__ = ["Answer", "FrameHook", "relay", "relay_server"]
+__all__ = [
+    "DEFAULT_RELAY_IDLE_TIMEOUT",
+    "DEFAULT_RELAY_SEND_TIMEOUT",
+    "Answer",
+    "FrameHook",
+    "Refusal",
+    "relay",
+    "relay_server",
+]
 
 logger = logging.getLogger("trioecho.relay")
 
 Direction = Literal["up", "down"]
 FrameHook = Callable[[Direction, bytes], None]
 Answer = Callable[[bytes], bytes | None]
+Refusal = Callable[[Direction, FramingError], bytes | None]
 DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_RELAY_IDLE_TIMEOUT = 3600.0
+DEFAULT_RELAY_SEND_TIMEOUT = 60.0
 
 
 _SIDES: dict[Direction, tuple[str, str]] = {
@@ -69,6 +89,15 @@ _SIDES: dict[Direction, tuple[str, str]] = {
 _PEER_FAILURES = (TrioEchoError, trio.BrokenResourceError)
 
 
+class _Activity:
+    """When a frame last moved either way on a relayed pair (for its idle timeout)."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = trio.current_time()
+
+
 async def _pump(
     source: MessageStream,
     sink: MessageStream,
@@ -76,6 +105,8 @@ async def _pump(
     direction: Direction,
     on_frame: FrameHook | None,
     answer: Answer | None = None,
+    activity: _Activity | None = None,
+    refusal: Refusal | None = None,
 ) -> None:
     """Frames from ``source`` to ``sink`` until ``source`` ends; then end
     ``sink``'s sending side.  ``encoder`` frames them in ``source``'s framing
@@ -93,6 +124,8 @@ async def _pump(
             frames, error = exc.frames, exc
         except _PEER_FAILURES as exc:
             raise RelayError(source_side, exc) from exc
+        if activity is not None:
+            activity.last = trio.current_time()
         if on_frame is not None:
             for frame in frames:
                 on_frame(direction, frame)
@@ -111,6 +144,10 @@ async def _pump(
             if drops_too_long(framer):
                 logger.warning("relay: dropped an over-long line (%s): %s", direction, error)
                 continue
+            if refusal is not None:
+                await _tell_the_client(
+                    source if direction == "up" else sink, refusal(direction, error)
+                )
             raise RelayError(source_side, error) from error
     try:
         await sink.send_eof()
@@ -120,15 +157,26 @@ async def _pump(
         raise RelayError(sink_side, exc) from exc
 
 
+async def _tell_the_client(client: MessageStream, refusal: bytes | None) -> None:
+    """Send the client why its relay refuses a frame, if it can still hear it."""
+    if refusal:
+        with contextlib.suppress(*_PEER_FAILURES, trio.ClosedResourceError):
+            await client.send_framed(refusal)
+
+
 async def _answer_some(source: MessageStream, frames: list[bytes], answer: Answer) -> list[bytes]:
-    """Send ``answer``'s replies back to ``source``; return the frames to pass on."""
+    """Send ``answer``'s replies back to ``source``; return the frames to pass
+    on.  A :class:`FinalAnswer` is sent, then the client refused
+    (:class:`~trioecho.errors.ProtocolRefusedError` with its reason)."""
     passed = []
     for frame in frames:
         reply = answer(frame)
         if reply is None:
             passed.append(frame)
-        else:
-            await source.send_framed(reply)
+            continue
+        await source.send_framed(reply)
+        if isinstance(reply, FinalAnswer):
+            raise ProtocolRefusedError(reply.reason)  # the pump names the side
     return passed
 
 
@@ -140,29 +188,92 @@ async def relay(
     server_framing: FramingConfig | str,
     on_frame: FrameHook | None = None,
     answer: Answer | None = None,
+    idle_timeout: float | None = None,
+    finish_timeout: float | None = None,
+    refusal: Refusal | None = None,
 ) -> None:
     """Relay frames between ``client`` and ``server``, which read with
     ``client_framing`` and ``server_framing``, until both have ended, or
     either breaks: then :class:`RelayError` (which side, and its error) is
     raised, the first failure alone; the caller closes the streams.
     ``answer(frame)``, for each frame from the client, returns bytes to send
-    back to the client instead of passing the frame on, or None."""
+    back to the client instead of passing the frame on, or None.
+    ``refusal(direction, error)``, for a frame either side sent that the
+    framing refuses, returns bytes to send the client before both close
+    (:func:`~trioecho.framing.presets.postgres_refusal`: an ErrorResponse).
+
+    Limits (None: none): with no frame either way for ``idle_timeout``
+    seconds, or once one side has ended, if the other has not finished within
+    ``finish_timeout`` seconds, both close (:class:`RelayError` with an
+    :class:`~trioecho.errors.IdleTimeoutError`).  A send that stays blocked
+    is each stream's own ``send_timeout``."""
     up = framing_config(client_framing, "client_framing").new_framer()
     down = framing_config(server_framing, "server_framing").new_framer()
+    idle = check_timeout(idle_timeout, "idle_timeout")
+    finish = check_timeout(finish_timeout, "finish_timeout")
     failures: list[RelayError] = []
+    closed: list[RelayError] = []  # pumps whose stream was closed under them
+    activity = _Activity()
     async with trio.open_nursery() as nursery:
+        ended: list[Direction] = []
 
-        async def pump(*args: Any) -> None:
+        async def pump(
+            source: MessageStream,
+            sink: MessageStream,
+            encoder: Framer,
+            direction: Direction,
+            answer: Answer | None,
+        ) -> None:
             try:
-                await _pump(*args)
+                await _pump(source, sink, encoder, direction, on_frame, answer, activity, refusal)
             except RelayError as exc:
                 failures.append(exc)
                 nursery.cancel_scope.cancel()  # the other way ends with it
+                return
+            except trio.ClosedResourceError as exc:
+                # Closed under it: by the other way's failure (a send that
+                # timed out closes its stream), or by the server.
+                closed.append(RelayError(_SIDES[direction][0], exc))
+                nursery.cancel_scope.cancel()
+                return
+            ended.append(direction)
+            if len(ended) == 2:
+                nursery.cancel_scope.cancel()  # both done: the timers go too
+            elif finish is not None:
+                nursery.start_soon(end_unfinished, direction, finish)
 
-        nursery.start_soon(pump, client, server, up, "up", on_frame, answer)
-        nursery.start_soon(pump, server, client, down, "down", on_frame)
-    if failures:
-        raise failures[0]
+        async def end_unfinished(direction: Direction, timeout: float) -> None:
+            await trio.sleep(timeout)
+            ended_side, other = _SIDES[direction]
+            failures.append(
+                RelayError(
+                    other,
+                    IdleTimeoutError(
+                        f"not finished {timeout:g} s after the {ended_side} side ended"
+                    ),
+                )
+            )
+            nursery.cancel_scope.cancel()
+
+        async def end_if_idle(timeout: float) -> None:
+            while True:
+                await trio.sleep_until(activity.last + timeout)
+                if trio.current_time() >= activity.last + timeout:
+                    failures.append(
+                        RelayError(
+                            "client", IdleTimeoutError(f"no frame either way for {timeout:g} s")
+                        )
+                    )
+                    nursery.cancel_scope.cancel()
+                    return
+
+        if idle is not None:
+            nursery.start_soon(end_if_idle, idle)
+        nursery.start_soon(pump, client, server, up, "up", answer)
+        nursery.start_soon(pump, server, client, down, "down", None)
+
+    if failures or closed:
+        raise (failures or closed)[0]
 
 
 class _OwnConnections:
@@ -233,37 +344,63 @@ def _is_itself(client: MessageStream, server: MessageStream) -> bool:
     return _host_port(server_addresses[1]) == _host_port(client_addresses[0])
 
 
-async def _relay_connection(
-    upstream: tuple[str, int],
-    client_framing: FramingConfig,
-    server_framing: FramingConfig,
-    on_frame: FrameHook | None,
-    answer: Answer | None,
-    connect_timeout: float,
-    own: _OwnConnections,
-    client: MessageStream,
-) -> None:
-    where = format_address(upstream)
+@dataclasses.dataclass(frozen=True)
+class _RelayPolicy:
+    """What each relayed connection of a :func:`relay_server` gets."""
+
+    upstream: tuple[str, int]
+    client_framing: FramingConfig
+    server_framing: FramingConfig
+    on_frame: FrameHook | None
+    answer: Answer | None
+    answer_factory: Callable[[], Answer] | None
+    refusal: Refusal | None
+    connect_timeout: float
+    idle_timeout: float | None
+    send_timeout: float | None
+    own: _OwnConnections
+
+
+async def _relay_connection(policy: _RelayPolicy, client: MessageStream) -> None:
+    where = format_address(policy.upstream)
+    own = policy.own
     client_addresses = client.addresses()
+    peer = format_address(client_addresses[1]) if client_addresses is not None else "client"
     if client_addresses is not None and own.is_own(client_addresses[1]):
-        logger.error("relay: the upstream %s is this relay itself: closing", where)
+        logger.error("%s: the upstream %s is this relay itself: closing", peer, where)
+        client.close_reason = "upstream_unreachable"
         return
-    host, port = upstream
+    host, port = policy.upstream
     dialed = None
-    with trio.move_on_after(connect_timeout):
+    with trio.move_on_after(policy.connect_timeout):
         try:
             dialed = await _dial(host, port, own)
         except OSError as exc:
-            logger.warning("relay: cannot connect to %s: %s", where, exc.strerror or exc)
+            logger.warning(
+                "%s: closing: cannot connect to the upstream %s: %s",
+                peer,
+                where,
+                os.strerror(exc.errno) if exc.errno else exc,
+            )
+            client.close_reason = "upstream_unreachable"
             return
     if dialed is None:
-        logger.warning("relay: cannot connect to %s: no answer in %g s", where, connect_timeout)
+        logger.warning(
+            "%s: closing: cannot connect to the upstream %s: no answer in %g s",
+            peer,
+            where,
+            policy.connect_timeout,
+        )
+        client.close_reason = "upstream_unreachable"
         return
     tcp, local_port = dialed
+    answer = policy.answer_factory() if policy.answer_factory is not None else policy.answer
     try:
-        async with MessageStream(tcp, server_framing) as server:
+        stream = MessageStream(tcp, policy.server_framing, send_timeout=policy.send_timeout)
+        async with stream as server:
             if _is_itself(client, server):
-                logger.error("relay: the upstream %s is this relay itself: closing", where)
+                logger.error("%s: the upstream %s is this relay itself: closing", peer, where)
+                client.close_reason = "upstream_unreachable"
                 # Keep our port known until the loop connection's other end,
                 # which comes from it, has refused it (it then closes).
                 with trio.move_on_after(_LOOP_WAIT):
@@ -272,10 +409,13 @@ async def _relay_connection(
             await relay(
                 client,
                 server,
-                client_framing=client_framing,
-                server_framing=server_framing,
-                on_frame=on_frame,
+                client_framing=policy.client_framing,
+                server_framing=policy.server_framing,
+                on_frame=policy.on_frame,
                 answer=answer,
+                idle_timeout=policy.idle_timeout,
+                finish_timeout=policy.send_timeout,
+                refusal=policy.refusal,
             )
     finally:
         own.ports.discard(local_port)
@@ -288,18 +428,31 @@ def relay_server(
     server_framing: FramingConfig | str,
     on_frame: FrameHook | None = None,
     answer: Answer | None = None,
+    answer_factory: Callable[[], Answer] | None = None,
+    refusal: Refusal | None = None,
     connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-    idle_timeout: float | None = None,
+    idle_timeout: float | None = DEFAULT_RELAY_IDLE_TIMEOUT,
+    send_timeout: float | None = DEFAULT_RELAY_SEND_TIMEOUT,
     **options: Any,
 ) -> MessageServer:
     """A :class:`MessageServer` relaying each connection to ``upstream``
     (a ``(host, port)`` tuple or ``"host:port"``).  Frames from clients are
     read with ``client_framing``, frames from the upstream server with
     ``server_framing``; ``on_frame`` and ``answer`` as :func:`relay` takes
-    them.  A client whose upstream connection fails, or takes over
+    them (``answer_factory()``, if given instead, makes each connection its
+    own ``answer``: :class:`~trioecho.framing.presets.PostgresNegotiation`);
+    ``refusal`` as :func:`relay` takes it.
+    A client whose upstream connection fails, or takes over
     ``connect_timeout`` seconds (None: no limit), is closed.
-    ``idle_timeout`` defaults to none (a database client may wait long for
-    a reply); the other ``options`` are :class:`MessageServer`'s.
+
+    Limits, each None for none: ``idle_timeout`` (default an hour: a
+    database session may sit idle long, but not for ever) closes a pair on
+    which no frame moved either way for that long; ``send_timeout``
+    (default 60 s) bounds a send to either side that stays blocked (the peer
+    does not read), and how long the other side gets to finish once one
+    side has ended (a client gone while its upstream never answers frees
+    both connections and its slot within it).  The other ``options`` are
+    :class:`MessageServer`'s.
 
     An upstream that is the relay's own address is refused here
     (``ValueError``) when the addresses say so, and otherwise detected at the
@@ -308,18 +461,30 @@ def relay_server(
     client_framing = framing_config(client_framing, "client_framing")
     server_framing = framing_config(server_framing, "server_framing")
     timeout = check_timeout(connect_timeout, "connect_timeout", zero=True)
-    connect_timeout = math.inf if timeout is None else timeout
-    handler = partial(
-        _relay_connection,
-        address,
-        client_framing,
-        server_framing,
-        on_frame,
-        answer,
-        connect_timeout,
-        _OwnConnections(),
+    if answer is not None and answer_factory is not None:
+        raise ValueError("give answer or answer_factory, not both")
+    policy = _RelayPolicy(
+        upstream=address,
+        client_framing=client_framing,
+        server_framing=server_framing,
+        on_frame=on_frame,
+        answer=answer,
+        answer_factory=answer_factory,
+        refusal=refusal,
+        connect_timeout=math.inf if timeout is None else timeout,
+        idle_timeout=check_timeout(idle_timeout, "idle_timeout"),
+        send_timeout=check_timeout(send_timeout, "send_timeout"),
+        own=_OwnConnections(),
     )
-    server = MessageServer(handler, framing=client_framing, idle_timeout=idle_timeout, **options)
+    # The pair's idle timeout is the relay's own (a client waiting for a
+    # long query is not idle); each stream's send timeout is send_timeout.
+    server = MessageServer(
+        partial(_relay_connection, policy),
+        framing=client_framing,
+        idle_timeout=None,
+        send_timeout=policy.send_timeout,
+        **options,
+    )
     if may_be_the_same_listener(address, server.host, server.port):
         raise ValueError(
             f"upstream {format_address(address)} is the relay's own address "

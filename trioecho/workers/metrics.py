@@ -8,7 +8,10 @@ metric families with ``prometheus_client``.  Names follow Prometheus's
 conventions (``_total`` counters, ``_bytes`` units, one ``reason`` label).
 
 The endpoint speaks HTTP/1.1 through ``h11``: one request per connection, a
-bounded request head, a timeout, and a bounded number of scrapers at once.
+request head of at most 16 KiB within ``REQUEST_TIMEOUT`` seconds, and at
+most ``MAX_SCRAPERS`` connections open at once (one more is closed at once):
+a scraper that sends nothing holds neither the endpoint nor a descriptor for
+long.
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ __all__ = [
 
 logger = logging.getLogger("trioecho.metrics")
 
-REQUEST_TIMEOUT = 10.0  # seconds a scraper has to send its request
-MAX_SCRAPERS = 16  # connections served at once; more wait in the backlog
+REQUEST_TIMEOUT = 5.0  # seconds a scraper has to send its request
+MAX_SCRAPERS = 64  # connections open at once; one more is closed at once
 MAX_REQUEST_HEAD = 16 * 1024
 
 Snapshot = Mapping[str, Any]
@@ -142,17 +145,23 @@ async def serve_metrics(
     """Serve ``/metrics``, ``/healthz`` (200 while this event loop turns) and
     ``/readyz`` (200 while ``ready()``: serving, not draining; else 503) on
     ``listeners`` until cancelled."""
-    scrapers = trio.CapacityLimiter(MAX_SCRAPERS)
+    open_now = 0
 
     async def serve_one(stream: trio.SocketStream) -> None:
-        async with scrapers:
-            try:
-                with trio.move_on_after(REQUEST_TIMEOUT):
-                    await _answer(stream, registry, ready)
-            except (trio.BrokenResourceError, h11.RemoteProtocolError) as exc:
-                logger.info("metrics: a scraper's request failed: %s", exc)
-            finally:
-                await trio.aclose_forcefully(stream)
+        nonlocal open_now
+        if open_now >= MAX_SCRAPERS:
+            logger.warning("metrics: %d scrapers connected already: closing one more", open_now)
+            await trio.aclose_forcefully(stream)
+            return
+        open_now += 1
+        try:
+            with trio.move_on_after(REQUEST_TIMEOUT):
+                await _answer(stream, registry, ready)
+        except (trio.BrokenResourceError, h11.RemoteProtocolError) as exc:
+            logger.info("metrics: a scraper's request failed: %s", exc)
+        finally:
+            open_now -= 1
+            await trio.aclose_forcefully(stream)
 
     await trio.serve_listeners(serve_one, listeners)
 
