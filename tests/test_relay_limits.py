@@ -7,6 +7,7 @@ own answer to a second SSLRequest, side by side with the real server's."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import struct
@@ -255,7 +256,7 @@ def test_an_idle_pair_is_closed() -> None:
 
 def test_a_refused_upstream_is_one_line_naming_the_client() -> None:
     upstream = HostileUpstream(never_answers)
-    upstream.listener.close()  # nothing listens there now
+    upstream.port = dead_port()  # the relay dials a port nothing listens on
     with relay_to(upstream, "--framing", "len") as relay:
         with socket.create_connection(("127.0.0.1", relay.port)) as sock:
             port = sock.getsockname()[1]
@@ -406,3 +407,48 @@ def test_the_refusal_is_postgresqls_error_response() -> None:
     malformed = postgres_refusal("up", MalformedFrameError("bad"))
     assert error_fields(malformed)["C"] == "08P01"
     assert error_fields(malformed)["M"] == "the relay refused a message from the client: bad"
+
+
+def dead_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def access_records(relay: ServerProcess, count: int) -> list[dict[str, object]]:
+    deadline = time.monotonic() + 10
+    while True:
+        records = [
+            json.loads(line)
+            for line in list(relay.log)
+            if line.startswith("{") and '"trioecho.access"' in line
+        ]
+        if len(records) >= count or time.monotonic() > deadline:
+            return records
+        time.sleep(0.02)
+
+
+def test_the_relays_access_records_name_the_reason() -> None:
+    json_log = ("--access-log", "--log-format", "json")
+    with relay_to(HostileUpstream(resets), "--framing", "len", *json_log) as relay:
+        with socket.create_connection(("127.0.0.1", relay.port)) as sock:
+            sock.sendall(struct.pack(">I", 2) + b"hi")
+            sock.settimeout(5)
+            assert sock.recv(10) == b""
+        (record,) = access_records(relay, 1)
+        assert record["close_reason"] == "reset"
+        assert record["bytes_received"] == 6
+        no_tracebacks(relay)
+    unreachable = ServerProcess(
+        "--upstream", f"127.0.0.1:{dead_port()}", "--framing", "len", *json_log, command="relay"
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", unreachable.port)) as sock:
+            sock.settimeout(5)
+            assert sock.recv(10) == b""
+        (record,) = access_records(unreachable, 1)
+        assert record["close_reason"] == "upstream_unreachable"
+        no_tracebacks(unreachable)
+    finally:
+        unreachable.close()
