@@ -6,7 +6,8 @@
 # their own servers in temporary directories: no system service is used);
 # systemd, for systemd-socket-activate (tests/test_systemd.py: socket activation
 # as systemd does it); prometheus, for promtool (tests/test_metrics.py checks
-# the metrics exposition with it).
+# the metrics exposition with it); pgbouncer, for benchmarks/relay.py (the
+# relay against pgbouncer, in CI as a smoke run).
 # Installs what is missing with apt-get (through sudo when not root).
 set -eu
 missing=""
@@ -24,6 +25,9 @@ if ! command -v mosquitto_pub > /dev/null 2>&1 || ! command -v mosquitto_sub > /
 fi
 if ! command -v systemd-socket-activate > /dev/null 2>&1; then
     missing="$missing systemd"
+fi
+if ! command -v pgbouncer > /dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
+    missing="$missing pgbouncer"
 fi
 if ! command -v promtool > /dev/null 2>&1; then
     missing="$missing prometheus"

@@ -197,3 +197,48 @@ class ByteTap:
                 record += data
                 await sink.send_all(data)
             await sink.send_eof()
+
+
+@contextmanager
+def pgbouncer_server(upstream_port: int, *, pool_size: int = 64) -> Iterator[LiveServer]:
+    """pgbouncer (Debian's) in session pooling in front of a PostgreSQL on
+    ``upstream_port``, trust authentication, on a free loopback port; as the
+    ``postgres`` system user when run as root (pgbouncer refuses root)."""
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not os.path.exists(binary):
+        raise RuntimeError("pgbouncer not found: run `sh tools/install-system-deps.sh`")
+    user: dict[str, Any] = {}
+    directory = tempfile.mkdtemp(prefix="trioecho-pgbouncer-")
+    if os.geteuid() == 0:
+        user = {"user": "postgres", "group": "postgres", "extra_groups": []}
+        shutil.chown(directory, "postgres", "postgres")
+    try:
+        port = _free_port()
+        config = os.path.join(directory, "pgbouncer.ini")
+        users = os.path.join(directory, "userlist.txt")
+        with open(users, "w") as file:
+            file.write('"postgres" ""\n')
+        with open(config, "w") as file:
+            file.write(
+                "[databases]\n"
+                f"* = host=127.0.0.1 port={upstream_port}\n"
+                "[pgbouncer]\n"
+                f"listen_addr = 127.0.0.1\nlisten_port = {port}\n"
+                f"unix_socket_dir = {directory}\n"
+                f"auth_type = trust\nauth_file = {users}\n"
+                "pool_mode = session\n"
+                f"default_pool_size = {pool_size}\nmax_client_conn = 1000\n"
+                "ignore_startup_parameters = extra_float_digits\n"
+            )
+        if user:
+            shutil.chown(config, "postgres", "postgres")
+            shutil.chown(users, "postgres", "postgres")
+        log_path = os.path.join(directory, "pgbouncer.log")
+        process = _start([binary, config], log_path, cwd=directory, **user)
+        try:
+            _wait_for_port(port, process, log_path)
+            yield LiveServer(port, process)
+        finally:
+            _stop(process, signal.SIGINT)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,205 @@
+"""PostgreSQL through proxies, one run: pgbench ``-S`` (select only) and
+TPC-B against the server directly, through pgbouncer (session pooling,
+Debian's), through a one-thread stdlib byte proxy, and through
+``trioecho relay --preset postgresql``.
+
+For each: transactions per second, failed transactions, and the proxy's CPU
+time per transaction (utime + stime from ``/proc/PID/stat`` over the run,
+divided by the transactions: pgbench, PostgreSQL and the proxy share the
+machine's cores, so CPU per transaction is the steadier figure); then the
+relay's ratios to pgbouncer.  Rounds are interleaved; the medians are
+reported.  The servers come from ``tests/support/liveservers.py`` (the
+same ones the live tests start).
+
+    python benchmarks/relay.py                  # 32 clients, 10 s each, 2 rounds
+    python benchmarks/relay.py --smoke          # a few seconds: that it all runs (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import selectors
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from support.liveservers import (
+    pgbouncer_server,
+    postgresql_server,
+)
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+class ByteProxy:
+    """A one-thread stdlib proxy: selectors, non-blocking sockets, bytes
+    passed on as they come (what a plain TCP proxy costs)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.setblocking(False)
+        self.port = self.listener.getsockname()[1]
+        self.upstream_port = upstream_port
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ)
+        self.stopping = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.stopping:
+            for key, _ in self.selector.select(0.2):
+                if key.fileobj is self.listener:
+                    self.accept()
+                else:
+                    self.forward(key.fileobj, key.data)  # type: ignore[arg-type]
+
+    def accept(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            client, _ = self.listener.accept()
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            for sock in (client, upstream):
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.selector.register(client, selectors.EVENT_READ, upstream)
+            self.selector.register(upstream, selectors.EVENT_READ, client)
+
+    def forward(self, source: socket.socket, sink: socket.socket) -> None:
+        if source.fileno() < 0:
+            return  # closed earlier in this same batch of events, with its other side
+        try:
+            data = source.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            for sock in (source, sink):
+                with contextlib.suppress(KeyError, ValueError):
+                    self.selector.unregister(sock)
+                sock.close()
+            return
+        sink.setblocking(True)  # rare: a full send buffer; keep it simple
+        try:
+            sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            sink.setblocking(False)
+
+    def close(self) -> None:
+        self.stopping = True
+        self.thread.join(timeout=5)
+        self.listener.close()
+
+
+@contextlib.contextmanager
+def trioecho_relay(upstream_port: int) -> Iterator[tuple[int, int]]:
+    command = [sys.executable, "-m", "trioecho", "relay", "--preset", "postgresql"]
+    command += ["--upstream", f"127.0.0.1:{upstream_port}", "--port", "0", "-q"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()
+        yield int(line.rsplit(":", 1)[1]), process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def pgbench(port: int, workload: str, clients: int, seconds: float) -> tuple[float, int, int]:
+    """TPS (without connection time), transactions, failed transactions."""
+    command = ["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
+    command += ["-c", str(clients), "-j", "2", "-T", str(seconds), "-n"]
+    if workload == "-S":
+        command.append("-S")
+    command.append("postgres")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
+    if result.returncode != 0:
+        raise RuntimeError(f"pgbench failed on port {port}: {result.stderr[-2000:]}")
+    tps = float(re.search(r"tps = ([\d.]+) \(without initial", result.stdout).group(1))  # type: ignore[union-attr]
+    done = int(re.search(r"transactions actually processed: (\d+)", result.stdout).group(1))  # type: ignore[union-attr]
+    failed_match = re.search(r"number of failed transactions: (\d+)", result.stdout)
+    failed = int(failed_match.group(1)) if failed_match else 0
+    return tps, done, failed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="4 clients, 2 s, 1 round")
+    args = parser.parse_args()
+    if args.smoke:
+        args.clients, args.seconds, args.rounds = 4, 2, 1
+    with postgresql_server() as postgres:
+        initialise = ["pgbench", "-h", "127.0.0.1", "-p", str(postgres.port), "-U", "postgres"]
+        subprocess.run(
+            [*initialise, "-i", "-q", "-s", "1", "postgres"],
+            check=True,
+            capture_output=True,
+        )
+        results: dict[tuple[str, str], list[tuple[float, float | None, int]]] = {}
+        with (
+            pgbouncer_server(postgres.port) as bouncer,
+            trioecho_relay(postgres.port) as (relay_port, relay_pid),
+        ):
+            proxy = ByteProxy(postgres.port)
+            targets = {
+                "direct": (postgres.port, None),
+                "pgbouncer": (bouncer.port, bouncer.process.pid),
+                "byte proxy": (proxy.port, os.getpid()),
+                "trioecho relay": (relay_port, relay_pid),
+            }
+            for _ in range(args.rounds):
+                for workload in ("-S", "TPC-B"):
+                    for name, (port, pid) in targets.items():
+                        before = cpu_seconds(pid) if pid is not None else 0.0
+                        tps, done, failed = pgbench(port, workload, args.clients, args.seconds)
+                        cpu = cpu_seconds(pid) - before if pid is not None else None
+                        per = cpu / done * 1e6 if cpu is not None and done else None
+                        results.setdefault((workload, name), []).append((tps, per, failed))
+            proxy.close()
+    print(f"pgbench, {args.clients} clients, {args.seconds:g} s, median of {args.rounds}\n")
+    print("| workload | target | TPS | failed | proxy CPU per transaction |")
+    print("|---|---|---:|---:|---:|")
+    medians: dict[tuple[str, str], tuple[float, float | None]] = {}
+    for (workload, name), runs in results.items():
+        tps = statistics.median(run[0] for run in runs)
+        pers = [run[1] for run in runs if run[1] is not None]
+        per = statistics.median(pers) if pers else None
+        medians[workload, name] = (tps, per)
+        failed = sum(run[2] for run in runs)
+        shown = f"{per:.1f} µs" if per is not None else "—"
+        print(f"| `{workload}` | {name} | {tps:,.0f} | {failed} | {shown} |")
+    print()
+    for workload in ("-S", "TPC-B"):
+        relay_tps, relay_per = medians[workload, "trioecho relay"]
+        bouncer_tps, bouncer_per = medians[workload, "pgbouncer"]
+        cpu_ratio = (
+            f", CPU per transaction {relay_per / bouncer_per:.2f}x"
+            if relay_per and bouncer_per
+            else ""
+        )
+        print(f"{workload}: relay TPS {relay_tps / bouncer_tps:.2f}x pgbouncer's{cpu_ratio}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
