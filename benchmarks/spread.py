@@ -20,7 +20,6 @@ share against a perfect ``1/N``::
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import resource
 import signal
@@ -29,6 +28,11 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from support.storm import accepted_connections
 
 GREETED = "你好欢迎你\n".encode()
 READY = re.compile(r"worker (\d+) \(pid (\d+)\) ready$")
@@ -79,24 +83,6 @@ def storm(port: int, seconds: float, threads: int = 8) -> int:
     return count[0]
 
 
-def established(pid: int) -> int:
-    states = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as rows:
-            for row in list(rows)[1:]:
-                fields = row.split()
-                states[fields[9]] = fields[3]
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except FileNotFoundError:
-            continue
-        if target.startswith("socket:[") and states.get(target[8:-1]) == "01":
-            count += 1
-    return count
-
-
 def held(port: int, pids: list[int], number: int) -> list[int]:
     sockets = []
     for _ in range(number):
@@ -106,7 +92,7 @@ def held(port: int, pids: list[int], number: int) -> list[int]:
         data = b""
         while len(data) < len(GREETED):
             data += sock.recv(64)
-    shares = [established(pid) for pid in pids]
+    shares = [accepted_connections(pid) for pid in pids]  # all held open: each one's share
     for sock in sockets:
         sock.close()
     return shares

@@ -14,6 +14,7 @@ import time
 import pytest
 import trio
 from support.serverproc import ServerProcess, greeted_line_client, recv_exactly, server_process
+from support.storm import tcp_sockets
 
 from trioecho.cli.options import build_parser
 from trioecho.services.echo import REPLY_SUFFIX
@@ -57,17 +58,7 @@ def connections_by_pid(log: list[str]) -> dict[int, int]:
 
 def listening_fds(pid: int) -> list[int]:
     """The supervisor's descriptors of listening TCP sockets (which its workers inherit)."""
-    listening = set()
-    with open("/proc/net/tcp") as table:
-        for row in list(table)[1:]:
-            fields = row.split()
-            if fields[3] == "0A":
-                listening.add(f"socket:[{fields[9]}]")
-    return sorted(
-        int(fd)
-        for fd in os.listdir(f"/proc/{pid}/fd")
-        if os.readlink(f"/proc/{pid}/fd/{fd}") in listening
-    )
+    return sorted(fd for fd, state in tcp_sockets(pid).items() if state == "0A")
 
 
 def gone(pid: int) -> bool:

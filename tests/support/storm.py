@@ -93,9 +93,9 @@ class Storm:
         )
 
 
-def accepted_connections(pid: int) -> int:
-    """TCP connections process ``pid`` holds open that are not listening:
-    those it has accepted (or dialled), from ``/proc``."""
+def tcp_states() -> dict[str, str]:
+    """Socket inode -> TCP state (hex, as ``/proc/net/tcp`` shows it: ``01``
+    established, ``0A`` listening), for IPv4 and IPv6."""
     states: dict[str, str] = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as rows:
@@ -103,14 +103,24 @@ def accepted_connections(pid: int) -> int:
             for row in rows:
                 fields = row.split()
                 states[fields[9]] = fields[3]
-    count = 0
+    return states
+
+
+def tcp_sockets(pid: int) -> dict[int, str]:
+    """Process ``pid``'s TCP sockets: descriptor -> state, from ``/proc``."""
+    states = tcp_states()
+    found: dict[int, str] = {}
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except FileNotFoundError:
             continue
-        if target.startswith("socket:["):
-            state = states.get(target[8:-1])
-            if state is not None and state != "0A":  # 0A: LISTEN
-                count += 1
-    return count
+        if target.startswith("socket:[") and target[8:-1] in states:
+            found[int(fd)] = states[target[8:-1]]
+    return found
+
+
+def accepted_connections(pid: int) -> int:
+    """TCP connections process ``pid`` holds open that are not listening:
+    those it has accepted (or dialled), from ``/proc``."""
+    return sum(state != "0A" for state in tcp_sockets(pid).values())  # 0A: LISTEN
