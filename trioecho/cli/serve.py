@@ -31,7 +31,6 @@ from trioecho.server.listeners import adopt_listening_socket, socket_listeners
 from trioecho.server.server import MessageServer
 from trioecho.services.relay import relay_server
 from trioecho.workers.link import HEARTBEAT_INTERVAL, WorkerLink, start_orphan_watchdog
-from trioecho.workers.metrics import metrics_registry, open_metrics
 from trioecho.workers.systemd import Notifier
 
 logger = logging.getLogger("trioecho")
@@ -197,10 +196,10 @@ async def run_server(
 
                 nursery.start_soon(stop_when_orphaned)
             else:
-                for listener in listeners:
-                    where = format_listen_address(listener.socket.getsockname())
-                    print(f"listening on {where}", flush=True)
                 if getattr(args, "metrics", None) is not None:
+                    # prometheus_client and h11 are loaded only for --metrics.
+                    from trioecho.workers.metrics import metrics_registry, open_metrics
+
                     registry = metrics_registry(server.stats)
                     try:
                         await open_metrics(
@@ -215,6 +214,9 @@ async def run_server(
                         server.shutdown(grace=0)
                         await server.wait_stopped()
                         return 1
+                for listener in listeners:
+                    where = format_listen_address(listener.socket.getsockname())
+                    print(f"listening on {where}", flush=True)
                 notifier.ready("serving")
                 nursery.start_soon(notifier.keep_watchdog_fed)
 

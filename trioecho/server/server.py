@@ -457,38 +457,24 @@ class MessageServer:
                 stream.stop_receiving()
             connection_logger.info("%s: connected", _Where(client, peer))
             tls = tls_version(connection)  # while it is open: a closed one has none
-            reason: str | None = None
             try:
                 # The handler's life, in this frame (an idle connection keeps
-                # one coroutine less): setup, handle, finish, or the call.
-                handler = self.handler
-                if isinstance(handler, type) and issubclass(handler, BaseRequestHandler):
-                    request_handler = handler(stream, client, self)
+                # one coroutine less, and this frame as few slots as it can:
+                # the close reason lives on the stream): setup, handle,
+                # finish, or the call.
+                if isinstance(self.handler, type) and issubclass(self.handler, BaseRequestHandler):
+                    request_handler = self.handler(stream, client, self)
                     await request_handler.setup()
                     try:
                         await request_handler.handle()
                     finally:
                         await request_handler.finish()
                 else:
-                    await cast(Callable[[MessageStream], Awaitable[None]], handler)(stream)
+                    await cast("Callable[[MessageStream], Awaitable[None]]", self.handler)(stream)
             except Exception as exc:
-                reason = close_reason_of(exc, shutting_down=self.shutting_down)
-                _log_handler_error(exc, _Where(client, peer))
+                self._handler_failed(stream, exc, _Where(client, peer))
             finally:
-                if reason is None:
-                    reason = stream.close_reason or (
-                        "shutdown" if self.shutting_down else "handler_returned"
-                    )
-                try:
-                    await _linger_close(stream, self.send_timeout)
-                finally:
-                    self._streams.discard(stream)
-                    self._streams_changed.set()
-                    self._count_closed(stream, reason)
-                    if access_logger.isEnabledFor(logging.INFO):
-                        log_access(client, peer, tls, began, stream, reason)
-                    if self.shutting_down and not self._streams:
-                        self._all_closed.set()
+                await self._close(stream, (client, peer, tls, began))
             connection_logger.info("%s: closed", _Where(client, peer))
         finally:
             await trio.aclose_forcefully(socket_stream)  # idempotent: closed already but on errors
@@ -500,12 +486,39 @@ class MessageServer:
         if access_logger.isEnabledFor(logging.INFO):
             log_access(peer, peer, None, began, None, reason)
 
-    def _count_closed(self, stream: MessageStream, reason: str) -> None:
+    def _handler_failed(self, stream: MessageStream, exc: Exception, where: _Where) -> None:
+        """A handler raised: its stream's close reason, and the log line."""
+        stream.close_reason = close_reason_of(exc, shutting_down=self.shutting_down)
+        _log_handler_error(exc, where)
+
+    async def _close(
+        self, stream: MessageStream, record: tuple[Any, Any, str | None, float]
+    ) -> None:
+        """Close the stream of a connection whose handler ran, and account
+        for it: the server's counters, its close reason (the stream's, or
+        what ended it here), the access record of ``(client, peer, tls,
+        began)``, and the end of a drain."""
+        try:
+            await _linger_close(stream, self.send_timeout)
+        finally:
+            self._count_closed(stream, record)
+
+    def _count_closed(
+        self, stream: MessageStream, record: tuple[Any, Any, str | None, float]
+    ) -> None:
+        if stream.close_reason is None:
+            stream.close_reason = "shutdown" if self.shutting_down else "handler_returned"
+        self._streams.discard(stream)
+        self._streams_changed.set()
         self.messages_received += stream.messages_received
         self.messages_sent += stream.messages_sent
         self.bytes_received += stream.bytes_received
         self.bytes_sent += stream.bytes_sent
-        self.closed_by_reason[reason] += 1
+        self.closed_by_reason[stream.close_reason] += 1
+        if access_logger.isEnabledFor(logging.INFO):
+            log_access(*record, stream, stream.close_reason)
+        if self.shutting_down and not self._streams:
+            self._all_closed.set()
 
     def stats(self) -> dict[str, Any]:
         """The server's figures now, open connections included, as plain

@@ -15,7 +15,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import trio
@@ -28,7 +28,9 @@ __all__ = [
     "READY",
     "RETIRE",
     "LinkReader",
+    "Snapshot",
     "WorkerLink",
+    "add_snapshots",
     "encode_snapshot",
     "receive_configuration",
     "send_configuration",
@@ -193,3 +195,17 @@ class LinkReader:
                 return
             self.snapshot = json.loads(bytes(buffer[5 : 5 + size]))
             del buffer[: 5 + size]
+
+
+# A worker's figures as its heartbeat carries them (MessageServer.stats()).
+Snapshot = Mapping[str, Any]
+
+
+def add_snapshots(total: dict[str, Any], snapshot: Snapshot) -> dict[str, Any]:
+    """Add ``snapshot``'s figures into ``total`` (nested dicts key by key); returns it."""
+    for key, value in snapshot.items():
+        if isinstance(value, Mapping):
+            add_snapshots(total.setdefault(key, {}), value)
+        else:
+            total[key] = total.get(key, 0) + value
+    return total

@@ -17,8 +17,7 @@ long.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import h11
 import trio
@@ -28,12 +27,12 @@ from prometheus_client.registry import Collector
 
 from trioecho.logtext import format_address
 from trioecho.server.server import CLOSE_REASONS
+from trioecho.workers.link import Snapshot
 
 __all__ = [
     "MAX_SCRAPERS",
     "REQUEST_TIMEOUT",
     "MetricsCollector",
-    "add_snapshots",
     "metrics_registry",
     "open_metrics",
     "serve_metrics",
@@ -45,7 +44,6 @@ REQUEST_TIMEOUT = 5.0  # seconds a scraper has to send its request
 MAX_SCRAPERS = 64  # connections open at once; one more is closed at once
 MAX_REQUEST_HEAD = 16 * 1024
 
-Snapshot = Mapping[str, Any]
 _REASONS = {
     200: b"OK",
     404: b"Not Found",
@@ -78,16 +76,6 @@ _SUPERVISOR_COUNTERS = (
     ("trioecho_reloads", "Rolling reloads completed (SIGHUP).", "reloads"),
 )
 _SUPERVISOR_GAUGES = (("trioecho_workers", "Worker processes serving.", "workers"),)
-
-
-def add_snapshots(total: dict[str, Any], snapshot: Snapshot) -> dict[str, Any]:
-    """Add ``snapshot``'s figures into ``total`` (nested dicts key by key); returns it."""
-    for key, value in snapshot.items():
-        if isinstance(value, Mapping):
-            add_snapshots(total.setdefault(key, {}), value)
-        else:
-            total[key] = total.get(key, 0) + value
-    return total
 
 
 class MetricsCollector(Collector):

@@ -64,8 +64,14 @@ import trio
 
 from trioecho.logtext import format_address, format_listen_address
 from trioecho.server.listeners import bind_reuse_port, open_listening_sockets
-from trioecho.workers.link import KILL_MARGIN, READY, RETIRE, LinkReader, send_configuration
-from trioecho.workers.metrics import add_snapshots, metrics_registry, open_metrics
+from trioecho.workers.link import (
+    KILL_MARGIN,
+    READY,
+    RETIRE,
+    LinkReader,
+    add_snapshots,
+    send_configuration,
+)
 from trioecho.workers.systemd import Notifier
 
 __all__ = ["cpu_count", "reserve_port", "supervise"]
@@ -587,6 +593,9 @@ async def supervise(
                 if notifier is not None:
                     nursery.start_soon(notifier.keep_watchdog_fed)
                 if metrics is not None:
+                    # prometheus_client and h11 are loaded only for --metrics.
+                    from trioecho.workers.metrics import metrics_registry, open_metrics
+
                     registry = metrics_registry(supervisor.snapshot)
                     await open_metrics(nursery, metrics, registry, supervisor.ready)
                 async with trio.open_nursery() as worker_tasks:
