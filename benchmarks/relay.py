@@ -122,7 +122,7 @@ def trioecho_relay(upstream_port: int) -> Iterator[tuple[int, int]]:
         process.wait(timeout=30)
 
 
-def pgbench(port: int, workload: str, clients: int, seconds: float) -> tuple[float, int, int]:
+def pgbench(port: int, workload: str, clients: int, seconds: int) -> tuple[float, int, int]:
     """TPS (without connection time), transactions, failed transactions."""
     command = ["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
     command += ["-c", str(clients), "-j", "2", "-T", str(seconds), "-n"]
@@ -142,7 +142,7 @@ def pgbench(port: int, workload: str, clients: int, seconds: float) -> tuple[flo
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--seconds", type=int, default=10, help="each pgbench run (whole seconds)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="4 clients, 2 s, 1 round")
     args = parser.parse_args()

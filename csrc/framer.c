@@ -302,6 +302,47 @@ int te_length_scan(const te_length_framer *f, const uint8_t *buf, size_t len,
     return r->status;
 }
 
+int te_length_forward(const te_length_framer *f, const uint8_t *buf, size_t len,
+                      uint64_t *due, te_result *r)
+{
+    size_t pos = 0;
+
+    result_clear(r);
+    if (*due > 0) {
+        if (*due > (uint64_t)len) { /* the whole of buf is owed */
+            *due -= len;
+            r->consumed = len;
+            return TE_OK;
+        }
+        pos = (size_t)*due;
+        *due = 0;
+        r->frames = 1;
+    }
+    for (;;) {
+        size_t payload_start;
+        uint64_t payload;
+        int status;
+        if (pos == len)
+            break; /* no frame begun: fixed frames have no header to wait for */
+        status = read_frame_header(f, buf, len, pos, &payload_start, &payload, r);
+        if (status == TE_MORE)
+            break; /* an incomplete header: kept by the caller */
+        if (status != TE_OK) {
+            r->status = status;
+            break;
+        }
+        if (payload > (uint64_t)(len - payload_start)) {
+            *due = payload - (uint64_t)(len - payload_start);
+            pos = len; /* the body so far goes on; the rest follows */
+            break;
+        }
+        pos = payload_start + (size_t)payload;
+        r->frames++;
+    }
+    r->consumed = pos;
+    return r->status;
+}
+
 /* ---- delimited lines ------------------------------------------------- */
 
 int te_line_init(te_line_framer *f, const uint8_t *delimiter,

@@ -155,6 +155,27 @@ int te_length_scan(const te_length_framer *f, const uint8_t *buf, size_t len,
                    size_t pos, char *fmt, size_t fmt_cap, uint8_t *dest,
                    size_t dest_cap, te_result *result);
 
+/*
+ * The forwarding scan, for a relay that passes bytes on as they arrive
+ * rather than as frames.  buf[0:len) follows bytes already forwarded, of
+ * which the frame in progress still owes *due bytes (0: buf starts at a
+ * frame boundary).  Every header that is complete in buf is validated as
+ * te_length_scan validates it, and result->consumed is how many bytes may
+ * be forwarded now: what the frame in progress still owes, every frame
+ * whose header is complete, and as much of the last one's body as buf
+ * holds, so a frame's body passes through however long it is and however
+ * it is chunked.  The bytes after result->consumed are an incomplete header
+ * (fewer than length_offset plus the field's bytes): the caller keeps them
+ * and scans them again, first, with the bytes that follow.  *due becomes
+ * what the last frame still owes; result->frames counts the frames this
+ * scan completed.  Linear in len, keeps nothing but *due.  Returns TE_OK, or
+ * a header's error: result->consumed then ends before that header (those
+ * bytes may still be forwarded), result->length and result->field_len as
+ * te_length_scan sets them.
+ */
+int te_length_forward(const te_length_framer *f, const uint8_t *buf, size_t len,
+                      uint64_t *due, te_result *result);
+
 int te_line_init(te_line_framer *f, const uint8_t *delimiter,
                  size_t delimiter_len, int strip_cr, int discard,
                  uint64_t max_frame);

@@ -81,6 +81,50 @@ def outcome(framer: Any, data: bytes) -> tuple[Any, ...]:
     return ("frames", frames, framer.buffered)
 
 
+def forward_outcome(framer: Any, data: bytes) -> tuple[Any, ...]:
+    """What one forwarding scan reports, as plain values."""
+    try:
+        out, frames, error = framer.forward(data)
+    except (FrameTooLongError, MalformedFrameError) as exc:  # broken earlier
+        return ("again", str(exc))
+    problem = None if error is None else (type(error).__name__, str(error))
+    return ("forward", bytes(out), frames, problem, framer.buffered)
+
+
+def test_forwarding(config: dict[str, Any], chunks: list[bytes]) -> None:
+    """C and Python forward alike, the bytes passed on are the input's,
+    and they count the frames and find the errors that feed() finds."""
+    c_framer = make_framer(implementation="c", **config)
+    py_framer = make_framer(implementation="python", **config)
+    reference = make_framer(implementation="c", **config)
+    passed = bytearray()
+    frames = fed = 0
+    error = None
+    for chunk in chunks:
+        c_result = forward_outcome(c_framer, chunk)
+        if c_result != forward_outcome(py_framer, chunk):
+            raise AssertionError(f"C and Python forward differently: {config}\n C: {c_result}")
+        if c_result[0] != "forward":
+            break
+        passed += c_result[1]
+        frames += c_result[2]
+        expected = outcome(reference, chunk)
+        fed += len(expected[1])
+        if c_result[3] is not None or expected[0] != "frames":
+            error = c_result[3]
+            fed_error = expected[4] if expected[0] == "too long" else expected[3]
+            if error is None or expected[0] == "frames" or error[1] != fed_error:
+                raise AssertionError(f"feed and forward disagree on an error: {config}")
+            break
+    stream = b"".join(chunks)
+    if bytes(passed) != stream[: len(passed)]:
+        raise AssertionError(f"forwarded bytes differ from the input: {config}")
+    if frames != fed:
+        raise AssertionError(f"forward counted {frames} frames, feed {fed}: {config}")
+    if error is None and eof_outcome(c_framer)[0] != eof_outcome(reference)[0]:
+        raise AssertionError(f"forward and feed differ at EOF: {config}")
+
+
 def eof_outcome(framer: Any) -> tuple[Any, ...]:
     try:
         framer.feed_eof()
@@ -95,8 +139,12 @@ def test_one_input(data: bytes) -> None:
     c_framer = make_framer(implementation="c", **config)
     py_framer = make_framer(implementation="python", **config)
     cuts = sorted(fdp.ConsumeIntInRange(0, 4096) for _ in range(fdp.ConsumeIntInRange(0, 12)))
+    forwarding = config["framing"] != "line" and fdp.ConsumeBool()
     stream = fdp.ConsumeBytes(fdp.remaining_bytes())
     bounds = [0, *(min(cut, len(stream)) for cut in cuts), len(stream)]
+    if forwarding:
+        test_forwarding(config, [stream[a:b] for a, b in itertools.pairwise(bounds)])
+        return
     for start, end in itertools.pairwise(bounds):
         chunk = stream[start:end]
         while True:

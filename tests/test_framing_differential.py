@@ -187,3 +187,36 @@ def test_missing_extension_falls_back_with_one_warning() -> None:
     warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
     assert len(warnings) == 1
     assert "C framer not available" in warnings[0]
+
+
+def forward_events(framer: LengthPrefixedFramer, chunks: list[bytes]) -> list[Event]:
+    """What each forwarding scan reports, as plain values, up to an error."""
+    events: list[Event] = []
+    for chunk in chunks:
+        out, frames, error = framer.forward(chunk)
+        events.append((bytes(out), frames, None if error is None else str(error)))
+        if error is not None:
+            break
+    return events
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    config=length_configs,
+    data=st.binary(max_size=80),
+    cuts=st.lists(st.integers(0, 80), max_size=8),
+)
+def test_length_framers_forward_alike_and_pass_the_input_on(
+    config: dict[str, Any], data: bytes, cuts: list[int]
+) -> None:
+    c, py = both(LengthPrefixedFramer, config)
+    chunks = chunked(data, cuts)
+    events = forward_events(c, chunks)
+    assert events == forward_events(py, chunks)
+    passed = b"".join(event[0] for event in events)
+    assert passed == data[: len(passed)]
+    # The frames counted and the error found are feed()'s.
+    fed = framer_events(LengthPrefixedFramer(implementation="c", **config), chunks)
+    assert sum(event[1] for event in events) == len(received(fed))
+    found = [event[2] for event in events if event[2] is not None]
+    assert bool(found) == (fed[-1][0] == "too long")

@@ -232,3 +232,98 @@ def test_encoding_errors_are_local_and_wire_errors_are_not(impl: Implementation)
         fresh.feed(b"\x00\x00")
         fresh.feed_eof()
     assert cut.value.local is False
+
+
+# -- forwarding: bytes passed on as they arrive, headers checked -------------
+
+
+def postgres_like(impl: Implementation, max_frame: int = 1000) -> LengthPrefixedFramer:
+    """A type byte, a 4-byte length counting itself, the header kept."""
+    return LengthPrefixedFramer(
+        length_offset=1,
+        length_adjustment=-4,
+        include_header=True,
+        max_frame=max_frame,
+        implementation=impl,
+    )
+
+
+def message(kind: bytes, body: bytes) -> bytes:
+    return kind + (4 + len(body)).to_bytes(4, "big") + body
+
+
+def forward_all(framer: LengthPrefixedFramer, chunks: list[bytes]) -> tuple[bytes, int]:
+    passed = b""
+    frames = 0
+    for chunk in chunks:
+        out, count, error = framer.forward(chunk)
+        assert error is None
+        passed += bytes(out)
+        frames += count
+    return passed, frames
+
+
+def test_forwarding_passes_every_byte_on_however_the_stream_is_cut(impl: Implementation) -> None:
+    wire = message(b"Q", b"SELECT 1;\0") + message(b"S", b"") + message(b"X", b"ab")
+    for cut in range(len(wire) + 1):
+        framer = postgres_like(impl)
+        assert framer.can_forward
+        first, count = forward_all(framer, [wire[:cut]])
+        # What is held back is an incomplete header, never more.
+        assert len(wire[:cut]) - len(first) < 5
+        rest, more = forward_all(framer, [wire[cut:]])
+        assert (first + rest, count + more) == (wire, 3)
+        assert framer.buffered == 0
+        framer.feed_eof()
+
+
+@pytest.mark.parametrize("size", [0, 1, 999, 1000])
+def test_a_frame_streams_through_in_pieces_up_to_max_frame(impl: Implementation, size: int) -> None:
+    wire = message(b"D", b"x" * size)
+    framer = postgres_like(impl, max_frame=1000)
+    chunks = [wire[i : i + 7] for i in range(0, len(wire), 7)]
+    passed, frames = forward_all(framer, chunks)
+    assert (passed, frames) == (wire, 1)
+    framer.feed_eof()
+
+
+def test_a_header_over_max_frame_stops_after_the_bytes_before_it(impl: Implementation) -> None:
+    good = message(b"D", b"x" * 1000)
+    bad = b"D" + (4 + 1001).to_bytes(4, "big") + b"x" * 10
+    framer = postgres_like(impl, max_frame=1000)
+    out, frames, error = framer.forward(good + bad)
+    assert (bytes(out), frames) == (good, 1)
+    assert isinstance(error, FrameTooLongError)
+    assert str(error) == "frame header announces 1001 bytes, over max_frame=1000"
+    assert str(error) == str(feed_error(postgres_like(impl, max_frame=1000), good + bad))
+    with pytest.raises(FrameTooLongError, match="framer stopped after an earlier error"):
+        framer.forward(b"more")
+
+
+def feed_error(framer: LengthPrefixedFramer, data: bytes) -> Exception:
+    with pytest.raises(FrameTooLongError) as caught:
+        framer.feed(data)
+    return caught.value
+
+
+def test_an_end_inside_a_forwarded_frame_is_incomplete(impl: Implementation) -> None:
+    framer = postgres_like(impl)
+    out, frames, error = framer.forward(message(b"D", b"x" * 100)[:50])
+    assert (len(out), frames, error) == (50, 0, None)
+    with pytest.raises(IncompleteFrameError, match="inside a frame: 55 bytes of it never came"):
+        framer.feed_eof()
+    held = postgres_like(impl)
+    assert held.forward(b"D\0\0")[0] == b""  # a header in part is held back
+    with pytest.raises(IncompleteFrameError, match="3 bytes of it received"):
+        held.feed_eof()
+
+
+def test_only_length_framers_at_a_frame_boundary_forward(impl: Implementation) -> None:
+    framer = postgres_like(impl)
+    assert framer.feed(message(b"Q", b"x")[:3]) == []
+    assert not framer.can_forward  # bytes fed but not yet a frame
+    assert not make_framer("line", implementation=impl).can_forward  # type: ignore[attr-defined]
+    fixed = make_framer("fixed", frame_size=3, implementation=impl)
+    out, frames, error = fixed.forward(b"abcdefgh")  # type: ignore[attr-defined]
+    assert (bytes(out), frames, error) == (b"abcdefgh", 2, None)
+    assert fixed.forward(b"i")[:2] == (b"i", 1)  # type: ignore[attr-defined]

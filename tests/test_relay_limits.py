@@ -250,7 +250,7 @@ def test_an_idle_pair_is_closed() -> None:
             sock.sendall(struct.pack(">I", 2) + b"hi")
             assert sock.recv(10) == b""
         back_at_baseline(relay, baseline)
-        relay.wait_for_log("closing: no frame either way for 0.5 s")
+        relay.wait_for_log("closing: no bytes either way for 0.5 s")
         no_tracebacks(relay)
 
 

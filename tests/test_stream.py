@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
-from support.helpers import message_pair, stream_pairs
+from support.helpers import message_pair, socket_stream_pair, stream_pairs
 
 from trioecho import (
     ConnectionClosedError,
@@ -15,7 +18,8 @@ from trioecho import (
     LengthPrefixedFramer,
     LineFramer,
 )
-from trioecho.errors import IdleTimeoutError, SlowReaderError
+from trioecho.errors import IdleTimeoutError, SinkError, SlowReaderError
+from trioecho.framing.config import FramingConfig
 from trioecho.services.echo import GREETING, REPLY_SUFFIX, EchoHandler, GenericEchoHandler
 from trioecho.stream.message_stream import MessageStream, expire_if_idle, hand_over_deadlines
 
@@ -353,3 +357,118 @@ async def test_echo_with_handed_over_deadlines_over_a_socket() -> None:
             await client.send_message(word)
             assert await client.receive_message() == word + REPLY_SUFFIX
         await client.send_message(b"q")
+
+
+# -- forward_to: bytes passed on as received, headers checked ---------------
+
+
+FORWARD_READ = 1024  # the source's receive_size: frames larger than a read stream through
+
+
+def forwarding_pairs(make_pair: object, max_frame: int = 1 << 20) -> tuple[Any, ...]:
+    """(sender, source, sink, receiver): sender -> source.forward_to(sink) -> receiver."""
+    sender, source_end = make_pair()  # type: ignore[operator]
+    sink_end, receiver = make_pair()  # type: ignore[operator]
+    framing = FramingConfig("len", max_frame=max_frame)
+    source = MessageStream(source_end, framing, receive_size=FORWARD_READ)
+    return sender, source, MessageStream(sink_end, framing), receiver
+
+
+async def receive_all(stream: trio.abc.Stream) -> bytes:
+    data = bytearray()
+    while chunk := await stream.receive_some(1 << 16):
+        data += chunk
+    return bytes(data)
+
+
+@pytest.mark.parametrize("size", [0, 1, FORWARD_READ - 1, FORWARD_READ, FORWARD_READ + 1, 20_000])
+async def test_forward_to_passes_the_bytes_on_exactly(make_pair: object, size: int) -> None:
+    sender, source, sink, receiver = forwarding_pairs(make_pair)
+    framer = LengthPrefixedFramer()
+    wire = framer.encode_many([b"a", b"x" * size, b"", b"last"])
+    got: list[bytes] = []
+
+    async def send() -> None:
+        for i in range(0, len(wire), 700):  # the stream cut anywhere
+            await sender.send_all(wire[i : i + 700])
+        await sender.aclose()
+
+    async def relay() -> None:
+        await source.forward_to(sink)
+        await sink.aclose()
+
+    async def receive() -> None:
+        got.append(await receive_all(receiver))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        nursery.start_soon(relay)
+        nursery.start_soon(receive)
+    assert got == [wire]
+    assert (source.messages_received, sink.messages_sent) == (4, 4)
+    assert source.close_reason == "peer_closed"
+
+
+async def test_forward_to_sends_the_bytes_before_a_bad_header_then_raises(
+    make_pair: object,
+) -> None:
+    sender, source, sink, receiver = forwarding_pairs(make_pair, max_frame=100)
+    good = LengthPrefixedFramer().encode(b"y" * 100)
+    got: list[bytes] = []
+
+    async def relay() -> None:
+        with pytest.raises(FrameTooLongError, match="announces 101 bytes, over max_frame=100"):
+            await source.forward_to(sink)
+        await sink.aclose()
+
+    async def receive() -> None:
+        got.append(await receive_all(receiver))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(relay)
+        nursery.start_soon(receive)
+        await sender.send_all(good + (101).to_bytes(4, "big") + b"z" * 10)
+    assert got == [good]
+    assert (source.messages_received, sink.messages_sent) == (1, 1)
+
+
+async def test_forward_to_an_end_inside_a_frame_is_incomplete(make_pair: object) -> None:
+    sender, source, sink, receiver = forwarding_pairs(make_pair)
+
+    async def send() -> None:
+        await sender.send_all((1000).to_bytes(4, "big") + b"w" * 10)
+        await sender.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        nursery.start_soon(receive_all, receiver)
+        with pytest.raises(IncompleteFrameError, match="990 bytes of it never came"):
+            await source.forward_to(sink)
+        await sink.aclose()
+
+
+async def test_a_sink_that_does_not_read_is_a_sink_error_after_its_send_timeout() -> None:
+    sender, source_end = socket_stream_pair()
+    sink_end, receiver = socket_stream_pair()
+    source = MessageStream(source_end, FramingConfig("len"))
+    sink = MessageStream(sink_end, FramingConfig("len"), send_timeout=0.2)
+    frame = LengthPrefixedFramer().encode(b"v" * 60000)
+
+    async def flood() -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            for _ in range(200):  # 12 MB: more than both sockets' buffers hold
+                await sender.send_all(frame)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flood)
+        with pytest.raises(SinkError) as caught:
+            await source.forward_to(sink)
+        nursery.cancel_scope.cancel()
+    assert isinstance(caught.value.error, SlowReaderError)
+    assert receiver is not None
+
+
+async def test_forward_to_needs_a_framer_that_can_forward(make_pair: object) -> None:
+    client, server = message_pair(make_pair, "line")
+    with pytest.raises(RuntimeError, match="needs a length-field or fixed-size framer"):
+        await server.forward_to(client)

@@ -22,6 +22,7 @@ __all__ = [
     "ProtocolRefusedError",
     "ProxyProtocolError",
     "RelayError",
+    "SinkError",
     "SlowReaderError",
     "TLSHandshakeError",
     "TrioEchoError",
@@ -170,6 +171,17 @@ class RelayError(TrioEchoError):
     def __init__(self, side: str, error: Exception) -> None:
         super().__init__(f"the {side} side: {type(error).__name__}: {error}")
         self.side = side
+        self.error = error
+
+
+class SinkError(TrioEchoError):
+    """:meth:`MessageStream.forward_to <trioecho.MessageStream.forward_to>`:
+    sending to the sink stream failed (its peer reset, or did not read
+    within its ``send_timeout``); ``error`` is the sink's error, also the
+    ``__cause__``.  The source's own errors are raised as they are."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(f"sending on: {type(error).__name__}: {error}")
         self.error = error
 
 

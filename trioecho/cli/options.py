@@ -300,7 +300,8 @@ def _add_framing_options(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         metavar="BYTES",
         help=f"line, len, varint: largest message in bytes (default: {DEFAULT_MAX_LINE} for "
-        f"line, {DEFAULT_MAX_FRAME} for len and varint)",
+        f"line, {DEFAULT_MAX_FRAME} for len and varint; relay --preset: the protocol's own "
+        "limit, which costs no memory: the relay streams a message through)",
     )
     cr = group.add_mutually_exclusive_group()
     cr.add_argument(
@@ -636,7 +637,7 @@ def _add_relay(commands: Any) -> None:
         type=_seconds_or_off,
         default=DEFAULT_RELAY_IDLE_TIMEOUT,
         metavar="SECONDS",
-        help="close a client and its upstream connection when no frame has moved either "
+        help="close a client and its upstream connection when no bytes have moved either "
         "way for this long; 0: never (default: %(default)s, an hour: a database session "
         "may sit idle, a client waiting for a long query is not idle)",
     )

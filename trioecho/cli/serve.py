@@ -19,7 +19,6 @@ import trio
 from trioecho.cli.options import ECHO_HANDLERS, PRESETS
 from trioecho.cli.tuning import fit_fd_limit, tune_gc
 from trioecho.framing import presets
-from trioecho.framing.base import DEFAULT_MAX_FRAME
 from trioecho.framing.config import FramingConfig
 from trioecho.io.budget import MemoryBudget
 from trioecho.io.tls import server_context
@@ -99,9 +98,10 @@ def relay_from_args(args: argparse.Namespace, framing: FramingConfig) -> Message
     (its own address)."""
     if args.preset is not None:
         client_preset, server_preset = PRESETS[args.preset]
-        max_frame = args.max_frame if args.max_frame is not None else DEFAULT_MAX_FRAME
-        client_framing = client_preset(max_frame=max_frame)
-        server_framing = server_preset(max_frame=max_frame)
+        # Without --max-frame, each preset's own default: its protocol's limit.
+        limit = {"max_frame": args.max_frame} if args.max_frame is not None else {}
+        client_framing = client_preset(**limit)
+        server_framing = server_preset(**limit)
     else:
         client_framing = server_framing = framing
     negotiation = presets.PostgresNegotiation if args.preset == "postgresql" else None

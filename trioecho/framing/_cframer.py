@@ -87,6 +87,7 @@ def _config_error(what: str) -> ValueError:
 
 
 _length_scan = lib.te_length_scan
+_length_forward = lib.te_length_forward
 _unpack_result = _RESULT.unpack_from
 _NULL = ffi.NULL
 
@@ -101,7 +102,7 @@ def _slice(buf: bytes | bytearray, start: int, end: int) -> bytes:
 class LengthScanner:
     """C twin of ``trioecho.framing._pyframer.LengthScanner``."""
 
-    __slots__ = ("_adjustment", "_framer", "_result", "_result_view")
+    __slots__ = ("_adjustment", "_due", "_framer", "_result", "_result_view")
 
     def __init__(
         self,
@@ -131,6 +132,7 @@ class LengthScanner:
         self._adjustment = length_adjustment
         self._result = ffi.new("te_result *")
         self._result_view = ffi.buffer(self._result)
+        self._due = ffi.new("uint64_t *")
 
     def _problem(self, status: int, length: int, field_len: int) -> Problem | None:
         if status >= 0:
@@ -155,6 +157,14 @@ class LengthScanner:
             if layout == _ONE:  # go on after the first frame
                 return self._scan_all(buf, [buf[start:end]], pos)
         return self._scan_all(buf, [], 0)
+
+    def forward(self, buf: bytes, due: int) -> tuple[int, int, int, Problem | None]:
+        self._due[0] = due
+        _length_forward(self._framer, buf, len(buf), self._due, self._result)
+        status, _, frames, _, _, _, _, _, consumed, length, field_len = _unpack_result(
+            self._result_view
+        )
+        return consumed, frames, self._due[0], self._problem(status, length, field_len)
 
     def scan_first(self, buf: bytes | bytearray) -> tuple[list[bytes], int, Problem | None]:
         # Without scratch space the C scan reports one frame at most.

@@ -13,7 +13,8 @@ Each scanner takes the caller's whole unconsumed buffer (``bytes`` or
   allowed, or over 64 bits) with the value of the bytes before it and their
   count, ``VARINT_NOT_MINIMAL`` with the value and its bytes.
 
-``LengthScanner.scan_first(buf)`` is ``scan`` stopping after the first frame.
+``LengthScanner.scan_first(buf)`` is ``scan`` stopping after the first frame;
+``LengthScanner.forward(buf, due)`` is the forwarding scan (bytes, not frames).
 
 The scanners keep their position between calls, so every byte is examined
 once however the stream is chunked.  ``trioecho.framing._cframer`` implements the
@@ -194,6 +195,36 @@ class LengthScanner:
             if first_only:
                 break
         return frames, pos, None
+
+    def forward(self, buf: bytes, due: int) -> tuple[int, int, int, Problem | None]:
+        """The forwarding scan (csrc/framer.h's te_length_forward): ``buf``
+        follows bytes already passed on, of which the frame in progress
+        still owes ``due``.  Returns ``(consumed, frames, due, problem)``:
+        the bytes that may be passed on now (the rest is an incomplete
+        header, scanned again first with what follows), the frames this
+        scan completed, what the last frame still owes, and the problem of a
+        bad header (``consumed`` then ends before it)."""
+        size = len(buf)
+        pos = 0
+        frames = 0
+        if due > 0:
+            if due > size:
+                return size, 0, due - size, None
+            pos = due
+            due = 0
+            frames = 1
+        while pos < size:
+            header = self._header(buf, pos)
+            if header is None:
+                break
+            if isinstance(header, Problem):
+                return pos, frames, 0, header
+            payload_start, payload = header
+            if payload > size - payload_start:
+                return size, frames, payload - (size - payload_start), None
+            pos = payload_start + payload
+            frames += 1
+        return pos, frames, 0, None
 
     def _scan_bare_lengths(self, buf: bytes | bytearray) -> tuple[list[bytes], int, Problem | None]:
         """The common case: a bare length field counting the payload."""

@@ -17,7 +17,7 @@ from trioecho.framing._pyframer import (
     TOO_LONG,
     Problem,
 )
-from trioecho.framing.problems import incomplete_frame
+from trioecho.framing.problems import incomplete_frame, unfinished_forward
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
@@ -26,7 +26,9 @@ __all__ = [
     "MAX_DELIMITER",
     "MAX_DELIMITERS",
     "Buffer",
+    "ForwardingFramer",
     "Framer",
+    "can_forward",
     "drops_too_long",
 ]
 
@@ -60,6 +62,23 @@ class Framer(Protocol):
     def encode_many(self, payloads: Iterable[Buffer]) -> bytes: ...
 
 
+class ForwardingFramer(Framer, Protocol):
+    """A framer that can also check bytes a relay passes on as they arrive."""
+
+    @property
+    def can_forward(self) -> bool: ...
+
+    def forward(self, data: Buffer) -> tuple[Buffer, int, FramingError | None]: ...
+
+
+def can_forward(framer: Framer) -> bool:
+    """Whether ``framer`` can check bytes for a relay that passes them on as
+    they arrive (:meth:`_StreamFramer.forward`): a length-field or
+    fixed-size framer, now (a phased one once past its first phase), at a
+    frame boundary."""
+    return getattr(framer, "can_forward", False) is True
+
+
 def drops_too_long(framer: Framer) -> bool:
     """Whether ``framer`` goes on after an over-long frame (its
     ``drops_too_long``; a framer without that attribute does not)."""
@@ -73,9 +92,12 @@ class _Scanner(Protocol):
 
 
 class _FirstFrameScanner(_Scanner, Protocol):
-    """A length-family scanner: it can also stop after the first frame."""
+    """A length-family scanner: it can also stop after the first frame, and
+    scan for forwarding."""
 
     def scan_first(self, buf: bytes | bytearray) -> tuple[list[bytes], int, Problem | None]: ...
+
+    def forward(self, buf: bytes, due: int) -> tuple[int, int, int, Problem | None]: ...
 
 
 def _check_range(name: str, value: int, low: int, high: int, shown: str | None = None) -> int:
@@ -98,12 +120,14 @@ class _StreamFramer:
         "_broken",
         "_buffer",
         "_drops_too_long",
+        "_due",
         "_max_frame",
         "_scanner",
         "implementation",
     )
 
     _what = "frame"
+    _forwards = True  # the length family; not lines
     _repr_fields: tuple[str, ...] = ()  # the options a repr shows, besides max_frame
 
     def __init__(
@@ -119,6 +143,7 @@ class _StreamFramer:
         self._broken: FramingError | None = None
         self._drops_too_long = drops_too_long
         self._max_frame = max_frame
+        self._due = 0  # forwarding: bytes the frame passed on in part still owes
 
     def __repr__(self) -> str:
         options = [f"{name}={getattr(self, name)!r}" for name in self._repr_fields]
@@ -181,8 +206,51 @@ class _StreamFramer:
 
     def feed_eof(self) -> None:
         """The peer closed its side: raise IncompleteFrameError if a frame is unfinished."""
-        if self._buffer and self._broken is None:
+        if self._broken is not None:
+            return
+        if self._due:
+            raise unfinished_forward(self._what, self._due)
+        if self._buffer:
             raise incomplete_frame(self._what, len(self._buffer))
+
+    @property
+    def can_forward(self) -> bool:
+        """Whether :meth:`forward` may be called now: a length-family framer
+        whose fed bytes were all returned as frames (a frame boundary)."""
+        return self._forwards and not self._buffer and self._broken is None
+
+    def forward(self, data: Buffer) -> tuple[Buffer, int, FramingError | None]:
+        """Forwarding mode, for a relay passing bytes on as they arrive
+        rather than as frames: check the bytes of one read.
+
+        Every frame header is validated as :meth:`feed` validates it; a
+        frame's body is passed on as it arrives, so a frame of any size up
+        to ``max_frame`` costs no more than the read.  Returns ``(bytes to
+        pass on now, frames completed, error)``: the bytes are exactly those
+        received (an incomplete header is held until the read that completes
+        it, and passed on then); ``error`` is the :class:`FramingError` of a
+        bad header, the bytes before it still to be passed on, after which
+        the framer is broken.  Start at a frame boundary (:attr:`can_forward`)
+        and do not :meth:`feed` afterwards; :meth:`feed_eof` raises
+        :class:`IncompleteFrameError` at an end inside a frame."""
+        if self._broken is not None:
+            raise self._again()
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            data = bytes(buffer)
+            self._buffer = bytearray()
+        elif type(data) is not bytes:
+            data = bytes(data)
+        scanner = cast(_FirstFrameScanner, self._scanner)
+        consumed, frames, self._due, problem = scanner.forward(data, self._due)
+        error = None
+        if problem is not None:
+            error = self._error(problem, [])
+            self._broken = error
+        elif consumed < len(data):
+            self._buffer += memoryview(data)[consumed:]
+        return (data if consumed == len(data) else memoryview(data)[:consumed]), frames, error
 
     def _again(self) -> FramingError:
         """The error of a broken framer, raised again (without frames)."""

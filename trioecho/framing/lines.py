@@ -42,6 +42,7 @@ class LineFramer(_StreamFramer):
     )
 
     _what = "line"
+    _forwards = False  # a line's end is found by searching, not announced
 
     def __init__(
         self,

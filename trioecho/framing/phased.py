@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import cast
 
 from trioecho.errors import (
     FramingError,
 )
-from trioecho.framing.base import Buffer, Framer, _StreamFramer
+from trioecho.framing.base import Buffer, Framer, _StreamFramer, can_forward
 from trioecho.framing.fixed import FixedLengthFramer
 from trioecho.framing.length import LengthFieldFramer
 
@@ -70,6 +71,17 @@ class PhasedFramer:
         except FramingError as exc:
             exc.frames[:0] = frames
             raise
+
+    @property
+    def can_forward(self) -> bool:
+        """Forwarding (:meth:`_StreamFramer.forward`) is for the frames after
+        the first phase, which are always read as frames."""
+        return self._first is None and can_forward(self._then)
+
+    def forward(self, data: Buffer) -> tuple[Buffer, int, FramingError | None]:
+        if self._first is not None:
+            raise RuntimeError("forward() before the first phase is over")
+        return cast(_StreamFramer, self._then).forward(data)
 
     def feed_eof(self) -> None:
         if self._first is not None:

@@ -27,6 +27,8 @@ from trioecho.framing.base import DEFAULT_MAX_FRAME
 from trioecho.framing.config import FramingConfig
 
 __all__ = [
+    "MQTT_MAX_REMAINING",
+    "POSTGRESQL_MAX_MESSAGE",
     "POSTGRESQL_MAX_STARTUP",
     "FinalAnswer",
     "PostgresNegotiation",
@@ -41,13 +43,20 @@ __all__ = [
 
 # PostgreSQL refuses a startup packet over 10,000 bytes (MAX_STARTUP_PACKET_LENGTH).
 POSTGRESQL_MAX_STARTUP = 10_000
+# PostgreSQL's own limit on a message: what it can allocate at once
+# (MaxAllocSize, 1 GB - 1 byte); its readers refuse longer ones, and no
+# single value it sends is longer.  A relay streams a message's body through
+# (MessageStream.forward_to), so the limit costs no memory: it is the
+# protocol's, not the relay's buffer.
+POSTGRESQL_MAX_MESSAGE = (1 << 30) - 1
+# MQTT's own limit on a packet's remaining length (4 varint bytes).
+MQTT_MAX_REMAINING = (1 << 28) - 1  # 268,435,455
 # The request codes of SSLRequest (1234.5679) and GSSENCRequest (1234.5680).
 _ENCRYPTION_REQUESTS = ((80877103).to_bytes(4, "big"), (80877104).to_bytes(4, "big"))
-_MQTT_MAX_REMAINING = (1 << 28) - 1  # 4 varint bytes: 268,435,455
 
 
 def postgresql(
-    side: Literal["client", "server"] = "client", *, max_frame: int = DEFAULT_MAX_FRAME
+    side: Literal["client", "server"] = "client", *, max_frame: int = POSTGRESQL_MAX_MESSAGE
 ) -> FramingConfig:
     """PostgreSQL's frontend/backend protocol (version 3).
 
@@ -55,7 +64,11 @@ def postgresql(
     4-byte length counting itself, then the body; no type byte), then
     messages of a type byte and a 4-byte length counting itself.
     ``side="server"`` frames what the server sends: messages only.
-    ``max_frame`` limits a message's body (the bytes after its length).
+    ``max_frame`` limits a message's body (the bytes after its length); the
+    default is PostgreSQL's own limit, :data:`POSTGRESQL_MAX_MESSAGE` (1 GB
+    less a byte), which a relay can afford because it streams a message's
+    body through rather than holding it (a hook that needs whole frames,
+    ``on_frame``, holds each one: give it a smaller limit).
 
     A client may ask for TLS or GSSAPI encryption first (an 8-byte request
     in the startup packet's form, ``sslmode=prefer``, libpq's default): the
@@ -159,17 +172,18 @@ def refuse_encryption(frame: bytes) -> bytes | None:
     return b"N" if is_encryption_request(frame) else None
 
 
-def mqtt(*, max_frame: int = DEFAULT_MAX_FRAME) -> FramingConfig:
+def mqtt(*, max_frame: int = MQTT_MAX_REMAINING) -> FramingConfig:
     """MQTT 3.1.1 and 5 control packets, both directions: a fixed-header byte,
     the remaining length (a varint of at most 4 bytes, minimally encoded),
-    then that many bytes.  ``max_frame`` limits the remaining length (the
-    protocol's own limit is 268,435,455)."""
+    then that many bytes.  ``max_frame`` limits the remaining length: by
+    default the protocol's own limit, :data:`MQTT_MAX_REMAINING`
+    (268,435,455; a relay streams a packet's body through), at most that."""
     return FramingConfig(
         "varint",
         length_offset=1,
         max_length_bytes=4,
         include_header=True,
-        max_frame=min(max_frame, _MQTT_MAX_REMAINING),
+        max_frame=min(max_frame, MQTT_MAX_REMAINING),
     )
 
 

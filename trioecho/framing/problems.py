@@ -9,7 +9,13 @@ from trioecho.errors import (
     IncompleteFrameError,
 )
 
-__all__ = ["delimiter_in_payload", "incomplete_frame", "too_long_message", "trailing_cr"]
+__all__ = [
+    "delimiter_in_payload",
+    "incomplete_frame",
+    "too_long_message",
+    "trailing_cr",
+    "unfinished_forward",
+]
 
 
 def too_long_message(framing: str, length: int, max_frame: int) -> str:
@@ -42,4 +48,12 @@ def trailing_cr() -> DelimiterInPayloadError:
     """The error for a line the receiver would shorten (``strip_cr=True``)."""
     return DelimiterInPayloadError(
         "cannot encode a line ending with b'\\r': the receiver strips it (strip_cr=True)"
+    )
+
+
+def unfinished_forward(what: str, due: int) -> IncompleteFrameError:
+    """The error for a forwarded stream that ended inside a ``what`` whose
+    header and first bytes were passed on, ``due`` bytes of it missing."""
+    return IncompleteFrameError(
+        f"connection closed inside a {what}: {due} bytes of it never came", buffered=0
     )

@@ -102,6 +102,12 @@ class Account:
         self.sending = 0  # bytes of replies handed to the transport, not yet sent
 
     @property
+    def budget(self) -> MemoryBudget:
+        """The budget this is a share of (a relay opens its upstream
+        connection's account from it)."""
+        return self._budget
+
+    @property
     def held(self) -> int:
         return self.buffered + self.sending
 

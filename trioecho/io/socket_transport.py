@@ -400,11 +400,12 @@ class SocketTransport(Transport):
         elif self.checkpoint_due():
             await trio.lowlevel.checkpoint()
 
-    def _check_can_send(self) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("the message stream was closed")
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending on this stream")
+    def send_nowait(self, data: Buffer) -> Buffer | None:
+        self._check_can_send()
+        try:
+            return self._send_now(data)
+        except OSError as exc:
+            raise self._socket_error(exc, "sending") from exc
 
     async def _send_rest(self, rest: Buffer) -> None:
         """Send ``rest``, waiting for the peer to read as needed, for at most

@@ -129,6 +129,23 @@ class Transport:
     async def send_all(self, data: Buffer) -> None:
         raise NotImplementedError
 
+    def send_nowait(self, data: Buffer) -> Buffer | None:
+        """Send what the connection takes now, without waiting; return the
+        rest (None when all of it went).  A transport that cannot tell
+        without waiting (a ``trio.abc.Stream``: TLS, in memory) takes
+        nothing: the caller sends the rest with :meth:`send_all`.  Raises
+        :class:`ConnectionClosedError` if the connection broke,
+        ``trio.ClosedResourceError`` after close, ``trio.BusyResourceError``
+        while another send waits."""
+        self._check_can_send()
+        return data
+
+    def _check_can_send(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the message stream was closed")
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+
     async def serve_inline(
         self, step: InlineStep, max_bytes: int, deadline: float = math.inf
     ) -> Buffer | None:

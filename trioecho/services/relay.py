@@ -1,29 +1,34 @@
 """A frame relay: a trioecho server that passes every frame on to another server.
 
-Each client connection gets its own connection upstream; two tasks pump
-frames, one each way, each reading whole frames with one side's
-:class:`~trioecho.MessageStream` and sending them, re-encoded, with the
-other's.  With a preset whose frames keep their header
-(``trioecho.framing.presets``), re-encoding gives back the bytes received, so the
-relay is transparent; what it adds is that every message is checked against
-the framing (and its ``max_frame``) on the way::
+Each client connection gets its own connection upstream and two pumps, one
+each way.  A pump passes the bytes on as they arrive, checked by its side's
+framer (:meth:`~trioecho.MessageStream.forward_to`): every frame header is
+validated against the framing and its ``max_frame`` before the frame goes
+on, a frame's body streams through in pieces however long it is (memory: a
+read, not a frame), and on the readiness hub the hub itself forwards each
+read, with no task wake-up per message.  The bytes sent are the bytes
+received, so the relay is transparent::
 
     server = relay_server(
         ("db.internal", 5432),
         client_framing=presets.postgresql("client"),
         server_framing=presets.postgresql("server"),
-        answer=presets.refuse_encryption,  # TLS would hide the frames
+        answer_factory=presets.PostgresNegotiation,  # TLS would hide the frames
         port=6432,
     )
     await server.serve()
 
+Frames are read whole, as objects, only where a hook needs them:
+``answer`` for a phased framing's first phase (PostgreSQL's startup
+packets), ``on_frame(direction, frame)`` (``"up"``: client to server,
+``"down"``) for every frame, for logging and tests; and for line framings,
+whose ends are searched for rather than announced.
+
 When one side ends its stream the relay closes the other side's sending
 half and keeps relaying the other way until that ends too; when one side
-breaks (a reset, a framing error: the frames before the bad one are passed
-on first) both connections close.  An over-long line in discard mode is
-logged and dropped.  ``on_frame(direction,
-frame)`` (``"up"``: client to server, ``"down"``) sees each frame before it
-is sent on, for logging and tests.
+breaks (a reset, a framing error: the bytes before the bad header are
+passed on first) both connections close.  An over-long line in discard mode
+is logged and dropped.
 """
 
 from __future__ import annotations
@@ -51,10 +56,12 @@ from trioecho.errors import (
     IdleTimeoutError,
     ProtocolRefusedError,
     RelayError,
+    SinkError,
     TrioEchoError,
 )
-from trioecho.framing.base import Framer, drops_too_long
+from trioecho.framing.base import Framer, can_forward, drops_too_long
 from trioecho.framing.config import FramingConfig, framing_config
+from trioecho.framing.phased import PhasedFramer
 from trioecho.framing.presets import FinalAnswer
 from trioecho.logtext import format_address
 from trioecho.server.server import MessageServer
@@ -89,13 +96,16 @@ _SIDES: dict[Direction, tuple[str, str]] = {
 _PEER_FAILURES = (TrioEchoError, trio.BrokenResourceError)
 
 
-class _Activity:
-    """When a frame last moved either way on a relayed pair (for its idle timeout)."""
-
-    __slots__ = ("last",)
-
-    def __init__(self) -> None:
-        self.last = trio.current_time()
+def _forwards(source: MessageStream, on_frame: FrameHook | None, answer: Answer | None) -> bool:
+    """Whether a pump can pass ``source``'s bytes on as they arrive
+    (:meth:`MessageStream.forward_to`) rather than frame by frame: no hook
+    needs the frames as objects (``answer`` is only for a phased framing's
+    first phase: PostgreSQL's startup packets), and the framer can forward
+    now (a length-field framing, past any first phase, at a boundary)."""
+    if on_frame is not None or source.has_pending:
+        return False
+    framer = source.framer
+    return (answer is None or isinstance(framer, PhasedFramer)) and can_forward(framer)
 
 
 async def _pump(
@@ -105,16 +115,28 @@ async def _pump(
     direction: Direction,
     on_frame: FrameHook | None,
     answer: Answer | None = None,
-    activity: _Activity | None = None,
     refusal: Refusal | None = None,
 ) -> None:
-    """Frames from ``source`` to ``sink`` until ``source`` ends; then end
-    ``sink``'s sending side.  ``encoder`` frames them in ``source``'s framing
-    (``sink``'s own framer is for what ``sink`` sends).  A frame ``answer``
-    has a reply for is answered to ``source`` instead of passed on.  A peer
-    failure on either stream raises :class:`RelayError` naming its side."""
+    """``source``'s input to ``sink`` until ``source`` ends; then end
+    ``sink``'s sending side.  Bytes go on as they arrive, checked by the
+    framer (:func:`_forwards`), or else frame by frame: ``encoder`` frames
+    them in ``source``'s framing (``sink``'s own framer is for what ``sink``
+    sends), and a frame ``answer`` has a reply for is answered to ``source``
+    instead of passed on.  A peer failure on either stream raises
+    :class:`RelayError` naming its side."""
     source_side, sink_side = _SIDES[direction]
     while True:
+        if _forwards(source, on_frame, answer):
+            try:
+                await source.forward_to(sink)
+            except SinkError as exc:
+                raise RelayError(sink_side, exc.error) from exc.error
+            except FramingError as exc:
+                await _refuse(source, sink, direction, exc, refusal)
+                raise RelayError(source_side, exc) from exc
+            except _PEER_FAILURES as exc:
+                raise RelayError(source_side, exc) from exc
+            break
         error: FramingError | None = None
         try:
             frames = await source.receive_messages()
@@ -124,8 +146,6 @@ async def _pump(
             frames, error = exc.frames, exc
         except _PEER_FAILURES as exc:
             raise RelayError(source_side, exc) from exc
-        if activity is not None:
-            activity.last = trio.current_time()
         if on_frame is not None:
             for frame in frames:
                 on_frame(direction, frame)
@@ -140,14 +160,10 @@ async def _pump(
         except _PEER_FAILURES as exc:
             raise RelayError(sink_side, exc) from exc
         if error is not None:
-            framer = source.framer
-            if drops_too_long(framer):
+            if drops_too_long(source.framer):
                 logger.warning("relay: dropped an over-long line (%s): %s", direction, error)
                 continue
-            if refusal is not None:
-                await _tell_the_client(
-                    source if direction == "up" else sink, refusal(direction, error)
-                )
+            await _refuse(source, sink, direction, error, refusal)
             raise RelayError(source_side, error) from error
     try:
         await sink.send_eof()
@@ -155,6 +171,18 @@ async def _pump(
         await sink.aclose()
     except _PEER_FAILURES as exc:
         raise RelayError(sink_side, exc) from exc
+
+
+async def _refuse(
+    source: MessageStream,
+    sink: MessageStream,
+    direction: Direction,
+    error: FramingError,
+    refusal: Refusal | None,
+) -> None:
+    """Tell the client why a frame is refused, when ``refusal`` says what."""
+    if refusal is not None:
+        await _tell_the_client(source if direction == "up" else sink, refusal(direction, error))
 
 
 async def _tell_the_client(client: MessageStream, refusal: bytes | None) -> None:
@@ -196,13 +224,22 @@ async def relay(
     ``client_framing`` and ``server_framing``, until both have ended, or
     either breaks: then :class:`RelayError` (which side, and its error) is
     raised, the first failure alone; the caller closes the streams.
-    ``answer(frame)``, for each frame from the client, returns bytes to send
-    back to the client instead of passing the frame on, or None.
+    ``answer(frame)``, for each frame from the client (with a phased
+    framing, PostgreSQL's: each frame of its first phase, the startup
+    packets), returns bytes to send back to the client instead of passing
+    the frame on, or None.
+
+    Without ``on_frame`` (and, with ``answer``, after a phased framing's
+    first phase) the bytes go on as they arrive
+    (:meth:`~trioecho.MessageStream.forward_to`): every header is checked,
+    a frame's body streams through however long it is, and on the readiness
+    hub no task wakes per message.  ``on_frame`` needs the frames as objects:
+    then every frame is read whole (up to ``max_frame``) and re-encoded.
     ``refusal(direction, error)``, for a frame either side sent that the
     framing refuses, returns bytes to send the client before both close
     (:func:`~trioecho.framing.presets.postgres_refusal`: an ErrorResponse).
 
-    Limits (None: none): with no frame either way for ``idle_timeout``
+    Limits (None: none): with no bytes either way for ``idle_timeout``
     seconds, or once one side has ended, if the other has not finished within
     ``finish_timeout`` seconds, both close (:class:`RelayError` with an
     :class:`~trioecho.errors.IdleTimeoutError`).  A send that stays blocked
@@ -213,7 +250,6 @@ async def relay(
     finish = check_timeout(finish_timeout, "finish_timeout")
     failures: list[RelayError] = []
     closed: list[RelayError] = []  # pumps whose stream was closed under them
-    activity = _Activity()
     async with trio.open_nursery() as nursery:
         ended: list[Direction] = []
 
@@ -225,7 +261,7 @@ async def relay(
             answer: Answer | None,
         ) -> None:
             try:
-                await _pump(source, sink, encoder, direction, on_frame, answer, activity, refusal)
+                await _pump(source, sink, encoder, direction, on_frame, answer, refusal)
             except RelayError as exc:
                 failures.append(exc)
                 nursery.cancel_scope.cancel()  # the other way ends with it
@@ -255,13 +291,21 @@ async def relay(
             )
             nursery.cancel_scope.cancel()
 
+        def moved() -> int:
+            return client.bytes_received + server.bytes_received
+
         async def end_if_idle(timeout: float) -> None:
+            # A look every quarter of the timeout: no cost per message.
+            seen, since = moved(), trio.current_time()
             while True:
-                await trio.sleep_until(activity.last + timeout)
-                if trio.current_time() >= activity.last + timeout:
+                await trio.sleep(timeout / 4)
+                now = trio.current_time()
+                if moved() != seen:
+                    seen, since = moved(), now
+                elif now - since >= timeout:
                     failures.append(
                         RelayError(
-                            "client", IdleTimeoutError(f"no frame either way for {timeout:g} s")
+                            "client", IdleTimeoutError(f"no bytes either way for {timeout:g} s")
                         )
                     )
                     nursery.cancel_scope.cancel()
@@ -396,7 +440,11 @@ async def _relay_connection(policy: _RelayPolicy, client: MessageStream) -> None
     tcp, local_port = dialed
     answer = policy.answer_factory() if policy.answer_factory is not None else policy.answer
     try:
-        stream = MessageStream(tcp, policy.server_framing, send_timeout=policy.send_timeout)
+        # The upstream connection's buffers count in the server's memory budget too.
+        account = client.account.budget.open_account() if client.account is not None else None
+        stream = MessageStream(
+            tcp, policy.server_framing, send_timeout=policy.send_timeout, account=account
+        )
         async with stream as server:
             if _is_itself(client, server):
                 logger.error("%s: the upstream %s is this relay itself: closing", peer, where)
@@ -447,7 +495,7 @@ def relay_server(
 
     Limits, each None for none: ``idle_timeout`` (default an hour: a
     database session may sit idle long, but not for ever) closes a pair on
-    which no frame moved either way for that long; ``send_timeout``
+    which no bytes moved either way for that long (looked at every quarter of it); ``send_timeout``
     (default 60 s) bounds a send to either side that stays blocked (the peer
     does not read), and how long the other side gets to finish once one
     side has ended (a client gone while its upstream never answers frees

@@ -54,12 +54,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import trio
 
-from trioecho.errors import FrameTooLongError
-from trioecho.framing.base import Buffer, Framer, drops_too_long
+from trioecho.errors import ConnectionClosedError, FrameTooLongError, SinkError, TrioEchoError
+from trioecho.framing.base import Buffer, ForwardingFramer, Framer, can_forward, drops_too_long
 from trioecho.framing.config import FramingConfig, framing_config, new_framer
 from trioecho.io.budget import Account
 from trioecho.io.opening import open_transport
@@ -500,6 +500,67 @@ class MessageStream(trio.abc.AsyncResource):
             await self._wait_for_memory()
         return not self.transport.stopping
 
+    # -- forwarding ----------------------------------------------------------
+
+    async def forward_to(self, sink: MessageStream) -> None:
+        """Pass this stream's input on to ``sink`` as it arrives, checked by
+        this stream's framer, until the input ends.
+
+        The bytes sent are exactly the bytes received.  The framer, in its
+        forwarding mode (:meth:`~trioecho.framing.base._StreamFramer.forward`),
+        validates every frame header before the frame goes on, and passes a
+        frame's body on as it arrives: a frame of any size up to
+        ``max_frame`` costs one read's memory, not the frame's.  Each
+        completed frame counts in this stream's ``messages_received`` and in
+        ``sink``'s ``messages_sent``.  On a plain TCP socket on the readiness
+        hub the hub does this itself on each read, sending what ``sink``
+        takes at once; this task wakes only to wait: for ``sink`` to take
+        the rest (``sink``'s ``send_timeout``), or for the memory budget.
+
+        Returns at the end of the input (:class:`IncompleteFrameError` if it
+        ends inside a frame) or after :meth:`stop_receiving`; ``sink`` is
+        left open.  Raises a bad header's :class:`FramingError` once the
+        bytes before it are sent, :class:`~trioecho.errors.SinkError` (with
+        the sink's error) if sending to ``sink`` failed, and the other
+        errors of :meth:`receive_message` for this stream's own failures.
+        Needs a framer that can forward now
+        (:func:`~trioecho.framing.base.can_forward`: a length-field or
+        fixed-size framer, a phased one past its first phase) and no message
+        read but not yet returned: RuntimeError otherwise.
+        """
+        if self.transport.closed:
+            raise trio.ClosedResourceError("the message stream was closed")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving from this stream")
+        if self.has_pending or not can_forward(self.framer):
+            raise RuntimeError(
+                "forward_to() needs a length-field or fixed-size framer at a frame boundary, "
+                "with every message read returned"
+            )
+        run = _Forwarding(self, sink)
+        self._receiving = True
+        try:
+            while await self._ready_to_read():
+                if self._serves_inline():
+                    # The hub runs run.step on each read until it hands the
+                    # connection back; the step sends nothing back here.
+                    await self.transport.serve_inline(run.step, self.receive_size)
+                else:
+                    data = await self.transport.receive_some(
+                        self.receive_size, self._idle_deadline()
+                    )
+                    if data is None:
+                        return  # stop_receiving()
+                    run.step(data)
+                await run.settle()
+                if run.ended:
+                    self.framer.feed_eof()  # IncompleteFrameError inside a frame
+                    if self.close_reason is None:
+                        self.close_reason = "peer_closed"
+                    return
+        finally:
+            self._receiving = False
+
     # -- sending -----------------------------------------------------------
 
     async def send_message(self, payload: Buffer) -> None:
@@ -677,6 +738,72 @@ class _SessionRun:
             finally:
                 del error, ending  # no cycle through this frame (see _take_handback)
         return ending
+
+
+class _Forwarding:
+    """One :meth:`MessageStream.forward_to`: the step that checks one read
+    and sends it on to the sink at once, and what the task must settle.
+
+    ``step`` is what the hub calls inline (the task path calls it the same
+    way): it returns ``b""`` (nothing to send back to the source) to go on,
+    or None when the connection needs its task: the input ended
+    (``ended``), the sink did not take everything (``owed``), sending
+    failed, or a header was bad.
+    """
+
+    __slots__ = ("_framer", "_sink", "_source", "ended", "error", "owed", "owed_frames")
+
+    def __init__(self, source: MessageStream, sink: MessageStream) -> None:
+        self._source = source
+        self._sink = sink
+        self._framer = cast(ForwardingFramer, source.framer)  # forward_to() checked it
+        self.ended = False
+        self.error: Exception | None = None  # a bad header's, or the sink's send
+        self.owed: Buffer = b""
+        self.owed_frames = 0
+
+    def step(self, data: bytes) -> bytes | None:
+        """Check and send on one read (``b""``: the end of the input)."""
+        if not data:
+            self.ended = True
+            return None
+        chunk, frames, error = self._framer.forward(data)
+        self._source.messages_received += frames
+        if chunk:
+            sink = self._sink
+            try:
+                rest = sink.transport.send_nowait(chunk)
+            except ConnectionClosedError as exc:
+                self.error = SinkError(exc)
+                return None
+            if rest is not None:
+                self.owed, self.owed_frames = rest, frames
+                self.error = error
+                return None
+            sink.messages_sent += frames
+        if error is not None:
+            self.error = error
+            return None
+        return b""
+
+    async def settle(self) -> None:
+        """In the task: send what the sink did not take (waiting for it),
+        then raise the error the step found, if any."""
+        if self.owed:
+            owed, self.owed = self.owed, b""
+            try:
+                await self._sink.send_framed(owed, self.owed_frames)
+            except (TrioEchoError, trio.BrokenResourceError) as exc:
+                raise SinkError(exc) from exc
+        error = self.error
+        if error is not None:
+            self.error = None
+            try:
+                if isinstance(error, SinkError):
+                    raise error from error.error
+                raise error
+            finally:
+                del error  # no cycle through this frame (see _take_handback)
 
 
 def _check_payload(payload: object) -> None:
