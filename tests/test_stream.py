@@ -381,20 +381,23 @@ async def receive_all(stream: trio.abc.Stream) -> bytes:
     return bytes(data)
 
 
-@pytest.mark.parametrize("size", [0, 1, FORWARD_READ - 1, FORWARD_READ, FORWARD_READ + 1, 20_000])
-async def test_forward_to_passes_the_bytes_on_exactly(make_pair: object, size: int) -> None:
-    sender, source, sink, receiver = forwarding_pairs(make_pair)
-    framer = LengthPrefixedFramer()
-    wire = framer.encode_many([b"a", b"x" * size, b"", b"last"])
+async def forward_through(pairs: tuple[Any, ...], wire: bytes) -> tuple[bytes, Exception | None]:
+    """Send ``wire`` in 700-byte pieces, then close; forward it; return what
+    the receiver got and what forward_to() raised (None: it returned)."""
+    sender, source, sink, receiver = pairs
     got: list[bytes] = []
+    raised: list[Exception] = []
 
     async def send() -> None:
         for i in range(0, len(wire), 700):  # the stream cut anywhere
             await sender.send_all(wire[i : i + 700])
         await sender.aclose()
 
-    async def relay() -> None:
-        await source.forward_to(sink)
+    async def forward() -> None:
+        try:
+            await source.forward_to(sink)
+        except Exception as exc:
+            raised.append(exc)
         await sink.aclose()
 
     async def receive() -> None:
@@ -402,9 +405,17 @@ async def test_forward_to_passes_the_bytes_on_exactly(make_pair: object, size: i
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(send)
-        nursery.start_soon(relay)
+        nursery.start_soon(forward)
         nursery.start_soon(receive)
-    assert got == [wire]
+    return got[0], raised[0] if raised else None
+
+
+@pytest.mark.parametrize("size", [0, 1, FORWARD_READ - 1, FORWARD_READ, FORWARD_READ + 1, 20_000])
+async def test_forward_to_passes_the_bytes_on_exactly(make_pair: object, size: int) -> None:
+    pairs = forwarding_pairs(make_pair)
+    wire = LengthPrefixedFramer().encode_many([b"a", b"x" * size, b"", b"last"])
+    assert await forward_through(pairs, wire) == (wire, None)
+    source, sink = pairs[1:3]
     assert (source.messages_received, sink.messages_sent) == (4, 4)
     assert source.close_reason == "peer_closed"
 
@@ -412,39 +423,21 @@ async def test_forward_to_passes_the_bytes_on_exactly(make_pair: object, size: i
 async def test_forward_to_sends_the_bytes_before_a_bad_header_then_raises(
     make_pair: object,
 ) -> None:
-    sender, source, sink, receiver = forwarding_pairs(make_pair, max_frame=100)
+    pairs = forwarding_pairs(make_pair, max_frame=100)
     good = LengthPrefixedFramer().encode(b"y" * 100)
-    got: list[bytes] = []
-
-    async def relay() -> None:
-        with pytest.raises(FrameTooLongError, match="announces 101 bytes, over max_frame=100"):
-            await source.forward_to(sink)
-        await sink.aclose()
-
-    async def receive() -> None:
-        got.append(await receive_all(receiver))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(relay)
-        nursery.start_soon(receive)
-        await sender.send_all(good + (101).to_bytes(4, "big") + b"z" * 10)
-    assert got == [good]
-    assert (source.messages_received, sink.messages_sent) == (1, 1)
+    got, error = await forward_through(pairs, good + (101).to_bytes(4, "big") + b"z" * 10)
+    assert got == good
+    assert isinstance(error, FrameTooLongError)
+    assert str(error) == "frame header announces 101 bytes, over max_frame=100"
+    assert (pairs[1].messages_received, pairs[2].messages_sent) == (1, 1)
 
 
 async def test_forward_to_an_end_inside_a_frame_is_incomplete(make_pair: object) -> None:
-    sender, source, sink, receiver = forwarding_pairs(make_pair)
-
-    async def send() -> None:
-        await sender.send_all((1000).to_bytes(4, "big") + b"w" * 10)
-        await sender.aclose()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(send)
-        nursery.start_soon(receive_all, receiver)
-        with pytest.raises(IncompleteFrameError, match="990 bytes of it never came"):
-            await source.forward_to(sink)
-        await sink.aclose()
+    pairs = forwarding_pairs(make_pair)
+    got, error = await forward_through(pairs, (1000).to_bytes(4, "big") + b"w" * 10)
+    assert got == (1000).to_bytes(4, "big") + b"w" * 10  # passed on as it came
+    assert isinstance(error, IncompleteFrameError)
+    assert str(error) == "connection closed inside a frame: 990 bytes of it never came"
 
 
 async def test_a_sink_that_does_not_read_is_a_sink_error_after_its_send_timeout() -> None:
