@@ -44,6 +44,7 @@ TIERS = {
     "test_echo.py": ("loopback",),
     "test_load.py": ("loopback",),
     "test_relay.py": ("loopback",),
+    "test_relay_streaming.py": ("process",),
     "test_server.py": ("loopback",),
     "test_bench.py": ("process", "cunit"),
     "test_cli.py": ("process",),

@@ -59,11 +59,18 @@ class ServerProcess:
             pass  # close() closed the pipe while children still held its other end
 
     def rss_kib(self) -> int:
+        return self._status_kib("VmRSS:")
+
+    def peak_rss_kib(self) -> int:
+        """The most RSS the process has had (VmHWM)."""
+        return self._status_kib("VmHWM:")
+
+    def _status_kib(self, field: str) -> int:
         with open(f"/proc/{self.pid}/status") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field):
                     return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
+        raise RuntimeError(f"no {field}")
 
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))

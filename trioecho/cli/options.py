@@ -650,6 +650,15 @@ def _add_relay(commands: Any) -> None:
         "(a peer that does not read), or when one side has ended and the other has not "
         "finished within it; 0: never (default: %(default)s)",
     )
+    limits.add_argument(
+        "--memory-budget",
+        type=_positive_int,
+        default=DEFAULT_MEMORY_BUDGET >> 20,
+        metavar="MIB",
+        help="MiB that both sides' unsent bytes and unfinished frames may hold over all "
+        "connections (a frame streams through: it holds a read, not the frame); past it, "
+        "reading waits (default: %(default)s)",
+    )
     _add_metrics(relay)
     _add_verbosity(relay)
 

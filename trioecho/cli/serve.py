@@ -120,6 +120,7 @@ def relay_from_args(args: argparse.Namespace, framing: FramingConfig) -> Message
         backlog=args.backlog,
         unix_path=args.uds,
         unix_mode=args.uds_mode,
+        memory_budget=MemoryBudget(args.memory_budget << 20),
     )
 
 

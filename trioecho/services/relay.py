@@ -84,6 +84,9 @@ FrameHook = Callable[[Direction, bytes], None]
 Answer = Callable[[bytes], bytes | None]
 Refusal = Callable[[Direction, FramingError], bytes | None]
 DEFAULT_CONNECT_TIMEOUT = 10.0
+# Bytes a pump reads at a time from either side: what it holds while the
+# other side is slow to take them (a frame longer than this streams through).
+RELAY_READ_SIZE = 16 * 1024
 DEFAULT_RELAY_IDLE_TIMEOUT = 3600.0
 DEFAULT_RELAY_SEND_TIMEOUT = 60.0
 
@@ -439,11 +442,16 @@ async def _relay_connection(policy: _RelayPolicy, client: MessageStream) -> None
         return
     tcp, local_port = dialed
     answer = policy.answer_factory() if policy.answer_factory is not None else policy.answer
+    client.receive_size = RELAY_READ_SIZE
     try:
         # The upstream connection's buffers count in the server's memory budget too.
         account = client.account.budget.open_account() if client.account is not None else None
         stream = MessageStream(
-            tcp, policy.server_framing, send_timeout=policy.send_timeout, account=account
+            tcp,
+            policy.server_framing,
+            receive_size=RELAY_READ_SIZE,
+            send_timeout=policy.send_timeout,
+            account=account,
         )
         async with stream as server:
             if _is_itself(client, server):
