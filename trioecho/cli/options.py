@@ -529,13 +529,10 @@ def _add_serve(commands: Any) -> None:
         help="close a peer that leaves its replies unread this long; "
         "0: never (default: %(default)s)",
     )
-    limits.add_argument(
-        "--memory-budget",
-        type=_positive_int,
-        default=DEFAULT_MEMORY_BUDGET >> 20,
-        metavar="MIB",
-        help="MiB that unfinished messages and unsent replies may hold over all "
-        "connections; past it, the largest stop being read (default: %(default)s)",
+    _add_memory_budget(
+        limits,
+        "MiB that unfinished messages and unsent replies may hold over all connections; "
+        "past it, the largest stop being read",
     )
     service = serve.add_argument_group("service")
     service.add_argument(
@@ -606,6 +603,16 @@ def _add_client(commands: Any) -> None:
     _add_tls_client_options(client)
 
 
+def _add_memory_budget(limits: argparse._ArgumentGroup, help_text: str) -> None:
+    limits.add_argument(
+        "--memory-budget",
+        type=_positive_int,
+        default=DEFAULT_MEMORY_BUDGET >> 20,
+        metavar="MIB",
+        help=help_text + " (default: %(default)s)",
+    )
+
+
 def _add_relay(commands: Any) -> None:
     relay = commands.add_parser(
         "relay",
@@ -650,14 +657,11 @@ def _add_relay(commands: Any) -> None:
         "(a peer that does not read), or when one side has ended and the other has not "
         "finished within it; 0: never (default: %(default)s)",
     )
-    limits.add_argument(
-        "--memory-budget",
-        type=_positive_int,
-        default=DEFAULT_MEMORY_BUDGET >> 20,
-        metavar="MIB",
-        help="MiB that both sides' unsent bytes and unfinished frames may hold over all "
+    _add_memory_budget(
+        limits,
+        "MiB that both sides' unsent bytes and unfinished frames may hold over all "
         "connections (a frame streams through: it holds a read, not the frame); past it, "
-        "reading waits (default: %(default)s)",
+        "reading waits",
     )
     _add_metrics(relay)
     _add_verbosity(relay)
