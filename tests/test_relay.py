@@ -254,3 +254,34 @@ async def test_a_peer_failure_in_the_relay_is_one_log_line(
         )
     ]
     assert not [r for r in caplog.records if r.exc_info]
+
+
+async def test_a_refusal_while_the_client_is_still_being_sent_to_is_one_relay_error() -> None:
+    """The client does not read: the down pump's send to it waits, and the
+    client's own frame is over the limit.  The refusal never cuts into the
+    down way's send (no BusyResourceError); the relay ends with the client's
+    framing error."""
+    from trioecho.errors import FrameTooLongError, RelayError
+    from trioecho.services.relay import relay
+    from trioecho.stream.message_stream import MessageStream
+
+    client_peer, client_end = trio.testing.lockstep_stream_pair()  # sends wait for reads
+    server_end, server_peer = trio.testing.memory_stream_pair()
+    framing = presets.postgresql("server", max_frame=100)
+    client = MessageStream(client_end, framing, send_timeout=0.5)  # a refusal gives up
+    server = MessageStream(server_end, framing)
+    row = b"D" + (4 + 50).to_bytes(4, "big") + b"r" * 50
+    await server_peer.send_all(row)  # the down pump blocks sending it on
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client_peer.send_all, b"Q" + (4 + 101).to_bytes(4, "big") + b"q" * 101)
+        with pytest.raises(RelayError) as caught, trio.fail_after(5):
+            await relay(
+                client,
+                server,
+                client_framing=framing,
+                server_framing=framing,
+                refusal=presets.postgres_refusal,
+            )
+        nursery.cancel_scope.cancel()
+    assert caught.value.side == "client"
+    assert isinstance(caught.value.error, FrameTooLongError)

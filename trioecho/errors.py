@@ -168,10 +168,11 @@ class RelayError(TrioEchoError):
     (a framing error, a reset, a timeout), which is also the ``__cause__``.
     """
 
-    def __init__(self, side: str, error: Exception) -> None:
+    def __init__(self, side: str, error: Exception, *, refusal: bytes | None = None) -> None:
         super().__init__(f"the {side} side: {type(error).__name__}: {error}")
         self.side = side
         self.error = error
+        self.refusal = refusal  # what the relay still owes the client, saying why
 
 
 class SinkError(TrioEchoError):

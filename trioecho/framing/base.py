@@ -217,7 +217,12 @@ class _StreamFramer:
     def can_forward(self) -> bool:
         """Whether :meth:`forward` may be called now: a length-family framer
         whose fed bytes were all returned as frames (a frame boundary)."""
-        return self._forwards and not self._buffer and self._broken is None
+        return self._forwards and not self._buffer and not self._due and self._broken is None
+
+    @property
+    def in_frame(self) -> bool:
+        """Whether the bytes fed or forwarded so far end inside a frame."""
+        return bool(self._buffer or self._due)
 
     def forward(self, data: Buffer) -> tuple[Buffer, int, FramingError | None]:
         """Forwarding mode, for a relay passing bytes on as they arrive

@@ -78,6 +78,11 @@ class PhasedFramer:
         the first phase, which are always read as frames."""
         return self._first is None and can_forward(self._then)
 
+    @property
+    def in_frame(self) -> bool:
+        framer = self._first if self._first is not None else self._then
+        return bool(getattr(framer, "in_frame", framer.buffered > 0))
+
     def forward(self, data: Buffer) -> tuple[Buffer, int, FramingError | None]:
         if self._first is not None:
             raise RuntimeError("forward() before the first phase is over")

@@ -46,11 +46,11 @@ class StreamTransport(Transport):
             self._receiving = False
 
     async def send_all(self, data: Buffer) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("the message stream was closed")
+        self._check_can_send()
         timeout = math.inf if self.send_timeout is None else self.send_timeout
         held = self.on_held_send
         with trio.move_on_after(timeout) as scope:
+            self._sending = True
             try:
                 if held is not None:  # the stream cannot say whether it will wait
                     held(len(data))
@@ -61,6 +61,7 @@ class StreamTransport(Transport):
                     f"connection broken while sending: {broken_reason(exc)}"
                 ) from exc
             finally:
+                self._sending = False
                 if held is not None:
                     held(0)
             return

@@ -114,6 +114,11 @@ class Transport:
         return self._closed
 
     @property
+    def sending(self) -> bool:
+        """Whether a send is waiting for the peer to read now."""
+        return self._sending
+
+    @property
     def stopping(self) -> bool:
         """Whether :meth:`stop_receiving` was called."""
         return self._stopping

@@ -135,8 +135,8 @@ async def _pump(
             except SinkError as exc:
                 raise RelayError(sink_side, exc.error) from exc.error
             except FramingError as exc:
-                await _refuse(source, sink, direction, exc, refusal)
-                raise RelayError(source_side, exc) from exc
+                told = await _refuse(source, sink, direction, exc, refusal)
+                raise RelayError(source_side, exc, refusal=told) from exc
             except _PEER_FAILURES as exc:
                 raise RelayError(source_side, exc) from exc
             break
@@ -166,8 +166,8 @@ async def _pump(
             if drops_too_long(source.framer):
                 logger.warning("relay: dropped an over-long line (%s): %s", direction, error)
                 continue
-            await _refuse(source, sink, direction, error, refusal)
-            raise RelayError(source_side, error) from error
+            told = await _refuse(source, sink, direction, error, refusal)
+            raise RelayError(source_side, error, refusal=told) from error
     try:
         await sink.send_eof()
     except TypeError:  # a transport without half-close (TLS): close it all
@@ -182,16 +182,31 @@ async def _refuse(
     direction: Direction,
     error: FramingError,
     refusal: Refusal | None,
-) -> None:
-    """Tell the client why a frame is refused, when ``refusal`` says what."""
-    if refusal is not None:
-        await _tell_the_client(source if direction == "up" else sink, refusal(direction, error))
+) -> bytes | None:
+    """Tell the client why a frame is refused, when ``refusal`` says what.
+
+    The down pump is the client's only sender, and at a frame boundary now
+    (forwarding stops before the bad header): it sends the refusal itself.
+    For a client's bad frame (``"up"``) the refusal is returned, to be sent
+    once both pumps have stopped, and only if the down way is between
+    frames and not sending at this moment (else it would cut into a frame:
+    the close alone tells the client); None otherwise."""
+    if refusal is None:
+        return None
+    if direction == "down":
+        await _tell_the_client(sink, refusal(direction, error))
+        return None
+    if source.sending or not sink.at_frame_boundary:
+        return None
+    return refusal(direction, error)
 
 
 async def _tell_the_client(client: MessageStream, refusal: bytes | None) -> None:
-    """Send the client why its relay refuses a frame, if it can still hear it."""
+    """Send the client why its relay refuses a frame, if it can still hear
+    it: not if it is gone, nor while the other pump's send to it waits for
+    it to read (then the close alone tells it)."""
     if refusal:
-        with contextlib.suppress(*_PEER_FAILURES, trio.ClosedResourceError):
+        with contextlib.suppress(*_PEER_FAILURES, trio.ClosedResourceError, trio.BusyResourceError):
             await client.send_framed(refusal)
 
 
@@ -319,6 +334,9 @@ async def relay(
         nursery.start_soon(pump, client, server, up, "up", answer)
         nursery.start_soon(pump, server, client, down, "down", None)
 
+    if failures and failures[0].refusal is not None:
+        # The down way stopped between frames: the client hears why now.
+        await _tell_the_client(client, failures[0].refusal)
     if failures or closed:
         raise (failures or closed)[0]
 

@@ -316,6 +316,18 @@ class MessageStream(trio.abc.AsyncResource):
             or self._resume
         )
 
+    @property
+    def at_frame_boundary(self) -> bool:
+        """Whether the input read so far ends at a frame boundary: nothing
+        pending (:attr:`has_pending`), no frame half passed on by
+        :meth:`forward_to`."""
+        return not self.has_pending and not getattr(self._framer, "in_frame", False)
+
+    @property
+    def sending(self) -> bool:
+        """Whether a send on this stream is waiting for the peer to read."""
+        return self.transport.sending
+
     def __aiter__(self) -> MessageStream:
         return self
 
