@@ -11,6 +11,7 @@ import itertools
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import given, settings
@@ -42,6 +43,21 @@ length_configs = st.fixed_dictionaries(
         "max_frame": st.integers(0, 300),
     }
 )
+
+
+def any_length_input(test: Callable[..., None]) -> Callable[..., None]:
+    """Run ``test(config, data, cuts)`` on a length configuration and any
+    bytes cut anywhere: the cases of the length framers' differential
+    properties."""
+    return settings(max_examples=1500, deadline=None)(
+        given(
+            config=length_configs,
+            data=st.binary(max_size=80),
+            cuts=st.lists(st.integers(0, 80), max_size=8),
+        )(test)
+    )
+
+
 # Line input drawn mostly from the bytes that matter: delimiters, \r, 'a', 'b'.
 line_bytes = st.lists(
     st.sampled_from([b"\n", b"\r", b"a", b"b", b"\0", b"1", b"x"]) | st.binary(max_size=3),
@@ -81,12 +97,7 @@ def test_line_framers_agree_byte_by_byte(config: dict[str, Any], data: bytes) ->
     assert errors(whole) == errors(by_byte)
 
 
-@settings(max_examples=1500, deadline=None)
-@given(
-    config=length_configs,
-    data=st.binary(max_size=80),
-    cuts=st.lists(st.integers(0, 80), max_size=8),
-)
+@any_length_input
 def test_length_framers_agree_on_any_bytes(
     config: dict[str, Any], data: bytes, cuts: list[int]
 ) -> None:
@@ -200,12 +211,7 @@ def forward_events(framer: LengthPrefixedFramer, chunks: list[bytes]) -> list[Ev
     return events
 
 
-@settings(max_examples=1500, deadline=None)
-@given(
-    config=length_configs,
-    data=st.binary(max_size=80),
-    cuts=st.lists(st.integers(0, 80), max_size=8),
-)
+@any_length_input
 def test_length_framers_forward_alike_and_pass_the_input_on(
     config: dict[str, Any], data: bytes, cuts: list[int]
 ) -> None:

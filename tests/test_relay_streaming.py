@@ -5,17 +5,17 @@ from /proc."""
 
 from __future__ import annotations
 
-import socket
 import struct
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 import trio
 from support.liveservers import LiveServer, postgresql_server
-from support.serverproc import ServerProcess
+from support.serverproc import Canary, ServerProcess
+
+from trioecho.services.echo import GREETING, REPLY_SUFFIX
+from trioecho.services.relay import RELAY_READ_SIZE
 
 MIB = 1 << 20
 
@@ -60,7 +60,6 @@ def test_rows_far_over_a_read_stream_through_with_the_presets_default(
 CLIENTS = 1000
 FRAME = 2 * MIB
 BUDGET_MIB = 64
-GREETING_AND_REPLY_SUFFIX = "你好欢迎你".encode(), "好".encode()
 
 
 async def read_frame(stream: trio.SocketStream, buffer: bytearray) -> bytes:
@@ -79,53 +78,14 @@ async def read_frame(stream: trio.SocketStream, buffer: bytearray) -> bytes:
 
 
 async def one_client(port: int, index: int, done: list[int]) -> None:
-    greeting, suffix = GREETING_AND_REPLY_SUFFIX
     payload = bytes([index % 251]) * FRAME
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
         buffer = bytearray()
-        assert await read_frame(stream, buffer) == greeting
+        assert await read_frame(stream, buffer) == GREETING
         await stream.send_all(struct.pack(">I", FRAME) + payload)
-        assert await read_frame(stream, buffer) == payload + suffix
+        assert await read_frame(stream, buffer) == payload + REPLY_SUFFIX
         done.append(index)
-
-
-class Canary:
-    """A client on its own thread asking every 50 ms; counts the answers."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.answers = 0
-        self.slowest = 0.0
-        self.stop = threading.Event()
-        self.greeting = self._frame()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _frame(self) -> bytes:
-        header = self._exactly(4)
-        return self._exactly(struct.unpack(">I", header)[0])
-
-    def _exactly(self, n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = self.sock.recv(n - len(data))
-            assert chunk, "the canary's connection closed"
-            data += chunk
-        return data
-
-    def _run(self) -> None:
-        while not self.stop.wait(0.05):
-            began = time.monotonic()
-            self.sock.sendall(struct.pack(">I", 4) + b"ping")
-            assert self._frame() == "ping好".encode()
-            self.slowest = max(self.slowest, time.monotonic() - began)
-            self.answers += 1
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=15)
-        self.sock.close()
 
 
 def test_a_thousand_clients_with_2_mib_frames_stay_within_the_memory_budget() -> None:
@@ -143,8 +103,7 @@ def test_a_thousand_clients_with_2_mib_frames_stay_within_the_memory_budget() ->
     )
     try:
         idle = relay.rss_kib() * 1024
-        canary = Canary(relay.port)
-        assert canary.greeting == GREETING_AND_REPLY_SUFFIX[0]
+        canary = Canary(relay.port, "len", stall=5.0)  # reads its greeting
         done: list[int] = []
 
         async def main() -> None:
@@ -154,15 +113,63 @@ def test_a_thousand_clients_with_2_mib_frames_stay_within_the_memory_budget() ->
                         nursery.start_soon(one_client, relay.port, index, done)
 
         trio.run(main)
-        canary.close()
+        canary.check()  # answered throughout, no reply over 5 s, and still now
         assert sorted(done) == list(range(CLIENTS))  # every frame came back, intact
-        assert canary.answers > 0 and canary.slowest < 5.0
         peak = relay.peak_rss_kib() * 1024
         print(
             f"relay RSS {idle / MIB:.1f} MiB idle, peak {peak / MIB:.1f} MiB; "
-            f"canary {canary.answers} answers, slowest {canary.slowest:.3f} s"
+            f"canary {canary.exchanges} exchanges, slowest {canary.slowest:.3f} s"
         )
         assert peak <= (BUDGET_MIB + 64) * MIB
+        assert not any("Traceback" in line for line in relay.log)
+    finally:
+        relay.close()
+        upstream.close()
+
+
+READ = RELAY_READ_SIZE
+
+
+def test_frames_around_the_relays_read_size_and_its_limit_pass_exactly() -> None:
+    """Frames of 0, 1 and the relay's read size -5 ... +1 bytes, sent back to
+    back so that headers straddle the relay's reads, each come back exactly
+    (the echo's reply, 3 bytes longer: the last two are --max-frame -1 and
+    --max-frame on the way back).  One past --max-frame closes that client,
+    one line in the log."""
+    limit = READ + 1 + len(REPLY_SUFFIX)
+    sizes = [0, 1, READ - 5, READ - 4, READ - 3, READ - 1, READ, READ + 1]
+    upstream = ServerProcess("--framing", "len", "--max-frame", str(4 * READ))
+    relay = ServerProcess(
+        "--upstream",
+        f"127.0.0.1:{upstream.port}",
+        "--framing",
+        "len",
+        "--max-frame",
+        str(limit),
+        command="relay",
+    )
+
+    async def talk(send: bytes, replies: list[bytes]) -> None:
+        """Send ``send``, expect ``replies``, then the end (after our own)."""
+        with trio.fail_after(30):
+            stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
+            async with stream:
+                buffer = bytearray()
+                assert await read_frame(stream, buffer) == GREETING
+                await stream.send_all(send)
+                for reply in replies:
+                    assert await read_frame(stream, buffer) == reply
+                if replies:
+                    await stream.send_eof()
+                with pytest.raises(EOFError):
+                    await read_frame(stream, buffer)
+
+    try:
+        payloads = [bytes([size % 256]) * size for size in sizes]
+        wire = b"".join(struct.pack(">I", len(p)) + p for p in payloads)
+        trio.run(talk, wire, [p + REPLY_SUFFIX for p in payloads])
+        trio.run(talk, struct.pack(">I", limit + 1) + b"x" * 10, [])
+        relay.wait_for_log("closing: FrameTooLongError", f"over max_frame={limit}")
         assert not any("Traceback" in line for line in relay.log)
     finally:
         relay.close()

@@ -217,7 +217,7 @@ class _StreamFramer:
     def can_forward(self) -> bool:
         """Whether :meth:`forward` may be called now: a length-family framer
         whose fed bytes were all returned as frames (a frame boundary)."""
-        return self._forwards and not self._buffer and not self._due and self._broken is None
+        return self._forwards and not self.in_frame and self._broken is None
 
     @property
     def in_frame(self) -> bool:

@@ -317,9 +317,9 @@ async def relay(
             seen, since = moved(), trio.current_time()
             while True:
                 await trio.sleep(timeout / 4)
-                now = trio.current_time()
-                if moved() != seen:
-                    seen, since = moved(), now
+                now, bytes_moved = trio.current_time(), moved()
+                if bytes_moved != seen:
+                    seen, since = bytes_moved, now
                 elif now - since >= timeout:
                     failures.append(
                         RelayError(
