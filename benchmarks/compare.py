@@ -13,15 +13,22 @@ met or not.
     python benchmarks/compare.py --quick        # shorter runs
     python benchmarks/compare.py --rounds 3     # each run 3 times, interleaved: medians
     python benchmarks/compare.py --peers trioecho,uvloop-protocol --workloads pipelined-len
+    python benchmarks/compare.py --json results.json --figures figures/   # data and plots
 
-uvloop comes from the optional extra: pip install -e '.[bench]'.
+``--json`` writes every measurement with the run's date and machine;
+``--figures`` draws them (benchmarks/plots.py, which also redraws a saved
+file).  The docs' figures and tables come from docs/_static/benchmarks/.
+uvloop and matplotlib come from the optional extra: pip install -e '.[bench]'.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
+import json
 import os
+import platform
 import resource
 import shutil
 import subprocess
@@ -29,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 
+from trioecho import __version__
 from trioecho.cli.bench import BenchResult, measure, process_cpu_seconds
 from trioecho.framing.base import FramingName
 
@@ -47,6 +55,7 @@ class Workload:
 
 
 WORKLOADS = [
+    Workload("pingpong-10", "ping-pong, 10 conns, 64 B, len", 10, 1, 64, "len"),
     Workload("pingpong-100", "ping-pong, 100 conns, 64 B, len", 100, 1, 64, "len"),
     Workload("pingpong-1000", "ping-pong, 1000 conns, 64 B, len", 1000, 1, 64, "len"),
     Workload("pingpong-line", "ping-pong, 100 conns, 64 B, line", 100, 1, 64, "line"),
@@ -297,6 +306,81 @@ GOALS = [
 IDLE_GOAL_BYTES = 3 * 1024
 
 
+def machine() -> dict[str, str | int]:
+    """The machine and code a run measured: for the results file and the figures."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown commit"
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count() or 1,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "trioecho": __version__,
+        "commit": commit,
+    }
+
+
+def as_data(result: Result) -> dict[str, object] | None:
+    """One measurement as JSON data: the figures, or why there are none."""
+    if result is None:
+        return None
+    if isinstance(result, str):
+        return {"failed": result}
+    return {
+        "msgs_per_s": result.msgs_per_s,
+        "cpu_per_message_us": result.cpu_per_message_us,
+        "latency_ms": result.latency_ms,
+        "messages": result.messages,
+        "errors": result.errors,
+        "last_error": result.last_error,
+    }
+
+
+def results_data(
+    args: argparse.Namespace,
+    placement: str,
+    peers: list[str],
+    workloads: list[Workload],
+    table: dict[str, dict[str, Result]],
+    idle: dict[str, float | str],
+) -> dict[str, object]:
+    """Everything a run measured, as the results file holds it."""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "settings": {
+            "duration": args.duration,
+            "warmup": args.warmup,
+            "rounds": args.rounds,
+            "placement": placement,
+            "idle_connections": args.idle_connections,
+        },
+        "peers": {peer: PEERS[peer] for peer in peers},
+        "workloads": [dataclasses.asdict(w) for w in workloads],
+        "results": {
+            w.key: {peer: as_data(table[w.key].get(peer)) for peer in peers} for w in workloads
+        },
+        "idle_rss_bytes": {
+            peer: ({"failed": value} if isinstance(value, str) else value)
+            for peer, value in idle.items()
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=4.0)
@@ -318,7 +402,21 @@ def main(argv: list[str] | None = None) -> int:
         default=5000,
         help="connections for the idle-RSS row; 0 skips it",
     )
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write every measurement to FILE"
+    )
+    parser.add_argument(
+        "--figures",
+        type=Path,
+        metavar="FOLDER",
+        help="also draw the figures (needs matplotlib) into FOLDER",
+    )
     args = parser.parse_args(argv)
+    if args.figures is not None:
+        try:
+            import matplotlib  # noqa: F401  (checked before the run, not after it)
+        except ImportError:
+            parser.error("--figures needs matplotlib: pip install -e '.[bench]'")
     if args.quick:
         args.duration, args.warmup = 1.5, 0.5
     peers = [p for p in args.peers.split(",") if p]
@@ -355,6 +453,16 @@ def main(argv: list[str] | None = None) -> int:
     placement = (
         f"server on CPU {SERVER_CPU}, load generator on CPU {LOAD_CPU}" if pinned else "unpinned"
     )
+    data = results_data(args, placement, peers, workloads, table, idle)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+        print(f"# results written to {args.json}", file=sys.stderr)
+    if args.figures is not None:
+        from plots import draw_all
+
+        for path in draw_all(data, args.figures):
+            print(f"# figure written to {path}", file=sys.stderr)
     print(f"\n{args.duration:g} s per run after {args.warmup:g} s of warm-up; {placement}.")
     rows = [(w.title, [throughput(table[w.key].get(p)) for p in peers]) for w in workloads]
     print_table("Messages per second", peers, rows)
