@@ -6,6 +6,8 @@ The C extensions are optional, as in markupsafe and msgpack: without a C
 compiler (or with ``TRIOECHO_NO_EXTENSIONS=1``) the build prints one warning
 and installs the pure-Python twins, which trioecho then uses (and says so
 when it starts).  ``trioecho bench`` needs its C load generator.
+
+The extensions use Python's stable ABI, so the wheel is tagged ``abi3``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ class OptionalBuildExt(build_ext):
 
 setup(
     cmdclass={"build_ext": OptionalBuildExt},
+    # cffi builds its extensions for the stable ABI (py_limited_api); this
+    # tags the wheel so: one wheel per platform for every CPython >= 3.10.
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
     cffi_modules=[
         "build_ffi.py:ffibuilder",
         "build_ffi.py:echo_builder",

@@ -51,6 +51,7 @@ TIERS = {
     "test_connect.py": ("process",),
     "test_defects.py": ("process",),
     "test_examples.py": ("process",),
+    "test_docs_snippets.py": ("process",),
     "test_hostile.py": ("process",),
     "test_inline.py": ("process",),
     "test_memory.py": ("process",),

@@ -10,6 +10,14 @@
           await client.send_message(b"ping")
           assert await client.receive_message() == b"pong"
 
+* :func:`connect_in_memory`: a handler (a :class:`BaseRequestHandler`
+  subclass or an ``async def`` function) served on one in-memory
+  connection, the client's end yielded::
+
+      async with connect_in_memory(Echo, "line") as client:
+          await client.send_message(b"hi")
+          assert await client.receive_message() == b"hi"
+
 * :func:`check_framer`: checks that a framer (your own, or a configured
   one) keeps the framer contract that :class:`MessageStream` relies on,
   raising ``AssertionError`` with what broke.
@@ -18,16 +26,19 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, cast
 
 import trio.testing
 
 from trioecho.errors import FramingError, IncompleteFrameError
 from trioecho.framing.base import Framer
 from trioecho.framing.config import FramingConfig, framing_config
+from trioecho.server.handler import BaseRequestHandler, Handler, check_handler
 from trioecho.stream.message_stream import MessageStream
 
-__all__ = ["check_framer", "memory_message_stream_pair"]
+__all__ = ["check_framer", "connect_in_memory", "memory_message_stream_pair"]
 
 # Payloads every framing that keeps message boundaries can carry with its
 # defaults (no line delimiter, none over a 1-byte length header).
@@ -43,6 +54,55 @@ def memory_message_stream_pair(
     config = framing_config(framing)
     left, right = trio.testing.memory_stream_pair()
     return MessageStream(left, config.new_framer()), MessageStream(right, config.new_framer())
+
+
+def connect_in_memory(
+    handler: Handler,
+    framing: FramingConfig | str = "line",
+    *,
+    client_address: Any = ("memory", 0),
+) -> AbstractAsyncContextManager[MessageStream]:
+    """Serve ``handler`` on one in-memory connection; ``async with`` it to
+    get the client's end.
+
+    The handler and the framing are checked here, as
+    :class:`~trioecho.MessageServer` checks them (one ``TypeError`` or
+    ``ValueError`` for a handler no server could call, or an unknown
+    framing).  The handler runs as a server runs it: a
+    :class:`BaseRequestHandler` gets ``setup()``, ``handle()`` (or
+    ``respond()`` per message) and ``finish()``, with ``client_address`` as
+    given and ``server`` None; a function gets the stream.  Both ends use
+    ``framing``.  When the block ends, the client's end closes and the
+    handler is waited for (it sees the end of input); an exception the
+    handler raised propagates from the ``async with``, in an
+    ``ExceptionGroup`` as from any Trio nursery.
+    """
+    return _serve_in_memory(check_handler(handler), framing_config(framing), client_address)
+
+
+@asynccontextmanager
+async def _serve_in_memory(
+    serve: Handler, framing: FramingConfig, client_address: Any
+) -> AsyncIterator[MessageStream]:
+    client, server_end = memory_message_stream_pair(framing)
+
+    async def run() -> None:
+        async with server_end:
+            if isinstance(serve, type) and issubclass(serve, BaseRequestHandler):
+                instance = serve(server_end, client_address, None)  # type: ignore[arg-type]
+                await instance.setup()
+                try:
+                    await instance.handle()
+                finally:
+                    await instance.finish()
+            else:
+                function = cast(Callable[[MessageStream], Awaitable[None]], serve)
+                await function(server_end)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        async with client:
+            yield client
 
 
 def check_framer(

@@ -21,7 +21,10 @@ import logging.config
 import sys
 from typing import Any
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 __all__ = ["JSONFormatter", "configure_logging", "load_log_config"]
 

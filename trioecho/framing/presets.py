@@ -5,17 +5,17 @@ Each function returns a :class:`~trioecho.framing.config.FramingConfig`: pass it
 are whole protocol messages (``include_header=True``), so a relay can pass
 them on unchanged: ``encode`` rewrites each one's length field from its size.
 
-=====================  =====================================================
-preset                 wire format
-=====================  =====================================================
-``postgresql()``       type byte, 4-byte big-endian length counting itself
-                       and the body; the client's first message (startup
-                       packet, or a request for encryption and then the
-                       startup packet) has no type byte
-``mqtt()``             fixed-header byte, "remaining length" varint of at
-                       most 4 bytes, the rest of the packet
-``protobuf_delimited`` varint length (at most 5 bytes), then the message
-=====================  =====================================================
+========================  =====================================================
+preset                    wire format
+========================  =====================================================
+``postgresql()``          type byte, 4-byte big-endian length counting itself
+                          and the body; the client's first message (startup
+                          packet, or a request for encryption and then the
+                          startup packet) has no type byte
+``mqtt()``                fixed-header byte, "remaining length" varint of at
+                          most 4 bytes, the rest of the packet
+``protobuf_delimited()``  varint length (at most 5 bytes), then the message
+========================  =====================================================
 """
 
 from __future__ import annotations
