@@ -318,8 +318,8 @@ def flood(port: int, stop: threading.Event, sent: list[int], errors: list[OSErro
 
 
 def test_a_pipelining_peer_does_not_delay_the_canary_or_accept() -> None:
-    """The bound stated in the README: under a flood of pipelined messages
-    from two peers, every canary exchange and every new connection's
+    """The bound stated in docs/explanation/performance.md (Fairness): under a
+    flood of pipelined messages from two peers, every canary exchange and every new connection's
     greeting takes under a second (they typically take milliseconds)."""
     with server_process("--framing", "len", "--idle-timeout", "0") as server:
         stop = threading.Event()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import trustme
 from support.serverproc import ServerProcess, recv_exactly
+from support.snippets import ROOT, snippets
 
 from trioecho.server.server import ACCESS_FIELDS
 from trioecho.services.echo import GREETING, REPLY_SUFFIX
@@ -229,11 +230,11 @@ def test_workers_log_json_with_their_index() -> None:
         server.close()
 
 
-def test_the_readmes_log_config_works(tmp_path: Path) -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = readme.split("    version = 1\n", 1)[1].split("\n\n", 1)[0]
+def test_the_documented_log_config_works(tmp_path: Path) -> None:
+    page = ROOT / "docs" / "reference" / "metrics-logs.md"
+    (block,) = [s.code for s in snippets(page) if s.language == "toml"]
     config = tmp_path / "logging.toml"
-    config.write_text("version = 1\n" + "\n".join(line[4:] for line in block.splitlines()))
+    config.write_text(block)
     server = ServerProcess("--log-config", str(config), "--access-log")
     try:
         with socket.create_connection(("127.0.0.1", server.port)) as sock:
