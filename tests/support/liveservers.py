@@ -23,7 +23,8 @@ import trio
 INSTALL_HINT = "run `sh tools/install-system-deps.sh` (Debian: postgresql, mosquitto)"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -102,7 +103,7 @@ def postgresql_server() -> Iterator[LiveServer]:
             cwd=directory,
             **user,
         )
-        port = _free_port()
+        port = free_port()
         log_path = os.path.join(directory, "postgres.log")
         process = _start(
             [
@@ -138,7 +139,7 @@ def mosquitto_server() -> Iterator[LiveServer]:
     if not os.path.exists(binary):
         raise RuntimeError(f"mosquitto not found: {INSTALL_HINT}")
     with tempfile.TemporaryDirectory(prefix="trioecho-mqtt-") as directory:
-        port = _free_port()
+        port = free_port()
         config = os.path.join(directory, "mosquitto.conf")
         with open(config, "w") as file:
             file.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
@@ -213,7 +214,7 @@ def pgbouncer_server(upstream_port: int, *, pool_size: int = 64) -> Iterator[Liv
         user = {"user": "postgres", "group": "postgres", "extra_groups": []}
         shutil.chown(directory, "postgres", "postgres")
     try:
-        port = _free_port()
+        port = free_port()
         config = os.path.join(directory, "pgbouncer.ini")
         users = os.path.join(directory, "userlist.txt")
         with open(users, "w") as file:

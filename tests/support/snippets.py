@@ -50,6 +50,8 @@ from typing import Any
 
 import trio
 
+from support.liveservers import free_port
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:
@@ -107,12 +109,6 @@ def snippets(path: Path) -> list[Snippet]:
             )
         index = end + 1
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def with_checks(snippet: Snippet, code: str) -> str:
@@ -278,12 +274,11 @@ def trioecho_commands(code: str) -> Iterator[list[str]]:
 
 
 def check_commands(snippet: Snippet, code: str) -> None:
-    from trioecho.cli.main import COMMANDS
+    from trioecho.cli.main import with_default_command
     from trioecho.cli.options import build_parser
 
-    for arguments in trioecho_commands(code):
-        if not arguments or arguments[0] not in (*COMMANDS, "--version", "-h", "--help"):
-            arguments = ["serve", *arguments]
+    for words in trioecho_commands(code):
+        arguments = with_default_command(words)
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             try:
                 build_parser().parse_args(arguments)

@@ -40,7 +40,7 @@ from trioecho.services.echo import (
 from trioecho.workers.supervisor import supervise
 from trioecho.workers.systemd import Notifier
 
-__all__ = ["main"]
+__all__ = ["main", "with_default_command"]
 
 COMMANDS = ("serve", "client", "relay", "demo", "bench")
 logger = logging.getLogger("trioecho")
@@ -48,11 +48,7 @@ logger = logging.getLogger("trioecho")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    if not arguments or (
-        arguments[0] not in COMMANDS and arguments[0] not in ("-h", "--help", "--version")
-    ):
-        arguments.insert(0, "serve")
+    arguments = with_default_command(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if arguments[:1] in (["-h"], ["--help"]):
         # Without a command trioecho serves: show serve's options too.
@@ -170,6 +166,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers > 1:
         return run_workers(args, ServeSpec(args, framing, proxy), sockets, notifier)
     return trio.run(serve_echo, args, framing, proxy, server_tls, sockets, notifier)
+
+
+def with_default_command(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``serve`` in front when it names no command (``trioecho
+    --port 9999`` serves); ``-h``, ``--help`` and ``--version`` stay alone."""
+    arguments = list(argv)
+    if not arguments or (
+        arguments[0] not in COMMANDS and arguments[0] not in ("-h", "--help", "--version")
+    ):
+        arguments.insert(0, "serve")
+    return arguments
 
 
 def check_metrics_address(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
