@@ -217,6 +217,12 @@ def test_demo_shows_sticky_packets() -> None:
         (["--grace", "-1"], "--grace: must be 0..86400 seconds, not -1"),
         (["--grace", "nan"], "--grace: must be 0..86400 seconds, not nan"),
         (["--send-timeout", "nan"], "--send-timeout: must be 0..86400 seconds, not nan"),
+        (
+            ["--min-send-rate", "nan"],
+            "--min-send-rate: must be a finite number, at least 0, not nan",
+        ),
+        (["--min-send-rate", "-1"], "--min-send-rate: must be a finite number, at least 0, not -1"),
+        (["--min-send-rate", "1k"], "--min-send-rate: must be bytes a second, not '1k'"),
         (["--idle-timeout", "nan"], "--idle-timeout: must be 0..86400 seconds, not nan"),
         (["--idle-timeout", "inf"], "--idle-timeout: must be 0..86400 seconds, not inf"),
         (["--proxy-timeout", "nan"], "--proxy-timeout: must be 0..86400 seconds, not nan"),

@@ -1,7 +1,7 @@
 """Defects found by trying trioecho as a hostile peer and as an operator
 would, each against a real server process (issue: nothing lost, nothing
-stuck): forged log lines, telnet line endings, empty error reasons, running
-out of file descriptors."""
+stuck): forged log lines, telnet line endings (and a ``\\r`` before any
+delimiter), empty error reasons, running out of file descriptors."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import re
 import resource
 import socket
 import ssl
+import subprocess
+import sys
 import time
 
 from support import proxyheaders
@@ -50,6 +52,35 @@ def test_telnet_line_endings_are_stripped_by_default() -> None:
             expected = b"hello\r" + REPLY_SUFFIX + b"\n"
             assert recv_exactly(sock, len(expected)) == expected
         assert server.stop() == 0
+
+
+def test_strip_cr_strips_before_any_delimiter_as_its_help_says() -> None:
+    for option, message in [("--strip-cr", b"ab"), ("--keep-cr", b"ab\r")]:
+        with server_process("--delimiter", "\\0", option) as server:
+            with connect(server.port) as sock:
+                assert recv_exactly(sock, len(GREETING) + 1) == GREETING + b"\0"
+                sock.sendall(bytes([0x61, 0x62, 0x0D, 0x00]))
+                expected = message + REPLY_SUFFIX + b"\0"
+                assert recv_exactly(sock, len(expected)) == expected
+            assert server.stop() == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "trioecho", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},  # each option's help on one line
+    )
+    helps = {
+        line.split()[0]: line.split(None, 1)[1]
+        for line in result.stdout.splitlines()
+        if line.startswith(("  --strip-cr", "  --keep-cr"))
+    }
+    assert helps == {
+        "--strip-cr": "line: strip one \\r just before the delimiter that ends a line, whichever "
+        "delimiter it is (telnet and Windows end lines with \\r\\n; the default)",
+        "--keep-cr": "line: keep a \\r before the delimiter as part of the message",
+    }
 
 
 def test_tls_errors_have_a_reason(tls_files: dict[str, str]) -> None:

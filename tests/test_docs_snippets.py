@@ -3,10 +3,12 @@ says how each kind is checked), and the README keeps its promises."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
-from support.snippets import ROOT, FileRun, markdown_files, snippets, trioecho_commands
+from support.snippets import ROOT, FileRun, Snippet, markdown_files, snippets, trioecho_commands
 
 README = ROOT / "README.md"
 SERVE = "python -m pip install -e . && python -m trioecho"
@@ -49,3 +51,18 @@ def test_commands_are_found_in_shell_lines() -> None:
         ["client", "--framing", "len"],
         ["relay", "--upstream", "127.0.0.1:5432"],
     ]
+
+
+def test_session_commands_run_this_python_not_the_one_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "python"  # what PATH offers first: not this interpreter
+    fake.write_text("#!/bin/sh\necho 'the python on PATH ran' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    show = "python -c 'import sys; print(sys.executable)'"
+    code = "".join(
+        f"$ {command}\n{sys.executable}\n"
+        for command in (show, f"echo x | {show}", f"true && {show}", f"X=1 {show}")
+    )
+    FileRun(README).run_session(Snippet(README, 1, "console", "session", code), code)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
@@ -162,13 +164,15 @@ def _unsendable(encoder: LineFramer, message: bytes) -> bool:
     return False
 
 
-def _run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _run_python(code: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         env={**os.environ, **env},
         check=True,
+        cwd=cwd,
+        timeout=60,
     )
 
 
@@ -198,6 +202,44 @@ def test_missing_extension_falls_back_with_one_warning() -> None:
     warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
     assert len(warnings) == 1
     assert "C framer not available" in warnings[0]
+
+
+def test_a_source_tree_without_its_c_modules_is_named_in_the_warning(tmp_path: Path) -> None:
+    """Run from a clone's root (here, a copy of the tree with nothing built),
+    Python imports the clone, not the installed trioecho: the warning says
+    so, not "reinstall" (which the user may have just done)."""
+    root = Path(__file__).resolve().parent.parent
+    clone = tmp_path / "clone"
+    shutil.copytree(
+        root / "trioecho", clone / "trioecho", ignore=shutil.ignore_patterns("*.so", "__pycache__")
+    )
+    shutil.copy(root / "build_ffi.py", clone)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    show = "import trioecho; print(trioecho.__file__, trioecho.FRAMER_IMPLEMENTATION)"
+    installed = _run_python(show, cwd=elsewhere, TRIOECHO_PUREPYTHON="")
+    package = Path(installed.stdout.split()[0]).parent  # the installed trioecho
+    assert installed.stdout.split()[1] == "c"  # the advice works
+    assert installed.stderr == ""
+    from_clone = _run_python(show, cwd=clone, TRIOECHO_PUREPYTHON="")
+    assert from_clone.stdout == f"{clone / 'trioecho' / '__init__.py'} python\n"
+    warning = (
+        f"trioecho: C framer not available: trioecho was imported from the source tree at "
+        f"{clone}, which has no built C module; using the pure-Python framer. Run "
+        "`python build_ffi.py` there"
+    )
+    assert from_clone.stderr == (
+        f"{warning}, or run from another directory to use the trioecho installed at {package}.\n"
+    )
+    # No other copy on sys.path (the editable install's entry taken out):
+    alone = _run_python(
+        "import os, sys, trio\n"
+        "sys.path[:] = [p for p in sys.path if not p or not os.path.isdir(p + '/trioecho')]\n"
+        + show,
+        cwd=clone,
+        TRIOECHO_PUREPYTHON="",
+    )
+    assert alone.stderr == f"{warning} (or `pip install -e .`).\n"
 
 
 def forward_events(framer: LengthPrefixedFramer, chunks: list[bytes]) -> list[Event]:

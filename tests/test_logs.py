@@ -5,12 +5,14 @@ TOML dictConfig) and its mistakes."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import ssl
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -18,8 +20,12 @@ import trustme
 from support.serverproc import ServerProcess, recv_exactly
 from support.snippets import ROOT, snippets
 
+from trioecho.logtext import format_exception_for_log
 from trioecho.server.server import ACCESS_FIELDS
 from trioecho.services.echo import GREETING, REPLY_SUFFIX
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 
 def session(sock: socket.socket | ssl.SSLSocket, message: bytes) -> tuple[int, int]:
@@ -244,3 +250,141 @@ def test_the_documented_log_config_works(tmp_path: Path) -> None:
         assert server.stop(signal.SIGTERM) == 0
     finally:
         server.close()
+
+
+QUOTING_SERVER = '''\
+"""A server whose handler fails quoting the peer's message, logging as `trioecho serve`."""
+import argparse, signal, sys
+
+import trio
+
+from trioecho import BaseRequestHandler, MessageServer
+from trioecho.cli.logging_setup import configure_logging
+
+
+class Quoting(BaseRequestHandler):
+    async def handle(self) -> None:
+        text = (await self.request.receive_message()).decode()
+        try:
+            raise LookupError(text)
+        except LookupError as exc:
+            raise ValueError("cannot answer " + text) from exc
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--log-format", default="text")
+    args = parser.parse_args()
+    configure_logging(argparse.Namespace(command="serve", log_format=args.log_format))
+    server = MessageServer(Quoting, host="127.0.0.1", port=args.port, framing="len")
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(server.serve)
+            print(f"listening on 127.0.0.1:{listeners[0].socket.getsockname()[1]}", flush=True)
+            async for _ in signals:
+                server.shutdown()
+                break
+
+
+trio.run(main)
+'''
+# What a peer might send to forge a log line: a line break, a carriage return, a colour.
+FORGING = "a\nb\rc\x1b[31md"
+ESCAPED = "a\\nb\\rc\\x1b[31md"
+
+
+def quoted_traceback(tmp_path: Path, log_format: str) -> tuple[Path, int, list[str]]:
+    """The quoting server's stderr once it has served one client that sent
+    ``FORGING`` (length-prefixed): the script, the client's port, the log."""
+    script = tmp_path / "quoting_server.py"
+    script.write_text(QUOTING_SERVER)
+    server = ServerProcess("--log-format", log_format, program=str(script))
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            port = sock.getsockname()[1]
+            sock.sendall(len(FORGING).to_bytes(4, "big") + FORGING.encode())
+            assert sock.recv(100) == b""  # the handler failed: the server closed
+        server.wait_for_log("ValueError")
+        assert server.stop(signal.SIGTERM) == 0
+        return script, port, server.log
+    finally:
+        server.close()
+
+
+def test_a_traceback_quoting_peer_bytes_cannot_forge_log_lines(tmp_path: Path) -> None:
+    script, port, log = quoted_traceback(tmp_path, "text")
+    record = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")  # a record's first line
+    start = next(n for n, line in enumerate(log) if "handler raised" in line)
+    assert record.match(log[start]) and log[start].split(" ", 2)[2] == (
+        f"ERROR trioecho.server: 127.0.0.1:{port}: handler raised; closing its connection"
+    )
+    end = next(n for n in range(start + 1, len(log)) if record.match(log[n]))
+    lines = log[start + 1 : end]  # the traceback, up to the next record
+    source = QUOTING_SERVER.splitlines()
+    where = {  # the script's lines that raise
+        name: f'  File "{script}", line {source.index(code) + 1}, in handle'
+        for name, code in [
+            ("lookup", "            raise LookupError(text)"),
+            ("value", '            raise ValueError("cannot answer " + text) from exc'),
+        ]
+    }
+    assert lines[:7] == [
+        "Traceback (most recent call last):",
+        where["lookup"],
+        "    raise LookupError(text)",
+        f"LookupError: {ESCAPED}",
+        "",
+        "The above exception was the direct cause of the following exception:",
+        "",
+    ]
+    assert lines[7] == "Traceback (most recent call last):"
+    assert lines[-3:] == [
+        where["value"],
+        '    raise ValueError("cannot answer " + text) from exc',
+        f"ValueError: cannot answer {ESCAPED}",
+    ]
+    frames = lines[8:-3]  # trioecho's, calling the handler: a file line, then its code
+    assert frames and all(
+        re.fullmatch(r'  File "[^"]+", line \d+, in \S+', line) or line.startswith("    ")
+        for line in frames
+    ), frames
+    # No line of the log holds a control character (the reader split it at real "\n"s).
+    assert all(line.isprintable() for line in log), [line for line in log if not line.isprintable()]
+
+
+def test_a_json_traceback_keeps_the_peer_bytes_inside_one_record(tmp_path: Path) -> None:
+    _, port, log = quoted_traceback(tmp_path, "json")
+    (line,) = [line for line in log if "handler raised" in line]
+    record = json.loads(line)
+    assert record["message"] == f"127.0.0.1:{port}: handler raised; closing its connection"
+    assert record["exception"].startswith("Traceback (most recent call last):\n")
+    # JSON escapes the text: the field holds the exception's own message.
+    assert record["exception"].endswith(f"\nValueError: cannot answer {FORGING}")
+    assert all(entry.startswith("{") for entry in log)
+
+
+def raise_quoting(text: str) -> None:
+    """Raises a group holding a chained error and a note, each quoting ``text``."""
+    try:
+        try:
+            raise LookupError(text)
+        except LookupError as exc:
+            error = ValueError("cannot answer " + text)
+            error.__notes__ = ["note: " + text]  # add_note() from Python 3.11
+            raise error from exc
+    except ValueError as exc:
+        raise BaseExceptionGroup("group " + text, [exc, RuntimeError(text)]) from None
+
+
+def test_escaped_tracebacks_are_the_tracebacks_of_the_escaped_text() -> None:
+    caught: list[BaseException] = []
+    for text in (FORGING, ESCAPED):  # the same frames, lines and shape
+        try:
+            raise_quoting(text)
+        except BaseException as exc:
+            caught.append(exc)
+    forged, escaped = caught
+    plain = "".join(traceback.format_exception(type(escaped), escaped, escaped.__traceback__))
+    assert format_exception_for_log(forged, forged.__traceback__) == plain.removesuffix("\n")
+    assert ESCAPED in plain and "note: " + ESCAPED in plain  # what was compared

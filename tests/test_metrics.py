@@ -16,12 +16,14 @@ import urllib.error
 import urllib.request
 
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from support.serverproc import ServerProcess, recv_exactly
 
+from trioecho.reasons import CLOSE_REASONS
 from trioecho.services.echo import GREETING, REPLY_SUFFIX
 from trioecho.workers.link import HEARTBEAT_INTERVAL
-from trioecho.workers.metrics import MAX_SCRAPERS, REQUEST_TIMEOUT
+from trioecho.workers.metrics import MAX_SCRAPERS, REQUEST_TIMEOUT, metrics_registry
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
@@ -252,6 +254,24 @@ def test_closes_are_counted_by_reason() -> None:
         assert server.stop(signal.SIGTERM) == 0
     finally:
         server.close()
+
+
+def test_every_close_reason_is_a_label_and_a_handlers_own_is_other() -> None:
+    """Every CloseReason is a ``reason`` label, ``other`` (a handler's own
+    reasons) included, 0 until counted; promtool accepts the text."""
+    body = generate_latest(metrics_registry(lambda: {"closed": {"other": 2, "idle": 1}}))
+    check = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=body, capture_output=True, timeout=30
+    )
+    assert (check.returncode, check.stdout + check.stderr) == (0, b"")
+    closed = {
+        sample.labels["reason"]: sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+        if sample.name == "trioecho_connections_closed_total"
+    }
+    assert list(closed) == list(CLOSE_REASONS)
+    assert {reason: count for reason, count in closed.items() if count} == {"idle": 1, "other": 2}
 
 
 def test_healthz_and_readyz_and_a_draining_server() -> None:

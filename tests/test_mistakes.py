@@ -36,7 +36,7 @@ from trioecho import (
     open_message_stream,
 )
 from trioecho.cli.main import main
-from trioecho.services.echo import EchoHandler
+from trioecho.services.echo import EchoHandler, GenericEchoHandler, RespondEchoHandler
 from trioecho.services.greeting import expect_greeting
 from trioecho.services.relay import relay_server
 
@@ -62,6 +62,19 @@ class AsyncRespond(BaseRequestHandler):
 
 class Nothing(BaseRequestHandler):
     pass
+
+
+class Both(BaseRequestHandler):
+    async def handle(self) -> None:
+        pass
+
+    def respond(self, message: bytes) -> bytes:
+        return message
+
+
+class Greeting(EchoHandler):  # a handle() handler, with a respond() added
+    def respond(self, message: bytes) -> bytes:
+        return message
 
 
 class SyncSetup(BaseRequestHandler):
@@ -183,6 +196,35 @@ CONSTRUCTION: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         "Nothing defines neither handle() nor respond(): it would close every connection at once",
     ),
     (
+        "MessageServer(Both)  # handle() and respond()",
+        lambda: MessageServer(Both),
+        TypeError,
+        "Both defines both handle() and respond(): the server calls handle(), so respond() "
+        "would never be called; keep one: def respond(self, message) alone (send what comes "
+        "first from async def setup()), or async def handle() alone",
+    ),
+    (
+        "MessageServer(Greeting)  # respond() added to a handle() handler",
+        lambda: MessageServer(Greeting),
+        TypeError,
+        "Greeting defines both handle() and respond(): the server calls handle(), so "
+        "respond() would never be called; keep one: def respond(self, message) alone (send "
+        "what comes first from async def setup()), or async def handle() alone",
+    ),
+    (
+        "stream.close_reason = 5",
+        lambda: setattr(MessageStream(_stream()), "close_reason", 5),
+        TypeError,
+        "close_reason must be a str (a trioecho.CloseReason, or a reason of the handler's "
+        "own) or None, not int",
+    ),
+    (
+        "stream.close_reason = ''",
+        lambda: setattr(MessageStream(_stream()), "close_reason", ""),
+        ValueError,
+        "close_reason must be a non-empty str (or None), not ''",
+    ),
+    (
         "MessageServer(SyncSetup)",
         lambda: MessageServer(SyncSetup),
         TypeError,
@@ -233,6 +275,45 @@ CONSTRUCTION: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         lambda: MessageServer(handler, send_timeout=wrong("5")),
         TypeError,
         "send_timeout must be a number of seconds or None, not '5'",
+    ),
+    (
+        "MessageServer(handler, keepalive=60)",
+        lambda: MessageServer(handler, keepalive=wrong(60)),
+        TypeError,
+        'keepalive must be a KeepAlive, a str "IDLE[:INTERVAL[:COUNT]]" or None (off), not 60',
+    ),
+    (
+        "MessageServer(handler, keepalive='60s')",
+        lambda: MessageServer(handler, keepalive="60s"),
+        ValueError,
+        'keepalive must be IDLE[:INTERVAL[:COUNT]] (whole seconds; COUNT probes) or "off", '
+        "not '60s'",
+    ),
+    (
+        "relay_server(..., keepalive='60:0')",
+        lambda: relay_server(
+            "db:5432", client_framing="len", server_framing="len", keepalive="60:0"
+        ),
+        ValueError,
+        "keepalive interval must be 1 to 32767 seconds, not 0",
+    ),
+    (
+        "MessageServer(handler, min_send_rate='1k')",
+        lambda: MessageServer(handler, min_send_rate=wrong("1k")),
+        TypeError,
+        "min_send_rate must be a number of bytes a second or None, not '1k'",
+    ),
+    (
+        "MessageServer(handler, min_send_rate=0)",
+        lambda: MessageServer(handler, min_send_rate=0),
+        ValueError,
+        "min_send_rate must be a positive, finite number of bytes a second or None, not 0",
+    ),
+    (
+        "MessageServer(handler, min_send_rate=inf)",
+        lambda: MessageServer(handler, min_send_rate=float("inf")),
+        ValueError,
+        "min_send_rate must be a positive, finite number of bytes a second or None, not inf",
     ),
     (
         "MessageServer(handler, grace=-1)",
@@ -299,6 +380,14 @@ CONSTRUCTION: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         "upstream must be a (host, port) tuple or a \"host:port\" string, not ('127.0.0.1',)",
     ),
     (
+        "relay_server('db:5432', ..., min_send_rate=-1)",
+        lambda: relay_server(
+            "db:5432", client_framing="len", server_framing="len", min_send_rate=-1
+        ),
+        ValueError,
+        "min_send_rate must be a positive, finite number of bytes a second or None, not -1",
+    ),
+    (
         "relay_server('db:99999', ...)",
         lambda: relay_server("db:99999", client_framing="len", server_framing="len"),
         ValueError,
@@ -350,8 +439,22 @@ class AsyncCallable:
 
 @pytest.mark.parametrize(
     "good",
-    [handler, partial(handler), EchoHandler, AsyncCallable()],
-    ids=["async def", "partial", "BaseRequestHandler", "async __call__"],
+    [
+        handler,
+        partial(handler),
+        EchoHandler,
+        RespondEchoHandler,
+        GenericEchoHandler,
+        AsyncCallable(),
+    ],
+    ids=[
+        "async def",
+        "partial",
+        "BaseRequestHandler",
+        "respond() echo",
+        "handle() echo",
+        "async __call__",
+    ],
 )
 def test_every_working_handler_is_accepted(good: Any) -> None:
     assert MessageServer(good).handler is good

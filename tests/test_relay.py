@@ -215,7 +215,8 @@ async def test_a_peer_failure_in_the_relay_is_one_log_line(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A frame over max_frame from either side closes both, logged as one
-    WARNING naming the side, with no traceback."""
+    WARNING naming the client, the side (the upstream with its address) and
+    the reason, with no traceback."""
     too_long = b"\x00\x00\x10\x00" + b"x" * 16  # announces 4096 bytes, over max_frame=100
     framing = FramingConfig("len", max_frame=100)
 
@@ -243,13 +244,17 @@ async def test_a_peer_failure_in_the_relay_is_one_log_line(
         peer = format_address(client.socket.getsockname())
         while server.active_connections:
             await trio.sleep(0.1)
-    prefix = "" if side == "client" else "the upstream side: "
+    upstream = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    named = "the client side" if side == "client" else f"the upstream side ({upstream})"
     assert [
-        (r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING
+        (r.name, r.levelname, r.getMessage())
+        for r in caplog.records
+        if r.levelno >= logging.WARNING
     ] == [
         (
+            "trioecho.relay",
             "WARNING",
-            f"{peer}: closing: {prefix}FrameTooLongError: frame header announces 4096 bytes, "
+            f"{peer}: closing: {named}: FrameTooLongError: frame header announces 4096 bytes, "
             "over max_frame=100",
         )
     ]

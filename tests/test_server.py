@@ -312,3 +312,78 @@ def test_bad_server_options(options: dict[str, Any], match: str) -> None:
 def test_format_address() -> None:
     assert format_address(("127.0.0.1", 9999)) == "127.0.0.1:9999"
     assert format_address(("::1", 9999, 0, 0)) == "[::1]:9999"
+
+
+async def test_the_connection_limit_is_logged_and_accepting_paused_is_exact(
+    caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
+) -> None:
+    """At max_connections - 1 open, accepting is not paused; at max_connections
+    it is (the gauge says so, one WARNING); when one closes it resumes (one
+    INFO).  The next pauses within PAUSE_WARNING_SECONDS of the warning are
+    folded: none logged, and the one that outlasts the window is logged
+    then, with the count of those before it."""
+    caplog.set_level(logging.INFO, logger="trioecho.server")
+    server = echo_server(max_connections=3)
+
+    def lines() -> list[tuple[int, str]]:
+        found = [
+            (r.levelno, r.getMessage())
+            for r in caplog.records
+            if r.name == "trioecho.server" and "accepting" in r.getMessage()
+        ]
+        caplog.clear()
+        return found
+
+    async def open_one() -> MessageStream:
+        client = await connect(port)
+        assert await client.receive_message() == GREETING
+        return client
+
+    async def close_one(client: MessageStream) -> None:
+        await client.send_message(b"q")
+        with pytest.raises(trio.EndOfChannel):
+            await client.receive_message()
+        await client.aclose()
+        while server.active_connections > 2:
+            await trio.sleep(0.01)
+
+    paused = (
+        logging.WARNING,
+        "accepting paused: all max_connections=3 connections are open; "
+        "new clients wait in the listen backlog until one closes",
+    )
+    with trio.fail_after(60):
+        async with running(server) as port:
+            clients = [await open_one(), await open_one()]
+            assert server.stats()["accepting_paused"] == 0
+            assert lines() == []
+            clients.append(await open_one())
+            assert server.stats()["accepting_paused"] == 1
+            assert lines() == [paused]
+            await trio.sleep(2)
+            await close_one(clients.pop())
+            assert server.stats()["accepting_paused"] == 0
+            assert lines() == [
+                (logging.INFO, "accepting again after 2.0 s paused: 2 of max_connections=3 open")
+            ]
+            clients.append(await open_one())  # a pause within the window: folded
+            assert server.stats()["accepting_paused"] == 1
+            await close_one(clients.pop())
+            assert server.stats()["accepting_paused"] == 0
+            clients.append(await open_one())  # again, and it lasts past the window
+            assert lines() == []
+            await trio.sleep(10)
+            assert server.stats()["accepting_paused"] == 1
+            assert lines() == [(paused[0], paused[1] + " (1 shorter pause since the last warning)")]
+            await trio.sleep(1)
+            for client in clients:
+                await client.aclose()
+            while server.active_connections:
+                await trio.sleep(0.01)
+            assert server.stats()["accepting_paused"] == 0
+            [(level, resumed)] = lines()
+            assert level == logging.INFO
+            assert resumed.startswith("accepting again after ")
+            assert resumed.endswith(" s paused: 2 of max_connections=3 open")
+        assert server.stats()["accepting_paused"] == 0
+    assert lines() == []  # shutting down logs no resumption

@@ -18,10 +18,11 @@ import sys
 from pathlib import Path
 
 LAYERS = [
-    # the ground: errors, log text, the C extensions and their selection
+    # the ground: errors, log text, close reasons, the C extensions and their selection
     (
         "trioecho.errors",
         "trioecho.logtext",
+        "trioecho.reasons",
         "trioecho.arguments",
         "trioecho._version",
         "trioecho._backend",

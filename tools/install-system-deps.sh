@@ -7,7 +7,9 @@
 # systemd, for systemd-socket-activate (tests/test_systemd.py: socket activation
 # as systemd does it); prometheus, for promtool (tests/test_metrics.py checks
 # the metrics exposition with it); pgbouncer, for benchmarks/relay.py (the
-# relay against pgbouncer, in CI as a smoke run).
+# relay against pgbouncer, in CI as a smoke run); iproute2, for ip and tc
+# (tests/test_dead_peers.py: network namespaces joined by a veth pair, one
+# side silenced by a qdisc that drops every packet).
 # Installs what is missing with apt-get (through sudo when not root).
 set -eu
 missing=""
@@ -32,6 +34,12 @@ fi
 if ! command -v promtool > /dev/null 2>&1; then
     missing="$missing prometheus"
 fi
+for tool in ip tc; do
+    if ! command -v $tool > /dev/null 2>&1 && [ ! -x /usr/sbin/$tool ] && [ ! -x /sbin/$tool ]; then
+        missing="$missing iproute2"
+        break
+    fi
+done
 if [ -z "$missing" ]; then
     exit 0
 fi

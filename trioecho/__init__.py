@@ -45,7 +45,9 @@ from trioecho.framing.length import LengthPrefixedFramer, VarintFramer
 from trioecho.framing.lines import LineFramer
 from trioecho.framing.phased import PhasedFramer
 from trioecho.io.budget import MemoryBudget
+from trioecho.io.keepalive import KeepAlive
 from trioecho.io.transport import Transport
+from trioecho.reasons import CloseReason
 from trioecho.server.accept import ProxyProtocolConfig
 from trioecho.server.handler import BaseRequestHandler
 from trioecho.server.server import MessageServer
@@ -60,6 +62,7 @@ __all__ = [
     "FRAMER_IMPLEMENTATION",
     "FRAMINGS",
     "BaseRequestHandler",
+    "CloseReason",
     "ConnectionClosedError",
     "DelimiterInPayloadError",
     "EchoOutput",
@@ -72,6 +75,7 @@ __all__ = [
     "GreetingError",
     "IdleTimeoutError",
     "IncompleteFrameError",
+    "KeepAlive",
     "LengthPrefixedFramer",
     "LineFramer",
     "LoadGeneratorError",

@@ -18,6 +18,7 @@ __all__ = [
     "check_count",
     "check_listen_host",
     "check_port",
+    "check_rate",
     "check_timeout",
     "is_loopback_host",
     "may_be_the_same_listener",
@@ -73,6 +74,19 @@ def check_timeout(value: object, name: str, *, zero: bool = False) -> float | No
     if math.isnan(value) or value < 0 or (value == 0 and not zero):
         least = "at least 0" if zero else "positive"
         raise ValueError(f"{name} must be {least} or None, not {value}")
+    return float(value)
+
+
+def check_rate(value: object, name: str) -> float | None:
+    """A rate in bytes a second: a positive finite number, or ``None`` for none."""
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number of bytes a second or None, not {value!r}")
+    if not 0 < value < math.inf:  # also false for nan
+        raise ValueError(
+            f"{name} must be a positive, finite number of bytes a second or None, not {value}"
+        )
     return float(value)
 
 

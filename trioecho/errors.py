@@ -124,7 +124,11 @@ class IdleTimeoutError(TrioEchoError, TimeoutError):
 
 
 class SlowReaderError(ConnectionClosedError, TimeoutError):
-    """The peer did not read its replies: a send stayed blocked past the send timeout.
+    """The peer did not read its replies fast enough, by the send rule
+    (:mod:`trioecho.io.send_deadline`): a send waiting for it made no
+    progress for ``send_timeout`` seconds ("the send stalled"), or, past
+    them, it averaged under ``min_send_rate`` ("read its replies too
+    slowly").  The message says which, in one line.
 
     The stream is closed when this is raised: a send cut short leaves it
     unusable.

@@ -11,14 +11,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from trioecho.services.echo import GREETING, REPLY_SUFFIX
 
 
 class ServerProcess:
-    """``python -m trioecho COMMAND --port 0 OPTIONS`` with its stderr log collected."""
+    """``python -m trioecho COMMAND --port 0 OPTIONS`` with its stderr log collected.
+
+    ``program``: a Python script to run instead of ``-m trioecho COMMAND``
+    (a server of its own handler); it gets ``--port 0 OPTIONS`` and must
+    print ``listening on 127.0.0.1:PORT`` first, as the command line does.
+    ``wrapper``: a command that runs it (``ip netns exec NS``: in a network
+    namespace); it must exec the server, so that ``pid`` is the server's."""
 
     def __init__(
         self,
@@ -26,13 +32,16 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         limit_fds: int | None = None,
         command: str = "serve",
+        program: str | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
         def limit() -> None:
             if limit_fds is not None:  # soft and hard: the server cannot raise it
                 resource.setrlimit(resource.RLIMIT_NOFILE, (limit_fds, limit_fds))
 
+        run = ["-m", "trioecho", command] if program is None else [program]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "trioecho", command, "--port", "0", *options],
+            [*wrapper, sys.executable, *run, "--port", "0", *options],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env={**os.environ, **env} if env else None,
@@ -40,7 +49,7 @@ class ServerProcess:
         )
         assert self.process.stdout is not None
         line = self.process.stdout.readline().decode()
-        match = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", line)
+        match = re.fullmatch(r"listening on [0-9.]+:(\d+)\n", line)
         if not match:
             self.process.kill()
             raise RuntimeError(f"server did not start: {line!r} {self.process.stderr.read()!r}")  # type: ignore[union-attr]

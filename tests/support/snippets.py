@@ -26,7 +26,9 @@ the fence (``<!-- snippet: MODE -->``):
 
 The port ``9999`` in any snippet is replaced by a free port, the same one
 throughout a file, so examples can say 9999 and tests still run in parallel
-with a real service.  ``python`` in a session command is this interpreter.
+with a real service.  In a session command, each ``python`` that starts a
+command (after ``|``, ``&&`` or ``;`` too) is this interpreter, never one
+from ``PATH``.
 """
 
 from __future__ import annotations
@@ -204,7 +206,7 @@ class FileRun:
 
     def run_session_steps(self, snippet: Snippet, code: str) -> None:
         for command, expected in session_steps(code):
-            shell = re.sub(r"^python\b", shlex.quote(sys.executable), command)
+            shell = with_this_python(command)
             if shell.endswith("&"):
                 process = subprocess.Popen(
                     ["bash", "-c", "exec " + shell[:-1]],
@@ -242,6 +244,17 @@ class FileRun:
                 failures.append(f"{where}: printed a traceback:\n{err}")
         self.processes.clear()
         assert not failures, "\n".join(failures)
+
+
+# "python" where a shell command starts: at the start, after | & ; ( and VAR=value words.
+_PYTHON_COMMAND = re.compile(r"(^|[|&;(]\s*)((?:\w+=\S*\s+)*)python3?(?=\s|$)")
+
+
+def with_this_python(command: str) -> str:
+    """The shell ``command`` with each ``python`` (or ``python3``) that
+    starts a command, in a pipe or a list too, replaced by this interpreter."""
+    executable = shlex.quote(sys.executable)
+    return _PYTHON_COMMAND.sub(lambda match: match[1] + match[2] + executable, command)
 
 
 def session_steps(code: str) -> Iterator[tuple[str, list[str]]]:

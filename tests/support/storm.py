@@ -93,11 +93,13 @@ class Storm:
         )
 
 
-def tcp_states() -> dict[str, str]:
+def tcp_states(pid: int | None = None) -> dict[str, str]:
     """Socket inode -> TCP state (hex, as ``/proc/net/tcp`` shows it: ``01``
-    established, ``0A`` listening), for IPv4 and IPv6."""
+    established, ``0A`` listening), for IPv4 and IPv6: in this process's
+    network namespace, or in process ``pid``'s (``/proc/PID/net/tcp``)."""
     states: dict[str, str] = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    where = "/proc/net" if pid is None else f"/proc/{pid}/net"
+    for table in (f"{where}/tcp", f"{where}/tcp6"):
         with open(table) as rows:
             next(rows)
             for row in rows:
@@ -107,8 +109,9 @@ def tcp_states() -> dict[str, str]:
 
 
 def tcp_sockets(pid: int) -> dict[int, str]:
-    """Process ``pid``'s TCP sockets: descriptor -> state, from ``/proc``."""
-    states = tcp_states()
+    """Process ``pid``'s TCP sockets: descriptor -> state, from ``/proc``
+    (in whichever network namespace it runs)."""
+    states = tcp_states(pid)
     found: dict[int, str] = {}
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:

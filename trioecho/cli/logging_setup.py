@@ -2,6 +2,9 @@
 every worker of ``serve --workers N``) logs with.
 
 * ``--log-level``, ``-q``, ``-v`` (the ``trioecho.connections`` lines);
+* text: :class:`TextFormatter`, one line per record, a traceback's lines
+  after it, with the exceptions' text escaped (an exception may quote peer
+  bytes);
 * ``--log-format json``: :class:`JSONFormatter`, one object per record with
   the record's ``extra=`` fields;
 * ``--log-config FILE``: ``logging.config.dictConfig`` from JSON or TOML,
@@ -19,14 +22,17 @@ import json
 import logging
 import logging.config
 import sys
+from types import TracebackType
 from typing import Any
+
+from trioecho.logtext import format_exception_for_log
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
-__all__ = ["JSONFormatter", "configure_logging", "load_log_config"]
+__all__ = ["JSONFormatter", "TextFormatter", "configure_logging", "load_log_config"]
 
 # What every LogRecord has: the rest of a record's attributes came as extra=.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
@@ -45,9 +51,9 @@ class JSONFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
-                timespec="milliseconds"
-            ),
+            "time": datetime.datetime.fromtimestamp(
+                record.created, datetime.timezone.utc
+            ).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -61,6 +67,24 @@ class JSONFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """``logging.Formatter`` (same arguments) whose tracebacks cannot forge
+    lines: the exceptions' messages and notes are escaped by
+    :func:`~trioecho.logtext.format_exception_for_log`, so each line after a
+    record's own is a real line of its traceback, with no control character
+    quoted from a peer.  The record's message is written as it is: trioecho
+    escapes the peer text it logs."""
+
+    def formatException(
+        self,
+        ei: tuple[type[BaseException], BaseException, TracebackType | None]
+        | tuple[None, None, None],
+    ) -> str:
+        if ei[1] is None:
+            return super().formatException(ei)
+        return format_exception_for_log(ei[1], ei[2])
 
 
 def load_log_config(path: str) -> dict[str, Any]:
@@ -108,7 +132,5 @@ def configure_logging(args: argparse.Namespace) -> None:
         handler.setFormatter(JSONFormatter(worker))
     else:
         who = f"worker {worker} [%(process)d] " if worker is not None else ""
-        handler.setFormatter(
-            logging.Formatter(f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s")
-        )
+        handler.setFormatter(TextFormatter(f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])

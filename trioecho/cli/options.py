@@ -19,6 +19,7 @@ from trioecho.framing._pyframer import LENGTH_BYTES, MAX_ADJUSTMENT, MAX_OFFSET,
 from trioecho.framing.base import DEFAULT_MAX_FRAME, DEFAULT_MAX_LINE, FRAMINGS, MAX_DELIMITER
 from trioecho.framing.config import FramingConfig
 from trioecho.io.budget import DEFAULT_MEMORY_BUDGET
+from trioecho.io.keepalive import DEFAULT_KEEPALIVE, KeepAlive
 from trioecho.io.readiness import READINESS_MODES
 from trioecho.io.tls import client_context
 from trioecho.server.accept import (
@@ -33,24 +34,32 @@ from trioecho.server.server import (
     DEFAULT_HOST,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MIN_SEND_RATE,
     DEFAULT_PORT,
     DEFAULT_SEND_TIMEOUT,
 )
 from trioecho.services.echo import (
+    BaseEchoHandler,
     EchoHandler,
     GenericEchoHandler,
     RespondEchoHandler,
 )
-from trioecho.services.relay import DEFAULT_RELAY_IDLE_TIMEOUT, DEFAULT_RELAY_SEND_TIMEOUT
+from trioecho.services.relay import (
+    DEFAULT_RELAY_FIN_TIMEOUT,
+    DEFAULT_RELAY_IDLE_TIMEOUT,
+    DEFAULT_RELAY_SEND_TIMEOUT,
+)
 from trioecho.workers.supervisor import DEFAULT_WORKER_TIMEOUT, cpu_count
 
 __all__ = [
     "ECHO_HANDLERS",
     "PRESETS",
+    "RELAY_PRESET_TIMEOUTS",
     "build_parser",
     "client_tls",
     "framing_from_args",
     "resolve_framing_options",
+    "resolve_relay_timeouts",
 ]
 
 
@@ -60,8 +69,19 @@ PRESETS: dict[str, tuple[Callable[..., FramingConfig], Callable[..., FramingConf
     "mqtt": (presets.mqtt, presets.mqtt),
     "protobuf-delimited": (presets.protobuf_delimited, presets.protobuf_delimited),
 }
+# relay: the timeouts' defaults, and a --preset's own where its protocol's
+# proxies differ.  PostgreSQL's follow pgbouncer's (client_idle_timeout = 0,
+# no send timeout): no timeout cuts a live client (flow control bounds what
+# a paused reader holds; dead peers are TCP keepalive's).
+RELAY_TIMEOUTS: dict[str, float | None] = {
+    "idle_timeout": DEFAULT_RELAY_IDLE_TIMEOUT,
+    "send_timeout": DEFAULT_RELAY_SEND_TIMEOUT,
+}
+RELAY_PRESET_TIMEOUTS: dict[str, dict[str, float | None]] = {
+    "postgresql": {"idle_timeout": None, "send_timeout": None},
+}
 # serve --handler: the echo service's three handlers, the same bytes on the wire.
-ECHO_HANDLERS: dict[str, type[EchoHandler]] = {
+ECHO_HANDLERS: dict[str, type[BaseEchoHandler]] = {
     "session": EchoHandler,
     "respond": RespondEchoHandler,
     "handle": GenericEchoHandler,
@@ -127,6 +147,32 @@ def _seconds(text: str) -> float:
 def _seconds_or_off(text: str) -> float | None:
     value = _seconds(text)
     return None if value == 0 else value
+
+
+def _keepalive(text: str) -> KeepAlive | None:
+    """``--keepalive IDLE[:INTERVAL[:COUNT]]`` or ``off``."""
+    try:
+        return KeepAlive.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_keepalive(limits: argparse._ArgumentGroup, where: str) -> None:
+    """``--keepalive``, for the connections ``where`` names."""
+    limits.add_argument(
+        "--keepalive",
+        type=_keepalive,
+        default=DEFAULT_KEEPALIVE,
+        metavar="IDLE[:INTERVAL[:COUNT]]",
+        help=f"TCP keepalive {where}: after IDLE seconds with nothing from a peer, probe it "
+        "every INTERVAL seconds and close it after COUNT unanswered probes, so a peer that "
+        "vanished (no FIN, no reset: a dead host, a cut link) frees its slot within "
+        "IDLE+INTERVAL*COUNT seconds, even with --idle-timeout 0; a live peer answers and "
+        "is never cut.  TCP_USER_TIMEOUT is set to the longer of that bound and "
+        "--send-timeout (0 with --send-timeout 0), so bytes in flight to a dead peer end it "
+        "too; off: no keepalive (default: %(default)s: a dead peer is found within 2 "
+        "minutes, a live idle one costs one probe a minute)",
+    )
 
 
 # The load generator (bench) speaks the first release's framings.
@@ -309,14 +355,15 @@ def _add_framing_options(parser: argparse.ArgumentParser) -> None:
         dest="strip_cr",
         action="store_const",
         const=True,
-        help="line: strip a \\r before each \\n, as telnet sends it (the default)",
+        help="line: strip one \\r just before the delimiter that ends a line, whichever "
+        "delimiter it is (telnet and Windows end lines with \\r\\n; the default)",
     )
     cr.add_argument(
         "--keep-cr",
         dest="strip_cr",
         action="store_const",
         const=False,
-        help="line: keep a \\r before \\n as part of the message",
+        help="line: keep a \\r before the delimiter as part of the message",
     )
     group.add_argument(
         "--on-too-long",
@@ -352,6 +399,26 @@ def resolve_framing_options(
         elif preset is None and framing not in framings:
             parser.error(f"{flag} applies to --framing {' or '.join(framings)}, not {framing}")
     args.framing = framing
+
+
+def resolve_relay_timeouts(args: argparse.Namespace) -> None:
+    """Fill in ``relay``'s timeouts not given on the command line: its
+    ``--preset``'s (:data:`RELAY_PRESET_TIMEOUTS`), else the relay's own."""
+    own = RELAY_PRESET_TIMEOUTS.get(args.preset, {}) if args.preset is not None else {}
+    for name, default in RELAY_TIMEOUTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, own.get(name, default))
+
+
+def _rate_or_off(text: str) -> float | None:
+    """``--min-send-rate``: a finite number of bytes a second; 0: none."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be bytes a second, not {text!r}") from None
+    if not 0 <= value < float("inf"):  # also false for nan
+        raise argparse.ArgumentTypeError(f"must be a finite number, at least 0, not {text}")
+    return None if value == 0 else value
 
 
 def _positive_seconds(text: str) -> float:
@@ -526,9 +593,13 @@ def _add_serve(commands: Any) -> None:
         type=_seconds_or_off,
         default=DEFAULT_SEND_TIMEOUT,
         metavar="SECONDS",
-        help="close a peer that leaves its replies unread this long; "
-        "0: never (default: %(default)s)",
+        help="close a peer that takes none of its replies for this long while a send waits "
+        "(the deadline restarts whenever it takes more: a slow but steady reader is not "
+        "cut); also the lossless close's; 0: never, and no --min-send-rate either "
+        "(default: %(default)s)",
     )
+    _add_min_send_rate(limits)
+    _add_keepalive(limits, "on accepted connections")
     _add_memory_budget(
         limits,
         "MiB that unfinished messages and unsent replies may hold over all connections; "
@@ -603,6 +674,19 @@ def _add_client(commands: Any) -> None:
     _add_tls_client_options(client)
 
 
+def _add_min_send_rate(limits: argparse._ArgumentGroup) -> None:
+    limits.add_argument(
+        "--min-send-rate",
+        type=_rate_or_off,
+        default=DEFAULT_MIN_SEND_RATE,
+        metavar="BYTES",
+        help="the floor under --send-timeout: close a peer that, once a send has waited "
+        "--send-timeout seconds, has read under this many bytes a second on average since "
+        "it began to wait (a trickling reader cannot hold its slot for ever; each byte it "
+        "takes buys 1/BYTES seconds more); 0: no floor (default: %(default)g)",
+    )
+
+
 def _add_memory_budget(limits: argparse._ArgumentGroup, help_text: str) -> None:
     limits.add_argument(
         "--memory-budget",
@@ -633,8 +717,9 @@ def _add_relay(commands: Any) -> None:
         "--preset",
         choices=tuple(PRESETS),
         help="a real protocol's framing (PostgreSQL: a client's request for TLS is "
-        "refused by the relay, which must see the messages); otherwise the framing "
-        "options, the same both ways",
+        "refused by the relay, which must see the messages; a side's end closes both "
+        "connections at once, as pgbouncer does: the protocol has no half-close; no idle "
+        "or send timeout unless given); otherwise the framing options, the same both ways",
     )
     _add_address_options(relay, "listening", "the address to listen on", listening=True)
     _add_framing_options(relay)
@@ -642,21 +727,36 @@ def _add_relay(commands: Any) -> None:
     limits.add_argument(
         "--idle-timeout",
         type=_seconds_or_off,
-        default=DEFAULT_RELAY_IDLE_TIMEOUT,
+        default=argparse.SUPPRESS,  # the --preset's, else the relay's: resolve_relay_timeouts
         metavar="SECONDS",
         help="close a client and its upstream connection when no bytes have moved either "
-        "way for this long; 0: never (default: %(default)s, an hour: a database session "
-        "may sit idle, a client waiting for a long query is not idle)",
+        f"way for this long; 0: never (default: {DEFAULT_RELAY_IDLE_TIMEOUT:g}, an hour: a "
+        "database session may sit idle, a client waiting for a long query is not idle; "
+        "with --preset postgresql: 0, as pgbouncer's client_idle_timeout, and when given, "
+        "the client is told first: FATAL 57P05, as PostgreSQL's idle_session_timeout)",
     )
     limits.add_argument(
         "--send-timeout",
         type=_seconds_or_off,
-        default=DEFAULT_RELAY_SEND_TIMEOUT,
+        default=argparse.SUPPRESS,  # the --preset's, else the relay's: resolve_relay_timeouts
         metavar="SECONDS",
-        help="close both connections when a send to either side stays blocked this long "
-        "(a peer that does not read), or when one side has ended and the other has not "
-        "finished within it; 0: never (default: %(default)s)",
+        help="close both connections when a send to either side makes no progress for this "
+        f"long (a peer that stopped reading); 0: never (default: {DEFAULT_RELAY_SEND_TIMEOUT:g}; "
+        "with --preset postgresql: 0, as pgbouncer, which has none: flow control bounds "
+        "what a paused reader holds; when given, an upstream that does not read gets the "
+        "client FATAL 08006 first)",
     )
+    limits.add_argument(
+        "--fin-timeout",
+        type=_seconds_or_off,
+        default=DEFAULT_RELAY_FIN_TIMEOUT,
+        metavar="SECONDS",
+        help="once one side has ended (its end is passed on), close both connections when "
+        "no bytes have moved for this long (HAProxy's timeout client-fin/server-fin); "
+        f"0: never (default: {DEFAULT_RELAY_FIN_TIMEOUT:g})",
+    )
+    _add_min_send_rate(limits)
+    _add_keepalive(limits, "on both sides, the clients' connections and the upstream ones")
     _add_memory_budget(
         limits,
         "MiB that both sides' unsent bytes and unfinished frames may hold over all "

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from trioecho.cli.options import ECHO_HANDLERS, PRESETS
+from trioecho.cli.options import ECHO_HANDLERS, PRESETS, resolve_relay_timeouts
 from trioecho.cli.tuning import fit_fd_limit, tune_gc
 from trioecho.framing import presets
 from trioecho.framing.config import FramingConfig
@@ -77,6 +77,8 @@ async def serve_echo(
         max_connections=args.max_connections,
         idle_timeout=args.idle_timeout,
         send_timeout=args.send_timeout,
+        min_send_rate=args.min_send_rate,
+        keepalive=args.keepalive,
         grace=args.grace,
         proxy_protocol=proxy,
         ssl_context=ssl_context,
@@ -95,7 +97,9 @@ async def serve_echo(
 
 def relay_from_args(args: argparse.Namespace, framing: FramingConfig) -> MessageServer:
     """``trioecho relay``'s server; ``ValueError`` for an upstream it refuses
-    (its own address)."""
+    (its own address).  Fills in the timeouts not given
+    (:func:`~trioecho.cli.options.resolve_relay_timeouts`)."""
+    resolve_relay_timeouts(args)
     if args.preset is not None:
         client_preset, server_preset = PRESETS[args.preset]
         # Without --max-frame, each preset's own default: its protocol's limit.
@@ -104,15 +108,19 @@ def relay_from_args(args: argparse.Namespace, framing: FramingConfig) -> Message
         server_framing = server_preset(**limit)
     else:
         client_framing = server_framing = framing
-    negotiation = presets.PostgresNegotiation if args.preset == "postgresql" else None
+    postgresql = args.preset == "postgresql"
     return relay_server(
         args.upstream,
         client_framing=client_framing,
         server_framing=server_framing,
-        answer_factory=negotiation,
-        refusal=presets.postgres_refusal if args.preset == "postgresql" else None,
+        answer_factory=presets.PostgresNegotiation if postgresql else None,
+        refusal=presets.postgres_refusal if postgresql else None,
         idle_timeout=args.idle_timeout,
         send_timeout=args.send_timeout,
+        min_send_rate=args.min_send_rate,
+        fin_timeout=args.fin_timeout,
+        half_close=not postgresql,  # a PostgreSQL session has no half-close
+        keepalive=args.keepalive,
         host=args.host,
         port=args.port,
         max_connections=args.max_connections,

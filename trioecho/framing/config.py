@@ -88,6 +88,11 @@ class FramingConfig:
     only (a :class:`PhasedFramer`; see ``trioecho.framing.presets.postgresql``), used
     again after each first frame ``repeat_first_frame`` returns true of.
 
+    ``strip_cr`` (line framing): one ``\\r`` just before the delimiter that
+    ends a line is removed, whichever delimiter it is (``b"ab\\r\\0"`` is
+    the message ``b"ab"`` with ``delimiter=b"\\0"``): telnet and Windows
+    clients end lines with ``\\r\\n``.  ``strip_cr=False`` keeps it.
+
     ``new_framer()`` returns a fresh framer (one per connection).  The
     configuration is checked when it is created.
     """

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from trioecho.errors import FrameTooLongError, FramingError
+from trioecho.errors import FrameTooLongError, FramingError, IdleTimeoutError, SlowReaderError
 from trioecho.framing.base import DEFAULT_MAX_FRAME
 from trioecho.framing.config import FramingConfig
 
 __all__ = [
     "MQTT_MAX_REMAINING",
+    "POSTGRESQL_IDLE_SESSION_MESSAGE",
     "POSTGRESQL_MAX_MESSAGE",
     "POSTGRESQL_MAX_STARTUP",
     "FinalAnswer",
@@ -35,6 +36,7 @@ __all__ = [
     "error_response",
     "is_encryption_request",
     "mqtt",
+    "old_style_error",
     "postgres_refusal",
     "postgresql",
     "protobuf_delimited",
@@ -129,20 +131,31 @@ def error_response(severity: str, sqlstate: str, message: str) -> bytes:
 _SSL_REQUEST, _GSSENC_REQUEST = _ENCRYPTION_REQUESTS
 
 
+def old_style_error(message: str) -> bytes:
+    """PostgreSQL's error to a protocol 2 client (``send_message_to_frontend``'s
+    old style): ``E``, then ``FATAL:  `` and the message, a newline and a NUL;
+    no length field."""
+    return b"EFATAL:  " + message.encode() + b"\n\0"
+
+
 class PostgresNegotiation:
-    """A relay's answers to one PostgreSQL client's encryption requests, as
+    """A relay's answers to one PostgreSQL client's startup packets, as
     PostgreSQL gives them (``ProcessStartupPacket``): the first SSLRequest
     and the first GSSENCRequest each get ``N``; a second one of either kind
     gets PostgreSQL's FATAL ErrorResponse (SQLSTATE 0A000, "unsupported
-    frontend protocol 1234.5679") and the connection closes.  One object per
-    connection (``relay_server(answer_factory=PostgresNegotiation)``)."""
+    frontend protocol 1234.5679") and the connection closes.  A startup
+    packet of protocol 1 or 2 gets PostgreSQL's old-style refusal
+    (:func:`old_style_error`: "unsupported frontend protocol 2.0"), which the
+    server's messages' framing could not pass on (it has no length field),
+    and the connection closes.  One object per connection
+    (``relay_server(answer_factory=PostgresNegotiation)``)."""
 
     def __init__(self) -> None:
         self.answered: set[bytes] = set()
 
     def __call__(self, frame: bytes) -> bytes | None:
         if not is_encryption_request(frame):
-            return None
+            return _refuse_old_protocol(frame)
         code = frame[4:8]
         if code not in self.answered:
             self.answered.add(code)
@@ -153,16 +166,44 @@ class PostgresNegotiation:
         return FinalAnswer(error_response("FATAL", "0A000", message), f"a second {kind}: {message}")
 
 
-def postgres_refusal(direction: str, error: FramingError) -> bytes:
-    """What a relay tells a PostgreSQL client when it refuses a message (in
-    either ``direction``) before closing: an ErrorResponse, SQLSTATE 54000
-    (program_limit_exceeded) for one over ``max_frame``, else 08P01
-    (protocol_violation), its message saying which side sent what."""
-    sqlstate = "54000" if isinstance(error, FrameTooLongError) else "08P01"
+def _refuse_old_protocol(frame: bytes) -> FinalAnswer | None:
+    """PostgreSQL's refusal of a startup packet whose protocol is older than
+    3 (2.0: the old style, with no length field), else None."""
+    if len(frame) < 8:
+        return None  # no version: the server refuses it (it logs why)
+    major, minor = int.from_bytes(frame[4:6], "big"), int.from_bytes(frame[6:8], "big")
+    if major >= 3:
+        return None
+    message = f"unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"
+    return FinalAnswer(old_style_error(message), f"a protocol {major}.{minor} startup: {message}")
+
+
+# PostgreSQL's own words when its idle_session_timeout ends a session (57P05).
+POSTGRESQL_IDLE_SESSION_MESSAGE = "terminating connection due to idle-session timeout"
+
+
+def postgres_refusal(direction: str, error: Exception) -> bytes | None:
+    """What a relay tells a PostgreSQL client before it closes the pair:
+    a FATAL ErrorResponse.  For a message refused (in either ``direction``):
+    SQLSTATE 54000 (program_limit_exceeded) for one over ``max_frame``, else
+    08P01 (protocol_violation), its message saying which side sent what.
+    For the relay's idle timeout (:class:`~trioecho.errors.IdleTimeoutError`):
+    57P05 with PostgreSQL's own message for its ``idle_session_timeout``
+    (:data:`POSTGRESQL_IDLE_SESSION_MESSAGE`).  For a send that stalled
+    (:class:`~trioecho.errors.SlowReaderError`): 08006 (connection_failure),
+    saying which side did not read.  None for any other error."""
     side = "client" if direction == "up" else "server"
-    return error_response(
-        "FATAL", sqlstate, f"the relay refused a message from the {side}: {error}"
-    )
+    if isinstance(error, FramingError):
+        sqlstate = "54000" if isinstance(error, FrameTooLongError) else "08P01"
+        return error_response(
+            "FATAL", sqlstate, f"the relay refused a message from the {side}: {error}"
+        )
+    if isinstance(error, IdleTimeoutError):
+        return error_response("FATAL", "57P05", POSTGRESQL_IDLE_SESSION_MESSAGE)
+    if isinstance(error, SlowReaderError):
+        message = f"terminating connection: the {side} stopped reading ({error})"
+        return error_response("FATAL", "08006", message)
+    return None
 
 
 def refuse_encryption(frame: bytes) -> bytes | None:

@@ -8,8 +8,11 @@
 * :mod:`~trioecho.io.hub`: the readiness hub (one edge-triggered epoll set
   for all connections); :mod:`~trioecho.io.readiness` chooses it or Trio's
   own waits.
+* :mod:`~trioecho.io.send_deadline`: the send rule, how long a send may
+  wait for a slow reader.
 * :mod:`~trioecho.io.closing`: the lossless close; :mod:`~trioecho.io.tls`:
-  TLS contexts and the handshake.
+  TLS contexts and the handshake; :mod:`~trioecho.io.keepalive`: TCP
+  keepalive and ``TCP_USER_TIMEOUT``, which find a peer that vanished.
 * :mod:`~trioecho.io.budget`: the memory budget every connection draws on;
   :mod:`~trioecho.io.memory`: giving freed memory back to the system.
 """

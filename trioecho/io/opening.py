@@ -35,11 +35,14 @@ def open_transport(
     *,
     idle_timeout: float | None = None,
     send_timeout: float | None = None,
+    min_send_rate: float | None = None,
     readiness: Readiness | None = None,
 ) -> Transport:
     """The transport for ``stream``: direct socket calls for a plain
     ``trio.SocketStream``, the stream's own methods otherwise.
 
+    ``send_timeout`` and ``min_send_rate`` are the send rule
+    (:mod:`~trioecho.io.send_deadline`; None: no limit, no floor).
     ``readiness`` says how a direct-socket transport waits: ``"hub"`` (the
     run's :mod:`readiness hub <trioecho.io.hub>`), ``"trio"`` (Trio's own
     waits), or None for :func:`default_readiness`.  Outside a Trio run, or
@@ -48,9 +51,19 @@ def open_transport(
     readiness = resolve_readiness(readiness)
     sock = _raw_socket(stream)
     if sock is None:
-        return StreamTransport(stream, idle_timeout=idle_timeout, send_timeout=send_timeout)
+        return StreamTransport(
+            stream,
+            idle_timeout=idle_timeout,
+            send_timeout=send_timeout,
+            min_send_rate=min_send_rate,
+        )
     assert isinstance(stream, trio.SocketStream)
     watch = hub_watch(sock) if readiness == "hub" else None
     return SocketTransport(
-        stream, sock, idle_timeout=idle_timeout, send_timeout=send_timeout, watch=watch
+        stream,
+        sock,
+        idle_timeout=idle_timeout,
+        send_timeout=send_timeout,
+        min_send_rate=min_send_rate,
+        watch=watch,
     )

@@ -58,9 +58,15 @@ class SocketTransport(Transport):
         *,
         idle_timeout: float | None = None,
         send_timeout: float | None = None,
+        min_send_rate: float | None = None,
         watch: Watch | None = None,
     ) -> None:
-        super().__init__(stream, idle_timeout=idle_timeout, send_timeout=send_timeout)
+        super().__init__(
+            stream,
+            idle_timeout=idle_timeout,
+            send_timeout=send_timeout,
+            min_send_rate=min_send_rate,
+        )
         self._socket = sock
         self._watch = watch  # the hub's registration, or None: Trio's waits
         self._wait_first = False  # the last read waited and came up short
@@ -408,33 +414,40 @@ class SocketTransport(Transport):
             raise self._socket_error(exc, "sending") from exc
 
     async def _send_rest(self, rest: Buffer) -> None:
-        """Send ``rest``, waiting for the peer to read as needed, for at most
-        ``send_timeout`` seconds (then close and raise SlowReaderError)."""
+        """Send ``rest``, waiting for the peer to read as needed, by the send
+        rule (:mod:`~trioecho.io.send_deadline`): each time the kernel takes
+        more, the deadline moves; past it, close and raise SlowReaderError."""
         self._sending = True
-        timeout = math.inf if self.send_timeout is None else self.send_timeout
+        limit = self._send_deadline()
         unsent: Buffer | None = rest
         held = self.on_held_send
         try:
-            with trio.move_on_after(timeout):
+            with trio.CancelScope(deadline=math.inf if limit is None else limit.deadline) as scope:
                 while unsent is not None:
                     if held is not None:
                         held(len(unsent))
                     self._unyielded = 0
                     await self._wait_writable()
+                    waiting = len(unsent)
                     try:
                         unsent = self._send_now(unsent)
                     except OSError as exc:
                         raise self._socket_error(exc, "sending") from exc
+                    taken = waiting - (0 if unsent is None else len(unsent))
+                    if limit is not None and taken:
+                        scope.deadline = limit.took(taken, trio.current_time())
                 return
         finally:
             self._sending = False
             if held is not None:
                 held(0)
+        assert limit is not None  # only its deadline cancels the scope
+        error = limit.error(trio.current_time())
         # Shielded: a task woken by this close (the relay's other pump) may
         # cancel ours, and the error that says why must not be lost.
         with trio.CancelScope(shield=True):
             await self.aclose()
-        raise self._slow_reader_error()
+        raise error
 
     async def _wait_writable(self) -> None:
         watch = self._watch
@@ -460,7 +473,7 @@ class SocketTransport(Transport):
         self._close_watch()
         await super().aclose()
 
-    async def close_gracefully(self, linger: float, limit: float) -> None:
+    async def close_gracefully(self, linger: float, limit: float | None = None) -> None:
         self._closed = True
         self._close_watch()
         await super().close_gracefully(linger, limit)

@@ -1,5 +1,14 @@
 """The transport over any ``trio.abc.Stream`` (TLS, in-memory streams, a
 socket when the hub is not used): the stream's own methods.
+
+A wrapped stream's ``send_all`` says nothing until it has sent everything,
+so the send rule (:mod:`~trioecho.io.send_deadline`) sees progress chunk by
+chunk: a send of more than ``SEND_CHUNK`` bytes (16 KiB, one TLS record)
+goes in chunks of that size, and each chunk the stream accepts moves the
+deadline.  A peer must so take a chunk within ``send_timeout`` seconds: on
+these streams, a reader slower than ``SEND_CHUNK / send_timeout`` bytes a
+second counts as stalled (546 bytes a second with a 30 s timeout).  A send
+of one chunk or less is one call, as before.
 """
 
 from __future__ import annotations
@@ -11,9 +20,12 @@ import trio
 from trioecho.errors import ConnectionClosedError
 from trioecho.framing.base import Buffer
 from trioecho.io.closing import broken_reason
+from trioecho.io.send_deadline import SendDeadline
 from trioecho.io.transport import Transport
 
-__all__ = ["StreamTransport"]
+__all__ = ["SEND_CHUNK", "StreamTransport"]
+
+SEND_CHUNK = 16 * 1024
 
 
 class StreamTransport(Transport):
@@ -47,15 +59,23 @@ class StreamTransport(Transport):
 
     async def send_all(self, data: Buffer) -> None:
         self._check_can_send()
-        timeout = math.inf if self.send_timeout is None else self.send_timeout
+        timeout = self.send_timeout
         held = self.on_held_send
-        with trio.move_on_after(timeout) as scope:
+        limit: SendDeadline | None = None  # a chunked send's, once it starts
+        now = trio.current_time()
+        with trio.CancelScope(deadline=math.inf if timeout is None else now + timeout) as scope:
             self._sending = True
             try:
+                size = memoryview(data).nbytes
                 if held is not None:  # the stream cannot say whether it will wait
-                    held(len(data))
-                await self.stream.send_all(data)
-                self.bytes_sent += memoryview(data).nbytes
+                    held(size)
+                if size <= SEND_CHUNK:
+                    await self.stream.send_all(data)
+                    self.bytes_sent += size
+                else:
+                    if timeout is not None:
+                        limit = SendDeadline(timeout, self.min_send_rate, now)
+                    await self._send_chunks(data, size, scope, limit)
             except trio.BrokenResourceError as exc:
                 raise ConnectionClosedError(
                     f"connection broken while sending: {broken_reason(exc)}"
@@ -65,14 +85,34 @@ class StreamTransport(Transport):
                 if held is not None:
                     held(0)
             return
-        assert scope.cancelled_caught
+        assert scope.cancelled_caught and timeout is not None  # only the deadline cancels it
+        if limit is None:  # one call, nothing taken: a stall
+            limit = SendDeadline(timeout, None, now)
+        error = limit.error(trio.current_time())
         # Shielded: a task woken by this close (the relay's other pump) may
         # cancel ours, and the error that says why must not be lost.
         # Forceful: a TLS close_notify to a peer that does not read would wait.
         self._closed = True
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(self.stream)
-        raise self._slow_reader_error()
+        raise error
+
+    async def _send_chunks(
+        self, data: Buffer, size: int, scope: trio.CancelScope, limit: SendDeadline | None
+    ) -> None:
+        """Send ``data`` (``size`` bytes) ``SEND_CHUNK`` bytes at a time; each
+        chunk the stream accepts is progress: it moves ``scope``'s deadline
+        by ``limit`` (None: no limit) and lowers the bytes the send holds."""
+        view = memoryview(data).cast("B")
+        held = self.on_held_send
+        for start in range(0, size, SEND_CHUNK):
+            chunk = view[start : start + SEND_CHUNK]
+            await self.stream.send_all(chunk)
+            self.bytes_sent += len(chunk)
+            if limit is not None:
+                scope.deadline = limit.took(len(chunk), trio.current_time())
+            if held is not None:
+                held(size - start - len(chunk))
 
     def stop_receiving(self) -> None:
         self._stopping = True

@@ -23,8 +23,12 @@ internals.  One interface, two implementations:
     (``trio.current_time()`` units, ``math.inf`` for none) and
     :class:`ConnectionClosedError` if the peer or the network broke it.
 ``await send_all(data)``
-    send every byte; past ``send_timeout`` of being blocked on a peer that
-    does not read, close the transport and raise :class:`SlowReaderError`.
+    send every byte; when the peer reads too slowly, by the send rule of
+    :mod:`~trioecho.io.send_deadline` (no progress for ``send_timeout``
+    seconds, or below ``min_send_rate`` bytes a second once past
+    ``send_timeout``), close the transport and raise
+    :class:`SlowReaderError`, whose message says which rule cut it.  A send
+    the connection takes at once costs nothing more.
 ``stop_receiving()``
     wake a waiting receive, and end every later one with ``None``.
 
@@ -54,9 +58,10 @@ from typing import Any
 
 import trio
 
-from trioecho.errors import ConnectionClosedError, IdleTimeoutError, SlowReaderError
+from trioecho.errors import ConnectionClosedError, IdleTimeoutError
 from trioecho.framing.base import Buffer
 from trioecho.io.closing import broken_reason, drain_until_eof
+from trioecho.io.send_deadline import SendDeadline
 
 __all__ = ["CHECKPOINT_EVERY", "InlineStep", "Transport"]
 
@@ -70,7 +75,19 @@ InlineStep = Callable[[bytes], "Buffer | None"]
 
 
 class Transport:
-    """What both transports share; see the module docstring for the interface."""
+    """What both transports share; see the module docstring for the interface.
+
+    ``idle_timeout`` is only named in the idle error's message (the caller
+    passes each receive its deadline).  ``send_timeout`` and
+    ``min_send_rate`` are the send rule (:mod:`~trioecho.io.send_deadline`),
+    read at each send that has to wait (and by :meth:`close_gracefully`):
+    the send is cut (:class:`~trioecho.errors.SlowReaderError`) when the
+    peer has taken none of it for ``send_timeout`` seconds (the deadline
+    restarts whenever it takes more) or when, once past ``send_timeout``,
+    it has averaged under ``min_send_rate`` bytes a second since the send
+    began to wait.  None: no limit, no floor (without ``send_timeout``,
+    neither applies).
+    """
 
     __slots__ = (
         "_closed",
@@ -82,6 +99,7 @@ class Transport:
         "bytes_received",
         "bytes_sent",
         "idle_timeout",
+        "min_send_rate",
         "on_held_send",
         "send_timeout",
         "stream",
@@ -93,10 +111,14 @@ class Transport:
         *,
         idle_timeout: float | None = None,
         send_timeout: float | None = None,
+        min_send_rate: float | None = None,
     ) -> None:
         self.stream = stream
         self.idle_timeout = idle_timeout  # only for the error's message
+        # The send rule (trioecho.io.send_deadline): a send that waits is cut
+        # after send_timeout seconds without progress, or below min_send_rate.
         self.send_timeout = send_timeout
+        self.min_send_rate = min_send_rate
         self._closed = False
         self._stopping = False
         self._receiving = False
@@ -218,25 +240,29 @@ class Transport:
         self._closed = True
         await self.stream.aclose()
 
-    async def close_gracefully(self, linger: float, limit: float) -> None:
+    async def close_gracefully(self, linger: float, limit: float | None = None) -> None:
         """Close without destroying replies in flight, then close for good.
 
         Closing a TCP socket whose input was not all read makes the kernel
         send a reset, which discards the replies still queued for the peer.
-        So: TLS ``close_notify`` first (over TLS), then FIN, then read and
-        discard the peer's input until its own end of stream -- for as long
-        as the peer makes progress: each time it takes more of the replies
-        queued for it, it gets another
-        ``linger`` seconds; ``limit`` seconds in all.  A peer that keeps
-        reading gets every reply; the end is a FIN, not a reset.  Input is
-        not what buys time: once every reply is delivered, a peer that keeps
-        sending is cut off after ``DELIVERED_DRAIN_BYTES`` more.
+        So: TLS ``close_notify`` first (over TLS, at most ``linger``
+        seconds), then FIN, then read and discard the peer's input until its
+        own end of stream -- for as long as the peer takes the replies
+        queued for it by this transport's send rule
+        (:mod:`~trioecho.io.send_deadline`: more of them at least every
+        ``send_timeout`` seconds, and above ``min_send_rate``; without a
+        ``send_timeout``, at least every ``linger`` seconds), and ``linger``
+        seconds more for its end once all are delivered; ``limit`` seconds
+        in all (None: no bound but those).  A peer that keeps reading gets
+        every reply; the end is a FIN, not a reset.  Input is not what buys
+        time: once every reply is delivered, a peer that keeps sending is
+        cut off after ``DELIVERED_DRAIN_BYTES`` more.
         """
         stream = self.stream
         tcp = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
         self._closed = True
         try:
-            with trio.move_on_after(limit):
+            with trio.move_on_after(math.inf if limit is None else limit):
                 if isinstance(stream, trio.SSLStream):
                     with (
                         trio.move_on_after(linger),
@@ -245,7 +271,7 @@ class Transport:
                         await stream.unwrap()
                 if isinstance(tcp, trio.abc.HalfCloseableStream):
                     await tcp.send_eof()
-                await drain_until_eof(tcp, linger)
+                await drain_until_eof(tcp, linger, self.send_timeout, self.min_send_rate)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
             pass
         finally:
@@ -265,7 +291,10 @@ class Transport:
     def _idle_timeout_error(self) -> IdleTimeoutError:
         return IdleTimeoutError(f"no complete message within idle_timeout={self.idle_timeout}s")
 
-    def _slow_reader_error(self) -> SlowReaderError:
-        return SlowReaderError(
-            f"peer did not read its replies: send blocked for send_timeout={self.send_timeout}s"
-        )
+    def _send_deadline(self) -> SendDeadline | None:
+        """The send rule's deadline for a send that starts to wait now, or
+        None without a ``send_timeout`` (no limit)."""
+        timeout = self.send_timeout
+        if timeout is None:
+            return None
+        return SendDeadline(timeout, self.min_send_rate, trio.current_time())

@@ -1,6 +1,6 @@
-"""Listening sockets: the connection limit and the out-of-descriptors pause
-around accept, and ``SO_REUSEPORT`` binding for several processes on one
-port.
+"""Listening sockets: the connection limit (:class:`ConnectionSlots`) and
+the out-of-descriptors pause around accept, and ``SO_REUSEPORT`` binding for
+several processes on one port.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import socket
 import stat
@@ -19,6 +20,8 @@ logger = logging.getLogger("trioecho.server")
 __all__ = [
     "ACCEPT_RETRY_SECONDS",
     "DEFAULT_UNIX_MODE",
+    "PAUSE_WARNING_SECONDS",
+    "ConnectionSlots",
     "LimitedListener",
     "adopt_listening_socket",
     "bind_reuse_port",
@@ -41,15 +44,108 @@ _ACCEPT_CAPACITY_ERRNOS = {
     errno.ENOBUFS: "out of socket buffers",
 }
 ACCEPT_RETRY_SECONDS = 0.1
+PAUSE_WARNING_SECONDS = 10.0  # at most one "accepting paused" WARNING this often
+
+
+class ConnectionSlots:
+    """The connection limit (``max_connections``), shared by a server's
+    listeners.
+
+    An accept loop takes a slot (:meth:`take`) before it accepts, so that at
+    the limit new clients wait in the kernel's listen backlog; the slot
+    passes to the connection accepted (:meth:`opened`), which gives it back
+    when it closes (:meth:`release`).  :attr:`paused` is exact: True while
+    every slot belongs to an open connection (a slot an accept loop holds
+    while it waits for a client does not count).
+
+    Logged on the ``trioecho.server`` logger: one WARNING when accepting
+    pauses, at most one every ``PAUSE_WARNING_SECONDS``.  A pause within
+    that window after a warning is not logged when it begins, but counted
+    in the next warning; if it is still going on when the window ends, it
+    gets its warning then.  One INFO when a logged pause ends.  Nothing once
+    :meth:`stop` was called (the server no longer accepts).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._free = trio.Semaphore(limit)
+        self.open = 0  # slots that belong to open connections
+        self.paused = False
+        self._paused_at = 0.0
+        self._logged = False  # the current pause's WARNING is written
+        self._last_warning = -math.inf
+        self._unlogged = 0  # pauses that began since the last warning, unlogged
+        self._stopped = False
+
+    async def take(self) -> None:
+        """For an accept loop: wait for a free slot and hold it.  While it
+        waits through a pause that was not logged, it logs it once the
+        warning window ends."""
+        while self.paused and not self._logged and not self._stopped:
+            with trio.move_on_at(self._last_warning + PAUSE_WARNING_SECONDS):
+                await self._free.acquire()
+                return
+            if self.paused and not self._logged and not self._stopped:
+                self._unlogged -= 1  # this one is logged now
+                self._warn()
+        await self._free.acquire()
+
+    def opened(self) -> None:
+        """The accept loop's slot now belongs to the connection it accepted."""
+        self.open += 1
+        if self.open >= self.limit and not self.paused:
+            self.paused = True
+            self._paused_at = trio.current_time()
+            if self._stopped or self._paused_at - self._last_warning < PAUSE_WARNING_SECONDS:
+                self._unlogged += 1
+            else:
+                self._warn()
+
+    def give_back(self) -> None:
+        """The accept loop gives its slot back, unused (it failed or stopped)."""
+        self._free.release()
+
+    def release(self) -> None:
+        """A connection closed: its slot is free again."""
+        self.open -= 1
+        self._free.release()
+        if self.paused:
+            self.paused = False
+            if self._logged and not self._stopped:
+                logger.info(
+                    "accepting again after %.1f s paused: %d of max_connections=%d open",
+                    trio.current_time() - self._paused_at,
+                    self.open,
+                    self.limit,
+                )
+            self._logged = False
+
+    def stop(self) -> None:
+        """The server stopped accepting: nothing is paused (or logged) any more."""
+        self._stopped = True
+        self.paused = False
+
+    def _warn(self) -> None:
+        self._last_warning = trio.current_time()
+        self._logged = True
+        unlogged, self._unlogged = self._unlogged, 0
+        logger.warning(
+            "accepting paused: all max_connections=%d connections are open; new clients "
+            "wait in the listen backlog until one closes%s",
+            self.limit,
+            f" ({unlogged} shorter pause{'' if unlogged == 1 else 's'} since the last warning)"
+            if unlogged
+            else "",
+        )
 
 
 class LimitedListener(trio.abc.Listener[trio.SocketStream]):
-    """Accepts only while a connection slot is free: at the limit, the server
-    stops accepting (clients wait in the kernel's backlog) until one frees.
-    Out of file descriptors (or memory), it pauses and retries, logging the
-    episode's start and end once each."""
+    """Accepts only while a connection slot is free (:class:`ConnectionSlots`):
+    at the limit, the server stops accepting (clients wait in the kernel's
+    backlog) until one frees.  Out of file descriptors (or memory), it pauses
+    and retries, logging the episode's start and end once each."""
 
-    def __init__(self, listener: trio.SocketListener, slots: trio.Semaphore) -> None:
+    def __init__(self, listener: trio.SocketListener, slots: ConnectionSlots) -> None:
         self.listener = listener
         self.socket = listener.socket
         self._slots = slots
@@ -57,7 +153,7 @@ class LimitedListener(trio.abc.Listener[trio.SocketStream]):
         self.pauses = 0  # episodes of accepting paused for want of a resource
 
     async def accept(self) -> trio.SocketStream:
-        await self._slots.acquire()
+        await self._slots.take()
         try:
             while True:
                 try:
@@ -80,15 +176,21 @@ class LimitedListener(trio.abc.Listener[trio.SocketStream]):
                 if self._short_of is not None:
                     logger.warning("accepting again (was %s)", self._short_of)
                     self._short_of = None
+                self._slots.opened()
                 return stream
         except BaseException:
-            self._slots.release()
+            self._slots.give_back()
             raise
 
     @property
+    def short_of_resource(self) -> bool:
+        """Accepting waits for a resource (file descriptors, memory)."""
+        return self._short_of is not None
+
+    @property
     def paused(self) -> bool:
-        """Accepting waits: for a free connection slot, or for a resource."""
-        return self._short_of is not None or self._slots.value == 0
+        """Accepting waits: every connection slot is taken, or a resource is short."""
+        return self._short_of is not None or self._slots.paused
 
     async def aclose(self) -> None:
         await self.listener.aclose()

@@ -12,11 +12,29 @@ either a :class:`BaseRequestHandler` subclass, as in the seed tutorial::
 or a plain ``async def handler(stream)`` that takes the message stream.
 
 A handler that raises is logged with the peer address and only its
-connection closes.  Limits: ``max_connections`` (at the limit the server stops
-accepting until a slot frees), ``idle_timeout`` (no complete message for that
-many seconds closes the connection), ``send_timeout`` (a peer that does not
-read its replies is closed after a send stays blocked that long) and the
-framer's ``max_frame``.
+connection closes: a peer's failure (:class:`ConnectionClosedError`, a framing
+error, a timeout) as one line, anything else (a bug: Trio's resource errors
+from the handler's own objects too) as one ERROR with its traceback, counted
+as ``handler_error``.  Whatever a handler raises or sets as its
+``close_reason``, the server goes on serving the others.
+
+Every closed connection is counted by its :class:`~trioecho.reasons.CloseReason`
+(``closed_by_reason``; a handler's own reason counts as ``other``).
+
+Limits: ``max_connections`` (at the limit the server stops
+accepting until a slot frees, and says so: see
+:class:`~trioecho.server.listeners.ConnectionSlots`), ``idle_timeout`` (no complete message for that
+many seconds closes the connection), ``send_timeout`` and ``min_send_rate``
+(the send rule of :mod:`~trioecho.io.send_deadline`: a peer is closed when
+a send to it makes no progress for ``send_timeout`` seconds, or when, past
+them, it reads below ``min_send_rate`` bytes a second) and the framer's
+``max_frame``.
+
+A peer that vanishes without a FIN or a reset is found by TCP keepalive
+(``keepalive``, default 60:10:6: within 2 minutes of its last packet, also
+with no ``idle_timeout``) and, with bytes in flight to it, by
+``TCP_USER_TIMEOUT`` (the send timeout, never below the keepalive bound):
+:mod:`trioecho.io.keepalive`.
 
 Before the handler runs, :mod:`trioecho.server.accept` reads a PROXY protocol header
 (``proxy_protocol``), which makes ``client_address`` the real client behind a
@@ -39,12 +57,22 @@ import functools
 import logging
 import os
 import ssl
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import trio
 
-from trioecho.arguments import check_count, check_listen_host, check_port, check_timeout
+if sys.version_info < (3, 11):  # pragma: no cover - trio installs the backport there
+    from exceptiongroup import BaseExceptionGroup, ExceptionGroup
+
+from trioecho.arguments import (
+    check_count,
+    check_listen_host,
+    check_port,
+    check_rate,
+    check_timeout,
+)
 from trioecho.errors import (
     ConnectionClosedError,
     FramingError,
@@ -59,14 +87,17 @@ from trioecho.errors import (
 from trioecho.framing.config import FramingConfig, framing_config
 from trioecho.io import memory as _memory
 from trioecho.io.budget import MemoryBudget, memory_budget_of
+from trioecho.io.keepalive import DEFAULT_KEEPALIVE, KeepAlive, apply_keepalive, keepalive_of
 from trioecho.io.opening import open_transport
 from trioecho.io.readiness import Readiness, resolve_readiness
 from trioecho.io.tls import check_server_context
-from trioecho.logtext import format_address, format_listen_address
+from trioecho.logtext import escape_for_log, format_address, format_listen_address
+from trioecho.reasons import CLOSE_REASONS, CloseReason, counted_as
 from trioecho.server.accept import DEFAULT_HANDSHAKE_TIMEOUT, ProxyProtocolConfig, open_connection
 from trioecho.server.handler import BaseRequestHandler, Handler, check_handler
 from trioecho.server.listeners import (
     DEFAULT_UNIX_MODE,
+    ConnectionSlots,
     LimitedListener,
     open_reuse_port_listeners,
     open_unix_listener,
@@ -79,10 +110,12 @@ from trioecho.stream.message_stream import (
 )
 
 __all__ = [
+    "CLOSE_REASONS",
     "DEFAULT_GRACE",
     "DEFAULT_HOST",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MIN_SEND_RATE",
     "DEFAULT_PORT",
     "DEFAULT_SEND_TIMEOUT",
     "MessageServer",
@@ -97,12 +130,16 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9999
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_IDLE_TIMEOUT = 300.0  # seconds without a complete message
-DEFAULT_SEND_TIMEOUT = 30.0  # seconds a send may stay blocked on a peer not reading
+DEFAULT_SEND_TIMEOUT = 30.0  # seconds a send may wait with no progress on a peer not reading
+# Bytes a second a waiting send must average past send_timeout: stops a
+# trickling reader, never a real slow link (a 9.6 kbit/s modem is 1,200).
+DEFAULT_MIN_SEND_RATE = 1024.0
 DEFAULT_GRACE = 5.0  # seconds handlers get to finish on shutdown
 # Closing a socket with unread input makes the kernel send a reset, which can
 # destroy replies still in flight.  So a connection is closed by sending FIN,
 # then reading and discarding what the peer still sends until its end, while
-# it makes progress at least this often (see Transport.close_gracefully).
+# it takes its replies by the send rule, and this long more once it has them
+# (see Transport.close_gracefully).
 LINGER_SECONDS = 2.0
 MEMORY_CHECK_SECONDS = 1.0  # how often freed memory is considered for return to the OS
 MEMORY_TRIM_BYTES = 4 << 20  # freed since the peak: worth a malloc_trim
@@ -131,10 +168,28 @@ class MessageServer:
         a :class:`FramingConfig` or a framing name (``"len"``); default lines.
     ``max_connections``
         at the limit, stop accepting until a connection closes.
-    ``idle_timeout``, ``send_timeout``
-        seconds without a complete message, and seconds a send may stay
-        blocked on a peer that does not read, before the connection is
-        closed (None: no limit).
+    ``idle_timeout``
+        seconds without a complete message before the connection is closed
+        (None: no limit).
+    ``send_timeout``, ``min_send_rate``
+        the send rule (:mod:`~trioecho.io.send_deadline`): a send waiting
+        for its peer to read is cut, and the connection closed
+        (:class:`SlowReaderError`, counted as ``slow_reader``), when the
+        peer has taken none of it for ``send_timeout`` seconds (the deadline
+        restarts each time it takes more: a slow but steady reader is never
+        cut), or when, past ``send_timeout`` seconds, it has averaged less
+        than ``min_send_rate`` bytes a second since the send blocked (a
+        trickling reader cannot hold its slot for ever).  The lossless
+        close at the end of a connection follows the same rule.  Defaults
+        30 s and 1024 bytes a second; None: no limit, no floor (without a
+        ``send_timeout`` there is neither).
+    ``keepalive``
+        TCP keepalive for accepted connections (set on the listening
+        sockets, which they inherit): a :class:`KeepAlive`, its text
+        ``"IDLE[:INTERVAL[:COUNT]]"``, or None (or ``"off"``) for none;
+        default 60:10:6, a dead idle peer freed within 2 minutes of its last
+        packet.  ``TCP_USER_TIMEOUT`` comes with it, from ``send_timeout``
+        (:mod:`trioecho.io.keepalive`).
     ``grace``
         seconds connections get to finish on :meth:`shutdown`.
     ``backlog``
@@ -173,6 +228,8 @@ class MessageServer:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
+        min_send_rate: float | None = DEFAULT_MIN_SEND_RATE,
+        keepalive: KeepAlive | str | None = DEFAULT_KEEPALIVE,
         grace: float = DEFAULT_GRACE,
         backlog: int | None = None,
         reuse_port: bool = False,
@@ -200,6 +257,8 @@ class MessageServer:
         self.max_connections = check_count(max_connections, "max_connections", 1)
         self.idle_timeout = check_timeout(idle_timeout, "idle_timeout")
         self.send_timeout = check_timeout(send_timeout, "send_timeout")
+        self.min_send_rate = check_rate(min_send_rate, "min_send_rate")
+        self.keepalive = keepalive_of(keepalive)
         self.handshake_timeout = check_timeout(handshake_timeout, "handshake_timeout")
         if not isinstance(grace, int | float) or isinstance(grace, bool) or not grace >= 0:
             raise ValueError(f"grace must be a number of seconds, at least 0, not {grace!r}")
@@ -221,9 +280,10 @@ class MessageServer:
         self.messages_sent = 0
         self.bytes_received = 0
         self.bytes_sent = 0
-        self.closed_by_reason = dict.fromkeys(CLOSE_REASONS, 0)
+        # Closes by CloseReason value (a handler's own reason counts as "other").
+        self.closed_by_reason: dict[str, int] = dict.fromkeys(CLOSE_REASONS, 0)
         self._limited: list[LimitedListener] = []
-        self._slots = trio.Semaphore(max_connections)
+        self._slots = ConnectionSlots(self.max_connections)
         self._streams: set[MessageStream] = set()
         # Connections still reading a PROXY header or doing a TLS handshake:
         # shutdown cancels them at once (they have no message to finish).
@@ -304,6 +364,8 @@ class MessageServer:
     ) -> None:
         """Serve on listeners the caller opened (they are closed on return)."""
         self.listeners = listeners
+        for listener in listeners:  # accepted sockets inherit the options
+            apply_keepalive(listener.socket, self.keepalive, self.send_timeout)
         self._addresses = [listener.socket.getsockname() for listener in listeners]
         limited = self._limited = [LimitedListener(listener, self._slots) for listener in listeners]
         try:
@@ -350,6 +412,7 @@ class MessageServer:
                 task_status.started(listeners)
                 await self._accepting_stopped.wait()
                 accepting.cancel_scope.cancel()
+            self._slots.stop()
             for listener in listeners:
                 await listener.aclose()
             if not self.shutting_down:  # retired: the connections run on for a while
@@ -473,6 +536,15 @@ class MessageServer:
                     await cast("Callable[[MessageStream], Awaitable[None]]", self.handler)(stream)
             except Exception as exc:
                 self._handler_failed(stream, exc, _Where(client, peer))
+            except BaseExceptionGroup as group:
+                # A handler's nursery cancelled by the grace period's end,
+                # with errors besides: those are the handler's; the
+                # cancellation goes on (an error would stop serve()).
+                cancelled, errors = group.split(trio.Cancelled)
+                if cancelled is None or not isinstance(errors, ExceptionGroup):
+                    raise
+                self._handler_failed(stream, errors, _Where(client, peer))
+                raise cancelled from None
             finally:
                 await self._close(stream, (client, peer, tls, began))
             connection_logger.info("%s: closed", _Where(client, peer))
@@ -480,14 +552,15 @@ class MessageServer:
             await trio.aclose_forcefully(socket_stream)  # idempotent: closed already but on errors
             self._slots.release()
 
-    def _count_unset_up(self, peer: Any, began: float, reason: str) -> None:
+    def _count_unset_up(self, peer: Any, began: float, reason: CloseReason) -> None:
         """A connection closed before its handler ran (PROXY, TLS, reset)."""
-        self.closed_by_reason[reason] += 1
+        self.closed_by_reason[reason.value] += 1
         if access_logger.isEnabledFor(logging.INFO):
             log_access(peer, peer, None, began, None, reason)
 
     def _handler_failed(self, stream: MessageStream, exc: Exception, where: _Where) -> None:
-        """A handler raised: its stream's close reason, and the log line."""
+        """A handler raised: its stream's close reason, and the log line
+        (see :func:`close_reason_of`)."""
         stream.close_reason = close_reason_of(exc, shutting_down=self.shutting_down)
         _log_handler_error(exc, where)
 
@@ -499,30 +572,36 @@ class MessageServer:
         what ended it here), the access record of ``(client, peer, tls,
         began)``, and the end of a drain."""
         try:
-            await _linger_close(stream, self.send_timeout)
+            await _linger_close(stream)
         finally:
             self._count_closed(stream, record)
 
     def _count_closed(
         self, stream: MessageStream, record: tuple[Any, Any, str | None, float]
     ) -> None:
-        if stream.close_reason is None:
-            stream.close_reason = "shutdown" if self.shutting_down else "handler_returned"
+        """Account for a closed connection.  Cannot raise, whatever the
+        handler left on the stream: a reason of its own counts as ``other``."""
+        reason = stream.close_reason
+        if reason is None:
+            reason = CloseReason.SHUTDOWN if self.shutting_down else CloseReason.HANDLER_RETURNED
+            stream.close_reason = reason
         self._streams.discard(stream)
         self._streams_changed.set()
         self.messages_received += stream.messages_received
         self.messages_sent += stream.messages_sent
         self.bytes_received += stream.bytes_received
         self.bytes_sent += stream.bytes_sent
-        self.closed_by_reason[stream.close_reason] += 1
+        self.closed_by_reason[counted_as(reason).value] += 1
         if access_logger.isEnabledFor(logging.INFO):
-            log_access(*record, stream, stream.close_reason)
+            log_access(*record, stream, reason)
         if self.shutting_down and not self._streams:
             self._all_closed.set()
 
     def stats(self) -> dict[str, Any]:
         """The server's figures now, open connections included, as plain
-        data (for metrics; see :data:`CLOSE_REASONS` for ``closed``)."""
+        data (for metrics; ``closed``: by :data:`CLOSE_REASONS`).
+        ``accepting_paused`` is 1 while all ``max_connections`` are open
+        (or accepting waits for file descriptors), else 0."""
         streams = list(self._streams)
         return {
             "connections_open": len(streams),
@@ -537,7 +616,9 @@ class MessageServer:
             "memory_budget_used": self.budget.used,
             "memory_budget_limit": self.budget.limit,
             "accept_pauses": sum(listener.pauses for listener in self._limited),
-            "accepting_paused": int(any(listener.paused for listener in self._limited)),
+            "accepting_paused": int(
+                self._slots.paused or any(listener.short_of_resource for listener in self._limited)
+            ),
             "serving": int(bool(self.listeners) and not self._accepting_stopped.is_set()),
         }
 
@@ -548,6 +629,7 @@ class MessageServer:
             connection,
             idle_timeout=self.idle_timeout,
             send_timeout=self.send_timeout,
+            min_send_rate=self.min_send_rate,
             readiness=self.readiness,
         )
         transport.hand_over_deadlines()
@@ -578,60 +660,82 @@ class MessageServer:
                     handshake_timeout=self.handshake_timeout,
                 )
             logger.info("%s: closed before it was set up: shutting down", where)
-            self._count_unset_up(peer, began, "shutdown")
+            self._count_unset_up(peer, began, CloseReason.SHUTDOWN)
         except (ProxyProtocolError, TLSHandshakeError) as exc:
             logger.warning("%s: closing: %s", where, exc)
             self._count_unset_up(peer, began, close_reason_of(exc))
         except (OSError, trio.BrokenResourceError) as exc:
             logger.info("%s: connection lost before it was set up: %s", where, exc)
-            self._count_unset_up(peer, began, "reset")
+            self._count_unset_up(peer, began, CloseReason.RESET)
         finally:
             self._setting_up.discard(setup)
         return None
 
 
-# Why connections closed, as the server counts them (``closed_by_reason``).
-CLOSE_REASONS = (
-    "peer_closed",  # the end of the peer's input
-    "stop_message",  # the session's stop message (the echo's q)
-    "handler_returned",  # the handler returned with the input still open
-    "idle",  # idle_timeout
-    "slow_reader",  # send_timeout: the peer did not read its replies
-    "framing_error",  # the peer's bytes could not be framed (or ours, rarely)
-    "memory_budget",  # the memory budget refused the connection's messages
-    "tls",  # the TLS handshake failed
-    "proxy",  # a missing or bad PROXY header
-    "reset",  # the connection broke (reset, or lost before it was set up)
-    "shutdown",  # closed by shutdown()
-    "refused",  # the peer asked what its protocol forbids (a second SSLRequest)
-    "upstream_unreachable",  # a relay could not connect to its upstream
-    "handler_error",  # the handler raised: a bug
+# Which reason each error that closes a connection counts as (first match):
+# the peer's failures and the server's own limits.  Any other error is the
+# handler's (HANDLER_ERROR): a transport turns a real peer break into
+# ConnectionClosedError and ends the server's own closes (stop_receiving,
+# shutdown, the idle timeout) with the end of input, IdleTimeoutError or a
+# cancellation, so a bare Trio resource error comes from the handler's code.
+_REASON_OF_ERROR: tuple[tuple[type[BaseException], CloseReason], ...] = (
+    (FramingError, CloseReason.FRAMING_ERROR),
+    (SlowReaderError, CloseReason.SLOW_READER),
+    (MemoryBudgetError, CloseReason.MEMORY_BUDGET),
+    (IdleTimeoutError, CloseReason.IDLE),
+    (TLSHandshakeError, CloseReason.TLS),
+    (ProxyProtocolError, CloseReason.PROXY),
+    (ProtocolRefusedError, CloseReason.REFUSED),
+    (ConnectionClosedError, CloseReason.RESET),
 )
 
 
-# Which reason each error that closes a connection counts as (first match).
-_REASON_OF_ERROR: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str], ...] = (
-    (FramingError, "framing_error"),
-    (SlowReaderError, "slow_reader"),
-    (MemoryBudgetError, "memory_budget"),
-    (IdleTimeoutError, "idle"),
-    (TLSHandshakeError, "tls"),
-    (ProxyProtocolError, "proxy"),
-    (ProtocolRefusedError, "refused"),
-    ((ConnectionClosedError, trio.BrokenResourceError), "reset"),
-)
+def close_reason_of(exc: BaseException, *, shutting_down: bool = False) -> CloseReason:
+    """The :class:`CloseReason` of an error that closed a connection: a peer
+    failure's or a limit's (``_REASON_OF_ERROR``), else ``handler_error``.
 
-
-def close_reason_of(exc: BaseException, *, shutting_down: bool = False) -> str:
-    """The :data:`CLOSE_REASONS` entry for an error that closed a connection."""
+    A :class:`RelayError` counts as its side's error (the relay's own
+    endings: a stream closed under a pump by the other's failure or by the
+    server counts as ``shutdown`` or ``idle``, a broken one as ``reset``).
+    An exception group (a handler's nursery) counts as its peer failure
+    when that is all it holds, besides the ``ClosedResourceError`` of tasks
+    whose stream a :class:`SlowReaderError` closed under them."""
     if isinstance(exc, RelayError):
         exc = exc.error
+        if isinstance(exc, trio.ClosedResourceError):
+            return CloseReason.SHUTDOWN if shutting_down else CloseReason.IDLE
+        if isinstance(exc, trio.BrokenResourceError):
+            return CloseReason.RESET
+    return _reason_of(_ending_of(exc))
+
+
+def _reason_of(exc: BaseException) -> CloseReason:
     for kind, reason in _REASON_OF_ERROR:
         if isinstance(exc, kind):
             return reason
-    if isinstance(exc, trio.ClosedResourceError):  # closed by ourselves
-        return "shutdown" if shutting_down else "idle"
-    return "handler_error"
+    return CloseReason.HANDLER_ERROR
+
+
+def _ending_of(exc: BaseException) -> BaseException:
+    """``exc``, or for an exception group that holds only a connection's
+    ending (see :func:`close_reason_of`), that ending."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves = _leaves(exc)
+    endings = [leaf for leaf in leaves if _reason_of(leaf) is not CloseReason.HANDLER_ERROR]
+    closed_under = any(isinstance(leaf, SlowReaderError) for leaf in endings)
+    for leaf in leaves:
+        if leaf in endings or (closed_under and isinstance(leaf, trio.ClosedResourceError)):
+            continue
+        return exc  # a bug among them
+    return endings[0] if endings else exc
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for error in group.exceptions:
+        found += _leaves(error) if isinstance(error, BaseExceptionGroup) else [error]
+    return found
 
 
 # The fields of an access record (--access-log), as attributes of the record.
@@ -644,7 +748,7 @@ ACCESS_FIELDS = (
     "messages_sent",
     "bytes_received",
     "bytes_sent",
-    "close_reason",  # one of CLOSE_REASONS
+    "close_reason",  # a CLOSE_REASONS value, or a handler's own reason (escaped)
 )
 
 
@@ -661,9 +765,11 @@ def log_access(
     tls: str | None,
     began: float,
     stream: MessageStream | None,
-    reason: str,
+    reason: CloseReason | str,
 ) -> None:
-    """The access record of one closed connection (``trioecho.access``)."""
+    """The access record of one closed connection (``trioecho.access``).
+    ``reason``: a :class:`CloseReason`, or a handler's own (escaped here)."""
+    text = reason.value if isinstance(reason, CloseReason) else escape_for_log(str(reason))
     fields: dict[str, Any] = {
         "peer": format_address(peer),
         "client": format_address(client),
@@ -673,12 +779,12 @@ def log_access(
         "messages_sent": stream.messages_sent if stream is not None else 0,
         "bytes_received": stream.bytes_received if stream is not None else 0,
         "bytes_sent": stream.bytes_sent if stream is not None else 0,
-        "close_reason": reason,
+        "close_reason": text,
     }
     access_logger.info(
         "%s: %s after %.3f s: %d messages in, %d out; %d bytes in, %d out",
         fields["client"],
-        reason,
+        text,
         fields["duration"],
         fields["messages_received"],
         fields["messages_sent"],
@@ -707,12 +813,20 @@ class _Where:
 
 def _log_handler_error(exc: Exception, where: _Where) -> None:
     """Log what ended a connection's handler: one line for the expected
-    endings, a traceback for a handler's own bug.  A relay's failure is
-    logged as its side's error, naming the side."""
+    endings (:func:`close_reason_of`), one ERROR with the traceback for
+    anything else, a handler's own bug.  A relay's failure is logged as its
+    side's error, naming the side."""
     side = ""
+    relayed = isinstance(exc, RelayError)
     if isinstance(exc, RelayError):
         side = f"the {exc.side} side: " if exc.side != "client" else ""
         exc = exc.error
+    if not relayed:
+        ending = _ending_of(exc)
+        if _reason_of(ending) is CloseReason.HANDLER_ERROR:
+            logger.error("%s: handler raised; closing its connection", where, exc_info=exc)
+            return
+        exc = cast(Exception, ending)
     if isinstance(exc, FramingError) and exc.local:
         # Not the peer's fault: a payload of this side's could not be framed.
         logger.error(
@@ -727,14 +841,14 @@ def _log_handler_error(exc: Exception, where: _Where) -> None:
     elif isinstance(exc, ConnectionClosedError | trio.BrokenResourceError):
         logger.info("%s: %s%s", where, side, exc)
     elif isinstance(exc, trio.ClosedResourceError):
-        pass  # closed by ourselves (shutdown or a timeout)
+        pass  # a relay's stream closed under a pump: the other way's ending says why
     else:
         logger.error("%s: handler raised; closing its connection", where, exc_info=exc)
 
 
-async def _linger_close(stream: MessageStream, send_timeout: float | None) -> None:
+async def _linger_close(stream: MessageStream) -> None:
     """Close without losing replies in flight (see ``Transport.close_gracefully``):
-    a peer that keeps reading gets them all, for up to ``send_timeout``
-    (at least ``LINGER_SECONDS``), or the grace period on shutdown."""
-    limit = max(LINGER_SECONDS, send_timeout or 0.0)
-    await stream.close_gracefully(LINGER_SECONDS, limit)
+    a peer that keeps reading gets them all, by the stream's send rule
+    (``send_timeout``, ``min_send_rate``) as a send would, within the grace
+    period on shutdown; then ``LINGER_SECONDS`` for its end."""
+    await stream.close_gracefully(LINGER_SECONDS)

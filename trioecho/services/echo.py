@@ -21,7 +21,9 @@ TCP the readiness hub runs it inline on every read.
 instead, inline too, and :class:`GenericEchoHandler` with an ``async def
 handle()`` loop in the connection's task (``receive_messages``, a Python
 ``bytes`` per message, the replies framed by the stream's framer in one
-write).  All three put the same bytes on the wire.
+write).  All three put the same bytes on the wire.  Each defines either
+``handle`` or ``respond``, as every handler must; what they share is
+:class:`BaseEchoHandler`.
 """
 
 from __future__ import annotations
@@ -36,13 +38,16 @@ from trioecho.framing.base import Framer, drops_too_long
 from trioecho.framing.config import FramingConfig
 from trioecho.framing.length import LengthFieldFramer
 from trioecho.logtext import format_address
+from trioecho.reasons import CloseReason
 from trioecho.server.handler import BaseRequestHandler
 from trioecho.services.echo_session import GREETING, QUIT, REPLY_SUFFIX, EchoSession, engine_answers
+from trioecho.stream.session import RespondSession
 
 __all__ = [
     "GREETING",
     "QUIT",
     "REPLY_SUFFIX",
+    "BaseEchoHandler",
     "EchoHandler",
     "GenericEchoHandler",
     "RespondEchoHandler",
@@ -70,17 +75,11 @@ def reply_to(message: bytes) -> bytes:
     return message + REPLY_SUFFIX
 
 
-class EchoHandler(BaseRequestHandler):
-    """Greets, then answers each message with ``message + 好`` until ``q``.
-
-    The plain framings (one delimiter, bare lengths, raw) are answered by an
-    :class:`EchoSession` (C, with its pure-Python twin), the others by
-    :meth:`respond` through the stream's framer: either way a sans-IO
-    session, which the readiness hub serves inline on plain TCP.  An
-    over-long line in discard mode is logged and dropped.  Messages the
-    stream had already read (a subclass that received before calling this)
-    go through the generic path.
-    """
+class BaseEchoHandler(BaseRequestHandler):
+    """What the echo's handlers share: the greeting, the answer to one
+    message (:meth:`answer`), the generic path (:meth:`answer_messages`) and
+    the log line of a dropped over-long line.  Not a handler by itself (it
+    defines neither ``handle`` nor ``respond``)."""
 
     async def send_greeting(self) -> None:
         """Send the greeting, framed like every message."""
@@ -91,29 +90,9 @@ class EchoHandler(BaseRequestHandler):
         else:
             await stream.send_framed(greeting_frame(stream.framer))
 
-    async def handle(self) -> None:
-        """Greet, then answer until ``q`` or the end of the input."""
-        await self.send_greeting()
-        stream = self.request
-        if stream.has_pending:
-            await self.answer_messages()  # bytes the stream already read belong to its framer
-            return
-        session = self.echo_session()
-        if session is None:
-            await super().handle()  # respond(), inline
-            return
-        await stream.run_session(session, on_dropped=self.dropped_line)
-
-    def echo_session(self) -> EchoSession | None:
-        """The C echo session for the stream's framing, or None where
-        :meth:`respond` answers instead."""
-        framing = self.request.framing
-        if isinstance(framing, FramingConfig) and engine_answers(framing):
-            return EchoSession(framing)
-        return None
-
-    def respond(self, message: bytes) -> bytes | None:
-        """The echo's answer to one message: ``message + 好``, or the end at ``q``."""
+    def answer(self, message: bytes) -> bytes | None:
+        """The echo's answer to one message: ``message + 好``, or at ``q``
+        None and the end of the session (:meth:`end_session`)."""
         if message == QUIT:
             self.end_session()
             return None
@@ -161,17 +140,54 @@ class EchoHandler(BaseRequestHandler):
                 replies = []  # only the framed bytes are held while a slow peer reads
                 await stream.send_framed(data, count)
             if stopped:
-                stream.close_reason = "stop_message"
+                stream.close_reason = CloseReason.STOP_MESSAGE
                 return
 
 
-class RespondEchoHandler(EchoHandler):
-    """:class:`EchoHandler` answering every framing with its Python
-    :meth:`~EchoHandler.respond`, served inline like a user's ``respond``
-    handler (``serve --handler respond``)."""
+class EchoHandler(BaseEchoHandler):
+    """Greets, then answers each message with ``message + 好`` until ``q``.
+
+    The plain framings (one delimiter, bare lengths, raw) are answered by an
+    :class:`EchoSession` (C, with its pure-Python twin), the others by
+    :meth:`~BaseEchoHandler.answer` through the stream's framer (a
+    :class:`RespondSession`): either way a sans-IO session, which the
+    readiness hub serves inline on plain TCP.  An over-long line in discard
+    mode is logged and dropped.  Messages the stream had already read (a
+    subclass that received before calling this) go through the generic path.
+    """
+
+    async def handle(self) -> None:
+        """Greet, then answer until ``q`` or the end of the input."""
+        await self.send_greeting()
+        stream = self.request
+        if stream.has_pending:
+            await self.answer_messages()  # bytes the stream already read belong to its framer
+            return
+        session: EchoSession | RespondSession | None = self.echo_session()
+        if session is None:
+            # answer() per message, inline, as a respond() handler is served.
+            session = self._session = RespondSession(stream.framer, self.answer)
+        await stream.run_session(session, on_dropped=self.dropped_line)
 
     def echo_session(self) -> EchoSession | None:
+        """The C echo session for the stream's framing, or None where
+        :meth:`~BaseEchoHandler.answer` answers instead."""
+        framing = self.request.framing
+        if isinstance(framing, FramingConfig) and engine_answers(framing):
+            return EchoSession(framing)
         return None
+
+
+class RespondEchoHandler(BaseEchoHandler):
+    """The echo as a ``respond()`` handler: greets from :meth:`setup`, then
+    answers every framing with the Python :meth:`~BaseEchoHandler.answer`,
+    served inline like a user's ``respond`` handler (``serve --handler
+    respond``)."""
+
+    async def setup(self) -> None:
+        await self.send_greeting()
+
+    respond = BaseEchoHandler.answer  # one call per message, as a user's respond()
 
 
 class GenericEchoHandler(EchoHandler):

@@ -25,10 +25,15 @@ packets), ``on_frame(direction, frame)`` (``"up"``: client to server,
 whose ends are searched for rather than announced.
 
 When one side ends its stream the relay closes the other side's sending
-half and keeps relaying the other way until that ends too; when one side
+half and keeps relaying the other way until that ends too, while bytes keep
+moving (``fin_timeout``, HAProxy's ``timeout client-fin``/``server-fin``);
+with ``half_close=False`` (PostgreSQL's protocol has no half-close) a side's
+end closes both connections at once, as pgbouncer does.  When one side
 breaks (a reset, a framing error: the bytes before the bad header are
-passed on first) both connections close.  An over-long line in discard mode
-is logged and dropped.
+passed on first) both connections close.  Each ending is one log line
+(``trioecho.relay``) naming the client, the side (the upstream with its
+address) and the reason.  An over-long line in discard mode is logged and
+dropped.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from typing import Any, Literal
 import trio
 
 from trioecho.arguments import (
+    check_rate,
     check_timeout,
     is_loopback_host,
     may_be_the_same_listener,
@@ -54,20 +60,25 @@ from trioecho.arguments import (
 from trioecho.errors import (
     FramingError,
     IdleTimeoutError,
+    MemoryBudgetError,
     ProtocolRefusedError,
     RelayError,
     SinkError,
+    SlowReaderError,
     TrioEchoError,
 )
 from trioecho.framing.base import Framer, can_forward, drops_too_long
 from trioecho.framing.config import FramingConfig, framing_config
 from trioecho.framing.phased import PhasedFramer
 from trioecho.framing.presets import FinalAnswer
+from trioecho.io.keepalive import DEFAULT_KEEPALIVE, KeepAlive, apply_keepalive, keepalive_of
 from trioecho.logtext import format_address
-from trioecho.server.server import MessageServer
+from trioecho.reasons import CloseReason
+from trioecho.server.server import DEFAULT_MIN_SEND_RATE, MessageServer, close_reason_of
 from trioecho.stream.message_stream import MessageStream
 
 __all__ = [
+    "DEFAULT_RELAY_FIN_TIMEOUT",
     "DEFAULT_RELAY_IDLE_TIMEOUT",
     "DEFAULT_RELAY_SEND_TIMEOUT",
     "Answer",
@@ -82,13 +93,23 @@ logger = logging.getLogger("trioecho.relay")
 Direction = Literal["up", "down"]
 FrameHook = Callable[[Direction, bytes], None]
 Answer = Callable[[bytes], bytes | None]
-Refusal = Callable[[Direction, FramingError], bytes | None]
+# What to tell the client before the relay closes a pair: given the way of
+# the side at fault ("up": the client's, "down": the upstream's) and the
+# error (a refused frame's FramingError, an IdleTimeoutError, a
+# SlowReaderError), bytes to send it, or None.
+Refusal = Callable[[Direction, Exception], bytes | None]
 DEFAULT_CONNECT_TIMEOUT = 10.0
 # Bytes a pump reads at a time from either side: what it holds while the
 # other side is slow to take them (a frame longer than this streams through).
 RELAY_READ_SIZE = 16 * 1024
 DEFAULT_RELAY_IDLE_TIMEOUT = 3600.0
 DEFAULT_RELAY_SEND_TIMEOUT = 60.0
+# Once one side has ended, how long the other may move no bytes before both
+# close (HAProxy's timeout client-fin/server-fin): short, since a side that
+# has said its last word ties up a slot, but bytes still moving restart it.
+DEFAULT_RELAY_FIN_TIMEOUT = 30.0
+# Seconds the client is given to take what the relay tells it before closing.
+_TELL_WAIT = 5.0
 
 
 _SIDES: dict[Direction, tuple[str, str]] = {
@@ -202,11 +223,14 @@ async def _refuse(
 
 
 async def _tell_the_client(client: MessageStream, refusal: bytes | None) -> None:
-    """Send the client why its relay refuses a frame, if it can still hear
-    it: not if it is gone, nor while the other pump's send to it waits for
-    it to read (then the close alone tells it)."""
+    """Send the client why its relay closes, if it can still hear it: not
+    if it is gone, nor while the other pump's send to it waits for it to
+    read (then the close alone tells it), nor past ``_TELL_WAIT`` seconds."""
     if refusal:
-        with contextlib.suppress(*_PEER_FAILURES, trio.ClosedResourceError, trio.BusyResourceError):
+        with (
+            trio.move_on_after(_TELL_WAIT),
+            contextlib.suppress(*_PEER_FAILURES, trio.ClosedResourceError, trio.BusyResourceError),
+        ):
             await client.send_framed(refusal)
 
 
@@ -235,17 +259,19 @@ async def relay(
     on_frame: FrameHook | None = None,
     answer: Answer | None = None,
     idle_timeout: float | None = None,
-    finish_timeout: float | None = None,
+    fin_timeout: float | None = None,
+    half_close: bool = True,
     refusal: Refusal | None = None,
-) -> None:
+) -> tuple[str, ...]:
     """Relay frames between ``client`` and ``server``, which read with
     ``client_framing`` and ``server_framing``, until both have ended, or
     either breaks: then :class:`RelayError` (which side, and its error) is
     raised, the first failure alone; the caller closes the streams.
-    ``answer(frame)``, for each frame from the client (with a phased
-    framing, PostgreSQL's: each frame of its first phase, the startup
-    packets), returns bytes to send back to the client instead of passing
-    the frame on, or None.
+    Returns the sides (``"client"``, ``"upstream"``) that ended their
+    streams, in order.  ``answer(frame)``, for each frame from the client
+    (with a phased framing, PostgreSQL's: each frame of its first phase, the
+    startup packets), returns bytes to send back to the client instead of
+    passing the frame on, or None.
 
     Without ``on_frame`` (and, with ``answer``, after a phased framing's
     first phase) the bytes go on as they arrive
@@ -253,23 +279,49 @@ async def relay(
     a frame's body streams through however long it is, and on the readiness
     hub no task wakes per message.  ``on_frame`` needs the frames as objects:
     then every frame is read whole (up to ``max_frame``) and re-encoded.
-    ``refusal(direction, error)``, for a frame either side sent that the
-    framing refuses, returns bytes to send the client before both close
-    (:func:`~trioecho.framing.presets.postgres_refusal`: an ErrorResponse).
 
-    Limits (None: none): with no bytes either way for ``idle_timeout``
-    seconds, or once one side has ended, if the other has not finished within
-    ``finish_timeout`` seconds, both close (:class:`RelayError` with an
-    :class:`~trioecho.errors.IdleTimeoutError`).  A send that stays blocked
-    is each stream's own ``send_timeout``."""
+    Endings: a side's end is passed on (the other side's sending half is
+    closed) and the other way goes on; with ``half_close=False`` (a protocol
+    without half-close: PostgreSQL's) a side's own end closes both at once
+    instead, and only the client's input stopped by the server
+    (:meth:`~trioecho.MessageStream.stop_receiving`, on shutdown) is passed
+    on so that the upstream can finish.
+
+    ``refusal(direction, error)`` returns bytes to send the client before
+    both close (:func:`~trioecho.framing.presets.postgres_refusal`: an
+    ErrorResponse), for a frame either side sent that the framing refuses
+    (``direction``: the way it came), and for the timeouts below that end a
+    pair the client can still hear: ``idle_timeout`` (``"up"``, an
+    :class:`~trioecho.errors.IdleTimeoutError`) and a send to the upstream
+    that stalled (``"down"``, a :class:`~trioecho.errors.SlowReaderError`).
+    The client is told only when the way down is between frames and not
+    sending (else the close alone tells it), within 5 s.
+
+    Limits (None: none): with no bytes moving either way (read or sent)
+    for ``idle_timeout`` seconds, or once one side has ended, none for
+    ``fin_timeout`` seconds, both close (:class:`RelayError` with an
+    :class:`~trioecho.errors.IdleTimeoutError`; looked at every quarter of
+    the timeout).  A send waiting for a side to read follows that stream's
+    own send rule (``send_timeout``, ``min_send_rate``)."""
     up = framing_config(client_framing, "client_framing").new_framer()
     down = framing_config(server_framing, "server_framing").new_framer()
     idle = check_timeout(idle_timeout, "idle_timeout")
-    finish = check_timeout(finish_timeout, "finish_timeout")
+    fin = check_timeout(fin_timeout, "fin_timeout")
+    half_close = _check_bool(half_close, "half_close")
     failures: list[RelayError] = []
     closed: list[RelayError] = []  # pumps whose stream was closed under them
+    ended: list[str] = []  # the sides whose streams ended, in order
+
+    def moved() -> int:
+        return client.bytes_received + server.bytes_received + client.bytes_sent + server.bytes_sent
+
+    def notice(direction: Direction, error: Exception) -> bytes | None:
+        """``refusal``'s words for the client, if it can hear them now."""
+        if refusal is None or client.sending or not server.at_frame_boundary:
+            return None
+        return refusal(direction, error)
+
     async with trio.open_nursery() as nursery:
-        ended: list[Direction] = []
 
         async def pump(
             source: MessageStream,
@@ -281,6 +333,8 @@ async def relay(
             try:
                 await _pump(source, sink, encoder, direction, on_frame, answer, refusal)
             except RelayError as exc:
+                if exc.side == "upstream" and isinstance(exc.error, SlowReaderError):
+                    exc.refusal = notice("down", exc.error)
                 failures.append(exc)
                 nursery.cancel_scope.cancel()  # the other way ends with it
                 return
@@ -290,44 +344,27 @@ async def relay(
                 closed.append(RelayError(_SIDES[direction][0], exc))
                 nursery.cancel_scope.cancel()
                 return
-            ended.append(direction)
-            if len(ended) == 2:
-                nursery.cancel_scope.cancel()  # both done: the timers go too
-            elif finish is not None:
-                nursery.start_soon(end_unfinished, direction, finish)
+            side = _SIDES[direction][0]
+            ended.append(side)
+            if len(ended) == 2 or (not half_close and _ended_by_its_peer(source)):
+                nursery.cancel_scope.cancel()  # done: the timers go too
+            elif fin is not None:
+                nursery.start_soon(end_unfinished, side, fin)
 
-        async def end_unfinished(direction: Direction, timeout: float) -> None:
-            await trio.sleep(timeout)
-            ended_side, other = _SIDES[direction]
-            failures.append(
-                RelayError(
-                    other,
-                    IdleTimeoutError(
-                        f"not finished {timeout:g} s after the {ended_side} side ended"
-                    ),
-                )
+        async def end_unfinished(ended_side: str, timeout: float) -> None:
+            await _until_still(moved, timeout)
+            other = "upstream" if ended_side == "client" else "client"
+            error = IdleTimeoutError(
+                f"not finished: no bytes for {timeout:g} s after the {ended_side} side ended"
             )
+            failures.append(RelayError(other, error))
             nursery.cancel_scope.cancel()
 
-        def moved() -> int:
-            return client.bytes_received + server.bytes_received
-
         async def end_if_idle(timeout: float) -> None:
-            # A look every quarter of the timeout: no cost per message.
-            seen, since = moved(), trio.current_time()
-            while True:
-                await trio.sleep(timeout / 4)
-                now, bytes_moved = trio.current_time(), moved()
-                if bytes_moved != seen:
-                    seen, since = bytes_moved, now
-                elif now - since >= timeout:
-                    failures.append(
-                        RelayError(
-                            "client", IdleTimeoutError(f"no bytes either way for {timeout:g} s")
-                        )
-                    )
-                    nursery.cancel_scope.cancel()
-                    return
+            await _until_still(moved, timeout)
+            error = IdleTimeoutError(f"no bytes either way for {timeout:g} s")
+            failures.append(RelayError("client", error, refusal=notice("up", error)))
+            nursery.cancel_scope.cancel()
 
         if idle is not None:
             nursery.start_soon(end_if_idle, idle)
@@ -339,6 +376,27 @@ async def relay(
         await _tell_the_client(client, failures[0].refusal)
     if failures or closed:
         raise (failures or closed)[0]
+    return tuple(ended)
+
+
+def _ended_by_its_peer(stream: MessageStream) -> bool:
+    """Whether ``stream``'s input ended because its peer ended it (not
+    stopped by the server: :meth:`~trioecho.MessageStream.stop_receiving`)."""
+    return stream.close_reason == CloseReason.PEER_CLOSED
+
+
+async def _until_still(moved: Callable[[], int], timeout: float) -> None:
+    """Return once ``moved()`` has not changed for ``timeout`` seconds,
+    looked at every quarter of it (no cost per message): between
+    ``timeout`` and 1.25 times it after the last change."""
+    seen, since = moved(), trio.current_time()
+    while True:
+        await trio.sleep(timeout / 4)
+        now, count = trio.current_time(), moved()
+        if count != seen:
+            seen, since = count, now
+        elif now - since >= timeout:
+            return
 
 
 class _OwnConnections:
@@ -361,11 +419,18 @@ def _host_port(address: Any) -> tuple[str, int]:
     return host, address[1]
 
 
-async def _dial(host: str, port: int, own: _OwnConnections) -> tuple[trio.SocketStream, int]:
+async def _dial(
+    host: str,
+    port: int,
+    own: _OwnConnections,
+    keepalive: KeepAlive | None = None,
+    send_timeout: float | None = None,
+) -> tuple[trio.SocketStream, int]:
     """Connect to ``host``:``port``, trying its addresses in order; the
     socket is bound first, so its port is in ``own`` before the connection
-    can arrive anywhere.  Returns the stream and that port (the caller
-    removes it from ``own``)."""
+    can arrive anywhere, and gets ``keepalive`` once connected
+    (:func:`~trioecho.io.keepalive.apply_keepalive`).  Returns the stream
+    and that port (the caller removes it from ``own``)."""
     last: OSError | None = None
     for family, kind, protocol, _, address in await trio.socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM
@@ -377,6 +442,7 @@ async def _dial(host: str, port: int, own: _OwnConnections) -> tuple[trio.Socket
             own.ports.add(local_port)
             try:
                 await sock.connect(address)
+                apply_keepalive(sock, keepalive, send_timeout)
             except BaseException:
                 own.ports.discard(local_port)
                 raise
@@ -423,7 +489,11 @@ class _RelayPolicy:
     connect_timeout: float
     idle_timeout: float | None
     send_timeout: float | None
+    min_send_rate: float | None
+    fin_timeout: float | None
+    half_close: bool
     own: _OwnConnections
+    keepalive: KeepAlive | None = None
 
 
 async def _relay_connection(policy: _RelayPolicy, client: MessageStream) -> None:
@@ -433,13 +503,13 @@ async def _relay_connection(policy: _RelayPolicy, client: MessageStream) -> None
     peer = format_address(client_addresses[1]) if client_addresses is not None else "client"
     if client_addresses is not None and own.is_own(client_addresses[1]):
         logger.error("%s: the upstream %s is this relay itself: closing", peer, where)
-        client.close_reason = "upstream_unreachable"
+        client.close_reason = CloseReason.UPSTREAM_UNREACHABLE
         return
     host, port = policy.upstream
     dialed = None
     with trio.move_on_after(policy.connect_timeout):
         try:
-            dialed = await _dial(host, port, own)
+            dialed = await _dial(host, port, own, policy.keepalive, policy.send_timeout)
         except OSError as exc:
             logger.warning(
                 "%s: closing: cannot connect to the upstream %s: %s",
@@ -447,7 +517,7 @@ async def _relay_connection(policy: _RelayPolicy, client: MessageStream) -> None
                 where,
                 os.strerror(exc.errno) if exc.errno else exc,
             )
-            client.close_reason = "upstream_unreachable"
+            client.close_reason = CloseReason.UPSTREAM_UNREACHABLE
             return
     if dialed is None:
         logger.warning(
@@ -456,7 +526,7 @@ async def _relay_connection(policy: _RelayPolicy, client: MessageStream) -> None
             where,
             policy.connect_timeout,
         )
-        client.close_reason = "upstream_unreachable"
+        client.close_reason = CloseReason.UPSTREAM_UNREACHABLE
         return
     tcp, local_port = dialed
     answer = policy.answer_factory() if policy.answer_factory is not None else policy.answer
@@ -469,30 +539,76 @@ async def _relay_connection(policy: _RelayPolicy, client: MessageStream) -> None
             policy.server_framing,
             receive_size=RELAY_READ_SIZE,
             send_timeout=policy.send_timeout,
+            min_send_rate=policy.min_send_rate,
             account=account,
         )
         async with stream as server:
             if _is_itself(client, server):
                 logger.error("%s: the upstream %s is this relay itself: closing", peer, where)
-                client.close_reason = "upstream_unreachable"
+                client.close_reason = CloseReason.UPSTREAM_UNREACHABLE
                 # Keep our port known until the loop connection's other end,
                 # which comes from it, has refused it (it then closes).
                 with trio.move_on_after(_LOOP_WAIT):
                     await _until_closed(server)
                 return
-            await relay(
-                client,
-                server,
-                client_framing=policy.client_framing,
-                server_framing=policy.server_framing,
-                on_frame=policy.on_frame,
-                answer=answer,
-                idle_timeout=policy.idle_timeout,
-                finish_timeout=policy.send_timeout,
-                refusal=policy.refusal,
-            )
+            try:
+                ended = await relay(
+                    client,
+                    server,
+                    client_framing=policy.client_framing,
+                    server_framing=policy.server_framing,
+                    on_frame=policy.on_frame,
+                    answer=answer,
+                    idle_timeout=policy.idle_timeout,
+                    fin_timeout=policy.fin_timeout,
+                    half_close=policy.half_close,
+                    refusal=policy.refusal,
+                )
+            except RelayError as exc:
+                client.close_reason = close_reason_of(exc)
+                _log_failure(peer, where, exc)
+            else:
+                _log_ending(peer, where, client, ended)
     finally:
         own.ports.discard(local_port)
+
+
+def _side(side: str, upstream: str) -> str:
+    """A side of a relayed pair, for a log line: the upstream with its address."""
+    return "the client side" if side == "client" else f"the upstream side ({upstream})"
+
+
+def _log_failure(peer: str, upstream: str, exc: RelayError) -> None:
+    """The one line for a pair that one side's failure closed: the client
+    (``peer``), the side and the reason; WARNING for what a peer did
+    wrong, INFO for a reset or a timeout (ERROR: a frame of our own that
+    cannot be framed)."""
+    error = exc.error
+    level = logging.INFO
+    reason = str(error)
+    if isinstance(error, FramingError):
+        level = logging.ERROR if error.local else logging.WARNING
+        reason = f"{type(error).__name__}: {error}"
+    elif isinstance(error, SlowReaderError | MemoryBudgetError | ProtocolRefusedError):
+        level = logging.WARNING
+    elif isinstance(error, trio.ClosedResourceError):
+        reason = "closed by the server"
+    logger.log(level, "%s: closing: %s: %s", peer, _side(exc.side, upstream), reason)
+
+
+def _log_ending(peer: str, upstream: str, client: MessageStream, ended: tuple[str, ...]) -> None:
+    """The one line (INFO) for a pair whose sides ended: both in turn, or,
+    without half-close, the one whose end closed both."""
+    first = _side(ended[0], upstream)
+    if ended[0] == "client" and not _ended_by_its_peer(client):
+        first += " stopped (shutdown)"
+    else:
+        first += " ended"
+    if len(ended) == 1:
+        other = _side("upstream" if ended[0] == "client" else "client", upstream)
+        logger.info("%s: closing: %s; no half-close: %s closes too", peer, first, other)
+    else:
+        logger.info("%s: closed: %s, then %s", peer, first, _side(ended[1], upstream))
 
 
 def relay_server(
@@ -507,6 +623,10 @@ def relay_server(
     connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
     idle_timeout: float | None = DEFAULT_RELAY_IDLE_TIMEOUT,
     send_timeout: float | None = DEFAULT_RELAY_SEND_TIMEOUT,
+    min_send_rate: float | None = DEFAULT_MIN_SEND_RATE,
+    fin_timeout: float | None = DEFAULT_RELAY_FIN_TIMEOUT,
+    half_close: bool = True,
+    keepalive: KeepAlive | str | None = DEFAULT_KEEPALIVE,
     **options: Any,
 ) -> MessageServer:
     """A :class:`MessageServer` relaying each connection to ``upstream``
@@ -519,14 +639,33 @@ def relay_server(
     A client whose upstream connection fails, or takes over
     ``connect_timeout`` seconds (None: no limit), is closed.
 
+    Endings: a side's end is passed on to the other, which may go on
+    sending until it ends too (``half_close=False``: the first end closes
+    both at once, as pgbouncer does for PostgreSQL, whose protocol has no
+    half-close: a client gone while its upstream is silent frees both
+    connections and its slot at once).  Each ending is one log line naming
+    the client, the side and the reason.
+
     Limits, each None for none: ``idle_timeout`` (default an hour: a
     database session may sit idle long, but not for ever) closes a pair on
-    which no bytes moved either way for that long (looked at every quarter of it); ``send_timeout``
-    (default 60 s) bounds a send to either side that stays blocked (the peer
-    does not read), and how long the other side gets to finish once one
-    side has ended (a client gone while its upstream never answers frees
-    both connections and its slot within it).  The other ``options`` are
-    :class:`MessageServer`'s.
+    which no bytes moved either way for that long (looked at every quarter
+    of it); ``send_timeout`` (default 60 s) and ``min_send_rate`` (default
+    1024 bytes a second) are the send rule for sends to either side, as
+    :class:`MessageServer` takes them (a send that makes no progress for
+    ``send_timeout``, or past it averages below ``min_send_rate``, closes
+    both connections); ``fin_timeout`` (default
+    30 s, HAProxy's ``timeout client-fin``/``server-fin``) closes a pair
+    once one side has ended and no bytes moved for that long.  A
+    PostgreSQL relay cuts no live client, as pgbouncer (no idle timeout,
+    no send timeout; ``trioecho relay --preset postgresql``): give
+    ``idle_timeout=None, send_timeout=None, half_close=False`` and dead
+    peers are TCP keepalive's; a ``refusal`` tells the client why a timeout
+    closed it (:func:`relay`).  ``keepalive`` (default 60:10:6: a dead
+    peer found within 2 minutes) is TCP keepalive on both sides, the
+    clients' connections and the upstream ones, as pgbouncer's
+    ``tcp_keepalive``; ``TCP_USER_TIMEOUT`` comes with it, from
+    ``send_timeout`` (:mod:`trioecho.io.keepalive`).  The other ``options``
+    are :class:`MessageServer`'s.
 
     An upstream that is the relay's own address is refused here
     (``ValueError``) when the addresses say so, and otherwise detected at the
@@ -548,7 +687,11 @@ def relay_server(
         connect_timeout=math.inf if timeout is None else timeout,
         idle_timeout=check_timeout(idle_timeout, "idle_timeout"),
         send_timeout=check_timeout(send_timeout, "send_timeout"),
+        min_send_rate=check_rate(min_send_rate, "min_send_rate"),
+        fin_timeout=check_timeout(fin_timeout, "fin_timeout"),
+        half_close=_check_bool(half_close, "half_close"),
         own=_OwnConnections(),
+        keepalive=keepalive_of(keepalive),
     )
     # The pair's idle timeout is the relay's own (a client waiting for a
     # long query is not idle); each stream's send timeout is send_timeout.
@@ -557,6 +700,8 @@ def relay_server(
         framing=client_framing,
         idle_timeout=None,
         send_timeout=policy.send_timeout,
+        min_send_rate=policy.min_send_rate,
+        keepalive=policy.keepalive,
         **options,
     )
     if may_be_the_same_listener(address, server.host, server.port):
@@ -566,3 +711,10 @@ def relay_server(
             "itself; give the relay another port"
         )
     return server
+
+
+def _check_bool(value: object, name: str) -> bool:
+    """``value`` if it is a bool, else ``TypeError`` naming ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, not {value!r}")
+    return value

@@ -24,9 +24,10 @@ import trio
 if sys.version_info < (3, 11):  # pragma: no cover - trio installs the backport there
     from exceptiongroup import BaseExceptionGroup
 
-from trioecho.arguments import check_connect_host, check_port
+from trioecho.arguments import check_connect_host, check_port, check_timeout
 from trioecho.errors import TLSHandshakeError
 from trioecho.framing.config import FramingConfig, framing_config
+from trioecho.io.keepalive import KeepAlive, apply_keepalive, keepalive_of
 from trioecho.io.tls import do_handshake
 from trioecho.stream.message_stream import MessageStream, receive_size_for
 
@@ -51,6 +52,7 @@ async def open_message_stream(
     receive_size: int | None = None,
     idle_timeout: float | None = None,
     send_timeout: float | None = None,
+    keepalive: KeepAlive | str | None = None,
 ) -> MessageStream:
     """Connect to ``host``:``port`` and return a :class:`MessageStream` over it.
 
@@ -60,7 +62,12 @@ async def open_message_stream(
     ``server_hostname`` (default ``host``), and the handshake must finish
     within ``handshake_timeout`` seconds.  ``receive_size`` defaults to
     64 KiB, 1024 bytes for raw framing (the seed's read size);
-    ``idle_timeout`` and ``send_timeout`` are the stream's.
+    ``idle_timeout`` and ``send_timeout`` are the stream's.  ``keepalive``
+    (a :class:`~trioecho.KeepAlive`, ``"IDLE[:INTERVAL[:COUNT]]"``, or None:
+    off, the default) turns on TCP keepalive, so that a server that vanished
+    is noticed while the stream waits; ``TCP_USER_TIMEOUT`` is set from it
+    and ``send_timeout`` as a server sets it
+    (:func:`~trioecho.io.keepalive.user_timeout_ms`).
 
     Raises ``OSError`` if no address of ``host`` accepts the connection (the
     system's error, e.g. ``ConnectionRefusedError``, when every address
@@ -71,12 +78,20 @@ async def open_message_stream(
     host = check_connect_host(host)
     port = check_port(port)
     config = framing_config(framing)
+    send_timeout = check_timeout(send_timeout, "send_timeout")
+    keepalive = keepalive_of(keepalive)
     if receive_size is None:
         receive_size = receive_size_for(config.framing)
     try:
         tcp = await trio.open_tcp_stream(host, port, happy_eyeballs_delay=happy_eyeballs_delay)
     except OSError as exc:
         raise _plain_connect_error(exc) from exc
+    if keepalive is not None or send_timeout is not None:  # else Trio's socket as it is
+        try:
+            apply_keepalive(tcp.socket, keepalive, send_timeout)
+        except OSError:
+            await trio.aclose_forcefully(tcp)
+            raise
     transport: trio.abc.Stream = tcp
     if ssl_context is not None:
         if server_hostname is None:

@@ -58,6 +58,7 @@ from typing import Any, cast
 
 import trio
 
+from trioecho.arguments import check_rate
 from trioecho.errors import ConnectionClosedError, FrameTooLongError, SinkError, TrioEchoError
 from trioecho.framing.base import Buffer, ForwardingFramer, Framer, can_forward, drops_too_long
 from trioecho.framing.config import FramingConfig, framing_config, new_framer
@@ -66,6 +67,7 @@ from trioecho.io.opening import open_transport
 from trioecho.io.readiness import Readiness
 from trioecho.io.transport import CHECKPOINT_EVERY, Transport
 from trioecho.logtext import format_address
+from trioecho.reasons import CloseReason, close_reason
 from trioecho.stream.session import Session, SessionOutput
 
 __all__ = [
@@ -100,17 +102,21 @@ class MessageStream(trio.abc.AsyncResource):
     ``transport_stream`` is any ``trio.abc.Stream`` (the stream builds its
     :class:`~trioecho.io.transport.Transport` with
     :func:`~trioecho.io.opening.open_transport`, passing ``idle_timeout``,
-    ``send_timeout`` and ``readiness``), or a ``Transport`` the caller
-    opened (those three must then be left out).  ``framer`` is a framer,
+    ``send_timeout``, ``min_send_rate`` and ``readiness``), or a
+    ``Transport`` the caller opened (those four must then be left out).  ``framer`` is a framer,
     a :class:`~trioecho.framing.config.FramingConfig` (its framer is
     built when first used) or a framing name (``"len"``); it defaults to
     lines.  ``receive_size`` is the most
     bytes asked of the transport per read.  ``idle_timeout`` (seconds)
     bounds how long ``receive_message()`` waits for a complete message and
-    raises :class:`IdleTimeoutError` past it; ``send_timeout`` bounds how
-    long a send may stay blocked on a peer that does not read, and raises
-    :class:`SlowReaderError` (closing the stream) past it.  ``None`` means
-    no limit.  ``readiness`` (``"hub"``, ``"trio"`` or None for the default)
+    raises :class:`IdleTimeoutError` past it; ``send_timeout`` is how long
+    a send may wait with no progress on a peer that does not read (the
+    deadline restarts each time the peer takes more), and
+    ``min_send_rate`` the bytes a second a waiting send must average once
+    past ``send_timeout`` (the send rule of
+    :mod:`~trioecho.io.send_deadline`); a send that breaks either raises
+    :class:`SlowReaderError` (closing the stream).  ``None`` means no
+    limit.  ``readiness`` (``"hub"``, ``"trio"`` or None for the default)
     is how the transport waits on a plain TCP socket.  ``account`` is the
     stream's share of a :class:`~trioecho.io.budget.MemoryBudget`; the stream
     gives it back when it closes.
@@ -119,6 +125,7 @@ class MessageStream(trio.abc.AsyncResource):
     __slots__ = (
         "_account",
         "_at_eof",
+        "_close_reason",
         "_error",
         "_framer",
         "_framing",
@@ -127,7 +134,6 @@ class MessageStream(trio.abc.AsyncResource):
         "_receiving",
         "_resume",
         "_run",
-        "close_reason",
         "lines_dropped",
         "messages_received",
         "messages_sent",
@@ -144,6 +150,7 @@ class MessageStream(trio.abc.AsyncResource):
         receive_size: int = DEFAULT_RECEIVE_SIZE,
         idle_timeout: float | None = None,
         send_timeout: float | None = None,
+        min_send_rate: float | None = None,
         readiness: Readiness | None = None,
         account: Account | None = None,
     ) -> None:
@@ -155,10 +162,15 @@ class MessageStream(trio.abc.AsyncResource):
         if receive_size < 1:
             raise ValueError(f"receive_size must be at least 1, not {receive_size}")
         if isinstance(transport_stream, Transport):
-            if idle_timeout is not None or send_timeout is not None or readiness is not None:
+            if (
+                idle_timeout is not None
+                or send_timeout is not None
+                or min_send_rate is not None
+                or readiness is not None
+            ):
                 raise ValueError(
-                    "idle_timeout, send_timeout and readiness belong to the Transport "
-                    "when one is given"
+                    "idle_timeout, send_timeout, min_send_rate and readiness belong to the "
+                    "Transport when one is given"
                 )
             self.transport = transport_stream
         else:
@@ -166,6 +178,7 @@ class MessageStream(trio.abc.AsyncResource):
                 transport_stream,
                 idle_timeout=idle_timeout,
                 send_timeout=send_timeout,
+                min_send_rate=check_rate(min_send_rate, "min_send_rate"),
                 readiness=readiness,
             )
         self.transport_stream = self.transport.stream
@@ -193,10 +206,7 @@ class MessageStream(trio.abc.AsyncResource):
         self.messages_received = 0  # complete messages read from the transport
         self.messages_sent = 0  # messages whose bytes the transport accepted
         self.lines_dropped = 0  # over-long lines dropped in discard mode
-        # How the session ended, once it has: "peer_closed" (the end of the
-        # input) or "stop_message" (the session's stop message), set here;
-        # a handler may set its own.  The server counts closes by it.
-        self.close_reason: str | None = None
+        self._close_reason: CloseReason | str | None = None
 
     def __repr__(self) -> str:
         framing = self._framing.framing if self._framing is not None else type(self.framer).__name__
@@ -207,6 +217,21 @@ class MessageStream(trio.abc.AsyncResource):
             f"<MessageStream {state}{peer}, framing={framing!r}, "
             f"{self.messages_received} received, {self.messages_sent} sent>"
         )
+
+    @property
+    def close_reason(self) -> CloseReason | str | None:
+        """Why the connection ended, once it has: :attr:`CloseReason.PEER_CLOSED`
+        (the end of the input) or :attr:`CloseReason.STOP_MESSAGE` (a
+        session's stop message), set by the stream; the server sets the
+        others.  A handler may set a :class:`CloseReason`, or a reason of its
+        own (any non-empty ``str``: counted as :attr:`CloseReason.OTHER`, its
+        text in the access record); anything else raises ``TypeError`` here.
+        A ``str`` equal to a member's value reads back as that member."""
+        return self._close_reason
+
+    @close_reason.setter
+    def close_reason(self, reason: CloseReason | str | None) -> None:
+        self._close_reason = close_reason(reason)
 
     @property
     def bytes_received(self) -> int:
@@ -258,6 +283,15 @@ class MessageStream(trio.abc.AsyncResource):
     @send_timeout.setter
     def send_timeout(self, value: float | None) -> None:
         self.transport.send_timeout = value
+
+    @property
+    def min_send_rate(self) -> float | None:
+        """The send rule's floor, bytes a second (None: none)."""
+        return self.transport.min_send_rate
+
+    @min_send_rate.setter
+    def min_send_rate(self, value: float | None) -> None:
+        self.transport.min_send_rate = check_rate(value, "min_send_rate")
 
     @property
     def account(self) -> Account | None:
@@ -384,8 +418,8 @@ class MessageStream(trio.abc.AsyncResource):
                     return False  # stop_receiving()
                 if not data:
                     self._at_eof = True
-                    if self.close_reason is None:
-                        self.close_reason = "peer_closed"
+                    if self._close_reason is None:
+                        self._close_reason = CloseReason.PEER_CLOSED
                     continue
                 self._feed(data)
             return True
@@ -475,8 +509,10 @@ class MessageStream(trio.abc.AsyncResource):
                     await self.send_framed(run.take_owed(), run.owed_replies)
                 if run.ending is None and not await self._ready_to_read():
                     return None
-            if run.ending.error is None and self.close_reason is None:
-                self.close_reason = "stop_message" if run.ending.stopped else "peer_closed"
+            if run.ending.error is None and self._close_reason is None:
+                self._close_reason = (
+                    CloseReason.STOP_MESSAGE if run.ending.stopped else CloseReason.PEER_CLOSED
+                )
             return run.finish()
         finally:
             self._run = None
@@ -527,7 +563,8 @@ class MessageStream(trio.abc.AsyncResource):
         ``sink``'s ``messages_sent``.  On a plain TCP socket on the readiness
         hub the hub does this itself on each read, sending what ``sink``
         takes at once; this task wakes only to wait: for ``sink`` to take
-        the rest (``sink``'s ``send_timeout``), or for the memory budget.
+        the rest (``sink``'s send rule: ``send_timeout``, ``min_send_rate``),
+        or for the memory budget.
 
         Returns at the end of the input (:class:`IncompleteFrameError` if it
         ends inside a frame) or after :meth:`stop_receiving`; ``sink`` is
@@ -567,8 +604,8 @@ class MessageStream(trio.abc.AsyncResource):
                 await run.settle()
                 if run.ended:
                     self.framer.feed_eof()  # IncompleteFrameError inside a frame
-                    if self.close_reason is None:
-                        self.close_reason = "peer_closed"
+                    if self._close_reason is None:
+                        self._close_reason = CloseReason.PEER_CLOSED
                     return
         finally:
             self._receiving = False
@@ -580,7 +617,8 @@ class MessageStream(trio.abc.AsyncResource):
 
         Raises the framer's errors for a payload that cannot be framed (nothing
         is sent then), :class:`ConnectionClosedError` if the transport broke and
-        :class:`SlowReaderError` past ``send_timeout``.
+        :class:`SlowReaderError` when the peer stalls for ``send_timeout`` or
+        reads below ``min_send_rate``.
         """
         _check_payload(payload)
         await self.send_framed(self.framer.encode(payload))
@@ -616,9 +654,11 @@ class MessageStream(trio.abc.AsyncResource):
         finally:
             self._release_account()
 
-    async def close_gracefully(self, linger: float, limit: float) -> None:
+    async def close_gracefully(self, linger: float, limit: float | None = None) -> None:
         """Close without destroying replies in flight (see
-        ``Transport.close_gracefully``), then give the memory account back."""
+        ``Transport.close_gracefully``: the peer gets them while it takes
+        them by the send rule, ``limit`` seconds at most), then give the
+        memory account back."""
         try:
             await self.transport.close_gracefully(linger, limit)
         finally:

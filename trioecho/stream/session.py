@@ -37,6 +37,7 @@ class SessionOutput(NamedTuple):
 
 
 _NOTHING = SessionOutput(b"", 0, 0)
+_REPLY_TYPES = (bytes, bytearray, memoryview)  # what a respond() may return, besides None
 
 
 class Session(Protocol):
@@ -74,6 +75,9 @@ class RespondSession:
       before it; an over-long line in discard mode is ``dropped`` instead;
     * a reply the framer cannot encode (a line holding the delimiter) ends
       the session with that error, after the replies before it;
+    * a reply that is neither bytes-like (``bytes``, ``bytearray``,
+      ``memoryview``) nor None is a bug of ``respond``: ``TypeError`` naming
+      it, its class and the type returned;
     * an exception ``respond`` raises is its own bug: it propagates.
 
     ``received`` counts the messages given to ``respond``.
@@ -113,6 +117,8 @@ class RespondSession:
             received += 1
             reply = respond(message)
             if reply is not None:
+                if type(reply) is not bytes and not isinstance(reply, _REPLY_TYPES):
+                    raise _wrong_reply(respond, reply)
                 replies.append(reply)
             if self._stopping:
                 error = None  # the input after the stop message is not read
@@ -177,3 +183,15 @@ class RespondSession:
             except FramingError as exc:
                 return b"".join(parts), len(parts), exc
         raise AssertionError("encode_many() refused replies that encode() frames one by one")
+
+
+def _wrong_reply(respond: Callable[[bytes], bytes | None], reply: object) -> TypeError:
+    """The error for a reply ``respond`` should not have returned."""
+    owner = getattr(respond, "__self__", None)
+    name = getattr(respond, "__name__", None) or repr(respond)
+    where = f"{type(owner).__name__}.{name}()" if owner is not None else f"{name}()"
+    hint = ": encode the text first, e.g. return text.encode()" if isinstance(reply, str) else ""
+    return TypeError(
+        f"{where} must return bytes (or a bytearray or memoryview) or None, "
+        f"not {type(reply).__name__}{hint}"
+    )

@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from trioecho.logtext import format_address
-from trioecho.server.server import CLOSE_REASONS
+from trioecho.reasons import CLOSE_REASONS
 from trioecho.workers.link import Snapshot
 
 __all__ = [
