@@ -99,12 +99,11 @@ def exchange(sock: socket.socket, message: bytes) -> None:
 def test_keepalive_frees_a_vanished_idle_peer_at_its_bound_and_never_a_live_one(
     netns: NetnsPair,
 ) -> None:
-    # The keepalive bound is 2 + 1 * 3 = 5 s.  The send timeout, 1 s, is
-    # below it: TCP_USER_TIMEOUT stays at the bound, else the kernel would
-    # end the idle connection at its first unanswered probe, at 3 s.
-    with server_in(
-        netns, "--idle-timeout", "0", "--keepalive", "2:1:3", "--send-timeout", "1"
-    ) as server:
+    # The keepalive bound is 2 + 1 * 3 = 5 s, and TCP_USER_TIMEOUT is the
+    # bound: not the send timeout (the default, 30 s, would hold the dead
+    # peer that long), nor below it (the kernel would end the idle
+    # connection at its first unanswered probe, at 3 s).
+    with server_in(netns, "--idle-timeout", "0", "--keepalive", "2:1:3") as server:
         live = netns.dial(netns.server, SERVER_ADDRESS, server.port)  # its link stays up
         vanishing = netns.dial(netns.client, SERVER_ADDRESS, server.port)
         port = vanishing.getsockname()[1]
@@ -169,10 +168,11 @@ def test_a_peer_vanished_during_a_blocked_send_is_freed_within_the_send_timeout(
     ("options", "user_timeout"),
     [
         (("--keepalive", "off", "--send-timeout", "2"), 2.0),
-        # Never below the keepalive bound (2 + 1 * 3 = 5 s), whatever the send timeout.
+        # The keepalive bound (2 + 1 * 3 = 5 s), whatever the send timeout.
         (("--keepalive", "2:1:3", "--send-timeout", "1"), 5.0),
+        (("--keepalive", "2:1:3"), 5.0),  # the default send timeout, 30 s
     ],
-    ids=["no keepalive: the send timeout", "keepalive: its bound"],
+    ids=["no keepalive: the send timeout", "keepalive: its bound", "keepalive, default send"],
 )
 def test_a_peer_vanished_with_a_reply_in_flight_is_freed_by_the_user_timeout(
     netns: NetnsPair, options: tuple[str, ...], user_timeout: float

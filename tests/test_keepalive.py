@@ -29,6 +29,9 @@ from trioecho.io.keepalive import (
     keepalive_of,
     user_timeout_ms,
 )
+from trioecho.io.opening import open_transport
+from trioecho.io.readiness import Readiness
+from trioecho.io.socket_transport import SocketTransport
 from trioecho.services.relay import relay_server
 
 SYNTAX = 'IDLE[:INTERVAL[:COUNT]] (whole seconds; COUNT probes) or "off"'
@@ -165,8 +168,9 @@ def test_the_default_and_its_bound() -> None:
     ("keepalive", "send_timeout", "milliseconds"),
     [
         (KeepAlive(60, 10, 6), 30.0, 120_000),  # the defaults: the keepalive bound
-        (KeepAlive(60, 10, 6), 300.0, 300_000),  # a longer send timeout
+        (KeepAlive(60, 10, 6), 300.0, 120_000),  # the bound, whatever the send timeout
         (KeepAlive(2, 1, 3), 1.0, 5_000),  # never below the bound
+        (KeepAlive(2, 1, 3), 30.0, 5_000),  # nor above it
         (KeepAlive(2, 1, 3), None, 0),  # no send timeout: the kernel's
         (None, 7.5, 7_500),  # no keepalive: the send timeout alone
         (None, 0.0004, 1),  # rounded up: 0 would mean none
@@ -174,7 +178,7 @@ def test_the_default_and_its_bound() -> None:
         (None, 1e9, 2**31 - 1),  # the kernel's largest
     ],
 )
-def test_the_user_timeout_is_the_send_timeout_never_below_the_keepalive_bound(
+def test_the_user_timeout_is_the_keepalive_bound_else_the_send_timeout(
     keepalive: KeepAlive | None, send_timeout: float | None, milliseconds: int
 ) -> None:
     assert user_timeout_ms(keepalive, send_timeout) == milliseconds
@@ -187,7 +191,7 @@ def test_the_user_timeout_is_the_send_timeout_never_below_the_keepalive_bound(
     ("keepalive", "send_timeout", "expect"),
     [
         (DEFAULT_KEEPALIVE, 30.0, (DEFAULT_KEEPALIVE, 120_000)),
-        ("5:2:4", 30.0, (KeepAlive(5, 2, 4), 30_000)),
+        ("5:2:4", 30.0, (KeepAlive(5, 2, 4), 13_000)),
         (KeepAlive(5, 2, 4), None, (KeepAlive(5, 2, 4), 0)),
         (None, 7.5, (None, 7_500)),
         ("off", None, (None, 0)),
@@ -293,7 +297,7 @@ async def test_the_relay_sets_keepalive_on_both_sides() -> None:
             await client.send_message(b"through")
             assert await client.receive_message() == b"through"
             client_address = client.transport_stream.socket.getsockname()  # type: ignore[attr-defined]
-            # max(send timeout 4 s, keepalive bound 7 + 3 * 2 = 13 s)
+            # the keepalive bound, 7 + 3 * 2 = 13 s
             both = (1, 7, 3, 2, 13_000)
             with socket_at(("127.0.0.1", relay.port), client_address) as accepted:
                 assert options_of(accepted) == both
@@ -367,3 +371,47 @@ def test_the_relay_command_passes_it_on(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(cli_main, "run_relay", run_relay)
     assert main(["relay", "--upstream", "db:5432", "--port", "0", "--keepalive", "9:8:7"]) == 0
     assert [relay.keepalive for relay in built] == [KeepAlive(9, 8, 7)]
+
+
+@pytest.mark.parametrize("readiness", ["hub", "trio"])
+async def test_a_send_waiting_for_its_reader_lifts_the_user_timeout_and_puts_it_back(
+    readiness: Readiness,
+) -> None:
+    """While a send waits for the peer to read, the send rule decides, not
+    the kernel: TCP_USER_TIMEOUT is 0 for the wait (else a keepalive bound
+    shorter than the send timeout would let the kernel cut a live reader
+    whose window stays closed), and the connection's value again after."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    with listener:
+        reader = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+    with reader:
+        apply_keepalive(accepted, KeepAlive(2, 1, 3), 30.0)
+        accepted.setblocking(False)
+        sending = trio.SocketStream(trio.socket.from_stdlib_socket(accepted))
+        transport = open_transport(sending, send_timeout=30.0, readiness=readiness)
+        assert isinstance(transport, SocketTransport)
+        payload = bytes(range(256)) * (32 << 12)  # 32 MiB: more than both buffers hold
+        seen_while_blocked: list[int] = []
+
+        async def watch_the_blocked_send() -> None:
+            await trio.sleep(0.2)
+            assert transport.sending
+            seen_while_blocked.append(user_timeout_of(accepted))
+            received = 0
+            while received < len(payload):  # then read it all
+                chunk = await trio.to_thread.run_sync(reader.recv, 1 << 20)
+                assert chunk
+                received += len(chunk)
+
+        assert user_timeout_of(accepted) == 5_000
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_the_blocked_send)
+            await transport.send_all(payload)
+        assert seen_while_blocked == [0]
+        assert user_timeout_of(accepted) == 5_000
+        await transport.aclose()
+
+
+def user_timeout_of(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)

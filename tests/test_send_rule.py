@@ -26,7 +26,7 @@ from trioecho.io.socket_transport import SocketTransport
 from trioecho.io.stream_transport import SEND_CHUNK, StreamTransport
 from trioecho.io.transport import Transport
 
-PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, every byte position checkable
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 
 
 class PacedReader:

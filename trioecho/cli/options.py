@@ -168,8 +168,8 @@ def _add_keepalive(limits: argparse._ArgumentGroup, where: str) -> None:
         "every INTERVAL seconds and close it after COUNT unanswered probes, so a peer that "
         "vanished (no FIN, no reset: a dead host, a cut link) frees its slot within "
         "IDLE+INTERVAL*COUNT seconds, even with --idle-timeout 0; a live peer answers and "
-        "is never cut.  TCP_USER_TIMEOUT is set to the longer of that bound and "
-        "--send-timeout (0 with --send-timeout 0), so bytes in flight to a dead peer end it "
+        "is never cut.  TCP_USER_TIMEOUT is set to that bound (to --send-timeout with "
+        "--keepalive off; 0 with --send-timeout 0), so bytes in flight to a dead peer end it "
         "too; off: no keepalive (default: %(default)s: a dead peer is found within 2 "
         "minutes, a live idle one costs one probe a minute)",
     )

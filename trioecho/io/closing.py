@@ -69,7 +69,7 @@ async def drain_until_eof(
     stall = linger if send_timeout is None else send_timeout
     now = trio.current_time()
     rule = SendDeadline(stall, None if send_timeout is None else min_send_rate, now)
-    look = min(linger, stall / 4)
+    look = min(linger, stall / 4) if linger > 0 else stall / 4
     unsent = _unsent(stream)
     look_at = now + (look if unsent else linger)
     spare = DELIVERED_DRAIN_BYTES

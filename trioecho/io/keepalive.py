@@ -22,30 +22,31 @@ sets them once, on its listeners.
 
 ``TCP_USER_TIMEOUT`` (:func:`user_timeout_ms`) bounds how long the kernel
 waits for the peer to acknowledge bytes it was sent, or to open a window it
-closed (a peer that stopped reading), before it ends the connection.  It is
-tied to the send timeout, and never set below the keepalive bound:
+closed, before it ends the connection.  Keepalive probes are not sent while
+bytes are unacknowledged, so without it a peer that vanished with a reply in
+flight would be freed only by the retransmission limit.  Its value is the
+keepalive bound (the send timeout without keepalive): one answer to "how
+long may a peer stay silent", for an idle connection and for one with bytes
+in flight.  It is never below the bound: once a probe is unanswered, Linux
+ends the connection when the user timeout has passed *instead of* after
+``count`` probes (``tcp_keepalive_timer``), so a shorter one would cut an
+idle dead connection at its first unanswered probe.
 
-* keepalive probes are not sent while bytes are unacknowledged, so without
-  it a peer that vanished with a reply in flight is freed only by the
-  retransmission limit;
-* once a probe is unanswered, Linux ends the connection when the user
-  timeout has passed *instead of* after ``count`` probes
-  (``tcp_keepalive_timer``): a user timeout shorter than the keepalive bound
-  would cut an idle dead connection at its first unanswered probe, before
-  keepalive has probed it.
-
-So it is ``max(send_timeout, keepalive.bound)`` seconds (``send_timeout``
-alone without keepalive).  The cost of never going below the bound: with a
-send timeout longer than the keepalive bound, an idle dead peer is freed at
-the send timeout, not at the bound.  A send timeout of None ("never cut a
-live reader") leaves it at 0, the kernel's default, because a user timeout
-also ends a connection whose window stays closed that long: any value would
-cut a live reader that pauses longer.  A dead path under a send is then
-freed only by the retransmission limit.
+While a send waits for the peer to read (a reply the kernel could not take
+at once), the send rule (:mod:`~trioecho.io.send_deadline`) is in charge:
+``SocketTransport`` lifts the user timeout for that wait
+(:func:`suspend_user_timeout`) and puts it back after, so that the kernel
+never cuts a live reader that pauses (its window closed) before the send
+timeout does, and a dead one is cut by the send rule at the send timeout.
+A send timeout of None ("never cut a live reader") leaves it at 0, the
+kernel's default: any value would cut a live reader whose window stays
+closed longer, and a dead path under a send is then freed only by the
+retransmission limit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import socket
@@ -57,6 +58,8 @@ __all__ = [
     "KeepAlive",
     "apply_keepalive",
     "keepalive_of",
+    "restore_user_timeout",
+    "suspend_user_timeout",
     "user_timeout_ms",
 ]
 
@@ -147,13 +150,36 @@ def keepalive_of(value: object, name: str = "keepalive") -> KeepAlive | None:
 
 
 def user_timeout_ms(keepalive: KeepAlive | None, send_timeout: float | None) -> int:
-    """``TCP_USER_TIMEOUT`` for a connection: ``send_timeout`` seconds, but
-    never below ``keepalive``'s bound; 0 (the kernel's) without a send
-    timeout.  See the module docstring for why."""
+    """``TCP_USER_TIMEOUT`` for a connection, in milliseconds: ``keepalive``'s
+    bound, or ``send_timeout`` without keepalive; 0 (the kernel's) without
+    a send timeout.  See the module docstring for why."""
     if send_timeout is None:
         return 0
-    seconds = send_timeout if keepalive is None else max(send_timeout, keepalive.bound)
+    seconds = send_timeout if keepalive is None else keepalive.bound
     return min(math.ceil(seconds * 1000), MAX_USER_TIMEOUT_MS)
+
+
+def suspend_user_timeout(sock: socket.socket) -> int:
+    """Lift ``sock``'s ``TCP_USER_TIMEOUT`` while a send waits for its peer
+    (the send rule decides then); return the value to give
+    :func:`restore_user_timeout`.  0, and nothing done, where there is
+    none: not TCP, no such option, or not set."""
+    if _TCP_USER_TIMEOUT is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return 0
+    try:
+        milliseconds = sock.getsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT)
+        if milliseconds:
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, 0)
+    except OSError:  # closed or reset meanwhile: the send fails on its own
+        return 0
+    return int(milliseconds)
+
+
+def restore_user_timeout(sock: socket.socket, milliseconds: int) -> None:
+    """Put back what :func:`suspend_user_timeout` lifted (0: nothing to do)."""
+    if milliseconds and _TCP_USER_TIMEOUT is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, milliseconds)
 
 
 def apply_keepalive(

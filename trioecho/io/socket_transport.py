@@ -14,6 +14,7 @@ import trio
 from trioecho.errors import ConnectionClosedError
 from trioecho.framing.base import Buffer
 from trioecho.io.hub import AGAIN, HAND_BACK, WAIT, Watch, current_hub
+from trioecho.io.keepalive import restore_user_timeout, suspend_user_timeout
 from trioecho.io.transport import InlineStep, Transport
 
 __all__ = ["SocketTransport", "hub_watch"]
@@ -421,6 +422,8 @@ class SocketTransport(Transport):
         limit = self._send_deadline()
         unsent: Buffer | None = rest
         held = self.on_held_send
+        # The send rule, not the kernel's user timeout, decides while we wait.
+        user_timeout = suspend_user_timeout(self._socket)
         try:
             with trio.CancelScope(deadline=math.inf if limit is None else limit.deadline) as scope:
                 while unsent is not None:
@@ -439,6 +442,7 @@ class SocketTransport(Transport):
                 return
         finally:
             self._sending = False
+            restore_user_timeout(self._socket, user_timeout)
             if held is not None:
                 held(0)
         assert limit is not None  # only its deadline cancels the scope

@@ -33,7 +33,7 @@ them, it reads below ``min_send_rate`` bytes a second) and the framer's
 A peer that vanishes without a FIN or a reset is found by TCP keepalive
 (``keepalive``, default 60:10:6: within 2 minutes of its last packet, also
 with no ``idle_timeout``) and, with bytes in flight to it, by
-``TCP_USER_TIMEOUT`` (the send timeout, never below the keepalive bound):
+``TCP_USER_TIMEOUT`` (the keepalive bound, lifted while a send waits):
 :mod:`trioecho.io.keepalive`.
 
 Before the handler runs, :mod:`trioecho.server.accept` reads a PROXY protocol header
@@ -188,8 +188,8 @@ class MessageServer:
         sockets, which they inherit): a :class:`KeepAlive`, its text
         ``"IDLE[:INTERVAL[:COUNT]]"``, or None (or ``"off"``) for none;
         default 60:10:6, a dead idle peer freed within 2 minutes of its last
-        packet.  ``TCP_USER_TIMEOUT`` comes with it, from ``send_timeout``
-        (:mod:`trioecho.io.keepalive`).
+        packet.  ``TCP_USER_TIMEOUT`` comes with it: the keepalive bound, or
+        ``send_timeout`` without keepalive (:mod:`trioecho.io.keepalive`).
     ``grace``
         seconds connections get to finish on :meth:`shutdown`.
     ``backlog``

@@ -663,8 +663,8 @@ def relay_server(
     closed it (:func:`relay`).  ``keepalive`` (default 60:10:6: a dead
     peer found within 2 minutes) is TCP keepalive on both sides, the
     clients' connections and the upstream ones, as pgbouncer's
-    ``tcp_keepalive``; ``TCP_USER_TIMEOUT`` comes with it, from
-    ``send_timeout`` (:mod:`trioecho.io.keepalive`).  The other ``options``
+    ``tcp_keepalive``; ``TCP_USER_TIMEOUT`` comes with it
+    (:mod:`trioecho.io.keepalive`).  The other ``options``
     are :class:`MessageServer`'s.
 
     An upstream that is the relay's own address is refused here

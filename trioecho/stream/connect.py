@@ -66,7 +66,7 @@ async def open_message_stream(
     (a :class:`~trioecho.KeepAlive`, ``"IDLE[:INTERVAL[:COUNT]]"``, or None:
     off, the default) turns on TCP keepalive, so that a server that vanished
     is noticed while the stream waits; ``TCP_USER_TIMEOUT`` is set from it
-    and ``send_timeout`` as a server sets it
+    (or ``send_timeout``) as a server sets it
     (:func:`~trioecho.io.keepalive.user_timeout_ms`).
 
     Raises ``OSError`` if no address of ``host`` accepts the connection (the
