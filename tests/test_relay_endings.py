@@ -40,6 +40,7 @@ from trioecho.cli.options import build_parser, resolve_relay_timeouts
 from trioecho.cli.serve import relay_from_args
 from trioecho.errors import IdleTimeoutError, ProtocolRefusedError, SlowReaderError
 from trioecho.framing.presets import postgres_refusal
+from trioecho.server.server import LINGER_SECONDS
 
 FIN_TIMEOUT = 2.0
 
@@ -148,7 +149,7 @@ def test_postgresql_a_client_that_ends_frees_its_upstream_and_slot_at_once(endin
 def ends_after_one_message(sock: socket.socket) -> None:
     """A PostgreSQL server that says one FATAL ErrorResponse and closes."""
     sock.recv(65536)
-    sock.sendall(b"E\x00\x00\x00\x0aSFATAL\x00\x00")
+    sock.sendall(b"E\x00\x00\x00\x0cSFATAL\x00\x00")
     sock.close()
 
 
@@ -161,9 +162,12 @@ def test_postgresql_an_upstream_that_ends_closes_its_client_after_its_last_bytes
         with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as sock:
             client_port = sock.getsockname()[1]
             sock.sendall(startup_message())
-            assert recv_exactly(sock, 11) == b"E\x00\x00\x00\x0aSFATAL\x00\x00"
-            assert sock.recv(10) == b""  # at once, though this client still listens
-            wait_for_sockets(relay.pid, baseline, within=0.5)
+            assert recv_exactly(sock, 13) == b"E\x00\x00\x00\x0cSFATAL\x00\x00"
+            assert sock.recv(10) == b""
+            # The relay's upstream socket is closed at once, though this
+            # client still listens (it gets LINGER_SECONDS for its own end).
+            wait_for_sockets(relay.pid, baseline + 1, within=0.5)
+        wait_for_sockets(relay.pid, baseline, within=0.5)
         line = one_line(relay, client_port)
         assert line.endswith(
             f"127.0.0.1:{client_port}: closing: {upstream_side(upstream.port)} ended; "
@@ -251,7 +255,9 @@ def test_an_upstream_that_never_finishes_is_cut_at_the_fin_timeout() -> None:
 
 def test_a_client_that_never_finishes_is_cut_at_the_fin_timeout() -> None:
     """The upstream half-closes at once; the client hears the end and then
-    neither sends nor ends: freed --fin-timeout (2 s) later, ± 1 s."""
+    neither sends nor ends: its upstream connection is closed --fin-timeout
+    (2 s) later, ± 1 s, and its own once the lossless close has given it
+    its 2 s to end (``LINGER_SECONDS``)."""
     with (
         hostile(half_closes) as upstream,
         relay_process(
@@ -263,8 +269,9 @@ def test_a_client_that_never_finishes_is_cut_at_the_fin_timeout() -> None:
             client_port = sock.getsockname()[1]
             assert sock.recv(10) == b""  # the upstream's end, passed on
             ended = time.monotonic()
-            wait_for_sockets(relay.pid, baseline, within=FIN_TIMEOUT + 1)
+            wait_until(lambda: upstream.ended == 1, within=FIN_TIMEOUT + 1)
             waited = time.monotonic() - ended
+            wait_for_sockets(relay.pid, baseline, within=LINGER_SECONDS + 1)
         assert FIN_TIMEOUT - 0.1 < waited < FIN_TIMEOUT + 1, waited
         line = one_line(relay, client_port)
         assert line.endswith(

@@ -27,8 +27,9 @@ For each version, one after another:
 At the end this interpreter builds the extensions again (``python
 build_ffi.py``), so the clone is as CI left it.  The extensions use the
 stable ABI (``*.abi3.so``): every version builds the same files in place,
-so two runs must not share a clone.  Exits 1 if a version is missing, cannot
-install, lacks its C units or fails a test.
+so two runs must not share a clone.  Every version is tried, even after one
+failed; exits 1 if a version is missing, cannot install, lacks its C units or
+fails a test.
 """
 
 from __future__ import annotations
@@ -137,8 +138,8 @@ def suite_environment(venv: Path) -> dict[str, str]:
     return environment
 
 
-def test_version(version: str, interpreter: Path, pytest_args: list[str]) -> float:
-    """Install and test on ``version``; returns the suite's time in seconds."""
+def test_version(version: str, interpreter: Path, pytest_args: list[str]) -> None:
+    """Install and test on ``version``; raises ``RuntimeError`` if a step fails."""
     venv = ROOT / f".ci-venv-{version}"
     python = str(venv / "bin" / "python")
     environment = suite_environment(venv)
@@ -149,9 +150,7 @@ def test_version(version: str, interpreter: Path, pytest_args: list[str]) -> flo
             built.unlink()
     run([python, "-m", "pip", "install", "--quiet", "-e", ".[test]"], env=environment)
     run([python, "-c", C_CHECK], env=environment)
-    start = time.monotonic()
     run([python, "-m", "pytest", "-q", *pytest_args], env=environment)
-    return time.monotonic() - start
 
 
 def main() -> int:
@@ -181,21 +180,24 @@ def main() -> int:
         return 1
     if args.list:
         return 0
-    times: dict[str, float] = {}
+    results: dict[str, str] = {}
     try:
-        for version, interpreter in others.items():
+        for version, interpreter in others.items():  # each one, even after a failure
             assert interpreter is not None
             print(f"\n=== test_pythons: the suite on Python {version}", flush=True)
-            times[version] = test_version(version, interpreter, args.pytest_args)
-            print(f"test_pythons: Python {version}: passed in {times[version]:.0f} s", flush=True)
-    except RuntimeError as exc:
-        print(f"test_pythons: Python {version}: {exc}", file=sys.stderr)
-        return 1
+            start = time.monotonic()
+            try:
+                test_version(version, interpreter, args.pytest_args)
+            except RuntimeError as exc:
+                results[version] = f"FAILED: {exc}"
+            else:
+                results[version] = f"passed in {time.monotonic() - start:.0f} s"
+            print(f"test_pythons: Python {version}: {results[version]}", flush=True)
     finally:  # the clone's extensions built by this interpreter again
         run([sys.executable, "build_ffi.py"], quiet=True)
-    summary = ", ".join(f"{version} in {seconds:.0f} s" for version, seconds in times.items())
-    print(f"test_pythons: the suite passed on Python {summary}")
-    return 0
+    for version, result in results.items():
+        print(f"test_pythons: Python {version}: {result}")
+    return 1 if any(result.startswith("FAILED") for result in results.values()) else 0
 
 
 if __name__ == "__main__":
