@@ -415,6 +415,20 @@ CONSTRUCTION: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         TypeError,
         f"client_framing must be a FramingConfig or a framing name {FRAMING_NAMES}, not int",
     ),
+    (
+        "relay_server(..., fin_timeout=-1)",
+        lambda: relay_server("db:5432", client_framing="len", server_framing="len", fin_timeout=-1),
+        ValueError,
+        "fin_timeout must be positive or None, not -1",
+    ),
+    (
+        "relay_server(..., half_close='no')",
+        lambda: relay_server(
+            "db:5432", client_framing="len", server_framing="len", half_close=wrong("no")
+        ),
+        TypeError,
+        "half_close must be True or False, not 'no'",
+    ),
 ]
 
 

@@ -244,8 +244,8 @@ async def test_a_peer_failure_in_the_relay_is_one_log_line(
         peer = format_address(client.socket.getsockname())
         while server.active_connections:
             await trio.sleep(0.1)
-    upstream = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
-    named = "the client side" if side == "client" else f"the upstream side ({upstream})"
+    address = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    named = "the client side" if side == "client" else f"the upstream side ({address})"
     assert [
         (r.name, r.levelname, r.getMessage())
         for r in caplog.records

@@ -12,6 +12,7 @@ own old-style refusal, byte for byte."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import struct
 import threading
@@ -176,6 +177,41 @@ def test_postgresql_an_upstream_that_ends_closes_its_client_after_its_last_bytes
         no_tracebacks(relay)
 
 
+def answers_after_a_second(sock: socket.socket) -> None:
+    """A PostgreSQL server slow to answer the startup: ReadyForQuery 1 s
+    later, then the end once the relay has ended its input."""
+    sock.recv(65536)
+    time.sleep(1)
+    sock.sendall(b"Z\x00\x00\x00\x05I")
+    while sock.recv(65536):
+        pass
+    sock.close()
+
+
+def test_postgresql_on_shutdown_the_upstream_still_finishes() -> None:
+    """SIGTERM stops reading the client, which is not the client's end: the
+    upstream is told (its input ends) and its answer still reaches the
+    client within the grace period."""
+    with (
+        hostile(answers_after_a_second) as upstream,
+        relay_process(upstream.port, "--preset", "postgresql") as relay,
+        socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock,
+    ):
+        client_port = sock.getsockname()[1]
+        sock.sendall(startup_message())
+        wait_until(lambda: upstream.accepted == 1)
+        relay.process.send_signal(signal.SIGTERM)
+        assert recv_exactly(sock, 6) == b"Z\x00\x00\x00\x05I"
+        assert sock.recv(10) == b""
+        line = one_line(relay, client_port)
+        assert line.endswith(
+            f" INFO trioecho.relay: 127.0.0.1:{client_port}: closed: the client side stopped "
+            f"(shutdown), then {upstream_side(upstream.port)}"
+        ), line
+        assert relay.wait() == 0
+        no_tracebacks(relay)
+
+
 # -- generic relays: half-closes and --fin-timeout ----------------------------------
 
 
@@ -242,6 +278,7 @@ def test_an_upstream_that_never_finishes_is_cut_at_the_fin_timeout() -> None:
             assert sock.recv(10) == b""
             waited = time.monotonic() - ended
         assert FIN_TIMEOUT - 0.1 < waited < FIN_TIMEOUT + 1, waited
+        print(f"cut {waited:.2f} s after the other side's end (--fin-timeout 2)")
         wait_for_sockets(relay.pid, baseline, within=1)
         wait_until(lambda: upstream.ended == 1)
         line = one_line(relay, client_port)
@@ -273,6 +310,7 @@ def test_a_client_that_never_finishes_is_cut_at_the_fin_timeout() -> None:
             waited = time.monotonic() - ended
             wait_for_sockets(relay.pid, baseline, within=LINGER_SECONDS + 1)
         assert FIN_TIMEOUT - 0.1 < waited < FIN_TIMEOUT + 1, waited
+        print(f"cut {waited:.2f} s after the other side's end (--fin-timeout 2)")
         line = one_line(relay, client_port)
         assert line.endswith(
             f" INFO trioecho.relay: 127.0.0.1:{client_port}: closing: the client side: not "
@@ -322,20 +360,28 @@ def test_the_refusals_for_timeouts_are_postgresqls() -> None:
 
 
 def pg_message(sock: socket.socket) -> tuple[bytes, bytes]:
-    """One message from a PostgreSQL server: (type, body); (b"", b"") at the end."""
+    """One message from a PostgreSQL server: (type, body); (b"", b"") at
+    the end; EOFError for an end inside a message."""
     header = recv_exactly(sock, 5)
     if not header:
         return b"", b""
-    assert len(header) == 5, header
+    if len(header) < 5:
+        raise EOFError(f"the connection ended inside a message header: {header!r}")
     size = struct.unpack(">I", header[1:])[0]
     body = recv_exactly(sock, size - 4)
-    assert len(body) == size - 4
+    if len(body) < size - 4:
+        raise EOFError(f"the connection ended inside a message: {len(body)} of {size - 4}")
     return header[:1], body
 
 
-def start_session(port: int, **parameters: str) -> socket.socket:
-    """A session on a trust-authenticated PostgreSQL, ready for a query."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+def start_session(port: int, receive_buffer: int = 0, **parameters: str) -> socket.socket:
+    """A session on a trust-authenticated PostgreSQL, ready for a query
+    (``receive_buffer``: the socket's SO_RCVBUF, fixed before it connects)."""
+    sock = socket.socket()
+    sock.settimeout(20)
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect(("127.0.0.1", port))
     sock.sendall(startup_message(**parameters))
     while (kind := pg_message(sock)[0]) != b"Z":
         assert kind in (b"R", b"S", b"K"), kind
@@ -424,17 +470,16 @@ def copy_with_a_pause(port: int, pause: float) -> tuple[int, list[bytes]]:
     seconds after the first 64 KiB: (bytes of CopyData, the message types
     after the data), until the end of the session's answer or of the
     connection."""
-    sock = start_session(port)
+    sock = start_session(port, receive_buffer=4096)
     with sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         query = COPY_QUERY.encode() + b"\0"
         sock.sendall(b"Q" + struct.pack(">I", 4 + len(query)) + query)
         copied, paused, after = 0, False, []
         while True:
             try:
                 kind, body = pg_message(sock)
-            except ConnectionResetError:
-                after.append(b"reset")
+            except (ConnectionResetError, EOFError):
+                after.append(b"cut")
                 break
             if kind == b"d":
                 copied += len(body)
@@ -458,11 +503,12 @@ def test_a_paused_copy_reader_gets_everything_with_the_presets_defaults(
     assert copy_with_a_pause(postgres.port, 0) == (everything, [b"c", b"C", b"Z"])
     with relay_process(postgres.port, "--preset", "postgresql") as relay:
         assert copy_with_a_pause(relay.port, 3) == (everything, [b"c", b"C", b"Z"])
-        assert not [line for line in relay.log if " trioecho.relay: " in line]
+        relay.wait_for_log("closing: the client side ended; no half-close")  # its own end
+        assert not [line for line in relay.log if " WARNING " in line]
         no_tracebacks(relay)
     with relay_process(postgres.port, "--preset", "postgresql", "--send-timeout", "1") as relay:
         copied, after = copy_with_a_pause(relay.port, 3)
-        assert copied < everything and after in ([b""], [b"reset"]), (copied, after)
+        assert copied < everything and after in ([b""], [b"cut"]), (copied, after)
         relay.wait_for_log("closing: the client side: peer did not read its replies")
         no_tracebacks(relay)
 

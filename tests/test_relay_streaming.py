@@ -169,7 +169,7 @@ def test_frames_around_the_relays_read_size_and_its_limit_pass_exactly() -> None
         wire = b"".join(struct.pack(">I", len(p)) + p for p in payloads)
         trio.run(talk, wire, [p + REPLY_SUFFIX for p in payloads])
         trio.run(talk, struct.pack(">I", limit + 1) + b"x" * 10, [])
-        relay.wait_for_log("closing: FrameTooLongError", f"over max_frame={limit}")
+        relay.wait_for_log("closing: the client side: FrameTooLongError", f"max_frame={limit}")
         assert not any("Traceback" in line for line in relay.log)
     finally:
         relay.close()

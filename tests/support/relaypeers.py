@@ -121,8 +121,9 @@ def startup_message(**parameters: str) -> bytes:
     return struct.pack(">I", 4 + len(body)) + body
 
 
-def error_fields(response: bytes) -> dict[str, str]:
+def error_fields(response: bytes | None) -> dict[str, str]:
     """The fields of one whole ErrorResponse, by their code letters."""
+    assert response is not None
     assert response[:1] == b"E"
     size = struct.unpack(">I", response[1:5])[0]
     assert len(response) == 1 + size

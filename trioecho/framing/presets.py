@@ -133,8 +133,8 @@ _SSL_REQUEST, _GSSENC_REQUEST = _ENCRYPTION_REQUESTS
 
 def old_style_error(message: str) -> bytes:
     """PostgreSQL's error to a protocol 2 client (``send_message_to_frontend``'s
-    old style): ``E``, then ``FATAL:  `` and the message, a newline and a NUL;
-    no length field."""
+    old style): ``E``, then ``FATAL:``, two spaces and the message, a newline
+    and a NUL; no length field."""
     return b"EFATAL:  " + message.encode() + b"\n\0"
 
 

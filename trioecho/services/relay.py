@@ -14,6 +14,10 @@ received, so the relay is transparent::
         client_framing=presets.postgresql("client"),
         server_framing=presets.postgresql("server"),
         answer_factory=presets.PostgresNegotiation,  # TLS would hide the frames
+        refusal=presets.postgres_refusal,  # an ErrorResponse says why it closes
+        half_close=False,  # PostgreSQL has none: a side's end closes both
+        idle_timeout=None,  # pgbouncer's: no timeout cuts a live client
+        send_timeout=None,
         port=6432,
     )
     await server.serve()
@@ -653,9 +657,9 @@ def relay_server(
     1024 bytes a second) are the send rule for sends to either side, as
     :class:`MessageServer` takes them (a send that makes no progress for
     ``send_timeout``, or past it averages below ``min_send_rate``, closes
-    both connections); ``fin_timeout`` (default
-    30 s, HAProxy's ``timeout client-fin``/``server-fin``) closes a pair
-    once one side has ended and no bytes moved for that long.  A
+    both connections); ``fin_timeout`` (default 30 s, HAProxy's ``timeout
+    client-fin``/``server-fin``) closes a pair once one side has ended and
+    no bytes moved for that long.  A
     PostgreSQL relay cuts no live client, as pgbouncer (no idle timeout,
     no send timeout; ``trioecho relay --preset postgresql``): give
     ``idle_timeout=None, send_timeout=None, half_close=False`` and dead
