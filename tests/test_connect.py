@@ -40,6 +40,22 @@ async def test_plain_connection(autojump_clock: trio.testing.MockClock) -> None:
         assert await stream.receive_message() == b"hi" + REPLY_SUFFIX
 
 
+async def test_the_send_rule_is_the_streams(autojump_clock: trio.testing.MockClock) -> None:
+    async with (
+        running(MessageServer(EchoHandler, port=0)) as port,
+        await open_message_stream("127.0.0.1", port, send_timeout=5, min_send_rate=2048) as stream,
+    ):
+        assert (stream.send_timeout, stream.min_send_rate) == (5, 2048.0)
+
+
+async def test_a_wrong_min_send_rate_is_refused_before_connecting() -> None:
+    with pytest.raises(ValueError) as refused:
+        await open_message_stream("127.0.0.1", 1, min_send_rate=0)  # nothing listens there
+    assert str(refused.value) == (
+        "min_send_rate must be a positive, finite number of bytes a second or None, not 0"
+    )
+
+
 async def test_a_host_name_and_raw_framing(autojump_clock: trio.testing.MockClock) -> None:
     config = FramingConfig("raw")
     async with (

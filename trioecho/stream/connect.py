@@ -24,7 +24,7 @@ import trio
 if sys.version_info < (3, 11):  # pragma: no cover - trio installs the backport there
     from exceptiongroup import BaseExceptionGroup
 
-from trioecho.arguments import check_connect_host, check_port, check_timeout
+from trioecho.arguments import check_connect_host, check_port, check_rate, check_timeout
 from trioecho.errors import TLSHandshakeError
 from trioecho.framing.config import FramingConfig, framing_config
 from trioecho.io.keepalive import KeepAlive, apply_keepalive, keepalive_of
@@ -52,6 +52,7 @@ async def open_message_stream(
     receive_size: int | None = None,
     idle_timeout: float | None = None,
     send_timeout: float | None = None,
+    min_send_rate: float | None = None,
     keepalive: KeepAlive | str | None = None,
 ) -> MessageStream:
     """Connect to ``host``:``port`` and return a :class:`MessageStream` over it.
@@ -62,7 +63,8 @@ async def open_message_stream(
     ``server_hostname`` (default ``host``), and the handshake must finish
     within ``handshake_timeout`` seconds.  ``receive_size`` defaults to
     64 KiB, 1024 bytes for raw framing (the seed's read size);
-    ``idle_timeout`` and ``send_timeout`` are the stream's.  ``keepalive``
+    ``idle_timeout``, ``send_timeout`` and ``min_send_rate`` are the
+    stream's (the send rule: :mod:`~trioecho.io.send_deadline`).  ``keepalive``
     (a :class:`~trioecho.KeepAlive`, ``"IDLE[:INTERVAL[:COUNT]]"``, or None:
     off, the default) turns on TCP keepalive, so that a server that vanished
     is noticed while the stream waits; ``TCP_USER_TIMEOUT`` is set from it
@@ -79,6 +81,7 @@ async def open_message_stream(
     port = check_port(port)
     config = framing_config(framing)
     send_timeout = check_timeout(send_timeout, "send_timeout")
+    min_send_rate = check_rate(min_send_rate, "min_send_rate")
     keepalive = keepalive_of(keepalive)
     if receive_size is None:
         receive_size = receive_size_for(config.framing)
@@ -112,6 +115,7 @@ async def open_message_stream(
         receive_size=receive_size,
         idle_timeout=idle_timeout,
         send_timeout=send_timeout,
+        min_send_rate=min_send_rate,
     )
 
 
@@ -122,6 +126,7 @@ async def open_unix_message_stream(
     receive_size: int | None = None,
     idle_timeout: float | None = None,
     send_timeout: float | None = None,
+    min_send_rate: float | None = None,
 ) -> MessageStream:
     """Connect to the unix socket ``path`` and return a :class:`MessageStream`
     over it; the other arguments as :func:`open_message_stream` takes them.
@@ -137,6 +142,7 @@ async def open_unix_message_stream(
         receive_size=receive_size_for(config.framing) if receive_size is None else receive_size,
         idle_timeout=idle_timeout,
         send_timeout=send_timeout,
+        min_send_rate=min_send_rate,
     )
 
 
