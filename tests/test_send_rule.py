@@ -174,11 +174,18 @@ async def test_stream_transport_sends_up_to_a_chunk_in_one_call(
             await sender.aclose()
 
     transport = StreamTransport(Counting(), send_timeout=1.0)  # type: ignore[arg-type]
+    await transport.send_all(b"w" * (SEND_CHUNK - 1))
     await transport.send_all(b"x" * SEND_CHUNK)
-    await transport.send_all(b"y" * (2 * SEND_CHUNK + 1))
-    assert sizes == [SEND_CHUNK, SEND_CHUNK, SEND_CHUNK, 1]
-    assert sender.get_data_nowait() == b"x" * SEND_CHUNK + b"y" * (2 * SEND_CHUNK + 1)
-    assert transport.bytes_sent == 3 * SEND_CHUNK + 1
+    await transport.send_all(b"y" * (SEND_CHUNK + 1))
+    await transport.send_all(b"z" * (2 * SEND_CHUNK + 1))
+    assert sizes == [SEND_CHUNK - 1, SEND_CHUNK, SEND_CHUNK, 1, SEND_CHUNK, SEND_CHUNK, 1]
+    assert sender.get_data_nowait() == (
+        b"w" * (SEND_CHUNK - 1)
+        + b"x" * SEND_CHUNK
+        + b"y" * (SEND_CHUNK + 1)
+        + b"z" * (2 * SEND_CHUNK + 1)
+    )
+    assert transport.bytes_sent == 5 * SEND_CHUNK + 1
 
 
 # -- SocketTransport: a socket pair with a small send buffer --------------------
