@@ -138,9 +138,10 @@ def test_behind_haproxy(send_proxy: str, options: tuple[str, ...], tmp_path: Pat
                 assert recv_exactly(sock, len(expected)) == expected
                 sock.sendall(b"q\n")
                 assert sock.recv(10) == b""
-        seen = [logged_clients(backend) for backend in backends]
+        # Stopped first: the whole log is read once the process has exited.
         for backend in backends:
             assert backend.stop() == 0
+        seen = [logged_clients(backend) for backend in backends]
     # Round-robin: both backends served, in turns (the probe may have made
     # one more: it closes at once, so HAProxy may never pass it on).
     assert abs(len(seen[0]) - len(seen[1])) <= 2 and min(map(len, seen)) >= 15, seen
@@ -178,8 +179,9 @@ def test_tls_through_haproxy(tmp_path: Path, tls_ca: trustme.CA) -> None:
                 sock.sendall(b"secret %d\n" % session)
                 expected = b"secret %d" % session + REPLY_SUFFIX + b"\n"
                 assert recv_exactly(sock, len(expected)) == expected
-        seen = [logged_clients(backend) for backend in backends]
+        # Stopped first: the whole log is read once the process has exited.
         for backend in backends:
             assert backend.stop() == 0
+        seen = [logged_clients(backend) for backend in backends]
     # The probe closed during the TLS handshake, so it may not be logged as connected.
     assert all(seen) and clients <= seen[0] | seen[1] <= clients | probes, (seen, clients)
