@@ -3,6 +3,8 @@
 ``trioecho._framer_ffi``: the sans-IO framer (``framer.h``/``framer.c``);
 ``trioecho._echo_ffi``: the sans-IO echo session (``echo.h``/``echo.c``, on
 the framer's scanning primitives in ``scan.h``);
+``trioecho._pump_ffi``: the pump, which serves echo sessions on sockets
+for the readiness hub (``pump.h``/``pump.c``, with ``echo.c`` and ``framer.c``).
 ``trioecho._loadgen_ffi``: the load generator of ``trioecho bench``
 (``loadgen.h``/``loadgen.c``), kept apart because it does I/O.
 
@@ -39,6 +41,7 @@ EXTENSIONS = {
     "trioecho._framer_ffi": ("framer.h", ["framer.c"]),
     "trioecho._echo_ffi": ("echo.h", ["echo.c", "framer.c"]),
     "trioecho._loadgen_ffi": ("loadgen.h", ["loadgen.c"]),
+    "trioecho._pump_ffi": ("pump.h", ["pump.c", "echo.c", "framer.c"]),
 }
 # Structs cffi only allocates: it learns their size from the C compiler.
 OPAQUE_STRUCTS = {"trioecho._echo_ffi": ["te_echo_state"]}
@@ -100,6 +103,7 @@ def make_builder(module: str, root: Path) -> FFI:
 ffibuilder = make_builder("trioecho._framer_ffi", Path.cwd())
 echo_builder = make_builder("trioecho._echo_ffi", Path.cwd())
 loadgen_builder = make_builder("trioecho._loadgen_ffi", Path.cwd())
+pump_builder = make_builder("trioecho._pump_ffi", Path.cwd())
 
 
 def build_in_place(module: str) -> Path:

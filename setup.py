@@ -61,5 +61,6 @@ setup(
         "build_ffi.py:ffibuilder",
         "build_ffi.py:echo_builder",
         "build_ffi.py:loadgen_builder",
+        "build_ffi.py:pump_builder",
     ],
 )

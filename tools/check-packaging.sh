@@ -25,7 +25,7 @@ case "$(basename "$wheel")" in
     *) echo "expected a cp310-abi3 wheel, got $(basename "$wheel")"; exit 1 ;;
 esac
 python -m zipfile -l "$wheel" > "$work/wheel-files.txt"
-for unit in _framer_ffi _echo_ffi _loadgen_ffi; do
+for unit in _framer_ffi _echo_ffi _loadgen_ffi _pump_ffi; do
     grep -q "trioecho/$unit\.abi3\.so" "$work/wheel-files.txt" \
         || { echo "the wheel's $unit is not built for the stable ABI:"; cat "$work/wheel-files.txt"; exit 1; }
 done

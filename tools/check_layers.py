@@ -29,6 +29,7 @@ LAYERS = [
         "trioecho._framer_ffi",
         "trioecho._echo_ffi",
         "trioecho._loadgen_ffi",
+        "trioecho._pump_ffi",
     ),
     ("trioecho.framing",),  # sans-IO framing core
     ("trioecho.io",),  # transports, hub, memory budget: sockets and Trio internals

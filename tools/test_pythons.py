@@ -56,7 +56,7 @@ C_CHECK = (
     "import trioecho, trioecho.framing._cframer, trioecho.services._cecho, trioecho.cli._cloadgen; "
     "assert trioecho.FRAMER_IMPLEMENTATION == 'c', trioecho.FRAMER_IMPLEMENTATION"
 )
-EXTENSIONS = ("_framer_ffi", "_echo_ffi", "_loadgen_ffi")
+EXTENSIONS = ("_framer_ffi", "_echo_ffi", "_loadgen_ffi", "_pump_ffi")
 
 
 def claimed_versions(pyproject: Path) -> list[str]:

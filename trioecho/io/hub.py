@@ -58,6 +58,18 @@ It must not raise (the transport turns every exception into a
 hand-back).  A task that is cancelled while parked inline is never served
 inline again until it parks again.
 
+**The C pump.**  Where it is enabled (:func:`~trioecho.io.pump.pump_enabled`)
+the hub's turn is one C call (:class:`~trioecho.io.pump.Pump`): it polls the
+set and serves every *pumped* connection itself -- an echo session attached
+in C (:meth:`Watch.serve_pumped`, :meth:`Watch.park_pumped`) -- and returns
+the rest to Python: the events of the other watches, dispatched as above,
+and the pumped connections owed a turn, whose memory account must be
+updated (the transport's ``pump_account()``: True to go on, False to hand
+back), or that the pump handed back (the transport's ``pumped_handback``
+is set to the outcome, and the task woken).  A pumped connection is
+detached from the pump before its task runs again: on a hand-back, when
+it is interrupted or cancelled, and when its watch closes.
+
 :func:`current_hub` returns the hub of the running Trio run, starting it (a
 system task) on first use.  A socket closed without :meth:`Watch.close`
 leaves the kernel to drop it from the set; its stale watch is closed when
@@ -74,6 +86,17 @@ from collections.abc import Awaitable, Generator
 from typing import Any, Protocol, TypeGuard
 
 import trio
+
+from trioecho.io.pump import (
+    ACCOUNT,
+    BUDGET,
+    EVENT,
+    PUMP_AGAIN,
+    PUMP_WAIT,
+    Pump,
+    PumpedConnection,
+    pump_enabled,
+)
 
 # Trio's own trap, yielded directly (see _park): a wait then creates no
 # coroutine and no trap object.  Private to Trio, so without it the public
@@ -102,6 +125,9 @@ MAX_EVENTS = 1024  # events taken per poll; more wait for the hub's next turn
 # Bytes one connection's inline step may read in one turn of the hub before
 # it yields to the others (the rest is read on a later turn).
 DEFAULT_TURN_BYTES = 256 * 1024
+# The pump's output buffer: the replies to one read (it grows for a larger
+# reply, and shrinks back after the turn).
+PUMP_OUTPUT_BYTES = 256 * 1024
 
 # What an inline step returns (see the module docstring).
 WAIT = 0
@@ -125,6 +151,10 @@ class InlineServed(Protocol):
 
     def serve_ready(self) -> int: ...
 
+    def pump_account(self) -> bool: ...
+
+    pumped_handback: int
+
 
 @types.coroutine
 def _park(trap: Any) -> Generator[Any, Any, Any]:
@@ -146,12 +176,14 @@ class Watch:
 
     __slots__ = (
         "_hub",
+        "_pump_wait",
         "closed",
         "fd",
         "inline",
         "input_ended",
         "interrupted",
         "output_ended",
+        "pumped",
         "readable",
         "reader",
         "served_turn",
@@ -176,6 +208,8 @@ class Watch:
         # What serves the parked reader inline (see the module docstring), or None.
         self.inline: InlineServed | None = None
         self.served_turn = -1  # the hub's turn that last ran the inline step
+        self.pumped = False  # attached to the hub's C pump
+        self._pump_wait: Any = None  # the pumped wait's trap (its abort detaches)
 
     @property
     def turn_bytes(self) -> int:
@@ -236,6 +270,56 @@ class Watch:
         self.inline = served
         return wait
 
+    @property
+    def can_pump(self) -> bool:
+        """Whether the hub has a C pump to serve this socket with."""
+        return self._hub._pump is not None and not self.closed
+
+    def serve_pumped(self, conn: PumpedConnection) -> int:
+        """Attach ``conn`` to the pump and serve it once now; the outcome
+        (:mod:`~trioecho.io.pump`).  It stays attached after WAIT, to be
+        parked with :meth:`park_pumped` at once; after any other outcome it
+        is detached."""
+        pump = self._hub._pump
+        if pump is None or self.closed:
+            raise trio.ClosedResourceError("the socket's watch was closed")
+        if self.input_ended:
+            conn.mark_input_ended()
+        pump.attach(self.fd, conn)
+        self.pumped = True
+        outcome = pump.serve(self.fd)
+        if outcome != PUMP_WAIT:
+            self.unpump()
+        return outcome
+
+    def park_pumped(self, served: InlineServed) -> Awaitable[object]:
+        """Park the current task while the pump serves its attached
+        connection (after :meth:`serve_pumped` said WAIT); await at once,
+        then call :meth:`unpump` and :meth:`reader_woken`."""
+        if self.closed:
+            raise trio.ClosedResourceError("the socket's watch was closed")
+        if _parked(self.reader, self):
+            raise trio.BusyResourceError("another task is already waiting to read this socket")
+        self.reader = _mark_current_task(self)
+        self.inline = served
+        if self._pump_wait is None:
+            self._pump_wait = None if _Trap is None else _Trap(self._abort_pumped)
+        if self._pump_wait is None:
+            return trio.lowlevel.wait_task_rescheduled(self._abort_pumped)
+        return _park(self._pump_wait)
+
+    def _abort_pumped(self, _: object) -> trio.lowlevel.Abort:
+        self.unpump()  # cancelled: the pump must not serve it any more
+        return _SUCCEEDED
+
+    def unpump(self) -> None:
+        """Detach this socket's connection from the pump (idempotent)."""
+        if self.pumped:
+            self.pumped = False
+            pump = self._hub._pump
+            if pump is not None:
+                pump.detach(self.fd)
+
     def reader_woken(self) -> bool:
         """After a parked wait: True for an edge, False if
         :meth:`interrupt_reader` woke it; ``ClosedResourceError`` if closed."""
@@ -247,6 +331,7 @@ class Watch:
         return True
 
     def interrupt_reader(self) -> None:
+        self.unpump()
         reader = self.reader
         if _parked(reader, self):
             self.reader = None
@@ -256,8 +341,10 @@ class Watch:
     def close(self) -> None:
         if self.closed:
             return
+        self.unpump()
         self.closed = True
         self.inline = None
+        self._pump_wait = None  # it holds a bound method of this watch: no cycle
         self._hub._forget(self)
         reader, writer = self.reader, self.writer
         self.reader = self.writer = None
@@ -309,7 +396,13 @@ class ReadinessHub:
     each reading at most ``turn_bytes``.
     """
 
-    def __init__(self, max_events: int = MAX_EVENTS, turn_bytes: int = DEFAULT_TURN_BYTES) -> None:
+    def __init__(
+        self,
+        max_events: int = MAX_EVENTS,
+        turn_bytes: int = DEFAULT_TURN_BYTES,
+        *,
+        pump: bool | None = None,
+    ) -> None:
         if max_events < 1:
             raise ValueError(f"max_events must be at least 1, not {max_events}")
         if turn_bytes < 1:
@@ -317,6 +410,12 @@ class ReadinessHub:
         self.max_events = max_events
         self.turn_bytes = turn_bytes
         self._epoll = select.epoll()
+        if pump is None:
+            pump = pump_enabled()
+        # The C pump (None: the Python inline step serves): see the module docstring.
+        self._pump = (
+            Pump(self._epoll.fileno(), max_events, turn_bytes, PUMP_OUTPUT_BYTES) if pump else None
+        )
         self._watches: dict[int, Watch] = {}
         self._owed: list[Watch] = []  # inline steps owed another turn
         self.turns = 0  # turns taken (for tests and statistics)
@@ -324,6 +423,11 @@ class ReadinessHub:
 
     def __len__(self) -> int:
         return len(self._watches)
+
+    @property
+    def pumps(self) -> bool:
+        """Whether this hub serves echo sessions with the C pump."""
+        return self._pump is not None
 
     def watch(self, fd: int) -> Watch:
         """Register the socket ``fd`` (once for its lifetime) and return its watch."""
@@ -348,6 +452,7 @@ class ReadinessHub:
     async def run(self) -> None:
         """Serve every socket with an edge, until cancelled."""
         epoll = self._epoll
+        pump = self._pump
         try:
             while True:
                 if self._owed:
@@ -356,40 +461,77 @@ class ReadinessHub:
                     await trio.lowlevel.wait_readable(epoll.fileno())
                 self.turns += 1
                 owed, self._owed = self._owed, []
+                pumped: list[int] = []
                 for watch in owed:
-                    if watch.inline is not None and _parked(watch.reader, watch):
+                    if watch.pumped:
+                        pumped.append(watch.fd)
+                    elif watch.inline is not None and _parked(watch.reader, watch):
                         self._serve_inline(watch)
-                self._dispatch(epoll.poll(0, self.max_events))
+                if pump is None:
+                    for fd, mask in epoll.poll(0, self.max_events):
+                        self._dispatch(fd, mask)
+                else:
+                    for fd, mask, outcome in pump.turn(pumped):
+                        if outcome == EVENT:
+                            self._dispatch(fd, mask)
+                        else:
+                            self._pumped(fd, mask, outcome)
         finally:
             self.close()
 
-    def _dispatch(self, events: list[tuple[int, int]]) -> None:
-        """Wake, serve inline or mark the watch of each event."""
-        watches = self._watches
-        for fd, mask in events:
-            watch = watches.get(fd)
-            if watch is None:
-                continue
-            if mask & _INPUT_ENDS:
-                watch.input_ended = True
-                if mask & _OUTPUT_ENDS:
-                    watch.output_ended = True
-            if mask & _INPUT:
-                reader = watch.reader
-                if reader is None or reader.custom_sleep_data is not watch:
-                    watch.readable = True
-                elif watch.inline is not None:
-                    self._serve_inline(watch)
-                else:
-                    watch.reader = None
-                    trio.lowlevel.reschedule(reader)
-            if mask & _OUTPUT:
-                writer = watch.writer
-                if writer is not None and writer.custom_sleep_data is watch:
-                    watch.writer = None
-                    trio.lowlevel.reschedule(writer)
-                else:
-                    watch.writable = True
+    def _dispatch(self, fd: int, mask: int) -> None:
+        """Wake, serve inline or mark the watch of an event."""
+        watch = self._watches.get(fd)
+        if watch is None:
+            return
+        if mask & _INPUT_ENDS:
+            watch.input_ended = True
+            if mask & _OUTPUT_ENDS:
+                watch.output_ended = True
+        if mask & _INPUT:
+            reader = watch.reader
+            if reader is None or reader.custom_sleep_data is not watch:
+                watch.readable = True
+            elif watch.inline is not None:
+                self._serve_inline(watch)
+            else:
+                watch.reader = None
+                trio.lowlevel.reschedule(reader)
+        if mask & _OUTPUT:
+            writer = watch.writer
+            if writer is not None and writer.custom_sleep_data is watch:
+                watch.writer = None
+                trio.lowlevel.reschedule(writer)
+            else:
+                watch.writable = True
+
+    def _pumped(self, fd: int, mask: int, outcome: int) -> None:
+        """A pumped connection's outcome: owe it a turn, update its memory
+        account, or hand it back to its task (the pump detached it)."""
+        watch = self._watches.get(fd)
+        if watch is None or not watch.pumped:
+            return  # detached meanwhile
+        if outcome == PUMP_AGAIN:
+            self._owed.append(watch)
+            return
+        served = watch.inline
+        assert served is not None
+        if outcome == ACCOUNT:
+            if served.pump_account():
+                self._owed.append(watch)  # more may be waiting: no edge would say so
+                return
+            outcome = BUDGET
+        if mask & _INPUT_ENDS:
+            watch.input_ended = True
+            if mask & _OUTPUT_ENDS:
+                watch.output_ended = True
+        watch.unpump()
+        served.pumped_handback = outcome
+        reader = watch.reader
+        watch.inline = None
+        watch.reader = None
+        if _parked(reader, watch):
+            trio.lowlevel.reschedule(reader)
 
     def _serve_inline(self, watch: Watch) -> None:
         """Run the parked reader's inline step; hand the connection back to

@@ -6,8 +6,9 @@ inline serving by the hub (:meth:`SocketTransport.serve_inline`).
 from __future__ import annotations
 
 import math
+import os
 import socket
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -15,6 +16,15 @@ from trioecho.errors import ConnectionClosedError
 from trioecho.framing.base import Buffer
 from trioecho.io.hub import AGAIN, HAND_BACK, WAIT, Watch, current_hub
 from trioecho.io.keepalive import restore_user_timeout, suspend_user_timeout
+from trioecho.io.pump import (
+    ACCOUNT,
+    BUDGET,
+    NO_MEMORY,
+    PUMP_AGAIN,
+    PUMP_WAIT,
+    SOCKET_ERROR,
+    PumpedConnection,
+)
 from trioecho.io.transport import InlineStep, Transport
 
 __all__ = ["SocketTransport", "hub_watch"]
@@ -43,6 +53,8 @@ class SocketTransport(Transport):
         "_expired",
         "_handback",
         "_inline_size",
+        "_on_account",
+        "_pumped",
         "_socket",
         "_step",
         "_turn_bytes",
@@ -50,6 +62,7 @@ class SocketTransport(Transport):
         "_wait_first",
         "_waiting",
         "_watch",
+        "pumped_handback",
     )
 
     def __init__(
@@ -82,6 +95,11 @@ class SocketTransport(Transport):
         self._inline_size = 0
         self._turn_bytes = 0
         self._handback: object = _NO_HANDBACK
+        # serve_pumped(): the connection's C state, its memory account's
+        # check, and the pump's hand-back (-1 while there is none).
+        self._pumped: PumpedConnection | None = None
+        self._on_account: Callable[[int], bool] | None = None
+        self.pumped_handback = -1
 
     @property
     def readiness(self) -> str:
@@ -91,6 +109,11 @@ class SocketTransport(Transport):
     @property
     def can_serve_inline(self) -> bool:
         return self._watch is not None and not self._closed
+
+    @property
+    def can_pump(self) -> bool:
+        watch = self._watch
+        return watch is not None and not self._closed and watch.can_pump
 
     def hand_over_deadlines(self) -> None:
         self._deadlines_handed_over = True
@@ -368,6 +391,94 @@ class SocketTransport(Transport):
         except Exception as exc:  # the step's own error: raised in the task
             self._handback = exc
         return HAND_BACK
+
+    # -- serving with the C pump ---------------------------------------------
+
+    async def serve_pumped(
+        self,
+        conn: PumpedConnection,
+        on_account: Callable[[int], bool],
+        deadline: float = math.inf,
+    ) -> int | None:
+        """Serve the connection with the hub's C pump until it needs this task.
+
+        The pump reads, answers with the session ``conn`` was made for, and
+        sends, with no Python per message (:mod:`~trioecho.io.pump`).  When
+        the unfinished message it holds changes size, ``on_account(size)``
+        updates the memory account and says whether the connection may read
+        on.  Returns the reason it needs the task: ``END_OF_INPUT``,
+        ``ENDED``, ``SHORT_SEND`` (the rest is in ``conn``), ``BUDGET`` (the
+        account said no); None after :meth:`stop_receiving` or if the hub
+        stopped.  Raises :class:`ConnectionClosedError` if the socket broke,
+        :class:`IdleTimeoutError` as :meth:`serve_inline` does,
+        ``MemoryError`` if C could not allocate, and ``trio.Cancelled``.
+        Needs :attr:`can_pump`.
+        """
+        self._claim_receiving()
+        watch = self._watch
+        if watch is None or not watch.can_pump:
+            self._receiving = False
+            raise RuntimeError("serve_pumped() needs the readiness hub's pump")
+        self._pumped = conn
+        self._on_account = on_account
+        self._wait_deadline = deadline
+        try:
+            watch.take_readable()  # the pump reads until the socket is empty anyway
+            while not self._stopping:
+                try:
+                    outcome = watch.serve_pumped(conn)
+                except trio.ClosedResourceError:
+                    self._watch_lost()  # raises if this transport was closed
+                    return None
+                if outcome == ACCOUNT:
+                    outcome = PUMP_AGAIN if self.pump_account() else BUDGET
+                if outcome == PUMP_AGAIN:
+                    await trio.lowlevel.checkpoint()
+                    continue
+                if outcome != PUMP_WAIT:
+                    return self._pumped_outcome(conn, outcome)
+                self._expired = False
+                self._waiting = True
+                self._unyielded = 0
+                try:
+                    await watch.park_pumped(self)
+                finally:
+                    watch.unpump()
+                    watch.inline = None
+                    self._waiting = False
+                outcome, self.pumped_handback = self.pumped_handback, -1
+                if outcome >= 0:
+                    return self._pumped_outcome(conn, outcome)
+                woken = self._woken(watch)
+                if self._watch is None or not (woken or self._interrupted()):
+                    return None
+            return None
+        finally:
+            watch.unpump()  # detached before the state can be freed
+            self._pumped = None
+            self._on_account = None
+            self.pumped_handback = -1
+            self._receiving = False
+            received, sent = conn.take_byte_counts()
+            self.bytes_received += received
+            self.bytes_sent += sent
+
+    def pump_account(self) -> bool:
+        """The hub's call when the pumped connection's unfinished message
+        changed size: update the account; whether it may read on."""
+        conn, on_account = self._pumped, self._on_account
+        assert conn is not None and on_account is not None
+        size = conn.buffered
+        conn.accounted = size
+        return on_account(size)
+
+    def _pumped_outcome(self, conn: PumpedConnection, outcome: int) -> int:
+        if outcome == SOCKET_ERROR:
+            code = conn.error
+            raise self._socket_error(OSError(code, os.strerror(code)), "receiving or sending")
+        if outcome == NO_MEMORY:
+            raise MemoryError("the C pump could not allocate a connection's buffer")
+        return outcome
 
     def _take_handback(self) -> Buffer | None:
         handback = self._handback

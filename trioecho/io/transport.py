@@ -61,6 +61,7 @@ import trio
 from trioecho.errors import ConnectionClosedError, IdleTimeoutError
 from trioecho.framing.base import Buffer
 from trioecho.io.closing import broken_reason, drain_until_eof
+from trioecho.io.pump import PumpedConnection
 from trioecho.io.send_deadline import SendDeadline
 
 __all__ = ["CHECKPOINT_EVERY", "InlineStep", "Transport"]
@@ -149,6 +150,22 @@ class Transport:
     def can_serve_inline(self) -> bool:
         """Whether :meth:`serve_inline` is available (a socket on the hub)."""
         return False
+
+    @property
+    def can_pump(self) -> bool:
+        """Whether :meth:`serve_pumped` is available (a socket on a hub
+        with the C pump)."""
+        return False
+
+    async def serve_pumped(
+        self,
+        conn: PumpedConnection,
+        on_account: Callable[[int], bool],
+        deadline: float = math.inf,
+    ) -> int | None:
+        """Have the hub's C pump serve this connection until it needs its
+        task; see :class:`SocketTransport`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be served by the pump")
 
     async def receive_some(self, max_bytes: int, deadline: float = math.inf) -> bytes | None:
         raise NotImplementedError

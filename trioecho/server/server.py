@@ -612,6 +612,8 @@ class MessageServer:
         ``accepting_paused`` is 1 while all ``max_connections`` are open
         (or accepting waits for file descriptors), else 0."""
         streams = list(self._streams)
+        for stream in streams:
+            stream.sync_counters()  # what the C pump counted so far
         return {
             "connections_open": len(streams),
             "connections_total": self.connections_served,

@@ -136,6 +136,12 @@ class EchoEngine:
         self._thread = _thread_id()
         self._buffers = _output_buffer(capacity)
 
+    @property
+    def address(self) -> int:
+        """The address of the C session (``te_echo``), for the C pump
+        (:mod:`trioecho.io.pump`), which serves it while this engine lives."""
+        return int(ffi.cast("uintptr_t", self._session))
+
     def feed(self, buf: bytes | bytearray) -> EngineResult:
         if self._thread == get_ident():
             out, chars, result, view = self._buffers

@@ -222,6 +222,36 @@ class EchoSession:
         """Whether the session has ended (stop message or error)."""
         return self._ending is not None
 
+    def pump_handle(self) -> tuple[int, object, bool] | None:
+        """What the hub's C pump serves this session with: the address of
+        the C engine's session, the object that keeps it alive, and whether
+        the framing is raw; None where the pump does not serve it (the
+        Python engine, discard mode, or a session that is over)."""
+        address = getattr(self._engine, "address", None)
+        if address is None or self._ending is not None or self.config.on_too_long == "discard":
+            return None
+        return address, self._engine, self._raw
+
+    def take_input(self) -> bytes:
+        """Hand the unconsumed bytes to the pump (they are its until
+        :meth:`put_input` gives them back)."""
+        buffer, self._buffer = self._buffer, _NO_BYTES
+        return bytes(buffer)
+
+    def put_input(self, data: bytes) -> None:
+        """Take back the unconsumed bytes from the pump."""
+        self._buffer = bytearray(data) if data else _NO_BYTES
+
+    def end_pumped(self, status: int, length: int, replies: int) -> EchoOutput:
+        """The pump saw the C engine end the session (``status``, ``length``
+        as the engine gives them); its ``replies`` before the end are sent
+        by the caller.  The output that ends the session, as :meth:`feed`
+        gives it (without the bytes)."""
+        if status not in (STOP, TOO_LONG, BAD_REPLY):
+            raise RuntimeError(f"the C pump stopped the echo session with status {status}")
+        received = replies + (1 if status == STOP else 0)
+        return self._unusual(_NO_BYTES, replies, received, status, length, ())
+
     def feed(self, data: Buffer) -> EchoOutput:
         """Take the bytes of one read; return the replies they complete."""
         if self._ending is not None:

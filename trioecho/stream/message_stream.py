@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import trio
 
@@ -64,6 +64,7 @@ from trioecho.framing.base import Buffer, ForwardingFramer, Framer, can_forward,
 from trioecho.framing.config import FramingConfig, framing_config, new_framer
 from trioecho.io.budget import Account
 from trioecho.io.opening import open_transport
+from trioecho.io.pump import END_OF_INPUT, ENDED, SHORT_SEND, PumpedConnection
 from trioecho.io.readiness import Readiness
 from trioecho.io.transport import CHECKPOINT_EVERY, Transport
 from trioecho.logtext import format_address
@@ -495,7 +496,9 @@ class MessageStream(trio.abc.AsyncResource):
         self._run = run
         try:
             while run.ending is None:
-                if self._serves_inline():
+                if run.pumpable and self._serves_pumped():
+                    await self._serve_pumped(run)
+                elif self._serves_inline():
                     # Inline, until the hub hands the connection back (awaited
                     # here: an idle connection keeps one coroutine less).
                     rest = await self.transport.serve_inline(
@@ -526,6 +529,44 @@ class MessageStream(trio.abc.AsyncResource):
         return transport.can_serve_inline and (
             transport.deadlines_handed_over or transport.idle_timeout is None
         )
+
+    def _serves_pumped(self) -> bool:
+        transport = self.transport
+        return transport.can_pump and (
+            transport.deadlines_handed_over or transport.idle_timeout is None
+        )
+
+    async def _serve_pumped(self, run: _SessionRun) -> None:
+        """Serve the session with the hub's C pump until it hands the
+        connection back, then do what the hand-back asks: send the rest of a
+        short send, end the session at the end of the input or where the C
+        engine ended it (the replies before the end owed), or nothing (the
+        memory budget, or receiving stopped: the caller's loop sees to it)."""
+        conn = run.pumped_connection()
+        session = run.pumpable
+        assert session is not None
+        conn.set_input(session.take_input())
+        try:
+            outcome = await self.transport.serve_pumped(conn, run.account, run.deadline)
+        finally:
+            session.put_input(conn.take_input())
+            run.take_pumped_counts()
+        if outcome == SHORT_SEND:
+            rest, _ = conn.take_unsent()  # its replies were counted
+            await self.send_framed(rest, 0)
+        elif outcome == END_OF_INPUT:
+            run.step(b"")  # the session's end of input, as the task path takes it
+        elif outcome == ENDED:
+            rest, replies = conn.take_unsent()
+            status, length = conn.ending
+            run.end(session.end_pumped(status, length, replies), rest, replies)
+
+    def sync_counters(self) -> None:
+        """Bring in the counts the C pump keeps for a connection it serves
+        now (the figures read at any time, not only when it hands back)."""
+        run = self._run
+        if run is not None:
+            run.take_pumped_counts(bytes_too=True)
 
     async def _serve_in_task(self, run: _SessionRun) -> None:
         """One read and its output, in this task (the reference path)."""
@@ -669,6 +710,19 @@ class MessageStream(trio.abc.AsyncResource):
             self._account.close()
 
 
+class PumpableSession(Session, Protocol):
+    """A session the hub's C pump can serve (the echo session with its C
+    engine): see :class:`~trioecho.services.echo_session.EchoSession`."""
+
+    def pump_handle(self) -> tuple[int, object, bool] | None: ...
+
+    def take_input(self) -> bytes: ...
+
+    def put_input(self, data: bytes) -> None: ...
+
+    def end_pumped(self, status: int, length: int, replies: int) -> SessionOutput: ...
+
+
 def hand_over_deadlines(stream: MessageStream) -> None:
     """Let the caller enforce ``stream``'s ``idle_timeout`` by calling
     :func:`expire_if_idle` periodically (the server does, for all its
@@ -701,6 +755,7 @@ class _SessionRun:
     __slots__ = (
         "_on_dropped",
         "_progress_seen",
+        "_pumped",
         "_session",
         "_stream",
         "deadline",
@@ -708,6 +763,7 @@ class _SessionRun:
         "owed",
         "owed_replies",
         "progress",
+        "pumpable",
     )
 
     def __init__(
@@ -728,6 +784,54 @@ class _SessionRun:
         self.progress = 0
         self._progress_seen = 0
         self.deadline = stream._idle_deadline()
+        # The C pump serves the session if it can (see _serve_pumped): its
+        # state, made on first use.
+        self.pumpable: PumpableSession | None = (
+            cast(PumpableSession, session)
+            if getattr(session, "pump_handle", None) is not None
+            and cast(PumpableSession, session).pump_handle() is not None
+            else None
+        )
+        self._pumped: PumpedConnection | None = None
+
+    def pumped_connection(self) -> PumpedConnection:
+        """The session's state in the C pump, made on first use."""
+        if self._pumped is None:
+            assert self.pumpable is not None
+            handle = self.pumpable.pump_handle()
+            if handle is None:
+                raise RuntimeError("the session can no longer be served by the pump")
+            address, owner, raw = handle
+            self._pumped = PumpedConnection(address, owner, raw, self._stream.receive_size)
+        return self._pumped
+
+    def account(self, size: int) -> bool:
+        """The pump's unfinished message is ``size`` bytes: record it in the
+        memory account; whether the connection may read on."""
+        stream = self._stream
+        account = stream._account
+        return account is None or account.buffer(size, stream.receive_size)
+
+    def take_pumped_counts(self, bytes_too: bool = False) -> None:
+        """Add what the pump counted since the last take to the stream's
+        counters (and the transport's byte counters, with ``bytes_too``:
+        :meth:`SocketTransport.serve_pumped` takes those when it returns)."""
+        conn = self._pumped
+        if conn is None:
+            return
+        stream = self._stream
+        received, sent = conn.take_message_counts()
+        stream.messages_received += received
+        stream.messages_sent += sent
+        if bytes_too:
+            received, sent = conn.take_byte_counts()
+            stream.transport.bytes_received += received
+            stream.transport.bytes_sent += sent
+
+    def end(self, ending: SessionOutput, wire: Buffer, replies: int) -> None:
+        """The session ended (``ending``) with ``wire`` still to send."""
+        self.ending = ending
+        self._owe(wire, replies)
 
     def step(self, data: bytes) -> Buffer | None:
         """Feed one read (``b""``: the end of the input); see the class docstring."""
@@ -771,8 +875,11 @@ class _SessionRun:
     def renew_deadline_on_progress(self, now: float) -> None:
         """The watchdog's look (inline serving): a message since the last
         look moves the idle deadline to ``idle_timeout`` from now."""
-        if self.progress != self._progress_seen:
-            self._progress_seen = self.progress
+        progress = self.progress
+        if self._pumped is not None:
+            progress += self._pumped.progress
+        if progress != self._progress_seen:
+            self._progress_seen = progress
             timeout = self._stream.transport.idle_timeout
             if timeout is not None:
                 self.deadline = now + timeout

@@ -1,0 +1,390 @@
+/*
+ * trioecho pump: see pump.h for the contract and its rules.
+ */
+#define _GNU_SOURCE
+#include "pump.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#define TE_PUMP_INPUT_EDGE (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)
+#define TE_PUMP_INPUT_ENDS (EPOLLRDHUP | EPOLLHUP | EPOLLERR)
+#define TE_PUMP_MIN_ROOM 64 /* output room below which the buffer grows first */
+
+struct te_pump_state {
+    int epoll_fd;
+    int max_events;
+    size_t turn_bytes;
+    uint64_t turn;
+    struct epoll_event *events;
+    te_pump_conn **table; /* by descriptor: the attached state, or NULL */
+    size_t table_cap;
+    uint8_t *scratch;     /* where a connection with no unfinished message reads */
+    size_t scratch_cap;
+    uint8_t *out;         /* the replies to one read */
+    size_t out_len;
+    size_t out_cap;
+    size_t out_base;      /* out_cap to shrink back to after a turn */
+};
+
+te_pump *te_pump_new(int epoll_fd, int max_events, size_t turn_bytes, size_t out_cap) {
+    if (epoll_fd < 0 || max_events < 1 || turn_bytes < 1 || out_cap < TE_PUMP_MIN_ROOM)
+        return NULL;
+    te_pump *p = calloc(1, sizeof *p);
+    if (p == NULL)
+        return NULL;
+    p->epoll_fd = epoll_fd;
+    p->max_events = max_events;
+    p->turn_bytes = turn_bytes;
+    p->events = malloc((size_t)max_events * sizeof *p->events);
+    p->out = malloc(out_cap);
+    p->out_cap = p->out_base = out_cap;
+    if (p->events == NULL || p->out == NULL) {
+        te_pump_free(p);
+        return NULL;
+    }
+    return p;
+}
+
+void te_pump_free(te_pump *p) {
+    if (p == NULL)
+        return;
+    free(p->events);
+    free(p->table);
+    free(p->scratch);
+    free(p->out);
+    free(p);
+}
+
+te_pump_conn *te_pump_conn_new(void *session, int raw, size_t read_size) {
+    if (session == NULL || read_size < 1)
+        return NULL;
+    te_pump_conn *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    c->session = session;
+    c->raw = raw;
+    c->read_size = read_size;
+    c->served_turn = UINT64_MAX;
+    return c;
+}
+
+static void drop_input(te_pump_conn *c) {
+    free(c->in);
+    c->in = NULL;
+    c->in_len = c->in_cap = 0;
+}
+
+void te_pump_conn_clear_unsent(te_pump_conn *c) {
+    free(c->unsent);
+    c->unsent = NULL;
+    c->unsent_len = 0;
+    c->unsent_replies = 0;
+}
+
+void te_pump_conn_free(te_pump_conn *c) {
+    if (c == NULL)
+        return;
+    drop_input(c);
+    te_pump_conn_clear_unsent(c);
+    free(c);
+}
+
+int te_pump_conn_set_input(te_pump_conn *c, const uint8_t *buf, size_t len) {
+    drop_input(c);
+    if (len == 0)
+        return 0;
+    c->in = malloc(len + c->read_size);
+    if (c->in == NULL)
+        return -1;
+    memcpy(c->in, buf, len);
+    c->in_len = len;
+    c->in_cap = len + c->read_size;
+    return 0;
+}
+
+int te_pump_attach(te_pump *p, int fd, te_pump_conn *c) {
+    if (fd < 0 || c == NULL)
+        return -1;
+    if ((size_t)fd >= p->table_cap) {
+        size_t cap = p->table_cap ? p->table_cap : 64;
+        while (cap <= (size_t)fd)
+            cap *= 2;
+        te_pump_conn **table = realloc(p->table, cap * sizeof *table);
+        if (table == NULL)
+            return -1;
+        memset(table + p->table_cap, 0, (cap - p->table_cap) * sizeof *table);
+        p->table = table;
+        p->table_cap = cap;
+    }
+    p->table[fd] = c;
+    return 0;
+}
+
+void te_pump_detach(te_pump *p, int fd) {
+    if (fd >= 0 && (size_t)fd < p->table_cap)
+        p->table[fd] = NULL;
+}
+
+static te_pump_conn *attached(const te_pump *p, int fd) {
+    return fd >= 0 && (size_t)fd < p->table_cap ? p->table[fd] : NULL;
+}
+
+/* Make room for `want` more bytes at the end of c->in (0, or -1: no memory). */
+static int reserve_input(te_pump_conn *c, size_t want) {
+    if (c->in_cap - c->in_len >= want)
+        return 0;
+    size_t cap = c->in_len + want;
+    uint8_t *in = realloc(c->in, cap);
+    if (in == NULL)
+        return -1;
+    c->in = in;
+    c->in_cap = cap;
+    return 0;
+}
+
+static int reserve_scratch(te_pump *p, size_t want) {
+    if (p->scratch_cap >= want)
+        return 0;
+    uint8_t *scratch = realloc(p->scratch, want);
+    if (scratch == NULL)
+        return -1;
+    p->scratch = scratch;
+    p->scratch_cap = want;
+    return 0;
+}
+
+static int grow_output(te_pump *p) {
+    size_t cap = p->out_cap * 2;
+    uint8_t *out = realloc(p->out, cap);
+    if (out == NULL)
+        return -1;
+    p->out = out;
+    p->out_cap = cap;
+    return 0;
+}
+
+/* Keep p->out[from:out_len) in c->unsent for the task. */
+static int keep_unsent(te_pump *p, te_pump_conn *c, size_t from, uint64_t replies) {
+    size_t len = p->out_len - from;
+    te_pump_conn_clear_unsent(c);
+    if (len == 0)
+        return 0;
+    c->unsent = malloc(len);
+    if (c->unsent == NULL)
+        return -1;
+    memcpy(c->unsent, p->out + from, len);
+    c->unsent_len = len;
+    c->unsent_replies = replies;
+    return 0;
+}
+
+/* Keep buf[pos:len) as the connection's unconsumed input. */
+static int keep_input(te_pump_conn *c, const uint8_t *buf, size_t pos, size_t len) {
+    size_t rest = len - pos;
+    if (buf == c->in) {
+        if (rest == 0) {
+            drop_input(c);
+        } else if (pos > 0) {
+            memmove(c->in, c->in + pos, rest);
+            c->in_len = rest;
+        }
+        return 0;
+    }
+    return te_pump_conn_set_input(c, buf + pos, rest);
+}
+
+/*
+ * Answer the `n` bytes just read (appended to c->in, or in the scratch
+ * buffer when c->in was empty) and send the replies.  TE_PUMP_WAIT to go
+ * on reading; any other outcome stops this connection's service.
+ */
+static int answer(te_pump *p, te_pump_conn *c, int fd, const uint8_t *buf, size_t len) {
+    size_t pos = 0;
+    uint64_t replies = 0, received = 0;
+    te_echo_result r;
+    int status;
+    int stalled = 0;
+    p->out_len = 0;
+    for (;;) {
+        if (p->out_cap - p->out_len < TE_PUMP_MIN_ROOM && grow_output(p) != 0)
+            return TE_PUMP_NO_MEMORY;
+        status = te_echo_feed((te_echo *)c->session, buf + pos, len - pos, p->out + p->out_len,
+                              p->out_cap - p->out_len, &r);
+        pos += r.consumed;
+        p->out_len += r.produced;
+        replies += r.replies;
+        received += r.received;
+        if (status != TE_ECHO_MORE)
+            break;
+        /* MORE always produces (echo.h); anything else would spin. */
+        stalled = (r.consumed == 0 && r.produced == 0) ? stalled + 1 : 0;
+        if (stalled > 1) {
+            status = TE_ECHO_BAD_CONFIG;
+            break;
+        }
+    }
+    c->messages_in += received;
+    if (received)
+        c->progress++;
+    if (status != TE_ECHO_NEED) {
+        /* The session is over (or was misused): the replies before its end
+         * go to the task, which sends them and ends the session. */
+        drop_input(c);
+        c->status = status;
+        c->length = r.length;
+        if (keep_unsent(p, c, 0, replies) != 0)
+            return TE_PUMP_NO_MEMORY;
+        return TE_PUMP_ENDED;
+    }
+    if (c->raw)
+        pos = len; /* each read is one message: nothing is kept */
+    if (keep_input(c, buf, pos, len) != 0)
+        return TE_PUMP_NO_MEMORY;
+    c->messages_out += replies;
+    if (p->out_len > 0) {
+        ssize_t sent = send(fd, p->out, p->out_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (sent < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                c->error = errno;
+                return TE_PUMP_SOCKET_ERROR;
+            }
+            sent = 0;
+        }
+        c->bytes_out += (uint64_t)sent;
+        if ((size_t)sent < p->out_len) {
+            if (keep_unsent(p, c, (size_t)sent, 0) != 0)
+                return TE_PUMP_NO_MEMORY;
+            return TE_PUMP_SHORT_SEND;
+        }
+    }
+    if (c->in_len != c->accounted)
+        return TE_PUMP_ACCOUNT;
+    return TE_PUMP_WAIT;
+}
+
+/* Read, answer and send until the socket is empty or the turn's bytes are used. */
+static int serve_conn(te_pump *p, te_pump_conn *c, int fd) {
+    size_t budget = p->turn_bytes;
+    c->served_turn = p->turn;
+    for (;;) {
+        size_t want = c->read_size < budget ? c->read_size : budget;
+        uint8_t *into;
+        if (c->in_len > 0) {
+            if (reserve_input(c, want) != 0)
+                return TE_PUMP_NO_MEMORY;
+            into = c->in + c->in_len;
+        } else {
+            if (reserve_scratch(p, want) != 0)
+                return TE_PUMP_NO_MEMORY;
+            into = p->scratch;
+        }
+        ssize_t n = recv(fd, into, want, MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return TE_PUMP_WAIT;
+            if (errno == EINTR)
+                continue;
+            c->error = errno;
+            return TE_PUMP_SOCKET_ERROR;
+        }
+        if (n == 0)
+            return TE_PUMP_END_OF_INPUT;
+        c->bytes_in += (uint64_t)n;
+        int outcome;
+        if (c->in_len > 0) {
+            c->in_len += (size_t)n;
+            outcome = answer(p, c, fd, c->in, c->in_len);
+        } else {
+            outcome = answer(p, c, fd, p->scratch, (size_t)n);
+        }
+        if (outcome != TE_PUMP_WAIT)
+            return outcome;
+        if ((size_t)n < want && !c->input_ended)
+            return TE_PUMP_WAIT; /* nothing more: the next input brings an edge */
+        budget -= (size_t)n;
+        if (budget == 0)
+            return TE_PUMP_AGAIN;
+    }
+}
+
+static int handed_back(int outcome) {
+    return outcome >= TE_PUMP_END_OF_INPUT;
+}
+
+/* Serve the attached `c` once this turn; its outcome, detached if handed back. */
+static int serve_once(te_pump *p, te_pump_conn *c, int fd) {
+    if (c->served_turn == p->turn)
+        return TE_PUMP_AGAIN; /* once a turn: this edge waits for the next one */
+    int outcome = serve_conn(p, c, fd);
+    if (handed_back(outcome))
+        te_pump_detach(p, fd);
+    return outcome;
+}
+
+static void shrink_output(te_pump *p) {
+    if (p->out_cap > p->out_base) {
+        uint8_t *out = realloc(p->out, p->out_base);
+        if (out != NULL) {
+            p->out = out;
+            p->out_cap = p->out_base;
+        }
+    }
+}
+
+int te_pump_serve(te_pump *p, int fd, uint32_t *mask) {
+    te_pump_conn *c = attached(p, fd);
+    *mask = 0;
+    if (c == NULL)
+        return TE_PUMP_EVENT;
+    c->served_turn = UINT64_MAX; /* outside a turn: always served */
+    int outcome = serve_once(p, c, fd);
+    c->served_turn = UINT64_MAX;
+    shrink_output(p);
+    return outcome;
+}
+
+int te_pump_turn(te_pump *p, const int *owed, int n_owed, te_pump_event *out, int out_cap) {
+    if (n_owed < 0 || out_cap < n_owed + p->max_events) {
+        errno = EINVAL;
+        return -1;
+    }
+    int n_out = 0;
+    p->turn++;
+    for (int i = 0; i < n_owed; i++) {
+        te_pump_conn *c = attached(p, owed[i]);
+        if (c == NULL)
+            continue; /* handed back or detached since */
+        int outcome = serve_once(p, c, owed[i]);
+        if (outcome != TE_PUMP_WAIT)
+            out[n_out++] = (te_pump_event){owed[i], 0, outcome};
+    }
+    int ready = epoll_wait(p->epoll_fd, p->events, p->max_events, 0);
+    if (ready < 0) {
+        if (errno != EINTR)
+            return -1;
+        ready = 0;
+    }
+    for (int i = 0; i < ready; i++) {
+        int fd = p->events[i].data.fd;
+        uint32_t mask = p->events[i].events;
+        te_pump_conn *c = attached(p, fd);
+        if (c == NULL) {
+            out[n_out++] = (te_pump_event){fd, mask, TE_PUMP_EVENT};
+            continue;
+        }
+        if (mask & TE_PUMP_INPUT_ENDS)
+            c->input_ended = 1;
+        if (!(mask & TE_PUMP_INPUT_EDGE))
+            continue; /* room to send: the task waits for it only after a short send */
+        int outcome = serve_once(p, c, fd);
+        if (outcome != TE_PUMP_WAIT)
+            out[n_out++] = (te_pump_event){fd, mask, outcome};
+    }
+    shrink_output(p);
+    return n_out;
+}

@@ -1,0 +1,109 @@
+/*
+ * trioecho pump: serves echo sessions on sockets, in C, for the readiness hub.
+ *
+ * The one C unit that does I/O.  Its rules (ARCHITECTURE.md):
+ *   - it only calls epoll_wait with timeout 0, recv, send (MSG_NOSIGNAL) on
+ *     sockets Python gave it, and epoll_ctl never: Python registers them;
+ *   - it never blocks, closes, accepts or calls into Python;
+ *   - Python owns every connection: it attaches a connection's state to its
+ *     descriptor while the connection's task is parked, and detaches it
+ *     before that task runs again and before the socket is closed, so a
+ *     reused descriptor number is never served with an old connection;
+ *   - it has no framing code: a connection is served by the C echo session
+ *     (csrc/echo.c), whose state the caller owns.
+ *
+ * A turn (te_pump_turn) serves the connections owed a turn, then every
+ * event of one epoll_wait(0) on the hub's edge-triggered set.  Serving a
+ * connection: recv until a short read (at most `turn_bytes` per turn),
+ * feed each read to the session, send the replies of each read in one
+ * send.  Events and outcomes Python must see go to `out`: an event on a
+ * descriptor with no state attached (the hub handles it as before), a
+ * connection owed another turn, a connection whose memory account must be
+ * updated, and the hand-backs: end of input, the session's end, a short
+ * send, a socket error.  A connection handed back is detached.
+ *
+ * Memory: a connection holds no buffer while it has no unfinished message
+ * and no unsent bytes; the pump's scratch buffers are its own.
+ */
+#ifndef TRIOECHO_PUMP_H
+#define TRIOECHO_PUMP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "echo.h"
+
+/* cffi:begin -- everything up to cffi:end is also read by build_ffi.py */
+
+/* Outcomes (te_pump_event.outcome, te_pump_serve's return). */
+#define TE_PUMP_WAIT 0         /* it read until the socket had nothing more */
+#define TE_PUMP_AGAIN 1        /* it used its bytes for this turn: owe it a turn */
+#define TE_PUMP_EVENT 2        /* no state attached: the event, for the hub */
+#define TE_PUMP_ACCOUNT 3      /* its unfinished message changed size: update the
+                                  memory account, then owe it a turn (or hand it back) */
+#define TE_PUMP_END_OF_INPUT 4 /* the peer ended its input; handed back */
+#define TE_PUMP_ENDED 5        /* the session ended (status, length); the replies
+                                  before the end are in unsent; handed back */
+#define TE_PUMP_SHORT_SEND 6   /* the socket took part of the replies; the rest is
+                                  in unsent; handed back */
+#define TE_PUMP_SOCKET_ERROR 7 /* recv or send failed (error: errno); handed back */
+#define TE_PUMP_NO_MEMORY 8    /* malloc failed; handed back (input is lost) */
+
+typedef struct {
+    int fd;
+    uint32_t mask;  /* the epoll events seen (for TE_PUMP_EVENT, or with a hand-back) */
+    int outcome;
+} te_pump_event;
+
+/* One connection's state, owned by Python (te_pump_conn_new/_free). */
+typedef struct {
+    void *session;          /* the connection's te_echo session (not owned) */
+    int raw;                /* raw framing: each read is one message */
+    size_t read_size;       /* bytes asked of each recv */
+    uint8_t *in;            /* the unconsumed input (an unfinished message) */
+    size_t in_len;
+    size_t in_cap;
+    uint8_t *unsent;        /* bytes to send, for the task (hand-backs) */
+    size_t unsent_len;
+    uint64_t unsent_replies; /* replies in unsent not counted as sent yet */
+    size_t accounted;       /* what the memory account holds of in_len */
+    uint64_t messages_in;   /* counters, taken and reset by Python */
+    uint64_t messages_out;
+    uint64_t bytes_in;
+    uint64_t bytes_out;
+    uint64_t progress;      /* reads that completed a message */
+    int status;             /* TE_PUMP_ENDED: the session's status */
+    uint64_t length;        /* ... and its length */
+    int error;              /* TE_PUMP_SOCKET_ERROR: errno */
+    int input_ended;        /* an end-of-input edge came: read to the end */
+    uint64_t served_turn;   /* private to the pump */
+} te_pump_conn;
+
+typedef struct te_pump_state te_pump;
+
+te_pump *te_pump_new(int epoll_fd, int max_events, size_t turn_bytes, size_t out_cap);
+void te_pump_free(te_pump *p);
+
+te_pump_conn *te_pump_conn_new(void *session, int raw, size_t read_size);
+void te_pump_conn_free(te_pump_conn *c);
+/* Replace the unconsumed input with buf[0:len) (0 on success, -1: no memory). */
+int te_pump_conn_set_input(te_pump_conn *c, const uint8_t *buf, size_t len);
+/* Drop the unsent bytes once Python has taken them. */
+void te_pump_conn_clear_unsent(te_pump_conn *c);
+
+/* Serve `c` on `fd` from now on (until a hand-back or te_pump_detach). */
+int te_pump_attach(te_pump *p, int fd, te_pump_conn *c);
+/* Stop serving `fd` (idempotent). */
+void te_pump_detach(te_pump *p, int fd);
+/* Serve `fd` now, outside a turn; its outcome (TE_PUMP_EVENT if detached). */
+int te_pump_serve(te_pump *p, int fd, uint32_t *mask);
+/*
+ * One turn: serve owed[0:n_owed), then one epoll_wait(0).  Writes at most
+ * out_cap events (out_cap >= n_owed + max_events always suffices); returns
+ * how many, or -1 with errno if epoll_wait failed.
+ */
+int te_pump_turn(te_pump *p, const int *owed, int n_owed, te_pump_event *out, int out_cap);
+
+/* cffi:end */
+
+#endif /* TRIOECHO_PUMP_H */

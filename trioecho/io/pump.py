@@ -1,0 +1,224 @@
+"""The C pump (``csrc/pump.c``): the readiness hub serves echo sessions in C.
+
+The only module that imports ``trioecho._pump_ffi``; nothing cffi-typed
+leaves it.  The pump's contract and rules are in ``csrc/pump.h``: one C
+call per turn of the hub does ``epoll_wait(0)`` and, for each ready socket
+whose connection is attached, reads, answers (the C echo session) and
+sends, with no Python per message.  It returns what Python must see: the
+events of sockets with no connection attached, and the connections owed a
+turn, whose memory account must be updated, or handed back.
+
+Its twin is the Python inline step (:meth:`SocketTransport.serve_inline`
+with the session's step), which serves the same sessions when the pump is
+off: ``TRIOECHO_PUREPYTHON=1``, ``TRIOECHO_PUMP=0``, or no C extension.
+The differential tests run both on the same traffic.
+"""
+
+from __future__ import annotations
+
+import os
+from struct import Struct
+from typing import Any
+
+__all__ = [
+    "ACCOUNT",
+    "BUDGET",
+    "ENDED",
+    "END_OF_INPUT",
+    "EVENT",
+    "NO_MEMORY",
+    "PUMP_AGAIN",
+    "PUMP_WAIT",
+    "SHORT_SEND",
+    "SOCKET_ERROR",
+    "Pump",
+    "PumpedConnection",
+    "pump_enabled",
+]
+
+(
+    PUMP_WAIT,
+    PUMP_AGAIN,
+    EVENT,
+    ACCOUNT,
+    END_OF_INPUT,
+    ENDED,
+    SHORT_SEND,
+    SOCKET_ERROR,
+    NO_MEMORY,
+) = range(9)
+# Not the pump's: a connection whose memory account does not let it read
+# now (ACCOUNT, and the budget said no) is handed back with this.
+BUDGET = 9
+
+try:
+    from trioecho._pump_ffi import ffi, lib
+except ImportError:  # not built: the twin serves
+    ffi = lib = None
+else:
+    _names = ["WAIT", "AGAIN", "EVENT", "ACCOUNT", "END_OF_INPUT"]
+    _names += ["ENDED", "SHORT_SEND", "SOCKET_ERROR", "NO_MEMORY"]
+    if [getattr(lib, f"TE_PUMP_{name}") for name in _names] != list(range(9)):
+        raise ImportError("the outcomes differ between csrc/pump.h and trioecho.io.pump")
+
+# te_pump_event: fd, mask, outcome.
+_EVENT = Struct("@iIi")
+if ffi is not None and ffi.sizeof("te_pump_event") != _EVENT.size:
+    raise ImportError("te_pump_event's layout does not match its struct format")
+
+
+def pump_enabled() -> bool:
+    """Whether hubs serve echo sessions with the C pump: the extension is
+    built, and neither ``TRIOECHO_PUREPYTHON=1`` nor ``TRIOECHO_PUMP=0`` is set."""
+    if lib is None:
+        return False
+    if os.environ.get("TRIOECHO_PUREPYTHON", "") not in ("", "0"):
+        return False
+    return os.environ.get("TRIOECHO_PUMP", "1") not in ("", "0")
+
+
+class PumpedConnection:
+    """One connection's state in C: the echo session it is served with (the
+    address of its ``te_echo``, kept alive by ``owner``), its unconsumed
+    input, the bytes owed to the task, and its counters.  Freed with this
+    object."""
+
+    __slots__ = ("_conn", "_owner")
+
+    def __init__(self, session_address: int, owner: object, raw: bool, read_size: int) -> None:
+        if lib is None:
+            raise RuntimeError("the C pump is not built")
+        if read_size < 1:
+            raise ValueError(f"read_size must be at least 1, not {read_size}")
+        conn = lib.te_pump_conn_new(ffi.cast("void *", session_address), int(raw), read_size)
+        if conn == ffi.NULL:
+            raise MemoryError("cannot allocate the pump's connection state")
+        self._conn = ffi.gc(conn, lib.te_pump_conn_free)
+        self._owner = owner  # the te_echo lives as long as this
+
+    @property
+    def handle(self) -> Any:
+        return self._conn
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an unfinished message held in C."""
+        return int(self._conn.in_len)
+
+    @property
+    def accounted(self) -> int:
+        return int(self._conn.accounted)
+
+    @accounted.setter
+    def accounted(self, size: int) -> None:
+        self._conn.accounted = size
+
+    @property
+    def progress(self) -> int:
+        """Reads that completed a message, since this state was made."""
+        return int(self._conn.progress)
+
+    @property
+    def ending(self) -> tuple[int, int]:
+        """After ``ENDED``: the session's status and length."""
+        return int(self._conn.status), int(self._conn.length)
+
+    @property
+    def error(self) -> int:
+        """After ``SOCKET_ERROR``: the errno."""
+        return int(self._conn.error)
+
+    def set_input(self, data: bytes) -> None:
+        """Make ``data`` the unconsumed input (the session's unfinished message)."""
+        if lib.te_pump_conn_set_input(self._conn, data, len(data)) != 0:
+            raise MemoryError("cannot allocate the pump's input buffer")
+        self._conn.accounted = len(data)
+
+    def take_input(self) -> bytes:
+        """The unconsumed input, removed from the C state."""
+        conn = self._conn
+        size = conn.in_len
+        data = ffi.unpack(ffi.cast("char *", getattr(conn, "in")), size) if size else b""
+        lib.te_pump_conn_set_input(conn, ffi.NULL, 0)
+        return data
+
+    def take_unsent(self) -> tuple[bytes, int]:
+        """The bytes handed to the task to send, and the replies among them
+        not counted as sent yet."""
+        conn = self._conn
+        size = conn.unsent_len
+        data = ffi.unpack(ffi.cast("char *", conn.unsent), size) if size else b""
+        replies = int(conn.unsent_replies)
+        lib.te_pump_conn_clear_unsent(conn)
+        return data, replies
+
+    def take_message_counts(self) -> tuple[int, int]:
+        """Messages received and replies sent since the last take."""
+        conn = self._conn
+        counts = int(conn.messages_in), int(conn.messages_out)
+        conn.messages_in = conn.messages_out = 0
+        return counts
+
+    def take_byte_counts(self) -> tuple[int, int]:
+        """Bytes received and sent since the last take."""
+        conn = self._conn
+        counts = int(conn.bytes_in), int(conn.bytes_out)
+        conn.bytes_in = conn.bytes_out = 0
+        return counts
+
+    def mark_input_ended(self) -> None:
+        """The peer's end of input was seen: read to the end, not to a short read."""
+        self._conn.input_ended = 1
+
+
+class Pump:
+    """The C pump of one hub's epoll set (``epoll_fd``, which the hub
+    registers sockets in and closes): see the module docstring."""
+
+    __slots__ = ("_out", "_out_cap", "_owed", "_owed_cap", "_pump", "max_events")
+
+    def __init__(self, epoll_fd: int, max_events: int, turn_bytes: int, out_cap: int) -> None:
+        if lib is None:
+            raise RuntimeError("the C pump is not built")
+        pump = lib.te_pump_new(epoll_fd, max_events, turn_bytes, out_cap)
+        if pump == ffi.NULL:
+            raise MemoryError("cannot allocate the pump")
+        self._pump = ffi.gc(pump, lib.te_pump_free)
+        self.max_events = max_events
+        self._owed_cap = 0
+        self._owed: Any = ffi.NULL
+        self._out_cap = 0
+        self._out: Any = None
+        self._reserve(64)
+
+    def _reserve(self, owed: int) -> None:
+        if owed > self._owed_cap:
+            self._owed_cap = max(owed, 2 * self._owed_cap)
+            self._owed = ffi.new("int[]", self._owed_cap)
+            self._out_cap = self._owed_cap + self.max_events
+            self._out = ffi.new("te_pump_event[]", self._out_cap)
+
+    def attach(self, fd: int, conn: PumpedConnection) -> None:
+        if lib.te_pump_attach(self._pump, fd, conn.handle) != 0:
+            raise MemoryError("cannot grow the pump's table")
+
+    def detach(self, fd: int) -> None:
+        lib.te_pump_detach(self._pump, fd)
+
+    def serve(self, fd: int) -> int:
+        """Serve the attached ``fd`` now; its outcome (detached if handed back)."""
+        mask = ffi.new("uint32_t *")
+        return int(lib.te_pump_serve(self._pump, fd, mask))
+
+    def turn(self, owed: list[int]) -> list[tuple[int, int, int]]:
+        """One turn (see ``te_pump_turn``): the ``(fd, mask, outcome)`` Python must see."""
+        n_owed = len(owed)
+        if n_owed:
+            self._reserve(n_owed)
+            self._owed[0:n_owed] = owed
+        count = lib.te_pump_turn(self._pump, self._owed, n_owed, self._out, self._out_cap)
+        if count <= 0:
+            if count < 0:
+                raise OSError(ffi.errno, os.strerror(ffi.errno))
+            return []
+        return list(_EVENT.iter_unpack(ffi.buffer(self._out, count * _EVENT.size)))
