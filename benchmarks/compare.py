@@ -6,8 +6,13 @@ another CPU), and prints markdown tables: messages per second; the server's
 CPU time per message answered (utime + stime from ``/proc/PID/stat`` over
 the measured seconds, divided by the replies: steadier than msgs/s on a
 shared machine); p99 and maximum latency with 5000 connections; RSS per idle
-connection; then trioecho's ratio to each peer and the performance goals,
-met or not.
+connection; each peer's ratio to uvloop and to the floor; then trioecho's
+ratio to each peer and the performance goals, met or not.
+
+The floor (``c-epoll``) is benchmarks/floor_server.c, a single-threaded C
+epoll echo server: this script compiles it on first use ($CC or cc, -O2) into
+a cache folder in the temporary directory.  It is a yardstick, not part of
+the package.
 
     python benchmarks/compare.py                # everything, ~10 minutes
     python benchmarks/compare.py --quick        # shorter runs
@@ -18,7 +23,7 @@ met or not.
 ``--json`` writes every measurement with the run's date and machine;
 ``--figures`` draws them (benchmarks/plots.py, which also redraws a saved
 file).  The docs' figures and tables come from docs/_static/benchmarks/.
-uvloop and matplotlib come from the optional extra: pip install -e '.[bench]'.
+uvloop, rloop and matplotlib come from the optional extra: pip install -e '.[bench]'.
 """
 
 from __future__ import annotations
@@ -26,13 +31,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
+import hashlib
 import json
 import os
 import platform
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,15 +79,66 @@ PEERS = {
     "asyncio-streams": "asyncio streams",
     "asyncio-protocol": "asyncio Protocol",
     "uvloop-protocol": "uvloop Protocol",
+    "rloop-protocol": "asyncio + rloop Protocol",
     "trio-plain": "plain Trio",
     "trioecho-py": "trioecho, Python framer",
     "trioecho-handle": "trioecho, async handle()",
     "trioecho-respond": "trioecho, Python respond()",
     "trioecho-trio": "trioecho, Trio's waits",
     "trioecho": "trioecho, C echo session inline",
+    "c-epoll": "C epoll echo (the floor)",
 }
 # serve --handler for each trioecho peer (the default: the C echo session).
 HANDLERS = {"trioecho-handle": "handle", "trioecho-respond": "respond"}
+UV, RLOOP, FLOOR = "uvloop-protocol", "rloop-protocol", "c-epoll"
+FLOOR_SOURCE = HERE / "floor_server.c"
+FLOOR_FLAGS = ("-O2", "-Wall", "-Wextra")
+
+
+class FloorBuildError(RuntimeError):
+    """The floor's C source could not be compiled; the message says why."""
+
+
+@functools.cache
+def floor_binary() -> Path:
+    """The floor server's executable, compiled from FLOOR_SOURCE on first use.
+
+    Built with ``$CC`` (default ``cc``) and FLOOR_FLAGS into a folder of the
+    temporary directory, under a name hashing the source and the command, so
+    an unchanged source is compiled once per machine and an edited one anew.
+    Compiler warnings go to stderr.  Raises FloorBuildError, with the
+    compiler's output, when there is no compiler or the build fails.
+    """
+    compiler = shlex.split(os.environ.get("CC", "cc")) or ["cc"]
+    command = [*compiler, *FLOOR_FLAGS]
+    digest = hashlib.sha256(FLOOR_SOURCE.read_bytes() + shlex.join(command).encode())
+    folder = Path(tempfile.gettempdir()) / f"trioecho-bench-{os.getuid()}"
+    binary = folder / f"floor_server-{digest.hexdigest()[:16]}"
+    if binary.exists():
+        return binary
+    if shutil.which(compiler[0]) is None:
+        raise FloorBuildError(
+            f"the floor ({FLOOR}) is compiled from {FLOOR_SOURCE.name}, and there is no C "
+            f"compiler {compiler[0]!r}: install one (gcc or clang) or set CC"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{binary.name}.{os.getpid()}"  # renamed once whole: builds may race
+    command += ["-o", str(partial), str(FLOOR_SOURCE)]
+    try:
+        built = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        message = f"the floor ({FLOOR}) did not build: {shlex.join(command)}: {exc}"
+        raise FloorBuildError(message) from exc
+    if built.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise FloorBuildError(
+            f"the floor ({FLOOR}) did not build: {shlex.join(command)} exited with "
+            f"status {built.returncode}:\n{built.stderr.strip()}"
+        )
+    if built.stderr.strip():
+        print(f"# {FLOOR_SOURCE.name}: compiler warnings:\n{built.stderr.strip()}", file=sys.stderr)
+    os.replace(partial, binary)
+    return binary
 
 
 def server_command(peer: str, framing: str) -> tuple[list[str], dict[str, str]]:
@@ -90,6 +150,8 @@ def server_command(peer: str, framing: str) -> tuple[list[str], dict[str, str]]:
         command += ["--max-connections", "10000", "--idle-timeout", "0"]
         command += ["--handler", HANDLERS.get(peer, "session")]
         command += ["--readiness", "trio" if peer == "trioecho-trio" else "hub"]
+    elif peer == FLOOR:
+        command = [str(floor_binary()), "--framing", framing, "--port", "0"]
     else:
         command = [sys.executable, str(HERE / "peers.py"), peer, "--framing", framing]
     if shutil.which("taskset"):
@@ -226,20 +288,68 @@ def latency(result: Result) -> str:
     return cell(result, "")
 
 
-def ratio(ours: Result, theirs: Result, metric: str = "msgs/s") -> float | None:
-    """``ours`` against ``theirs``: > 1 means ours is better."""
+LOWER_IS_BETTER = frozenset({"cpu", "p99"})
+
+
+def metric_value(result: BenchResult, metric: str) -> float | None:
+    """One figure of a measurement: "msgs/s", "cpu" (µs per message) or "p99" (ms)."""
+    if metric == "msgs/s":
+        return result.msgs_per_s
+    if metric == "cpu":
+        return result.cpu_per_message_us
+    if metric == "p99":
+        return float(result.latency_ms["p99"])
+    raise ValueError(metric)
+
+
+def value_ratio(ours: Result, theirs: Result, metric: str) -> float | None:
+    """``ours``' value of ``metric`` over ``theirs``' (not turned: for "cpu"
+    and "p99", < 1 means ours is better); None unless both are clean
+    measurements with that figure."""
     a, b = ok(ours), ok(theirs)
     if a is None or b is None:
         return None
-    if metric == "msgs/s":
-        return a.msgs_per_s / b.msgs_per_s if b.msgs_per_s else None
-    if metric == "cpu":  # less CPU is better
-        if a.cpu_per_message_us is None or b.cpu_per_message_us is None:
-            return None
-        return b.cpu_per_message_us / a.cpu_per_message_us
-    if metric == "p99":  # lower latency is better
-        return b.latency_ms["p99"] / a.latency_ms["p99"] if a.latency_ms["p99"] else None
-    raise ValueError(metric)
+    mine, other = metric_value(a, metric), metric_value(b, metric)
+    if mine is None or other is None or not other:
+        return None
+    return mine / other
+
+
+def ratio(ours: Result, theirs: Result, metric: str = "msgs/s") -> float | None:
+    """``ours`` against ``theirs``: > 1 means ours is better."""
+    r = value_ratio(ours, theirs, metric)
+    if r is None or metric not in LOWER_IS_BETTER:
+        return r
+    return 1 / r if r else None
+
+
+def times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def print_ratio_table(
+    reference: str,
+    name: str,
+    peers: list[str],
+    workloads: list[Workload],
+    table: dict[str, dict[str, Result]],
+) -> None:
+    """Every peer's msgs/s and CPU per message over ``reference``'s, per workload."""
+    rows = []
+    for w in workloads:
+        base = table[w.key].get(reference)
+        cells = [
+            f"{times(value_ratio(table[w.key].get(p), base, 'msgs/s'))} / "
+            f"{times(value_ratio(table[w.key].get(p), base, 'cpu'))}"
+            for p in peers
+        ]
+        rows.append((w.title, cells))
+    print_table(
+        f"Ratio to {name}, msgs/s / CPU per message: each peer's figure over {name}'s "
+        "(msgs/s: higher is better; CPU per message: lower is better)",
+        peers,
+        rows,
+    )
 
 
 def print_table(
@@ -252,55 +362,90 @@ def print_table(
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
-UV = "uvloop-protocol"
-# (text, workload, ours, peer, metric, target): the ratio of `ours` to `peer`
-# must reach target (> 1 is better for ours; for p99 and CPU, lower values).
+@dataclasses.dataclass(frozen=True)
+class Goal:
+    """A performance goal: ``ours`` against ``peer`` on one workload.
+
+    The ratio is ours' figure over the peer's (value_ratio): a "msgs/s"
+    goal is met when it is at least ``target``; a "cpu" (CPU per message)
+    or "p99" goal, where lower is better, when it is at most ``target``.
+    """
+
+    text: str
+    workload: str
+    ours: str
+    peer: str
+    metric: str  # "msgs/s", "cpu" or "p99"
+    target: float
+
+    def verdict(self, value: float | None) -> str:
+        """The verdict on the ratio ``value``: met, NOT met, or n/a if unknown (None)."""
+        if value is None:
+            return "n/a"
+        if self.metric in LOWER_IS_BETTER:
+            met = value <= self.target + 1e-9
+        else:
+            met = value >= self.target - 1e-9
+        return "met" if met else "NOT met"
+
+
+# The goals of issue #34.
 GOALS = [
-    (
-        "ping-pong 100 conns, echo >= 1.0x uvloop, msgs/s",
+    Goal(
+        "ping-pong 100 conns, echo >= 1.3x uvloop, msgs/s",
         "pingpong-100",
         "trioecho",
         UV,
         "msgs/s",
-        1.0,
+        1.3,
     ),
-    ("ping-pong 100 conns, echo CPU/msg <= uvloop's", "pingpong-100", "trioecho", UV, "cpu", 1.0),
-    (
-        "ping-pong 1000 conns, echo >= 1.0x uvloop, msgs/s",
+    Goal(
+        "ping-pong 100 conns, echo CPU/msg <= 1.15x the floor's",
+        "pingpong-100",
+        "trioecho",
+        FLOOR,
+        "cpu",
+        1.15,
+    ),
+    Goal(
+        "ping-pong 10 conns, echo >= 1.1x uvloop, msgs/s",
+        "pingpong-10",
+        "trioecho",
+        UV,
+        "msgs/s",
+        1.1,
+    ),
+    Goal(
+        "ping-pong 1000 conns, echo >= 1.1x uvloop, msgs/s",
         "pingpong-1000",
         "trioecho",
         UV,
         "msgs/s",
-        1.0,
+        1.1,
     ),
-    ("ping-pong 1000 conns, echo CPU/msg <= uvloop's", "pingpong-1000", "trioecho", UV, "cpu", 1.0),
-    (
-        "ping-pong 100 conns, respond() >= 0.9x uvloop",
+    Goal("5000 conns >= 1.1x uvloop, msgs/s", "pingpong-5000", "trioecho", UV, "msgs/s", 1.1),
+    Goal("5000 conns p99 <= 1.0x uvloop's", "pingpong-5000", "trioecho", UV, "p99", 1.0),
+    Goal(
+        "ping-pong 100 conns, respond() >= 1.0x uvloop, msgs/s",
         "pingpong-100",
         "trioecho-respond",
         UV,
         "msgs/s",
-        0.9,
-    ),
-    (
-        "ping-pong 1000 conns, respond() >= 0.9x uvloop",
-        "pingpong-1000",
-        "trioecho-respond",
-        UV,
-        "msgs/s",
-        0.9,
-    ),
-    ("5000 conns >= 1.0x uvloop, msgs/s", "pingpong-5000", "trioecho", UV, "msgs/s", 1.0),
-    ("5000 conns p99 <= uvloop's", "pingpong-5000", "trioecho", UV, "p99", 1.0),
-    ("pipelined len >= 2.5x uvloop", "pipelined-len", "trioecho", UV, "msgs/s", 2.5),
-    ("pipelined line >= 1.2x uvloop", "pipelined-line", "trioecho", UV, "msgs/s", 1.2),
-    (
-        "ping-pong 100 conns, echo >= 1.0x seed threads",
-        "pingpong-100",
-        "trioecho",
-        "threaded",
-        "msgs/s",
         1.0,
+    ),
+    Goal("pipelined len >= 3.5x uvloop", "pipelined-len", "trioecho", UV, "msgs/s", 3.5),
+    Goal("pipelined line >= 1.5x uvloop", "pipelined-line", "trioecho", UV, "msgs/s", 1.5),
+    *(
+        Goal(
+            f"{w.title}: echo ahead of rloop (>= 1.0x), msgs/s",
+            w.key,
+            "trioecho",
+            RLOOP,
+            "msgs/s",
+            1.0,
+        )
+        for w in WORKLOADS
+        if w.depth == 1
     ),
 ]
 IDLE_GOAL_BYTES = 3 * 1024
@@ -424,6 +569,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(peers) - set(PEERS)
     if unknown:
         parser.error(f"unknown peers: {', '.join(sorted(unknown))}")
+    if FLOOR in peers:
+        try:
+            print(f"# the floor: {floor_binary()}", file=sys.stderr)
+        except FloorBuildError as exc:
+            print(f"compare.py: {exc}\n(or leave {FLOOR} out of --peers)", file=sys.stderr)
+            return 2
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     pinned = hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1
@@ -480,6 +631,10 @@ def main(argv: list[str] | None = None) -> int:
             [(f"{args.idle_connections} idle connections", cells)],
         )
 
+    for reference, name in ((UV, "uvloop"), (FLOOR, "the floor")):
+        if reference in peers:
+            print_ratio_table(reference, name, peers, workloads, table)
+
     others = [p for p in peers if p != "trioecho"]
     if "trioecho" in peers and others:
         rows = []
@@ -504,13 +659,12 @@ def main(argv: list[str] | None = None) -> int:
     if "trioecho" not in peers:
         return 0
     print("\nGoals:\n")
-    for text, key, mine, peer, metric, target in GOALS:
-        if key not in table or peer not in peers or mine not in peers:
+    for goal in GOALS:
+        if goal.workload not in table or goal.peer not in peers or goal.ours not in peers:
             continue
-        r = ratio(table[key].get(mine), table[key].get(peer), metric)
-        verdict = "n/a" if r is None else ("met" if r >= target - 1e-9 else "NOT met")
-        shown = "-" if r is None else (f"{1 / r:.2f}x" if metric in ("p99", "cpu") else f"{r:.2f}x")
-        print(f"- {text}: {shown} ({verdict})")
+        results = table[goal.workload]
+        r = value_ratio(results.get(goal.ours), results.get(goal.peer), goal.metric)
+        print(f"- {goal.text}: {times(r)} ({goal.verdict(r)})")
     ours = idle.get("trioecho")
     if isinstance(ours, float):
         verdict = "met" if ours <= IDLE_GOAL_BYTES else "NOT met"

@@ -13,8 +13,12 @@ asyncio-streams   asyncio.start_server, readline / readexactly, drain per reply
 asyncio-protocol  an asyncio Protocol with a pure-Python splitter, one write
                   per read
 uvloop-protocol   the same on uvloop (pip install 'trioecho[bench]')
+rloop-protocol    the same on rloop, the asyncio loop written in Rust (same
+                  extra), ending sessions as rloop needs (RloopEchoProtocol)
 trio-plain        trio.serve_tcp, receive_some, pure-Python splitter, one
                   send_all per read
+
+The floor, ``c-epoll`` in compare.py, is not here: it is floor_server.c, in C.
 """
 
 from __future__ import annotations
@@ -201,12 +205,45 @@ class EchoProtocol(asyncio.Protocol):
         self.transport.write(self.splitter.encode([GREETING]))
 
     def data_received(self, data: bytes) -> None:
-        assert self.transport is not None
+        transport = self.transport
+        if transport is None:  # closed by an earlier q
+            return
         out, done = replies(self.splitter.feed(data))
         if out:
-            self.transport.write(self.splitter.encode(out))
+            transport.write(self.splitter.encode(out))
         if done:
-            self.transport.close()
+            self.transport = None
+            self.end(transport)
+
+    def end(self, transport: asyncio.Transport) -> None:
+        """End the session after a ``q``: the replies before it still go out."""
+        transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Drop the transport, breaking the protocol <-> transport cycle:
+        # rloop closes a socket only once its transport is freed.
+        self.transport = None
+
+
+class RloopEchoProtocol(EchoProtocol):
+    """EchoProtocol, ending its sessions so that rloop 0.5 sends the FIN.
+
+    rloop's ``close()`` leaves the socket open until the transport object
+    is freed, which its loop defers (the client would wait for an end, and
+    the descriptor stays open).  ``write_eof()`` shuts the socket down for
+    writing once the replies are out; ``close()`` too, after that, would
+    stop it: with replies still queued, rloop closes (late) instead.
+    """
+
+    def end(self, transport: asyncio.Transport) -> None:
+        transport.write_eof()
+        if not transport.get_write_buffer_size():
+            transport.close()
+
+    def eof_received(self) -> None:
+        # The client's end: answer it with ours now (rloop closes next).
+        if self.transport is not None and not self.transport.get_write_buffer_size():
+            self.transport.write_eof()
 
 
 async def serve_asyncio_protocol(port: int, framing: str) -> None:
@@ -217,6 +254,38 @@ async def serve_asyncio_protocol(port: int, framing: str) -> None:
     announce(server.sockets[0].getsockname()[1])
     async with server:
         await server.serve_forever()
+
+
+async def serve_rloop_protocol(port: int, framing: str) -> None:
+    """The asyncio Protocol server as rloop 0.5 must run it: accepting from
+    ``create_server`` on, then waiting forever.
+
+    Not ``Server.serve_forever()``: on rloop 0.5 it starts the listener a
+    second time (so does ``start_serving()``), after which every connection
+    is refused.
+    """
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: RloopEchoProtocol(framing), "127.0.0.1", port, backlog=4096
+    )
+    announce(server.sockets[0].getsockname()[1])
+    await loop.create_future()
+
+
+def run_on_rloop(port: int, framing: str) -> None:
+    """The asyncio Protocol server on rloop's loop, until killed.
+
+    rloop's own ``new_event_loop()``, driven directly rather than through
+    ``asyncio.Runner(loop_factory=...)`` (Python 3.11+), so Python 3.10 runs it too.
+    """
+    import rloop
+
+    loop = rloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(serve_rloop_protocol(port, framing))
+    finally:
+        loop.close()
 
 
 # -- trio --------------------------------------------------------------------
@@ -257,6 +326,7 @@ def main() -> None:
             "asyncio-streams",
             "asyncio-protocol",
             "uvloop-protocol",
+            "rloop-protocol",
             "trio-plain",
         ],
     )
@@ -273,6 +343,8 @@ def main() -> None:
         import uvloop
 
         uvloop.run(serve_asyncio_protocol(args.port, args.framing))
+    elif args.name == "rloop-protocol":
+        run_on_rloop(args.port, args.framing)
     else:
         import trio
 

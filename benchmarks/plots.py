@@ -6,7 +6,8 @@ Draws three PNG files into the figures folder, each captioned with the run's
 date and machine:
 
 - ``pingpong.png``: ping-pong messages per second and server CPU per message
-  against the number of connections, one line per peer;
+  against the number of connections, one line per peer (the floor, the C
+  epoll server, dashed);
 - ``latency-5000.png``: p99 and maximum latency with 5,000 connections;
 - ``pipelined.png``: pipelined throughput, length-prefixed and line framing.
 
@@ -24,6 +25,11 @@ from pathlib import Path
 from typing import Any
 
 FIGURES = ("pingpong.png", "latency-5000.png", "pipelined.png")
+# Lines that stand out: trioecho, and the floor (compare.py's C epoll server).
+STYLES: dict[str, dict[str, Any]] = {
+    "trioecho": {"linewidth": 2.6},
+    "c-epoll": {"linewidth": 1.6, "linestyle": "--", "color": "black"},
+}
 
 
 def caption(results: dict[str, Any]) -> str:
@@ -65,7 +71,7 @@ def draw_pingpong(results: dict[str, Any], path: Path) -> None:
         clean = [(n, m) for n, m in points if m is not None]
         if not clean:
             continue
-        style = {"linewidth": 2.6} if peer == "trioecho" else {"linewidth": 1.2}
+        style = STYLES.get(peer, {"linewidth": 1.2})
         xs = [n for n, _ in clean]
         rate.plot(xs, [m["msgs_per_s"] for _, m in clean], marker="o", label=title, **style)
         with_cpu = [(n, m) for n, m in clean if m["cpu_per_message_us"] is not None]

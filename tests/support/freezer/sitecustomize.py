@@ -20,3 +20,6 @@ def _freezing_feed(self: session.EchoSession, data: Any) -> session.EchoOutput:
 
 
 session.EchoSession.feed = _freezing_feed  # type: ignore[method-assign]
+# Served by the Python step, where the patched feed runs (the C pump would
+# answer "freeze" in C).
+session.EchoSession.pump_handle = lambda self: None  # type: ignore[method-assign]
