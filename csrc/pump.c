@@ -66,8 +66,25 @@ te_pump_conn *te_pump_conn_new(void *session, int raw, size_t read_size) {
     te_pump_conn *c = calloc(1, sizeof *c);
     if (c == NULL)
         return NULL;
+    c->kind = TE_PUMP_ECHO;
     c->session = session;
     c->raw = raw;
+    c->read_size = read_size;
+    c->sink_fd = -1;
+    c->served_turn = UINT64_MAX;
+    return c;
+}
+
+te_pump_conn *te_pump_forward_new(void *framer, int sink_fd, uint64_t due, size_t read_size) {
+    if (framer == NULL || sink_fd < 0 || read_size < 1)
+        return NULL;
+    te_pump_conn *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    c->kind = TE_PUMP_FORWARD;
+    c->framer = framer;
+    c->due = due;
+    c->sink_fd = sink_fd;
     c->read_size = read_size;
     c->served_turn = UINT64_MAX;
     return c;
@@ -251,6 +268,7 @@ static int answer(te_pump *p, te_pump_conn *c, int fd, const uint8_t *buf, size_
         if (sent < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK) {
                 c->error = errno;
+                c->status = 0;
                 return TE_PUMP_SOCKET_ERROR;
             }
             sent = 0;
@@ -265,6 +283,65 @@ static int answer(te_pump *p, te_pump_conn *c, int fd, const uint8_t *buf, size_
     if (c->in_len != c->accounted)
         return TE_PUMP_ACCOUNT;
     return TE_PUMP_WAIT;
+}
+
+/*
+ * Pass on the `len` bytes of buf (c->in, or the scratch buffer) that the
+ * forwarding scan lets through, to the sink; keep an incomplete header.
+ * TE_PUMP_WAIT to go on reading.
+ */
+static int pass_on(te_pump_conn *c, const uint8_t *buf, size_t len) {
+    uint64_t due = c->due;
+    te_result r;
+    te_length_forward((const te_length_framer *)c->framer, buf, len, &due, &r);
+    if (r.status != TE_OK) {
+        /* A bad header: the read is kept as it came (the scan kept nothing
+         * but `due`, left as it was), for Python to scan again and raise
+         * the framer's error after passing on the bytes before it. */
+        c->status = r.status;
+        c->length = r.length;
+        if (keep_input(c, buf, 0, len) != 0)
+            return TE_PUMP_NO_MEMORY;
+        c->accounted = c->in_len;
+        return TE_PUMP_ENDED;
+    }
+    c->due = due;
+    c->messages_in += r.frames;
+    if (r.frames)
+        c->progress++;
+    size_t pass = r.consumed;
+    size_t sent = 0;
+    if (pass > 0) {
+        ssize_t n = send(c->sink_fd, buf, pass, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                c->error = errno;
+                c->status = 1; /* the sink's error, not the source's */
+                return TE_PUMP_SOCKET_ERROR;
+            }
+            n = 0;
+        }
+        sent = (size_t)n;
+        c->bytes_out += sent;
+    }
+    int outcome = TE_PUMP_WAIT;
+    if (sent < pass) {
+        /* The sink is full: the rest goes to the task, which waits for it. */
+        te_pump_conn_clear_unsent(c);
+        c->unsent = malloc(pass - sent);
+        if (c->unsent == NULL)
+            return TE_PUMP_NO_MEMORY;
+        memcpy(c->unsent, buf + sent, pass - sent);
+        c->unsent_len = pass - sent;
+        c->unsent_replies = r.frames;
+        outcome = TE_PUMP_SHORT_SEND;
+    } else {
+        c->messages_out += r.frames;
+    }
+    if (keep_input(c, buf, pass, len) != 0) /* an incomplete header */
+        return TE_PUMP_NO_MEMORY;
+    c->accounted = c->in_len; /* a header's few bytes: not accounted */
+    return outcome;
 }
 
 /* Read, answer and send until the socket is empty or the turn's bytes are used. */
@@ -290,18 +367,24 @@ static int serve_conn(te_pump *p, te_pump_conn *c, int fd) {
             if (errno == EINTR)
                 continue;
             c->error = errno;
+            c->status = 0;
             return TE_PUMP_SOCKET_ERROR;
         }
         if (n == 0)
             return TE_PUMP_END_OF_INPUT;
         c->bytes_in += (uint64_t)n;
         int outcome;
+        const uint8_t *buf = p->scratch;
+        size_t len = (size_t)n;
         if (c->in_len > 0) {
             c->in_len += (size_t)n;
-            outcome = answer(p, c, fd, c->in, c->in_len);
-        } else {
-            outcome = answer(p, c, fd, p->scratch, (size_t)n);
+            buf = c->in;
+            len = c->in_len;
         }
+        if (c->kind == TE_PUMP_FORWARD)
+            outcome = pass_on(c, buf, len);
+        else
+            outcome = answer(p, c, fd, buf, len);
         if (outcome != TE_PUMP_WAIT)
             return outcome;
         if ((size_t)n < want && !c->input_ended)
@@ -349,7 +432,7 @@ int te_pump_serve(te_pump *p, int fd, uint32_t *mask) {
 }
 
 int te_pump_turn(te_pump *p, const int *owed, int n_owed, te_pump_event *out, int out_cap) {
-    if (n_owed < 0 || out_cap < n_owed + p->max_events) {
+    if (n_owed < 0 || out_cap < n_owed + 2 * p->max_events) {
         errno = EINVAL;
         return -1;
     }
@@ -379,8 +462,11 @@ int te_pump_turn(te_pump *p, const int *owed, int n_owed, te_pump_event *out, in
         }
         if (mask & TE_PUMP_INPUT_ENDS)
             c->input_ended = 1;
+        if (c->want_output && (mask & (EPOLLOUT | EPOLLHUP | EPOLLERR)))
+            out[n_out++] = (te_pump_event){fd, mask & ~(uint32_t)(EPOLLIN | EPOLLRDHUP),
+                                           TE_PUMP_EVENT};
         if (!(mask & TE_PUMP_INPUT_EDGE))
-            continue; /* room to send: the task waits for it only after a short send */
+            continue; /* room to send: Python is told only if it waits for it */
         int outcome = serve_once(p, c, fd);
         if (outcome != TE_PUMP_WAIT)
             out[n_out++] = (te_pump_event){fd, mask, outcome};

@@ -10,7 +10,9 @@
  *     before that task runs again and before the socket is closed, so a
  *     reused descriptor number is never served with an old connection;
  *   - it has no framing code: a connection is served by the C echo session
- *     (csrc/echo.c), whose state the caller owns.
+ *     (csrc/echo.c), or forwarded to another socket checked by the C
+ *     framer's forwarding scan (te_length_forward), whose state the caller
+ *     owns.
  *
  * A turn (te_pump_turn) serves the connections owed a turn, then every
  * event of one epoll_wait(0) on the hub's edge-triggered set.  Serving a
@@ -32,8 +34,14 @@
 #include <stdint.h>
 
 #include "echo.h"
+#include "framer.h"
 
 /* cffi:begin -- everything up to cffi:end is also read by build_ffi.py */
+
+/* What a connection is served with (te_pump_conn.kind). */
+#define TE_PUMP_ECHO 0    /* answered by its echo session */
+#define TE_PUMP_FORWARD 1 /* passed on to sink_fd as it arrives, every header
+                             checked by its length framer's forwarding scan */
 
 /* Outcomes (te_pump_event.outcome, te_pump_serve's return). */
 #define TE_PUMP_WAIT 0         /* it read until the socket had nothing more */
@@ -42,11 +50,14 @@
 #define TE_PUMP_ACCOUNT 3      /* its unfinished message changed size: update the
                                   memory account, then owe it a turn (or hand it back) */
 #define TE_PUMP_END_OF_INPUT 4 /* the peer ended its input; handed back */
-#define TE_PUMP_ENDED 5        /* the session ended (status, length); the replies
-                                  before the end are in unsent; handed back */
-#define TE_PUMP_SHORT_SEND 6   /* the socket took part of the replies; the rest is
-                                  in unsent; handed back */
-#define TE_PUMP_SOCKET_ERROR 7 /* recv or send failed (error: errno); handed back */
+#define TE_PUMP_ENDED 5        /* ECHO: the session ended (status, length); the
+                                  replies before the end are in unsent.  FORWARD:
+                                  a bad header (status); the read is kept unsent
+                                  in `in`, for Python to scan again.  Handed back */
+#define TE_PUMP_SHORT_SEND 6   /* the socket (FORWARD: the sink) took part of the
+                                  bytes; the rest is in unsent; handed back */
+#define TE_PUMP_SOCKET_ERROR 7 /* recv or send failed (error: errno; status: 1 if it
+                                  was the send to the sink); handed back */
 #define TE_PUMP_NO_MEMORY 8    /* malloc failed; handed back (input is lost) */
 
 typedef struct {
@@ -57,7 +68,13 @@ typedef struct {
 
 /* One connection's state, owned by Python (te_pump_conn_new/_free). */
 typedef struct {
-    void *session;          /* the connection's te_echo session (not owned) */
+    int kind;               /* TE_PUMP_ECHO or TE_PUMP_FORWARD */
+    void *session;          /* ECHO: its te_echo session (not owned) */
+    void *framer;           /* FORWARD: its te_length_framer (not owned) */
+    uint64_t due;           /* FORWARD: what the frame in progress still owes */
+    int sink_fd;            /* FORWARD: where its input goes */
+    int want_output;        /* Python waits to write this socket: report its
+                               output edges (TE_PUMP_EVENT) */
     int raw;                /* raw framing: each read is one message */
     size_t read_size;       /* bytes asked of each recv */
     uint8_t *in;            /* the unconsumed input (an unfinished message) */
@@ -65,10 +82,10 @@ typedef struct {
     size_t in_cap;
     uint8_t *unsent;        /* bytes to send, for the task (hand-backs) */
     size_t unsent_len;
-    uint64_t unsent_replies; /* replies in unsent not counted as sent yet */
+    uint64_t unsent_replies; /* replies (frames) in unsent not counted as sent yet */
     size_t accounted;       /* what the memory account holds of in_len */
     uint64_t messages_in;   /* counters, taken and reset by Python */
-    uint64_t messages_out;
+    uint64_t messages_out;  /* FORWARD: frames and bytes the sink took */
     uint64_t bytes_in;
     uint64_t bytes_out;
     uint64_t progress;      /* reads that completed a message */
@@ -85,6 +102,7 @@ te_pump *te_pump_new(int epoll_fd, int max_events, size_t turn_bytes, size_t out
 void te_pump_free(te_pump *p);
 
 te_pump_conn *te_pump_conn_new(void *session, int raw, size_t read_size);
+te_pump_conn *te_pump_forward_new(void *framer, int sink_fd, uint64_t due, size_t read_size);
 void te_pump_conn_free(te_pump_conn *c);
 /* Replace the unconsumed input with buf[0:len) (0 on success, -1: no memory). */
 int te_pump_conn_set_input(te_pump_conn *c, const uint8_t *buf, size_t len);
@@ -98,9 +116,10 @@ void te_pump_detach(te_pump *p, int fd);
 /* Serve `fd` now, outside a turn; its outcome (TE_PUMP_EVENT if detached). */
 int te_pump_serve(te_pump *p, int fd, uint32_t *mask);
 /*
- * One turn: serve owed[0:n_owed), then one epoll_wait(0).  Writes at most
- * out_cap events (out_cap >= n_owed + max_events always suffices); returns
- * how many, or -1 with errno if epoll_wait failed.
+ * One turn: serve owed[0:n_owed), then one epoll_wait(0).  Writes the
+ * events and outcomes for Python to out (at most n_owed + 2 * max_events:
+ * out_cap must be that large, or it fails with EINVAL); returns how many,
+ * or -1 with errno if epoll_wait failed.
  */
 int te_pump_turn(te_pump *p, const int *owed, int n_owed, te_pump_event *out, int out_cap);
 

@@ -3,6 +3,8 @@
 trioecho has two sans-IO C units, each with a twin of the same contract:
 the framer (``framing._cframer``/``framing._pyframer``) and the echo session
 (``services._cecho``/``services._pyecho``).  ``TRIOECHO_PUREPYTHON=1`` selects the twins.
+(The third C unit, the pump, which does I/O, is chosen by the readiness hub:
+``trioecho.io.pump.pump_enabled``; its twin is the hub's Python inline step.)
 Otherwise the C units are used, and if an extension is missing (not
 compiled) trioecho falls back to its twin with one logged warning, which
 names the cause: most often, Python imported trioecho from a source tree

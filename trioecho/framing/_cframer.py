@@ -158,6 +158,12 @@ class LengthScanner:
                 return self._scan_all(buf, [buf[start:end]], pos)
         return self._scan_all(buf, [], 0)
 
+    @property
+    def address(self) -> int:
+        """The address of the C ``te_length_framer``, for the C pump
+        (:mod:`trioecho.io.pump`), which forwards with it while this lives."""
+        return int(ffi.cast("uintptr_t", self._framer))
+
     def forward(self, buf: bytes, due: int) -> tuple[int, int, int, Problem | None]:
         self._due[0] = due
         _length_forward(self._framer, buf, len(buf), self._due, self._result)

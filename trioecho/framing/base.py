@@ -70,6 +70,10 @@ class ForwardingFramer(Framer, Protocol):
 
     def forward(self, data: Buffer) -> tuple[Buffer, int, FramingError | None]: ...
 
+    def forwarding_state(self) -> tuple[object, int, bytes] | None: ...
+
+    def restore_forwarding(self, due: int, held: bytes) -> None: ...
+
 
 def can_forward(framer: Framer) -> bool:
     """Whether ``framer`` can check bytes for a relay that passes them on as
@@ -223,6 +227,24 @@ class _StreamFramer:
     def in_frame(self) -> bool:
         """Whether the bytes fed or forwarded so far end inside a frame."""
         return bool(self._buffer or self._due)
+
+    def forwarding_state(self) -> tuple[object, int, bytes] | None:
+        """Hand the forwarding state to the C pump (:mod:`trioecho.io.pump`):
+        the C scanner (its ``address`` is the ``te_length_framer``), what
+        the frame in progress still owes, and the incomplete header held,
+        which are the pump's until :meth:`restore_forwarding`; None where
+        the pump cannot forward for this framer (a Python scanner, or not
+        forwarding now)."""
+        scanner = self._scanner
+        if getattr(scanner, "address", None) is None or not self._forwards or self._broken:
+            return None
+        held, self._buffer = bytes(self._buffer), bytearray()
+        return scanner, self._due, held
+
+    def restore_forwarding(self, due: int, held: bytes) -> None:
+        """Take back the forwarding state from the C pump."""
+        self._due = due
+        self._buffer = bytearray(held)
 
     def forward(self, data: Buffer) -> tuple[Buffer, int, FramingError | None]:
         """Forwarding mode, for a relay passing bytes on as they arrive

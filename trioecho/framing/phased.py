@@ -88,6 +88,14 @@ class PhasedFramer:
             raise RuntimeError("forward() before the first phase is over")
         return cast(_StreamFramer, self._then).forward(data)
 
+    def forwarding_state(self) -> tuple[object, int, bytes] | None:
+        if self._first is not None:
+            return None
+        return cast(_StreamFramer, self._then).forwarding_state()
+
+    def restore_forwarding(self, due: int, held: bytes) -> None:
+        cast(_StreamFramer, self._then).restore_forwarding(due, held)
+
     def feed_eof(self) -> None:
         if self._first is not None:
             self._first.feed_eof()

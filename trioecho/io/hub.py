@@ -177,6 +177,8 @@ class Watch:
     __slots__ = (
         "_hub",
         "_pump_wait",
+        "_pumped_conn",
+        "_sink",
         "closed",
         "fd",
         "inline",
@@ -210,6 +212,8 @@ class Watch:
         self.served_turn = -1  # the hub's turn that last ran the inline step
         self.pumped = False  # attached to the hub's C pump
         self._pump_wait: Any = None  # the pumped wait's trap (its abort detaches)
+        self._pumped_conn: PumpedConnection | None = None  # what is attached
+        self._sink = -1  # the socket the attached connection forwards to
 
     @property
     def turn_bytes(self) -> int:
@@ -231,7 +235,14 @@ class Watch:
         if _parked(self.writer, self):
             raise trio.BusyResourceError("another task is already waiting to write this socket")
         self.writer = _mark_current_task(self)
-        await _wait()
+        conn = self._pumped_conn
+        if conn is not None:
+            conn.want_output(True)  # the pump reports this socket's output edges
+        try:
+            await _wait()
+        finally:
+            if conn is not None:
+                conn.want_output(False)
         if self.closed:
             raise trio.ClosedResourceError("the socket's watch was closed")
         return True
@@ -275,18 +286,25 @@ class Watch:
         """Whether the hub has a C pump to serve this socket with."""
         return self._hub._pump is not None and not self.closed
 
-    def serve_pumped(self, conn: PumpedConnection) -> int:
+    def serve_pumped(self, conn: PumpedConnection, sink: int = -1) -> int:
         """Attach ``conn`` to the pump and serve it once now; the outcome
         (:mod:`~trioecho.io.pump`).  It stays attached after WAIT, to be
         parked with :meth:`park_pumped` at once; after any other outcome it
-        is detached."""
-        pump = self._hub._pump
+        is detached.  ``sink``: the socket ``conn`` forwards to; it is
+        detached (and its task woken) when that socket's watch closes or a
+        send to it must wait (:meth:`release_as_sink`)."""
+        hub = self._hub
+        pump = hub._pump
         if pump is None or self.closed:
             raise trio.ClosedResourceError("the socket's watch was closed")
         if self.input_ended:
             conn.mark_input_ended()
         pump.attach(self.fd, conn)
         self.pumped = True
+        self._pumped_conn = conn
+        if sink >= 0:
+            self._sink = sink
+            hub._sinks[sink] = self
         outcome = pump.serve(self.fd)
         if outcome != PUMP_WAIT:
             self.unpump()
@@ -316,9 +334,22 @@ class Watch:
         """Detach this socket's connection from the pump (idempotent)."""
         if self.pumped:
             self.pumped = False
-            pump = self._hub._pump
-            if pump is not None:
-                pump.detach(self.fd)
+            self._pumped_conn = None
+            hub = self._hub
+            if self._sink >= 0:
+                if hub._sinks.get(self._sink) is self:
+                    del hub._sinks[self._sink]
+                self._sink = -1
+            if hub._pump is not None:
+                hub._pump.detach(self.fd)
+
+    def release_as_sink(self) -> None:
+        """Python is about to wait to send to this socket, or close it: a
+        connection the pump forwards to it is detached, and its task woken
+        (its wait returns False, as if interrupted)."""
+        source = self._hub._sinks.get(self.fd)
+        if source is not None:
+            source.interrupt_reader()
 
     def reader_woken(self) -> bool:
         """After a parked wait: True for an edge, False if
@@ -341,6 +372,7 @@ class Watch:
     def close(self) -> None:
         if self.closed:
             return
+        self.release_as_sink()
         self.unpump()
         self.closed = True
         self.inline = None
@@ -417,6 +449,7 @@ class ReadinessHub:
             Pump(self._epoll.fileno(), max_events, turn_bytes, PUMP_OUTPUT_BYTES) if pump else None
         )
         self._watches: dict[int, Watch] = {}
+        self._sinks: dict[int, Watch] = {}  # a sink's fd -> the pumped watch forwarding to it
         self._owed: list[Watch] = []  # inline steps owed another turn
         self.turns = 0  # turns taken (for tests and statistics)
         self.closed = False

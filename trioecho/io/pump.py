@@ -67,6 +67,13 @@ if ffi is not None and ffi.sizeof("te_pump_event") != _EVENT.size:
     raise ImportError("te_pump_event's layout does not match its struct format")
 
 
+def _check_read_size(read_size: int) -> None:
+    if lib is None:
+        raise RuntimeError("the C pump is not built")
+    if read_size < 1:
+        raise ValueError(f"read_size must be at least 1, not {read_size}")
+
+
 def pump_enabled() -> bool:
     """Whether hubs serve echo sessions with the C pump: the extension is
     built, and neither ``TRIOECHO_PUREPYTHON=1`` nor ``TRIOECHO_PUMP=0`` is set."""
@@ -78,23 +85,59 @@ def pump_enabled() -> bool:
 
 
 class PumpedConnection:
-    """One connection's state in C: the echo session it is served with (the
-    address of its ``te_echo``, kept alive by ``owner``), its unconsumed
-    input, the bytes owed to the task, and its counters.  Freed with this
-    object."""
+    """One connection's state in C, freed with this object: what serves it
+    (an echo session, or forwarding to a sink), its unconsumed input, the
+    bytes owed to the task, and its counters.
+
+    ``PumpedConnection(address, owner, raw, read_size)`` serves the C echo
+    session at ``address`` (a ``te_echo``, kept alive by ``owner``);
+    :meth:`forwarding` passes the input on to another socket.
+    """
 
     __slots__ = ("_conn", "_owner")
 
     def __init__(self, session_address: int, owner: object, raw: bool, read_size: int) -> None:
-        if lib is None:
-            raise RuntimeError("the C pump is not built")
-        if read_size < 1:
-            raise ValueError(f"read_size must be at least 1, not {read_size}")
+        _check_read_size(read_size)
         conn = lib.te_pump_conn_new(ffi.cast("void *", session_address), int(raw), read_size)
+        self._own(conn, owner)
+
+    @classmethod
+    def forwarding(
+        cls, framer_address: int, owner: object, sink_fd: int, due: int, read_size: int
+    ) -> PumpedConnection:
+        """Input passed on to the socket ``sink_fd`` as it arrives, every
+        header checked by the C length framer at ``framer_address`` (kept
+        alive by ``owner``); ``due`` is what the frame in progress still owes."""
+        _check_read_size(read_size)
+        self = cls.__new__(cls)
+        conn = lib.te_pump_forward_new(ffi.cast("void *", framer_address), sink_fd, due, read_size)
+        self._own(conn, owner)
+        return self
+
+    def _own(self, conn: Any, owner: object) -> None:
         if conn == ffi.NULL:
             raise MemoryError("cannot allocate the pump's connection state")
         self._conn = ffi.gc(conn, lib.te_pump_conn_free)
-        self._owner = owner  # the te_echo lives as long as this
+        self._owner = owner  # what the C state points to lives as long as this
+
+    @property
+    def due(self) -> int:
+        """Forwarding: what the frame in progress still owes."""
+        return int(self._conn.due)
+
+    def set_due(self, due: int) -> None:
+        """Forwarding: what the frame in progress still owes."""
+        self._conn.due = due
+
+    @property
+    def sink_failed(self) -> bool:
+        """After ``SOCKET_ERROR``: whether it was the send to the sink."""
+        return bool(self._conn.kind == lib.TE_PUMP_FORWARD and self._conn.status == 1)
+
+    def want_output(self, waiting: bool) -> None:
+        """Whether Python waits to write this socket: its output edges are
+        then reported (``EVENT``)."""
+        self._conn.want_output = int(waiting)
 
     @property
     def handle(self) -> Any:
@@ -195,7 +238,7 @@ class Pump:
         if owed > self._owed_cap:
             self._owed_cap = max(owed, 2 * self._owed_cap)
             self._owed = ffi.new("int[]", self._owed_cap)
-            self._out_cap = self._owed_cap + self.max_events
+            self._out_cap = self._owed_cap + 2 * self.max_events
             self._out = ffi.new("te_pump_event[]", self._out_cap)
 
     def attach(self, fd: int, conn: PumpedConnection) -> None:

@@ -115,6 +115,14 @@ class SocketTransport(Transport):
         watch = self._watch
         return watch is not None and not self._closed and watch.can_pump
 
+    @property
+    def pump_sink(self) -> int:
+        """The socket's descriptor if the C pump may send to it now (open,
+        on a hub, no send waiting), else -1."""
+        if self._closed or self._sending or self._watch is None or self._watch.closed:
+            return -1
+        return self._socket.fileno()
+
     def hand_over_deadlines(self) -> None:
         self._deadlines_handed_over = True
 
@@ -399,19 +407,23 @@ class SocketTransport(Transport):
         conn: PumpedConnection,
         on_account: Callable[[int], bool],
         deadline: float = math.inf,
+        sink: int = -1,
     ) -> int | None:
         """Serve the connection with the hub's C pump until it needs this task.
 
-        The pump reads, answers with the session ``conn`` was made for, and
-        sends, with no Python per message (:mod:`~trioecho.io.pump`).  When
-        the unfinished message it holds changes size, ``on_account(size)``
-        updates the memory account and says whether the connection may read
-        on.  Returns the reason it needs the task: ``END_OF_INPUT``,
-        ``ENDED``, ``SHORT_SEND`` (the rest is in ``conn``), ``BUDGET`` (the
-        account said no); None after :meth:`stop_receiving` or if the hub
-        stopped.  Raises :class:`ConnectionClosedError` if the socket broke,
-        :class:`IdleTimeoutError` as :meth:`serve_inline` does,
-        ``MemoryError`` if C could not allocate, and ``trio.Cancelled``.
+        The pump reads, answers with the session ``conn`` was made for (or
+        forwards to the socket ``sink``), and sends, with no Python per
+        message (:mod:`~trioecho.io.pump`).  When the unfinished message it
+        holds changes size, ``on_account(size)`` updates the memory account
+        and says whether the connection may read on.  Returns the reason it
+        needs the task: ``END_OF_INPUT``, ``ENDED``, ``SHORT_SEND`` (the
+        rest is in ``conn``), ``BUDGET`` (the account said no),
+        ``SOCKET_ERROR`` when sending to ``sink`` failed; None after
+        :meth:`stop_receiving`, if the hub stopped, or when ``sink`` can no
+        longer be sent to from C (the caller decides again).  The counts are
+        left in ``conn``.  Raises :class:`ConnectionClosedError` if this
+        socket broke, :class:`IdleTimeoutError` as :meth:`serve_inline`
+        does, ``MemoryError`` if C could not allocate, and ``trio.Cancelled``.
         Needs :attr:`can_pump`.
         """
         self._claim_receiving()
@@ -426,7 +438,7 @@ class SocketTransport(Transport):
             watch.take_readable()  # the pump reads until the socket is empty anyway
             while not self._stopping:
                 try:
-                    outcome = watch.serve_pumped(conn)
+                    outcome = watch.serve_pumped(conn, sink)
                 except trio.ClosedResourceError:
                     self._watch_lost()  # raises if this transport was closed
                     return None
@@ -449,8 +461,11 @@ class SocketTransport(Transport):
                 outcome, self.pumped_handback = self.pumped_handback, -1
                 if outcome >= 0:
                     return self._pumped_outcome(conn, outcome)
-                woken = self._woken(watch)
-                if self._watch is None or not (woken or self._interrupted()):
+                if not self._woken(watch) or self._watch is None:
+                    # stop_receiving() (None), the idle timeout (raises), the
+                    # sink released (None: the caller decides again), or a
+                    # lost hub (None)
+                    self._interrupted()
                     return None
             return None
         finally:
@@ -459,9 +474,6 @@ class SocketTransport(Transport):
             self._on_account = None
             self.pumped_handback = -1
             self._receiving = False
-            received, sent = conn.take_byte_counts()
-            self.bytes_received += received
-            self.bytes_sent += sent
 
     def pump_account(self) -> bool:
         """The hub's call when the pumped connection's unfinished message
@@ -473,7 +485,7 @@ class SocketTransport(Transport):
         return on_account(size)
 
     def _pumped_outcome(self, conn: PumpedConnection, outcome: int) -> int:
-        if outcome == SOCKET_ERROR:
+        if outcome == SOCKET_ERROR and not conn.sink_failed:
             code = conn.error
             raise self._socket_error(OSError(code, os.strerror(code)), "receiving or sending")
         if outcome == NO_MEMORY:
@@ -530,6 +542,8 @@ class SocketTransport(Transport):
         rule (:mod:`~trioecho.io.send_deadline`): each time the kernel takes
         more, the deadline moves; past it, close and raise SlowReaderError."""
         self._sending = True
+        if self._watch is not None:
+            self._watch.release_as_sink()  # the pump sends to it no more meanwhile
         limit = self._send_deadline()
         unsent: Buffer | None = rest
         held = self.on_held_send

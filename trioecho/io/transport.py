@@ -157,11 +157,18 @@ class Transport:
         with the C pump)."""
         return False
 
+    @property
+    def pump_sink(self) -> int:
+        """The descriptor the C pump may forward to now, or -1 (a transport
+        that is not a plain socket on a hub cannot be sent to from C)."""
+        return -1
+
     async def serve_pumped(
         self,
         conn: PumpedConnection,
         on_account: Callable[[int], bool],
         deadline: float = math.inf,
+        sink: int = -1,
     ) -> int | None:
         """Have the hub's C pump serve this connection until it needs its
         task; see :class:`SocketTransport`."""

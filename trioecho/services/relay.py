@@ -317,6 +317,8 @@ async def relay(
     ended: list[str] = []  # the sides whose streams ended, in order
 
     def moved() -> int:
+        client.sync_counters()  # what the C pump counted so far
+        server.sync_counters()
         return client.bytes_received + server.bytes_received + client.bytes_sent + server.bytes_sent
 
     def notice(direction: Direction, error: Exception) -> bytes | None:

@@ -53,6 +53,7 @@ server enforces the deadlines of all its streams from one task
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, cast
 
@@ -64,7 +65,7 @@ from trioecho.framing.base import Buffer, ForwardingFramer, Framer, can_forward,
 from trioecho.framing.config import FramingConfig, framing_config, new_framer
 from trioecho.io.budget import Account
 from trioecho.io.opening import open_transport
-from trioecho.io.pump import END_OF_INPUT, ENDED, SHORT_SEND, PumpedConnection
+from trioecho.io.pump import END_OF_INPUT, ENDED, SHORT_SEND, SOCKET_ERROR, PumpedConnection
 from trioecho.io.readiness import Readiness
 from trioecho.io.transport import CHECKPOINT_EVERY, Transport
 from trioecho.logtext import format_address
@@ -128,6 +129,7 @@ class MessageStream(trio.abc.AsyncResource):
         "_at_eof",
         "_close_reason",
         "_error",
+        "_forwarding",
         "_framer",
         "_framing",
         "_next",
@@ -204,6 +206,7 @@ class MessageStream(trio.abc.AsyncResource):
         self._at_eof = False
         self._receiving = False
         self._run: _SessionRun | None = None  # run_session(), while it runs
+        self._forwarding: _Forwarding | None = None  # forward_to(), while it runs
         self.messages_received = 0  # complete messages read from the transport
         self.messages_sent = 0  # messages whose bytes the transport accepted
         self.lines_dropped = 0  # over-long lines dropped in discard mode
@@ -550,7 +553,7 @@ class MessageStream(trio.abc.AsyncResource):
             outcome = await self.transport.serve_pumped(conn, run.account, run.deadline)
         finally:
             session.put_input(conn.take_input())
-            run.take_pumped_counts()
+            run.take_pumped_counts(bytes_too=True)
         if outcome == SHORT_SEND:
             rest, _ = conn.take_unsent()  # its replies were counted
             await self.send_framed(rest, 0)
@@ -564,9 +567,10 @@ class MessageStream(trio.abc.AsyncResource):
     def sync_counters(self) -> None:
         """Bring in the counts the C pump keeps for a connection it serves
         now (the figures read at any time, not only when it hands back)."""
-        run = self._run
-        if run is not None:
-            run.take_pumped_counts(bytes_too=True)
+        if self._run is not None:
+            self._run.take_pumped_counts(bytes_too=True)
+        if self._forwarding is not None:
+            self._forwarding.take_pumped_counts()
 
     async def _serve_in_task(self, run: _SessionRun) -> None:
         """One read and its output, in this task (the reference path)."""
@@ -629,9 +633,12 @@ class MessageStream(trio.abc.AsyncResource):
             )
         run = _Forwarding(self, sink)
         self._receiving = True
+        self._forwarding = run
         try:
             while await self._ready_to_read():
-                if self._serves_inline():
+                if self._serves_pumped() and sink.transport.pump_sink >= 0:
+                    await self._forward_pumped(run)
+                elif self._serves_inline():
                     # The hub runs run.step on each read until it hands the
                     # connection back; the step sends nothing back here.
                     await self.transport.serve_inline(run.step, self.receive_size)
@@ -650,6 +657,42 @@ class MessageStream(trio.abc.AsyncResource):
                     return
         finally:
             self._receiving = False
+            self._forwarding = None
+
+    async def _forward_pumped(self, run: _Forwarding) -> None:
+        """Forward with the hub's C pump until it hands the connection back,
+        then leave ``run`` as the Python step would: the rest of a short
+        send owed, the end of the input, a bad header's error (the read that
+        holds it checked again by the framer, the bytes before it passed
+        on), or the sink's error."""
+        framer = cast(ForwardingFramer, self.framer)
+        state = framer.forwarding_state()
+        sink_fd = run.sink.transport.pump_sink
+        if state is None or sink_fd < 0:
+            await self.transport.serve_inline(run.step, self.receive_size)  # the twin
+            return
+        scanner, due, held = state
+        conn = run.pumped_connection(scanner, sink_fd, due, self.receive_size)
+        conn.set_input(held)
+        outcome: int | None = None
+        try:
+            outcome = await self.transport.serve_pumped(conn, _fits, sink=sink_fd)
+        finally:
+            held = conn.take_input()
+            framer.restore_forwarding(conn.due, b"" if outcome == ENDED else held)
+            run.take_pumped_counts()
+        if outcome == SHORT_SEND:
+            run.owed, run.owed_frames = conn.take_unsent()
+        elif outcome == END_OF_INPUT:
+            run.ended = True
+        elif outcome == ENDED:
+            run.step(held)  # the framer finds the bad header again and says why
+        elif outcome == SOCKET_ERROR:  # sending to the sink failed
+            code = conn.error
+            error = OSError(code, os.strerror(code))
+            run.error = SinkError(
+                ConnectionClosedError(f"connection broken while sending: {error}")
+            )
 
     # -- sending -----------------------------------------------------------
 
@@ -721,6 +764,11 @@ class PumpableSession(Session, Protocol):
     def put_input(self, data: bytes) -> None: ...
 
     def end_pumped(self, status: int, length: int, replies: int) -> SessionOutput: ...
+
+
+def _fits(size: int) -> bool:
+    """A forwarding holds at most an incomplete header: no account to update."""
+    return True
 
 
 def hand_over_deadlines(stream: MessageStream) -> None:
@@ -814,8 +862,7 @@ class _SessionRun:
 
     def take_pumped_counts(self, bytes_too: bool = False) -> None:
         """Add what the pump counted since the last take to the stream's
-        counters (and the transport's byte counters, with ``bytes_too``:
-        :meth:`SocketTransport.serve_pumped` takes those when it returns)."""
+        counters (and the transport's byte counters, with ``bytes_too``)."""
         conn = self._pumped
         if conn is None:
             return
@@ -910,11 +957,12 @@ class _Forwarding:
     failed, or a header was bad.
     """
 
-    __slots__ = ("_framer", "_sink", "_source", "ended", "error", "owed", "owed_frames")
+    __slots__ = ("_framer", "_pumped", "_sink", "_source", "ended", "error", "owed", "owed_frames")
 
     def __init__(self, source: MessageStream, sink: MessageStream) -> None:
         self._source = source
         self._sink = sink
+        self._pumped: PumpedConnection | None = None  # the C pump's state, made on first use
         self._framer = cast(ForwardingFramer, source.framer)  # forward_to() checked it
         self.ended = False
         self.error: Exception | None = None  # a bad header's, or the sink's send
@@ -944,6 +992,39 @@ class _Forwarding:
             self.error = error
             return None
         return b""
+
+    @property
+    def sink(self) -> MessageStream:
+        return self._sink
+
+    def pumped_connection(
+        self, scanner: object, sink_fd: int, due: int, read_size: int
+    ) -> PumpedConnection:
+        """The forwarding's state in the C pump (made on first use) for
+        ``scanner``'s C framer, sending to ``sink_fd``, the frame in progress
+        owing ``due``."""
+        conn = self._pumped
+        if conn is None:
+            address = cast(int, getattr(scanner, "address"))  # noqa: B009 - forwarding_state() said so
+            conn = self._pumped = PumpedConnection.forwarding(
+                address, scanner, sink_fd, due, read_size
+            )
+        else:
+            conn.set_due(due)
+        return conn
+
+    def take_pumped_counts(self) -> None:
+        """Add what the pump counted since the last take: frames and bytes
+        received from the source, and taken by the sink."""
+        conn = self._pumped
+        if conn is None:
+            return
+        received, sent = conn.take_message_counts()
+        self._source.messages_received += received
+        self._sink.messages_sent += sent
+        received, sent = conn.take_byte_counts()
+        self._source.transport.bytes_received += received
+        self._sink.transport.bytes_sent += sent
 
     async def settle(self) -> None:
         """In the task: send what the sink did not take (waiting for it),
