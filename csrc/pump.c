@@ -13,7 +13,7 @@
 
 #define TE_PUMP_INPUT_EDGE (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)
 #define TE_PUMP_INPUT_ENDS (EPOLLRDHUP | EPOLLHUP | EPOLLERR)
-#define TE_PUMP_MIN_ROOM 64 /* output room below which the buffer grows first */
+#define TE_PUMP_MIN_ROOM TE_PUMP_MIN_OUTPUT /* output room below which it grows first */
 
 struct te_pump_state {
     int epoll_fd;
@@ -401,9 +401,13 @@ static int handed_back(int outcome) {
 
 /* Serve the attached `c` once this turn; its outcome, detached if handed back. */
 static int serve_once(te_pump *p, te_pump_conn *c, int fd) {
-    if (c->served_turn == p->turn)
-        return TE_PUMP_AGAIN; /* once a turn: this edge waits for the next one */
+    if (c->served_turn == p->turn) {
+        /* Once a turn: this edge waits for the next one -- unless the
+         * service this turn already asked for one (AGAIN, ACCOUNT). */
+        return c->turn_outcome == TE_PUMP_WAIT ? TE_PUMP_AGAIN : TE_PUMP_WAIT;
+    }
     int outcome = serve_conn(p, c, fd);
+    c->turn_outcome = outcome;
     if (handed_back(outcome))
         te_pump_detach(p, fd);
     return outcome;

@@ -38,6 +38,8 @@
 
 /* cffi:begin -- everything up to cffi:end is also read by build_ffi.py */
 
+#define TE_PUMP_MIN_OUTPUT 64 /* the smallest output buffer te_pump_new takes */
+
 /* What a connection is served with (te_pump_conn.kind). */
 #define TE_PUMP_ECHO 0    /* answered by its echo session */
 #define TE_PUMP_FORWARD 1 /* passed on to sink_fd as it arrives, every header
@@ -93,7 +95,8 @@ typedef struct {
     uint64_t length;        /* ... and its length */
     int error;              /* TE_PUMP_SOCKET_ERROR: errno */
     int input_ended;        /* an end-of-input edge came: read to the end */
-    uint64_t served_turn;   /* private to the pump */
+    uint64_t served_turn;   /* private to the pump: the turn it was served in */
+    int turn_outcome;       /* ... and what that service returned */
 } te_pump_conn;
 
 typedef struct te_pump_state te_pump;

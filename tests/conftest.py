@@ -12,7 +12,7 @@ Every test carries its file's tier marker (``pytest -m unit``, ...):
 * ``daemon``: external daemons (HAProxy, PostgreSQL, mosquitto);
 
 and ``cunit`` marks the tests that exercise a C unit (the framer, the echo
-session, the load generator): CI runs them under AddressSanitizer and
+session, the pump, the load generator): CI runs them under AddressSanitizer and
 UndefinedBehaviorSanitizer.  A new test file must be listed in ``TIERS``.
 """
 
@@ -38,6 +38,7 @@ TIERS = {
     "test_testing.py": ("stream", "cunit"),
     "test_session.py": ("unit", "cunit"),
     "test_hub.py": ("stream",),
+    "test_pump.py": ("stream", "cunit"),
     "test_stream.py": ("stream",),
     "test_send_rule.py": ("stream",),
     "test_transport.py": ("stream",),

@@ -235,14 +235,13 @@ class Watch:
         if _parked(self.writer, self):
             raise trio.BusyResourceError("another task is already waiting to write this socket")
         self.writer = _mark_current_task(self)
-        conn = self._pumped_conn
-        if conn is not None:
-            conn.want_output(True)  # the pump reports this socket's output edges
+        if self._pumped_conn is not None:
+            self._pumped_conn.want_output(True)  # the pump reports this socket's output edges
         try:
             await _wait()
         finally:
-            if conn is not None:
-                conn.want_output(False)
+            if self._pumped_conn is not None:
+                self._pumped_conn.want_output(False)
         if self.closed:
             raise trio.ClosedResourceError("the socket's watch was closed")
         return True
@@ -302,6 +301,9 @@ class Watch:
         pump.attach(self.fd, conn)
         self.pumped = True
         self._pumped_conn = conn
+        # A task waiting to write this socket (a relay's other way) must
+        # still hear of its output edges.
+        conn.want_output(_parked(self.writer, self))
         if sink >= 0:
             self._sink = sink
             hub._sinks[sink] = self

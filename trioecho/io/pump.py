@@ -223,6 +223,11 @@ class Pump:
     def __init__(self, epoll_fd: int, max_events: int, turn_bytes: int, out_cap: int) -> None:
         if lib is None:
             raise RuntimeError("the C pump is not built")
+        if max_events < 1 or turn_bytes < 1 or out_cap < lib.TE_PUMP_MIN_OUTPUT:
+            raise ValueError(
+                f"bad pump sizes: max_events={max_events} turn_bytes={turn_bytes} "
+                f"out_cap={out_cap} (at least 1, 1 and {lib.TE_PUMP_MIN_OUTPUT})"
+            )
         pump = lib.te_pump_new(epoll_fd, max_events, turn_bytes, out_cap)
         if pump == ffi.NULL:
             raise MemoryError("cannot allocate the pump")
