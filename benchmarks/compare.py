@@ -81,11 +81,12 @@ PEERS = {
     "uvloop-protocol": "uvloop Protocol",
     "rloop-protocol": "asyncio + rloop Protocol",
     "trio-plain": "plain Trio",
-    "trioecho-py": "trioecho, Python framer",
+    "trioecho-py": "trioecho, pure Python (TRIOECHO_PUREPYTHON=1)",
+    "trioecho-inline": "trioecho, Python inline step (TRIOECHO_PUMP=0)",
     "trioecho-handle": "trioecho, async handle()",
     "trioecho-respond": "trioecho, Python respond()",
     "trioecho-trio": "trioecho, Trio's waits",
-    "trioecho": "trioecho, C echo session inline",
+    "trioecho": "trioecho, C pump (the default)",
     "c-epoll": "C epoll echo (the floor)",
 }
 # serve --handler for each trioecho peer (the default: the C echo session).
@@ -146,6 +147,8 @@ def server_command(peer: str, framing: str) -> tuple[list[str], dict[str, str]]:
     if peer.startswith("trioecho"):
         if peer == "trioecho-py":
             env["TRIOECHO_PUREPYTHON"] = "1"
+        if peer == "trioecho-inline":
+            env["TRIOECHO_PUMP"] = "0"
         command = [sys.executable, "-m", "trioecho", "--port", "0", "--framing", framing, "-q"]
         command += ["--max-connections", "10000", "--idle-timeout", "0"]
         command += ["--handler", HANDLERS.get(peer, "session")]

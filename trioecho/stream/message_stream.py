@@ -666,9 +666,10 @@ class MessageStream(trio.abc.AsyncResource):
         holds it checked again by the framer, the bytes before it passed
         on), or the sink's error."""
         framer = cast(ForwardingFramer, self.framer)
-        state = framer.forwarding_state()
         sink_fd = run.sink.transport.pump_sink
-        if state is None or sink_fd < 0:
+        # (forwarding_state() hands the framer's state over: asked last)
+        state = None if sink_fd < 0 else framer.forwarding_state()
+        if state is None:
             await self.transport.serve_inline(run.step, self.receive_size)  # the twin
             return
         scanner, due, held = state
