@@ -61,6 +61,16 @@ def pingpong_workloads(results: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(chosen, key=lambda w: w["connections"])
 
 
+def peer_style(peer: str, peers: list[str]) -> dict[str, Any]:
+    """The peer's line: its own style, else a colour of its own (tab20: more
+    peers than the default cycle's ten colours)."""
+    import matplotlib
+
+    style = dict(STYLES.get(peer, {"linewidth": 1.2}))
+    style.setdefault("color", matplotlib.colormaps["tab20"](peers.index(peer) % 20))
+    return style
+
+
 def draw_pingpong(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -71,7 +81,7 @@ def draw_pingpong(results: dict[str, Any], path: Path) -> None:
         clean = [(n, m) for n, m in points if m is not None]
         if not clean:
             continue
-        style = STYLES.get(peer, {"linewidth": 1.2})
+        style = peer_style(peer, list(results["peers"]))
         xs = [n for n, _ in clean]
         rate.plot(xs, [m["msgs_per_s"] for _, m in clean], marker="o", label=title, **style)
         with_cpu = [(n, m) for n, m in clean if m["cpu_per_message_us"] is not None]
