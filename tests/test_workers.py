@@ -113,7 +113,7 @@ def test_killing_a_worker_does_not_interrupt_service() -> None:
         survivor = ready_workers(server)[1]
         # At least 20 connections, and until both workers hold some: the
         # kernel may give a run of them to one worker (accepting is a race).
-        held = []
+        held: list[socket.socket] = []
         while len(held) < 20 or not (
             accepted_connections(victim) and accepted_connections(survivor)
         ):
