@@ -60,33 +60,38 @@ void te_pump_free(te_pump *p) {
     free(p);
 }
 
-te_pump_conn *te_pump_conn_new(void *session, int raw, size_t read_size) {
-    if (session == NULL || read_size < 1)
-        return NULL;
+/* A connection's state with what every kind shares set (NULL: no memory). */
+static te_pump_conn *new_conn(int kind, size_t read_size) {
     te_pump_conn *c = calloc(1, sizeof *c);
     if (c == NULL)
         return NULL;
-    c->kind = TE_PUMP_ECHO;
-    c->session = session;
-    c->raw = raw;
+    c->kind = kind;
     c->read_size = read_size;
     c->sink_fd = -1;
     c->served_turn = UINT64_MAX;
     return c;
 }
 
+te_pump_conn *te_pump_conn_new(void *session, int raw, size_t read_size) {
+    if (session == NULL || read_size < 1)
+        return NULL;
+    te_pump_conn *c = new_conn(TE_PUMP_ECHO, read_size);
+    if (c != NULL) {
+        c->session = session;
+        c->raw = raw;
+    }
+    return c;
+}
+
 te_pump_conn *te_pump_forward_new(void *framer, int sink_fd, uint64_t due, size_t read_size) {
     if (framer == NULL || sink_fd < 0 || read_size < 1)
         return NULL;
-    te_pump_conn *c = calloc(1, sizeof *c);
-    if (c == NULL)
-        return NULL;
-    c->kind = TE_PUMP_FORWARD;
-    c->framer = framer;
-    c->due = due;
-    c->sink_fd = sink_fd;
-    c->read_size = read_size;
-    c->served_turn = UINT64_MAX;
+    te_pump_conn *c = new_conn(TE_PUMP_FORWARD, read_size);
+    if (c != NULL) {
+        c->framer = framer;
+        c->due = due;
+        c->sink_fd = sink_fd;
+    }
     return c;
 }
 

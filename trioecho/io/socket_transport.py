@@ -27,7 +27,7 @@ from trioecho.io.pump import (
 )
 from trioecho.io.transport import InlineStep, Transport
 
-__all__ = ["SocketTransport", "hub_watch"]
+__all__ = ["SocketTransport", "broken_while", "hub_watch"]
 
 
 _NO_HANDBACK = object()  # _handback while the hub did not hand the connection back
@@ -161,7 +161,7 @@ class SocketTransport(Transport):
     def _socket_error(self, exc: OSError, doing: str) -> Exception:
         if self._closed:
             return trio.ClosedResourceError("the message stream was closed")
-        return ConnectionClosedError(f"connection broken while {doing}: {exc}")
+        return broken_while(doing, exc)
 
     def _watch_lost(self) -> None:
         """The hub closed the watch while this transport is open (the hub
@@ -606,6 +606,12 @@ class SocketTransport(Transport):
         self._closed = True
         self._close_watch()
         await super().close_gracefully(linger, limit)
+
+
+def broken_while(doing: str, exc: OSError) -> ConnectionClosedError:
+    """What a socket call that failed with ``exc`` while ``doing`` raises
+    (the C pump's failures too, whose errno Python makes into ``exc``)."""
+    return ConnectionClosedError(f"connection broken while {doing}: {exc}")
 
 
 def hub_watch(sock: socket.socket) -> Watch | None:

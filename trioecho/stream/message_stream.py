@@ -67,6 +67,7 @@ from trioecho.io.budget import Account
 from trioecho.io.opening import open_transport
 from trioecho.io.pump import END_OF_INPUT, ENDED, SHORT_SEND, SOCKET_ERROR, PumpedConnection
 from trioecho.io.readiness import Readiness
+from trioecho.io.socket_transport import broken_while
 from trioecho.io.transport import CHECKPOINT_EVERY, Transport
 from trioecho.logtext import format_address
 from trioecho.reasons import CloseReason, close_reason
@@ -553,7 +554,7 @@ class MessageStream(trio.abc.AsyncResource):
             outcome = await self.transport.serve_pumped(conn, run.account, run.deadline)
         finally:
             session.put_input(conn.take_input())
-            run.take_pumped_counts(bytes_too=True)
+            run.take_pumped_counts()
         if outcome == SHORT_SEND:
             rest, _ = conn.take_unsent()  # its replies were counted
             await self.send_framed(rest, 0)
@@ -568,7 +569,7 @@ class MessageStream(trio.abc.AsyncResource):
         """Bring in the counts the C pump keeps for a connection it serves
         now (the figures read at any time, not only when it hands back)."""
         if self._run is not None:
-            self._run.take_pumped_counts(bytes_too=True)
+            self._run.take_pumped_counts()
         if self._forwarding is not None:
             self._forwarding.take_pumped_counts()
 
@@ -690,10 +691,7 @@ class MessageStream(trio.abc.AsyncResource):
             run.step(held)  # the framer finds the bad header again and says why
         elif outcome == SOCKET_ERROR:  # sending to the sink failed
             code = conn.error
-            error = OSError(code, os.strerror(code))
-            run.error = SinkError(
-                ConnectionClosedError(f"connection broken while sending: {error}")
-            )
+            run.error = SinkError(broken_while("sending", OSError(code, os.strerror(code))))
 
     # -- sending -----------------------------------------------------------
 
@@ -804,6 +802,7 @@ class _SessionRun:
     __slots__ = (
         "_on_dropped",
         "_progress_seen",
+        "_pump_handle",
         "_pumped",
         "_session",
         "_stream",
@@ -833,24 +832,18 @@ class _SessionRun:
         self.progress = 0
         self._progress_seen = 0
         self.deadline = stream._idle_deadline()
-        # The C pump serves the session if it can (see _serve_pumped): its
-        # state, made on first use.
-        self.pumpable: PumpableSession | None = (
-            cast(PumpableSession, session)
-            if getattr(session, "pump_handle", None) is not None
-            and cast(PumpableSession, session).pump_handle() is not None
-            else None
-        )
+        # The C pump serves the session if it can (see _serve_pumped): what
+        # it is served with, and its state, made on first use.
+        pump_handle = getattr(session, "pump_handle", None)
+        self._pump_handle = None if pump_handle is None else pump_handle()
+        self.pumpable = None if self._pump_handle is None else cast(PumpableSession, session)
         self._pumped: PumpedConnection | None = None
 
     def pumped_connection(self) -> PumpedConnection:
         """The session's state in the C pump, made on first use."""
         if self._pumped is None:
-            assert self.pumpable is not None
-            handle = self.pumpable.pump_handle()
-            if handle is None:
-                raise RuntimeError("the session can no longer be served by the pump")
-            address, owner, raw = handle
+            assert self._pump_handle is not None
+            address, owner, raw = self._pump_handle
             self._pumped = PumpedConnection(address, owner, raw, self._stream.receive_size)
         return self._pumped
 
@@ -861,9 +854,9 @@ class _SessionRun:
         account = stream._account
         return account is None or account.buffer(size, stream.receive_size)
 
-    def take_pumped_counts(self, bytes_too: bool = False) -> None:
+    def take_pumped_counts(self) -> None:
         """Add what the pump counted since the last take to the stream's
-        counters (and the transport's byte counters, with ``bytes_too``)."""
+        counters and its transport's byte counters."""
         conn = self._pumped
         if conn is None:
             return
@@ -871,10 +864,9 @@ class _SessionRun:
         received, sent = conn.take_message_counts()
         stream.messages_received += received
         stream.messages_sent += sent
-        if bytes_too:
-            received, sent = conn.take_byte_counts()
-            stream.transport.bytes_received += received
-            stream.transport.bytes_sent += sent
+        received, sent = conn.take_byte_counts()
+        stream.transport.bytes_received += received
+        stream.transport.bytes_sent += sent
 
     def end(self, ending: SessionOutput, wire: Buffer, replies: int) -> None:
         """The session ended (``ending``) with ``wire`` still to send."""
