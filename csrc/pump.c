@@ -29,10 +29,22 @@ struct te_pump_state {
     size_t out_len;
     size_t out_cap;
     size_t out_base;      /* out_cap to shrink back to after a turn */
+    uint8_t *inbox;       /* READ: what a turn read for Python */
+    size_t inbox_len;
+    size_t inbox_cap;
+    size_t inbox_limit;   /* the bytes one turn reads for Python at most */
+    size_t inbox_read;    /* ... read so far this turn */
+    size_t last_input;    /* what the last read_for_python added to it */
+    uint64_t *bounds;     /* READ with a framer: the messages split, two per */
+    size_t bounds_len;    /* ... entries used */
+    size_t bounds_cap;
+    size_t last_count;    /* messages the last read_for_python split */
 };
 
-te_pump *te_pump_new(int epoll_fd, int max_events, size_t turn_bytes, size_t out_cap) {
-    if (epoll_fd < 0 || max_events < 1 || turn_bytes < 1 || out_cap < TE_PUMP_MIN_ROOM)
+te_pump *te_pump_new(int epoll_fd, int max_events, size_t turn_bytes, size_t out_cap,
+                     size_t inbox_cap) {
+    if (epoll_fd < 0 || max_events < 1 || turn_bytes < 1 || out_cap < TE_PUMP_MIN_ROOM ||
+        inbox_cap < 1 || inbox_cap > TE_PUMP_MAX_INBOX)
         return NULL;
     te_pump *p = calloc(1, sizeof *p);
     if (p == NULL)
@@ -43,6 +55,7 @@ te_pump *te_pump_new(int epoll_fd, int max_events, size_t turn_bytes, size_t out
     p->events = malloc((size_t)max_events * sizeof *p->events);
     p->out = malloc(out_cap);
     p->out_cap = p->out_base = out_cap;
+    p->inbox_limit = inbox_cap;
     if (p->events == NULL || p->out == NULL) {
         te_pump_free(p);
         return NULL;
@@ -57,7 +70,19 @@ void te_pump_free(te_pump *p) {
     free(p->table);
     free(p->scratch);
     free(p->out);
+    free(p->inbox);
+    free(p->bounds);
     free(p);
+}
+
+const uint64_t *te_pump_messages(const te_pump *p, size_t *count) {
+    *count = p->bounds_len / 2;
+    return p->bounds;
+}
+
+const uint8_t *te_pump_inbox(const te_pump *p, size_t *len) {
+    *len = p->inbox_len;
+    return p->inbox;
 }
 
 /* A connection's state with what every kind shares set (NULL: no memory). */
@@ -95,6 +120,15 @@ te_pump_conn *te_pump_forward_new(void *framer, int sink_fd, uint64_t due, size_
     return c;
 }
 
+te_pump_conn *te_pump_reader_new(void *framer, size_t read_size) {
+    if (read_size < 1)
+        return NULL;
+    te_pump_conn *c = new_conn(TE_PUMP_READ, read_size);
+    if (c != NULL)
+        c->framer = framer;
+    return c;
+}
+
 static void drop_input(te_pump_conn *c) {
     free(c->in);
     c->in = NULL;
@@ -127,6 +161,36 @@ int te_pump_conn_set_input(te_pump_conn *c, const uint8_t *buf, size_t len) {
     c->in_len = len;
     c->in_cap = len + c->read_size;
     return 0;
+}
+
+int te_pump_reply(te_pump_conn *c, int fd, const uint8_t *buf, size_t len) {
+    size_t sent = 0;
+    while (sent < len) {
+        ssize_t n = send(fd, buf + sent, len - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                c->error = errno;
+                c->status = 0;
+                return TE_PUMP_SOCKET_ERROR;
+            }
+            break;
+        }
+        sent += (size_t)n;
+        c->bytes_out += (uint64_t)n;
+        if (n == 0)
+            break; /* cannot happen with len > 0; never spin */
+    }
+    if (sent == len)
+        return TE_PUMP_WAIT;
+    te_pump_conn_clear_unsent(c);
+    c->unsent = malloc(len - sent);
+    if (c->unsent == NULL)
+        return TE_PUMP_NO_MEMORY;
+    memcpy(c->unsent, buf + sent, len - sent);
+    c->unsent_len = len - sent;
+    return TE_PUMP_SHORT_SEND;
 }
 
 int te_pump_attach(te_pump *p, int fd, te_pump_conn *c) {
@@ -349,10 +413,181 @@ static int pass_on(te_pump_conn *c, const uint8_t *buf, size_t len) {
     return outcome;
 }
 
+/* READ: make buf[0:len) the unfinished message, in a buffer of its size. */
+static int keep_exact(te_pump_conn *c, const uint8_t *buf, size_t len) {
+    drop_input(c);
+    if (len == 0)
+        return 0;
+    c->in = malloc(len);
+    if (c->in == NULL)
+        return -1;
+    memcpy(c->in, buf, len);
+    c->in_len = c->in_cap = len;
+    return 0;
+}
+
+/* Make room for `want` more bytes in the inbox (0, or -1: no memory). */
+static int reserve_inbox(te_pump *p, size_t want) {
+    if (p->inbox_cap - p->inbox_len >= want)
+        return 0;
+    size_t cap = p->inbox_cap ? p->inbox_cap : 4096;
+    while (cap - p->inbox_len < want)
+        cap *= 2;
+    uint8_t *inbox = realloc(p->inbox, cap);
+    if (inbox == NULL)
+        return -1;
+    p->inbox = inbox;
+    p->inbox_cap = cap;
+    return 0;
+}
+
+static int add_bounds(te_pump *p, size_t start, size_t end) {
+    if (p->bounds_cap - p->bounds_len < 2) {
+        size_t cap = p->bounds_cap ? 2 * p->bounds_cap : 64;
+        uint64_t *bounds = realloc(p->bounds, cap * sizeof *bounds);
+        if (bounds == NULL)
+            return -1;
+        p->bounds = bounds;
+        p->bounds_cap = cap;
+    }
+    p->bounds[p->bounds_len++] = start;
+    p->bounds[p->bounds_len++] = end;
+    return 0;
+}
+
+/*
+ * READ with a framer: split inbox[start:inbox_len) (the unfinished message
+ * kept, then this service's reads) into messages; keep the rest in `in`.
+ * The outcome: MESSAGES(_MORE) with p->last_count messages (`more` picks
+ * which), ACCOUNT when there is none but the unfinished message changed
+ * size, WAIT; a bad header also sets `pending` to TE_PUMP_ENDED.
+ */
+static int split_input(te_pump *p, te_pump_conn *c, size_t start, int more) {
+    const te_length_framer *f = (const te_length_framer *)c->framer;
+    const uint8_t *run = p->inbox + start;
+    size_t len = p->inbox_len - start;
+    size_t pos = 0, count = 0;
+    te_result r;
+    for (;;) {
+        te_length_scan(f, run, len, pos, NULL, 0, NULL, 0, &r);
+        if (r.layout == TE_LAYOUT_ONE) {
+            if (add_bounds(p, start + r.start, start + r.end) != 0)
+                return TE_PUMP_NO_MEMORY;
+            count++;
+        }
+        if (r.consumed <= pos && r.status == TE_MORE)
+            return TE_PUMP_NO_MEMORY; /* cannot happen (framer.h); never spin */
+        pos = r.consumed;
+        if (r.status != TE_MORE)
+            break;
+    }
+    if (r.status < 0) {
+        /* A bad header: the bytes from it on go back to Python, whose
+         * framer raises its own error for them. */
+        c->status = r.status;
+        c->length = r.length;
+        c->pending = TE_PUMP_ENDED;
+        more = 1;
+    }
+    if (keep_exact(c, run + pos, len - pos) != 0)
+        return TE_PUMP_NO_MEMORY;
+    p->inbox_len = start + pos; /* the rest is in `in` now */
+    p->last_count = count;
+    if (count > 0)
+        return more ? TE_PUMP_MESSAGES_MORE : TE_PUMP_MESSAGES;
+    if (c->pending)
+        return TE_PUMP_AGAIN; /* its next service hands it back */
+    if (c->in_len != c->accounted)
+        return TE_PUMP_ACCOUNT;
+    return more ? TE_PUMP_AGAIN : TE_PUMP_WAIT;
+}
+
+/*
+ * READ: recv into the inbox until a short read, or the turn's bytes or the
+ * inbox's room are used; TE_PUMP_INPUT(_MORE) if it read anything (its
+ * length in p->last_input).  An end of the input or an error after bytes
+ * waits in `pending` for the next service, so Python answers the bytes first.
+ */
+static int read_into_inbox(te_pump *p, te_pump_conn *c, int fd);
+
+static int read_for_python(te_pump *p, te_pump_conn *c, int fd) {
+    int outcome = read_into_inbox(p, c, fd);
+    if (c->framer == NULL || (outcome != TE_PUMP_INPUT && outcome != TE_PUMP_INPUT_MORE))
+        return outcome;
+    return split_input(p, c, p->inbox_len - p->last_input, outcome == TE_PUMP_INPUT_MORE);
+}
+
+/* read_for_python's reads: INPUT(_MORE), with the bytes in the inbox (a
+ * framer's unfinished message first), or a hand-back, WAIT or AGAIN. */
+static int read_into_inbox(te_pump *p, te_pump_conn *c, int fd) {
+    size_t budget = p->turn_bytes;
+    size_t start = p->inbox_len;
+    p->last_input = 0;
+    if (c->pending) {
+        int pending = c->pending;
+        c->pending = 0;
+        return pending;
+    }
+    size_t kept = c->framer != NULL ? c->in_len : 0;
+    if (kept > 0) {
+        if (reserve_inbox(p, kept) != 0)
+            return TE_PUMP_NO_MEMORY;
+        memcpy(p->inbox + p->inbox_len, c->in, kept);
+        p->inbox_len += kept;
+        drop_input(c);
+    }
+    for (;;) {
+        size_t room = p->inbox_limit - p->inbox_read;
+        size_t want = c->read_size < budget ? c->read_size : budget;
+        if (want > room)
+            want = room;
+        if (want == 0) { /* the inbox is full: the next turn reads on */
+            p->last_input = p->inbox_len - start;
+            return p->last_input > 0 ? TE_PUMP_INPUT_MORE : TE_PUMP_AGAIN;
+        }
+        if (reserve_inbox(p, want) != 0)
+            return TE_PUMP_NO_MEMORY;
+        ssize_t n = recv(fd, p->inbox + p->inbox_len, want, MSG_DONTWAIT);
+        int ending = 0;
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            c->error = errno;
+            c->status = 0;
+            ending = TE_PUMP_SOCKET_ERROR;
+        } else if (n == 0) {
+            ending = TE_PUMP_END_OF_INPUT;
+        }
+        if (ending) {
+            if (p->inbox_len == start)
+                return ending;
+            c->pending = ending;
+            p->last_input = p->inbox_len - start;
+            return TE_PUMP_INPUT_MORE;
+        }
+        p->inbox_len += (size_t)n;
+        p->inbox_read += (size_t)n;
+        c->bytes_in += (uint64_t)n;
+        if ((size_t)n < want && !c->input_ended)
+            break; /* nothing more: the next input brings an edge */
+        budget -= (size_t)n;
+        if (budget == 0) {
+            p->last_input = p->inbox_len - start;
+            return TE_PUMP_INPUT_MORE;
+        }
+    }
+    p->last_input = p->inbox_len - start;
+    return p->last_input > 0 ? TE_PUMP_INPUT : TE_PUMP_WAIT;
+}
+
 /* Read, answer and send until the socket is empty or the turn's bytes are used. */
 static int serve_conn(te_pump *p, te_pump_conn *c, int fd) {
     size_t budget = p->turn_bytes;
     c->served_turn = p->turn;
+    if (c->kind == TE_PUMP_READ)
+        return read_for_python(p, c, fd);
     for (;;) {
         size_t want = c->read_size < budget ? c->read_size : budget;
         uint8_t *into;
@@ -401,15 +636,19 @@ static int serve_conn(te_pump *p, te_pump_conn *c, int fd) {
 }
 
 static int handed_back(int outcome) {
-    return outcome >= TE_PUMP_END_OF_INPUT;
+    return outcome >= TE_PUMP_END_OF_INPUT && outcome <= TE_PUMP_NO_MEMORY;
 }
 
 /* Serve the attached `c` once this turn; its outcome, detached if handed back. */
 static int serve_once(te_pump *p, te_pump_conn *c, int fd) {
     if (c->served_turn == p->turn) {
         /* Once a turn: this edge waits for the next one -- unless the
-         * service this turn already asked for one (AGAIN, ACCOUNT). */
-        return c->turn_outcome == TE_PUMP_WAIT ? TE_PUMP_AGAIN : TE_PUMP_WAIT;
+         * service this turn already asked for one (AGAIN, ACCOUNT,
+         * INPUT_MORE). */
+        int asked = c->turn_outcome == TE_PUMP_AGAIN || c->turn_outcome == TE_PUMP_ACCOUNT ||
+                    c->turn_outcome == TE_PUMP_INPUT_MORE ||
+                    c->turn_outcome == TE_PUMP_MESSAGES_MORE;
+        return asked ? TE_PUMP_WAIT : TE_PUMP_AGAIN;
     }
     int outcome = serve_conn(p, c, fd);
     c->turn_outcome = outcome;
@@ -419,6 +658,15 @@ static int serve_once(te_pump *p, te_pump_conn *c, int fd) {
 }
 
 static void shrink_output(te_pump *p) {
+    if (p->inbox_cap > p->out_base && p->inbox_len <= p->out_base) {
+        /* Keep at most what the output keeps; Python copies the inbox out
+         * before the next call, so its first out_base bytes are kept. */
+        uint8_t *inbox = realloc(p->inbox, p->out_base);
+        if (inbox != NULL) {
+            p->inbox = inbox;
+            p->inbox_cap = p->out_base;
+        }
+    }
     if (p->out_cap > p->out_base) {
         uint8_t *out = realloc(p->out, p->out_base);
         if (out != NULL) {
@@ -428,14 +676,30 @@ static void shrink_output(te_pump *p) {
     }
 }
 
+/* An outcome's mask: an input's length, or the epoll events seen. */
+static uint32_t event_mask(const te_pump *p, uint32_t mask, int outcome) {
+    if (outcome == TE_PUMP_INPUT || outcome == TE_PUMP_INPUT_MORE)
+        return (uint32_t)p->last_input;
+    if (outcome == TE_PUMP_MESSAGES || outcome == TE_PUMP_MESSAGES_MORE)
+        return (uint32_t)p->last_count;
+    return mask;
+}
+
+/* A turn's (or a serve's) inbox starts empty: Python took the last one. */
+static void empty_inbox(te_pump *p) {
+    p->inbox_len = p->inbox_read = p->bounds_len = 0;
+}
+
 int te_pump_serve(te_pump *p, int fd, uint32_t *mask) {
     te_pump_conn *c = attached(p, fd);
     *mask = 0;
     if (c == NULL)
         return TE_PUMP_EVENT;
     c->served_turn = UINT64_MAX; /* outside a turn: always served */
+    empty_inbox(p);
     int outcome = serve_once(p, c, fd);
     c->served_turn = UINT64_MAX;
+    *mask = event_mask(p, 0, outcome);
     shrink_output(p);
     return outcome;
 }
@@ -447,13 +711,14 @@ int te_pump_turn(te_pump *p, const int *owed, int n_owed, te_pump_event *out, in
     }
     int n_out = 0;
     p->turn++;
+    empty_inbox(p);
     for (int i = 0; i < n_owed; i++) {
         te_pump_conn *c = attached(p, owed[i]);
         if (c == NULL)
             continue; /* handed back or detached since */
         int outcome = serve_once(p, c, owed[i]);
         if (outcome != TE_PUMP_WAIT)
-            out[n_out++] = (te_pump_event){owed[i], 0, outcome};
+            out[n_out++] = (te_pump_event){owed[i], event_mask(p, 0, outcome), outcome};
     }
     int ready = epoll_wait(p->epoll_fd, p->events, p->max_events, 0);
     if (ready < 0) {
@@ -478,7 +743,7 @@ int te_pump_turn(te_pump *p, const int *owed, int n_owed, te_pump_event *out, in
             continue; /* room to send: Python is told only if it waits for it */
         int outcome = serve_once(p, c, fd);
         if (outcome != TE_PUMP_WAIT)
-            out[n_out++] = (te_pump_event){fd, mask, outcome};
+            out[n_out++] = (te_pump_event){fd, event_mask(p, mask, outcome), outcome};
     }
     shrink_output(p);
     return n_out;

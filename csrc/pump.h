@@ -18,7 +18,8 @@
  * event of one epoll_wait(0) on the hub's edge-triggered set.  Serving a
  * connection: recv until a short read (at most `turn_bytes` per turn),
  * feed each read to the session, send the replies of each read in one
- * send.  Events and outcomes Python must see go to `out`: an event on a
+ * send (READ: recv until a short read into the inbox, for Python: TE_PUMP_INPUT).
+ * Events and outcomes Python must see go to `out`: an event on a
  * descriptor with no state attached (the hub handles it as before), a
  * connection owed another turn, a connection whose memory account must be
  * updated, and the hand-backs: end of input, the session's end, a short
@@ -39,11 +40,16 @@
 /* cffi:begin -- everything up to cffi:end is also read by build_ffi.py */
 
 #define TE_PUMP_MIN_OUTPUT 64 /* the smallest output buffer te_pump_new takes */
+#define TE_PUMP_MAX_INBOX 0x7fffffffu /* the largest inbox (an event's mask holds a length) */
 
 /* What a connection is served with (te_pump_conn.kind). */
 #define TE_PUMP_ECHO 0    /* answered by its echo session */
 #define TE_PUMP_FORWARD 1 /* passed on to sink_fd as it arrives, every header
                              checked by its length framer's forwarding scan */
+#define TE_PUMP_READ 2    /* read for Python (TE_PUMP_INPUT), which answers it
+                             with te_pump_reply: a session with Python code;
+                             with a length framer, split into messages first
+                             (TE_PUMP_MESSAGES) */
 
 /* Outcomes (te_pump_event.outcome, te_pump_serve's return). */
 #define TE_PUMP_WAIT 0         /* it read until the socket had nothing more */
@@ -61,6 +67,20 @@
 #define TE_PUMP_SOCKET_ERROR 7 /* recv or send failed (error: errno; status: 1 if it
                                   was the send to the sink); handed back */
 #define TE_PUMP_NO_MEMORY 8    /* malloc failed; handed back (input is lost) */
+#define TE_PUMP_INPUT 9        /* READ: it read bytes for Python (the next `mask`
+                                  bytes of the inbox: te_pump_inbox), which answers
+                                  them (te_pump_reply); not handed back */
+#define TE_PUMP_INPUT_MORE 10  /* READ: INPUT, and owe it a turn: its turn's bytes
+                                  or the inbox's room were used, or the end of the
+                                  input or an error came after the bytes (its next
+                                  service hands it back with that) */
+#define TE_PUMP_MESSAGES 11    /* READ with a framer: the next `mask` messages of
+                                  te_pump_messages (bounds in the inbox) for Python
+                                  to answer; an unfinished one stays in `in`.  A bad
+                                  header ends the bytes split: its next service is
+                                  TE_PUMP_ENDED (status), the bytes from that header
+                                  on in `in`, for Python to scan again */
+#define TE_PUMP_MESSAGES_MORE 12 /* MESSAGES, and owe it a turn (as INPUT_MORE) */
 
 typedef struct {
     int fd;
@@ -95,28 +115,51 @@ typedef struct {
     uint64_t length;        /* ... and its length */
     int error;              /* TE_PUMP_SOCKET_ERROR: errno */
     int input_ended;        /* an end-of-input edge came: read to the end */
+    int pending;            /* READ: the hand-back its next service returns (the
+                               end of the input or an error, after bytes) */
     uint64_t served_turn;   /* private to the pump: the turn it was served in */
     int turn_outcome;       /* ... and what that service returned */
 } te_pump_conn;
 
 typedef struct te_pump_state te_pump;
 
-te_pump *te_pump_new(int epoll_fd, int max_events, size_t turn_bytes, size_t out_cap);
+/* inbox_cap: the bytes one turn reads for Python at most (at least 1). */
+te_pump *te_pump_new(int epoll_fd, int max_events, size_t turn_bytes, size_t out_cap,
+                     size_t inbox_cap);
 void te_pump_free(te_pump *p);
+/*
+ * READ: the bytes the last te_pump_turn (or te_pump_serve) read for
+ * Python, one run per TE_PUMP_INPUT(_MORE) outcome, in their order; the
+ * next call reuses the buffer.
+ */
+const uint8_t *te_pump_inbox(const te_pump *p, size_t *len);
+/* READ with a framer: the messages the last call split, as [start, end)
+ * offsets in the inbox, two per message, in the order of its outcomes. */
+const uint64_t *te_pump_messages(const te_pump *p, size_t *count);
 
 te_pump_conn *te_pump_conn_new(void *session, int raw, size_t read_size);
 te_pump_conn *te_pump_forward_new(void *framer, int sink_fd, uint64_t due, size_t read_size);
+/* READ; with `framer` (a te_length_framer, not owned; or NULL) split. */
+te_pump_conn *te_pump_reader_new(void *framer, size_t read_size);
 void te_pump_conn_free(te_pump_conn *c);
 /* Replace the unconsumed input with buf[0:len) (0 on success, -1: no memory). */
 int te_pump_conn_set_input(te_pump_conn *c, const uint8_t *buf, size_t len);
 /* Drop the unsent bytes once Python has taken them. */
 void te_pump_conn_clear_unsent(te_pump_conn *c);
+/*
+ * READ: send Python's replies buf[0:len) on fd now.  TE_PUMP_WAIT: all
+ * sent; TE_PUMP_SHORT_SEND: the rest is in unsent; TE_PUMP_SOCKET_ERROR
+ * (error: errno); TE_PUMP_NO_MEMORY.  Counts bytes_out.
+ */
+int te_pump_reply(te_pump_conn *c, int fd, const uint8_t *buf, size_t len);
 
 /* Serve `c` on `fd` from now on (until a hand-back or te_pump_detach). */
 int te_pump_attach(te_pump *p, int fd, te_pump_conn *c);
 /* Stop serving `fd` (idempotent). */
 void te_pump_detach(te_pump *p, int fd);
-/* Serve `fd` now, outside a turn; its outcome (TE_PUMP_EVENT if detached). */
+/* Serve `fd` now, outside a turn; its outcome (TE_PUMP_EVENT if detached),
+ * and in *mask the length of its input (TE_PUMP_INPUT, _MORE) or its
+ * messages' count (TE_PUMP_MESSAGES, _MORE). */
 int te_pump_serve(te_pump *p, int fd, uint32_t *mask);
 /*
  * One turn: serve owed[0:n_owed), then one epoll_wait(0).  Writes the

@@ -241,6 +241,26 @@ class _StreamFramer:
         held, self._buffer = bytes(self._buffer), bytearray()
         return scanner, self._due, held
 
+    def splitting_state(self) -> tuple[object, bytes] | None:
+        """Hand the splitting to the C pump (:mod:`trioecho.io.pump`), which
+        then splits this framer's input into frames with its C scanner (its
+        ``address`` is the ``te_length_framer``) exactly as :meth:`feed`
+        does: the scanner, and the unfinished frame held, which is the
+        pump's until :meth:`restore_splitting`.  None where the pump cannot
+        split for this framer (a Python scanner, a line framer, a framer
+        broken or forwarding)."""
+        scanner = self._scanner
+        if getattr(scanner, "address", None) is None or not self._forwards:
+            return None
+        if self._broken is not None or self._due:
+            return None
+        held, self._buffer = bytes(self._buffer), bytearray()
+        return scanner, held
+
+    def restore_splitting(self, held: bytes) -> None:
+        """Take back the unfinished frame from the C pump."""
+        self._buffer = bytearray(held)
+
     def restore_forwarding(self, due: int, held: bytes) -> None:
         """Take back the forwarding state from the C pump."""
         self._due = due

@@ -65,7 +65,10 @@ in C (:meth:`Watch.serve_pumped`, :meth:`Watch.park_pumped`) -- and returns
 the rest to Python: the events of the other watches, dispatched as above,
 and the pumped connections owed a turn, whose memory account must be
 updated (the transport's ``pump_account()``: True to go on, False to hand
-back), or that the pump handed back (the transport's ``pumped_handback``
+back), whose input the pump read for Python (the transport's
+``pump_input()`` runs the session's step on it and sends the answer from
+C: a session with Python code, such as a ``respond`` handler's), or that
+the pump handed back (the transport's ``pumped_handback``
 is set to the outcome, and the task woken).  A pumped connection is
 detached from the pump before its task runs again: on a hand-back, when
 it is interrupted or cancelled, and when its watch closes.
@@ -83,7 +86,7 @@ import logging
 import select
 import types
 from collections.abc import Awaitable, Generator
-from typing import Any, Protocol, TypeGuard
+from typing import Any, Protocol, TypeGuard, cast
 
 import trio
 
@@ -91,6 +94,10 @@ from trioecho.io.pump import (
     ACCOUNT,
     BUDGET,
     EVENT,
+    INPUT,
+    INPUT_MORE,
+    MESSAGES,
+    MESSAGES_MORE,
     PUMP_AGAIN,
     PUMP_WAIT,
     Pump,
@@ -152,6 +159,10 @@ class InlineServed(Protocol):
     def serve_ready(self) -> int: ...
 
     def pump_account(self) -> bool: ...
+
+    def pump_input(self, data: bytes) -> int: ...
+
+    def pump_messages(self, messages: list[bytes]) -> int: ...
 
     pumped_handback: int
 
@@ -311,6 +322,18 @@ class Watch:
         if outcome != PUMP_WAIT:
             self.unpump()
         return outcome
+
+    def pumped_input(self) -> bytes:
+        """After :meth:`serve_pumped` said ``INPUT`` or ``INPUT_MORE``: what
+        the pump read (until the pump's next call)."""
+        pump = self._hub._pump
+        return b"" if pump is None else pump.inbox
+
+    def pumped_messages(self) -> list[bytes]:
+        """After :meth:`serve_pumped` said ``MESSAGES`` or ``MESSAGES_MORE``:
+        the messages the pump split (until the pump's next call)."""
+        pump = self._hub._pump
+        return [] if pump is None else pump.messages
 
     def park_pumped(self, served: InlineServed) -> Awaitable[object]:
         """Park the current task while the pump serves its attached
@@ -506,9 +529,17 @@ class ReadinessHub:
                     for fd, mask in epoll.poll(0, self.max_events):
                         self._dispatch(fd, mask)
                 else:
-                    for fd, mask, outcome in pump.turn(pumped):
+                    events = pump.turn(pumped)
+                    inbox, messages, taken, split = pump.inbox, pump.messages, 0, 0
+                    for fd, mask, outcome in events:
                         if outcome == EVENT:
                             self._dispatch(fd, mask)
+                        elif outcome in (MESSAGES, MESSAGES_MORE):
+                            first, split = split, split + mask  # mask: how many
+                            self._pumped_input(fd, messages[first:split], outcome == MESSAGES_MORE)
+                        elif outcome in (INPUT, INPUT_MORE):
+                            start, taken = taken, taken + mask  # mask: its length
+                            self._pumped_input(fd, inbox[start:taken], outcome == INPUT_MORE)
                         else:
                             self._pumped(fd, mask, outcome)
         finally:
@@ -560,6 +591,33 @@ class ReadinessHub:
             watch.input_ended = True
             if mask & _OUTPUT_ENDS:
                 watch.output_ended = True
+        self._hand_back(watch, served, outcome)
+
+    def _pumped_input(self, fd: int, data: bytes | list[bytes], more: bool) -> None:
+        """What the pump read for a reading connection (still attached):
+        its transport's ``pump_input(data)`` (or ``pump_messages``, for the
+        messages the pump split) answers it; owe it a turn if ``more`` or
+        the answer says so, or hand it back."""
+        watch = self._watches.get(fd)
+        if watch is None or not watch.pumped:
+            return  # detached meanwhile: its connection is going away
+        served = watch.inline
+        assert served is not None
+        if type(data) is list:
+            outcome = served.pump_messages(data)
+        else:
+            outcome = served.pump_input(cast(bytes, data))
+        if outcome == PUMP_WAIT:
+            if more:
+                self._owed.append(watch)
+            return
+        if outcome == PUMP_AGAIN:
+            self._owed.append(watch)
+            return
+        self._hand_back(watch, served, outcome)
+
+    def _hand_back(self, watch: Watch, served: InlineServed, outcome: int) -> None:
+        """Detach a pumped connection and wake its task with ``outcome``."""
         watch.unpump()
         served.pumped_handback = outcome
         reader = watch.reader

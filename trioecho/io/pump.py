@@ -20,17 +20,25 @@ import os
 from struct import Struct
 from typing import Any
 
+from trioecho.framing.base import Buffer
+
 __all__ = [
     "ACCOUNT",
     "BUDGET",
     "ENDED",
     "END_OF_INPUT",
     "EVENT",
+    "INPUT",
+    "INPUT_MORE",
+    "MESSAGES",
+    "MESSAGES_MORE",
     "NO_MEMORY",
     "PUMP_AGAIN",
     "PUMP_WAIT",
     "SHORT_SEND",
     "SOCKET_ERROR",
+    "STEPPED",
+    "STEP_FAILED",
     "Pump",
     "PumpedConnection",
     "pump_enabled",
@@ -46,10 +54,18 @@ __all__ = [
     SHORT_SEND,
     SOCKET_ERROR,
     NO_MEMORY,
-) = range(9)
-# Not the pump's: a connection whose memory account does not let it read
-# now (ACCOUNT, and the budget said no) is handed back with this.
-BUDGET = 9
+    INPUT,
+    INPUT_MORE,
+    MESSAGES,
+    MESSAGES_MORE,
+) = range(13)
+# Not the pump's, Python's hand-backs: a connection whose memory account
+# does not let it read now (ACCOUNT, and the budget said no); a read's step
+# that returned None (the session ended, or the budget: what the caller
+# does next is in its run); a step that raised (the task raises it).
+BUDGET, STEPPED, STEP_FAILED = 13, 14, 15
+# The bytes one turn reads for Python at most (reading connections).
+INBOX_BYTES = 1 << 20
 
 try:
     from trioecho._pump_ffi import ffi, lib
@@ -57,8 +73,9 @@ except ImportError:  # not built: the twin serves
     ffi = lib = None
 else:
     _names = ["WAIT", "AGAIN", "EVENT", "ACCOUNT", "END_OF_INPUT"]
-    _names += ["ENDED", "SHORT_SEND", "SOCKET_ERROR", "NO_MEMORY"]
-    if [getattr(lib, f"TE_PUMP_{name}") for name in _names] != list(range(9)):
+    _names += ["ENDED", "SHORT_SEND", "SOCKET_ERROR", "NO_MEMORY", "INPUT", "INPUT_MORE"]
+    _names += ["MESSAGES", "MESSAGES_MORE"]
+    if [getattr(lib, f"TE_PUMP_{name}") for name in _names] != list(range(13)):
         raise ImportError("the outcomes differ between csrc/pump.h and trioecho.io.pump")
 
 # te_pump_event: fd, mask, outcome.
@@ -91,7 +108,8 @@ class PumpedConnection:
 
     ``PumpedConnection(address, owner, raw, read_size)`` serves the C echo
     session at ``address`` (a ``te_echo``, kept alive by ``owner``);
-    :meth:`forwarding` passes the input on to another socket.
+    :meth:`forwarding` passes the input on to another socket; :meth:`reading`
+    reads for Python, which answers with :meth:`reply`.
     """
 
     __slots__ = ("_conn", "_owner")
@@ -112,6 +130,23 @@ class PumpedConnection:
         self = cls.__new__(cls)
         conn = lib.te_pump_forward_new(ffi.cast("void *", framer_address), sink_fd, due, read_size)
         self._own(conn, owner)
+        return self
+
+    @classmethod
+    def reading(
+        cls, read_size: int, framer_address: int | None = None, owner: object = None
+    ) -> PumpedConnection:
+        """Input read for Python: each service that read bytes is ``INPUT``
+        or ``INPUT_MORE`` (owe it a turn after), the bytes in the pump's
+        :attr:`Pump.inbox`; Python answers with :meth:`reply`.  With the C
+        length framer at ``framer_address`` (kept alive by ``owner``) the
+        bytes are split first: ``MESSAGES`` or ``MESSAGES_MORE``, the
+        messages in :attr:`Pump.messages`, an unfinished one kept in C
+        (:meth:`set_input`, :meth:`take_input`)."""
+        _check_read_size(read_size)
+        self = cls.__new__(cls)
+        framer = ffi.NULL if framer_address is None else ffi.cast("void *", framer_address)
+        self._own(lib.te_pump_reader_new(framer, read_size), owner)
         return self
 
     def _own(self, conn: Any, owner: object) -> None:
@@ -138,6 +173,14 @@ class PumpedConnection:
         """Whether Python waits to write this socket: its output edges are
         then reported (``EVENT``)."""
         self._conn.want_output = int(waiting)
+
+    def reply(self, fd: int, data: Buffer) -> int:
+        """Reading: send ``data`` on the socket ``fd`` now: ``PUMP_WAIT`` (all
+        sent), ``SHORT_SEND`` (the rest is unsent: :meth:`take_unsent`),
+        ``SOCKET_ERROR`` (:attr:`error`) or ``NO_MEMORY``."""
+        if type(data) is not bytes:
+            data = ffi.from_buffer(data)
+        return int(lib.te_pump_reply(self._conn, fd, data, len(data)))
 
     @property
     def handle(self) -> Any:
@@ -173,7 +216,9 @@ class PumpedConnection:
 
     def set_input(self, data: bytes) -> None:
         """Make ``data`` the unconsumed input (the session's unfinished message)."""
-        if lib.te_pump_conn_set_input(self._conn, data, len(data)) != 0:
+        if not data:
+            lib.te_pump_conn_set_input(self._conn, ffi.NULL, 0)
+        elif lib.te_pump_conn_set_input(self._conn, data, len(data)) != 0:
             raise MemoryError("cannot allocate the pump's input buffer")
         self._conn.accounted = len(data)
 
@@ -218,17 +263,41 @@ class Pump:
     """The C pump of one hub's epoll set (``epoll_fd``, which the hub
     registers sockets in and closes): see the module docstring."""
 
-    __slots__ = ("_out", "_out_cap", "_owed", "_owed_cap", "_pump", "max_events")
+    __slots__ = (
+        "_inbox_len",
+        "_message_count",
+        "_out",
+        "_out_cap",
+        "_owed",
+        "_owed_cap",
+        "_pump",
+        "inbox",
+        "max_events",
+        "messages",
+    )
 
-    def __init__(self, epoll_fd: int, max_events: int, turn_bytes: int, out_cap: int) -> None:
+    def __init__(
+        self,
+        epoll_fd: int,
+        max_events: int,
+        turn_bytes: int,
+        out_cap: int,
+        inbox_cap: int = INBOX_BYTES,
+    ) -> None:
         if lib is None:
             raise RuntimeError("the C pump is not built")
-        if max_events < 1 or turn_bytes < 1 or out_cap < lib.TE_PUMP_MIN_OUTPUT:
+        if (
+            max_events < 1
+            or turn_bytes < 1
+            or out_cap < lib.TE_PUMP_MIN_OUTPUT
+            or not 1 <= inbox_cap <= lib.TE_PUMP_MAX_INBOX
+        ):
             raise ValueError(
                 f"bad pump sizes: max_events={max_events} turn_bytes={turn_bytes} "
-                f"out_cap={out_cap} (at least 1, 1 and {lib.TE_PUMP_MIN_OUTPUT})"
+                f"out_cap={out_cap} inbox_cap={inbox_cap} (at least 1, 1, "
+                f"{lib.TE_PUMP_MIN_OUTPUT} and 1, inbox_cap at most {lib.TE_PUMP_MAX_INBOX})"
             )
-        pump = lib.te_pump_new(epoll_fd, max_events, turn_bytes, out_cap)
+        pump = lib.te_pump_new(epoll_fd, max_events, turn_bytes, out_cap, inbox_cap)
         if pump == ffi.NULL:
             raise MemoryError("cannot allocate the pump")
         self._pump = ffi.gc(pump, lib.te_pump_free)
@@ -237,6 +306,15 @@ class Pump:
         self._owed: Any = ffi.NULL
         self._out_cap = 0
         self._out: Any = None
+        self._inbox_len = ffi.new("size_t *")
+        # What the last turn (or serve) read for reading connections: one
+        # run per INPUT(_MORE) outcome, in their order, each as long as
+        # that outcome's mask says.
+        self.inbox = b""
+        # ... and the messages it split (MESSAGES(_MORE) outcomes: as many,
+        # in their order, as each outcome's mask says).
+        self._message_count = ffi.new("size_t *")
+        self.messages: list[bytes] = []
         self._reserve(64)
 
     def _reserve(self, owed: int) -> None:
@@ -254,19 +332,39 @@ class Pump:
         lib.te_pump_detach(self._pump, fd)
 
     def serve(self, fd: int) -> int:
-        """Serve the attached ``fd`` now; its outcome (detached if handed back)."""
+        """Serve the attached ``fd`` now; its outcome (detached if handed
+        back).  Its input (``INPUT``, ``INPUT_MORE``) is :attr:`inbox`."""
         mask = ffi.new("uint32_t *")
-        return int(lib.te_pump_serve(self._pump, fd, mask))
+        outcome = int(lib.te_pump_serve(self._pump, fd, mask))
+        self._take_inbox()
+        return outcome
+
+    def _take_inbox(self) -> None:
+        pump = self._pump
+        start = lib.te_pump_inbox(pump, self._inbox_len)
+        size = self._inbox_len[0]
+        inbox = self.inbox = ffi.buffer(start, size)[:] if size else b""
+        bounds = lib.te_pump_messages(pump, self._message_count)
+        count = self._message_count[0]
+        if count:
+            flat = ffi.unpack(bounds, 2 * count)
+            self.messages = [inbox[flat[i] : flat[i + 1]] for i in range(0, 2 * count, 2)]
+        elif self.messages:
+            self.messages = []
 
     def turn(self, owed: list[int]) -> list[tuple[int, int, int]]:
-        """One turn (see ``te_pump_turn``): the ``(fd, mask, outcome)`` Python must see."""
+        """One turn (see ``te_pump_turn``): the ``(fd, mask, outcome)`` Python
+        must see; the input it read is :attr:`inbox`."""
         n_owed = len(owed)
         if n_owed:
             self._reserve(n_owed)
             self._owed[0:n_owed] = owed
         count = lib.te_pump_turn(self._pump, self._owed, n_owed, self._out, self._out_cap)
         if count <= 0:
+            self.inbox = b""
+            self.messages = []
             if count < 0:
                 raise OSError(ffi.errno, os.strerror(ffi.errno))
             return []
+        self._take_inbox()
         return list(_EVENT.iter_unpack(ffi.buffer(self._out, count * _EVENT.size)))

@@ -9,6 +9,7 @@ import math
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -19,10 +20,16 @@ from trioecho.io.keepalive import restore_user_timeout, suspend_user_timeout
 from trioecho.io.pump import (
     ACCOUNT,
     BUDGET,
+    INPUT,
+    INPUT_MORE,
+    MESSAGES,
+    MESSAGES_MORE,
     NO_MEMORY,
     PUMP_AGAIN,
     PUMP_WAIT,
     SOCKET_ERROR,
+    STEP_FAILED,
+    STEPPED,
     PumpedConnection,
 )
 from trioecho.io.transport import InlineStep, Transport
@@ -49,6 +56,7 @@ class SocketTransport(Transport):
     """
 
     __slots__ = (
+        "_answer",
         "_deadlines_handed_over",
         "_expired",
         "_handback",
@@ -99,6 +107,7 @@ class SocketTransport(Transport):
         # check, and the pump's hand-back (-1 while there is none).
         self._pumped: PumpedConnection | None = None
         self._on_account: Callable[[int], bool] | None = None
+        self._answer: Callable[[list[bytes]], Buffer | None] | None = None
         self.pumped_handback = -1
 
     @property
@@ -355,7 +364,7 @@ class SocketTransport(Transport):
                     return None
             return None
         finally:
-            self._step = None
+            self._step = self._answer = None
             self._handback = _NO_HANDBACK
             self._receiving = False
 
@@ -408,6 +417,8 @@ class SocketTransport(Transport):
         on_account: Callable[[int], bool],
         deadline: float = math.inf,
         sink: int = -1,
+        step: InlineStep | None = None,
+        answer: Callable[[list[bytes]], Buffer | None] | None = None,
     ) -> int | None:
         """Serve the connection with the hub's C pump until it needs this task.
 
@@ -415,10 +426,17 @@ class SocketTransport(Transport):
         forwards to the socket ``sink``), and sends, with no Python per
         message (:mod:`~trioecho.io.pump`).  When the unfinished message it
         holds changes size, ``on_account(size)`` updates the memory account
-        and says whether the connection may read on.  Returns the reason it
-        needs the task: ``END_OF_INPUT``, ``ENDED``, ``SHORT_SEND`` (the
-        rest is in ``conn``), ``BUDGET`` (the account said no),
-        ``SOCKET_ERROR`` when sending to ``sink`` failed; None after
+        and says whether the connection may read on.  A reading ``conn``
+        (:meth:`PumpedConnection.reading`) is answered by ``step`` instead,
+        as :meth:`serve_inline` runs it: called with each turn's bytes, it
+        returns the bytes to send (sent from C), or None to hand the
+        connection back (``STEPPED``); an exception it raises is raised
+        here.  A reading ``conn`` with a framer is answered by ``answer``,
+        called with the messages the pump split, in the same way.  Returns
+        the reason it needs the task: ``END_OF_INPUT``, ``ENDED``,
+        ``SHORT_SEND`` (the rest is in ``conn``), ``BUDGET`` (the account
+        said no), ``STEPPED``, ``SOCKET_ERROR`` when sending to
+        ``sink`` failed; None after
         :meth:`stop_receiving`, if the hub stopped, or when ``sink`` can no
         longer be sent to from C (the caller decides again).  The counts are
         left in ``conn``.  Raises :class:`ConnectionClosedError` if this
@@ -433,6 +451,8 @@ class SocketTransport(Transport):
             raise RuntimeError("serve_pumped() needs the readiness hub's pump")
         self._pumped = conn
         self._on_account = on_account
+        self._step = step
+        self._answer = answer
         self._wait_deadline = deadline
         try:
             watch.take_readable()  # the pump reads until the socket is empty anyway
@@ -444,6 +464,16 @@ class SocketTransport(Transport):
                     return None
                 if outcome == ACCOUNT:
                     outcome = PUMP_AGAIN if self.pump_account() else BUDGET
+                elif outcome in (INPUT, INPUT_MORE):
+                    # Detached (serve_pumped hands back all but WAIT): serve
+                    # it again after a checkpoint, which attaches it anew.
+                    outcome = self.pump_input(watch.pumped_input())
+                    if outcome == PUMP_WAIT:
+                        outcome = PUMP_AGAIN
+                elif outcome in (MESSAGES, MESSAGES_MORE):
+                    outcome = self.pump_messages(watch.pumped_messages())  # as INPUT
+                    if outcome == PUMP_WAIT:
+                        outcome = PUMP_AGAIN
                 if outcome == PUMP_AGAIN:
                     await trio.lowlevel.checkpoint()
                     continue
@@ -472,6 +502,8 @@ class SocketTransport(Transport):
             watch.unpump()  # detached before the state can be freed
             self._pumped = None
             self._on_account = None
+            self._step = self._answer = None
+            self._handback = _NO_HANDBACK
             self.pumped_handback = -1
             self._receiving = False
 
@@ -484,7 +516,40 @@ class SocketTransport(Transport):
         conn.accounted = size
         return on_account(size)
 
+    def pump_input(self, data: bytes) -> int:
+        """The hub's call when the pump read ``data`` for the step (``INPUT``):
+        run it on them and send its answer from C.  The outcome: PUMP_WAIT,
+        or a hand-back (``STEPPED``, ``STEP_FAILED`` with the exception kept
+        for the task, or the reply's ``SHORT_SEND``, ``SOCKET_ERROR``,
+        ``NO_MEMORY``).  Never raises."""
+        step = self._step
+        assert step is not None
+        return self._answered(step, data)
+
+    def pump_messages(self, messages: list[bytes]) -> int:
+        """The hub's call when the pump split ``messages`` (``MESSAGES``):
+        as :meth:`pump_input`, with the ``answer`` given to :meth:`serve_pumped`."""
+        answer = self._answer
+        assert answer is not None
+        return self._answered(answer, messages)
+
+    def _answered(self, answer: Callable[[Any], Buffer | None], given: object) -> int:
+        conn, watch = self._pumped, self._watch
+        assert conn is not None and watch is not None
+        try:
+            wire = answer(given)
+        except Exception as exc:  # the step's own error: raised in the task
+            self._handback = exc
+            return STEP_FAILED
+        if wire is None:
+            return STEPPED
+        if wire:
+            return conn.reply(watch.fd, wire)
+        return PUMP_WAIT
+
     def _pumped_outcome(self, conn: PumpedConnection, outcome: int) -> int:
+        if outcome == STEP_FAILED:
+            self._take_handback()  # raises the step's exception
         if outcome == SOCKET_ERROR and not conn.sink_failed:
             code = conn.error
             raise self._socket_error(OSError(code, os.strerror(code)), "receiving or sending")

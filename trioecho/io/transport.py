@@ -169,6 +169,8 @@ class Transport:
         on_account: Callable[[int], bool],
         deadline: float = math.inf,
         sink: int = -1,
+        step: InlineStep | None = None,
+        answer: Callable[[list[bytes]], Buffer | None] | None = None,
     ) -> int | None:
         """Have the hub's C pump serve this connection until it needs its
         task; see :class:`SocketTransport`."""

@@ -500,8 +500,11 @@ class MessageStream(trio.abc.AsyncResource):
         self._run = run
         try:
             while run.ending is None:
-                if run.pumpable and self._serves_pumped():
-                    await self._serve_pumped(run)
+                if self._serves_pumped():
+                    if run.pumpable:
+                        await self._serve_pumped(run)
+                    else:
+                        await self._serve_pumped_reads(run)
                 elif self._serves_inline():
                     # Inline, until the hub hands the connection back (awaited
                     # here: an idle connection keeps one coroutine less).
@@ -564,6 +567,32 @@ class MessageStream(trio.abc.AsyncResource):
             rest, replies = conn.take_unsent()
             status, length = conn.ending
             run.end(session.end_pumped(status, length, replies), rest, replies)
+
+    async def _serve_pumped_reads(self, run: _SessionRun) -> None:
+        """Serve a session with Python code (a ``respond`` handler's) with the
+        hub's C pump: it reads, the session's step answers each turn's bytes,
+        and the pump sends the answer.  Then do what the hand-back asks, as
+        :meth:`_serve_pumped` does (the step's own hand-backs are in
+        ``run``, for the caller's loop)."""
+        conn = run.reading_connection()
+        try:
+            outcome = await self.transport.serve_pumped(
+                conn, run.account, run.deadline, step=run.step, answer=run.answer
+            )
+        finally:
+            run.take_pumped_counts()
+            run.restore_splitting()
+        if outcome == SHORT_SEND:
+            rest, _ = conn.take_unsent()  # its replies were counted
+            await self.send_framed(rest, 0)
+        elif outcome == END_OF_INPUT:
+            run.step(b"")  # the session's end of input, as the task path takes it
+        elif outcome == ENDED:
+            # A bad header the pump would not split past: the framer, given
+            # the bytes from it on back, raises its own error for them.
+            wire = run.rescan()
+            if wire:
+                await self.send_framed(wire, 0)
 
     def sync_counters(self) -> None:
         """Bring in the counts the C pump keeps for a connection it serves
@@ -805,6 +834,7 @@ class _SessionRun:
         "_pump_handle",
         "_pumped",
         "_session",
+        "_splits",
         "_stream",
         "deadline",
         "ending",
@@ -838,6 +868,7 @@ class _SessionRun:
         self._pump_handle = None if pump_handle is None else pump_handle()
         self.pumpable = None if self._pump_handle is None else cast(PumpableSession, session)
         self._pumped: PumpedConnection | None = None
+        self._splits = False  # _pumped splits the messages (reading_connection)
 
     def pumped_connection(self) -> PumpedConnection:
         """The session's state in the C pump, made on first use."""
@@ -846,6 +877,46 @@ class _SessionRun:
             address, owner, raw = self._pump_handle
             self._pumped = PumpedConnection(address, owner, raw, self._stream.receive_size)
         return self._pumped
+
+    def reading_connection(self) -> PumpedConnection:
+        """The connection's reading state in the C pump (the step answers,
+        or :meth:`answer` where the pump splits the messages), made on first
+        use; it holds the session's unfinished message while the pump splits
+        (until :meth:`restore_splitting`)."""
+        take_splitting = getattr(self._session, "take_splitting", None)
+        splitting = None if take_splitting is None else take_splitting()
+        conn = self._pumped
+        if conn is None or self._splits != (splitting is not None):
+            size = self._stream.receive_size
+            if splitting is None:
+                conn = PumpedConnection.reading(size)
+            else:
+                scanner = splitting[0]
+                conn = PumpedConnection.reading(size, scanner.address, scanner)
+            self._pumped = conn
+            self._splits = splitting is not None
+        if splitting is not None:
+            conn.set_input(splitting[1])
+        return conn
+
+    def restore_splitting(self) -> None:
+        """Give the unfinished message the C pump held back to the session."""
+        if self._splits and self._pumped is not None:
+            self._session.restore_splitting(self._pumped.take_input())  # type: ignore[attr-defined]
+
+    def answer(self, messages: list[bytes]) -> Buffer | None:
+        """Answer the messages the C pump split; as :meth:`step`."""
+        conn = self._pumped
+        assert conn is not None
+        size = conn.buffered
+        conn.accounted = size
+        return self._took(self._session.answer(messages), size, False)  # type: ignore[attr-defined]
+
+    def rescan(self) -> Buffer | None:
+        """After the pump stopped at a bad header: the session scans the
+        bytes from it on (given back to it) and ends; as :meth:`step`."""
+        session = self._session
+        return self._took(session.feed(b""), session.buffered, False)
 
     def account(self, size: int) -> bool:
         """The pump's unfinished message is ``size`` bytes: record it in the
@@ -877,16 +948,21 @@ class _SessionRun:
         """Feed one read (``b""``: the end of the input); see the class docstring."""
         session = self._session
         output = session.feed(data) if data else session.feed_eof()
+        return self._took(output, session.buffered, not data)
+
+    def _took(self, output: SessionOutput, buffered: int, at_end: bool) -> Buffer | None:
+        """Count and account for the session's ``output`` (``buffered``: its
+        unfinished message now); the bytes to send, or None (see ``step``)."""
         wire, replies, received, stopped, error, dropped = output
         stream = self._stream
         stream.messages_received += received
         account = stream._account
-        fits = account is None or account.buffer(session.buffered, stream.receive_size)
+        fits = account is None or account.buffer(buffered, stream.receive_size)
         if dropped:
             self._report_dropped(dropped)
         if received or dropped:
             self.progress += 1
-        if stopped or error is not None or not data:
+        if stopped or error is not None or at_end:
             self.ending = output
             self._owe(wire, replies)
             return None

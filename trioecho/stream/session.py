@@ -10,7 +10,7 @@ with its C engine, is :class:`trioecho.services.echo_session.EchoSession`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, cast
 
 from trioecho.errors import FrameTooLongError, FramingError
 from trioecho.framing.base import Buffer, Framer, drops_too_long
@@ -110,6 +110,16 @@ class RespondSession:
         if self._ending is not None:
             return self._ending
         frames, error, dropped = self._split(data)
+        return self._answered(frames, error, dropped)
+
+    def _answered(
+        self,
+        frames: list[bytes],
+        error: FramingError | None,
+        dropped: tuple[FrameTooLongError, ...],
+    ) -> SessionOutput:
+        """The output for ``frames``, the error that ended the input after
+        them, and the lines dropped."""
         replies: list[bytes] = []
         received = 0
         respond = self._respond
@@ -131,6 +141,29 @@ class RespondSession:
         if dropped:
             return SessionOutput(wire, answered, received, dropped=dropped)
         return SessionOutput(wire, answered, received)
+
+    def answer(self, messages: list[bytes]) -> SessionOutput:
+        """Answer ``messages`` that the C pump split from the input with this
+        session's framer (:meth:`take_splitting`): as :meth:`feed` answers
+        the messages of one read."""
+        if self._ending is not None:
+            return self._ending
+        return self._answered(messages, None, ())
+
+    def take_splitting(self) -> tuple[object, bytes] | None:
+        """Hand the splitting of the input to the C pump: the framer's C
+        scanner and its unfinished message (the pump's until
+        :meth:`restore_splitting`), or None where the pump cannot split
+        for this framer (see ``Framer.splitting_state``; a line framer in
+        discard mode, say)."""
+        splitting_state = getattr(self._framer, "splitting_state", None)
+        if splitting_state is None or self._discard or self._ending is not None:
+            return None
+        return cast("tuple[object, bytes] | None", splitting_state())
+
+    def restore_splitting(self, held: bytes) -> None:
+        """Take back the unfinished message from the C pump."""
+        self._framer.restore_splitting(held)  # type: ignore[attr-defined]
 
     def feed_eof(self) -> SessionOutput:
         """The peer closed its side; ``error`` is an :class:`IncompleteFrameError`
