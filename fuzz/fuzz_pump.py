@@ -35,10 +35,31 @@ errors in the C code crash too.
 
     fuzz/run 60 1 pump
     python fuzz/fuzz_pump.py -runs=1000 fuzz/corpus-pump
+
+With ``TRIOECHO_FUZZ_PUMP=read`` (``fuzz/run SECONDS JOBS pump-read``) it
+fuzzes the pump's READ kind instead (:meth:`PumpedConnection.reading`):
+one to three connections on one pump, each reading for Python (``INPUT``)
+or split by the C length framer (``MESSAGES``), with a length-family
+configuration of a small ``max_frame``, streams of valid frames (sizes 0,
+1, around ``max_frame``), bad headers, garbage and truncated frames, cut
+into random writes, tiny read sizes, turn bytes and inboxes (down to 1),
+Python answering with :meth:`PumpedConnection.reply` (short sends, the
+rest sent by the task) and the client's end of input, a reset or none.
+The hub's and the stream's part is played as ``ReadinessHub`` and
+``MessageStream._serve_pumped_reads`` play it.  The twins: the bytes the
+client wrote (``INPUT``: delivered in order, none lost or repeated, the end
+of the input only after all of them) and the pure-Python framer's
+``feed()`` over the same bytes (``MESSAGES``: the same frames; where it
+raises, the pump ends at the same bad header, holding the bytes from it
+on, and the C framer given them back raises the same error).
+
+    fuzz/run 60 1 pump-read
+    TRIOECHO_FUZZ_PUMP=read python fuzz/fuzz_pump.py -runs=1000 fuzz/corpus-pump-read
 """
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import sys
@@ -47,12 +68,16 @@ from typing import Any
 
 import atheris
 
-from trioecho import FramingConfig
+from trioecho import FramingConfig, FramingError, make_framer
 from trioecho.io.pump import (
     ACCOUNT,
     END_OF_INPUT,
     ENDED,
     EVENT,
+    INPUT,
+    INPUT_MORE,
+    MESSAGES,
+    MESSAGES_MORE,
     PUMP_AGAIN,
     PUMP_WAIT,
     SHORT_SEND,
@@ -529,8 +554,697 @@ def test_one_input(data: bytes) -> None:
             side.close()
 
 
+# -- the READ kind: the pump reads for Python ----------------------------------
+#
+# Its twins are the bytes the client wrote (INPUT: delivered in order, none
+# lost or repeated, the end of the input only after the last of them) and
+# the pure-Python framer's feed() over the same bytes (MESSAGES: the same
+# frames, and where feed() raises, the pump stops at the same header).
+
+READ_SETTLE_LIMIT = 100_000  # steps without settling: a livelock
+READ_CONNECTIONS = 3  # connections served by one pump, at most
+REPLIES = ["none", "echo", "double"]  # what Python answers each read (or its messages) with
+# Connections that split (MESSAGES) and connections that do not (INPUT) on
+# one pump.  Off: a turn that splits messages for one connection and reads
+# bytes for another gives the second the first's bytes (te_pump_inbox holds
+# the messages' bytes ahead of the INPUT runs, which the hub, as pump.h
+# documents the inbox, slices from its start); TRIOECHO_FUZZ_PUMP_MIX=1 to
+# fuzz that case too.
+MIX_KINDS = os.environ.get("TRIOECHO_FUZZ_PUMP_MIX", "") not in ("", "0")
+
+
+@dataclass(frozen=True)
+class ReadParams:
+    framing: dict[str, Any]  # make_framer's arguments (the length family)
+    read_size: int
+    turn_bytes: int
+    inbox_cap: int
+    out_cap: int  # the inbox shrinks back to it after a turn
+    max_events: int
+    server_sndbuf: int  # 0: the default
+    client_sndbuf: int
+
+
+def read_framing_from(fdp: atheris.FuzzedDataProvider) -> dict[str, Any]:
+    """A length-family configuration with a small ``max_frame``."""
+    framing = fdp.PickValueInList(["len", "len-field", "varint", "fixed"])
+    max_frame = fdp.ConsumeIntInRange(0, 1 << fdp.ConsumeIntInRange(0, 9))
+    if framing == "len":
+        return {
+            "framing": "len",
+            "length_bytes": fdp.PickValueInList([1, 2, 4]),
+            "byteorder": fdp.PickValueInList(["big", "little"]),
+            "max_frame": max_frame,
+        }
+    if framing == "len-field":
+        return {
+            "framing": "len",
+            "length_bytes": fdp.PickValueInList([1, 2, 3, 4, 8]),
+            "byteorder": fdp.PickValueInList(["big", "little"]),
+            "max_frame": max_frame,
+            "length_offset": fdp.ConsumeIntInRange(0, 4),
+            "length_adjustment": fdp.ConsumeIntInRange(-9, 9),
+            "include_header": fdp.ConsumeBool(),
+        }
+    if framing == "varint":
+        return {
+            "framing": "varint",
+            "max_length_bytes": fdp.ConsumeIntInRange(1, 10),
+            "max_frame": max_frame,
+            "length_offset": fdp.ConsumeIntInRange(0, 4),
+            "include_header": fdp.ConsumeBool(),
+        }
+    return {"framing": "fixed", "frame_size": max(1, max_frame)}
+
+
+def read_params_from(fdp: atheris.FuzzedDataProvider) -> ReadParams:
+    return ReadParams(
+        read_framing_from(fdp),
+        read_size=fdp.PickValueInList([1, 2, 3, 7, 64, 65536]),
+        turn_bytes=fdp.PickValueInList([1, 2, 5, 64, 1000, 1 << 20]),
+        inbox_cap=fdp.PickValueInList([1, 2, 3, 5, 64, 4096, 1 << 20]),
+        out_cap=fdp.PickValueInList([64, 65, 100, 4096]),
+        max_events=fdp.PickValueInList([1, 2, 8]),
+        server_sndbuf=fdp.PickValueInList([0, 1, 4096]),
+        client_sndbuf=fdp.PickValueInList([0, 1, 4096]),
+    )
+
+
+def max_frame_of(framing: dict[str, Any]) -> int:
+    return int(framing.get("max_frame", framing.get("frame_size", 0)))
+
+
+def body(size: int, seed: int) -> bytes:
+    """``size`` bytes, each frame's different (a misplaced split shows)."""
+    return bytes((seed + 7 * i) & 0xFF for i in range(size))
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if not value:
+            out.append(byte)
+            return bytes(out)
+        out.append(byte | 0x80)
+
+
+def frame(framing: dict[str, Any], size: int, seed: int) -> bytes:
+    """The frame whose header announces a payload of ``size`` bytes (for a
+    fixed size: ``frame_size`` bytes), payload included."""
+    if framing["framing"] == "fixed":
+        return body(framing["frame_size"], seed)
+    before = body(framing.get("length_offset", 0), seed ^ 0x55)
+    if framing["framing"] == "varint":
+        return before + varint(size) + body(size, seed)
+    width: int = framing["length_bytes"]
+    value: int = (size - framing.get("length_adjustment", 0)) % (1 << (8 * width))
+    return before + value.to_bytes(width, framing["byteorder"]) + body(size, seed)
+
+
+def bad_header(framing: dict[str, Any], fdp: atheris.FuzzedDataProvider) -> bytes:
+    """A header the framer refuses (where the framing has one): a length
+    over ``max_frame``, a negative length, a varint too long or not minimal."""
+    if framing["framing"] == "fixed":
+        return b""
+    before = body(framing.get("length_offset", 0), 0x33)
+    if framing["framing"] == "varint":
+        field: bytes = fdp.PickValueInList(
+            [
+                b"\x80" * framing["max_length_bytes"] + b"\x01",  # too long
+                b"\x81\x00",  # not minimal
+                varint(framing["max_frame"] + 1),
+                b"\xff" * 9 + b"\x02",  # over 64 bits
+            ]
+        )
+        return before + field
+    width: int = framing["length_bytes"]
+    adjustment: int = framing.get("length_adjustment", 0)
+    value: int = fdp.PickValueInList([framing["max_frame"] + 1 - adjustment, -1 - adjustment, -1])
+    return before + (value % (1 << (8 * width))).to_bytes(width, framing["byteorder"])
+
+
+def read_stream_from(fdp: atheris.FuzzedDataProvider, framing: dict[str, Any], limit: int) -> bytes:
+    """The bytes one client writes: valid frames of sizes 0, 1 and around
+    ``max_frame``, bad headers, garbage, truncated frames, repeats."""
+    max_frame = max_frame_of(framing)
+    pieces: list[bytes] = []
+    total = 0
+    for _ in range(fdp.ConsumeIntInRange(0, 12)):
+        total += len(pieces[-1]) if pieces else 0
+        if total >= limit:
+            break
+        kind = fdp.ConsumeIntInRange(0, 5)
+        seed = fdp.ConsumeIntInRange(0, 255)
+        if kind == 0:
+            sizes = [0, 1, max(0, max_frame - 1), max_frame, seed % (max_frame + 1)]
+            pieces.append(frame(framing, fdp.PickValueInList(sizes), seed))
+        elif kind == 1:
+            pieces.append(bad_header(framing, fdp))
+        elif kind == 2:
+            pieces.append(fdp.ConsumeBytes(fdp.ConsumeIntInRange(1, 12)))
+        elif kind == 3:
+            whole = frame(framing, seed % (max_frame + 1), seed)
+            pieces.append(whole[: fdp.ConsumeIntInRange(0, len(whole))])
+        elif kind == 4 and pieces:
+            times = fdp.PickValueInList([2, 10, 100])
+            pieces.append(pieces[-1] * min(times, 1 + (limit - total) // (1 + len(pieces[-1]))))
+        else:
+            pieces.append(frame(framing, max_frame + fdp.ConsumeIntInRange(1, 3), seed))
+    return b"".join(pieces)[:limit]
+
+
+def read_chunks_from(fdp: atheris.FuzzedDataProvider, stream: bytes) -> list[bytes]:
+    """``stream`` cut into the client's writes."""
+    chunks = []
+    rest = stream
+    for _ in range(fdp.ConsumeIntInRange(0, 8)):
+        size = fdp.PickValueInList([0, 1, 2, 3, 5, 17, 64, 500, 4096])
+        chunks.append(rest[:size])
+        rest = rest[size:]
+    chunks.append(rest)
+    return chunks
+
+
+def describe_error(exc: FramingError) -> tuple[Any, ...]:
+    """A framing error as plain values (its frames apart)."""
+    return (
+        type(exc).__name__,
+        str(exc),
+        getattr(exc, "limit", None),
+        getattr(exc, "length", None),
+        getattr(exc, "value", None),
+    )
+
+
+@dataclass
+class Twin:
+    """What the pure-Python framer makes of ``data``: its frames, then either
+    the error and where its bad header starts, or the unfinished frame's
+    size and what its end of input says."""
+
+    frames: list[bytes]
+    error: tuple[Any, ...] | None
+    header_at: int  # where the bad header starts (error), or the unfinished frame
+    eof: tuple[Any, ...] | None
+
+
+def python_framer(framing: dict[str, Any]) -> Any:
+    return make_framer(**framing, implementation="python")
+
+
+def raises_at(framing: dict[str, Any], data: bytes) -> bool:
+    try:
+        python_framer(framing).feed(data)
+    except FramingError:
+        return True
+    return False
+
+
+def twin_of(framing: dict[str, Any], data: bytes) -> Twin:
+    framer = python_framer(framing)
+    try:
+        frames = framer.feed(data)
+    except FramingError as exc:
+        # The shortest prefix it raises for, by bisection: the byte that
+        # completes the bad header; its start is where that prefix's
+        # unfinished frame (held before that byte) started.
+        low, high = 0, len(data)  # feed(data[:low]) does not raise, feed(data[:high]) does
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if raises_at(framing, data[:middle]) else (middle, high)
+        before = python_framer(framing)
+        before.feed(data[:low])
+        return Twin(exc.frames, describe_error(exc), low - before.buffered, None)
+    eof: tuple[Any, ...] | None = None
+    try:
+        framer.feed_eof()
+    except FramingError as exc:
+        eof = describe_error(exc)
+    return Twin(frames, None, len(data) - framer.buffered, eof)
+
+
+def drain_server(sock: socket.socket) -> bytes:
+    """What is left to read on the server's socket (to its end, or an error)."""
+    data = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except (BlockingIOError, OSError):
+            break
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+class ReadConn:
+    """One connection the pump reads for Python, over a socket pair: what
+    ``MessageStream._serve_pumped_reads`` and the hub do around it (the
+    ``respond`` session's step: answer what was read, or the messages split,
+    with ``reply``), the client's writes, and what was delivered."""
+
+    def __init__(
+        self,
+        params: ReadParams,
+        pump: Pump,
+        epoll: select.epoll,
+        split: bool,
+        reply: str,
+        chunks: list[bytes],
+        ending: str,
+    ) -> None:
+        self.params = params
+        self.pump = pump
+        self.split = split
+        self.reply_mode = reply
+        self.chunks = chunks
+        self.ending_kind = ending
+        self.server, self.client = socket.socketpair()
+        for sock, size in (
+            (self.server, params.server_sndbuf),
+            (self.client, params.client_sndbuf),
+        ):
+            if size:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+            sock.setblocking(False)
+        self.fd = self.server.fileno()
+        self.epoll = epoll
+        epoll.register(self.fd, REGISTER)
+        self.framer: Any = None
+        if split:
+            # The session's framer, whose C scanner the pump splits with.
+            self.framer = make_framer(**params.framing, implementation="c")
+            state = self.framer.splitting_state()
+            assert state is not None, params.framing
+            scanner, held = state
+            self.framer.restore_splitting(held)
+            self.conn = PumpedConnection.reading(params.read_size, scanner.address, scanner)
+        else:
+            self.conn = PumpedConnection.reading(params.read_size)
+        self.attached = False  # the pump serves it (else its task holds it)
+        self.parked = False
+        self.owed = False
+        self.fresh = True  # handed back since it was last served
+        self.input_ended = False
+        self.unsent = b""  # the task's to send
+        self.ending: tuple[Any, ...] | None = None
+        self.done = False
+        self.written = bytearray()  # what the client wrote
+        self.pending = b""  # ... and has still to write
+        self.client_open = True
+        self.received = bytearray()  # what the client got
+        self.delivered = bytearray()  # INPUT: the bytes read for Python
+        self.messages: list[bytes] = []  # MESSAGES: the messages split
+        self.replied = bytearray()  # what Python answered, in order
+        self.reply_failed = False
+        self.sent_by_task = 0
+        self.held = b""  # the unfinished message at the hand-back
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def close(self) -> None:
+        self.pump.detach(self.fd)
+        self.server.close()
+        self.client.close()
+
+    # -- what Python does with the pump's outcomes --
+
+    def answer(self, data: bytes | list[bytes]) -> int:
+        """The step: take what was read (or split), send the reply from C;
+        the reply's outcome (PUMP_WAIT: all sent)."""
+        if isinstance(data, list):
+            assert self.split, "messages for a connection that does not split"
+            assert data, "MESSAGES without messages"
+            self.messages += data
+            self.conn.accounted = self.conn.buffered  # as _SessionRun.answer does
+            read = b"".join(data)
+        else:
+            assert not self.split, "raw input for a connection that splits"
+            assert data, "INPUT without bytes"
+            self.delivered += data
+            read = data
+        wire = {"none": b"", "echo": read, "double": read + read}[self.reply_mode]
+        if not wire:
+            return PUMP_WAIT
+        outcome = self.conn.reply(self.fd, wire)
+        if outcome == SOCKET_ERROR:
+            self.reply_failed = True
+        elif outcome in (PUMP_WAIT, SHORT_SEND):
+            self.replied += wire
+        else:
+            raise AssertionError(f"reply: outcome {outcome}")
+        return outcome
+
+    def hand_back(self, outcome: int) -> None:
+        """``_serve_pumped_reads`` after ``serve_pumped`` returned ``outcome``:
+        the unfinished message back to the framer, then the outcome's due."""
+        self.attached = self.parked = False
+        self.pump.detach(self.fd)
+        self.fresh = True
+        held = self.conn.take_input()
+        if self.split:
+            self.framer.restore_splitting(held)
+        else:
+            assert not held, f"a connection without a framer held {held!r}"
+        if outcome == SHORT_SEND:
+            self.unsent, replies = self.conn.take_unsent()
+            assert self.unsent and replies == 0, (self.unsent, replies)
+            assert self.replied.endswith(self.unsent), "unsent: not the reply's end"
+            return
+        self.held = held
+        if outcome == END_OF_INPUT:
+            eof = None
+            if self.split:
+                try:
+                    self.framer.feed_eof()
+                except FramingError as exc:
+                    eof = describe_error(exc)
+            self.ending = ("end of input", eof)
+        elif outcome == ENDED:
+            assert self.split, "ENDED without a framer"
+            try:
+                frames = self.framer.feed(b"")  # run.rescan()
+                self.ending = ("ended", "no error", frames)
+            except FramingError as exc:
+                self.ending = ("ended", describe_error(exc), exc.frames)
+        elif outcome == SOCKET_ERROR:
+            self.ending = ("socket error", "reply" if self.reply_failed else "read")
+        else:
+            raise AssertionError(f"the pump handed back with outcome {outcome}")
+
+    def task_step(self) -> None:
+        """The connection's task: send what it owes, then end or serve again."""
+        if self.attached or self.done:
+            return
+        if self.unsent:
+            try:
+                sent = self.server.send(self.unsent)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.reply_failed = True
+                self.ending = ("socket error", "reply")
+                self.held = self.framer_held()
+                self.unsent = b""
+                self.finish()
+                return
+            self.sent_by_task += sent
+            self.unsent = self.unsent[sent:]
+            if self.unsent:
+                return
+        if self.ending is not None:
+            self.finish()
+            return
+        self.serve_now()
+
+    def framer_held(self) -> bytes:
+        """The unfinished message while the task holds the connection (the
+        framer's, handed back)."""
+        if not self.split:
+            return b""
+        state = self.framer.splitting_state()
+        assert state is not None, "the framer cannot split any more"
+        self.framer.restore_splitting(state[1])
+        return bytes(state[1])
+
+    def finish(self) -> None:
+        """The task ends: its socket leaves the epoll set (the watch closes)."""
+        self.done = True
+        self.epoll.unregister(self.fd)
+
+    def serve_now(self) -> None:
+        """``serve_pumped``'s loop, once: attach, serve now, answer."""
+        if self.fresh and self.split:
+            state = self.framer.splitting_state()  # reading_connection()
+            assert state is not None, "the framer cannot split any more"
+            self.conn.set_input(state[1])
+        self.fresh = False
+        if self.input_ended:
+            self.conn.mark_input_ended()
+        self.pump.attach(self.fd, self.conn)
+        self.attached = True
+        outcome = self.pump.serve(self.fd)
+        if outcome == PUMP_WAIT:
+            self.parked = True
+            return
+        self.pump.detach(self.fd)
+        self.attached = False
+        if outcome in (INPUT, INPUT_MORE):
+            inbox = self.pump.inbox
+            assert len(inbox) <= min(self.params.inbox_cap, self.params.turn_bytes), len(inbox)
+            outcome = self.answer(inbox)
+        elif outcome in (MESSAGES, MESSAGES_MORE):
+            outcome = self.answer(self.pump.messages)
+        elif outcome == ACCOUNT:
+            self.conn.accounted = self.conn.buffered
+            outcome = PUMP_AGAIN
+        if outcome not in (PUMP_WAIT, PUMP_AGAIN):  # those: serve again at the next step
+            self.hand_back(outcome)
+
+    def outcome(self, mask: int, outcome: int, data: bytes | list[bytes] | None) -> None:
+        """The hub's ``_pumped`` and ``_pumped_input`` for this connection."""
+        if not self.parked:
+            # Served twice in a turn, handed back at the first: the hub drops
+            # the second (an AGAIN); anything with input would be lost.
+            assert outcome == PUMP_AGAIN, f"outcome {outcome} for a detached connection"
+            return
+        if data is not None:
+            more = outcome in (INPUT_MORE, MESSAGES_MORE)
+            outcome = self.answer(data)
+            if outcome == PUMP_WAIT:
+                self.owed = self.owed or more
+                return
+        elif outcome == ACCOUNT:
+            self.conn.accounted = self.conn.buffered
+            self.owed = True
+            return
+        elif outcome == PUMP_AGAIN:
+            self.owed = True
+            return
+        elif mask & INPUT_ENDS:
+            self.input_ended = True
+        self.hand_back(outcome)
+
+    # -- the client --
+
+    def client_step(self, read: bool) -> None:
+        if not self.client_open:
+            return
+        if self.pending:
+            try:
+                sent = self.client.send(self.pending)
+            except BlockingIOError:
+                sent = 0
+            self.written += self.pending[:sent]
+            self.pending = self.pending[sent:]
+        if read:
+            self.received += drain(self.client)
+
+    def end(self) -> None:
+        """The client's ending: its end of input, a reset, or none."""
+        if self.ending_kind == "end of input":
+            self.pending = b""
+            self.client.shutdown(socket.SHUT_WR)
+        elif self.ending_kind == "reset":
+            self.client_step(read=False)
+            self.pending = b""
+            self.client.close()
+            self.client_open = False
+
+    def snapshot(self) -> tuple[Any, ...]:
+        return (
+            len(self.written),
+            len(self.pending),
+            len(self.received),
+            len(self.delivered),
+            len(self.messages),
+            self.attached,
+            self.owed,
+            self.fresh,
+            len(self.unsent),
+            self.ending is not None,
+            self.done,
+            self.conn.buffered,
+        )
+
+
+class ReadHarness:
+    """Connections read by one pump over one edge-triggered epoll set, and
+    the hub's turns."""
+
+    def __init__(self, params: ReadParams) -> None:
+        self.params = params
+        self.epoll = select.epoll()
+        self.pump = Pump(
+            self.epoll.fileno(),
+            params.max_events,
+            params.turn_bytes,
+            params.out_cap,
+            params.inbox_cap,
+        )
+        self.conns: dict[int, ReadConn] = {}
+
+    def add(self, split: bool, reply: str, chunks: list[bytes], ending: str) -> ReadConn:
+        conn = ReadConn(self.params, self.pump, self.epoll, split, reply, chunks, ending)
+        self.conns[conn.fd] = conn
+        return conn
+
+    def close(self) -> None:
+        for conn in self.conns.values():
+            conn.close()
+        self.epoll.close()
+
+    def hub_turn(self) -> None:
+        """``ReadinessHub.run``'s turn with the pump: owed connections, then
+        the events; the input sliced from the inbox as the hub slices it."""
+        owed = [fd for fd, conn in self.conns.items() if conn.owed]
+        for conn in self.conns.values():
+            conn.owed = False
+        events = self.pump.turn(owed)
+        inbox, messages, taken, split = self.pump.inbox, self.pump.messages, 0, 0
+        for fd, mask, outcome in events:
+            conn = self.conns[fd]
+            data: bytes | list[bytes] | None = None
+            if outcome == EVENT:
+                assert not conn.attached, "an event for an attached connection"
+                if mask & INPUT_ENDS:
+                    conn.input_ended = True
+                continue
+            if outcome in (MESSAGES, MESSAGES_MORE):
+                first, split = split, split + mask  # mask: how many
+                data = messages[first:split]
+                assert len(data) == mask, (len(messages), first, mask)
+            elif outcome in (INPUT, INPUT_MORE):
+                start, taken = taken, taken + mask  # mask: its length
+                data = inbox[start:taken]
+                assert mask > 0 and len(data) == mask, (len(inbox), start, mask)
+            conn.outcome(mask, outcome, data)
+        assert split == len(messages), f"{len(messages)} messages, {split} given out"
+        assert taken <= self.params.inbox_cap, f"a turn read {taken} bytes"
+
+    def snapshot(self) -> tuple[Any, ...]:
+        return tuple(conn.snapshot() for conn in self.conns.values())
+
+    def settle(self, read: bool) -> None:
+        """Step the clients, the hub and the tasks until nothing changes, no
+        connection is owed a turn, and every edge was seen."""
+        state = self.snapshot()
+        quiet = 0  # steps that changed nothing: one turn may not see every event
+        for _ in range(READ_SETTLE_LIMIT):
+            for conn in self.conns.values():
+                conn.client_step(read)
+            self.hub_turn()
+            for conn in self.conns.values():
+                conn.task_step()
+            now = self.snapshot()
+            if now != state or any(conn.owed for conn in self.conns.values()):
+                quiet = 0
+            else:
+                quiet += 1
+                if quiet > len(self.conns):  # max_events >= 1: every edge was seen
+                    return
+            state = now
+        raise AssertionError(f"never settled: {self.params} {state}")
+
+    def run(self, reads: list[bool]) -> None:
+        """The first serve, then each round of writes, then the endings."""
+        self.settle(read=True)
+        rounds = max(len(conn.chunks) for conn in self.conns.values())
+        for index in range(rounds):
+            for conn in self.conns.values():
+                if index < len(conn.chunks):
+                    conn.pending += conn.chunks[index]
+            self.settle(read=reads[index % len(reads)])
+        for conn in self.conns.values():
+            conn.end()
+        self.settle(read=True)
+        for conn in self.conns.values():
+            if conn.attached:
+                self.pump.detach(conn.fd)
+                conn.attached = conn.parked = False
+                conn.held = conn.conn.take_input()
+            elif conn.ending is None:  # its task holds it: the framer does
+                conn.held = conn.framer_held()
+            bytes_in, bytes_out = conn.conn.take_byte_counts()
+            conn.bytes_in += bytes_in
+            conn.bytes_out += bytes_out
+
+
+def check_read(conn: ReadConn) -> None:
+    """``conn`` against its twins; raises on the first difference."""
+    rest = drain_server(conn.server)  # what the pump did not read
+    written = bytes(conn.written)
+    read = written[: len(written) - len(rest)]
+    assert written.endswith(rest), "the server's socket holds bytes the client did not write"
+    assert conn.bytes_in == len(read), f"bytes_in {conn.bytes_in}, read {len(read)}"
+    kind = conn.ending[0] if conn.ending is not None else None
+    stopped = kind == "ended" or conn.reply_failed  # stopped reading before the end
+    assert stopped or not rest, f"{len(rest)} bytes never read (ending {conn.ending})"
+    if conn.ending_kind == "end of input" and not stopped:
+        assert kind == "end of input", f"the end of the input never came: {conn.ending}"
+    if conn.ending_kind == "reset":
+        assert kind is not None, "the reset never came"
+    if conn.ending_kind == "none":
+        assert kind in (None, "ended") and not conn.reply_failed, conn.ending
+    if not conn.split:
+        assert kind != "ended", conn.ending
+        assert conn.delivered == read, "the bytes delivered are not the bytes read"
+    else:
+        twin = twin_of(conn.params.framing, read)
+        assert conn.messages == twin.frames, "the messages differ from the framer's"
+        assert conn.held == read[twin.header_at :], (
+            f"the pump holds {len(conn.held)} bytes, the framer {len(read) - twin.header_at}"
+        )
+        if twin.error is not None:
+            assert kind == "ended" or conn.reply_failed, f"{twin.error}, ending {conn.ending}"
+            if kind == "ended":
+                assert conn.ending == ("ended", twin.error, []), (conn.ending, twin.error)
+        else:
+            assert kind != "ended", f"ENDED where the framer raises nothing: {conn.ending}"
+            if kind == "end of input":
+                assert conn.ending == ("end of input", twin.eof), (conn.ending, twin.eof)
+    if conn.client_open and not conn.reply_failed:
+        assert conn.received == conn.replied, "the client did not get the replies"
+        assert conn.bytes_out + conn.sent_by_task == len(conn.replied), "bytes_out"
+
+
+def test_read_input(data: bytes) -> None:
+    fdp = atheris.FuzzedDataProvider(data)
+    params = read_params_from(fdp)
+    small = min(params.read_size, params.turn_bytes, params.inbox_cap) < 64
+    limit = 1024 if small else 16384
+    harness = ReadHarness(params)
+    try:
+        kinds: list[bool] = []
+        for _ in range(fdp.ConsumeIntInRange(1, READ_CONNECTIONS)):
+            kinds.append(fdp.ConsumeBool())
+            split = kinds[-1] if MIX_KINDS else kinds[0]
+            reply = fdp.PickValueInList(REPLIES)
+            ending = fdp.PickValueInList(["end of input", "reset", "none"])
+            stream = read_stream_from(fdp, params.framing, limit)
+            harness.add(split, reply, read_chunks_from(fdp, stream), ending)
+        reads = [fdp.ConsumeBool() for _ in range(4)]
+        harness.run(reads)
+        for conn in harness.conns.values():
+            try:
+                check_read(conn)
+            except AssertionError as exc:
+                raise AssertionError(
+                    f"the pump and its twin differ: {exc}\n {params}\n"
+                    f" split={conn.split} reply={conn.reply_mode} ending={conn.ending_kind}"
+                    f" -> {conn.ending}\n written {bytes(conn.written)[:400]!r}\n"
+                    f" messages {conn.messages[:20]!r}\n held {conn.held[:200]!r}\n"
+                    f" delivered {bytes(conn.delivered)[:400]!r}"
+                ) from None
+    finally:
+        harness.close()
+
+
 def main() -> None:
-    atheris.Setup(sys.argv, test_one_input)
+    read = os.environ.get("TRIOECHO_FUZZ_PUMP", "echo") == "read"
+    atheris.Setup(sys.argv, test_read_input if read else test_one_input)
     atheris.Fuzz()
 
 

@@ -86,7 +86,7 @@ import logging
 import select
 import types
 from collections.abc import Awaitable, Generator
-from typing import Any, Protocol, TypeGuard, cast
+from typing import Any, Protocol, TypeGuard
 
 import trio
 
@@ -160,9 +160,7 @@ class InlineServed(Protocol):
 
     def pump_account(self) -> bool: ...
 
-    def pump_input(self, data: bytes) -> int: ...
-
-    def pump_messages(self, messages: list[bytes]) -> int: ...
+    def pump_input(self, given: bytes | list[bytes]) -> int: ...
 
     pumped_handback: int
 
@@ -542,6 +540,10 @@ class ReadinessHub:
                             self._pumped_input(fd, inbox[start:taken], outcome == INPUT_MORE)
                         else:
                             self._pumped(fd, mask, outcome)
+                    if taken or split:
+                        pump.release_input()
+                    # Nothing read for Python is held while the hub waits.
+                    del events, inbox, messages
         finally:
             self.close()
 
@@ -595,18 +597,15 @@ class ReadinessHub:
 
     def _pumped_input(self, fd: int, data: bytes | list[bytes], more: bool) -> None:
         """What the pump read for a reading connection (still attached):
-        its transport's ``pump_input(data)`` (or ``pump_messages``, for the
-        messages the pump split) answers it; owe it a turn if ``more`` or
+        its transport's ``pump_input(data)`` answers it (the bytes, or the
+        messages the pump split); owe it a turn if ``more`` or
         the answer says so, or hand it back."""
         watch = self._watches.get(fd)
         if watch is None or not watch.pumped:
             return  # detached meanwhile: its connection is going away
         served = watch.inline
         assert served is not None
-        if type(data) is list:
-            outcome = served.pump_messages(data)
-        else:
-            outcome = served.pump_input(cast(bytes, data))
+        outcome = served.pump_input(data)
         if outcome == PUMP_WAIT:
             if more:
                 self._owed.append(watch)

@@ -339,6 +339,11 @@ class Pump:
         self._take_inbox()
         return outcome
 
+    def release_input(self) -> None:
+        """Drop :attr:`inbox` and :attr:`messages` once Python took them."""
+        self.inbox = b""
+        self.messages = []
+
     def _take_inbox(self) -> None:
         pump = self._pump
         start = lib.te_pump_inbox(pump, self._inbox_len)

@@ -9,7 +9,6 @@ import math
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import trio
 
@@ -32,7 +31,7 @@ from trioecho.io.pump import (
     STEPPED,
     PumpedConnection,
 )
-from trioecho.io.transport import InlineStep, Transport
+from trioecho.io.transport import InlineStep, PumpedAnswer, Transport
 
 __all__ = ["SocketTransport", "broken_while", "hub_watch"]
 
@@ -62,6 +61,7 @@ class SocketTransport(Transport):
         "_handback",
         "_inline_size",
         "_on_account",
+        "_pump_fd",
         "_pumped",
         "_socket",
         "_step",
@@ -107,7 +107,8 @@ class SocketTransport(Transport):
         # check, and the pump's hand-back (-1 while there is none).
         self._pumped: PumpedConnection | None = None
         self._on_account: Callable[[int], bool] | None = None
-        self._answer: Callable[[list[bytes]], Buffer | None] | None = None
+        self._answer: PumpedAnswer | None = None
+        self._pump_fd = -1  # the socket's descriptor, where te_pump_reply sends
         self.pumped_handback = -1
 
     @property
@@ -364,7 +365,7 @@ class SocketTransport(Transport):
                     return None
             return None
         finally:
-            self._step = self._answer = None
+            self._answer = None
             self._handback = _NO_HANDBACK
             self._receiving = False
 
@@ -417,8 +418,7 @@ class SocketTransport(Transport):
         on_account: Callable[[int], bool],
         deadline: float = math.inf,
         sink: int = -1,
-        step: InlineStep | None = None,
-        answer: Callable[[list[bytes]], Buffer | None] | None = None,
+        answer: PumpedAnswer | None = None,
     ) -> int | None:
         """Serve the connection with the hub's C pump until it needs this task.
 
@@ -427,12 +427,12 @@ class SocketTransport(Transport):
         message (:mod:`~trioecho.io.pump`).  When the unfinished message it
         holds changes size, ``on_account(size)`` updates the memory account
         and says whether the connection may read on.  A reading ``conn``
-        (:meth:`PumpedConnection.reading`) is answered by ``step`` instead,
-        as :meth:`serve_inline` runs it: called with each turn's bytes, it
-        returns the bytes to send (sent from C), or None to hand the
-        connection back (``STEPPED``); an exception it raises is raised
-        here.  A reading ``conn`` with a framer is answered by ``answer``,
-        called with the messages the pump split, in the same way.  Returns
+        (:meth:`PumpedConnection.reading`) is answered by ``answer``
+        instead, as :meth:`serve_inline` runs its step: called with what
+        the pump read (each turn's bytes, or, with a framer, the messages
+        the pump split), it returns the bytes to send (sent from C), or None
+        to hand the connection back (``STEPPED``); an exception it raises
+        is raised here.  Returns
         the reason it needs the task: ``END_OF_INPUT``, ``ENDED``,
         ``SHORT_SEND`` (the rest is in ``conn``), ``BUDGET`` (the account
         said no), ``STEPPED``, ``SOCKET_ERROR`` when sending to
@@ -451,8 +451,8 @@ class SocketTransport(Transport):
             raise RuntimeError("serve_pumped() needs the readiness hub's pump")
         self._pumped = conn
         self._on_account = on_account
-        self._step = step
         self._answer = answer
+        self._pump_fd = watch.fd
         self._wait_deadline = deadline
         try:
             watch.take_readable()  # the pump reads until the socket is empty anyway
@@ -464,14 +464,15 @@ class SocketTransport(Transport):
                     return None
                 if outcome == ACCOUNT:
                     outcome = PUMP_AGAIN if self.pump_account() else BUDGET
-                elif outcome in (INPUT, INPUT_MORE):
+                elif outcome in (INPUT, INPUT_MORE, MESSAGES, MESSAGES_MORE):
                     # Detached (serve_pumped hands back all but WAIT): serve
                     # it again after a checkpoint, which attaches it anew.
-                    outcome = self.pump_input(watch.pumped_input())
-                    if outcome == PUMP_WAIT:
-                        outcome = PUMP_AGAIN
-                elif outcome in (MESSAGES, MESSAGES_MORE):
-                    outcome = self.pump_messages(watch.pumped_messages())  # as INPUT
+                    given: bytes | list[bytes] = (
+                        watch.pumped_input()
+                        if outcome in (INPUT, INPUT_MORE)
+                        else watch.pumped_messages()
+                    )
+                    outcome = self.pump_input(given)
                     if outcome == PUMP_WAIT:
                         outcome = PUMP_AGAIN
                 if outcome == PUMP_AGAIN:
@@ -502,7 +503,7 @@ class SocketTransport(Transport):
             watch.unpump()  # detached before the state can be freed
             self._pumped = None
             self._on_account = None
-            self._step = self._answer = None
+            self._answer = None
             self._handback = _NO_HANDBACK
             self.pumped_handback = -1
             self._receiving = False
@@ -516,35 +517,24 @@ class SocketTransport(Transport):
         conn.accounted = size
         return on_account(size)
 
-    def pump_input(self, data: bytes) -> int:
-        """The hub's call when the pump read ``data`` for the step (``INPUT``):
-        run it on them and send its answer from C.  The outcome: PUMP_WAIT,
-        or a hand-back (``STEPPED``, ``STEP_FAILED`` with the exception kept
-        for the task, or the reply's ``SHORT_SEND``, ``SOCKET_ERROR``,
-        ``NO_MEMORY``).  Never raises."""
-        step = self._step
-        assert step is not None
-        return self._answered(step, data)
-
-    def pump_messages(self, messages: list[bytes]) -> int:
-        """The hub's call when the pump split ``messages`` (``MESSAGES``):
-        as :meth:`pump_input`, with the ``answer`` given to :meth:`serve_pumped`."""
-        answer = self._answer
-        assert answer is not None
-        return self._answered(answer, messages)
-
-    def _answered(self, answer: Callable[[Any], Buffer | None], given: object) -> int:
-        conn, watch = self._pumped, self._watch
-        assert conn is not None and watch is not None
+    def pump_input(self, given: bytes | list[bytes]) -> int:
+        """The hub's call when the pump read for the ``answer`` given to
+        :meth:`serve_pumped` (``INPUT``: the bytes; ``MESSAGES``: the
+        messages it split): run it and send its answer from C.  The
+        outcome: PUMP_WAIT, or a hand-back (``STEPPED``, ``STEP_FAILED``
+        with the exception kept for the task, or the reply's ``SHORT_SEND``,
+        ``SOCKET_ERROR``, ``NO_MEMORY``).  Never raises."""
+        conn, answer = self._pumped, self._answer
+        assert conn is not None and answer is not None
         try:
             wire = answer(given)
-        except Exception as exc:  # the step's own error: raised in the task
+        except Exception as exc:  # the answer's own error: raised in the task
             self._handback = exc
             return STEP_FAILED
         if wire is None:
             return STEPPED
         if wire:
-            return conn.reply(watch.fd, wire)
+            return conn.reply(self._pump_fd, wire)
         return PUMP_WAIT
 
     def _pumped_outcome(self, conn: PumpedConnection, outcome: int) -> int:

@@ -64,7 +64,7 @@ from trioecho.io.closing import broken_reason, drain_until_eof
 from trioecho.io.pump import PumpedConnection
 from trioecho.io.send_deadline import SendDeadline
 
-__all__ = ["CHECKPOINT_EVERY", "InlineStep", "Transport"]
+__all__ = ["CHECKPOINT_EVERY", "InlineStep", "PumpedAnswer", "Transport"]
 
 CHECKPOINT_EVERY = 16
 # close_gracefully(): input still discarded once every reply is delivered.
@@ -73,6 +73,9 @@ CHECKPOINT_EVERY = 16
 # serve_inline()'s step: the bytes of one read (b"" at the end of the input)
 # in, the bytes to send out, or None to hand the connection back to its task.
 InlineStep = Callable[[bytes], "Buffer | None"]
+# What answers a reading connection the C pump serves: called with the
+# bytes it read, or the messages it split (SocketTransport.serve_pumped).
+PumpedAnswer = Callable[[Any], "Buffer | None"]
 
 
 class Transport:
@@ -169,8 +172,7 @@ class Transport:
         on_account: Callable[[int], bool],
         deadline: float = math.inf,
         sink: int = -1,
-        step: InlineStep | None = None,
-        answer: Callable[[list[bytes]], Buffer | None] | None = None,
+        answer: PumpedAnswer | None = None,
     ) -> int | None:
         """Have the hub's C pump serve this connection until it needs its
         task; see :class:`SocketTransport`."""

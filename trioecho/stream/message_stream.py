@@ -576,8 +576,9 @@ class MessageStream(trio.abc.AsyncResource):
         ``run``, for the caller's loop)."""
         conn = run.reading_connection()
         try:
+            answer = run.answer if run.splits else run.step
             outcome = await self.transport.serve_pumped(
-                conn, run.account, run.deadline, step=run.step, answer=run.answer
+                conn, run.account, run.deadline, answer=answer
             )
         finally:
             run.take_pumped_counts()
@@ -834,7 +835,6 @@ class _SessionRun:
         "_pump_handle",
         "_pumped",
         "_session",
-        "_splits",
         "_stream",
         "deadline",
         "ending",
@@ -842,6 +842,7 @@ class _SessionRun:
         "owed_replies",
         "progress",
         "pumpable",
+        "splits",
     )
 
     def __init__(
@@ -868,7 +869,7 @@ class _SessionRun:
         self._pump_handle = None if pump_handle is None else pump_handle()
         self.pumpable = None if self._pump_handle is None else cast(PumpableSession, session)
         self._pumped: PumpedConnection | None = None
-        self._splits = False  # _pumped splits the messages (reading_connection)
+        self.splits = False  # _pumped splits the messages (reading_connection)
 
     def pumped_connection(self) -> PumpedConnection:
         """The session's state in the C pump, made on first use."""
@@ -886,7 +887,7 @@ class _SessionRun:
         take_splitting = getattr(self._session, "take_splitting", None)
         splitting = None if take_splitting is None else take_splitting()
         conn = self._pumped
-        if conn is None or self._splits != (splitting is not None):
+        if conn is None or self.splits != (splitting is not None):
             size = self._stream.receive_size
             if splitting is None:
                 conn = PumpedConnection.reading(size)
@@ -894,14 +895,14 @@ class _SessionRun:
                 scanner = splitting[0]
                 conn = PumpedConnection.reading(size, scanner.address, scanner)
             self._pumped = conn
-            self._splits = splitting is not None
+            self.splits = splitting is not None
         if splitting is not None:
             conn.set_input(splitting[1])
         return conn
 
     def restore_splitting(self) -> None:
         """Give the unfinished message the C pump held back to the session."""
-        if self._splits and self._pumped is not None:
+        if self.splits and self._pumped is not None:
             self._session.restore_splitting(self._pumped.take_input())  # type: ignore[attr-defined]
 
     def answer(self, messages: list[bytes]) -> Buffer | None:
