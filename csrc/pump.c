@@ -35,7 +35,7 @@ struct te_pump_state {
     size_t inbox_limit;   /* the bytes one turn reads for Python at most */
     size_t inbox_read;    /* ... read so far this turn */
     size_t last_input;    /* what the last read_for_python added to it */
-    uint64_t *bounds;     /* READ with a framer: the messages split, two per */
+    uint64_t *bounds;     /* READ: the items for Python (te_pump_items), two per */
     size_t bounds_len;    /* ... entries used */
     size_t bounds_cap;
     size_t last_count;    /* messages the last read_for_python split */
@@ -75,7 +75,7 @@ void te_pump_free(te_pump *p) {
     free(p);
 }
 
-const uint64_t *te_pump_messages(const te_pump *p, size_t *count) {
+const uint64_t *te_pump_items(const te_pump *p, size_t *count) {
     *count = p->bounds_len / 2;
     return p->bounds;
 }
@@ -466,17 +466,17 @@ static int split_input(te_pump *p, te_pump_conn *c, size_t start, int more) {
     const te_length_framer *f = (const te_length_framer *)c->framer;
     const uint8_t *run = p->inbox + start;
     size_t len = p->inbox_len - start;
-    size_t pos = 0, count = 0;
+    size_t pos = 0, count = 0, bounds_at = p->bounds_len;
     te_result r;
     for (;;) {
         te_length_scan(f, run, len, pos, NULL, 0, NULL, 0, &r);
         if (r.layout == TE_LAYOUT_ONE) {
             if (add_bounds(p, start + r.start, start + r.end) != 0)
-                return TE_PUMP_NO_MEMORY;
+                goto no_memory;
             count++;
         }
         if (r.consumed <= pos && r.status == TE_MORE)
-            return TE_PUMP_NO_MEMORY; /* cannot happen (framer.h); never spin */
+            goto no_memory; /* cannot happen (framer.h); never spin */
         pos = r.consumed;
         if (r.status != TE_MORE)
             break;
@@ -490,7 +490,7 @@ static int split_input(te_pump *p, te_pump_conn *c, size_t start, int more) {
         more = 1;
     }
     if (keep_exact(c, run + pos, len - pos) != 0)
-        return TE_PUMP_NO_MEMORY;
+        goto no_memory;
     p->inbox_len = start + pos; /* the rest is in `in` now */
     p->last_count = count;
     if (count > 0)
@@ -500,6 +500,9 @@ static int split_input(te_pump *p, te_pump_conn *c, size_t start, int more) {
     if (c->in_len != c->accounted)
         return TE_PUMP_ACCOUNT;
     return more ? TE_PUMP_AGAIN : TE_PUMP_WAIT;
+no_memory:
+    p->bounds_len = bounds_at; /* no items for an outcome that has none */
+    return TE_PUMP_NO_MEMORY;
 }
 
 /*
@@ -512,9 +515,15 @@ static int read_into_inbox(te_pump *p, te_pump_conn *c, int fd);
 
 static int read_for_python(te_pump *p, te_pump_conn *c, int fd) {
     int outcome = read_into_inbox(p, c, fd);
-    if (c->framer == NULL || (outcome != TE_PUMP_INPUT && outcome != TE_PUMP_INPUT_MORE))
+    if (outcome != TE_PUMP_INPUT && outcome != TE_PUMP_INPUT_MORE)
         return outcome;
-    return split_input(p, c, p->inbox_len - p->last_input, outcome == TE_PUMP_INPUT_MORE);
+    size_t start = p->inbox_len - p->last_input;
+    if (c->framer != NULL)
+        return split_input(p, c, start, outcome == TE_PUMP_INPUT_MORE);
+    /* The bytes are one item for Python, as each message of a split is. */
+    if (add_bounds(p, start, p->inbox_len) != 0)
+        return TE_PUMP_NO_MEMORY;
+    return outcome;
 }
 
 /* read_for_python's reads: INPUT(_MORE), with the bytes in the inbox (a

@@ -67,16 +67,16 @@
 #define TE_PUMP_SOCKET_ERROR 7 /* recv or send failed (error: errno; status: 1 if it
                                   was the send to the sink); handed back */
 #define TE_PUMP_NO_MEMORY 8    /* malloc failed; handed back (input is lost) */
-#define TE_PUMP_INPUT 9        /* READ: it read bytes for Python (the next `mask`
-                                  bytes of the inbox: te_pump_inbox), which answers
-                                  them (te_pump_reply); not handed back */
+#define TE_PUMP_INPUT 9        /* READ: it read bytes for Python (`mask` of them: the
+                                  next item of te_pump_items), which answers them
+                                  (te_pump_reply); not handed back */
 #define TE_PUMP_INPUT_MORE 10  /* READ: INPUT, and owe it a turn: its turn's bytes
                                   or the inbox's room were used, or the end of the
                                   input or an error came after the bytes (its next
                                   service hands it back with that) */
-#define TE_PUMP_MESSAGES 11    /* READ with a framer: the next `mask` messages of
-                                  te_pump_messages (bounds in the inbox) for Python
-                                  to answer; an unfinished one stays in `in`.  A bad
+#define TE_PUMP_MESSAGES 11    /* READ with a framer: the next `mask` items of
+                                  te_pump_items, its messages, for Python to
+                                  answer; an unfinished one stays in `in`.  A bad
                                   header ends the bytes split: its next service is
                                   TE_PUMP_ENDED (status), the bytes from that header
                                   on in `in`, for Python to scan again */
@@ -129,13 +129,13 @@ te_pump *te_pump_new(int epoll_fd, int max_events, size_t turn_bytes, size_t out
 void te_pump_free(te_pump *p);
 /*
  * READ: the bytes the last te_pump_turn (or te_pump_serve) read for
- * Python, one run per TE_PUMP_INPUT(_MORE) outcome, in their order; the
- * next call reuses the buffer.
+ * Python (the next call reuses the buffer), and its items: [start, end)
+ * offsets in those bytes, two per item, in the order of the outcomes --
+ * one item per TE_PUMP_INPUT(_MORE), `mask` (its messages) per
+ * TE_PUMP_MESSAGES(_MORE).
  */
 const uint8_t *te_pump_inbox(const te_pump *p, size_t *len);
-/* READ with a framer: the messages the last call split, as [start, end)
- * offsets in the inbox, two per message, in the order of its outcomes. */
-const uint64_t *te_pump_messages(const te_pump *p, size_t *count);
+const uint64_t *te_pump_items(const te_pump *p, size_t *count);
 
 te_pump_conn *te_pump_conn_new(void *session, int raw, size_t read_size);
 te_pump_conn *te_pump_forward_new(void *framer, int sink_fd, uint64_t due, size_t read_size);

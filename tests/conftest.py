@@ -40,6 +40,7 @@ TIERS = {
     "test_hub.py": ("stream",),
     "test_pump.py": ("stream", "cunit"),
     "test_pump_relay.py": ("stream", "cunit"),
+    "test_pump_respond.py": ("stream", "cunit"),
     "test_stream.py": ("stream",),
     "test_send_rule.py": ("stream",),
     "test_transport.py": ("stream",),

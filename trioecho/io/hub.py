@@ -321,17 +321,12 @@ class Watch:
             self.unpump()
         return outcome
 
-    def pumped_input(self) -> bytes:
-        """After :meth:`serve_pumped` said ``INPUT`` or ``INPUT_MORE``: what
-        the pump read (until the pump's next call)."""
+    def pumped_input(self) -> list[bytes]:
+        """After :meth:`serve_pumped` said ``INPUT`` or ``MESSAGES`` (or
+        their ``_MORE``): what the pump read, the bytes (one item) or the
+        messages it split (until the pump's next call)."""
         pump = self._hub._pump
-        return b"" if pump is None else pump.inbox
-
-    def pumped_messages(self) -> list[bytes]:
-        """After :meth:`serve_pumped` said ``MESSAGES`` or ``MESSAGES_MORE``:
-        the messages the pump split (until the pump's next call)."""
-        pump = self._hub._pump
-        return [] if pump is None else pump.messages
+        return [] if pump is None else pump.items
 
     def park_pumped(self, served: InlineServed) -> Awaitable[object]:
         """Park the current task while the pump serves its attached
@@ -528,22 +523,22 @@ class ReadinessHub:
                         self._dispatch(fd, mask)
                 else:
                     events = pump.turn(pumped)
-                    inbox, messages, taken, split = pump.inbox, pump.messages, 0, 0
+                    items, taken = pump.items, 0
                     for fd, mask, outcome in events:
                         if outcome == EVENT:
                             self._dispatch(fd, mask)
                         elif outcome in (MESSAGES, MESSAGES_MORE):
-                            first, split = split, split + mask  # mask: how many
-                            self._pumped_input(fd, messages[first:split], outcome == MESSAGES_MORE)
+                            first, taken = taken, taken + mask  # mask: how many
+                            self._pumped_input(fd, items[first:taken], outcome == MESSAGES_MORE)
                         elif outcome in (INPUT, INPUT_MORE):
-                            start, taken = taken, taken + mask  # mask: its length
-                            self._pumped_input(fd, inbox[start:taken], outcome == INPUT_MORE)
+                            taken += 1
+                            self._pumped_input(fd, items[taken - 1], outcome == INPUT_MORE)
                         else:
                             self._pumped(fd, mask, outcome)
-                    if taken or split:
+                    if taken:
                         pump.release_input()
                     # Nothing read for Python is held while the hub waits.
-                    del events, inbox, messages
+                    del events, items
         finally:
             self.close()
 

@@ -137,11 +137,11 @@ class PumpedConnection:
         cls, read_size: int, framer_address: int | None = None, owner: object = None
     ) -> PumpedConnection:
         """Input read for Python: each service that read bytes is ``INPUT``
-        or ``INPUT_MORE`` (owe it a turn after), the bytes in the pump's
-        :attr:`Pump.inbox`; Python answers with :meth:`reply`.  With the C
-        length framer at ``framer_address`` (kept alive by ``owner``) the
-        bytes are split first: ``MESSAGES`` or ``MESSAGES_MORE``, the
-        messages in :attr:`Pump.messages`, an unfinished one kept in C
+        or ``INPUT_MORE`` (owe it a turn after), the bytes one item of the
+        pump's :attr:`Pump.items`; Python answers with :meth:`reply`.  With
+        the C length framer at ``framer_address`` (kept alive by ``owner``)
+        the bytes are split first: ``MESSAGES`` or ``MESSAGES_MORE``, the
+        messages as many items, an unfinished one kept in C
         (:meth:`set_input`, :meth:`take_input`)."""
         _check_read_size(read_size)
         self = cls.__new__(cls)
@@ -265,15 +265,14 @@ class Pump:
 
     __slots__ = (
         "_inbox_len",
-        "_message_count",
+        "_item_count",
         "_out",
         "_out_cap",
         "_owed",
         "_owed_cap",
         "_pump",
-        "inbox",
+        "items",
         "max_events",
-        "messages",
     )
 
     def __init__(
@@ -307,14 +306,12 @@ class Pump:
         self._out_cap = 0
         self._out: Any = None
         self._inbox_len = ffi.new("size_t *")
-        # What the last turn (or serve) read for reading connections: one
-        # run per INPUT(_MORE) outcome, in their order, each as long as
-        # that outcome's mask says.
-        self.inbox = b""
-        # ... and the messages it split (MESSAGES(_MORE) outcomes: as many,
-        # in their order, as each outcome's mask says).
-        self._message_count = ffi.new("size_t *")
-        self.messages: list[bytes] = []
+        self._item_count = ffi.new("size_t *")
+        # What the last turn (or serve) read for reading connections, in
+        # the order of their outcomes: one item (the bytes read) per
+        # INPUT(_MORE), and its messages (as many as its mask says) per
+        # MESSAGES(_MORE).
+        self.items: list[bytes] = []
         self._reserve(64)
 
     def _reserve(self, owed: int) -> None:
@@ -333,43 +330,42 @@ class Pump:
 
     def serve(self, fd: int) -> int:
         """Serve the attached ``fd`` now; its outcome (detached if handed
-        back).  Its input (``INPUT``, ``INPUT_MORE``) is :attr:`inbox`."""
+        back).  What it read for Python (``INPUT``, ``MESSAGES``) is :attr:`items`."""
         mask = ffi.new("uint32_t *")
         outcome = int(lib.te_pump_serve(self._pump, fd, mask))
-        self._take_inbox()
+        self._take_items()
         return outcome
 
     def release_input(self) -> None:
-        """Drop :attr:`inbox` and :attr:`messages` once Python took them."""
-        self.inbox = b""
-        self.messages = []
+        """Drop :attr:`items` once Python took them."""
+        self.items = []
 
-    def _take_inbox(self) -> None:
+    def _take_items(self) -> None:
         pump = self._pump
+        bounds = lib.te_pump_items(pump, self._item_count)
+        count = self._item_count[0]
+        if not count:
+            if self.items:
+                self.items = []
+            return
         start = lib.te_pump_inbox(pump, self._inbox_len)
-        size = self._inbox_len[0]
-        inbox = self.inbox = ffi.buffer(start, size)[:] if size else b""
-        bounds = lib.te_pump_messages(pump, self._message_count)
-        count = self._message_count[0]
-        if count:
-            flat = ffi.unpack(bounds, 2 * count)
-            self.messages = [inbox[flat[i] : flat[i + 1]] for i in range(0, 2 * count, 2)]
-        elif self.messages:
-            self.messages = []
+        inbox = ffi.buffer(start, self._inbox_len[0])[:]
+        flat = ffi.unpack(bounds, 2 * count)
+        self.items = [inbox[flat[i] : flat[i + 1]] for i in range(0, 2 * count, 2)]
 
     def turn(self, owed: list[int]) -> list[tuple[int, int, int]]:
         """One turn (see ``te_pump_turn``): the ``(fd, mask, outcome)`` Python
-        must see; the input it read is :attr:`inbox`."""
+        must see; what it read for Python is :attr:`items`."""
         n_owed = len(owed)
         if n_owed:
             self._reserve(n_owed)
             self._owed[0:n_owed] = owed
         count = lib.te_pump_turn(self._pump, self._owed, n_owed, self._out, self._out_cap)
         if count <= 0:
-            self.inbox = b""
-            self.messages = []
+            if self.items:
+                self.items = []
             if count < 0:
                 raise OSError(ffi.errno, os.strerror(ffi.errno))
             return []
-        self._take_inbox()
+        self._take_items()
         return list(_EVENT.iter_unpack(ffi.buffer(self._out, count * _EVENT.size)))

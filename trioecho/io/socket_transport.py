@@ -467,12 +467,8 @@ class SocketTransport(Transport):
                 elif outcome in (INPUT, INPUT_MORE, MESSAGES, MESSAGES_MORE):
                     # Detached (serve_pumped hands back all but WAIT): serve
                     # it again after a checkpoint, which attaches it anew.
-                    given: bytes | list[bytes] = (
-                        watch.pumped_input()
-                        if outcome in (INPUT, INPUT_MORE)
-                        else watch.pumped_messages()
-                    )
-                    outcome = self.pump_input(given)
+                    items = watch.pumped_input()
+                    outcome = self.pump_input(items[0] if outcome in (INPUT, INPUT_MORE) else items)
                     if outcome == PUMP_WAIT:
                         outcome = PUMP_AGAIN
                 if outcome == PUMP_AGAIN:
