@@ -564,13 +564,6 @@ def test_one_input(data: bytes) -> None:
 READ_SETTLE_LIMIT = 100_000  # steps without settling: a livelock
 READ_CONNECTIONS = 3  # connections served by one pump, at most
 REPLIES = ["none", "echo", "double"]  # what Python answers each read (or its messages) with
-# Connections that split (MESSAGES) and connections that do not (INPUT) on
-# one pump.  Off: a turn that splits messages for one connection and reads
-# bytes for another gives the second the first's bytes (te_pump_inbox holds
-# the messages' bytes ahead of the INPUT runs, which the hub, as pump.h
-# documents the inbox, slices from its start); TRIOECHO_FUZZ_PUMP_MIX=1 to
-# fuzz that case too.
-MIX_KINDS = os.environ.get("TRIOECHO_FUZZ_PUMP_MIX", "") not in ("", "0")
 
 
 @dataclass(frozen=True)
@@ -864,6 +857,14 @@ class ReadConn:
         self.bytes_in = 0
         self.bytes_out = 0
 
+    def __str__(self) -> str:
+        return (
+            f" split={self.split} reply={self.reply_mode} ending={self.ending_kind}"
+            f" -> {self.ending}\n written {bytes(self.written)[:400]!r}\n"
+            f" messages {self.messages[:20]!r}\n held {self.held[:200]!r}\n"
+            f" delivered {bytes(self.delivered)[:400]!r}"
+        )
+
     def close(self) -> None:
         self.pump.detach(self.fd)
         self.server.close()
@@ -992,11 +993,13 @@ class ReadConn:
         self.pump.detach(self.fd)
         self.attached = False
         if outcome in (INPUT, INPUT_MORE):
-            inbox = self.pump.inbox
-            assert len(inbox) <= min(self.params.inbox_cap, self.params.turn_bytes), len(inbox)
-            outcome = self.answer(inbox)
+            items = self.pump.items
+            assert len(items) == 1, f"INPUT with {len(items)} items"
+            read = items[0]
+            assert len(read) <= min(self.params.inbox_cap, self.params.turn_bytes), len(read)
+            outcome = self.answer(read)
         elif outcome in (MESSAGES, MESSAGES_MORE):
-            outcome = self.answer(self.pump.messages)
+            outcome = self.answer(self.pump.items)
         elif outcome == ACCOUNT:
             self.conn.accounted = self.conn.buffered
             outcome = PUMP_AGAIN
@@ -1098,12 +1101,13 @@ class ReadHarness:
 
     def hub_turn(self) -> None:
         """``ReadinessHub.run``'s turn with the pump: owed connections, then
-        the events; the input sliced from the inbox as the hub slices it."""
+        the events; what was read for Python taken from the pump's items as
+        the hub takes it (an item per INPUT, ``mask`` per MESSAGES)."""
         owed = [fd for fd, conn in self.conns.items() if conn.owed]
         for conn in self.conns.values():
             conn.owed = False
         events = self.pump.turn(owed)
-        inbox, messages, taken, split = self.pump.inbox, self.pump.messages, 0, 0
+        items, taken, read = self.pump.items, 0, 0
         for fd, mask, outcome in events:
             conn = self.conns[fd]
             data: bytes | list[bytes] | None = None
@@ -1113,16 +1117,19 @@ class ReadHarness:
                     conn.input_ended = True
                 continue
             if outcome in (MESSAGES, MESSAGES_MORE):
-                first, split = split, split + mask  # mask: how many
-                data = messages[first:split]
-                assert len(data) == mask, (len(messages), first, mask)
+                first, taken = taken, taken + mask  # mask: how many
+                data = items[first:taken]
+                assert mask > 0 and len(data) == mask, (len(items), first, mask)
             elif outcome in (INPUT, INPUT_MORE):
-                start, taken = taken, taken + mask  # mask: its length
-                data = inbox[start:taken]
-                assert mask > 0 and len(data) == mask, (len(inbox), start, mask)
+                taken += 1
+                assert taken <= len(items), f"INPUT without its item ({len(items)} items)"
+                data = items[taken - 1]
+                assert len(data) == mask > 0, (len(data), mask)  # mask: its length
+                read += mask
             conn.outcome(mask, outcome, data)
-        assert split == len(messages), f"{len(messages)} messages, {split} given out"
-        assert taken <= self.params.inbox_cap, f"a turn read {taken} bytes"
+        assert taken == len(items), f"{len(items)} items, {taken} given out"
+        assert read <= self.params.inbox_cap, f"a turn read {read} bytes"
+        self.pump.release_input()
 
     def snapshot(self) -> tuple[Any, ...]:
         return tuple(conn.snapshot() for conn in self.conns.values())
@@ -1216,28 +1223,21 @@ def test_read_input(data: bytes) -> None:
     small = min(params.read_size, params.turn_bytes, params.inbox_cap) < 64
     limit = 1024 if small else 16384
     harness = ReadHarness(params)
+    conn: ReadConn | None = None  # the one being checked
     try:
-        kinds: list[bool] = []
         for _ in range(fdp.ConsumeIntInRange(1, READ_CONNECTIONS)):
-            kinds.append(fdp.ConsumeBool())
-            split = kinds[-1] if MIX_KINDS else kinds[0]
+            split = fdp.ConsumeBool()  # splitting and not on one pump, one turn
             reply = fdp.PickValueInList(REPLIES)
             ending = fdp.PickValueInList(["end of input", "reset", "none"])
             stream = read_stream_from(fdp, params.framing, limit)
             harness.add(split, reply, read_chunks_from(fdp, stream), ending)
-        reads = [fdp.ConsumeBool() for _ in range(4)]
-        harness.run(reads)
+        harness.run([fdp.ConsumeBool() for _ in range(4)])
         for conn in harness.conns.values():
-            try:
-                check_read(conn)
-            except AssertionError as exc:
-                raise AssertionError(
-                    f"the pump and its twin differ: {exc}\n {params}\n"
-                    f" split={conn.split} reply={conn.reply_mode} ending={conn.ending_kind}"
-                    f" -> {conn.ending}\n written {bytes(conn.written)[:400]!r}\n"
-                    f" messages {conn.messages[:20]!r}\n held {conn.held[:200]!r}\n"
-                    f" delivered {bytes(conn.delivered)[:400]!r}"
-                ) from None
+            check_read(conn)
+    except AssertionError as exc:
+        shown = harness.conns.values() if conn is None else [conn]  # None: while running
+        conns = "\n".join(str(each) for each in shown)
+        raise AssertionError(f"the pump and its twin differ: {exc}\n {params}\n{conns}") from None
     finally:
         harness.close()
 
