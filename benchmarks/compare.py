@@ -653,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             rows.append((w.title, cells))
         print_table(
-            "trioecho (C echo session inline) vs each peer, msgs/s / CPU per message: "
+            "trioecho (its C echo session on the C pump) vs each peer, msgs/s / CPU per message: "
             "> 1.00x means "
             "trioecho is better",
             others,
