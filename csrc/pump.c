@@ -150,16 +150,37 @@ void te_pump_conn_free(te_pump_conn *c) {
     free(c);
 }
 
-int te_pump_conn_set_input(te_pump_conn *c, const uint8_t *buf, size_t len) {
+/* Make buf[0:len) the unconsumed input, with room for `room` more bytes
+ * (0, or -1: no memory). */
+static int set_input_room(te_pump_conn *c, const uint8_t *buf, size_t len, size_t room) {
     drop_input(c);
     if (len == 0)
         return 0;
-    c->in = malloc(len + c->read_size);
+    c->in = malloc(len + room);
     if (c->in == NULL)
         return -1;
     memcpy(c->in, buf, len);
     c->in_len = len;
-    c->in_cap = len + c->read_size;
+    c->in_cap = len + room;
+    return 0;
+}
+
+int te_pump_conn_set_input(te_pump_conn *c, const uint8_t *buf, size_t len) {
+    return set_input_room(c, buf, len, c->read_size); /* the next read appends */
+}
+
+/* Make buf[0:len) the bytes owed to the task, `replies` of them not yet
+ * counted as sent (0, or -1: no memory). */
+static int set_unsent(te_pump_conn *c, const uint8_t *buf, size_t len, uint64_t replies) {
+    te_pump_conn_clear_unsent(c);
+    if (len == 0)
+        return 0;
+    c->unsent = malloc(len);
+    if (c->unsent == NULL)
+        return -1;
+    memcpy(c->unsent, buf, len);
+    c->unsent_len = len;
+    c->unsent_replies = replies;
     return 0;
 }
 
@@ -184,12 +205,8 @@ int te_pump_reply(te_pump_conn *c, int fd, const uint8_t *buf, size_t len) {
     }
     if (sent == len)
         return TE_PUMP_WAIT;
-    te_pump_conn_clear_unsent(c);
-    c->unsent = malloc(len - sent);
-    if (c->unsent == NULL)
+    if (set_unsent(c, buf + sent, len - sent, 0) != 0)
         return TE_PUMP_NO_MEMORY;
-    memcpy(c->unsent, buf + sent, len - sent);
-    c->unsent_len = len - sent;
     return TE_PUMP_SHORT_SEND;
 }
 
@@ -256,17 +273,7 @@ static int grow_output(te_pump *p) {
 
 /* Keep p->out[from:out_len) in c->unsent for the task. */
 static int keep_unsent(te_pump *p, te_pump_conn *c, size_t from, uint64_t replies) {
-    size_t len = p->out_len - from;
-    te_pump_conn_clear_unsent(c);
-    if (len == 0)
-        return 0;
-    c->unsent = malloc(len);
-    if (c->unsent == NULL)
-        return -1;
-    memcpy(c->unsent, p->out + from, len);
-    c->unsent_len = len;
-    c->unsent_replies = replies;
-    return 0;
+    return set_unsent(c, p->out + from, p->out_len - from, replies);
 }
 
 /* Keep buf[pos:len) as the connection's unconsumed input. */
@@ -396,13 +403,8 @@ static int pass_on(te_pump_conn *c, const uint8_t *buf, size_t len) {
     int outcome = TE_PUMP_WAIT;
     if (sent < pass) {
         /* The sink is full: the rest goes to the task, which waits for it. */
-        te_pump_conn_clear_unsent(c);
-        c->unsent = malloc(pass - sent);
-        if (c->unsent == NULL)
+        if (set_unsent(c, buf + sent, pass - sent, r.frames) != 0)
             return TE_PUMP_NO_MEMORY;
-        memcpy(c->unsent, buf + sent, pass - sent);
-        c->unsent_len = pass - sent;
-        c->unsent_replies = r.frames;
         outcome = TE_PUMP_SHORT_SEND;
     } else {
         c->messages_out += r.frames;
@@ -411,19 +413,6 @@ static int pass_on(te_pump_conn *c, const uint8_t *buf, size_t len) {
         return TE_PUMP_NO_MEMORY;
     c->accounted = c->in_len; /* a header's few bytes: not accounted */
     return outcome;
-}
-
-/* READ: make buf[0:len) the unfinished message, in a buffer of its size. */
-static int keep_exact(te_pump_conn *c, const uint8_t *buf, size_t len) {
-    drop_input(c);
-    if (len == 0)
-        return 0;
-    c->in = malloc(len);
-    if (c->in == NULL)
-        return -1;
-    memcpy(c->in, buf, len);
-    c->in_len = c->in_cap = len;
-    return 0;
 }
 
 /* Make room for `want` more bytes in the inbox (0, or -1: no memory). */
@@ -489,7 +478,8 @@ static int split_input(te_pump *p, te_pump_conn *c, size_t start, int more) {
         c->pending = TE_PUMP_ENDED;
         more = 1;
     }
-    if (keep_exact(c, run + pos, len - pos) != 0)
+    /* Kept at its size: the next service copies it into the inbox. */
+    if (set_input_room(c, run + pos, len - pos, 0) != 0)
         goto no_memory;
     p->inbox_len = start + pos; /* the rest is in `in` now */
     p->last_count = count;
