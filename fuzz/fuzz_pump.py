@@ -172,6 +172,17 @@ def drain(sock: socket.socket) -> bytes:
     return bytes(data)
 
 
+def socket_pair(server_sndbuf: int, client_sndbuf: int) -> tuple[socket.socket, socket.socket]:
+    """A non-blocking socket pair, the server's end first, each end with
+    the send buffer given (0: the kernel's)."""
+    server, client = socket.socketpair()
+    for sock, size in ((server, server_sndbuf), (client, client_sndbuf)):
+        if size:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        sock.setblocking(False)
+    return server, client
+
+
 class Side:
     """One served connection over a socket pair: the server's end in an
     epoll set, the client's driven by the harness.  ``parked``: the hub
@@ -179,14 +190,7 @@ class Side:
 
     def __init__(self, params: Params) -> None:
         self.params = params
-        self.server, self.client = socket.socketpair()
-        for sock, size in (
-            (self.server, params.server_sndbuf),
-            (self.client, params.client_sndbuf),
-        ):
-            if size:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
-            sock.setblocking(False)
+        self.server, self.client = socket_pair(params.server_sndbuf, params.client_sndbuf)
         self.fd = self.server.fileno()
         self.epoll = select.epoll()
         self.epoll.register(self.fd, REGISTER)
@@ -814,14 +818,7 @@ class ReadConn:
         self.reply_mode = reply
         self.chunks = chunks
         self.ending_kind = ending
-        self.server, self.client = socket.socketpair()
-        for sock, size in (
-            (self.server, params.server_sndbuf),
-            (self.client, params.client_sndbuf),
-        ):
-            if size:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
-            sock.setblocking(False)
+        self.server, self.client = socket_pair(params.server_sndbuf, params.client_sndbuf)
         self.fd = self.server.fileno()
         self.epoll = epoll
         epoll.register(self.fd, REGISTER)

@@ -61,6 +61,7 @@ from trioecho.reasons import CloseReason
 from trioecho.services._pyecho import STOP, TOO_LONG
 from trioecho.services.echo_session import REPLY_SUFFIX, EchoSession
 from trioecho.stream.message_stream import MessageStream, receive_size_for
+from trioecho.stream.session import Session
 
 H = REPLY_SUFFIX
 BUFFER = 4096  # SO_SNDBUF / SO_RCVBUF asked for (the kernel doubles it)
@@ -444,9 +445,9 @@ async def read_replies(
         inbox.end()
 
 
-async def serve_session(stream: MessageStream, session: EchoSession, out: dict[str, Any]) -> None:
-    """The echo handler's life after its greeting: run the session, then
-    the server's lossless close; what it ended with and its counters in ``out``."""
+async def serve_session(stream: MessageStream, session: Session, out: dict[str, Any]) -> None:
+    """A handler's life after its greeting: run its session, then the
+    server's lossless close; what it ended with and its counters in ``out``."""
     try:
         output = await stream.run_session(session)
     except Exception as exc:

@@ -44,7 +44,6 @@ import trio.testing
 from support.helpers import running
 from test_pump import (
     BUFFER,
-    LINGER,
     PUMP_LIB,
     REGISTER,
     RUN_LIMIT,
@@ -55,6 +54,7 @@ from test_pump import (
     make_hub,
     read_replies,
     received,
+    serve_session,
     serving,
     split_writes,
     tcp_pair,
@@ -361,22 +361,9 @@ def server_stream(connection: trio.SocketStream, case: Case, readiness: Readines
 
 
 async def serve_respond(stream: MessageStream, out: dict[str, Any]) -> None:
-    """A respond handler's life: run its session, then the lossless close;
-    its ending and counters in ``out``."""
-    try:
-        output = await stream.run_session(respond_session(stream.framer))
-    except Exception as exc:
-        out["ending"] = ("raised", type(exc).__name__, str(exc))
-    else:
-        out["ending"] = ("returned", None if output is None else output.stopped)
-    out["close_reason"] = stream.close_reason
-    await stream.close_gracefully(LINGER)
-    out["counters"] = (
-        stream.messages_received,
-        stream.messages_sent,
-        stream.bytes_received,
-        stream.bytes_sent,
-    )
+    """A respond handler's life: its session, then the lossless close; its
+    ending and counters in ``out`` (see test_pump.serve_session)."""
+    await serve_session(stream, respond_session(stream.framer), out)
 
 
 @contextmanager

@@ -235,11 +235,10 @@ class _StreamFramer:
         which are the pump's until :meth:`restore_forwarding`; None where
         the pump cannot forward for this framer (a Python scanner, or not
         forwarding now)."""
-        scanner = self._scanner
-        if getattr(scanner, "address", None) is None or not self._forwards or self._broken:
+        scanner = self._pump_scanner()
+        if scanner is None:
             return None
-        held, self._buffer = bytes(self._buffer), bytearray()
-        return scanner, self._due, held
+        return scanner, self._due, self._take_held()
 
     def splitting_state(self) -> tuple[object, bytes] | None:
         """Hand the splitting to the C pump (:mod:`trioecho.io.pump`), which
@@ -249,17 +248,27 @@ class _StreamFramer:
         pump's until :meth:`restore_splitting`.  None where the pump cannot
         split for this framer (a Python scanner, a line framer, a framer
         broken or forwarding)."""
-        scanner = self._scanner
-        if getattr(scanner, "address", None) is None or not self._forwards:
+        scanner = self._pump_scanner()
+        if scanner is None or self._due:
             return None
-        if self._broken is not None or self._due:
-            return None
-        held, self._buffer = bytes(self._buffer), bytearray()
-        return scanner, held
+        return scanner, self._take_held()
 
     def restore_splitting(self, held: bytes) -> None:
         """Take back the unfinished frame from the C pump."""
-        self._buffer = bytearray(held)
+        self.restore_forwarding(0, held)
+
+    def _pump_scanner(self) -> object | None:
+        """The C length scanner the pump may use for this framer now (one
+        that can forward, not broken), or None."""
+        scanner = self._scanner
+        if getattr(scanner, "address", None) is None or not self._forwards or self._broken:
+            return None
+        return scanner
+
+    def _take_held(self) -> bytes:
+        """The bytes held (an unfinished frame or header), handed over."""
+        held, self._buffer = bytes(self._buffer), bytearray()
+        return held
 
     def restore_forwarding(self, due: int, held: bytes) -> None:
         """Take back the forwarding state from the C pump."""

@@ -349,7 +349,7 @@ class Pump:
                 self.items = []
             return
         start = lib.te_pump_inbox(pump, self._inbox_len)
-        inbox = ffi.buffer(start, self._inbox_len[0])[:]
+        inbox = ffi.buffer(start, self._inbox_len[0])  # each slice copies its item out
         flat = ffi.unpack(bounds, 2 * count)
         self.items = [inbox[flat[i] : flat[i + 1]] for i in range(0, 2 * count, 2)]
 

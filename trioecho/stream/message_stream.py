@@ -558,12 +558,9 @@ class MessageStream(trio.abc.AsyncResource):
         finally:
             session.put_input(conn.take_input())
             run.take_pumped_counts()
-        if outcome == SHORT_SEND:
-            rest, _ = conn.take_unsent()  # its replies were counted
-            await self.send_framed(rest, 0)
-        elif outcome == END_OF_INPUT:
-            run.step(b"")  # the session's end of input, as the task path takes it
-        elif outcome == ENDED:
+        if await self._after_pumped(run, conn, outcome):
+            return
+        if outcome == ENDED:
             rest, replies = conn.take_unsent()
             status, length = conn.ending
             run.end(session.end_pumped(status, length, replies), rest, replies)
@@ -583,17 +580,29 @@ class MessageStream(trio.abc.AsyncResource):
         finally:
             run.take_pumped_counts()
             run.restore_splitting()
-        if outcome == SHORT_SEND:
-            rest, _ = conn.take_unsent()  # its replies were counted
-            await self.send_framed(rest, 0)
-        elif outcome == END_OF_INPUT:
-            run.step(b"")  # the session's end of input, as the task path takes it
-        elif outcome == ENDED:
+        if await self._after_pumped(run, conn, outcome):
+            return
+        if outcome == ENDED:
             # A bad header the pump would not split past: the framer, given
             # the bytes from it on back, raises its own error for them.
             wire = run.rescan()
             if wire:
                 await self.send_framed(wire, 0)
+
+    async def _after_pumped(
+        self, run: _SessionRun, conn: PumpedConnection, outcome: int | None
+    ) -> bool:
+        """The hand-backs both pumped paths take alike: send the rest of a
+        short send (its replies were counted), or give the session the end
+        of its input, as the task path does.  Whether it was one of them."""
+        if outcome == SHORT_SEND:
+            rest, _ = conn.take_unsent()
+            await self.send_framed(rest, 0)
+            return True
+        if outcome == END_OF_INPUT:
+            run.step(b"")
+            return True
+        return False
 
     def sync_counters(self) -> None:
         """Bring in the counts the C pump keeps for a connection it serves
