@@ -49,6 +49,7 @@ from trioecho.io.keepalive import KeepAlive
 from trioecho.io.transport import Transport
 from trioecho.reasons import CloseReason
 from trioecho.server.accept import ProxyProtocolConfig
+from trioecho.server.config import ServerConfig
 from trioecho.server.handler import BaseRequestHandler
 from trioecho.server.server import MessageServer
 from trioecho.services.echo_session import EchoOutput, EchoSession
@@ -91,6 +92,7 @@ __all__ = [
     "RawFramer",
     "RelayError",
     "RespondSession",
+    "ServerConfig",
     "Session",
     "SessionOutput",
     "SinkError",

@@ -67,13 +67,6 @@ import trio
 if sys.version_info < (3, 11):  # pragma: no cover - trio installs the backport there
     from exceptiongroup import BaseExceptionGroup, ExceptionGroup
 
-from trioecho.arguments import (
-    check_count,
-    check_listen_host,
-    check_port,
-    check_rate,
-    check_timeout,
-)
 from trioecho.errors import (
     ConnectionClosedError,
     FramingError,
@@ -85,16 +78,25 @@ from trioecho.errors import (
     SlowReaderError,
     TLSHandshakeError,
 )
-from trioecho.framing.config import FramingConfig, framing_config
+from trioecho.framing.config import FramingConfig
 from trioecho.io import memory as _memory
 from trioecho.io.budget import MemoryBudget, memory_budget_of
-from trioecho.io.keepalive import DEFAULT_KEEPALIVE, KeepAlive, apply_keepalive, keepalive_of
+from trioecho.io.keepalive import DEFAULT_KEEPALIVE, KeepAlive, apply_keepalive
 from trioecho.io.opening import open_transport
 from trioecho.io.readiness import Readiness, resolve_readiness
-from trioecho.io.tls import check_server_context
 from trioecho.logtext import escape_for_log, format_address, format_listen_address
 from trioecho.reasons import CLOSE_REASONS, CloseReason, counted_as
 from trioecho.server.accept import DEFAULT_HANDSHAKE_TIMEOUT, ProxyProtocolConfig, open_connection
+from trioecho.server.config import (
+    DEFAULT_GRACE,
+    DEFAULT_HOST,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MIN_SEND_RATE,
+    DEFAULT_PORT,
+    DEFAULT_SEND_TIMEOUT,
+    ServerConfig,
+)
 from trioecho.server.handler import BaseRequestHandler, Handler, check_handler
 from trioecho.server.listeners import (
     DEFAULT_UNIX_MODE,
@@ -127,15 +129,6 @@ logger = logging.getLogger("trioecho.server")
 connection_logger = logging.getLogger("trioecho.connections")
 access_logger = logging.getLogger("trioecho.access")
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 9999
-DEFAULT_MAX_CONNECTIONS = 1000
-DEFAULT_IDLE_TIMEOUT = 300.0  # seconds without a complete message
-DEFAULT_SEND_TIMEOUT = 30.0  # seconds a send may wait with no progress on a peer not reading
-# Bytes a second a waiting send must average past send_timeout: stops a
-# trickling reader, never a real slow link (a 9.6 kbit/s modem is 1,200).
-DEFAULT_MIN_SEND_RATE = 1024.0
-DEFAULT_GRACE = 5.0  # seconds handlers get to finish on shutdown
 # Closing a socket with unread input makes the kernel send a reset, which can
 # destroy replies still in flight.  So a connection is closed by sending FIN,
 # then reading and discarding what the peer still sends until its end, while
@@ -243,37 +236,60 @@ class MessageServer:
         unix_mode: int = DEFAULT_UNIX_MODE,
     ) -> None:
         self.handler = check_handler(handler)
-        if unix_path is not None:
-            if not isinstance(unix_path, str) or not unix_path:
-                raise TypeError(f"unix_path must be a non-empty str, not {unix_path!r}")
-            if reuse_port:
-                raise ValueError("reuse_port is for TCP ports, not unix_path")
-        if not isinstance(unix_mode, int) or not 0 <= unix_mode <= 0o777:
-            raise ValueError(f"unix_mode must be a file mode from 0 to 0o777, not {unix_mode!r}")
-        self.unix_path = unix_path
-        self.unix_mode = unix_mode
-        self.host = check_listen_host(host)
-        self._port = check_port(port)
-        self.framing = framing_config(framing)
-        self.max_connections = check_count(max_connections, "max_connections", 1)
-        self.idle_timeout = check_timeout(idle_timeout, "idle_timeout")
-        self.send_timeout = check_timeout(send_timeout, "send_timeout")
-        self.min_send_rate = check_rate(min_send_rate, "min_send_rate")
-        self.keepalive = keepalive_of(keepalive)
-        self.handshake_timeout = check_timeout(handshake_timeout, "handshake_timeout")
-        if not isinstance(grace, int | float) or isinstance(grace, bool) or not grace >= 0:
-            raise ValueError(f"grace must be a number of seconds, at least 0, not {grace!r}")
-        self.grace = float(grace)
-        self.backlog = None if backlog is None else check_count(backlog, "backlog", 1)
-        self.reuse_port = reuse_port
-        if proxy_protocol is not None and not isinstance(proxy_protocol, ProxyProtocolConfig):
-            raise TypeError(
-                f"proxy_protocol must be a ProxyProtocolConfig or None, not {proxy_protocol!r}"
+        self._configure(
+            ServerConfig(
+                host=host,
+                port=port,
+                framing=framing,
+                max_connections=max_connections,
+                idle_timeout=idle_timeout,
+                send_timeout=send_timeout,
+                min_send_rate=min_send_rate,
+                keepalive=keepalive,
+                grace=grace,
+                backlog=backlog,
+                reuse_port=reuse_port,
+                proxy_protocol=proxy_protocol,
+                ssl_context=ssl_context,
+                handshake_timeout=handshake_timeout,
+                memory_budget=memory_budget,
+                readiness=readiness,
+                unix_path=unix_path,
+                unix_mode=unix_mode,
             )
-        self.proxy_protocol = proxy_protocol
-        self.ssl_context = check_server_context(ssl_context)
-        self.budget = memory_budget_of(memory_budget)
-        self.readiness = resolve_readiness(readiness)
+        )
+
+    @classmethod
+    def from_config(cls, handler: Handler, config: ServerConfig) -> MessageServer:
+        """A server for ``handler`` with the settings of ``config``."""
+        if not isinstance(config, ServerConfig):
+            raise TypeError(f"config must be a ServerConfig, not {type(config).__name__}")
+        self = cls.__new__(cls)
+        self.handler = check_handler(handler)
+        self._configure(config)
+        return self
+
+    def _configure(self, config: ServerConfig) -> None:
+        """Take the settings of ``config`` and set up the server's state."""
+        self.config = config
+        self.unix_path = config.unix_path
+        self.unix_mode = config.unix_mode
+        self.host = config.host
+        self._port = config.port
+        self.framing = config.framing_config
+        self.max_connections = config.max_connections
+        self.idle_timeout = config.idle_timeout
+        self.send_timeout = config.send_timeout
+        self.min_send_rate = config.min_send_rate
+        self.keepalive = cast(KeepAlive | None, config.keepalive)
+        self.handshake_timeout = config.handshake_timeout
+        self.grace = config.grace  # lowered by shutdown(grace=)
+        self.backlog = config.backlog
+        self.reuse_port = config.reuse_port
+        self.proxy_protocol = config.proxy_protocol
+        self.ssl_context = config.ssl_context  # replaced on a reload (SIGHUP)
+        self.budget = memory_budget_of(config.memory_budget)
+        self.readiness = resolve_readiness(config.readiness)
         self.listeners: list[trio.SocketListener] = []
         self._addresses: list[Any] = []  # the listeners', kept after they close
         self.connections_served = 0

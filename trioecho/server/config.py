@@ -1,0 +1,162 @@
+"""A server's configuration: :class:`ServerConfig`, every setting of a
+:class:`~trioecho.server.server.MessageServer` with its default, its check
+and its meaning, in one frozen value.
+
+``MessageServer(handler, **settings)`` builds one from its keywords;
+``MessageServer.from_config(handler, config)`` takes one made elsewhere
+(the command line maps its flags onto it once).  A configuration without
+an ``ssl_context`` pickles, so a supervisor can hand it to its workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ssl
+
+from trioecho.arguments import (
+    check_count,
+    check_listen_host,
+    check_port,
+    check_rate,
+    check_timeout,
+)
+from trioecho.framing.config import FramingConfig, framing_config
+from trioecho.io.budget import MemoryBudget, memory_budget_of
+from trioecho.io.keepalive import DEFAULT_KEEPALIVE, KeepAlive, keepalive_of
+from trioecho.io.readiness import Readiness, resolve_readiness
+from trioecho.io.tls import check_server_context
+from trioecho.server.accept import DEFAULT_HANDSHAKE_TIMEOUT, ProxyProtocolConfig
+from trioecho.server.listeners import DEFAULT_UNIX_MODE
+
+__all__ = [
+    "DEFAULT_GRACE",
+    "DEFAULT_HOST",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MIN_SEND_RATE",
+    "DEFAULT_PORT",
+    "DEFAULT_SEND_TIMEOUT",
+    "ServerConfig",
+]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9999
+DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_IDLE_TIMEOUT = 300.0  # seconds without a complete message
+DEFAULT_SEND_TIMEOUT = 30.0  # seconds a send may wait with no progress on a peer not reading
+# Bytes a second a waiting send must average past send_timeout: stops a
+# trickling reader, never a real slow link (a 9.6 kbit/s modem is 1,200).
+DEFAULT_MIN_SEND_RATE = 1024.0
+DEFAULT_GRACE = 5.0  # seconds handlers get to finish on shutdown
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """Every setting of a :class:`~trioecho.server.server.MessageServer`.
+
+    Each field is checked where the configuration is made, with the same
+    errors ``MessageServer`` raises for the same keyword: ``TypeError`` for
+    a value of the wrong type, ``ValueError`` for one out of range.  Values
+    given in a convenient form are stored in their checked one: a framing
+    name as its :class:`FramingConfig`, a keepalive string as its
+    :class:`KeepAlive`, the host ``""`` as None.  ``memory_budget`` and
+    ``readiness`` keep None until a server is built from the configuration:
+    each server then gets a budget of its own (a :class:`MemoryBudget` given
+    here is shared by every server built from this configuration) and reads
+    ``$TRIOECHO_READINESS``.
+    """
+
+    host: str | None = DEFAULT_HOST
+    """Where to listen: an address or a name; None (or ``""``) for every interface."""
+    port: int = DEFAULT_PORT
+    """The TCP port; 0 for a free one (the server's ``port`` says which)."""
+    framing: FramingConfig | str | None = None
+    """How messages are cut: a :class:`FramingConfig`, or a framing name
+    (stored as its configuration); None for lines."""
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    """Connections at once; at the limit the server stops accepting."""
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
+    """Seconds a connection may go without a complete message; None: no limit."""
+    send_timeout: float | None = DEFAULT_SEND_TIMEOUT
+    """Seconds a send may wait with no progress on a peer that does not read."""
+    min_send_rate: float | None = DEFAULT_MIN_SEND_RATE
+    """Bytes a second a waiting send must average once past ``send_timeout``."""
+    keepalive: KeepAlive | str | None = DEFAULT_KEEPALIVE
+    """TCP keepalive for accepted connections (``"IDLE:INTERVAL:COUNT"``
+    accepted); None: off."""
+    grace: float = DEFAULT_GRACE
+    """Seconds connections get to finish on shutdown."""
+    backlog: int | None = None
+    """The listening sockets' accept queue; None: Trio's default."""
+    reuse_port: bool = False
+    """``SO_REUSEPORT`` on the listening sockets (TCP only, not ``unix_path``)."""
+    proxy_protocol: ProxyProtocolConfig | None = None
+    """Read a PROXY protocol header before the connection is served."""
+    ssl_context: ssl.SSLContext | None = None
+    """Serve TLS with this server-side context (a configuration with one
+    does not pickle)."""
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT
+    """Seconds a TLS handshake (or a PROXY header) may take."""
+    memory_budget: MemoryBudget | int | None = None
+    """Bytes all connections may buffer at once: a byte count, a
+    :class:`MemoryBudget` shared with other servers, or None for the default."""
+    readiness: Readiness | None = None
+    """How plain TCP connections wait: ``"hub"``, ``"trio"``, or None for
+    ``$TRIOECHO_READINESS`` (default ``"hub"``) when a server is built."""
+    unix_path: str | None = None
+    """Listen on a unix socket at this path instead of ``host:port``."""
+    unix_mode: int = DEFAULT_UNIX_MODE
+    """The unix socket file's mode."""
+
+    def __post_init__(self) -> None:
+        # Checked in this order, which decides the error when several
+        # settings are wrong at once (tests pin it).
+        unix_path = self.unix_path
+        if unix_path is not None:
+            if not isinstance(unix_path, str) or not unix_path:
+                raise TypeError(f"unix_path must be a non-empty str, not {unix_path!r}")
+            if self.reuse_port:
+                raise ValueError("reuse_port is for TCP ports, not unix_path")
+        unix_mode = self.unix_mode
+        if not isinstance(unix_mode, int) or not 0 <= unix_mode <= 0o777:
+            raise ValueError(f"unix_mode must be a file mode from 0 to 0o777, not {unix_mode!r}")
+        self._store("host", check_listen_host(self.host))
+        check_port(self.port)
+        self._store("framing", framing_config(self.framing))
+        check_count(self.max_connections, "max_connections", 1)
+        check_timeout(self.idle_timeout, "idle_timeout")
+        check_timeout(self.send_timeout, "send_timeout")
+        check_rate(self.min_send_rate, "min_send_rate")
+        self._store("keepalive", keepalive_of(self.keepalive))
+        check_timeout(self.handshake_timeout, "handshake_timeout")
+        grace = self.grace
+        if not isinstance(grace, int | float) or isinstance(grace, bool) or not grace >= 0:
+            raise ValueError(f"grace must be a number of seconds, at least 0, not {grace!r}")
+        self._store("grace", float(grace))
+        if self.backlog is not None:
+            check_count(self.backlog, "backlog", 1)
+        proxy_protocol = self.proxy_protocol
+        if proxy_protocol is not None and not isinstance(proxy_protocol, ProxyProtocolConfig):
+            raise TypeError(
+                f"proxy_protocol must be a ProxyProtocolConfig or None, not {proxy_protocol!r}"
+            )
+        check_server_context(self.ssl_context)
+        if self.memory_budget is not None:
+            memory_budget_of(self.memory_budget)  # checked; each server builds its own
+        if self.readiness is not None:
+            resolve_readiness(self.readiness)
+
+    def _store(self, name: str, value: object) -> None:
+        """Keep a field's checked form (the dataclass is frozen)."""
+        object.__setattr__(self, name, value)
+
+    @property
+    def framing_config(self) -> FramingConfig:
+        """:attr:`framing`, as the :class:`FramingConfig` it is stored as."""
+        framing = self.framing
+        assert isinstance(framing, FramingConfig)
+        return framing
+
+    def replace(self, **changes: object) -> ServerConfig:
+        """A copy with ``changes``, checked again."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
