@@ -1,4 +1,5 @@
-"""ServerConfig: every MessageServer setting in one checked, frozen value."""
+"""ServerConfig and RelayConfig: every setting of a server or a relay in one
+checked, frozen value."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import pickle
 
 import pytest
 
-from trioecho import FramingConfig, KeepAlive, MessageServer, ServerConfig
+from trioecho import FramingConfig, KeepAlive, MessageServer, RelayConfig, ServerConfig
 from trioecho.services.echo import EchoHandler
+from trioecho.services.relay import relay_server, relay_server_from_config
 
 
 def test_the_config_has_exactly_the_servers_keywords_with_the_same_defaults() -> None:
@@ -78,3 +80,50 @@ def test_a_server_from_a_config_has_its_settings_and_a_budget_of_its_own() -> No
     assert first.budget is not second.budget and first.budget.limit == 1 << 20
     with pytest.raises(TypeError, match="config must be a ServerConfig, not dict"):
         MessageServer.from_config(EchoHandler, {"port": 0})  # type: ignore[arg-type]
+
+
+def test_a_relay_config_keeps_its_checked_forms_and_serves_its_listener() -> None:
+    listener = ServerConfig(port=0, max_connections=7)
+    config = RelayConfig("127.0.0.1:5432", "len", "len", keepalive=None, listener=listener)
+    assert config.upstream == ("127.0.0.1", 5432)
+    assert config.client_framing == FramingConfig("len")
+    listening = config.listening
+    assert (listening.max_connections, listening.idle_timeout, listening.keepalive) == (
+        7,
+        None,
+        None,
+    )
+    assert listening.send_timeout == config.send_timeout
+    server = relay_server_from_config(config)
+    assert server.config == listening and server.framing == FramingConfig("len")
+    assert pickle.loads(pickle.dumps(config)) == config
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "message"),
+    [
+        ({"connect_timeout": -1}, ValueError, "connect_timeout must be"),
+        ({"half_close": 1}, TypeError, "half_close must be True or False, not 1"),
+        (
+            {"answer": bytes, "answer_factory": bytes},
+            ValueError,
+            "give answer or answer_factory, not both",
+        ),
+    ],
+)
+def test_the_relay_config_refuses_what_relay_server_refuses(
+    settings: dict[str, object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error) as from_config:
+        RelayConfig("127.0.0.1:5432", "len", "len", **settings)  # type: ignore[arg-type]
+    with pytest.raises(error) as from_keywords:
+        relay_server("127.0.0.1:5432", client_framing="len", server_framing="len", **settings)  # type: ignore[arg-type]
+    assert str(from_config.value) == str(from_keywords.value)
+    assert str(from_config.value).startswith(message)
+
+
+def test_the_relays_own_listener_settings_are_refused_where_they_would_be_lost() -> None:
+    with pytest.raises(ValueError, match=r"listener\.idle_timeout is the relay's own setting"):
+        RelayConfig("127.0.0.1:5432", "len", "len", listener=ServerConfig(idle_timeout=5))
+    with pytest.raises(TypeError, match="relay_server\\(\\) sets framing itself"):
+        relay_server("127.0.0.1:5432", client_framing="len", server_framing="len", framing="line")

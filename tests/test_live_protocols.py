@@ -23,7 +23,8 @@ from support.serverproc import server_process
 
 from trioecho.framing import presets
 from trioecho.framing.config import FramingConfig
-from trioecho.services.relay import Answer, Direction, relay_server
+from trioecho.services.relay import relay_server
+from trioecho.services.relay_config import Answer, Direction
 
 # Message types of PostgreSQL's protocol 3.0 (the "Message Formats" chapter).
 FRONTEND_TYPES = set(b"BCcdDEfFHPpQSX")

@@ -81,7 +81,8 @@ from trioecho.io.pump import (
     PumpedConnection,
 )
 from trioecho.server.server import DEFAULT_MIN_SEND_RATE
-from trioecho.services.relay import DEFAULT_RELAY_SEND_TIMEOUT, RELAY_READ_SIZE
+from trioecho.services.relay import RELAY_READ_SIZE
+from trioecho.services.relay_config import DEFAULT_RELAY_SEND_TIMEOUT
 from trioecho.stream.message_stream import MessageStream
 
 BUFFER = 4096  # SO_SNDBUF / SO_RCVBUF of every socket (the kernel doubles it)

@@ -17,7 +17,8 @@ import trio.testing
 from trioecho import FramingConfig
 from trioecho.framing import presets
 from trioecho.logtext import format_address
-from trioecho.services.relay import Direction, relay_server
+from trioecho.services.relay import relay_server
+from trioecho.services.relay_config import Direction
 
 TYPED = FramingConfig("len", length_offset=1, length_adjustment=-4, include_header=True)
 

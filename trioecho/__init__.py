@@ -53,6 +53,7 @@ from trioecho.server.config import ServerConfig
 from trioecho.server.handler import BaseRequestHandler
 from trioecho.server.server import MessageServer
 from trioecho.services.echo_session import EchoOutput, EchoSession
+from trioecho.services.relay_config import RelayConfig
 from trioecho.stream.connect import open_message_stream, open_unix_message_stream
 from trioecho.stream.message_stream import MessageStream
 from trioecho.stream.session import RespondSession, Session, SessionOutput
@@ -90,6 +91,7 @@ __all__ = [
     "ProxyProtocolConfig",
     "ProxyProtocolError",
     "RawFramer",
+    "RelayConfig",
     "RelayError",
     "RespondSession",
     "ServerConfig",

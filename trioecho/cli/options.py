@@ -44,7 +44,7 @@ from trioecho.services.echo import (
     GenericEchoHandler,
     RespondEchoHandler,
 )
-from trioecho.services.relay import (
+from trioecho.services.relay_config import (
     DEFAULT_RELAY_FIN_TIMEOUT,
     DEFAULT_RELAY_IDLE_TIMEOUT,
     DEFAULT_RELAY_SEND_TIMEOUT,

@@ -50,16 +50,14 @@ import os
 import socket
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Literal
+from typing import Any, cast
 
 import trio
 
 from trioecho.arguments import (
-    check_rate,
     check_timeout,
     is_loopback_host,
     may_be_the_same_listener,
-    parse_address,
 )
 from trioecho.errors import (
     FramingError,
@@ -75,43 +73,33 @@ from trioecho.framing.base import Framer, can_forward, drops_too_long
 from trioecho.framing.config import FramingConfig, framing_config
 from trioecho.framing.phased import PhasedFramer
 from trioecho.framing.presets import FinalAnswer
-from trioecho.io.keepalive import DEFAULT_KEEPALIVE, KeepAlive, apply_keepalive, keepalive_of
+from trioecho.io.keepalive import DEFAULT_KEEPALIVE, KeepAlive, apply_keepalive
 from trioecho.logtext import format_address
 from trioecho.reasons import CloseReason
-from trioecho.server.server import DEFAULT_MIN_SEND_RATE, MessageServer, close_reason_of
+from trioecho.server.config import DEFAULT_MIN_SEND_RATE, ServerConfig
+from trioecho.server.server import MessageServer, close_reason_of
+from trioecho.services.relay_config import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_RELAY_FIN_TIMEOUT,
+    DEFAULT_RELAY_IDLE_TIMEOUT,
+    DEFAULT_RELAY_SEND_TIMEOUT,
+    RELAY_OWNED_SETTINGS,
+    Answer,
+    Direction,
+    FrameHook,
+    Refusal,
+    RelayConfig,
+)
 from trioecho.stream.message_stream import MessageStream
 
-__all__ = [
-    "DEFAULT_RELAY_FIN_TIMEOUT",
-    "DEFAULT_RELAY_IDLE_TIMEOUT",
-    "DEFAULT_RELAY_SEND_TIMEOUT",
-    "Answer",
-    "FrameHook",
-    "Refusal",
-    "relay",
-    "relay_server",
-]
+# The settings' types and defaults live in relay_config (imported here too).
+__all__ = ["relay", "relay_server", "relay_server_from_config"]
 
 logger = logging.getLogger("trioecho.relay")
 
-Direction = Literal["up", "down"]
-FrameHook = Callable[[Direction, bytes], None]
-Answer = Callable[[bytes], bytes | None]
-# What to tell the client before the relay closes a pair: given the way of
-# the side at fault ("up": the client's, "down": the upstream's) and the
-# error (a refused frame's FramingError, an IdleTimeoutError, a
-# SlowReaderError), bytes to send it, or None.
-Refusal = Callable[[Direction, Exception], bytes | None]
-DEFAULT_CONNECT_TIMEOUT = 10.0
 # Bytes a pump reads at a time from either side: what it holds while the
 # other side is slow to take them (a frame longer than this streams through).
 RELAY_READ_SIZE = 16 * 1024
-DEFAULT_RELAY_IDLE_TIMEOUT = 3600.0
-DEFAULT_RELAY_SEND_TIMEOUT = 60.0
-# Once one side has ended, how long the other may move no bytes before both
-# close (HAProxy's timeout client-fin/server-fin): short, since a side that
-# has said its last word ties up a slot, but bytes still moving restart it.
-DEFAULT_RELAY_FIN_TIMEOUT = 30.0
 # Seconds the client is given to take what the relay tells it before closing.
 _TELL_WAIT = 5.0
 
@@ -676,43 +664,60 @@ def relay_server(
     An upstream that is the relay's own address is refused here
     (``ValueError``) when the addresses say so, and otherwise detected at the
     first connection, which is closed: a relay never relays to itself."""
-    address = parse_address(upstream, "upstream")
-    client_framing = framing_config(client_framing, "client_framing")
-    server_framing = framing_config(server_framing, "server_framing")
-    timeout = check_timeout(connect_timeout, "connect_timeout", zero=True)
-    if answer is not None and answer_factory is not None:
-        raise ValueError("give answer or answer_factory, not both")
-    policy = _RelayPolicy(
-        upstream=address,
-        client_framing=client_framing,
-        server_framing=server_framing,
+    config = RelayConfig(
+        upstream,
+        client_framing,
+        server_framing,
         on_frame=on_frame,
         answer=answer,
         answer_factory=answer_factory,
         refusal=refusal,
-        connect_timeout=math.inf if timeout is None else timeout,
-        idle_timeout=check_timeout(idle_timeout, "idle_timeout"),
-        send_timeout=check_timeout(send_timeout, "send_timeout"),
-        min_send_rate=check_rate(min_send_rate, "min_send_rate"),
-        fin_timeout=check_timeout(fin_timeout, "fin_timeout"),
-        half_close=_check_bool(half_close, "half_close"),
+        connect_timeout=connect_timeout,
+        idle_timeout=idle_timeout,
+        send_timeout=send_timeout,
+        min_send_rate=min_send_rate,
+        fin_timeout=fin_timeout,
+        half_close=half_close,
+        keepalive=keepalive,
+    )
+    owned = [name for name in RELAY_OWNED_SETTINGS if name in options]
+    if owned:
+        raise TypeError(
+            f"relay_server() sets {owned[0]} itself, from its own settings "
+            "(client_framing, idle_timeout, send_timeout, min_send_rate, keepalive)"
+        )
+    if options:
+        config = dataclasses.replace(config, listener=ServerConfig(**options))
+    return relay_server_from_config(config)
+
+
+def relay_server_from_config(config: RelayConfig) -> MessageServer:
+    """:func:`relay_server` with the settings of ``config``."""
+    if not isinstance(config, RelayConfig):
+        raise TypeError(f"config must be a RelayConfig, not {type(config).__name__}")
+    upstream = cast(tuple[str, int], config.upstream)
+    connect_timeout = check_timeout(config.connect_timeout, "connect_timeout", zero=True)
+    policy = _RelayPolicy(
+        upstream=upstream,
+        client_framing=cast(FramingConfig, config.client_framing),
+        server_framing=cast(FramingConfig, config.server_framing),
+        on_frame=config.on_frame,
+        answer=config.answer,
+        answer_factory=config.answer_factory,
+        refusal=config.refusal,
+        connect_timeout=math.inf if connect_timeout is None else connect_timeout,
+        idle_timeout=config.idle_timeout,
+        send_timeout=config.send_timeout,
+        min_send_rate=config.min_send_rate,
+        fin_timeout=config.fin_timeout,
+        half_close=config.half_close,
         own=_OwnConnections(),
-        keepalive=keepalive_of(keepalive),
+        keepalive=cast(KeepAlive | None, config.keepalive),
     )
-    # The pair's idle timeout is the relay's own (a client waiting for a
-    # long query is not idle); each stream's send timeout is send_timeout.
-    server = MessageServer(
-        partial(_relay_connection, policy),
-        framing=client_framing,
-        idle_timeout=None,
-        send_timeout=policy.send_timeout,
-        min_send_rate=policy.min_send_rate,
-        keepalive=policy.keepalive,
-        **options,
-    )
-    if may_be_the_same_listener(address, server.host, server.port):
+    server = MessageServer.from_config(partial(_relay_connection, policy), config.listening)
+    if may_be_the_same_listener(upstream, server.host, server.port):
         raise ValueError(
-            f"upstream {format_address(address)} is the relay's own address "
+            f"upstream {format_address(upstream)} is the relay's own address "
             f"({server.host or 'every interface'}, port {server.port}): it would relay to "
             "itself; give the relay another port"
         )
