@@ -16,11 +16,10 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from trioecho.cli.options import ECHO_HANDLERS, PRESETS, resolve_relay_timeouts
+from trioecho.cli.configs import relay_config_from_args, server_config_from_args
+from trioecho.cli.options import ECHO_HANDLERS
 from trioecho.cli.tuning import fit_fd_limit, tune_gc
-from trioecho.framing import presets
 from trioecho.framing.config import FramingConfig
-from trioecho.io.budget import MemoryBudget
 from trioecho.io.tls import server_context
 from trioecho.logtext import format_address, format_listen_address
 from trioecho.server.accept import (
@@ -28,7 +27,7 @@ from trioecho.server.accept import (
 )
 from trioecho.server.listeners import adopt_listening_socket, socket_listeners
 from trioecho.server.server import MessageServer
-from trioecho.services.relay import relay_server
+from trioecho.services.relay import relay_server_from_config
 from trioecho.workers.link import HEARTBEAT_INTERVAL, WorkerLink, start_orphan_watchdog
 from trioecho.workers.systemd import Notifier
 
@@ -69,67 +68,19 @@ async def serve_echo(
     ``args.listen_fds``), else where the options say."""
     fit_fd_limit(args.max_connections)
     tune_gc()
-    server = MessageServer(
-        ECHO_HANDLERS[args.handler],
-        host=args.host,
-        port=args.port,
-        framing=framing,
-        max_connections=args.max_connections,
-        idle_timeout=args.idle_timeout,
-        send_timeout=args.send_timeout,
-        min_send_rate=args.min_send_rate,
-        keepalive=args.keepalive,
-        grace=args.grace,
-        proxy_protocol=proxy,
-        ssl_context=ssl_context,
-        handshake_timeout=args.tls_handshake_timeout,
-        reuse_port=args.worker_index is not None and not getattr(args, "listen_fds", None),
-        backlog=args.backlog,
-        unix_path=args.uds,
-        unix_mode=args.uds_mode,
-        memory_budget=MemoryBudget(args.memory_budget << 20),
-        readiness=args.readiness,
-    )
+    listen_fds = getattr(args, "listen_fds", None)
+    reuse_port = args.worker_index is not None and not listen_fds
+    config = server_config_from_args(args, framing, proxy, ssl_context, reuse_port=reuse_port)
+    server = MessageServer.from_config(ECHO_HANDLERS[args.handler], config)
     if sockets is None and getattr(args, "listen_fds", None):
         sockets = [adopt_listening_socket(fd) for fd in args.listen_fds]
     return await run_server(args, server, sockets, notifier)
 
 
 def relay_from_args(args: argparse.Namespace, framing: FramingConfig) -> MessageServer:
-    """``trioecho relay``'s server; ``ValueError`` for an upstream it refuses
-    (its own address).  Fills in the timeouts not given
-    (:func:`~trioecho.cli.options.resolve_relay_timeouts`)."""
-    resolve_relay_timeouts(args)
-    if args.preset is not None:
-        client_preset, server_preset = PRESETS[args.preset]
-        # Without --max-frame, each preset's own default: its protocol's limit.
-        limit = {"max_frame": args.max_frame} if args.max_frame is not None else {}
-        client_framing = client_preset(**limit)
-        server_framing = server_preset(**limit)
-    else:
-        client_framing = server_framing = framing
-    postgresql = args.preset == "postgresql"
-    return relay_server(
-        args.upstream,
-        client_framing=client_framing,
-        server_framing=server_framing,
-        answer_factory=presets.PostgresNegotiation if postgresql else None,
-        refusal=presets.postgres_refusal if postgresql else None,
-        idle_timeout=args.idle_timeout,
-        send_timeout=args.send_timeout,
-        min_send_rate=args.min_send_rate,
-        fin_timeout=args.fin_timeout,
-        half_close=not postgresql,  # a PostgreSQL session has no half-close
-        keepalive=args.keepalive,
-        host=args.host,
-        port=args.port,
-        max_connections=args.max_connections,
-        grace=args.grace,
-        backlog=args.backlog,
-        unix_path=args.uds,
-        unix_mode=args.uds_mode,
-        memory_budget=MemoryBudget(args.memory_budget << 20),
-    )
+    """``trioecho relay``'s server (:func:`relay_config_from_args`);
+    ``ValueError`` for an upstream it refuses (its own address)."""
+    return relay_server_from_config(relay_config_from_args(args, framing))
 
 
 def run_relay(

@@ -1,0 +1,91 @@
+"""The command line's flags mapped onto the library's configurations, once:
+:func:`server_config_from_args` for ``serve``, :func:`relay_config_from_args`
+for ``relay``.  Every check of a value is the configuration's own; what is
+checked here is only what the command line adds (presets, units).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ssl
+from typing import Any
+
+from trioecho.cli.options import PRESETS, resolve_relay_timeouts
+from trioecho.framing import presets
+from trioecho.framing.config import FramingConfig
+from trioecho.server.accept import ProxyProtocolConfig
+from trioecho.server.config import ServerConfig
+from trioecho.services.relay_config import RelayConfig
+
+__all__ = ["relay_config_from_args", "server_config_from_args"]
+
+
+def _listener_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The listening settings ``serve`` and ``relay`` share."""
+    return {
+        "host": args.host,
+        "port": args.port,
+        "max_connections": args.max_connections,
+        "grace": args.grace,
+        "backlog": args.backlog,
+        "unix_path": args.uds,
+        "unix_mode": args.uds_mode,
+        "memory_budget": args.memory_budget << 20,  # given in MiB
+    }
+
+
+def server_config_from_args(
+    args: argparse.Namespace,
+    framing: FramingConfig,
+    proxy: ProxyProtocolConfig | None,
+    ssl_context: ssl.SSLContext | None,
+    *,
+    reuse_port: bool = False,
+) -> ServerConfig:
+    """``serve``'s :class:`ServerConfig`: its flags, the ``framing`` and
+    ``proxy`` built from them, the loaded TLS context, and ``reuse_port``
+    (a worker's own listening socket)."""
+    return ServerConfig(
+        framing=framing,
+        idle_timeout=args.idle_timeout,
+        send_timeout=args.send_timeout,
+        min_send_rate=args.min_send_rate,
+        keepalive=args.keepalive,
+        proxy_protocol=proxy,
+        ssl_context=ssl_context,
+        handshake_timeout=args.tls_handshake_timeout,
+        reuse_port=reuse_port,
+        readiness=args.readiness,
+        **_listener_settings(args),
+    )
+
+
+def relay_config_from_args(args: argparse.Namespace, framing: FramingConfig) -> RelayConfig:
+    """``relay``'s :class:`RelayConfig`: its flags, with the timeouts not
+    given filled in (:func:`~trioecho.cli.options.resolve_relay_timeouts`)
+    and a ``--preset``'s framings and PostgreSQL behaviour."""
+    resolve_relay_timeouts(args)
+    if args.preset is not None:
+        client_preset, server_preset = PRESETS[args.preset]
+        # Without --max-frame, each preset's own default: its protocol's limit.
+        limit = {"max_frame": args.max_frame} if args.max_frame is not None else {}
+        client_framing = client_preset(**limit)
+        server_framing = server_preset(**limit)
+    else:
+        client_framing = server_framing = framing
+    postgresql = args.preset == "postgresql"
+    config = RelayConfig(
+        args.upstream,
+        client_framing,
+        server_framing,
+        answer_factory=presets.PostgresNegotiation if postgresql else None,
+        refusal=presets.postgres_refusal if postgresql else None,
+        idle_timeout=args.idle_timeout,
+        send_timeout=args.send_timeout,
+        min_send_rate=args.min_send_rate,
+        fin_timeout=args.fin_timeout,
+        half_close=not postgresql,  # a PostgreSQL session has no half-close
+        keepalive=args.keepalive,
+    )
+    return dataclasses.replace(config, listener=ServerConfig(**_listener_settings(args)))
