@@ -259,6 +259,7 @@ import argparse, signal, sys
 import trio
 
 from trioecho import BaseRequestHandler, MessageServer
+from trioecho.cli.configs import LogOptions
 from trioecho.cli.logging_setup import configure_logging
 
 
@@ -276,7 +277,7 @@ async def main() -> None:
     parser.add_argument("--port", type=int)
     parser.add_argument("--log-format", default="text")
     args = parser.parse_args()
-    configure_logging(argparse.Namespace(command="serve", log_format=args.log_format))
+    configure_logging(LogOptions(command="serve", log_format=args.log_format))
     server = MessageServer(Quoting, host="127.0.0.1", port=args.port, framing="len")
     with trio.open_signal_receiver(signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:

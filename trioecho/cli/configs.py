@@ -2,6 +2,12 @@
 :func:`server_config_from_args` for ``serve``, :func:`relay_config_from_args`
 for ``relay``.  Every check of a value is the configuration's own; what is
 checked here is only what the command line adds (presets, units).
+
+What only the command line uses is typed too: :class:`ServeOptions` (the
+handler, TLS files, metrics, logging) and a worker's :class:`WorkerContext`
+(its index, its link to the supervisor, its sockets).  A supervisor hands
+each worker a :class:`ServeSpec`: a :class:`ServerConfig` and the
+:class:`ServeOptions`, pickled; no ``argparse.Namespace`` leaves ``main``.
 """
 
 from __future__ import annotations
@@ -18,7 +24,88 @@ from trioecho.server.accept import ProxyProtocolConfig
 from trioecho.server.config import ServerConfig
 from trioecho.services.relay_config import RelayConfig
 
-__all__ = ["relay_config_from_args", "server_config_from_args"]
+__all__ = [
+    "LogOptions",
+    "ServeOptions",
+    "ServeSpec",
+    "WorkerContext",
+    "relay_config_from_args",
+    "server_config_from_args",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class LogOptions:
+    """How a command logs (``configure_logging``): its flags."""
+
+    command: str = "serve"
+    log_level: str | None = None
+    log_format: str = "text"
+    log_config: str | None = None
+    access_log: bool = False
+    verbose: bool = False
+    quiet: bool = False
+    worker_index: int | None = None
+    """A worker's index, named in each line (None: not a worker)."""
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> LogOptions:
+        return cls(
+            command=args.command,
+            log_level=getattr(args, "log_level", None),
+            log_format=getattr(args, "log_format", "text"),
+            log_config=getattr(args, "log_config", None),
+            access_log=getattr(args, "access_log", False),
+            verbose=getattr(args, "verbose", False),
+            quiet=getattr(args, "quiet", False),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeOptions:
+    """What ``serve`` and ``relay`` use beyond the server's configuration."""
+
+    handler: str = "session"
+    """``serve --handler``: which echo handler (ECHO_HANDLERS)."""
+    tls_cert: str | None = None
+    """Loaded at start (each worker loads its own) and again on SIGHUP."""
+    tls_key: str | None = None
+    metrics: tuple[str, int] | None = None
+    """Where ``/metrics`` is served (the supervisor's, with workers)."""
+    log: LogOptions = LogOptions()
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ServeOptions:
+        return cls(
+            handler=getattr(args, "handler", "session"),
+            tls_cert=getattr(args, "tls_cert", None),
+            tls_key=getattr(args, "tls_key", None),
+            metrics=args.metrics,
+            log=LogOptions.from_args(args),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerContext:
+    """One worker's own: its index, its end of the supervisor's socket pair,
+    its port, and the listening sockets it inherited (none: it opens its
+    own with ``SO_REUSEPORT``)."""
+
+    index: int
+    supervisor_fd: int
+    port: int
+    listen_fds: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeSpec:
+    """What one worker of ``serve --workers N`` serves, checked once by the
+    supervisor's command line and sent to each worker (pickled, over its
+    private socket pair).  The TLS context is not in it: each worker loads
+    it from ``options.tls_cert``."""
+
+    config: ServerConfig
+    options: ServeOptions
 
 
 def _listener_settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -16,16 +16,18 @@ every worker of ``serve --workers N``) logs with.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import logging
 import logging.config
 import sys
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trioecho.logtext import format_exception_for_log
+
+if TYPE_CHECKING:
+    from trioecho.cli.configs import LogOptions
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -102,33 +104,33 @@ def load_log_config(path: str) -> dict[str, Any]:
     return config
 
 
-def configure_logging(args: argparse.Namespace) -> None:
+def configure_logging(options: LogOptions) -> None:
     """INFO for the server (WARNING with -q, or ``--log-level``), one line per
     connection with -v; or ``--log-config``.  Raises ``ValueError`` for a
     config that ``dictConfig`` refuses."""
     access = logging.getLogger("trioecho.access")
-    if getattr(args, "log_config", None) is not None:
+    if options.log_config is not None:
         try:
-            config = load_log_config(args.log_config)
+            config = load_log_config(options.log_config)
             config.setdefault("disable_existing_loggers", False)  # trioecho's loggers exist
             logging.config.dictConfig(config)
         except (ValueError, TypeError, AttributeError, ImportError, OSError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise ValueError(f"--log-config {args.log_config}: {reason}") from None
-        if getattr(args, "access_log", False):
+            raise ValueError(f"--log-config {options.log_config}: {reason}") from None
+        if options.access_log:
             access.setLevel(logging.INFO)
         return
-    access.setLevel(logging.INFO if getattr(args, "access_log", False) else logging.WARNING)
-    level = logging.INFO if args.command == "serve" else logging.WARNING
-    if getattr(args, "quiet", False):
+    access.setLevel(logging.INFO if options.access_log else logging.WARNING)
+    level = logging.INFO if options.command == "serve" else logging.WARNING
+    if options.quiet:
         level = logging.WARNING
-    if getattr(args, "log_level", None) is not None:
-        level = getattr(logging, args.log_level.upper())
-    if not getattr(args, "verbose", False):
+    if options.log_level is not None:
+        level = getattr(logging, options.log_level.upper())
+    if not options.verbose:
         logging.getLogger("trioecho.connections").setLevel(logging.WARNING)
     handler = logging.StreamHandler(sys.stderr)
-    worker = getattr(args, "worker_index", None)
-    if getattr(args, "log_format", "text") == "json":
+    worker = options.worker_index
+    if options.log_format == "json":
         handler.setFormatter(JSONFormatter(worker))
     else:
         who = f"worker {worker} [%(process)d] " if worker is not None else ""

@@ -14,6 +14,7 @@ import trio
 
 from trioecho.arguments import is_loopback_host
 from trioecho.cli.client import run_client
+from trioecho.cli.configs import LogOptions, ServeOptions, ServeSpec, server_config_from_args
 from trioecho.cli.demo import run_demo
 from trioecho.cli.echo_policy import echo_framing_problem, fit_replies
 from trioecho.cli.listening import inherited_listening_sockets, open_shared_unix_socket
@@ -24,7 +25,7 @@ from trioecho.cli.options import (
     framing_from_args,
     resolve_framing_options,
 )
-from trioecho.cli.serve import ServeSpec, relay_from_args, run_relay, serve_echo
+from trioecho.cli.serve import relay_from_args, run_relay, serve_echo
 from trioecho.errors import FramingError
 from trioecho.io.readiness import default_readiness
 from trioecho.io.tls import server_context
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if given:
             parser.error(f"--log-config decides the logging: not with {', '.join(given)}")
     try:
-        configure_logging(args)
+        configure_logging(LogOptions.from_args(args))
     except ValueError as exc:
         parser.error(str(exc))
     if args.command == "demo":
@@ -164,7 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sockets = inherited_listening_sockets(parser, args)
     notifier = Notifier()  # before any worker starts: NOTIFY_SOCKET is the supervisor's
     if args.workers > 1:
-        return run_workers(args, ServeSpec(args, framing, proxy), sockets, notifier)
+        spec = ServeSpec(
+            server_config_from_args(args, framing, proxy, None), ServeOptions.from_args(args)
+        )
+        return run_workers(args, spec, sockets, notifier)
     return trio.run(serve_echo, args, framing, proxy, server_tls, sockets, notifier)
 
 

@@ -653,8 +653,6 @@ def _add_serve(commands: Any) -> None:
         help="with --workers: kill and restart a worker whose event loop has not "
         "turned for this long (default: %(default)s)",
     )
-    # Set by the worker entry point (trioecho.cli.worker), never on the command line.
-    serve.set_defaults(worker_index=None, supervisor_fd=None)
     _add_server_tls_and_proxy_options(serve)
     _add_metrics(serve)
     _add_verbosity(serve)

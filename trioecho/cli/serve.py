@@ -5,7 +5,6 @@ options and run it until SIGINT/SIGTERM.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import logging
 import signal
@@ -16,7 +15,13 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from trioecho.cli.configs import relay_config_from_args, server_config_from_args
+from trioecho.cli.configs import (
+    ServeOptions,
+    ServeSpec,
+    WorkerContext,
+    relay_config_from_args,
+    server_config_from_args,
+)
 from trioecho.cli.options import ECHO_HANDLERS
 from trioecho.cli.tuning import fit_fd_limit, tune_gc
 from trioecho.framing.config import FramingConfig
@@ -25,6 +30,7 @@ from trioecho.logtext import format_address, format_listen_address
 from trioecho.server.accept import (
     ProxyProtocolConfig,
 )
+from trioecho.server.config import ServerConfig
 from trioecho.server.listeners import adopt_listening_socket, socket_listeners
 from trioecho.server.server import MessageServer
 from trioecho.services.relay import relay_server_from_config
@@ -43,18 +49,6 @@ __all__ = [
 ]
 
 
-@dataclasses.dataclass(frozen=True)
-class ServeSpec:
-    """What one worker of ``serve --workers N`` serves: the parsed options and
-    what was built from them, checked once by the supervisor's command line
-    and sent to each worker (pickled, over its private socket pair).  The TLS
-    context is not in it: each worker loads it from ``args.tls_cert``."""
-
-    args: argparse.Namespace
-    framing: FramingConfig
-    proxy: ProxyProtocolConfig | None
-
-
 async def serve_echo(
     args: argparse.Namespace,
     framing: FramingConfig,
@@ -63,18 +57,35 @@ async def serve_echo(
     sockets: list[socket.socket] | None = None,
     notifier: Notifier | None = None,
 ) -> int:
-    """``trioecho serve`` in this process (one worker, or the whole
-    service): on ``sockets`` if given (inherited; a worker's come as
-    ``args.listen_fds``), else where the options say."""
-    fit_fd_limit(args.max_connections)
+    """``trioecho serve`` in this process (no workers): on ``sockets`` if
+    given (inherited), else where the options say."""
+    config = server_config_from_args(args, framing, proxy, ssl_context)
+    return await serve_config(config, ServeOptions.from_args(args), sockets, notifier)
+
+
+async def serve_worker(spec: ServeSpec, worker: WorkerContext, tls: ssl.SSLContext | None) -> int:
+    """One worker of ``serve --workers N``: the supervisor's configuration
+    on the worker's port (its own ``SO_REUSEPORT`` socket) or on the
+    listening sockets it inherited, with the TLS context it loaded."""
+    config = spec.config.replace(
+        port=worker.port, reuse_port=not worker.listen_fds, ssl_context=tls
+    )
+    sockets = [adopt_listening_socket(fd) for fd in worker.listen_fds] or None
+    return await serve_config(config, spec.options, sockets, None, worker)
+
+
+async def serve_config(
+    config: ServerConfig,
+    options: ServeOptions,
+    sockets: list[socket.socket] | None,
+    notifier: Notifier | None,
+    worker: WorkerContext | None = None,
+) -> int:
+    """Serve the echo service with ``config`` and ``options``: see :func:`run_server`."""
+    fit_fd_limit(config.max_connections)
     tune_gc()
-    listen_fds = getattr(args, "listen_fds", None)
-    reuse_port = args.worker_index is not None and not listen_fds
-    config = server_config_from_args(args, framing, proxy, ssl_context, reuse_port=reuse_port)
-    server = MessageServer.from_config(ECHO_HANDLERS[args.handler], config)
-    if sockets is None and getattr(args, "listen_fds", None):
-        sockets = [adopt_listening_socket(fd) for fd in args.listen_fds]
-    return await run_server(args, server, sockets, notifier)
+    server = MessageServer.from_config(ECHO_HANDLERS[options.handler], config)
+    return await run_server(options, server, sockets, notifier, worker)
 
 
 def relay_from_args(args: argparse.Namespace, framing: FramingConfig) -> MessageServer:
@@ -90,22 +101,21 @@ def run_relay(
     notifier: Notifier | None = None,
 ) -> int:
     """``trioecho relay``: the frame relay until SIGINT/SIGTERM."""
-    args.supervisor_fd = None
-    fit_fd_limit(2 * args.max_connections)
-    return trio.run(run_server, args, server, sockets, notifier)
+    fit_fd_limit(2 * server.max_connections)
+    return trio.run(run_server, ServeOptions.from_args(args), server, sockets, notifier)
 
 
-def reload_on_sighup(args: argparse.Namespace, server: MessageServer) -> None:
+def reload_on_sighup(options: ServeOptions, server: MessageServer) -> None:
     """SIGHUP in one process: re-read the TLS certificate and key (new
     handshakes use them; connections already open keep theirs), log what was
     done, and go on serving.  It never stops the server; a certificate that
     cannot be loaded is logged and the old one kept."""
-    cert = getattr(args, "tls_cert", None)
+    cert = options.tls_cert
     if cert is None:
         logger.info("SIGHUP: nothing to reload (no TLS certificate); still serving")
         return
     try:
-        server.ssl_context = server_context(cert, args.tls_key)
+        server.ssl_context = server_context(cert, options.tls_key)
     except (OSError, ValueError) as exc:
         logger.error(
             "SIGHUP: cannot reload the TLS certificate %s: %s; keeping the old one", cert, exc
@@ -115,10 +125,11 @@ def reload_on_sighup(args: argparse.Namespace, server: MessageServer) -> None:
 
 
 async def run_server(
-    args: argparse.Namespace,
+    options: ServeOptions,
     server: MessageServer,
     sockets: list[socket.socket] | None = None,
     notifier: Notifier | None = None,
+    worker: WorkerContext | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM (drain, then exit 0); a second signal
     closes every connection at once.  SIGHUP: :func:`reload_on_sighup`.  On
@@ -134,19 +145,24 @@ async def run_server(
             try:
                 listeners = await nursery.start(serve)
             except OSError as exc:
-                where = f"unix:{args.uds}" if args.uds else format_address((args.host, args.port))
+                config = server.config
+                where = (
+                    f"unix:{config.unix_path}"
+                    if config.unix_path
+                    else format_address((config.host, config.port))
+                )
                 print(f"trioecho: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
                 return 1
-            if args.supervisor_fd is not None:  # a worker: the supervisor announces
+            if worker is not None:  # the supervisor announces
                 for listener in listeners:
                     where = format_address(listener.socket.getsockname())
                     logger.info("listening on %s", where)
-                link = WorkerLink(args.supervisor_fd)
+                link = WorkerLink(worker.supervisor_fd)
                 await link.ready()
                 # With --metrics, each heartbeat carries the worker's figures.
-                figures = server.stats if getattr(args, "metrics", None) is not None else None
+                figures = server.stats if options.metrics is not None else None
                 nursery.start_soon(link.heartbeat, HEARTBEAT_INTERVAL, figures)
-                start_orphan_watchdog(args.grace)
+                start_orphan_watchdog(server.grace)
 
                 async def stop_when_orphaned() -> None:
                     await link.wait_orphaned(on_retire=server.retire)
@@ -156,17 +172,20 @@ async def run_server(
 
                 nursery.start_soon(stop_when_orphaned)
             else:
-                if getattr(args, "metrics", None) is not None:
+                if options.metrics is not None:
                     # prometheus_client and h11 are loaded only for --metrics.
                     from trioecho.workers.metrics import metrics_registry, open_metrics
 
                     registry = metrics_registry(server.stats)
                     try:
                         await open_metrics(
-                            nursery, args.metrics, registry, lambda: bool(server.stats()["serving"])
+                            nursery,
+                            options.metrics,
+                            registry,
+                            lambda: bool(server.stats()["serving"]),
                         )
                     except OSError as exc:
-                        where = format_address(args.metrics)
+                        where = format_address(options.metrics)
                         print(
                             f"trioecho: cannot serve --metrics on {where}: {exc.strerror or exc}",
                             file=sys.stderr,
@@ -185,7 +204,7 @@ async def run_server(
                     name = signal.Signals(signum).name
                     if signum == signal.SIGHUP:
                         notifier.reloading()
-                        reload_on_sighup(args, server)
+                        reload_on_sighup(options, server)
                         notifier.ready("serving")
                     elif signum in (signal.SIGTTIN, signal.SIGTTOU):
                         logger.warning("%s: one process serves (no --workers): ignored", name)
@@ -199,7 +218,7 @@ async def run_server(
 
             nursery.start_soon(stop_on_signals)
             await server.wait_stopped()
-            if args.supervisor_fd is not None and getattr(args, "metrics", None) is not None:
+            if worker is not None and options.metrics is not None:
                 await link.send_heartbeat(server.stats())  # the last figures, for the totals
             nursery.cancel_scope.cancel()
     return 0

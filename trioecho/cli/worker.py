@@ -4,7 +4,7 @@
 
 The supervisor (:mod:`trioecho.workers.supervisor`) starts it with ``FD``,
 its end of a socket pair, inherited.  On it the worker first receives its
-:class:`~trioecho.cli.serve.ServeSpec` (the options the supervisor's
+:class:`~trioecho.cli.configs.ServeSpec` (the configuration the supervisor's
 command line parsed and checked: nothing is parsed again), then serves as
 worker ``INDEX`` on the listening sockets ``LISTEN_FD...`` it inherited from
 the supervisor (shared with the other workers) or, without them, on ``PORT``
@@ -15,6 +15,7 @@ same socket pair.  Not meant to be started by hand: run
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pickle
 import sys
@@ -22,8 +23,9 @@ from collections.abc import Sequence
 
 import trio
 
+from trioecho.cli.configs import ServeSpec, WorkerContext
 from trioecho.cli.logging_setup import configure_logging
-from trioecho.cli.serve import ServeSpec, serve_echo
+from trioecho.cli.serve import serve_worker
 from trioecho.io.tls import server_context
 from trioecho.workers.link import receive_configuration
 
@@ -62,16 +64,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"trioecho worker {index}: {exc}", file=sys.stderr)
         return 1
-    args = spec.args
-    args.worker_index, args.supervisor_fd, args.port, args.workers = index, fd, port, 1
-    args.listen_fds = listen_fds
-    configure_logging(args)
+    worker = WorkerContext(index, fd, port, tuple(listen_fds))
+    options = spec.options
+    configure_logging(dataclasses.replace(options.log, worker_index=index))
     try:
-        tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+        tls = server_context(options.tls_cert, options.tls_key) if options.tls_cert else None
     except (OSError, ValueError) as exc:  # the files changed since the supervisor checked them
-        logger.error("cannot load --tls-cert %s: %s", args.tls_cert, exc)
+        logger.error("cannot load --tls-cert %s: %s", options.tls_cert, exc)
         return 1
-    return trio.run(serve_echo, args, spec.framing, spec.proxy, tls)
+    return trio.run(serve_worker, spec, worker, tls)
 
 
 if __name__ == "__main__":
