@@ -6,6 +6,7 @@ context).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ssl
 from collections.abc import Callable
 from functools import partial
@@ -258,23 +259,32 @@ def _add_address_options(
         )
 
 
-# Each framing option: its flag, the framings it applies to, its default.
-# They default to None on the parser, so that one given for a framing it
-# does not apply to is refused (resolve_framing_options) instead of ignored.
-FRAMING_OPTIONS: dict[str, tuple[str, tuple[str, ...], object]] = {
-    "length_bytes": ("--length-bytes", ("len",), 4),
-    "byteorder": ("--byteorder", ("len",), "big"),
-    "length_offset": ("--length-offset", ("len", "varint"), 0),
-    "length_adjustment": ("--length-adjustment", ("len",), 0),
-    "include_header": ("--include-header", ("len", "varint"), False),
-    "varint_bytes": ("--varint-bytes", ("varint",), MAX_VARINT),
+# Each framing option: its flag, the framings it applies to, and the
+# FramingConfig field whose default is its own (None: it stays None, and
+# framing_from_args decides).  They default to None on the parser, so that
+# one given for a framing it does not apply to is refused
+# (resolve_framing_options) instead of ignored.
+FRAMING_OPTIONS: dict[str, tuple[str, tuple[str, ...], str | None]] = {
+    "length_bytes": ("--length-bytes", ("len",), "length_bytes"),
+    "byteorder": ("--byteorder", ("len",), "byteorder"),
+    "length_offset": ("--length-offset", ("len", "varint"), "length_offset"),
+    "length_adjustment": ("--length-adjustment", ("len",), "length_adjustment"),
+    "include_header": ("--include-header", ("len", "varint"), "include_header"),
+    "varint_bytes": ("--varint-bytes", ("varint",), "max_length_bytes"),
     "frame_size": ("--frame-size", ("fixed",), None),
     "delimiter": ("--delimiter", ("line",), None),
-    "strip_cr": ("--strip-cr/--keep-cr", ("line",), True),
-    "on_too_long": ("--on-too-long", ("line",), "error"),
+    "strip_cr": ("--strip-cr/--keep-cr", ("line",), "strip_cr"),
+    "on_too_long": ("--on-too-long", ("line",), "on_too_long"),
     "max_frame": ("--max-frame", ("line", "len", "varint"), None),
 }
-DEFAULT_FRAMING = "line"
+_FRAMING_DEFAULTS = {field.name: field.default for field in dataclasses.fields(FramingConfig)}
+DEFAULT_FRAMING = str(_FRAMING_DEFAULTS["framing"])
+
+
+def framing_default(dest: str) -> object:
+    """A framing option's default: its FramingConfig field's (or None)."""
+    field = FRAMING_OPTIONS[dest][2]
+    return None if field is None else _FRAMING_DEFAULTS[field]
 
 
 def _add_framing_options(parser: argparse.ArgumentParser) -> None:
@@ -296,25 +306,27 @@ def _add_framing_options(parser: argparse.ArgumentParser) -> None:
         "--length-bytes",
         type=_length_bytes,
         metavar="{" + ",".join(map(str, LENGTH_BYTES)) + "}",
-        help="len: the length field's size in bytes (default: 4)",
+        help=f"len: the length field's size in bytes (default: {framing_default('length_bytes')})",
     )
     group.add_argument(
         "--byteorder",
         choices=("big", "little"),
-        help="len: the length field's byte order (default: big, network order)",
+        help="len: the length field's byte order "
+        f"(default: {framing_default('byteorder')}, network order)",
     )
     group.add_argument(
         "--length-offset",
         type=_length_offset,
         metavar="N",
-        help="len, varint: N bytes (a type byte, say) before the length field (default: 0)",
+        help="len, varint: N bytes (a type byte, say) before the length field "
+        f"(default: {framing_default('length_offset')})",
     )
     group.add_argument(
         "--length-adjustment",
         type=_length_adjustment,
         metavar="N",
         help="len: added to the length field's value to get the body's size "
-        "(-4 when the field counts itself; default: 0)",
+        f"(-4 when the field counts itself; default: {framing_default('length_adjustment')})",
     )
     group.add_argument(
         "--include-header",
@@ -327,7 +339,8 @@ def _add_framing_options(parser: argparse.ArgumentParser) -> None:
         "--varint-bytes",
         type=_varint_bytes,
         metavar="N",
-        help=f"varint: most bytes a length may take (1-10; MQTT: 4; default: {MAX_VARINT})",
+        help="varint: most bytes a length may take "
+        f"(1-10; MQTT: 4; default: {framing_default('varint_bytes')})",
     )
     group.add_argument(
         "--frame-size", type=_positive_int, metavar="N", help="fixed: bytes per message (required)"
@@ -369,7 +382,7 @@ def _add_framing_options(parser: argparse.ArgumentParser) -> None:
         "--on-too-long",
         choices=("error", "discard"),
         help="line: a line over --max-frame closes the connection (error), or is dropped "
-        "and the connection goes on (discard); default: error",
+        f"and the connection goes on (discard); default: {framing_default('on_too_long')}",
     )
 
 
@@ -381,7 +394,7 @@ def resolve_framing_options(
     if preset is not None:
         given = [
             flag
-            for dest, (flag, _framings, _default) in FRAMING_OPTIONS.items()
+            for dest, (flag, _framings, _field) in FRAMING_OPTIONS.items()
             if dest != "max_frame" and getattr(args, dest) is not None
         ]
         if args.framing is not None:
@@ -392,10 +405,10 @@ def resolve_framing_options(
                 "(only --max-frame applies with it)"
             )
     framing = args.framing or DEFAULT_FRAMING
-    for dest, (flag, framings, default) in FRAMING_OPTIONS.items():
+    for dest, (flag, framings, _field) in FRAMING_OPTIONS.items():
         value = getattr(args, dest)
         if value is None:
-            setattr(args, dest, default)
+            setattr(args, dest, framing_default(dest))
         elif preset is None and framing not in framings:
             parser.error(f"{flag} applies to --framing {' or '.join(framings)}, not {framing}")
     args.framing = framing
