@@ -9,7 +9,7 @@ import pickle
 
 import pytest
 
-from trioecho import FramingConfig, KeepAlive, MessageServer, RelayConfig, ServerConfig
+from trioecho import FramingConfig, KeepAlive, MessageServer, RelayConfig, ServerConfig, make_framer
 from trioecho.services.echo import EchoHandler
 from trioecho.services.relay import relay_server, relay_server_from_config
 
@@ -127,3 +127,27 @@ def test_the_relays_own_listener_settings_are_refused_where_they_would_be_lost()
         RelayConfig("127.0.0.1:5432", "len", "len", listener=ServerConfig(idle_timeout=5))
     with pytest.raises(TypeError, match="relay_server\\(\\) sets framing itself"):
         relay_server("127.0.0.1:5432", client_framing="len", server_framing="len", framing="line")
+
+
+@pytest.mark.parametrize(
+    ("framing", "option", "message"),
+    [
+        ("line", {"length_bytes": 2}, "length_bytes applies to framing len, not 'line'"),
+        ("len", {"delimiter": b"\r\n"}, "delimiter applies to framing line, not 'len'"),
+        ("raw", {"max_frame": 10}, "max_frame applies to framing line or len or varint, not 'raw'"),
+        ("len", {"frame_size": 8}, "frame_size applies to framing fixed, not 'len'"),
+    ],
+)
+def test_an_option_that_does_not_apply_to_the_framing_is_refused(
+    framing: str, option: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError) as refused:
+        make_framer(framing, **option)  # type: ignore[arg-type]
+    assert str(refused.value) == message
+    with pytest.raises(ValueError, match=message):
+        FramingConfig(framing, **option)  # type: ignore[arg-type]
+
+
+def test_an_option_at_its_default_is_taken_for_any_framing() -> None:
+    assert make_framer("line", length_bytes=4, delimiter=(b"\n",)) is not None
+    assert FramingConfig("len", strip_cr=True, on_too_long="error").framing == "len"

@@ -18,7 +18,7 @@ from trioecho.arguments import parse_address
 from trioecho.framing import presets
 from trioecho.framing._pyframer import LENGTH_BYTES, MAX_ADJUSTMENT, MAX_OFFSET, MAX_VARINT
 from trioecho.framing.base import DEFAULT_MAX_FRAME, DEFAULT_MAX_LINE, FRAMINGS, MAX_DELIMITER
-from trioecho.framing.config import FramingConfig
+from trioecho.framing.config import OPTION_FRAMINGS, FramingConfig
 from trioecho.io.budget import DEFAULT_MEMORY_BUDGET
 from trioecho.io.keepalive import DEFAULT_KEEPALIVE, KeepAlive
 from trioecho.io.readiness import READINESS_MODES
@@ -259,32 +259,33 @@ def _add_address_options(
         )
 
 
-# Each framing option: its flag, the framings it applies to, and the
-# FramingConfig field whose default is its own (None: it stays None, and
-# framing_from_args decides).  They default to None on the parser, so that
-# one given for a framing it does not apply to is refused
-# (resolve_framing_options) instead of ignored.
-FRAMING_OPTIONS: dict[str, tuple[str, tuple[str, ...], str | None]] = {
-    "length_bytes": ("--length-bytes", ("len",), "length_bytes"),
-    "byteorder": ("--byteorder", ("len",), "byteorder"),
-    "length_offset": ("--length-offset", ("len", "varint"), "length_offset"),
-    "length_adjustment": ("--length-adjustment", ("len",), "length_adjustment"),
-    "include_header": ("--include-header", ("len", "varint"), "include_header"),
-    "varint_bytes": ("--varint-bytes", ("varint",), "max_length_bytes"),
-    "frame_size": ("--frame-size", ("fixed",), None),
-    "delimiter": ("--delimiter", ("line",), None),
-    "strip_cr": ("--strip-cr/--keep-cr", ("line",), "strip_cr"),
-    "on_too_long": ("--on-too-long", ("line",), "on_too_long"),
-    "max_frame": ("--max-frame", ("line", "len", "varint"), None),
+# Each framing option: its flag, and the FramingConfig field it sets, which
+# gives the framings it applies to (OPTION_FRAMINGS) and its default (but
+# for those in _NONE_UNTIL_BUILT, which stay None: framing_from_args
+# decides).  They default to None on the parser, so that one given for a
+# framing it does not apply to is refused (resolve_framing_options)
+# instead of ignored.
+FRAMING_OPTIONS: dict[str, tuple[str, str]] = {
+    "length_bytes": ("--length-bytes", "length_bytes"),
+    "byteorder": ("--byteorder", "byteorder"),
+    "length_offset": ("--length-offset", "length_offset"),
+    "length_adjustment": ("--length-adjustment", "length_adjustment"),
+    "include_header": ("--include-header", "include_header"),
+    "varint_bytes": ("--varint-bytes", "max_length_bytes"),
+    "frame_size": ("--frame-size", "frame_size"),
+    "delimiter": ("--delimiter", "delimiter"),
+    "strip_cr": ("--strip-cr/--keep-cr", "strip_cr"),
+    "on_too_long": ("--on-too-long", "on_too_long"),
+    "max_frame": ("--max-frame", "max_frame"),
 }
+_NONE_UNTIL_BUILT = ("frame_size", "delimiter", "max_frame")
 _FRAMING_DEFAULTS = {field.name: field.default for field in dataclasses.fields(FramingConfig)}
 DEFAULT_FRAMING = str(_FRAMING_DEFAULTS["framing"])
 
 
 def framing_default(dest: str) -> object:
     """A framing option's default: its FramingConfig field's (or None)."""
-    field = FRAMING_OPTIONS[dest][2]
-    return None if field is None else _FRAMING_DEFAULTS[field]
+    return None if dest in _NONE_UNTIL_BUILT else _FRAMING_DEFAULTS[FRAMING_OPTIONS[dest][1]]
 
 
 def _add_framing_options(parser: argparse.ArgumentParser) -> None:
@@ -394,7 +395,7 @@ def resolve_framing_options(
     if preset is not None:
         given = [
             flag
-            for dest, (flag, _framings, _field) in FRAMING_OPTIONS.items()
+            for dest, (flag, _field) in FRAMING_OPTIONS.items()
             if dest != "max_frame" and getattr(args, dest) is not None
         ]
         if args.framing is not None:
@@ -405,8 +406,9 @@ def resolve_framing_options(
                 "(only --max-frame applies with it)"
             )
     framing = args.framing or DEFAULT_FRAMING
-    for dest, (flag, framings, _field) in FRAMING_OPTIONS.items():
+    for dest, (flag, field) in FRAMING_OPTIONS.items():
         value = getattr(args, dest)
+        framings = OPTION_FRAMINGS[field]
         if value is None:
             setattr(args, dest, framing_default(dest))
         elif preset is None and framing not in framings:

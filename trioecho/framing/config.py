@@ -18,7 +18,23 @@ from trioecho.framing.length import LengthPrefixedFramer, VarintFramer
 from trioecho.framing.lines import LineFramer, check_delimiters
 from trioecho.framing.phased import PhasedFramer
 
-__all__ = ["FramingConfig", "framing_config", "make_framer", "new_framer"]
+__all__ = ["OPTION_FRAMINGS", "FramingConfig", "framing_config", "make_framer", "new_framer"]
+
+# The framings each option of make_framer applies to: one given (not at its
+# default) for another framing is refused, as the command line refuses it.
+OPTION_FRAMINGS: dict[str, tuple[str, ...]] = {
+    "length_bytes": ("len",),
+    "byteorder": ("len",),
+    "max_frame": ("line", "len", "varint"),
+    "delimiter": ("line",),
+    "strip_cr": ("line",),
+    "on_too_long": ("line",),
+    "length_offset": ("len", "varint"),
+    "length_adjustment": ("len",),
+    "include_header": ("len", "varint"),
+    "max_length_bytes": ("varint",),
+    "frame_size": ("fixed",),
+}
 
 
 def make_framer(
@@ -41,8 +57,26 @@ def make_framer(
     ``"varint"`` or ``"fixed"`` (which needs ``frame_size``).
 
     ``max_frame=None`` means the framing's default (64 KiB lines, 1 MiB frames).
-    Options that do not apply to the framing are ignored.
+    An option that does not apply to the framing (:data:`OPTION_FRAMINGS`),
+    given other than at its default, is refused (``ValueError``).
     """
+    given = {
+        "length_bytes": length_bytes != 4,
+        "byteorder": byteorder != "big",
+        "max_frame": max_frame is not None,
+        "delimiter": delimiter not in (b"\n", (b"\n",), [b"\n"]),
+        "strip_cr": strip_cr is not True,
+        "on_too_long": on_too_long != "error",
+        "length_offset": length_offset != 0,
+        "length_adjustment": length_adjustment != 0,
+        "include_header": include_header is not False,
+        "max_length_bytes": max_length_bytes != MAX_VARINT,
+        "frame_size": frame_size is not None,
+    }
+    for name, differs in given.items():
+        if differs and framing in FRAMINGS and framing not in OPTION_FRAMINGS[name]:
+            framings = " or ".join(OPTION_FRAMINGS[name])
+            raise ValueError(f"{name} applies to framing {framings}, not {framing!r}")
     limit = DEFAULT_MAX_LINE if framing == "line" else DEFAULT_MAX_FRAME
     if max_frame is not None:
         limit = max_frame
