@@ -34,6 +34,7 @@ TIERS = {
     "test_framing_differential.py": ("unit", "cunit"),
     "test_proxy.py": ("unit",),
     "test_config.py": ("unit",),
+    "test_layers.py": ("unit",),
     "test_framing_names.py": ("loopback",),
     "test_mistakes.py": ("loopback",),
     "test_testing.py": ("stream", "cunit"),

@@ -1,12 +1,17 @@
 """Check trioecho's import structure: no import cycle, no import upwards.
 
-    python tools/check_layers.py
+    python tools/check_layers.py [ROOT]
 
-Reads every module under ``trioecho/`` (its imports at run time: those under
+Reads every module under ``ROOT/trioecho/`` (ROOT: the repository, by
+default this file's; its imports at run time: those under
 ``if TYPE_CHECKING:`` are left out) and fails, listing each problem, if
 
-* the modules' imports form a cycle, or
-* a module imports from a higher layer than its own.
+* the modules' imports form a cycle,
+* a module imports from a higher layer than its own,
+* a module above the stream layer reaches a ``.transport`` (the message
+  stream owns its transport: what the layers above need, it offers), or
+* a module outside ``trioecho.cli`` imports ``argparse`` (the command line
+  maps its options onto configuration types; nothing else sees them).
 
 The layers, lowest first (a module may import its own layer and those below):
 """
@@ -43,10 +48,12 @@ LAYERS = [
 __doc__ += "".join(f"\n{rank}. {', '.join(names)}" for rank, names in enumerate(LAYERS)) + "\n"
 
 ROOT = Path(__file__).resolve().parent.parent
+STREAM_LAYER = 3  # LAYERS' index of trioecho.stream: above it, no .transport
+COMMAND_LINE = "trioecho.cli"  # the only package that may import argparse
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -92,6 +99,31 @@ def imports(path: Path, modules: set[str]) -> set[str]:
     return found
 
 
+def _imports_argparse(node: ast.AST) -> bool:
+    if isinstance(node, ast.Import):
+        return any(alias.name == "argparse" for alias in node.names)
+    return isinstance(node, ast.ImportFrom) and node.module == "argparse"
+
+
+def seam_problems(name: str, path: Path) -> list[str]:
+    """The module's breaches of the two seams (see the module docstring)."""
+    problems: list[str] = []
+    nodes = _runtime_nodes(ast.parse(path.read_text(), str(path)))
+    in_cli = name == COMMAND_LINE or name.startswith(COMMAND_LINE + ".")
+    for node in [] if in_cli else nodes:
+        if _imports_argparse(node):
+            line = getattr(node, "lineno", "?")
+            problems.append(f"{name} imports argparse (line {line}): only {COMMAND_LINE} may")
+    if layer(name) > STREAM_LAYER:
+        for node in nodes:
+            if isinstance(node, ast.Attribute) and node.attr == "transport":
+                problems.append(
+                    f"{name} reaches .transport (line {node.lineno}): above the stream "
+                    "layer, use what MessageStream offers"
+                )
+    return problems
+
+
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     state: dict[str, int] = {}  # 1: on the path, 2: done
     path: list[str] = []
@@ -114,10 +146,13 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def main() -> int:
-    paths = sorted((ROOT / "trioecho").rglob("*.py"))
-    modules = {module_name(p) for p in paths} | {n for names in LAYERS[:1] for n in names}
-    graph = {module_name(p): imports(p, modules) - {module_name(p)} for p in paths}
+def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    root = Path(arguments[0]).resolve() if arguments else ROOT
+    paths = sorted((root / "trioecho").rglob("*.py"))
+    names = {path: module_name(path, root) for path in paths}
+    modules = set(names.values()) | {n for names in LAYERS[:1] for n in names}
+    graph = {names[p]: imports(p, modules) - {names[p]} for p in paths}
     problems = [
         f"{source} (layer {layer(source)}) imports {target} (layer {layer(target)})"
         for source, targets in sorted(graph.items())
@@ -133,10 +168,15 @@ def main() -> int:
     cycle = find_cycle(acyclic)
     if cycle:
         problems.append("import cycle: " + " -> ".join(cycle))
+    for path in paths:
+        problems += seam_problems(names[path], path)
     for problem in problems:
         print(problem, file=sys.stderr)
     if not problems:
-        print(f"{len(graph)} modules in {len(LAYERS)} layers: no import upwards, no cycle")
+        print(
+            f"{len(graph)} modules in {len(LAYERS)} layers: no import upwards, no cycle, "
+            "no .transport above the stream, argparse only in the command line"
+        )
     return 1 if problems else 0
 
 

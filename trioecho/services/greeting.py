@@ -66,7 +66,6 @@ async def expect_greeting(
     complete within ``timeout`` seconds.
     """
     expected = framing.new_framer().encode(greeting)
-    transport = stream.transport
     deadline = trio.current_time() + timeout
     received = b""
     closed = False
@@ -75,7 +74,7 @@ async def expect_greeting(
             if not expected.startswith(received):
                 received += await _collect(stream, received)
                 break
-            data = await transport.receive_some(len(expected) - len(received), deadline)
+            data = await stream.receive_raw(len(expected) - len(received), deadline)
             if not data:
                 closed = True
                 break
@@ -121,7 +120,7 @@ async def _collect(stream: MessageStream, received: bytes) -> bytes:
     deadline = trio.current_time() + _QUIET
     try:
         while len(received) + len(more) < _DIAGNOSE_BYTES:
-            data = await stream.transport.receive_some(_DIAGNOSE_BYTES, deadline)
+            data = await stream.receive_raw(_DIAGNOSE_BYTES, deadline)
             if not data:
                 break
             more += data

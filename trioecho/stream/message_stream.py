@@ -323,6 +323,17 @@ class MessageStream(trio.abc.AsyncResource):
             self._delivered()
         return message
 
+    async def receive_raw(self, max_bytes: int, deadline: float = math.inf) -> bytes | None:
+        """Up to ``max_bytes`` as they arrive, past the framer: for a client
+        looking at what a server sends before reading any message (a
+        greeting in a framing it does not know yet).  ``b""`` at the end of
+        the input; :class:`IdleTimeoutError` once ``deadline`` (Trio's
+        clock) passes; None after :meth:`stop_receiving`.  RuntimeError
+        once the framer holds bytes: they are the framer's."""
+        if self.has_pending:
+            raise RuntimeError("receive_raw() on a stream whose framer holds bytes")
+        return await self.transport.receive_some(max_bytes, deadline)
+
     async def receive_messages(self) -> list[bytes]:
         """Return every message available now, at least one, in order.
 
