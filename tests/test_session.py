@@ -445,7 +445,7 @@ def test_the_engines_return_named_results(impl: Implementation) -> None:
 def test_a_framer_problem_is_named(impl: Implementation) -> None:
     """A scan's problem is a Problem with the code, the value and the varint's bytes."""
     from trioecho import _backend
-    from trioecho.framing._pyframer import Problem, ProblemCode
+    from trioecho.framing.contract import Problem, ProblemCode
 
     framer = LengthPrefixedFramer(length_bytes=1, max_frame=5, implementation=impl)
     frames, consumed, problem = framer._scanner.scan(b"\x01a\x09")

@@ -16,9 +16,9 @@ from trioecho._backend import IMPLEMENTATION
 from trioecho._version import __version__
 from trioecho.arguments import parse_address
 from trioecho.framing import presets
-from trioecho.framing._pyframer import LENGTH_BYTES, MAX_ADJUSTMENT, MAX_OFFSET, MAX_VARINT
 from trioecho.framing.base import DEFAULT_MAX_FRAME, DEFAULT_MAX_LINE, FRAMINGS, MAX_DELIMITER
 from trioecho.framing.config import OPTION_FRAMINGS, FramingConfig
+from trioecho.framing.contract import LENGTH_BYTES, MAX_ADJUSTMENT, MAX_OFFSET, MAX_VARINT
 from trioecho.io.budget import DEFAULT_MEMORY_BUDGET
 from trioecho.io.keepalive import DEFAULT_KEEPALIVE, KeepAlive
 from trioecho.io.readiness import READINESS_MODES

@@ -21,8 +21,8 @@ import threading
 from struct import Struct
 
 from trioecho._framer_ffi import ffi, lib
-from trioecho.framing import _pyframer
-from trioecho.framing._pyframer import FIELD_UINT, Problem, check_frame_config
+from trioecho.framing import contract
+from trioecho.framing.contract import FIELD_UINT, Problem, check_frame_config
 
 IMPLEMENTATION = "c"
 
@@ -57,8 +57,8 @@ for _name in (
     "FIELD_VARINT",
     "FIELD_NONE",
 ):
-    if getattr(lib, f"TE_{_name}") != getattr(_pyframer, _name):
-        raise ImportError(f"TE_{_name} differs between csrc/framer.h and _pyframer")
+    if getattr(lib, f"TE_{_name}") != getattr(contract, _name):
+        raise ImportError(f"TE_{_name} differs between csrc/framer.h and framing/contract.py")
 
 _CR = b"\r"
 # Scratch space for struct formats and packed payloads: one pair per thread

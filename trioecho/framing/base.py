@@ -13,7 +13,7 @@ from trioecho.errors import (
     FramingError,
     MalformedFrameError,
 )
-from trioecho.framing._pyframer import (
+from trioecho.framing.contract import (
     TOO_LONG,
     Problem,
 )

@@ -9,10 +9,10 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 from trioecho._backend import Implementation
-from trioecho.framing._pyframer import (
+from trioecho.framing.base import DEFAULT_MAX_FRAME, DEFAULT_MAX_LINE, FRAMINGS, Framer, FramingName
+from trioecho.framing.contract import (
     MAX_VARINT,
 )
-from trioecho.framing.base import DEFAULT_MAX_FRAME, DEFAULT_MAX_LINE, FRAMINGS, Framer, FramingName
 from trioecho.framing.fixed import FixedLengthFramer, RawFramer
 from trioecho.framing.length import LengthPrefixedFramer, VarintFramer
 from trioecho.framing.lines import LineFramer, check_delimiters

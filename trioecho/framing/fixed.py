@@ -9,10 +9,10 @@ from trioecho._backend import Implementation
 from trioecho.errors import (
     MalformedFrameError,
 )
-from trioecho.framing._pyframer import (
+from trioecho.framing.base import _MAX_LIMIT, Buffer, _check_range, _StreamFramer
+from trioecho.framing.contract import (
     FIELD_NONE,
 )
-from trioecho.framing.base import _MAX_LIMIT, Buffer, _check_range, _StreamFramer
 
 __all__ = ["FixedLengthFramer", "RawFramer"]
 

@@ -15,7 +15,14 @@ from trioecho.errors import (
     FrameTooLongError,
     MalformedFrameError,
 )
-from trioecho.framing._pyframer import (
+from trioecho.framing.base import (
+    DEFAULT_MAX_FRAME,
+    Buffer,
+    _check_limit,
+    _check_range,
+    _StreamFramer,
+)
+from trioecho.framing.contract import (
     FIELD_UINT,
     FIELD_VARINT,
     HEADER_FORMATS,
@@ -24,13 +31,6 @@ from trioecho.framing._pyframer import (
     MAX_OFFSET,
     MAX_VARINT,
     VARINT_NOT_MINIMAL,
-)
-from trioecho.framing.base import (
-    DEFAULT_MAX_FRAME,
-    Buffer,
-    _check_limit,
-    _check_range,
-    _StreamFramer,
 )
 from trioecho.framing.problems import too_long_message
 
