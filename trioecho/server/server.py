@@ -82,7 +82,6 @@ from trioecho.framing.config import FramingConfig
 from trioecho.io import memory as _memory
 from trioecho.io.budget import MemoryBudget, memory_budget_of
 from trioecho.io.keepalive import DEFAULT_KEEPALIVE, KeepAlive, apply_keepalive
-from trioecho.io.opening import open_transport
 from trioecho.io.readiness import Readiness, resolve_readiness
 from trioecho.logtext import escape_for_log, format_address, format_listen_address
 from trioecho.reasons import CLOSE_REASONS, CloseReason, counted_as
@@ -108,7 +107,6 @@ from trioecho.server.listeners import (
 )
 from trioecho.stream.message_stream import (
     MessageStream,
-    expire_if_idle,
     receive_size_for,
 )
 
@@ -445,7 +443,7 @@ class MessageServer:
             await trio.sleep(period)
             now = trio.current_time()
             for stream in self._streams:
-                expire_if_idle(stream, now)
+                stream.expire_if_idle(now)
 
     async def _return_memory(self) -> None:
         """Give freed memory back to the OS after a peak (a full garbage
@@ -652,20 +650,18 @@ class MessageServer:
     def _open_stream(self, connection: trio.abc.Stream) -> MessageStream:
         """The connection's message stream: its transport (deadlines handed
         over to the watchdog), the server's framing, a memory account."""
-        transport = open_transport(
+        stream = MessageStream(
             connection,
+            self.framing,
+            receive_size=receive_size_for(self.framing.framing),
             idle_timeout=self.idle_timeout,
             send_timeout=self.send_timeout,
             min_send_rate=self.min_send_rate,
             readiness=self.readiness,
-        )
-        transport.hand_over_deadlines()
-        return MessageStream(
-            transport,
-            self.framing,
-            receive_size=receive_size_for(self.framing.framing),
             account=self.budget.open_account(),
         )
+        stream.hand_over_deadlines()
+        return stream
 
     async def _set_up(
         self, socket_stream: trio.SocketStream, peer: Any, began: float

@@ -474,6 +474,25 @@ class MessageStream(trio.abc.AsyncResource):
             # The unfinished frame, and this read's messages until delivered.
             self._account.set_buffered(framer.buffered + (len(data) if frames else 0))
 
+    # -- deadlines enforced by a watchdog ---------------------------------------
+
+    def hand_over_deadlines(self) -> None:
+        """Let the caller enforce this stream's ``idle_timeout`` by calling
+        :meth:`expire_if_idle` periodically (the server does, for all its
+        streams from one task), so that a receive waiting on a socket needs
+        no cancel scope of its own.  The timeout then fires within one
+        period after it is due (two, while :meth:`run_session` is served
+        inline).  Only the direct socket transport is affected."""
+        self.transport.hand_over_deadlines()
+
+    def expire_if_idle(self, now: float) -> bool:
+        """If a receive is waiting past its idle deadline, wake it (it
+        raises :class:`IdleTimeoutError`) and return True."""
+        run = self._run
+        if run is not None:
+            run.renew_deadline_on_progress(now)
+        return self.transport.expire_if_idle(now)
+
     # -- serving a session ---------------------------------------------------
 
     async def run_session(
@@ -821,22 +840,13 @@ def _fits(size: int) -> bool:
 
 
 def hand_over_deadlines(stream: MessageStream) -> None:
-    """Let the caller enforce ``stream``'s ``idle_timeout`` by calling
-    :func:`expire_if_idle` periodically (the server does, for all its
-    streams from one task), so that a receive waiting on a socket needs no
-    cancel scope of its own.  The timeout then fires within one period
-    after it is due (two, while :meth:`MessageStream.run_session` is served
-    inline).  Only the direct socket transport is affected."""
-    stream.transport.hand_over_deadlines()
+    """:meth:`MessageStream.hand_over_deadlines`."""
+    stream.hand_over_deadlines()
 
 
 def expire_if_idle(stream: MessageStream, now: float) -> bool:
-    """If a receive of ``stream`` is waiting past its idle deadline, wake it
-    (it raises :class:`IdleTimeoutError`) and return True."""
-    run = stream._run
-    if run is not None:
-        run.renew_deadline_on_progress(now)
-    return stream.transport.expire_if_idle(now)
+    """:meth:`MessageStream.expire_if_idle`."""
+    return stream.expire_if_idle(now)
 
 
 class _SessionRun:
