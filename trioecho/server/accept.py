@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
-import socket
 import ssl
 from collections.abc import Iterable
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import trio
 
 from trioecho.errors import ProxyProtocolError, TLSHandshakeError
+from trioecho.io.header import receive_header
 from trioecho.io.tls import do_handshake
 from trioecho.server.proxy import MAX_HEADER_LENGTH, ProxyHeader, parse_proxy_header
 
@@ -117,23 +117,23 @@ async def receive_proxy_header(
     header is malformed or the peer closes before it ends.
     """
     accepted = tuple(versions)
-    received = bytearray()
-    while True:
-        peeked = await sock.recv(MAX_HEADER_LENGTH - len(received), socket.MSG_PEEK)
-        if not peeked:
-            raise ProxyProtocolError(
-                f"connection closed after {len(received)} bytes of a PROXY header"
-            )
-        header = parse_proxy_header(received + peeked, accepted)
-        wanted = len(peeked) if header is None else header.length - len(received)
-        while wanted:  # the bytes are buffered: this returns at once
-            taken = await sock.recv(wanted)
-            if not taken:
-                raise ProxyProtocolError("connection closed inside a PROXY header")
-            received += taken
-            wanted -= len(taken)
-        if header is not None:
-            return header
+    found: list[ProxyHeader] = []
+
+    def measure(received: bytes) -> int | None:
+        header = parse_proxy_header(received, accepted)
+        if header is None:
+            return None
+        found.append(header)
+        return header.length
+
+    await receive_header(sock, MAX_HEADER_LENGTH, measure, _closed_in_header)
+    return found[-1]
+
+
+def _closed_in_header(received: int, inside: bool) -> ProxyProtocolError:
+    if inside:
+        return ProxyProtocolError("connection closed inside a PROXY header")
+    return ProxyProtocolError(f"connection closed after {received} bytes of a PROXY header")
 
 
 async def open_connection(

@@ -47,7 +47,6 @@ import dataclasses
 import logging
 import math
 import os
-import socket
 from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
@@ -73,7 +72,8 @@ from trioecho.framing.base import Framer, can_forward, drops_too_long
 from trioecho.framing.config import FramingConfig, framing_config
 from trioecho.framing.phased import PhasedFramer
 from trioecho.framing.presets import FinalAnswer
-from trioecho.io.keepalive import DEFAULT_KEEPALIVE, KeepAlive, apply_keepalive
+from trioecho.io.dial import dial
+from trioecho.io.keepalive import DEFAULT_KEEPALIVE, KeepAlive
 from trioecho.logtext import format_address
 from trioecho.reasons import CloseReason
 from trioecho.server.config import DEFAULT_MIN_SEND_RATE, ServerConfig
@@ -413,44 +413,6 @@ def _host_port(address: Any) -> tuple[str, int]:
     return host, address[1]
 
 
-async def _dial(
-    host: str,
-    port: int,
-    own: _OwnConnections,
-    keepalive: KeepAlive | None = None,
-    send_timeout: float | None = None,
-) -> tuple[trio.SocketStream, int]:
-    """Connect to ``host``:``port``, trying its addresses in order; the
-    socket is bound first, so its port is in ``own`` before the connection
-    can arrive anywhere, and gets ``keepalive`` once connected
-    (:func:`~trioecho.io.keepalive.apply_keepalive`).  Returns the stream
-    and that port (the caller removes it from ``own``)."""
-    last: OSError | None = None
-    for family, kind, protocol, _, address in await trio.socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM
-    ):
-        sock = trio.socket.socket(family, kind, protocol)
-        try:
-            await sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
-            local_port = sock.getsockname()[1]
-            own.ports.add(local_port)
-            try:
-                await sock.connect(address)
-                apply_keepalive(sock, keepalive, send_timeout)
-            except BaseException:
-                own.ports.discard(local_port)
-                raise
-        except OSError as exc:
-            sock.close()
-            last = exc
-            continue
-        except BaseException:
-            sock.close()
-            raise
-        return trio.SocketStream(sock), local_port
-    raise last if last is not None else OSError(f"{host} has no address")
-
-
 _LOOP_WAIT = 5.0  # seconds a loop connection is given to be refused
 
 
@@ -503,7 +465,14 @@ async def _relay_connection(policy: _RelayPolicy, client: MessageStream) -> None
     dialed = None
     with trio.move_on_after(policy.connect_timeout):
         try:
-            dialed = await _dial(host, port, own, policy.keepalive, policy.send_timeout)
+            dialed = await dial(
+                host,
+                port,
+                claim=own.ports.add,
+                release=own.ports.discard,
+                keepalive=policy.keepalive,
+                send_timeout=policy.send_timeout,
+            )
         except OSError as exc:
             logger.warning(
                 "%s: closing: cannot connect to the upstream %s: %s",
@@ -527,7 +496,7 @@ async def _relay_connection(policy: _RelayPolicy, client: MessageStream) -> None
     client.receive_size = RELAY_READ_SIZE
     try:
         # The upstream connection's buffers count in the server's memory budget too.
-        account = client.account.budget.open_account() if client.account is not None else None
+        account = client.open_sibling_account()
         stream = MessageStream(
             tcp,
             policy.server_framing,

@@ -303,6 +303,13 @@ class MessageStream(trio.abc.AsyncResource):
         """The stream's share of the server's memory budget, or None."""
         return self._account
 
+    def open_sibling_account(self) -> Account | None:
+        """A new share of this stream's memory budget, for a connection this
+        one opens (a relay's upstream: its buffers count in the same
+        budget); None if this stream has no account."""
+        account = self._account
+        return None if account is None else account.budget.open_account()
+
     # -- receiving ---------------------------------------------------------
 
     async def receive_message(self) -> bytes:
