@@ -21,7 +21,7 @@ from support.serverproc import ServerProcess, recv_exactly
 from support.snippets import ROOT, snippets
 
 from trioecho.logtext import format_exception_for_log
-from trioecho.server.server import ACCESS_FIELDS
+from trioecho.server.endings import ACCESS_FIELDS
 from trioecho.services.echo import GREETING, REPLY_SUFFIX
 
 if sys.version_info < (3, 11):

@@ -11,7 +11,7 @@ every worker of ``serve --workers N``) logs with.
   instead of all of the above;
 * ``--access-log``: the ``trioecho.access`` logger at INFO, whatever the
   level, one record per closed connection (see
-  :data:`~trioecho.server.server.ACCESS_FIELDS`).
+  :data:`~trioecho.server.endings.ACCESS_FIELDS`).
 """
 
 from __future__ import annotations

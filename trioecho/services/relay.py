@@ -77,7 +77,8 @@ from trioecho.io.keepalive import DEFAULT_KEEPALIVE, KeepAlive
 from trioecho.logtext import format_address
 from trioecho.reasons import CloseReason
 from trioecho.server.config import DEFAULT_MIN_SEND_RATE, ServerConfig
-from trioecho.server.server import MessageServer, close_reason_of
+from trioecho.server.endings import close_reason_of
+from trioecho.server.server import MessageServer
 from trioecho.services.relay_config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_RELAY_FIN_TIMEOUT,
