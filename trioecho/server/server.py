@@ -54,7 +54,6 @@ connection.
 from __future__ import annotations
 
 import functools
-import gc
 import logging
 import os
 import ssl
@@ -72,8 +71,7 @@ from trioecho.errors import (
     TLSHandshakeError,
 )
 from trioecho.framing.config import FramingConfig
-from trioecho.io import memory as _memory
-from trioecho.io.budget import MemoryBudget, memory_budget_of
+from trioecho.io.budget import MemoryBudget, memory_budget_of, return_freed_memory
 from trioecho.io.keepalive import DEFAULT_KEEPALIVE, KeepAlive, apply_keepalive
 from trioecho.io.readiness import Readiness, resolve_readiness
 from trioecho.logtext import format_address, format_listen_address
@@ -133,8 +131,6 @@ access_logger = logging.getLogger("trioecho.access")
 # it takes its replies by the send rule, and this long more once it has them
 # (see Transport.close_gracefully).
 LINGER_SECONDS = 2.0
-MEMORY_CHECK_SECONDS = 1.0  # how often freed memory is considered for return to the OS
-MEMORY_TRIM_BYTES = 4 << 20  # freed since the peak: worth a malloc_trim
 
 
 class MessageServer:
@@ -387,7 +383,7 @@ class MessageServer:
             async with trio.open_nursery() as watchdog:
                 if self.idle_timeout is not None:
                     watchdog.start_soon(self._expire_idle_connections, self.idle_timeout)
-                watchdog.start_soon(self._return_memory)
+                watchdog.start_soon(return_freed_memory, self.budget)
                 await self._serve_until_drained(listeners, limited, task_status)
                 watchdog.cancel_scope.cancel()
         finally:
@@ -444,27 +440,6 @@ class MessageServer:
             now = trio.current_time()
             for stream in self._streams:
                 stream.expire_if_idle(now)
-
-    async def _return_memory(self) -> None:
-        """Give freed memory back to the OS after a peak (a full garbage
-        collection, then ``_memory.trim``; at most once a second, and only
-        once ``MEMORY_TRIM_BYTES`` of the budget were freed): RSS falls
-        again once large messages are gone."""
-        _memory.serve_large_blocks_with_mmap()
-        high = self.budget.used
-        while True:
-            await trio.sleep(MEMORY_CHECK_SECONDS)
-            used = self.budget.used
-            high = max(high, self.budget.peak)
-            if high - used >= MEMORY_TRIM_BYTES:
-                # A connection's end can leave its buffers in reference
-                # cycles (an error's traceback holding the frame that holds
-                # its stream) until the next full collection, which tune_gc
-                # makes rare: on Python 3.12 tens of MiB stayed resident
-                # after 900 --generic clients left.  Collect them first.
-                gc.collect()
-                _memory.trim()
-                self.budget.peak = high = used
 
     def retire(self) -> None:
         """Stop accepting, and let the open connections run on as usual for
