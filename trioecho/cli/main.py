@@ -16,7 +16,7 @@ from trioecho.arguments import is_loopback_host
 from trioecho.cli.client import run_client
 from trioecho.cli.configs import LogOptions, ServeOptions, ServeSpec, server_config_from_args
 from trioecho.cli.demo import run_demo
-from trioecho.cli.echo_policy import echo_framing_problem, fit_replies
+from trioecho.cli.echo_policy import echo_framing_problem
 from trioecho.cli.listening import inherited_listening_sockets, open_shared_unix_socket
 from trioecho.cli.logging_setup import configure_logging
 from trioecho.cli.options import (
@@ -26,18 +26,9 @@ from trioecho.cli.options import (
     resolve_framing_options,
 )
 from trioecho.cli.serve import relay_from_args, run_relay, serve_echo
-from trioecho.errors import FramingError
-from trioecho.io.readiness import default_readiness
-from trioecho.io.tls import server_context
+from trioecho.cli.serve_checks import check_serve_options
 from trioecho.logtext import format_address
-from trioecho.server.accept import (
-    ProxyProtocolConfig,
-)
 from trioecho.server.listeners import remove_unix_socket
-from trioecho.services.echo import (
-    GREETING,
-    greeting_frame,
-)
 from trioecho.workers.supervisor import supervise
 from trioecho.workers.systemd import Notifier
 
@@ -123,44 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         except KeyboardInterrupt:
             return 130
-    if args.max_frame is not None and args.max_frame < len(GREETING):
-        parser.error(f"--max-frame must be at least {len(GREETING)}: the greeting must fit")
-    framing = fit_replies(parser, args, framing)
-    try:
-        greeting_frame(framing.new_framer())
-    except FramingError as exc:
-        parser.error(f"the greeting cannot be framed with these options: {exc}")
-    try:
-        proxy = ProxyProtocolConfig.from_options(
-            args.proxy_protocol, args.proxy_allow_from, args.proxy_timeout
-        )
-    except ValueError as exc:
-        parser.error(f"--proxy-allow-from: {exc}")
-    if args.proxy_allow_from is not None and proxy is None:
-        parser.error("--proxy-allow-from needs --proxy-protocol v1, v2 or auto")
-    if args.reuse_port and args.workers == 1:
-        parser.error("--reuse-port is for --workers N: one process opens one socket")
-    if args.reuse_port and args.uds is not None:
-        parser.error("--reuse-port is for TCP ports, not --uds")
-    if args.uds is not None and args.proxy_allow_from is not None:
-        parser.error(
-            "--proxy-allow-from is for TCP peers: on a unix socket (--uds) every peer may "
-            "send PROXY headers, the socket file's mode decides who connects"
-        )
-    if args.tls_key and not args.tls_cert:
-        parser.error("--tls-key needs --tls-cert")
-    if args.readiness is None:
-        try:
-            args.readiness = default_readiness()
-        except ValueError as exc:  # a bad $TRIOECHO_READINESS
-            parser.error(str(exc))
-    try:
-        server_tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
-    except OSError as exc:
-        files = f"{args.tls_cert}" + (f" or {args.tls_key}" if args.tls_key else "")
-        parser.error(f"--tls-cert: cannot read {files}: {exc.strerror or exc}")
-    except ValueError as exc:  # what the files hold
-        parser.error(f"--tls-cert: {exc}")
+    framing, proxy, server_tls = check_serve_options(parser, args, framing)
     check_metrics_address(parser, args)
     sockets = inherited_listening_sockets(parser, args)
     notifier = Notifier()  # before any worker starts: NOTIFY_SOCKET is the supervisor's
