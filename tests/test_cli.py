@@ -1,4 +1,7 @@
-"""The command line, run as a user would: a real subprocess."""
+"""The command line, run as a user would: a real subprocess (``serve``,
+``serve --uds``, ``relay``, ``client`` and ``bench``, their exit codes and
+``--help``).  Every option mistake's message is checked in-process in
+``test_cli_options.py``."""
 
 from __future__ import annotations
 
@@ -7,17 +10,20 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+import trio
 from support.serverproc import recv_exactly, server_process
 
-from trioecho import FRAMER_IMPLEMENTATION, __version__
+from trioecho import FRAMER_IMPLEMENTATION, __version__, open_unix_message_stream
 from trioecho.services.echo import GREETING, REPLY_SUFFIX
 
 TRIOECHO = [sys.executable, "-m", "trioecho"]
@@ -190,76 +196,13 @@ def test_demo_shows_sticky_packets() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (["--framing", "json"], "invalid choice"),
-        (["--port", "70000"], "must be 0..65535"),
-        (["--max-frame", "0"], "must be at least 1"),
-        (["--max-frame", "10"], "greeting"),
-        (
-            ["--framing", "len", "--length-bytes", "1", "--max-frame", "253"],
-            "--max-frame 253 is too large for --length-bytes 1: the reply to a message "
-            "(3 bytes longer) must fit the header, so at most 252",
-        ),
-        (["--framing", "len", "--length-bytes", "2", "--max-frame", "65533"], "at most 65532"),
-        (["--max-connections", "-1"], "must be at least 1"),
-        (["--tls-key", "k.pem"], "--tls-key needs --tls-cert"),
-        (
-            ["--tls-cert", "/nonexistent.pem"],
-            "--tls-cert: cannot read /nonexistent.pem: No such file or directory",
-        ),
-        (["--proxy-allow-from", "10.0.0.0/8"], "--proxy-allow-from needs --proxy-protocol"),
-        (
-            ["--proxy-protocol", "v2", "--proxy-allow-from", "10.0.0.0/8,bogus"],
-            "not an IP network: 'bogus'",
-        ),
-        (["--proxy-protocol", "v3"], "invalid choice: 'v3'"),
-        (["--proxy-timeout", "0"], "must be more than 0"),
-        (["--workers", "0"], "must be at least 1"),
-        (["--grace", "-1"], "--grace: must be 0..86400 seconds, not -1"),
-        (["--grace", "nan"], "--grace: must be 0..86400 seconds, not nan"),
-        (["--send-timeout", "nan"], "--send-timeout: must be 0..86400 seconds, not nan"),
-        (
-            ["--min-send-rate", "nan"],
-            "--min-send-rate: must be a finite number, at least 0, not nan",
-        ),
-        (["--min-send-rate", "-1"], "--min-send-rate: must be a finite number, at least 0, not -1"),
-        (["--min-send-rate", "1k"], "--min-send-rate: must be bytes a second, not '1k'"),
-        (["--idle-timeout", "nan"], "--idle-timeout: must be 0..86400 seconds, not nan"),
-        (["--idle-timeout", "inf"], "--idle-timeout: must be 0..86400 seconds, not inf"),
-        (["--proxy-timeout", "nan"], "--proxy-timeout: must be 0..86400 seconds, not nan"),
-        (["--tls-handshake-timeout", "-3"], "must be 0..86400 seconds, not -3"),
-        (["--grace", "soon"], "--grace: must be a number of seconds, not 'soon'"),
-        (["bench", "--duration", "0"], "--duration: must be more than 0, not 0"),
-        (["bench", "--warmup", "nan"], "--warmup: must be 0..86400 seconds, not nan"),
-        (["--workers", "many"], "--workers: must be a number or 'auto', not 'many'"),
-        (["--readiness", "select"], "invalid choice: 'select'"),
-        (["--framing", "fixed"], "--framing fixed needs --frame-size"),
-        (
-            ["--framing", "fixed", "--frame-size", "4"],
-            "the echo service cannot answer fixed-length messages",
-        ),
-        (["--framing", "len", "--length-offset", "1"], "--length-offset needs --include-header"),
-        (["--framing", "varint", "--varint-bytes", "11"], "between 1 and 10"),
-        (
-            ["--framing", "varint", "--varint-bytes", "1", "--max-frame", "125"],
-            "--max-frame 125 is too large for --varint-bytes 1: the reply to a message "
-            "(3 bytes longer) must fit the header, so at most 124",
-        ),
-        (
-            ["--framing", "len", "--length-bytes", "1", "--length-adjustment", "20"],
-            "the greeting cannot be framed with these options",
-        ),
-        (["--delimiter", ""], "a delimiter is 1 to 8 bytes, not 0"),
-        (["--delimiter", "\\x"], "bad delimiter"),
-        (["--delimiter", "x"] * 9, "give 1 to 8 delimiters, not 9"),
-        (["--length-offset", "70000"], "between 0 and 65535"),
-        (["client", "--framing", "len", "--include-header"], "the client sends bare payloads"),
-        (["bench", "--framing", "varint"], "invalid choice: 'varint'"),
-        (["relay"], "the following arguments are required: --upstream"),
-        (["relay", "--upstream", "nowhere"], "expected HOST:PORT, not 'nowhere'"),
-        (["relay", "--upstream", "h:1", "--preset", "x"], "invalid choice: 'x'"),
+        (["--port", "70000"], "must be 0..65535"),  # the parser's own check
+        (["--tls-key", "k.pem"], "--tls-key needs --tls-cert"),  # serve's cross-option check
     ],
 )
 def test_bad_options_exit_2(options: list[str], message: str) -> None:
+    """The process's exit status and stderr; every mistake's message is checked
+    in-process (``test_cli_options.py``)."""
     result = subprocess.run([*TRIOECHO, *options], capture_output=True, timeout=30)
     assert result.returncode == 2
     assert message in result.stderr.decode()
@@ -426,3 +369,126 @@ def test_ctrl_c_ends_bench_quietly() -> None:
             bench.kill()
     assert bench.returncode == 130
     assert b"Traceback" not in err
+
+
+# -- serve --uds -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_uds_on_a_real_process(tmp_path: Path, workers: str) -> None:
+    path = str(tmp_path / "cli.sock")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "trioecho",
+            "serve",
+            "--uds",
+            path,
+            "--framing",
+            "len",
+            "--workers",
+            workers,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().decode() == f"listening on unix:{path}\n"
+
+        async def talk() -> bytes:
+            async with await open_unix_message_stream(path, framing="len") as stream:
+                assert await stream.receive_message() == GREETING
+                await stream.send_message(b"over unix")
+                return await stream.receive_message()
+
+        for _ in range(10):  # with --workers 2, both serve the one socket
+            assert trio.run(talk) == b"over unix" + REPLY_SUFFIX
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert not os.path.exists(path)
+
+
+# -- client and bench against a server of another framing ------------------------
+
+QUICK = ["--duration", "0.5", "--warmup", "0"]
+
+
+def test_client_against_another_framing_says_which() -> None:
+    with server_process("--framing", "len") as server:
+        start = time.monotonic()
+        result = subprocess.run(
+            [*TRIOECHO, "client", "--port", str(server.port)],
+            input=b"hello\n",
+            capture_output=True,
+            timeout=30,
+        )
+    assert time.monotonic() - start < 10
+    assert result.returncode == 1
+    assert b"the server speaks len framing? try --framing len" in result.stderr
+
+
+@pytest.mark.parametrize(("server", "bench"), [("line", "len"), ("line", "raw"), ("len", "line")])
+def test_bench_against_another_framing_says_which(server: str, bench: str) -> None:
+    with server_process("--framing", server) as process:
+        result = subprocess.run(
+            [*TRIOECHO, "bench", "--port", str(process.port), "--framing", bench, *QUICK],
+            capture_output=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert f"try --framing {server}".encode() in result.stderr
+
+
+def test_bench_takes_a_host_name_and_exit_codes_are_documented() -> None:
+    with server_process("--framing", "len") as process:
+        result = subprocess.run(
+            [
+                *TRIOECHO,
+                "bench",
+                "--host",
+                "localhost",
+                "--port",
+                str(process.port),
+                *QUICK,
+                "--framing",
+                "len",
+                "-c",
+                "2",
+            ],
+            capture_output=True,
+            timeout=30,
+        )
+    assert result.returncode == 0, result.stderr
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+        for command in ("bench", "client"):
+            refused = subprocess.run(
+                [*TRIOECHO, command, "--port", port], capture_output=True, timeout=30
+            )
+            assert refused.returncode == 1, command
+            assert b"cannot connect to 127.0.0.1:" + port.encode() in refused.stderr
+
+
+def test_ctrl_c_ends_the_interactive_client_quietly() -> None:
+    with server_process() as server:
+        client = subprocess.Popen(
+            [*TRIOECHO, "client", "--port", str(server.port)],
+            stdin=subprocess.PIPE,  # left open: the client waits for a line
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert client.stdout is not None
+        assert client.stdout.readline() == GREETING + b"\n"
+        time.sleep(0.2)  # the client is now blocked reading its input
+        client.send_signal(signal.SIGINT)
+        _, err = client.communicate(timeout=30)
+    assert client.returncode == 130
+    assert err == b""

@@ -1,20 +1,16 @@
-"""The client side: open_message_stream, the greeting check, and the client
-and bench commands against servers of another framing."""
+"""The client side: open_message_stream and the greeting check.  The client
+and bench commands against servers of another framing, as real processes,
+are ``test_cli.py``'s."""
 
 from __future__ import annotations
 
-import signal
 import socket
 import ssl
-import subprocess
-import sys
-import time
 
 import pytest
 import trio
 import trio.testing
 from support.helpers import running
-from support.serverproc import server_process
 
 from trioecho import (
     FramingConfig,
@@ -25,9 +21,6 @@ from trioecho import (
 from trioecho.errors import GreetingError
 from trioecho.services.echo import GREETING, REPLY_SUFFIX, EchoHandler
 from trioecho.services.greeting import expect_greeting, guess_framing
-
-TRIOECHO = [sys.executable, "-m", "trioecho"]
-QUICK = ["--duration", "0.5", "--warmup", "0"]
 
 
 async def test_plain_connection(autojump_clock: trio.testing.MockClock) -> None:
@@ -202,80 +195,3 @@ def test_guess_framing() -> None:
         "8",
     ]
     assert guess_framing(b"HTTP/1.1 400 Bad Request\r\n") is None
-
-
-# -- the commands ------------------------------------------------------------------
-
-
-def test_client_against_another_framing_says_which() -> None:
-    with server_process("--framing", "len") as server:
-        start = time.monotonic()
-        result = subprocess.run(
-            [*TRIOECHO, "client", "--port", str(server.port)],
-            input=b"hello\n",
-            capture_output=True,
-            timeout=30,
-        )
-    assert time.monotonic() - start < 10
-    assert result.returncode == 1
-    assert b"the server speaks len framing? try --framing len" in result.stderr
-
-
-@pytest.mark.parametrize(("server", "bench"), [("line", "len"), ("line", "raw"), ("len", "line")])
-def test_bench_against_another_framing_says_which(server: str, bench: str) -> None:
-    with server_process("--framing", server) as process:
-        result = subprocess.run(
-            [*TRIOECHO, "bench", "--port", str(process.port), "--framing", bench, *QUICK],
-            capture_output=True,
-            timeout=30,
-        )
-    assert result.returncode == 1
-    assert f"try --framing {server}".encode() in result.stderr
-
-
-def test_bench_takes_a_host_name_and_exit_codes_are_documented() -> None:
-    with server_process("--framing", "len") as process:
-        result = subprocess.run(
-            [
-                *TRIOECHO,
-                "bench",
-                "--host",
-                "localhost",
-                "--port",
-                str(process.port),
-                *QUICK,
-                "--framing",
-                "len",
-                "-c",
-                "2",
-            ],
-            capture_output=True,
-            timeout=30,
-        )
-    assert result.returncode == 0, result.stderr
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-        for command in ("bench", "client"):
-            refused = subprocess.run(
-                [*TRIOECHO, command, "--port", port], capture_output=True, timeout=30
-            )
-            assert refused.returncode == 1, command
-            assert b"cannot connect to 127.0.0.1:" + port.encode() in refused.stderr
-
-
-def test_ctrl_c_ends_the_interactive_client_quietly() -> None:
-    with server_process() as server:
-        client = subprocess.Popen(
-            [*TRIOECHO, "client", "--port", str(server.port)],
-            stdin=subprocess.PIPE,  # left open: the client waits for a line
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert client.stdout is not None
-        assert client.stdout.readline() == GREETING + b"\n"
-        time.sleep(0.2)  # the client is now blocked reading its input
-        client.send_signal(signal.SIGINT)
-        _, err = client.communicate(timeout=30)
-    assert client.returncode == 130
-    assert err == b""

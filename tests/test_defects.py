@@ -1,76 +1,105 @@
 """Defects found by trying trioecho as a hostile peer and as an operator
-would, each against a real server process (issue: nothing lost, nothing
-stuck): forged log lines, telnet line endings (and a ``\\r`` before any
-delimiter), empty error reasons, running out of file descriptors."""
+would (issue: nothing lost, nothing stuck): forged log lines, telnet line
+endings (and a ``\\r`` before any delimiter), empty error reasons.  Each on
+an in-process server on loopback, with the framing ``trioecho serve``
+builds from the options named (:mod:`support.cli_inprocess`).  Running out
+of file descriptors needs a process of its own: ``test_hostile.py``."""
 
 from __future__ import annotations
 
-import os
+import logging
 import re
-import resource
-import socket
 import ssl
-import subprocess
-import sys
-import time
 
+import pytest
+import trio
+import trio.testing
 from support import proxyheaders
-from support.serverproc import Canary, connect, recv_exactly, server_process
+from support.cli_inprocess import run_main, served_framing
+from support.helpers import running
 
+from trioecho import FramingConfig, MessageServer, ProxyProtocolConfig
 from trioecho.logtext import escape_for_log, format_address
-from trioecho.services.echo import GREETING, REPLY_SUFFIX
+from trioecho.services.echo import GREETING, REPLY_SUFFIX, EchoHandler
 
 
-def test_peer_text_cannot_forge_log_lines() -> None:
+async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
+    """``size`` bytes, or fewer if the stream ends first."""
+    data = b""
+    while len(data) < size:
+        chunk = await stream.receive_some(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+async def wait_for_record(caplog: pytest.LogCaptureFixture, fragment: str) -> str:
+    """The first captured message holding ``fragment``; waits for it."""
+    with trio.fail_after(10):
+        while True:
+            for record in caplog.records:
+                if fragment in record.getMessage():
+                    return record.getMessage()
+            await trio.sleep(0.01)
+
+
+async def test_peer_text_cannot_forge_log_lines(
+    caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
+) -> None:
+    caplog.set_level(logging.INFO)  # serve's level
+    caplog.set_level(logging.INFO, logger="trioecho.connections")  # -v
     forged = "/tmp/x\n2026-01-01 00:00:00,000 ERROR trioecho: forged"
-    with server_process("--proxy-protocol", "v2", "-v") as server:
-        with connect(server.port) as sock:
-            sock.sendall(proxyheaders.v2(forged, "/run/trioecho.sock"))
-            assert recv_exactly(sock, len(GREETING) + 1) == GREETING + b"\n"
-        line = server.wait_for_log("connected")
+    proxy = ProxyProtocolConfig.from_options("v2")
+    server = MessageServer(EchoHandler, port=0, framing=served_framing(), proxy_protocol=proxy)
+    async with running(server) as port:
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        async with client:
+            await client.send_all(proxyheaders.v2(forged, "/run/trioecho.sock"))
+            assert await receive_exactly(client, len(GREETING) + 1) == GREETING + b"\n"
+        line = await wait_for_record(caplog, "connected")
         assert "/tmp/x\\n2026-01-01" in line
-        assert server.stop() == 0
-    assert not [entry for entry in server.log if entry.startswith("2026-01-01")]
+    assert not [r for r in caplog.records if "\n" in r.getMessage()]  # no record starts a line
     assert escape_for_log("a\tb\x1b[31m") == "a\\tb\\x1b[31m"
     assert format_address(("::1", 80)) == "[::1]:80"
 
 
-def test_telnet_line_endings_are_stripped_by_default() -> None:
-    with server_process() as server:
-        with connect(server.port) as sock:
-            assert recv_exactly(sock, len(GREETING) + 1) == GREETING + b"\n"
-            sock.sendall(b"hello\r\nworld\n")
-            expected = b"hello" + REPLY_SUFFIX + b"\nworld" + REPLY_SUFFIX + b"\n"
-            assert recv_exactly(sock, len(expected)) == expected
-            sock.sendall(b"q\r\n")  # ends the session, as q\n does
-            assert sock.recv(100) == b""
-        assert server.stop() == 0
-    with server_process("--keep-cr") as server:
-        with connect(server.port) as sock:
-            assert recv_exactly(sock, len(GREETING) + 1) == GREETING + b"\n"
-            sock.sendall(b"hello\r\n")
-            expected = b"hello\r" + REPLY_SUFFIX + b"\n"
-            assert recv_exactly(sock, len(expected)) == expected
-        assert server.stop() == 0
+async def echoes(framing: FramingConfig, *exchanges: tuple[bytes, bytes], ends: bool) -> None:
+    """On one connection to an echo server of ``framing``, after the greeting:
+    each exchange's bytes sent are answered with its bytes expected; then, if
+    ``ends``, the server ends the connection."""
+    greeting = GREETING + framing.delimiter  # type: ignore[operator]
+    async with running(MessageServer(EchoHandler, port=0, framing=framing)) as port:
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        async with client:
+            assert await receive_exactly(client, len(greeting)) == greeting
+            for send, expected in exchanges:
+                await client.send_all(send)
+                assert await receive_exactly(client, len(expected)) == expected
+            if ends:
+                assert await client.receive_some(100) == b""
 
 
-def test_strip_cr_strips_before_any_delimiter_as_its_help_says() -> None:
+async def test_telnet_line_endings_are_stripped_by_default(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    expected = b"hello" + REPLY_SUFFIX + b"\nworld" + REPLY_SUFFIX + b"\n"
+    # q\r\n ends the session, as q\n does
+    await echoes(served_framing(), (b"hello\r\nworld\n", expected), (b"q\r\n", b""), ends=True)
+    keeping = served_framing("--keep-cr")
+    await echoes(keeping, (b"hello\r\n", b"hello\r" + REPLY_SUFFIX + b"\n"), ends=False)
+
+
+async def test_strip_cr_strips_before_any_delimiter_as_its_help_says(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
     for option, message in [("--strip-cr", b"ab"), ("--keep-cr", b"ab\r")]:
-        with server_process("--delimiter", "\\0", option) as server:
-            with connect(server.port) as sock:
-                assert recv_exactly(sock, len(GREETING) + 1) == GREETING + b"\0"
-                sock.sendall(bytes([0x61, 0x62, 0x0D, 0x00]))
-                expected = message + REPLY_SUFFIX + b"\0"
-                assert recv_exactly(sock, len(expected)) == expected
-            assert server.stop() == 0
-    result = subprocess.run(
-        [sys.executable, "-m", "trioecho", "serve", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-        env={**os.environ, "COLUMNS": "200"},  # each option's help on one line
-    )
+        framing = served_framing("--delimiter", "\\0", option)
+        exchange = (bytes([0x61, 0x62, 0x0D, 0x00]), message + REPLY_SUFFIX + b"\0")
+        await echoes(framing, exchange, ends=False)
+    monkeypatch.setenv("COLUMNS", "200")  # each option's help on one line
+    result = run_main(["serve", "--help"])
+    assert result.code == 0
     helps = {
         line.split()[0]: line.split(None, 1)[1]
         for line in result.stdout.splitlines()
@@ -83,42 +112,22 @@ def test_strip_cr_strips_before_any_delimiter_as_its_help_says() -> None:
     }
 
 
-def test_tls_errors_have_a_reason(tls_files: dict[str, str]) -> None:
-    context = ssl.create_default_context(cafile=tls_files["ca"])
-    with server_process(
-        "--tls-cert", tls_files["cert"], "--tls-key", tls_files["key"], "-v"
-    ) as server:
-        raw = connect(server.port)
-        tls = context.wrap_socket(raw, server_hostname="localhost")
-        assert recv_exactly(tls, len(GREETING) + 1) == GREETING + b"\n"
-        tls.sendall(b"partial")
-        os.close(tls.detach())  # drop the TLS layer without close_notify: a truncation
-        line = server.wait_for_log("connection broken")
+async def test_tls_errors_have_a_reason(
+    server_ssl_context: ssl.SSLContext,
+    client_ssl_context: ssl.SSLContext,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    caplog.set_level(logging.INFO)  # serve's level
+    caplog.set_level(logging.INFO, logger="trioecho.connections")  # -v
+    server = MessageServer(
+        EchoHandler, port=0, framing=served_framing(), ssl_context=server_ssl_context
+    )
+    async with running(server) as port:
+        raw = await trio.open_tcp_stream("127.0.0.1", port)
+        tls = trio.SSLStream(raw, client_ssl_context, server_hostname="localhost")
+        assert await receive_exactly(tls, len(GREETING) + 1) == GREETING + b"\n"
+        await tls.send_all(b"partial")
+        await raw.aclose()  # drop the TLS layer without close_notify: a truncation
+        line = await wait_for_record(caplog, "connection broken")
         assert not re.search(r"connection broken while \w+: ?$", line), line
-        assert server.stop() == 0
-
-
-def test_out_of_file_descriptors_is_logged_once_per_episode() -> None:
-    limit = 128
-    with server_process("--max-connections", "1000", limit_fds=limit) as server:
-        warning = server.wait_for_log("RLIMIT_NOFILE")
-        assert "--max-connections 1000" in warning
-        canary = Canary(server.port)
-        clients = []
-        for _ in range(200):  # past the limit: accepting fails with EMFILE
-            try:
-                clients.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
-            except OSError:
-                break
-        time.sleep(1.5)  # accept() fails again and again meanwhile
-        out_of_fds = [entry for entry in server.log if "out of file descriptors" in entry]
-        assert len(out_of_fds) == 1, out_of_fds
-        assert "Traceback" not in "\n".join(server.log)
-        for client in clients:
-            client.close()
-        server.wait_for_log("accepting again")
-        with connect(server.port) as sock:  # served again
-            assert recv_exactly(sock, len(GREETING) + 1) == GREETING + b"\n"
-        canary.check()
-        assert server.stop() == 0
-    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] > limit  # ours is untouched

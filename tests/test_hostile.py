@@ -2,15 +2,21 @@
 
 For each case: the offending connection is closed within a stated bound, a
 log line names the peer and the reason, a well-behaved client keeps getting
-correct replies throughout, and the server's memory stays bounded.
+correct replies throughout, and the server's memory stays bounded.  A
+server out of file descriptors (its own RLIMIT_NOFILE) says so once per
+episode and serves again once some are freed.  And peers pipelining without
+pause delay neither the canary nor a new connection's greeting (the
+readiness hub's fairness, whose logic ``test_inline.py`` checks in-process).
 """
 
 from __future__ import annotations
 
+import resource
 import select
 import socket
 import ssl
 import struct
+import threading
 import time
 
 import pytest
@@ -275,3 +281,103 @@ def test_proxy_protocol_garbage_and_stalls(tls_files: dict[str, str]) -> None:
         assert server.open_fds() == fds
         assert server.rss_kib() - rss < RSS_GROWTH_KIB
         assert server.stop() == 0
+
+
+def test_out_of_file_descriptors_is_logged_once_per_episode() -> None:
+    limit = 128
+    with server_process("--max-connections", "1000", limit_fds=limit) as server:
+        warning = server.wait_for_log("RLIMIT_NOFILE")
+        assert "--max-connections 1000" in warning
+        canary = Canary(server.port)
+        clients = []
+        for _ in range(200):  # past the limit: accepting fails with EMFILE
+            try:
+                clients.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+            except OSError:
+                break
+        time.sleep(1.5)  # accept() fails again and again meanwhile
+        out_of_fds = [entry for entry in server.log if "out of file descriptors" in entry]
+        assert len(out_of_fds) == 1, out_of_fds
+        assert "Traceback" not in "\n".join(server.log)
+        for client in clients:
+            client.close()
+        server.wait_for_log("accepting again")
+        with connect(server.port) as sock:  # served again
+            assert recv_exactly(sock, len(GREETING) + 1) == GREETING + b"\n"
+        canary.check()
+        assert server.stop() == 0
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] > limit  # ours is untouched
+
+
+# -- a peer pipelining without pause (the readiness hub's fairness) ------------
+
+
+def frame(payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "big") + payload
+
+
+def flood(port: int, stop: threading.Event, sent: list[int], errors: list[OSError]) -> None:
+    """Pipeline 64-byte messages without pause, reading replies only to
+    keep the pipe moving (a thread)."""
+    sock = connect(port)
+    batch = memoryview(frame(b"p" * 64) * 1000)
+    offset = 0
+    sock.setblocking(False)
+    try:
+        while not stop.is_set():
+            try:
+                done = sock.send(batch[offset:])
+            except BlockingIOError:
+                done = 0
+            sent[0] += done
+            offset = (offset + done) % len(batch)
+            try:
+                while sock.recv(1 << 20):
+                    pass
+            except BlockingIOError:
+                pass
+    except OSError as exc:
+        errors.append(exc)
+    finally:
+        sock.close()
+
+
+def test_a_pipelining_peer_does_not_delay_the_canary_or_accept() -> None:
+    """The bound stated in docs/explanation/performance.md (Fairness): under a
+    flood of pipelined messages from two peers, every canary exchange and every new connection's
+    greeting takes under a second (they typically take milliseconds)."""
+    with server_process("--framing", "len", "--idle-timeout", "0") as server:
+        stop = threading.Event()
+        sent = [0]
+        errors: list[OSError] = []
+        flooders = [
+            threading.Thread(target=flood, args=(server.port, stop, sent, errors)) for _ in range(2)
+        ]
+        for thread in flooders:
+            thread.start()
+        try:
+            time.sleep(0.3)
+            canary = Canary(server.port, "len", stall=1.0)
+            slowest_accept = 0.0
+            for _ in range(20):
+                start = time.monotonic()
+                sock = connect(server.port)
+                assert recv_exactly(sock, 4 + len(GREETING)) == frame(GREETING)
+                slowest_accept = max(slowest_accept, time.monotonic() - start)
+                sock.close()
+                time.sleep(0.05)
+            time.sleep(1)
+            print(
+                f"canary: {canary.exchanges} exchanges, slowest {canary.slowest * 1000:.1f} ms; "
+                f"slowest greeting of a new connection {slowest_accept * 1000:.1f} ms; "
+                f"{sent[0] / 1e6:.0f} MB flooded"
+            )
+            canary.check()
+            assert canary.exchanges > 50
+            assert slowest_accept < 1.0, slowest_accept
+            assert sent[0] > 10_000_000  # the flood really ran
+            assert not errors, (errors, server.log[-5:])
+        finally:
+            stop.set()
+            for thread in flooders:
+                thread.join()

@@ -11,7 +11,7 @@ import trio.testing
 from support.helpers import socket_stream_pair
 
 from trioecho import IdleTimeoutError, MessageStream
-from trioecho.io import hub as hub_module
+from trioecho.io import parking
 from trioecho.io.hub import ReadinessHub, Watch, current_hub
 from trioecho.io.opening import open_transport
 from trioecho.io.readiness import Readiness
@@ -70,7 +70,7 @@ async def test_a_parked_reader_is_woken_by_new_input(
             assert woken == []
             b.send(b"ping")
         assert woken == [True]
-        assert not hub_module._parked(watch.reader, watch)
+        assert not parking.parked(watch.reader, watch)
         watch.close()
 
 
@@ -91,7 +91,7 @@ async def test_an_edge_without_a_waiter_is_remembered_once(
         with trio.move_on_after(0.2) as scope:
             await watch.wait_readable()
         assert scope.cancelled_caught  # no edge left: it parked
-        assert not hub_module._parked(watch.reader, watch)  # cancellation unmarked it
+        assert not parking.parked(watch.reader, watch)  # cancellation unmarked it
         watch.close()
 
 
@@ -293,7 +293,7 @@ async def test_a_hub_that_stops_leaves_its_transports_working(
 async def test_without_trios_private_trap_the_public_wait_is_used(
     monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
 ) -> None:
-    monkeypatch.setattr(hub_module, "_TRAP", None)
+    monkeypatch.setattr(parking, "TRAP", None)
     a, b = raw_pair()
     with a, b:
         watch = current_hub().watch(a.fileno())

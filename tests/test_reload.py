@@ -139,7 +139,10 @@ def test_a_stopped_worker_leaves_the_other_accepting() -> None:
         server.close()
 
 
-def test_sigttin_adds_a_worker_and_sigttou_removes_one() -> None:
+def test_sigttin_adds_a_worker_and_sigttou_retires_it() -> None:
+    """Real SIGTTIN and SIGTTOU: a third process serves, then retires and
+    exits 0; a connection held throughout is answered.  Which slot retires,
+    and never the last: tests/test_supervisor.py."""
     server = started()
     try:
         with greeted_line_client(server.port) as client:
@@ -151,20 +154,12 @@ def test_sigttin_adds_a_worker_and_sigttou_removes_one() -> None:
             server.process.send_signal(signal.SIGTTOU)
             server.wait_for_log("SIGTTOU: retiring worker 2 (2 workers)")
             server.wait_for_log(f"worker 2 (pid {added}), retired, exited with code 0")
-            server.process.send_signal(signal.SIGTTOU)
-            server.wait_for_log("SIGTTOU: retiring worker 1 (1 workers)")
-            server.process.send_signal(signal.SIGTTOU)
-            server.wait_for_log("SIGTTOU: only one worker left: not removed")
             client.sendall(b"still here\n")  # whichever worker had it
             expected = b"still here" + REPLY_SUFFIX + b"\n"
             assert recv_exactly(client, len(expected)) == expected
-        wait_until(lambda: len(children(server.pid)) == 1)
-        for _ in range(5):
-            with greeted_line_client(server.port) as sock:
-                sock.sendall(b"one\n")
-                assert recv_exactly(sock, 4 + len(REPLY_SUFFIX)) == b"one" + REPLY_SUFFIX + b"\n"
+        wait_until(lambda: len(children(server.pid)) == 2)
         assert server.stop(signal.SIGTERM) == 0
-        assert server.log[-1].endswith("all 1 workers stopped")
+        assert server.log[-1].endswith("all 2 workers stopped")
     finally:
         server.close()
 

@@ -1,15 +1,13 @@
-"""Serving on a unix socket (``MessageServer(unix_path=...)``, ``trioecho serve
---uds``) and connecting to one (``open_unix_message_stream``)."""
+"""Serving on a unix socket (``MessageServer(unix_path=...)``) and connecting
+to one (``open_unix_message_stream``).  ``trioecho serve --uds`` on a real
+process is ``test_cli.py``'s; its option mistakes are ``test_cli_options.py``'s."""
 
 from __future__ import annotations
 
 import errno
 import os
-import signal
 import socket
 import stat
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -125,67 +123,3 @@ def test_bad_unix_arguments() -> None:
         ValueError, match=r"^unix_mode must be a file mode from 0 to 0o777, not 4096$"
     ):
         MessageServer(EchoHandler, unix_path="/tmp/x.sock", unix_mode=0o10000)
-
-
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_serve_uds_on_a_real_process(tmp_path: Path, workers: str) -> None:
-    path = str(tmp_path / "cli.sock")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "trioecho",
-            "serve",
-            "--uds",
-            path,
-            "--framing",
-            "len",
-            "--workers",
-            workers,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline().decode() == f"listening on unix:{path}\n"
-
-        async def talk() -> bytes:
-            async with await open_unix_message_stream(path, framing="len") as stream:
-                assert await stream.receive_message() == GREETING
-                await stream.send_message(b"over unix")
-                return await stream.receive_message()
-
-        for _ in range(10):  # with --workers 2, both serve the one socket
-            assert trio.run(talk) == b"over unix" + REPLY_SUFFIX
-        assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert not os.path.exists(path)
-
-
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        (["--workers", "2", "--reuse-port"], "--reuse-port is for TCP ports, not --uds"),
-        (
-            ["--proxy-protocol", "v1", "--proxy-allow-from", "10.0.0.0/8"],
-            "--proxy-allow-from is for TCP peers: on a unix socket (--uds) every peer may send "
-            "PROXY headers, the socket file's mode decides who connects",
-        ),
-        (["--uds-mode", "9"], "argument --uds-mode: not an octal file mode: '9'"),
-    ],
-)
-def test_uds_option_mistakes(options: list[str], message: str, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "trioecho", "serve", "--uds", str(tmp_path / "s"), *options],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 2
-    assert result.stderr.splitlines()[-1] == f"trioecho serve: error: {message}"

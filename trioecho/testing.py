@@ -26,16 +26,16 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, cast
+from typing import Any
 
 import trio.testing
 
 from trioecho.errors import FramingError, IncompleteFrameError
 from trioecho.framing.base import Framer
 from trioecho.framing.config import FramingConfig, framing_config
-from trioecho.server.handler import BaseRequestHandler, Handler, check_handler
+from trioecho.server.handler import Handler, check_handler, run_handler
 from trioecho.stream.message_stream import MessageStream
 
 __all__ = ["check_framer", "connect_in_memory", "memory_message_stream_pair"]
@@ -88,16 +88,7 @@ async def _serve_in_memory(
 
     async def run() -> None:
         async with server_end:
-            if isinstance(serve, type) and issubclass(serve, BaseRequestHandler):
-                instance = serve(server_end, client_address, None)  # type: ignore[arg-type]
-                await instance.setup()
-                try:
-                    await instance.handle()
-                finally:
-                    await instance.finish()
-            else:
-                function = cast(Callable[[MessageStream], Awaitable[None]], serve)
-                await function(server_end)
+            await run_handler(serve, server_end, client_address, None)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run)

@@ -10,6 +10,7 @@ import dataclasses
 
 from trioecho._loadgen_ffi import ffi, lib
 from trioecho.errors import LoadGeneratorError
+from trioecho.framing.base import FramingName
 
 FRAMINGS = {"line": lib.TB_FRAMING_LINE, "len": lib.TB_FRAMING_LEN, "raw": lib.TB_FRAMING_RAW}
 # The latency histogram's buckets: bucket i holds latencies from
@@ -22,6 +23,17 @@ BUCKET_FLOORS: tuple[int, ...] = tuple(
 def bucket_index(latency_ns: int) -> int:
     """The histogram bucket of a latency, as the C load generator files it."""
     return int(lib.tb_bucket_index(latency_ns))
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadShape:
+    """The load a generator applies: ``connections`` at once, each keeping
+    ``depth`` messages of ``size`` bytes in flight, in ``framing``."""
+
+    connections: int
+    depth: int
+    size: int
+    framing: FramingName
 
 
 @dataclasses.dataclass

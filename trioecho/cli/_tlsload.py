@@ -19,9 +19,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from trioecho.cli._cloadgen import BenchStats
+from trioecho.cli._cloadgen import BenchStats, LoadShape
 from trioecho.errors import LoadGeneratorError, TLSHandshakeError, TrioEchoError
-from trioecho.framing.base import FramingName
 from trioecho.framing.config import FramingConfig
 from trioecho.services.echo import REPLY_SUFFIX
 from trioecho.services.greeting import expect_greeting
@@ -41,28 +40,24 @@ def _payload(seq: int, size: int) -> bytes:
 
 
 class TLSLoadGenerator:
-    """``connections`` TLS connections keeping ``depth`` messages of ``size``
-    bytes in flight each, every reply checked; ``run(seconds)`` returns the
-    statistics of that stretch."""
+    """The ``shape``'s load over TLS connections (line or len framing), every
+    reply checked; ``run(seconds)`` returns the statistics of that stretch."""
 
     def __init__(
         self,
         host: str,
         port: int,
+        shape: LoadShape,
         *,
-        connections: int,
-        depth: int,
-        size: int,
-        framing: FramingName,
         ssl_context: ssl.SSLContext,
         server_name: str | None = None,
         connect_timeout: float = 10.0,
     ) -> None:
-        if framing not in ("line", "len"):
+        if shape.framing not in ("line", "len"):
             raise ValueError("over TLS, bench supports line and len framing")
         self._host, self._port = host, port
-        self._connections, self._depth, self._size = connections, depth, size
-        self._framing = FramingConfig(framing)
+        self._connections, self._depth, self._size = shape.connections, shape.depth, shape.size
+        self._framing = FramingConfig(shape.framing)
         self._ssl_context = ssl_context
         self._server_name = server_name or host
         self._connect_timeout = connect_timeout

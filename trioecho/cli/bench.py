@@ -20,8 +20,9 @@ from typing import Any, TextIO
 
 import trio
 
-from trioecho.cli._cloadgen import BenchStats, LoadGenerator
+from trioecho.cli._cloadgen import BenchStats, LoadGenerator, LoadShape
 from trioecho.cli._tlsload import TLSLoadGenerator
+from trioecho.cli.configs import flag_values
 from trioecho.errors import GreetingError, LoadGeneratorError, TrioEchoError
 from trioecho.framing.base import FramingName
 from trioecho.framing.config import FramingConfig
@@ -106,16 +107,11 @@ def measure(
     # name (the C generator takes addresses) and checks the greeting, so a
     # framing mismatch is named at once instead of timing out.
     address = probe(host, port, framing, ssl_context=ssl_context, server_name=server_name)
-    shape: dict[str, Any] = {
-        "connections": connections,
-        "depth": depth,
-        "size": size,
-        "framing": framing,
-    }
+    shape = LoadShape(connections, depth, size, framing)
     with (
-        LoadGenerator(address, port, **shape)
+        LoadGenerator(address, port, **dataclasses.asdict(shape))
         if ssl_context is None
-        else TLSLoadGenerator(host, port, ssl_context=ssl_context, server_name=server_name, **shape)
+        else TLSLoadGenerator(host, port, shape, ssl_context=ssl_context, server_name=server_name)
     ) as load:
         if warmup > 0:
             if progress is not None:
@@ -249,12 +245,7 @@ def run_bench(
         result = measure(
             args.host,
             args.port,
-            connections=args.connections,
-            depth=args.depth,
-            size=args.size,
-            framing=args.framing,
-            duration=args.duration,
-            warmup=args.warmup,
+            **flag_values(args, "connections", "depth", "size", "framing", "duration", "warmup"),
             progress=progress,
             ssl_context=ssl_context,
             server_name=args.tls_server_name,

@@ -1,7 +1,9 @@
 """The command line's flags mapped onto the library's configurations, once:
 :func:`server_config_from_args` for ``serve``, :func:`relay_config_from_args`
-for ``relay``.  Every check of a value is the configuration's own; what is
-checked here is only what the command line adds (presets, units).
+for ``relay`` (with its ``--preset``'s framings and timeouts:
+:data:`PRESETS`, :func:`resolve_relay_timeouts`), :func:`client_tls` for
+``client`` and ``bench``.  Every check of a value is the configuration's
+own; what is checked here is only what the command line adds (presets, units).
 
 What only the command line uses is typed too: :class:`ServeOptions` (the
 handler, TLS files, metrics, logging) and a worker's :class:`WorkerContext`
@@ -15,23 +17,58 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ssl
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-from trioecho.cli.options import PRESETS, resolve_relay_timeouts
 from trioecho.framing import presets
 from trioecho.framing.config import FramingConfig
+from trioecho.io.tls import client_context
 from trioecho.server.accept import ProxyProtocolConfig
 from trioecho.server.config import ServerConfig
-from trioecho.services.relay_config import RelayConfig
+from trioecho.services.relay_config import (
+    DEFAULT_RELAY_IDLE_TIMEOUT,
+    DEFAULT_RELAY_SEND_TIMEOUT,
+    RelayConfig,
+)
 
 __all__ = [
+    "PRESETS",
+    "RELAY_PRESET_TIMEOUTS",
     "LogOptions",
     "ServeOptions",
     "ServeSpec",
     "WorkerContext",
+    "client_tls",
+    "flag_values",
     "relay_config_from_args",
+    "resolve_relay_timeouts",
     "server_config_from_args",
 ]
+
+# --preset NAME: (what clients send, what the server sends), given max_frame.
+PRESETS: dict[str, tuple[Callable[..., FramingConfig], Callable[..., FramingConfig]]] = {
+    "postgresql": (partial(presets.postgresql, "client"), partial(presets.postgresql, "server")),
+    "mqtt": (presets.mqtt, presets.mqtt),
+    "protobuf-delimited": (presets.protobuf_delimited, presets.protobuf_delimited),
+}
+# relay: the timeouts' defaults, and a --preset's own where its protocol's
+# proxies differ.  PostgreSQL's follow pgbouncer's (client_idle_timeout = 0,
+# no send timeout): no timeout cuts a live client (flow control bounds what
+# a paused reader holds; dead peers are TCP keepalive's).
+RELAY_TIMEOUTS: dict[str, float | None] = {
+    "idle_timeout": DEFAULT_RELAY_IDLE_TIMEOUT,
+    "send_timeout": DEFAULT_RELAY_SEND_TIMEOUT,
+}
+RELAY_PRESET_TIMEOUTS: dict[str, dict[str, float | None]] = {
+    "postgresql": {"idle_timeout": None, "send_timeout": None},
+}
+
+
+def flag_values(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The flags ``names`` as keyword arguments: for the parameters named
+    as the flags' destinations."""
+    return {name: getattr(args, name) for name in names}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,11 +148,7 @@ class ServeSpec:
 def _listener_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The listening settings ``serve`` and ``relay`` share."""
     return {
-        "host": args.host,
-        "port": args.port,
-        "max_connections": args.max_connections,
-        "grace": args.grace,
-        "backlog": args.backlog,
+        **flag_values(args, "host", "port", "max_connections", "grace", "backlog"),
         "unix_path": args.uds,
         "unix_mode": args.uds_mode,
         "memory_budget": args.memory_budget << 20,  # given in MiB
@@ -135,10 +168,7 @@ def server_config_from_args(
     (a worker's own listening socket)."""
     return ServerConfig(
         framing=framing,
-        idle_timeout=args.idle_timeout,
-        send_timeout=args.send_timeout,
-        min_send_rate=args.min_send_rate,
-        keepalive=args.keepalive,
+        **flag_values(args, "idle_timeout", "send_timeout", "min_send_rate", "keepalive"),
         proxy_protocol=proxy,
         ssl_context=ssl_context,
         handshake_timeout=args.tls_handshake_timeout,
@@ -150,7 +180,7 @@ def server_config_from_args(
 
 def relay_config_from_args(args: argparse.Namespace, framing: FramingConfig) -> RelayConfig:
     """``relay``'s :class:`RelayConfig`: its flags, with the timeouts not
-    given filled in (:func:`~trioecho.cli.options.resolve_relay_timeouts`)
+    given filled in (:func:`resolve_relay_timeouts`)
     and a ``--preset``'s framings and PostgreSQL behaviour."""
     resolve_relay_timeouts(args)
     if args.preset is not None:
@@ -168,11 +198,28 @@ def relay_config_from_args(args: argparse.Namespace, framing: FramingConfig) -> 
         server_framing,
         answer_factory=presets.PostgresNegotiation if postgresql else None,
         refusal=presets.postgres_refusal if postgresql else None,
-        idle_timeout=args.idle_timeout,
-        send_timeout=args.send_timeout,
-        min_send_rate=args.min_send_rate,
-        fin_timeout=args.fin_timeout,
         half_close=not postgresql,  # a PostgreSQL session has no half-close
-        keepalive=args.keepalive,
+        **flag_values(
+            args, "idle_timeout", "send_timeout", "min_send_rate", "fin_timeout", "keepalive"
+        ),
     )
     return dataclasses.replace(config, listener=ServerConfig(**_listener_settings(args)))
+
+
+def resolve_relay_timeouts(args: argparse.Namespace) -> None:
+    """Fill in ``relay``'s timeouts not given on the command line: its
+    ``--preset``'s (:data:`RELAY_PRESET_TIMEOUTS`), else the relay's own."""
+    own = RELAY_PRESET_TIMEOUTS.get(args.preset, {}) if args.preset is not None else {}
+    for name, default in RELAY_TIMEOUTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, own.get(name, default))
+
+
+def client_tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS context ``--tls``/``--tls-ca`` ask for (client and bench), or None."""
+    if not (args.tls or args.tls_ca):
+        return None
+    try:
+        return client_context(args.tls_ca)
+    except OSError as exc:  # ssl.SSLError included
+        parser.error(f"cannot load --tls-ca {args.tls_ca}: {exc}")

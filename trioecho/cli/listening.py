@@ -11,8 +11,8 @@ import os
 import socket
 
 from trioecho.logtext import format_listen_address
+from trioecho.server.config import DEFAULT_HOST, DEFAULT_PORT
 from trioecho.server.listeners import adopt_listening_socket, bind_unix
-from trioecho.server.server import DEFAULT_HOST, DEFAULT_PORT
 from trioecho.workers.systemd import inherited_sockets
 
 __all__ = ["inherited_listening_sockets", "open_shared_unix_socket"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import pickle
 import socket
 import sys
@@ -14,21 +16,24 @@ import trio
 
 from trioecho.arguments import is_loopback_host
 from trioecho.cli.client import run_client
-from trioecho.cli.configs import LogOptions, ServeOptions, ServeSpec, server_config_from_args
+from trioecho.cli.configs import (
+    LogOptions,
+    ServeOptions,
+    ServeSpec,
+    client_tls,
+    server_config_from_args,
+)
 from trioecho.cli.demo import run_demo
 from trioecho.cli.echo_policy import echo_framing_problem
+from trioecho.cli.framing_args import framing_from_args, resolve_framing_options
 from trioecho.cli.listening import inherited_listening_sockets, open_shared_unix_socket
 from trioecho.cli.logging_setup import configure_logging
-from trioecho.cli.options import (
-    build_parser,
-    client_tls,
-    framing_from_args,
-    resolve_framing_options,
-)
-from trioecho.cli.serve import relay_from_args, run_relay, serve_echo
+from trioecho.cli.options import build_parser
+from trioecho.cli.serve import print_listening, relay_from_args, run_relay, serve_echo
 from trioecho.cli.serve_checks import check_serve_options
 from trioecho.logtext import format_address
 from trioecho.server.listeners import remove_unix_socket
+from trioecho.workers.ports import open_worker_sockets
 from trioecho.workers.supervisor import supervise
 from trioecho.workers.systemd import Notifier
 
@@ -171,21 +176,27 @@ def run_workers(
             return 1
         sockets = [shared]
     try:
+        try:
+            opened = open_worker_sockets(
+                args.host, args.port, sockets, reuse_port=args.reuse_port, backlog=args.backlog
+            )
+        except OSError as exc:
+            reason = exc.strerror or os.strerror(exc.errno or errno.EADDRINUSE)
+            where = format_address((args.host, args.port))
+            print(f"trioecho: cannot listen on {where}: {reason}", file=sys.stderr)
+            return 1
         return trio.run(
             partial(
                 supervise,
                 pickle.dumps(spec),
                 args.workers,
-                args.host,
-                args.port,
+                opened,
                 worker_module="trioecho.cli.worker",
                 grace=args.grace,
                 worker_timeout=args.worker_timeout,
-                sockets=sockets,
-                reuse_port=args.reuse_port,
-                backlog=args.backlog,
                 notifier=notifier,
                 metrics=args.metrics,
+                announce=print_listening,
             )
         )
     finally:

@@ -1,36 +1,57 @@
-"""The command line's options: argument types, the option groups the commands
-share, the parser, and what the options build (a framing, a client's TLS
-context).
+"""The command line's parser: the options of each command, declared.
+
+This module is the parser's declarative tables (``add_argument`` calls and
+the groups commands share); what the options' text means is
+:mod:`~trioecho.cli.option_types`, and what they build is
+:mod:`~trioecho.cli.framing_args` (the framing) and
+:mod:`~trioecho.cli.configs` (the servers' configurations, the relay's
+presets, a client's TLS context).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import ssl
-from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from trioecho._backend import IMPLEMENTATION
 from trioecho._version import __version__
-from trioecho.arguments import parse_address
-from trioecho.framing import presets
-from trioecho.framing.base import DEFAULT_MAX_FRAME, DEFAULT_MAX_LINE, FRAMINGS, MAX_DELIMITER
-from trioecho.framing.config import OPTION_FRAMINGS, FramingConfig
-from trioecho.framing.contract import LENGTH_BYTES, MAX_ADJUSTMENT, MAX_OFFSET, MAX_VARINT
+from trioecho.cli.configs import PRESETS, RELAY_PRESET_TIMEOUTS, client_tls, resolve_relay_timeouts
+from trioecho.cli.framing_args import (
+    DEFAULT_FRAMING,
+    framing_default,
+    framing_from_args,
+    resolve_framing_options,
+)
+from trioecho.cli.option_types import (
+    delimiter,
+    file_mode,
+    host_port,
+    keepalive,
+    length_adjustment,
+    length_bytes,
+    length_offset,
+    metrics_address,
+    port,
+    positive_int,
+    positive_seconds,
+    rate_or_off,
+    seconds,
+    seconds_or_off,
+    varint_bytes,
+    worker_count,
+)
+from trioecho.framing.base import DEFAULT_MAX_FRAME, DEFAULT_MAX_LINE, FRAMINGS
+from trioecho.framing.contract import LENGTH_BYTES
 from trioecho.io.budget import DEFAULT_MEMORY_BUDGET
-from trioecho.io.keepalive import DEFAULT_KEEPALIVE, KeepAlive
+from trioecho.io.keepalive import DEFAULT_KEEPALIVE
 from trioecho.io.readiness import READINESS_MODES
-from trioecho.io.tls import client_context
 from trioecho.server.accept import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_PROXY_ALLOW_FROM,
     DEFAULT_PROXY_TIMEOUT,
     PROXY_MODES,
 )
-from trioecho.server.listeners import DEFAULT_UNIX_MODE
-from trioecho.server.server import (
+from trioecho.server.config import (
     DEFAULT_GRACE,
     DEFAULT_HOST,
     DEFAULT_IDLE_TIMEOUT,
@@ -39,6 +60,7 @@ from trioecho.server.server import (
     DEFAULT_PORT,
     DEFAULT_SEND_TIMEOUT,
 )
+from trioecho.server.listeners import DEFAULT_UNIX_MODE
 from trioecho.services.echo import (
     BaseEchoHandler,
     EchoHandler,
@@ -50,8 +72,11 @@ from trioecho.services.relay_config import (
     DEFAULT_RELAY_IDLE_TIMEOUT,
     DEFAULT_RELAY_SEND_TIMEOUT,
 )
-from trioecho.workers.supervisor import DEFAULT_WORKER_TIMEOUT, cpu_count
+from trioecho.workers.supervisor import DEFAULT_WORKER_TIMEOUT
 
+# build_parser is this module's own; the others are imported from here too
+# (they lived here before the option types and what the options build
+# moved out).
 __all__ = [
     "ECHO_HANDLERS",
     "PRESETS",
@@ -63,24 +88,6 @@ __all__ = [
     "resolve_relay_timeouts",
 ]
 
-
-# --preset NAME: (what clients send, what the server sends), given max_frame.
-PRESETS: dict[str, tuple[Callable[..., FramingConfig], Callable[..., FramingConfig]]] = {
-    "postgresql": (partial(presets.postgresql, "client"), partial(presets.postgresql, "server")),
-    "mqtt": (presets.mqtt, presets.mqtt),
-    "protobuf-delimited": (presets.protobuf_delimited, presets.protobuf_delimited),
-}
-# relay: the timeouts' defaults, and a --preset's own where its protocol's
-# proxies differ.  PostgreSQL's follow pgbouncer's (client_idle_timeout = 0,
-# no send timeout): no timeout cuts a live client (flow control bounds what
-# a paused reader holds; dead peers are TCP keepalive's).
-RELAY_TIMEOUTS: dict[str, float | None] = {
-    "idle_timeout": DEFAULT_RELAY_IDLE_TIMEOUT,
-    "send_timeout": DEFAULT_RELAY_SEND_TIMEOUT,
-}
-RELAY_PRESET_TIMEOUTS: dict[str, dict[str, float | None]] = {
-    "postgresql": {"idle_timeout": None, "send_timeout": None},
-}
 # serve --handler: the echo service's three handlers, the same bytes on the wire.
 ECHO_HANDLERS: dict[str, type[BaseEchoHandler]] = {
     "session": EchoHandler,
@@ -89,80 +96,11 @@ ECHO_HANDLERS: dict[str, type[BaseEchoHandler]] = {
 }
 
 
-def _integer(text: str, what: str, base: int = 10) -> int:
-    """``text`` as an int, or the argparse error "not a WHAT: 'TEXT'"."""
-    try:
-        return int(text, base)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
-
-
-def _positive_int(text: str) -> int:
-    value = _integer(text, "a positive integer")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _integer(text, "a port number")
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 0..65535, not {value}")
-    return value
-
-
-def _file_mode(text: str) -> int:
-    value = _integer(text, "an octal file mode", 8)
-    if not 0 <= value <= 0o777:
-        raise argparse.ArgumentTypeError(f"must be 0..777, not {text}")
-    return value
-
-
-def _length_bytes(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value not in LENGTH_BYTES:
-        raise argparse.ArgumentTypeError(
-            f"must be one of {', '.join(map(str, LENGTH_BYTES))}, not {text!r}"
-        )
-    return value
-
-
-# Longest duration an option takes: a day (also keeps Trio's deadlines finite).
-MAX_SECONDS = 86400.0
-
-
-def _seconds(text: str) -> float:
-    """A finite number of seconds, 0 to MAX_SECONDS."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
-    if not 0 <= value <= MAX_SECONDS:  # also false for nan
-        raise argparse.ArgumentTypeError(f"must be 0..{MAX_SECONDS:g} seconds, not {text}")
-    return value
-
-
-def _seconds_or_off(text: str) -> float | None:
-    value = _seconds(text)
-    return None if value == 0 else value
-
-
-def _keepalive(text: str) -> KeepAlive | None:
-    """``--keepalive IDLE[:INTERVAL[:COUNT]]`` or ``off``."""
-    try:
-        return KeepAlive.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _add_keepalive(limits: argparse._ArgumentGroup, where: str) -> None:
     """``--keepalive``, for the connections ``where`` names."""
     limits.add_argument(
         "--keepalive",
-        type=_keepalive,
+        type=keepalive,
         default=DEFAULT_KEEPALIVE,
         metavar="IDLE[:INTERVAL[:COUNT]]",
         help=f"TCP keepalive {where}: after IDLE seconds with nothing from a peer, probe it "
@@ -180,52 +118,18 @@ def _add_keepalive(limits: argparse._ArgumentGroup, where: str) -> None:
 BENCH_FRAMINGS = ("line", "len", "raw")
 
 
-def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = _integer(text, "an integer")
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{what} must be between {low} and {high}")
-        return value
-
-    return parse
-
-
-_length_offset = _int_in(0, MAX_OFFSET, "the length offset")
-_length_adjustment = _int_in(-MAX_ADJUSTMENT, MAX_ADJUSTMENT, "the length adjustment")
-_varint_bytes = _int_in(1, MAX_VARINT, "a varint length")
-
-
-def _delimiter(text: str) -> bytes:
-    """A delimiter given on the command line, with backslash escapes."""
-    try:
-        value = (
-            text.encode("latin-1", "backslashreplace").decode("unicode_escape").encode("latin-1")
-        )
-    except (UnicodeDecodeError, UnicodeEncodeError) as exc:
-        raise argparse.ArgumentTypeError(f"bad delimiter {text!r}: {exc}") from None
-    if not 1 <= len(value) <= MAX_DELIMITER:
-        raise argparse.ArgumentTypeError(
-            f"a delimiter is 1 to {MAX_DELIMITER} bytes, not {len(value)}: {text!r}"
-        )
-    return value
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
-    return host.strip("[]"), _port(port)
-
-
 def _add_address_options(
     parser: argparse.ArgumentParser, title: str, what: str, *, listening: bool = False
-) -> None:
-    """--host and --port: where a server listens (and its --backlog), or the
-    server a client dials."""
+) -> argparse._ArgumentGroup:
+    """--host and --port: where a server listens (and its --uds, --backlog
+    and --fd), or the server a client dials; returns the group ``title``."""
     group = parser.add_argument_group(title)
     group.add_argument("--host", default=DEFAULT_HOST, help=f"{what} (default: %(default)s)")
     group.add_argument(
-        "--port", type=_port, default=DEFAULT_PORT, help="TCP port (default: %(default)s)"
+        "--port",
+        type=port,
+        default=DEFAULT_PORT,
+        help="TCP port (default: %(default)s)",
     )
     if listening:
         group.add_argument(
@@ -236,14 +140,14 @@ def _add_address_options(
         )
         group.add_argument(
             "--uds-mode",
-            type=_file_mode,
+            type=file_mode,
             default=DEFAULT_UNIX_MODE,
             metavar="OCTAL",
             help=f"--uds: the socket file's mode (default: {DEFAULT_UNIX_MODE:o})",
         )
         group.add_argument(
             "--backlog",
-            type=_positive_int,
+            type=positive_int,
             default=None,
             metavar="N",
             help="connections the kernel may queue before they are accepted "
@@ -257,35 +161,7 @@ def _add_address_options(
             "descriptor N, or the systemd socket named NAME (FileDescriptorName=); may be "
             "repeated.  Sockets systemd passes (LISTEN_FDS) are adopted without it",
         )
-
-
-# Each framing option: its flag, and the FramingConfig field it sets, which
-# gives the framings it applies to (OPTION_FRAMINGS) and its default (but
-# for those in _NONE_UNTIL_BUILT, which stay None: framing_from_args
-# decides).  They default to None on the parser, so that one given for a
-# framing it does not apply to is refused (resolve_framing_options)
-# instead of ignored.
-FRAMING_OPTIONS: dict[str, tuple[str, str]] = {
-    "length_bytes": ("--length-bytes", "length_bytes"),
-    "byteorder": ("--byteorder", "byteorder"),
-    "length_offset": ("--length-offset", "length_offset"),
-    "length_adjustment": ("--length-adjustment", "length_adjustment"),
-    "include_header": ("--include-header", "include_header"),
-    "varint_bytes": ("--varint-bytes", "max_length_bytes"),
-    "frame_size": ("--frame-size", "frame_size"),
-    "delimiter": ("--delimiter", "delimiter"),
-    "strip_cr": ("--strip-cr/--keep-cr", "strip_cr"),
-    "on_too_long": ("--on-too-long", "on_too_long"),
-    "max_frame": ("--max-frame", "max_frame"),
-}
-_NONE_UNTIL_BUILT = ("frame_size", "delimiter", "max_frame")
-_FRAMING_DEFAULTS = {field.name: field.default for field in dataclasses.fields(FramingConfig)}
-DEFAULT_FRAMING = str(_FRAMING_DEFAULTS["framing"])
-
-
-def framing_default(dest: str) -> object:
-    """A framing option's default: its FramingConfig field's (or None)."""
-    return None if dest in _NONE_UNTIL_BUILT else _FRAMING_DEFAULTS[FRAMING_OPTIONS[dest][1]]
+    return group
 
 
 def _add_framing_options(parser: argparse.ArgumentParser) -> None:
@@ -305,7 +181,7 @@ def _add_framing_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--length-bytes",
-        type=_length_bytes,
+        type=length_bytes,
         metavar="{" + ",".join(map(str, LENGTH_BYTES)) + "}",
         help=f"len: the length field's size in bytes (default: {framing_default('length_bytes')})",
     )
@@ -317,14 +193,14 @@ def _add_framing_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--length-offset",
-        type=_length_offset,
+        type=length_offset,
         metavar="N",
         help="len, varint: N bytes (a type byte, say) before the length field "
         f"(default: {framing_default('length_offset')})",
     )
     group.add_argument(
         "--length-adjustment",
-        type=_length_adjustment,
+        type=length_adjustment,
         metavar="N",
         help="len: added to the length field's value to get the body's size "
         f"(-4 when the field counts itself; default: {framing_default('length_adjustment')})",
@@ -338,18 +214,21 @@ def _add_framing_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--varint-bytes",
-        type=_varint_bytes,
+        type=varint_bytes,
         metavar="N",
         help="varint: most bytes a length may take "
         f"(1-10; MQTT: 4; default: {framing_default('varint_bytes')})",
     )
     group.add_argument(
-        "--frame-size", type=_positive_int, metavar="N", help="fixed: bytes per message (required)"
+        "--frame-size",
+        type=positive_int,
+        metavar="N",
+        help="fixed: bytes per message (required)",
     )
     group.add_argument(
         "--delimiter",
         action="append",
-        type=_delimiter,
+        type=delimiter,
         metavar="BYTES",
         help="line: the delimiter, with escapes (\\n, \\r\\n, \\0, \\x1e); repeat it for "
         "several: a line ends at the first to occur, replies end with the first given "
@@ -357,7 +236,7 @@ def _add_framing_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--max-frame",
-        type=_positive_int,
+        type=positive_int,
         metavar="BYTES",
         help=f"line, len, varint: largest message in bytes (default: {DEFAULT_MAX_LINE} for "
         f"line, {DEFAULT_MAX_FRAME} for len and varint; relay --preset: the protocol's own "
@@ -387,70 +266,6 @@ def _add_framing_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def resolve_framing_options(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, preset: str | None = None
-) -> None:
-    """Refuse a framing option given for a framing it does not apply to (or
-    with ``--preset``, which sets the framing), then fill in the defaults."""
-    if preset is not None:
-        given = [
-            flag
-            for dest, (flag, _field) in FRAMING_OPTIONS.items()
-            if dest != "max_frame" and getattr(args, dest) is not None
-        ]
-        if args.framing is not None:
-            given.insert(0, "--framing")
-        if given:
-            parser.error(
-                f"{', '.join(given)}: --preset {preset} sets the framing "
-                "(only --max-frame applies with it)"
-            )
-    framing = args.framing or DEFAULT_FRAMING
-    for dest, (flag, field) in FRAMING_OPTIONS.items():
-        value = getattr(args, dest)
-        framings = OPTION_FRAMINGS[field]
-        if value is None:
-            setattr(args, dest, framing_default(dest))
-        elif preset is None and framing not in framings:
-            parser.error(f"{flag} applies to --framing {' or '.join(framings)}, not {framing}")
-    args.framing = framing
-
-
-def resolve_relay_timeouts(args: argparse.Namespace) -> None:
-    """Fill in ``relay``'s timeouts not given on the command line: its
-    ``--preset``'s (:data:`RELAY_PRESET_TIMEOUTS`), else the relay's own."""
-    own = RELAY_PRESET_TIMEOUTS.get(args.preset, {}) if args.preset is not None else {}
-    for name, default in RELAY_TIMEOUTS.items():
-        if not hasattr(args, name):
-            setattr(args, name, own.get(name, default))
-
-
-def _rate_or_off(text: str) -> float | None:
-    """``--min-send-rate``: a finite number of bytes a second; 0: none."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be bytes a second, not {text!r}") from None
-    if not 0 <= value < float("inf"):  # also false for nan
-        raise argparse.ArgumentTypeError(f"must be a finite number, at least 0, not {text}")
-    return None if value == 0 else value
-
-
-def _positive_seconds(text: str) -> float:
-    value = _seconds(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
-    return value
-
-
-def _workers(text: str) -> int:
-    if text == "auto":
-        return cpu_count()
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"must be a number or 'auto', not {text!r}")
-    return _positive_int(text)
-
-
 def _add_tls_client_options(parser: argparse.ArgumentParser) -> None:
     tls = parser.add_argument_group("TLS")
     tls.add_argument("--tls", action="store_true", help="connect with TLS")
@@ -466,7 +281,8 @@ def _add_tls_client_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_server_tls_and_proxy_options(parser: argparse.ArgumentParser) -> None:
+def _add_server_tls_options(parser: argparse.ArgumentParser) -> None:
+    """The certificate a server serves TLS with, and its handshake's limit."""
     tls = parser.add_argument_group("TLS")
     tls.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this PEM certificate chain")
     tls.add_argument(
@@ -474,11 +290,15 @@ def _add_server_tls_and_proxy_options(parser: argparse.ArgumentParser) -> None:
     )
     tls.add_argument(
         "--tls-handshake-timeout",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=DEFAULT_HANDSHAKE_TIMEOUT,
         metavar="SECONDS",
         help="close a connection whose handshake takes longer (default: %(default)s)",
     )
+
+
+def _add_proxy_protocol_options(parser: argparse.ArgumentParser) -> None:
+    """Whether a server expects a PROXY protocol header, from whom, how long."""
     proxy = parser.add_argument_group("PROXY protocol (behind HAProxy and other load balancers)")
     proxy.add_argument(
         "--proxy-protocol",
@@ -496,27 +316,30 @@ def _add_server_tls_and_proxy_options(parser: argparse.ArgumentParser) -> None:
     )
     proxy.add_argument(
         "--proxy-timeout",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=DEFAULT_PROXY_TIMEOUT,
         metavar="SECONDS",
         help="close a connection whose header is not complete in time (default: %(default)s)",
     )
 
 
-def _add_server_limits(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """What every server command takes: its connection limit and shutdown
-    grace; returns the group, for the command's own limits."""
+def _add_server_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """What every server command takes: where it listens, its framing, its
+    connection limit and shutdown grace; returns the limits group, for the
+    command's own limits."""
+    _add_address_options(parser, "listening", "the address to listen on", listening=True)
+    _add_framing_options(parser)
     limits = parser.add_argument_group("limits")
     limits.add_argument(
         "--max-connections",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_MAX_CONNECTIONS,
         metavar="N",
         help="at the limit, stop accepting until one closes (default: %(default)s)",
     )
     limits.add_argument(
         "--grace",
-        type=_seconds,
+        type=seconds,
         default=DEFAULT_GRACE,
         metavar="SECONDS",
         help="on SIGINT/SIGTERM, seconds connections get to finish (default: %(default)s)",
@@ -527,30 +350,16 @@ def _add_server_limits(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _metrics_address(text: str) -> tuple[str, int]:
-    """``--metrics``: ``PORT`` (on 127.0.0.1) or ``HOST:PORT``."""
-    if text.isdigit():
-        text = f"127.0.0.1:{text}"
-    try:
-        return parse_address(text, "--metrics")
-    except (TypeError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(
-            f"not [HOST:]PORT: {text!r} ({exc})" if ":" in text else f"not [HOST:]PORT: {text!r}"
-        ) from None
-
-
-def _add_metrics(parser: argparse.ArgumentParser) -> None:
+def _add_metrics_and_logging(parser: argparse.ArgumentParser) -> None:
+    """What every server command reports: its metrics endpoint, its logs."""
     group = parser.add_argument_group("metrics")
     group.add_argument(
         "--metrics",
-        type=_metrics_address,
+        type=metrics_address,
         metavar="[HOST:]PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics, with /healthz and "
         "/readyz (HOST defaults to 127.0.0.1: another address must be named)",
     )
-
-
-def _add_verbosity(parser: argparse.ArgumentParser) -> None:
     logging_group = parser.add_argument_group("logging")
     group = logging_group.add_mutually_exclusive_group()
     group.add_argument("-v", "--verbose", action="store_true", help="log every connection")
@@ -584,20 +393,31 @@ def _add_verbosity(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_command(
+    commands: Any, name: str, summary: str, description: str
+) -> argparse.ArgumentParser:
+    """The parser of the command ``name``; it records itself in the parsed
+    arguments (``command_parser``), so that the command reports its own
+    mistakes ("trioecho serve: error: ...")."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, help=summary, description=description
+    )
+    parser.set_defaults(command_parser=parser)
+    return parser
+
+
 def _add_serve(commands: Any) -> None:
-    serve = commands.add_parser(
+    serve = _add_command(
+        commands,
         "serve",
-        help="run the echo service (the default)",
-        description="The seed's echo service: greets each client, answers every message "
+        "run the echo service (the default)",
+        "The seed's echo service: greets each client, answers every message "
         "with the message and 好, ends a session on q.",
     )
-    serve.set_defaults(command_parser=serve)
-    _add_address_options(serve, "listening", "the address to listen on", listening=True)
-    _add_framing_options(serve)
-    limits = _add_server_limits(serve)
+    limits = _add_server_options(serve)
     limits.add_argument(
         "--idle-timeout",
-        type=_seconds_or_off,
+        type=seconds_or_off,
         default=DEFAULT_IDLE_TIMEOUT,
         metavar="SECONDS",
         help="close a connection with no complete message for this long; "
@@ -605,7 +425,7 @@ def _add_serve(commands: Any) -> None:
     )
     limits.add_argument(
         "--send-timeout",
-        type=_seconds_or_off,
+        type=seconds_or_off,
         default=DEFAULT_SEND_TIMEOUT,
         metavar="SECONDS",
         help="close a peer that takes none of its replies for this long while a send waits "
@@ -647,7 +467,7 @@ def _add_serve(commands: Any) -> None:
     workers = serve.add_argument_group("workers")
     workers.add_argument(
         "--workers",
-        type=_workers,
+        type=worker_count,
         default=1,
         metavar="N|auto",
         help="run N server processes sharing one listening socket, restarted if they die, "
@@ -662,26 +482,26 @@ def _add_serve(commands: Any) -> None:
     )
     workers.add_argument(
         "--worker-timeout",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=DEFAULT_WORKER_TIMEOUT,
         metavar="SECONDS",
         help="with --workers: kill and restart a worker whose event loop has not "
         "turned for this long (default: %(default)s)",
     )
-    _add_server_tls_and_proxy_options(serve)
-    _add_metrics(serve)
-    _add_verbosity(serve)
+    _add_server_tls_options(serve)
+    _add_proxy_protocol_options(serve)
+    _add_metrics_and_logging(serve)
 
 
 def _add_client(commands: Any) -> None:
-    client = commands.add_parser(
+    client = _add_command(
+        commands,
         "client",
-        help="send stdin lines, print the replies",
-        description="An interactive client: each line of stdin is one message, each reply "
+        "send stdin lines, print the replies",
+        "An interactive client: each line of stdin is one message, each reply "
         "is printed.  It checks the server's greeting and names the framing the server "
         "seems to speak if it is not this one.",
     )
-    client.set_defaults(command_parser=client)
     _add_address_options(client, "server", "the server's host name or address")
     _add_framing_options(client)
     _add_tls_client_options(client)
@@ -690,7 +510,7 @@ def _add_client(commands: Any) -> None:
 def _add_min_send_rate(limits: argparse._ArgumentGroup) -> None:
     limits.add_argument(
         "--min-send-rate",
-        type=_rate_or_off,
+        type=rate_or_off,
         default=DEFAULT_MIN_SEND_RATE,
         metavar="BYTES",
         help="the floor under --send-timeout: close a peer that, once a send has waited "
@@ -703,7 +523,7 @@ def _add_min_send_rate(limits: argparse._ArgumentGroup) -> None:
 def _add_memory_budget(limits: argparse._ArgumentGroup, help_text: str) -> None:
     limits.add_argument(
         "--memory-budget",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_MEMORY_BUDGET >> 20,
         metavar="MIB",
         help=help_text + " (default: %(default)s)",
@@ -711,17 +531,17 @@ def _add_memory_budget(limits: argparse._ArgumentGroup, help_text: str) -> None:
 
 
 def _add_relay(commands: Any) -> None:
-    relay = commands.add_parser(
+    relay = _add_command(
+        commands,
         "relay",
-        help="pass every frame between clients and an upstream server, checked against the framing",
-        description="A frame relay: each client gets its own connection to the upstream "
+        "pass every frame between clients and an upstream server, checked against the framing",
+        "A frame relay: each client gets its own connection to the upstream "
         "server, and every frame each way is checked against the framing (and --max-frame) "
         "before it is passed on.",
     )
-    relay.set_defaults(command_parser=relay)
     relay.add_argument(
         "--upstream",
-        type=_host_port,
+        type=host_port,
         required=True,
         metavar="HOST:PORT",
         help="the server to relay to (not the relay's own --host/--port)",
@@ -734,26 +554,20 @@ def _add_relay(commands: Any) -> None:
         "connections at once, as pgbouncer does: the protocol has no half-close; no idle "
         "or send timeout unless given); otherwise the framing options, the same both ways",
     )
-    _add_address_options(relay, "listening", "the address to listen on", listening=True)
-    _add_framing_options(relay)
-    limits = _add_server_limits(relay)
-    limits.add_argument(
+    limits = _add_server_options(relay)
+    _add_relay_timeout(
+        limits,
         "--idle-timeout",
-        type=_seconds_or_off,
-        default=argparse.SUPPRESS,  # the --preset's, else the relay's: resolve_relay_timeouts
-        metavar="SECONDS",
-        help="close a client and its upstream connection when no bytes have moved either "
+        "close a client and its upstream connection when no bytes have moved either "
         f"way for this long; 0: never (default: {DEFAULT_RELAY_IDLE_TIMEOUT:g}, an hour: a "
         "database session may sit idle, a client waiting for a long query is not idle; "
         "with --preset postgresql: 0, as pgbouncer's client_idle_timeout, and when given, "
         "the client is told first: FATAL 57P05, as PostgreSQL's idle_session_timeout)",
     )
-    limits.add_argument(
+    _add_relay_timeout(
+        limits,
         "--send-timeout",
-        type=_seconds_or_off,
-        default=argparse.SUPPRESS,  # the --preset's, else the relay's: resolve_relay_timeouts
-        metavar="SECONDS",
-        help="close both connections when a send to either side makes no progress for this "
+        "close both connections when a send to either side makes no progress for this "
         f"long (a peer that stopped reading); 0: never (default: {DEFAULT_RELAY_SEND_TIMEOUT:g}; "
         "with --preset postgresql: 0, as pgbouncer, which has none: flow control bounds "
         "what a paused reader holds; when given, an upstream that does not read gets the "
@@ -761,7 +575,7 @@ def _add_relay(commands: Any) -> None:
     )
     limits.add_argument(
         "--fin-timeout",
-        type=_seconds_or_off,
+        type=seconds_or_off,
         default=DEFAULT_RELAY_FIN_TIMEOUT,
         metavar="SECONDS",
         help="once one side has ended (its end is passed on), close both connections when "
@@ -776,26 +590,28 @@ def _add_relay(commands: Any) -> None:
         "connections (a frame streams through: it holds a read, not the frame); past it, "
         "reading waits",
     )
-    _add_metrics(relay)
-    _add_verbosity(relay)
+    _add_metrics_and_logging(relay)
+
+
+def _add_relay_timeout(limits: argparse._ArgumentGroup, flag: str, help_text: str) -> None:
+    """A relay timeout in seconds (0: never) whose default is the
+    ``--preset``'s, else the relay's own: left unset on the parser, it is
+    filled in by :func:`~trioecho.cli.configs.resolve_relay_timeouts`."""
+    limits.add_argument(
+        flag, type=seconds_or_off, default=argparse.SUPPRESS, metavar="SECONDS", help=help_text
+    )
 
 
 def _add_bench(commands: Any) -> None:
-    bench = commands.add_parser(
+    bench = _add_command(
+        commands,
         "bench",
-        help="load a server with many pipelined messages, check every reply",
-        description="A load generator in C: many connections, each keeping --depth "
+        "load a server with many pipelined messages, check every reply",
+        "A load generator in C: many connections, each keeping --depth "
         "messages in flight; every reply is checked.  Reports messages per second and "
         "latency percentiles.",
     )
-    bench.set_defaults(command_parser=bench)
-    target = bench.add_argument_group("server")
-    target.add_argument(
-        "--host", default=DEFAULT_HOST, help="host name or address (default: %(default)s)"
-    )
-    target.add_argument(
-        "--port", type=_port, default=DEFAULT_PORT, help="TCP port (default: %(default)s)"
-    )
+    target = _add_address_options(bench, "server", "host name or address")
     target.add_argument(
         "--framing",
         choices=BENCH_FRAMINGS,
@@ -806,7 +622,7 @@ def _add_bench(commands: Any) -> None:
     load.add_argument(
         "-c",
         "--connections",
-        type=_positive_int,
+        type=positive_int,
         default=100,
         metavar="N",
         help="connections at once (default: %(default)s)",
@@ -814,7 +630,7 @@ def _add_bench(commands: Any) -> None:
     load.add_argument(
         "-d",
         "--depth",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="messages in flight per connection (default: %(default)s)",
@@ -822,21 +638,21 @@ def _add_bench(commands: Any) -> None:
     load.add_argument(
         "-s",
         "--size",
-        type=_positive_int,
+        type=positive_int,
         default=64,
         metavar="BYTES",
         help="message bytes (default: %(default)s)",
     )
     load.add_argument(
         "--duration",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=5.0,
         metavar="SECONDS",
         help="seconds measured (default: %(default)s)",
     )
     load.add_argument(
         "--warmup",
-        type=_seconds,
+        type=seconds,
         default=1.0,
         metavar="SECONDS",
         help="seconds before measuring (default: %(default)s)",
@@ -845,7 +661,7 @@ def _add_bench(commands: Any) -> None:
     report.add_argument("--json", action="store_true", help="print one JSON object")
     report.add_argument(
         "--server-pid",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="PID",
         help="a server on this machine: also report its CPU time per message, from "
@@ -869,42 +685,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_client(commands)
     _add_relay(commands)
-    demo = commands.add_parser(
+    _add_command(
+        commands,
         "demo",
-        help="show sticky packets: raw vs line vs len framing",
-        description="Shows the seed's sticky-packet problem on a real socket: three messages "
+        "show sticky packets: raw vs line vs len framing",
+        "Shows the seed's sticky-packet problem on a real socket: three messages "
         "sent back to back arrive merged without framing, and separate with line and "
         "len framing.",
     )
-    demo.set_defaults(command_parser=demo)
     _add_bench(commands)
     return parser
-
-
-def framing_from_args(args: argparse.Namespace) -> FramingConfig:
-    if args.framing == "fixed" and args.frame_size is None:
-        raise ValueError("--framing fixed needs --frame-size")
-    return FramingConfig(
-        args.framing,
-        length_bytes=args.length_bytes,
-        byteorder=args.byteorder,
-        max_frame=args.max_frame,
-        delimiter=tuple(args.delimiter or (b"\n",)),
-        strip_cr=args.strip_cr,
-        on_too_long=args.on_too_long,
-        length_offset=args.length_offset,
-        length_adjustment=args.length_adjustment,
-        include_header=args.include_header,
-        max_length_bytes=args.varint_bytes,
-        frame_size=args.frame_size,
-    )
-
-
-def client_tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ssl.SSLContext | None:
-    """The TLS context ``--tls``/``--tls-ca`` ask for (client and bench), or None."""
-    if not (args.tls or args.tls_ca):
-        return None
-    try:
-        return client_context(args.tls_ca)
-    except OSError as exc:  # ssl.SSLError included
-        parser.error(f"cannot load --tls-ca {args.tls_ca}: {exc}")

@@ -7,11 +7,11 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import signal
 import socket
 import ssl
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import trio
 
@@ -35,12 +35,14 @@ from trioecho.server.listeners import adopt_listening_socket, socket_listeners
 from trioecho.server.server import MessageServer
 from trioecho.services.relay import relay_server_from_config
 from trioecho.workers.link import HEARTBEAT_INTERVAL, WorkerLink, start_orphan_watchdog
+from trioecho.workers.signals import SignalActions, act_on_signals, open_signal_receiver
 from trioecho.workers.systemd import Notifier
 
 logger = logging.getLogger("trioecho")
 
 __all__ = [
     "ServeSpec",
+    "print_listening",
     "relay_from_args",
     "reload_on_sighup",
     "run_relay",
@@ -105,6 +107,47 @@ def run_relay(
     return trio.run(run_server, ServeOptions.from_args(args), server, sockets, notifier)
 
 
+def print_listening(addresses: Sequence[Any]) -> None:
+    """``listening on ADDRESS`` on stdout, one line per listening address
+    (``getsockname()``): the first lines a serving ``trioecho`` writes."""
+    for address in addresses:
+        print(f"listening on {format_listen_address(address)}", flush=True)
+
+
+def single_process_signals(
+    options: ServeOptions, server: MessageServer, notifier: Notifier
+) -> SignalActions:
+    """One process's answer to signals: SIGHUP :func:`reload_on_sighup`;
+    SIGTTIN/SIGTTOU ignored (no workers); SIGINT/SIGTERM drain, and again
+    close every connection at once."""
+
+    def reload(name: str) -> None:
+        notifier.reloading()
+        reload_on_sighup(options, server)
+        notifier.ready("serving")
+
+    def ignore(name: str) -> None:
+        logger.warning("%s: one process serves (no --workers): ignored", name)
+
+    def stop(name: str) -> None:
+        logger.info("%s: shutting down (grace %ss)", name, server.grace)
+        notifier.stopping()
+        server.shutdown()
+
+    def stop_now(name: str) -> None:
+        logger.warning("%s again: closing every connection now", name)
+        server.shutdown(grace=0)
+
+    return SignalActions(
+        reload=reload,
+        add_worker=ignore,
+        remove_worker=ignore,
+        stop=stop,
+        stop_now=stop_now,
+        stopping=lambda: server.shutting_down,
+    )
+
+
 def reload_on_sighup(options: ServeOptions, server: MessageServer) -> None:
     """SIGHUP in one process: re-read the TLS certificate and key (new
     handshakes use them; connections already open keep theirs), log what was
@@ -136,8 +179,7 @@ async def run_server(
     the listening ``sockets`` given (inherited), else where ``server`` says;
     ``notifier`` (systemd) hears READY, RELOADING and STOPPING."""
     notifier = notifier or Notifier({})
-    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
-    with trio.open_signal_receiver(*handled) as signals:
+    with open_signal_receiver() as signals:
         async with trio.open_nursery() as nursery:
             serve: Callable[..., Awaitable[None]] = server.serve
             if sockets:
@@ -193,30 +235,12 @@ async def run_server(
                         server.shutdown(grace=0)
                         await server.wait_stopped()
                         return 1
-                for listener in listeners:
-                    where = format_listen_address(listener.socket.getsockname())
-                    print(f"listening on {where}", flush=True)
+                print_listening([listener.socket.getsockname() for listener in listeners])
                 notifier.ready("serving")
                 nursery.start_soon(notifier.keep_watchdog_fed)
 
-            async def stop_on_signals() -> None:
-                async for signum in signals:
-                    name = signal.Signals(signum).name
-                    if signum == signal.SIGHUP:
-                        notifier.reloading()
-                        reload_on_sighup(options, server)
-                        notifier.ready("serving")
-                    elif signum in (signal.SIGTTIN, signal.SIGTTOU):
-                        logger.warning("%s: one process serves (no --workers): ignored", name)
-                    elif not server.shutting_down:
-                        logger.info("%s: shutting down (grace %ss)", name, server.grace)
-                        notifier.stopping()
-                        server.shutdown()
-                    else:
-                        logger.warning("%s again: closing every connection now", name)
-                        server.shutdown(grace=0)
-
-            nursery.start_soon(stop_on_signals)
+            actions = single_process_signals(options, server, notifier)
+            nursery.start_soon(act_on_signals, signals, actions)
             await server.wait_stopped()
             if worker is not None and options.metrics is not None:
                 await link.send_heartbeat(server.stats())  # the last figures, for the totals

@@ -23,19 +23,17 @@ same contract in C; the test suite runs against both.
 
 from __future__ import annotations
 
-import struct
-
 from trioecho.framing.contract import (
     BAD_VARINT,
     FIELD_NONE,
     FIELD_UINT,
-    HEADER_FORMATS,
     MAX_VARINT,
     NEGATIVE_LENGTH,
     TOO_LONG,
     VARINT_NOT_MINIMAL,
     Problem,
     check_frame_config,
+    header_struct,
 )
 
 IMPLEMENTATION = "python"
@@ -84,8 +82,7 @@ class LengthScanner:
         self._include_header = include_header
         self._unpack_from = None
         if field == FIELD_UINT and header_bytes != 3:
-            order = "<" if little_endian else ">"
-            self._unpack_from = struct.Struct(order + HEADER_FORMATS[header_bytes]).unpack_from
+            self._unpack_from = header_struct(header_bytes, little_endian).unpack_from
         self._little = little_endian
         # A bare field counting the payload: the common case, with a loop of its own.
         self._bare_lengths = (

@@ -35,6 +35,14 @@ OPTION_FRAMINGS: dict[str, tuple[str, ...]] = {
     "max_length_bytes": ("varint",),
     "frame_size": ("fixed",),
 }
+# The framer of each framing but "raw" (which takes no options): built with
+# the options OPTION_FRAMINGS says apply to it, as keyword arguments.
+_FRAMER_CLASSES: dict[str, Callable[..., Framer]] = {
+    "len": LengthPrefixedFramer,
+    "line": LineFramer,
+    "varint": VarintFramer,
+    "fixed": FixedLengthFramer,
+}
 
 
 def make_framer(
@@ -77,42 +85,30 @@ def make_framer(
         if differs and framing in FRAMINGS and framing not in OPTION_FRAMINGS[name]:
             framings = " or ".join(OPTION_FRAMINGS[name])
             raise ValueError(f"{name} applies to framing {framings}, not {framing!r}")
-    limit = DEFAULT_MAX_LINE if framing == "line" else DEFAULT_MAX_FRAME
-    if max_frame is not None:
-        limit = max_frame
-    if framing == "len":
-        return LengthPrefixedFramer(
-            length_bytes=length_bytes,
-            byteorder=byteorder,
-            max_frame=limit,
-            length_offset=length_offset,
-            length_adjustment=length_adjustment,
-            include_header=include_header,
-            implementation=implementation,
-        )
-    if framing == "line":
-        return LineFramer(
-            delimiter=delimiter,
-            strip_cr=strip_cr,
-            max_frame=limit,
-            on_too_long=on_too_long,
-            implementation=implementation,
-        )
-    if framing == "varint":
-        return VarintFramer(
-            max_frame=limit,
-            max_length_bytes=max_length_bytes,
-            length_offset=length_offset,
-            include_header=include_header,
-            implementation=implementation,
-        )
-    if framing == "fixed":
-        if frame_size is None:
-            raise ValueError("framing 'fixed' needs frame_size")
-        return FixedLengthFramer(frame_size, implementation=implementation)
+    if framing not in FRAMINGS:
+        raise ValueError(f"framing must be one of {FRAMINGS}, not {framing!r}")
     if framing == "raw":
         return RawFramer()
-    raise ValueError(f"framing must be one of {FRAMINGS}, not {framing!r}")
+    framer_class = _FRAMER_CLASSES[framing]
+    if framing == "fixed" and frame_size is None:
+        raise ValueError("framing 'fixed' needs frame_size")
+    default_limit = DEFAULT_MAX_LINE if framing == "line" else DEFAULT_MAX_FRAME
+    values = {
+        "length_bytes": length_bytes,
+        "byteorder": byteorder,
+        "max_frame": default_limit if max_frame is None else max_frame,
+        "delimiter": delimiter,
+        "strip_cr": strip_cr,
+        "on_too_long": on_too_long,
+        "length_offset": length_offset,
+        "length_adjustment": length_adjustment,
+        "include_header": include_header,
+        "max_length_bytes": max_length_bytes,
+        "frame_size": frame_size,
+    }
+    # Each framer takes the options that apply to its framing, by name.
+    options = {name: value for name, value in values.items() if framing in OPTION_FRAMINGS[name]}
+    return framer_class(**options, implementation=implementation)
 
 
 @dataclasses.dataclass(frozen=True)

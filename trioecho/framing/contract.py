@@ -7,6 +7,7 @@ load-bearing for the other.
 
 from __future__ import annotations
 
+import struct
 from enum import IntEnum
 from typing import NamedTuple
 
@@ -27,6 +28,7 @@ __all__ = [
     "Problem",
     "ProblemCode",
     "check_frame_config",
+    "header_struct",
 ]
 
 
@@ -54,6 +56,12 @@ MAX_OFFSET = 65535
 MAX_ADJUSTMENT = (1 << 31) - 1
 LENGTH_BYTES = (1, 2, 3, 4, 8)  # widths of a FIELD_UINT
 HEADER_FORMATS = {1: "B", 2: "H", 4: "I", 8: "Q"}  # struct's, for all but 3 bytes
+
+
+def header_struct(header_bytes: int, little_endian: bool) -> struct.Struct:
+    """The :class:`struct.Struct` of an unsigned length field of
+    ``header_bytes`` (1, 2, 4 or 8: 3 has none) in the given byte order."""
+    return struct.Struct(("<" if little_endian else ">") + HEADER_FORMATS[header_bytes])
 
 
 class Problem(NamedTuple):

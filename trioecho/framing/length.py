@@ -5,7 +5,6 @@ adjustment, header kept) or a varint length.
 from __future__ import annotations
 
 import functools
-import struct
 from collections.abc import Callable, Iterable
 from typing import Literal
 
@@ -25,12 +24,12 @@ from trioecho.framing.base import (
 from trioecho.framing.contract import (
     FIELD_UINT,
     FIELD_VARINT,
-    HEADER_FORMATS,
     LENGTH_BYTES,
     MAX_ADJUSTMENT,
     MAX_OFFSET,
     MAX_VARINT,
     VARINT_NOT_MINIMAL,
+    header_struct,
 )
 from trioecho.framing.problems import too_long_message
 
@@ -44,8 +43,7 @@ def _header_packer(
     """``pack`` of the header format, shared by every framer that uses it."""
     if length_bytes == 3:
         return functools.partial(int.to_bytes, length=3, byteorder=byteorder)
-    order = "<" if byteorder == "little" else ">"
-    return struct.Struct(order + HEADER_FORMATS[length_bytes]).pack
+    return header_struct(length_bytes, byteorder == "little").pack
 
 
 class LengthFieldFramer(_StreamFramer):

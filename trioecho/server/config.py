@@ -69,27 +69,48 @@ class ServerConfig:
     host: str | None = DEFAULT_HOST
     """Where to listen: an address or a name; None (or ``""``) for every interface."""
     port: int = DEFAULT_PORT
-    """The TCP port; 0 for a free one (the server's ``port`` says which)."""
+    """The TCP port; 0 for a free one (the server's ``port`` says which once
+    it listens)."""
     framing: FramingConfig | str | None = None
     """How messages are cut: a :class:`FramingConfig`, or a framing name
     (stored as its configuration); None for lines."""
     max_connections: int = DEFAULT_MAX_CONNECTIONS
-    """Connections at once; at the limit the server stops accepting."""
+    """Connections at once; at the limit the server stops accepting until
+    a connection closes."""
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
-    """Seconds a connection may go without a complete message; None: no limit."""
+    """Seconds a connection may go without a complete message before it is
+    closed; None: no limit."""
     send_timeout: float | None = DEFAULT_SEND_TIMEOUT
-    """Seconds a send may wait with no progress on a peer that does not read."""
+    """Seconds a send may wait with no progress on a peer that does not read.
+
+    With ``min_send_rate``, the send rule (:mod:`~trioecho.io.send_deadline`):
+    a send waiting for its peer to read is cut, and the connection closed
+    (:class:`~trioecho.errors.SlowReaderError`, counted as ``slow_reader``),
+    when the peer has taken none of it for ``send_timeout`` seconds (the
+    deadline restarts each time it takes more: a slow but steady reader is
+    never cut), or when, past ``send_timeout`` seconds, it has averaged less
+    than ``min_send_rate`` bytes a second since the send blocked (a
+    trickling reader cannot hold its slot for ever).  The lossless close at
+    the end of a connection follows the same rule.  None: no limit, and no
+    floor either."""
     min_send_rate: float | None = DEFAULT_MIN_SEND_RATE
-    """Bytes a second a waiting send must average once past ``send_timeout``."""
+    """Bytes a second a waiting send must average once past ``send_timeout``
+    (see there); None: no floor."""
     keepalive: KeepAlive | str | None = DEFAULT_KEEPALIVE
-    """TCP keepalive for accepted connections (``"IDLE:INTERVAL:COUNT"``
-    accepted); None: off."""
+    """TCP keepalive for accepted connections (set on the listening sockets,
+    which they inherit): a :class:`KeepAlive`, its text
+    ``"IDLE[:INTERVAL[:COUNT]]"``, or None (or ``"off"``) for none.  The
+    default, 60:10:6, frees a dead idle peer within 2 minutes of its last
+    packet.  ``TCP_USER_TIMEOUT`` comes with it: the keepalive bound, or
+    ``send_timeout`` without keepalive (:mod:`trioecho.io.keepalive`)."""
     grace: float = DEFAULT_GRACE
     """Seconds connections get to finish on shutdown."""
     backlog: int | None = None
-    """The listening sockets' accept queue; None: Trio's default."""
+    """The listening sockets' accept queue; None: Trio's default, the
+    system's maximum."""
     reuse_port: bool = False
-    """``SO_REUSEPORT`` on the listening sockets (TCP only, not ``unix_path``)."""
+    """``SO_REUSEPORT`` on the listening sockets, so that several processes
+    can listen on one port (TCP only, not ``unix_path``)."""
     proxy_protocol: ProxyProtocolConfig | None = None
     """Read a PROXY protocol header before the connection is served."""
     ssl_context: ssl.SSLContext | None = None
@@ -98,15 +119,20 @@ class ServerConfig:
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT
     """Seconds a TLS handshake (or a PROXY header) may take."""
     memory_budget: MemoryBudget | int | None = None
-    """Bytes all connections may buffer at once: a byte count, a
-    :class:`MemoryBudget` shared with other servers, or None for the default."""
+    """Bytes that unfinished messages and unsent replies may hold over all
+    connections at once: a byte count, a :class:`MemoryBudget` shared with
+    other servers, or None for the default."""
     readiness: Readiness | None = None
     """How plain TCP connections wait: ``"hub"``, ``"trio"``, or None for
     ``$TRIOECHO_READINESS`` (default ``"hub"``) when a server is built."""
     unix_path: str | None = None
-    """Listen on a unix socket at this path instead of ``host:port``."""
+    """Listen on a unix socket at this path instead of ``host:port``, its
+    file created with ``unix_mode`` and removed at stop; a stale socket file
+    is replaced, one a live server uses refused.  A unix peer's
+    ``client_address`` (and log name) is ``"unix:PATH"``; PROXY headers are
+    taken from every unix peer (the file's mode decides who may connect)."""
     unix_mode: int = DEFAULT_UNIX_MODE
-    """The unix socket file's mode."""
+    """The unix socket file's mode (default 0o660: owner and group may connect)."""
 
     def __post_init__(self) -> None:
         # Checked in this order, which decides the error when several

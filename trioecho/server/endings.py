@@ -1,14 +1,15 @@
 """How a connection ended, in the counts and the logs: its
-:class:`~trioecho.reasons.CloseReason` (:func:`close_reason_of`), its access
-record (:func:`log_access`), and the one log line (or the traceback, for a
-handler's bug) of what ended its handler (:func:`log_handler_error`).
+:class:`~trioecho.reasons.CloseReason` (:func:`close_reason_of`), the
+server's counts of its connections (:func:`count_closed`, :func:`totals`), its
+access record (:func:`log_access`), and the one log line (or the traceback,
+for a handler's bug) of what ended its handler (:func:`log_handler_error`).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import trio
 
@@ -27,16 +28,20 @@ from trioecho.errors import (
     TLSHandshakeError,
 )
 from trioecho.logtext import escape_for_log, format_address
-from trioecho.reasons import CloseReason
+from trioecho.reasons import CloseReason, counted_as
 from trioecho.stream.message_stream import MessageStream
 
 __all__ = [
     "ACCESS_FIELDS",
     "ConnectionName",
+    "ServedCounts",
     "close_reason_of",
+    "count_closed",
+    "count_unset_up",
     "log_access",
     "log_handler_error",
     "tls_version",
+    "totals",
 ]
 
 logger = logging.getLogger("trioecho.server")
@@ -163,6 +168,65 @@ def log_access(
         fields["bytes_sent"],
         extra=fields,
     )
+
+
+class ServedCounts(Protocol):
+    """What a server counts of its connections (a
+    :class:`~trioecho.server.server.MessageServer` has these attributes):
+    connections served, closes by reason (every
+    :data:`~trioecho.reasons.CLOSE_REASONS` value; a handler's own reason
+    counts as ``other``), and the messages and bytes of its closed
+    connections (an open one counts on its stream until it closes)."""
+
+    connections_served: int
+    messages_received: int
+    messages_sent: int
+    bytes_received: int
+    bytes_sent: int
+    closed_by_reason: dict[str, int]
+
+
+def count_unset_up(counts: ServedCounts, peer: Any, began: float, reason: CloseReason) -> None:
+    """Count a connection closed before its handler ran (PROXY, TLS, reset,
+    shutdown), and write its access record."""
+    counts.closed_by_reason[reason.value] += 1
+    if access_logger.isEnabledFor(logging.INFO):
+        log_access(peer, peer, None, began, None, reason)
+
+
+def count_closed(
+    counts: ServedCounts,
+    stream: MessageStream,
+    reason: CloseReason | str,
+    record: tuple[Any, Any, str | None, float],
+) -> None:
+    """Count a connection whose handler ran, closed with ``reason``: add its
+    stream's counts, and write the access record of ``(client, peer, tls,
+    began)``.  Cannot raise, whatever ``reason`` a handler set."""
+    counts.messages_received += stream.messages_received
+    counts.messages_sent += stream.messages_sent
+    counts.bytes_received += stream.bytes_received
+    counts.bytes_sent += stream.bytes_sent
+    counts.closed_by_reason[counted_as(reason).value] += 1
+    if access_logger.isEnabledFor(logging.INFO):
+        log_access(*record, stream, reason)
+
+
+def totals(counts: ServedCounts, streams: list[MessageStream]) -> dict[str, Any]:
+    """``counts`` now, the open ``streams``' own so far included (what
+    their C pump counted synced first), as plain data."""
+    for stream in streams:
+        stream.sync_counters()
+    return {
+        "connections_open": len(streams),
+        "connections_total": counts.connections_served,
+        "closed": dict(counts.closed_by_reason),
+        "messages_received": counts.messages_received
+        + sum(stream.messages_received for stream in streams),
+        "messages_sent": counts.messages_sent + sum(stream.messages_sent for stream in streams),
+        "bytes_received": counts.bytes_received + sum(stream.bytes_received for stream in streams),
+        "bytes_sent": counts.bytes_sent + sum(stream.bytes_sent for stream in streams),
+    }
 
 
 class ConnectionName:

@@ -1,6 +1,8 @@
 """The handler model of ``socketserver``, made async: :class:`BaseRequestHandler`
-(``setup``/``handle``/``finish``, or ``respond`` per message) and the
-:data:`Handler` a server takes.
+(``setup``/``handle``/``finish``, or ``respond`` per message), the
+:data:`Handler` a server takes, :func:`check_handler` (is it one a server
+can call?) and :func:`run_handler` (a handler's life on one connection, as
+the server and :func:`trioecho.testing.connect_in_memory` run it).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from trioecho.stream.session import RespondSession
 
 logger = logging.getLogger("trioecho.server")
 
-__all__ = ["BaseRequestHandler", "Handler", "check_handler"]
+__all__ = ["BaseRequestHandler", "Handler", "check_handler", "run_handler"]
 
 
 class BaseRequestHandler:
@@ -147,6 +149,26 @@ def check_handler(handler: object) -> Handler:
             "with def respond(self, message))"
         )
     return cast(Handler, handler)
+
+
+async def run_handler(
+    handler: Handler, stream: MessageStream, client_address: Any, server: MessageServer | None
+) -> None:
+    """Run ``handler`` (checked by :func:`check_handler`) on ``stream`` for
+    its whole life: a :class:`BaseRequestHandler` subclass is made with
+    ``client_address`` and ``server`` (None in :mod:`trioecho.testing`),
+    then ``setup()``, ``handle()`` and ``finish()`` (even if ``handle``
+    raised) are awaited; a function is called with the stream.  What the
+    handler raises propagates."""
+    if isinstance(handler, type) and issubclass(handler, BaseRequestHandler):
+        request_handler = handler(stream, client_address, cast("MessageServer", server))
+        await request_handler.setup()
+        try:
+            await request_handler.handle()
+        finally:
+            await request_handler.finish()
+    else:
+        await cast("Callable[[MessageStream], Awaitable[None]]", handler)(stream)
 
 
 def _check_request_handler(cls: type[BaseRequestHandler]) -> None:

@@ -215,15 +215,20 @@ def open_listening_sockets(
     ``trio.open_tcp_listeners`` opens them but with the stdlib, for a process
     that hands them to others (the ``--workers`` supervisor).  Raises
     ``OSError``; blocks on name resolution."""
-    opened = _bind_each_address(host, port, reuse_port=False)
+    return _listen_or_close(_bind_each_address(host, port, reuse_port=False), backlog)
+
+
+def _listen_or_close(sockets: list[socket.socket], backlog: int | None) -> list[socket.socket]:
+    """``sockets``, each listening with ``backlog`` (None: the system's
+    maximum); if one cannot listen, all of them closed and the error raised."""
     try:
-        for sock in opened:
+        for sock in sockets:
             sock.listen(backlog if backlog is not None else socket.SOMAXCONN)
     except BaseException:
-        for sock in opened:
+        for sock in sockets:
             sock.close()
         raise
-    return opened
+    return sockets
 
 
 def _bind_each_address(host: str | None, port: int, *, reuse_port: bool) -> list[socket.socket]:
@@ -288,14 +293,7 @@ async def open_reuse_port_listeners(
     listening socket, and the kernel spreads new connections across them.
     """
     sockets = await trio.to_thread.run_sync(bind_reuse_port, host, port)
-    try:
-        for sock in sockets:
-            sock.listen(backlog if backlog is not None else socket.SOMAXCONN)
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    return socket_listeners(sockets)
+    return socket_listeners(_listen_or_close(sockets, backlog))
 
 
 DEFAULT_UNIX_MODE = 0o660  # the socket file: owner and group may connect
@@ -334,12 +332,7 @@ async def open_unix_listener(
 ) -> trio.SocketListener:
     """A listener on the unix socket ``path`` (see :func:`bind_unix`)."""
     sock = await trio.to_thread.run_sync(bind_unix, path, mode)
-    try:
-        sock.listen(backlog if backlog is not None else socket.SOMAXCONN)
-    except BaseException:
-        sock.close()
-        raise
-    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+    return socket_listeners(_listen_or_close([sock], backlog))[0]
 
 
 def remove_unix_socket(path: str, inode: int) -> None:

@@ -1,49 +1,32 @@
-"""A TCP message server on Trio with the handler model of ``socketserver``.
+"""A TCP message server on Trio with the handler model of ``socketserver``:
+:class:`MessageServer`, its life from binding to a drained stop.
 
 Each connection gets one task in the connections' nursery (accepted by
-``trio.serve_listeners``) and a :class:`MessageStream`.  The handler is
-either a :class:`BaseRequestHandler` subclass, as in the seed tutorial::
+``trio.serve_listeners``) and a :class:`MessageStream`, and is served by
+:func:`~trioecho.server.connection.serve_connection` (PROXY header, TLS,
+the handler, the ending and its counts).  The handler is either a
+:class:`BaseRequestHandler` subclass, as in the seed tutorial::
 
     class Echo(BaseRequestHandler):
         async def handle(self):
             async for message in self.request:
                 await self.request.send_message(message)
 
-or a plain ``async def handler(stream)`` that takes the message stream.
+or a plain ``async def handler(stream)`` that takes the message stream.  A
+handler that raises closes only its connection; every closed connection is
+counted by its :class:`~trioecho.reasons.CloseReason` (``closed_by_reason``;
+a handler's own reason counts as ``other``).
 
-A handler that raises is logged with the peer address and only its
-connection closes: a peer's failure (:class:`ConnectionClosedError`, a framing
-error, a timeout) as one line, anything else (a bug: Trio's resource errors
-from the handler's own objects too) as one ERROR with its traceback, counted
-as ``handler_error``.  Whatever a handler raises or sets as its
-``close_reason``, the server goes on serving the others.
-
-Every closed connection is counted by its :class:`~trioecho.reasons.CloseReason`
-(``closed_by_reason``; a handler's own reason counts as ``other``).
-
-Limits: ``max_connections`` (at the limit the server stops
-accepting until a slot frees, and says so: see
-:class:`~trioecho.server.listeners.ConnectionSlots`), ``idle_timeout`` (no complete message for that
-many seconds closes the connection), ``send_timeout`` and ``min_send_rate``
-(the send rule of :mod:`~trioecho.io.send_deadline`: a peer is closed when
-a send to it makes no progress for ``send_timeout`` seconds, or when, past
-them, it reads below ``min_send_rate`` bytes a second) and the framer's
-``max_frame``.
-
-A peer that vanishes without a FIN or a reset is found by TCP keepalive
-(``keepalive``, default 60:10:6: within 2 minutes of its last packet, also
-with no ``idle_timeout``) and, with bytes in flight to it, by
-``TCP_USER_TIMEOUT`` (the keepalive bound, lifted while a send waits):
-:mod:`trioecho.io.keepalive`.
-
-Before the handler runs, :mod:`trioecho.server.accept` reads a PROXY protocol header
-(``proxy_protocol``), which makes ``client_address`` the real client behind a
-load balancer, and does the TLS handshake (``ssl_context``).  A connection
-that fails either is logged and closed; the others never notice.
-
-``reuse_port=True`` opens the listening sockets with ``SO_REUSEPORT``, so
-that several processes (``trioecho --workers N``) can listen on one port and
-the kernel spreads the connections over them.
+Its settings, each with its meaning, default and check, are a
+:class:`~trioecho.server.config.ServerConfig`: the limits
+(``max_connections``: at the limit the server stops accepting until a slot
+frees, and says so, see :class:`~trioecho.server.listeners.ConnectionSlots`;
+``idle_timeout``; the send rule, ``send_timeout`` and ``min_send_rate``;
+the framer's ``max_frame``), TCP keepalive (a peer that vanishes without a
+FIN or a reset is found within 2 minutes of its last packet:
+:mod:`trioecho.io.keepalive`), ``reuse_port`` (several processes,
+``trioecho --workers N``, listen on one port and the kernel spreads the
+connections over them), TLS and the PROXY protocol.
 
 Graceful shutdown (:meth:`MessageServer.shutdown`): stop accepting, let every
 connection finish the messages it has already received, wait up to ``grace``
@@ -57,80 +40,42 @@ import functools
 import logging
 import os
 import ssl
-import sys
-from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import trio
 
-if sys.version_info < (3, 11):  # pragma: no cover - trio installs the backport there
-    from exceptiongroup import BaseExceptionGroup, ExceptionGroup
-
-from trioecho.errors import (
-    ProxyProtocolError,
-    TLSHandshakeError,
-)
 from trioecho.framing.config import FramingConfig
 from trioecho.io.budget import MemoryBudget, memory_budget_of, return_freed_memory
-from trioecho.io.keepalive import DEFAULT_KEEPALIVE, KeepAlive, apply_keepalive
+from trioecho.io.keepalive import KeepAlive, apply_keepalive
 from trioecho.io.readiness import Readiness, resolve_readiness
 from trioecho.logtext import format_address, format_listen_address
-from trioecho.reasons import CLOSE_REASONS, CloseReason, counted_as
-from trioecho.server.accept import DEFAULT_HANDSHAKE_TIMEOUT, ProxyProtocolConfig, open_connection
-from trioecho.server.config import (
-    DEFAULT_GRACE,
-    DEFAULT_HOST,
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MIN_SEND_RATE,
-    DEFAULT_PORT,
-    DEFAULT_SEND_TIMEOUT,
-    ServerConfig,
-)
-from trioecho.server.endings import (
-    ConnectionName,
-    close_reason_of,
-    log_access,
-    log_handler_error,
-    tls_version,
-)
-from trioecho.server.handler import BaseRequestHandler, Handler, check_handler
+from trioecho.reasons import CLOSE_REASONS
+from trioecho.server import config as _config
+from trioecho.server.accept import ProxyProtocolConfig
+from trioecho.server.config import ServerConfig
+from trioecho.server.connection import LINGER_SECONDS, serve_connection
+from trioecho.server.endings import totals
+from trioecho.server.handler import Handler, check_handler
 from trioecho.server.listeners import (
-    DEFAULT_UNIX_MODE,
     ConnectionSlots,
     LimitedListener,
     open_reuse_port_listeners,
     open_unix_listener,
     remove_unix_socket,
 )
-from trioecho.stream.message_stream import (
-    MessageStream,
-    receive_size_for,
-)
+from trioecho.stream.message_stream import MessageStream
 
-__all__ = [
-    "CLOSE_REASONS",
-    "DEFAULT_GRACE",
-    "DEFAULT_HOST",
-    "DEFAULT_IDLE_TIMEOUT",
-    "DEFAULT_MAX_CONNECTIONS",
-    "DEFAULT_MIN_SEND_RATE",
-    "DEFAULT_PORT",
-    "DEFAULT_SEND_TIMEOUT",
-    "MessageServer",
-]
+__all__ = ["LINGER_SECONDS", "MessageServer"]
 
 logger = logging.getLogger("trioecho.server")
-# One line per connection opened and closed, at INFO: `trioecho -v` shows them.
-connection_logger = logging.getLogger("trioecho.connections")
-access_logger = logging.getLogger("trioecho.access")
 
-# Closing a socket with unread input makes the kernel send a reset, which can
-# destroy replies still in flight.  So a connection is closed by sending FIN,
-# then reading and discarding what the peer still sends until its end, while
-# it takes its replies by the send rule, and this long more once it has them
-# (see Transport.close_gracefully).
-LINGER_SECONDS = 2.0
+
+def __getattr__(name: str) -> Any:
+    """The ``DEFAULT_*`` settings, which live in :mod:`trioecho.server.config`,
+    for code that still imports them from here."""
+    if name.startswith("DEFAULT_") and hasattr(_config, name):
+        return getattr(_config, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class MessageServer:
@@ -141,93 +86,42 @@ class MessageServer:
     bound (use port 0 for a free one).  ``serve`` returns after
     :meth:`shutdown` has drained the connections.
 
-    Every argument is checked here: a wrong one raises ``TypeError`` or
-    ``ValueError`` naming it, never an error at the first connection.
-
-    Parameters:
-
-    ``handler``
-        a :class:`BaseRequestHandler` subclass (``async def handle()``, or
-        ``def respond(message)``), or an ``async def handler(stream)``.
-    ``host``, ``port``
-        where to listen (default 127.0.0.1:9999); ``host=None`` or ``""``:
-        every interface; ``port=0``: a free port.
-    ``framing``
-        a :class:`FramingConfig` or a framing name (``"len"``); default lines.
-    ``max_connections``
-        at the limit, stop accepting until a connection closes.
-    ``idle_timeout``
-        seconds without a complete message before the connection is closed
-        (None: no limit).
-    ``send_timeout``, ``min_send_rate``
-        the send rule (:mod:`~trioecho.io.send_deadline`): a send waiting
-        for its peer to read is cut, and the connection closed
-        (:class:`SlowReaderError`, counted as ``slow_reader``), when the
-        peer has taken none of it for ``send_timeout`` seconds (the deadline
-        restarts each time it takes more: a slow but steady reader is never
-        cut), or when, past ``send_timeout`` seconds, it has averaged less
-        than ``min_send_rate`` bytes a second since the send blocked (a
-        trickling reader cannot hold its slot for ever).  The lossless
-        close at the end of a connection follows the same rule.  Defaults
-        30 s and 1024 bytes a second; None: no limit, no floor (without a
-        ``send_timeout`` there is neither).
-    ``keepalive``
-        TCP keepalive for accepted connections (set on the listening
-        sockets, which they inherit): a :class:`KeepAlive`, its text
-        ``"IDLE[:INTERVAL[:COUNT]]"``, or None (or ``"off"``) for none;
-        default 60:10:6, a dead idle peer freed within 2 minutes of its last
-        packet.  ``TCP_USER_TIMEOUT`` comes with it: the keepalive bound, or
-        ``send_timeout`` without keepalive (:mod:`trioecho.io.keepalive`).
-    ``grace``
-        seconds connections get to finish on :meth:`shutdown`.
-    ``backlog``
-        the listening sockets' accept queue (default: Trio's, the
-        system's maximum).
-    ``reuse_port``
-        open the listening sockets with ``SO_REUSEPORT`` (several processes
-        on one port).
-    ``proxy_protocol``
-        a :class:`ProxyProtocolConfig`: read a PROXY header first.
-    ``ssl_context``, ``handshake_timeout``
-        a server-side ``ssl.SSLContext`` to speak TLS, and the seconds a
-        handshake may take.
-    ``memory_budget``
-        bytes (an int) or a :class:`MemoryBudget` that unfinished messages
-        and unsent replies may hold over all connections.
-    ``readiness``
-        ``"hub"`` or ``"trio"``: how plain TCP connections wait (default:
-        ``$TRIOECHO_READINESS``, else the hub).
-    ``unix_path``, ``unix_mode``
-        listen on this unix socket instead of ``host``:``port``, its file
-        created with ``unix_mode`` (default 0o660) and removed at stop; a
-        stale socket file is replaced, one a live server uses refused.  A
-        unix peer's ``client_address`` (and log name) is ``"unix:PATH"``;
-        PROXY headers are taken from every unix peer (the file's mode
-        decides who may connect).
+    ``handler`` is a :class:`BaseRequestHandler` subclass (``async def
+    handle()``, or ``def respond(message)``), or an ``async def
+    handler(stream)``.  Every other keyword is the :class:`ServerConfig`
+    field of the same name, with its default and meaning there: ``host``,
+    ``port`` (default 127.0.0.1:9999), ``framing`` (default lines), the
+    limits, ``keepalive``, ``grace``, the listening socket (``backlog``,
+    ``reuse_port``, ``unix_path``, ``unix_mode``), ``proxy_protocol``,
+    ``ssl_context``, ``handshake_timeout``, ``memory_budget`` and
+    ``readiness``.  The keywords build a :class:`ServerConfig`;
+    :meth:`from_config` takes one made elsewhere.  Every argument is checked
+    then: a wrong one raises ``TypeError`` or ``ValueError`` naming it,
+    never an error at the first connection.
     """
 
     def __init__(
         self,
         handler: Handler,
         *,
-        host: str | None = DEFAULT_HOST,
-        port: int = DEFAULT_PORT,
-        framing: FramingConfig | str | None = None,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
-        send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
-        min_send_rate: float | None = DEFAULT_MIN_SEND_RATE,
-        keepalive: KeepAlive | str | None = DEFAULT_KEEPALIVE,
-        grace: float = DEFAULT_GRACE,
-        backlog: int | None = None,
-        reuse_port: bool = False,
-        proxy_protocol: ProxyProtocolConfig | None = None,
-        ssl_context: ssl.SSLContext | None = None,
-        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
-        memory_budget: MemoryBudget | int | None = None,
-        readiness: Readiness | None = None,
-        unix_path: str | None = None,
-        unix_mode: int = DEFAULT_UNIX_MODE,
+        host: str | None = ServerConfig.host,
+        port: int = ServerConfig.port,
+        framing: FramingConfig | str | None = ServerConfig.framing,
+        max_connections: int = ServerConfig.max_connections,
+        idle_timeout: float | None = ServerConfig.idle_timeout,
+        send_timeout: float | None = ServerConfig.send_timeout,
+        min_send_rate: float | None = ServerConfig.min_send_rate,
+        keepalive: KeepAlive | str | None = ServerConfig.keepalive,
+        grace: float = ServerConfig.grace,
+        backlog: int | None = ServerConfig.backlog,
+        reuse_port: bool = ServerConfig.reuse_port,
+        proxy_protocol: ProxyProtocolConfig | None = ServerConfig.proxy_protocol,
+        ssl_context: ssl.SSLContext | None = ServerConfig.ssl_context,
+        handshake_timeout: float | None = ServerConfig.handshake_timeout,
+        memory_budget: MemoryBudget | int | None = ServerConfig.memory_budget,
+        readiness: Readiness | None = ServerConfig.readiness,
+        unix_path: str | None = ServerConfig.unix_path,
+        unix_mode: int = ServerConfig.unix_mode,
     ) -> None:
         self.handler = check_handler(handler)
         self._configure(
@@ -286,12 +180,13 @@ class MessageServer:
         self.readiness = resolve_readiness(config.readiness)
         self.listeners: list[trio.SocketListener] = []
         self._addresses: list[Any] = []  # the listeners', kept after they close
+        # Its counts (endings.ServedCounts): the messages and bytes over all
+        # closed connections, closes by CloseReason value.
         self.connections_served = 0
-        self.messages_received = 0  # over all closed connections
+        self.messages_received = 0
         self.messages_sent = 0
         self.bytes_received = 0
         self.bytes_sent = 0
-        # Closes by CloseReason value (a handler's own reason counts as "other").
         self.closed_by_reason: dict[str, int] = dict.fromkeys(CLOSE_REASONS, 0)
         self._limited: list[LimitedListener] = []
         self._slots = ConnectionSlots(self.max_connections)
@@ -413,7 +308,7 @@ class MessageServer:
                 await accepting.start(
                     functools.partial(
                         trio.serve_listeners,
-                        self._serve_connection,
+                        functools.partial(serve_connection, self),
                         limited,
                         handler_nursery=connections,
                     )
@@ -496,123 +391,28 @@ class MessageServer:
         if self._connections_scope is not None:
             self._connections_scope.cancel()
 
-    # -- one connection ----------------------------------------------------
+    def _stream_opened(self, stream: MessageStream) -> None:
+        """A connection is set up: its stream is open (and told to stop
+        receiving at once if the server is shutting down)."""
+        self._streams.add(stream)
+        self.connections_served += 1
+        if self.shutting_down:
+            stream.stop_receiving()
 
-    async def _serve_connection(self, socket_stream: trio.SocketStream) -> None:
-        began = trio.current_time()
-        try:
-            try:
-                peer = socket_stream.socket.getpeername()
-            except OSError:  # reset before we got here
-                return
-            if isinstance(peer, str | bytes) and not peer:  # an unnamed unix peer
-                peer = f"unix:{self.unix_path or socket_stream.socket.getsockname()}"
-            set_up = await self._set_up(socket_stream, peer, began)
-            if set_up is None:
-                return
-            connection, client = set_up
-            stream = self._open_stream(connection)
-            self._streams.add(stream)
-            self.connections_served += 1
-            if self.shutting_down:
-                stream.stop_receiving()
-            connection_logger.info("%s: connected", ConnectionName(client, peer))
-            tls = tls_version(connection)  # while it is open: a closed one has none
-            try:
-                # The handler's life, in this frame (an idle connection keeps
-                # one coroutine less, and this frame as few slots as it can:
-                # the close reason lives on the stream): setup, handle,
-                # finish, or the call.
-                if isinstance(self.handler, type) and issubclass(self.handler, BaseRequestHandler):
-                    request_handler = self.handler(stream, client, self)
-                    await request_handler.setup()
-                    try:
-                        await request_handler.handle()
-                    finally:
-                        await request_handler.finish()
-                else:
-                    await cast("Callable[[MessageStream], Awaitable[None]]", self.handler)(stream)
-            except Exception as exc:
-                self._handler_failed(stream, exc, ConnectionName(client, peer))
-            except BaseExceptionGroup as group:
-                # A handler's nursery cancelled by the grace period's end,
-                # with errors besides: those are the handler's; the
-                # cancellation goes on (an error would stop serve()).
-                cancelled, errors = group.split(trio.Cancelled)
-                if cancelled is None or not isinstance(errors, ExceptionGroup):
-                    raise
-                self._handler_failed(stream, errors, ConnectionName(client, peer))
-                raise cancelled from None
-            finally:
-                await self._close(stream, (client, peer, tls, began))
-            connection_logger.info("%s: closed", ConnectionName(client, peer))
-        finally:
-            await trio.aclose_forcefully(socket_stream)  # idempotent: closed already but on errors
-            self._slots.release()
-
-    def _count_unset_up(self, peer: Any, began: float, reason: CloseReason) -> None:
-        """A connection closed before its handler ran (PROXY, TLS, reset)."""
-        self.closed_by_reason[reason.value] += 1
-        if access_logger.isEnabledFor(logging.INFO):
-            log_access(peer, peer, None, began, None, reason)
-
-    def _handler_failed(self, stream: MessageStream, exc: Exception, where: ConnectionName) -> None:
-        """A handler raised: its stream's close reason, and the log line
-        (see :func:`close_reason_of`)."""
-        stream.close_reason = close_reason_of(exc, shutting_down=self.shutting_down)
-        log_handler_error(exc, where)
-
-    async def _close(
-        self, stream: MessageStream, record: tuple[Any, Any, str | None, float]
-    ) -> None:
-        """Close the stream of a connection whose handler ran, and account
-        for it: the server's counters, its close reason (the stream's, or
-        what ended it here), the access record of ``(client, peer, tls,
-        began)``, and the end of a drain."""
-        try:
-            await _linger_close(stream)
-        finally:
-            self._count_closed(stream, record)
-
-    def _count_closed(
-        self, stream: MessageStream, record: tuple[Any, Any, str | None, float]
-    ) -> None:
-        """Account for a closed connection.  Cannot raise, whatever the
-        handler left on the stream: a reason of its own counts as ``other``."""
-        reason = stream.close_reason
-        if reason is None:
-            reason = CloseReason.SHUTDOWN if self.shutting_down else CloseReason.HANDLER_RETURNED
-            stream.close_reason = reason
+    def _stream_closed(self, stream: MessageStream) -> None:
+        """A connection's stream is closed and counted; the last one ends a drain."""
         self._streams.discard(stream)
         self._streams_changed.set()
-        self.messages_received += stream.messages_received
-        self.messages_sent += stream.messages_sent
-        self.bytes_received += stream.bytes_received
-        self.bytes_sent += stream.bytes_sent
-        self.closed_by_reason[counted_as(reason).value] += 1
-        if access_logger.isEnabledFor(logging.INFO):
-            log_access(*record, stream, reason)
         if self.shutting_down and not self._streams:
             self._all_closed.set()
 
     def stats(self) -> dict[str, Any]:
         """The server's figures now, open connections included, as plain
-        data (for metrics; ``closed``: by :data:`CLOSE_REASONS`).
+        data (for metrics; ``closed``: by :data:`~trioecho.reasons.CLOSE_REASONS`).
         ``accepting_paused`` is 1 while all ``max_connections`` are open
         (or accepting waits for file descriptors), else 0."""
-        streams = list(self._streams)
-        for stream in streams:
-            stream.sync_counters()  # what the C pump counted so far
         return {
-            "connections_open": len(streams),
-            "connections_total": self.connections_served,
-            "closed": dict(self.closed_by_reason),
-            "messages_received": self.messages_received
-            + sum(stream.messages_received for stream in streams),
-            "messages_sent": self.messages_sent + sum(stream.messages_sent for stream in streams),
-            "bytes_received": self.bytes_received
-            + sum(stream.bytes_received for stream in streams),
-            "bytes_sent": self.bytes_sent + sum(stream.bytes_sent for stream in streams),
+            **totals(self, list(self._streams)),
             "memory_budget_used": self.budget.used,
             "memory_budget_limit": self.budget.limit,
             "accept_pauses": sum(listener.pauses for listener in self._limited),
@@ -621,58 +421,3 @@ class MessageServer:
             ),
             "serving": int(bool(self.listeners) and not self._accepting_stopped.is_set()),
         }
-
-    def _open_stream(self, connection: trio.abc.Stream) -> MessageStream:
-        """The connection's message stream: its transport (deadlines handed
-        over to the watchdog), the server's framing, a memory account."""
-        stream = MessageStream(
-            connection,
-            self.framing,
-            receive_size=receive_size_for(self.framing.framing),
-            idle_timeout=self.idle_timeout,
-            send_timeout=self.send_timeout,
-            min_send_rate=self.min_send_rate,
-            readiness=self.readiness,
-            account=self.budget.open_account(),
-        )
-        stream.hand_over_deadlines()
-        return stream
-
-    async def _set_up(
-        self, socket_stream: trio.SocketStream, peer: Any, began: float
-    ) -> tuple[trio.abc.Stream, Any] | None:
-        """PROXY header and TLS handshake (:mod:`trioecho.server.accept`): the stream
-        to serve and the client address, or None (logged) to close."""
-        where = format_address(peer)
-        setup = trio.CancelScope()
-        self._setting_up.add(setup)
-        try:
-            with setup:
-                if self.shutting_down:
-                    setup.cancel()
-                return await open_connection(
-                    socket_stream,
-                    peer,
-                    proxy=self.proxy_protocol,
-                    ssl_context=self.ssl_context,
-                    handshake_timeout=self.handshake_timeout,
-                )
-            logger.info("%s: closed before it was set up: shutting down", where)
-            self._count_unset_up(peer, began, CloseReason.SHUTDOWN)
-        except (ProxyProtocolError, TLSHandshakeError) as exc:
-            logger.warning("%s: closing: %s", where, exc)
-            self._count_unset_up(peer, began, close_reason_of(exc))
-        except (OSError, trio.BrokenResourceError) as exc:
-            logger.info("%s: connection lost before it was set up: %s", where, exc)
-            self._count_unset_up(peer, began, CloseReason.RESET)
-        finally:
-            self._setting_up.discard(setup)
-        return None
-
-
-async def _linger_close(stream: MessageStream) -> None:
-    """Close without losing replies in flight (see ``Transport.close_gracefully``):
-    a peer that keeps reading gets them all, by the stream's send rule
-    (``send_timeout``, ``min_send_rate``) as a send would, within the grace
-    period on shutdown; then ``LINGER_SECONDS`` for its end."""
-    await stream.close_gracefully(LINGER_SECONDS)

@@ -14,9 +14,10 @@ same contract; the test suite and the fuzzer run both.
 
 from __future__ import annotations
 
-import struct
 from enum import IntEnum
 from typing import NamedTuple
+
+from trioecho.framing.contract import HEADER_FORMATS, header_struct
 
 IMPLEMENTATION = "python"
 
@@ -45,7 +46,6 @@ REPLY_DELIMITER, REPLY_CR = ReplyProblem
 MAX_AFFIX = 64
 FRAMINGS = {"len": 0, "line": 1, "raw": 2}
 
-_HEADER_FORMATS = {1: "B", 2: "H", 4: "I", 8: "Q"}
 _CR = 0x0D
 _NO_DROPS: tuple[int, ...] = ()
 
@@ -89,7 +89,7 @@ def check_config(
         if len(value) > MAX_AFFIX:
             raise ValueError(f"{name} must be at most {MAX_AFFIX} bytes, not {len(value)}")
     if framing == "len":
-        if header_bytes not in _HEADER_FORMATS:
+        if header_bytes not in HEADER_FORMATS:
             raise ValueError(f"length_bytes must be 1, 2, 4 or 8, not {header_bytes!r}")
         largest = (1 << (8 * header_bytes)) - 1 - len(suffix)
         if max_frame > largest:
@@ -143,9 +143,9 @@ class EchoEngine:
         self._over = False
         self._header = header_bytes
         if framing == "len":
-            header = ("<" if little_endian else ">") + _HEADER_FORMATS[header_bytes]
-            self._unpack_from = struct.Struct(header).unpack_from
-            self._pack = struct.Struct(header).pack
+            header = header_struct(header_bytes, little_endian)
+            self._unpack_from = header.unpack_from
+            self._pack = header.pack
         self._delimiter = delimiter
         self._strip_cr = strip_cr
         self._discard = discard

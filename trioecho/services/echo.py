@@ -96,7 +96,7 @@ class BaseEchoHandler(BaseRequestHandler):
         if message == QUIT:
             self.end_session()
             return None
-        return message + REPLY_SUFFIX
+        return reply_to(message)
 
     def dropped_line(self, error: FramingError) -> None:
         where = format_address(self.client_address)
@@ -124,7 +124,7 @@ class BaseEchoHandler(BaseRequestHandler):
                 if message == QUIT:
                     stopped = True
                     break
-                replies.append(message + REPLY_SUFFIX)
+                replies.append(reply_to(message))
             batch = []  # hold the replies only while they are sent
             message = b""
             if replies:

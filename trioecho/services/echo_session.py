@@ -49,7 +49,13 @@ from __future__ import annotations
 from trioecho import _backend
 from trioecho._backend import Implementation
 from trioecho.errors import FrameTooLongError, FramingError
-from trioecho.framing.base import DEFAULT_MAX_FRAME, DEFAULT_MAX_LINE, Buffer, Framer
+from trioecho.framing.base import (
+    DEFAULT_MAX_FRAME,
+    DEFAULT_MAX_LINE,
+    Buffer,
+    Framer,
+    FramingName,
+)
 from trioecho.framing.config import FramingConfig, framing_config
 from trioecho.framing.fixed import RawFramer
 from trioecho.framing.length import LengthPrefixedFramer
@@ -121,33 +127,49 @@ def engine_answers(config: FramingConfig) -> bool:
     )
 
 
+# What a framer the session answers keeps of the configuration it was made
+# from: its framing and, for each FramingConfig field, the framer's attribute.
+_FRAMER_SETTINGS: tuple[tuple[type[Framer], FramingName, dict[str, str]], ...] = (
+    (
+        LengthPrefixedFramer,
+        "len",
+        {
+            name: name
+            for name in (
+                "length_bytes",
+                "byteorder",
+                "max_frame",
+                "length_offset",
+                "length_adjustment",
+                "include_header",
+                "implementation",
+            )
+        },
+    ),
+    (
+        LineFramer,
+        "line",
+        {
+            "delimiter": "delimiters",
+            "strip_cr": "strip_cr",
+            "max_frame": "max_frame",
+            "on_too_long": "on_too_long",
+            "implementation": "implementation",
+        },
+    ),
+    (RawFramer, "raw", {}),
+)
+
+
 def _options(framing: FramingConfig | Framer | str | None) -> FramingConfig:
     """The configuration given (a name or None as :func:`framing_config`
     takes them), or a framer's, to answer what it would read."""
     if framing is None or isinstance(framing, FramingConfig | str):
         return framing_config(framing)
-    if isinstance(framing, LengthPrefixedFramer):
-        return FramingConfig(
-            "len",
-            length_bytes=framing.length_bytes,
-            byteorder=framing.byteorder,
-            max_frame=framing.max_frame,
-            length_offset=framing.length_offset,
-            length_adjustment=framing.length_adjustment,
-            include_header=framing.include_header,
-            implementation=framing.implementation,
-        )
-    if isinstance(framing, LineFramer):
-        return FramingConfig(
-            "line",
-            delimiter=framing.delimiters,
-            strip_cr=framing.strip_cr,
-            max_frame=framing.max_frame,
-            on_too_long=framing.on_too_long,
-            implementation=framing.implementation,
-        )
-    if isinstance(framing, RawFramer):
-        return FramingConfig("raw")
+    for kind, name, fields in _FRAMER_SETTINGS:
+        if isinstance(framing, kind):
+            kept = {field: getattr(framing, attribute) for field, attribute in fields.items()}
+            return FramingConfig(name, **kept)
     if hasattr(framing, "feed") and hasattr(framing, "encode"):  # another framer
         raise ValueError(
             f"the echo session does not answer {type(framing).__name__} frames "

@@ -50,6 +50,13 @@ DEFAULT_RELAY_FIN_TIMEOUT = 30.0
 RELAY_OWNED_SETTINGS = ("framing", "idle_timeout", "send_timeout", "min_send_rate", "keepalive")
 
 
+def check_bool(value: object, name: str) -> bool:
+    """``value`` if it is a bool, else ``TypeError`` naming ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, not {value!r}")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class RelayConfig:
     """Every setting of a :func:`~trioecho.services.relay.relay_server`.
@@ -106,8 +113,7 @@ class RelayConfig:
         check_timeout(self.send_timeout, "send_timeout")
         check_rate(self.min_send_rate, "min_send_rate")
         check_timeout(self.fin_timeout, "fin_timeout")
-        if not isinstance(self.half_close, bool):
-            raise TypeError(f"half_close must be True or False, not {self.half_close!r}")
+        check_bool(self.half_close, "half_close")
         self._store("keepalive", keepalive_of(self.keepalive))
         if not isinstance(self.listener, ServerConfig):
             raise TypeError(f"listener must be a ServerConfig, not {type(self.listener).__name__}")

@@ -29,7 +29,8 @@ from trioecho.errors import TLSHandshakeError
 from trioecho.framing.config import FramingConfig, framing_config
 from trioecho.io.keepalive import KeepAlive, apply_keepalive, keepalive_of
 from trioecho.io.tls import do_handshake
-from trioecho.stream.message_stream import MessageStream, receive_size_for
+from trioecho.stream.arguments import receive_size_for
+from trioecho.stream.message_stream import MessageStream
 
 __all__ = [
     "DEFAULT_CONNECT_HANDSHAKE_TIMEOUT",

@@ -1,3 +1,4 @@
-"""``--workers N``: the supervisor (:mod:`~trioecho.workers.supervisor`) and a
-worker's side of its link with it (:mod:`~trioecho.workers.link`).
+"""``--workers N``: the supervisor (:mod:`~trioecho.workers.supervisor`, which
+runs :mod:`~trioecho.workers.decisions` over :mod:`~trioecho.workers.processes`)
+and a worker's side of its link with it (:mod:`~trioecho.workers.link`).
 """
