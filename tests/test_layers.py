@@ -77,6 +77,11 @@ def test_the_unplanted_copy_passes(copy: Path) -> None:
             "from trioecho.server.server import MessageServer\n",
             "trioecho.framing.planted (layer 1) imports trioecho.server.server (layer 4)",
         ),
+        (
+            "framing/named.py",
+            'import importlib\nUNIT = importlib.import_module("trioecho.services._cecho")\n',
+            "trioecho.framing.named (layer 1) imports trioecho.services._cecho (layer 5)",
+        ),
     ],
 )
 def test_a_planted_breach_fails_the_check_naming_it(
@@ -86,6 +91,12 @@ def test_a_planted_breach_fails_the_check_naming_it(
     checked = run_check(copy)
     assert checked.returncode == 1
     assert problem in checked.stderr.splitlines()
+
+
+def test_a_package_named_in_a_string_is_a_logger_not_an_import(copy: Path) -> None:
+    planted = 'import logging\nlogger = logging.getLogger("trioecho.server")\n'
+    (copy / "trioecho" / "io" / "planted.py").write_text(planted)
+    assert run_check(copy).returncode == 0
 
 
 def test_the_stream_and_the_command_line_may_do_what_the_rules_forbid_above(copy: Path) -> None:

@@ -428,10 +428,10 @@ def test_a_c_call_that_makes_no_progress_raises_instead_of_looping(
 
 def test_the_engines_return_named_results(impl: Implementation) -> None:
     """Both twins return an EngineResult, its fields in the documented order."""
-    from trioecho import _backend
     from trioecho.services._pyecho import EngineResult, Status
+    from trioecho.services.echo_session import ECHO
 
-    unit = _backend.get(impl, "echo")
+    unit = ECHO.get(impl)
     engine = unit.EchoEngine("len", 4, False, b"\n", True, False, 100, H, b"q", 64)
     result = engine.feed(b"\x00\x00\x00\x02hi\x00\x00")
     assert type(result) is EngineResult
@@ -444,12 +444,12 @@ def test_the_engines_return_named_results(impl: Implementation) -> None:
 
 def test_a_framer_problem_is_named(impl: Implementation) -> None:
     """A scan's problem is a Problem with the code, the value and the varint's bytes."""
-    from trioecho import _backend
     from trioecho.framing.contract import Problem, ProblemCode
+    from trioecho.framing.implementation import FRAMER
 
     framer = LengthPrefixedFramer(length_bytes=1, max_frame=5, implementation=impl)
     frames, consumed, problem = framer._scanner.scan(b"\x01a\x09")
     assert (frames, consumed) == ([b"a"], 2)
     assert type(problem) is Problem
     assert problem == Problem(ProblemCode.TOO_LONG, 9, 0)
-    assert impl == _backend.get(impl).IMPLEMENTATION
+    assert impl == FRAMER.get(impl).IMPLEMENTATION

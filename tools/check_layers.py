@@ -7,7 +7,8 @@ default this file's; its imports at run time: those under
 ``if TYPE_CHECKING:`` are left out) and fails, listing each problem, if
 
 * the modules' imports form a cycle,
-* a module imports from a higher layer than its own,
+* a module imports from a higher layer than its own (or names a module of
+  one in a string, as ``importlib.import_module`` would take it),
 * a module above the stream layer reaches a ``.transport`` (the message
   stream owns its transport: what the layers above need, it offers), or
 * a module outside ``trioecho.cli`` imports ``argparse`` (the command line
@@ -84,11 +85,17 @@ def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
     return nodes
 
 
-def imports(path: Path, modules: set[str]) -> set[str]:
-    """The trioecho modules ``path`` imports at run time."""
+def imports(path: Path, modules: set[str], packages: frozenset[str] = frozenset()) -> set[str]:
+    """The trioecho modules ``path`` imports at run time, and those it names
+    in a string that is exactly a module's name (``"trioecho.services.echo"``:
+    what ``importlib.import_module`` would load, hidden from the imports; a
+    package's name, ``"trioecho.server"``, is a logger's more often)."""
     found: set[str] = set()
     for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if node.value in modules and node.value not in packages:
+                found.add(node.value)
+        elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("trioecho"))
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if not node.module.startswith("trioecho"):
@@ -152,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = sorted((root / "trioecho").rglob("*.py"))
     names = {path: module_name(path, root) for path in paths}
     modules = set(names.values()) | {n for names in LAYERS[:1] for n in names}
-    graph = {names[p]: imports(p, modules) - {names[p]} for p in paths}
+    packages = frozenset(names[p] for p in paths if p.name == "__init__.py")
+    graph = {names[p]: imports(p, modules, packages) - {names[p]} for p in paths}
     problems = [
         f"{source} (layer {layer(source)}) imports {target} (layer {layer(target)})"
         for source, targets in sorted(graph.items())

@@ -16,7 +16,6 @@ In front of the handler, the server can read a PROXY protocol header
 runs N processes on one port (``trioecho.workers.supervisor``).
 """
 
-from trioecho._backend import IMPLEMENTATION as FRAMER_IMPLEMENTATION
 from trioecho._version import __version__
 from trioecho.errors import (
     ConnectionClosedError,
@@ -41,6 +40,7 @@ from trioecho.framing import presets
 from trioecho.framing.base import DEFAULT_MAX_FRAME, DEFAULT_MAX_LINE, FRAMINGS, Framer
 from trioecho.framing.config import FramingConfig, make_framer
 from trioecho.framing.fixed import FixedLengthFramer, RawFramer
+from trioecho.framing.implementation import IMPLEMENTATION as FRAMER_IMPLEMENTATION
 from trioecho.framing.length import LengthPrefixedFramer, VarintFramer
 from trioecho.framing.lines import LineFramer
 from trioecho.framing.phased import PhasedFramer

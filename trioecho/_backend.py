@@ -1,15 +1,16 @@
 """Chooses each C unit's implementation: the C extension or its pure-Python twin.
 
-trioecho has two sans-IO C units, each with a twin of the same contract:
-the framer (``framing._cframer``/``framing._pyframer``) and the echo session
-(``services._cecho``/``services._pyecho``).  ``TRIOECHO_PUREPYTHON=1`` selects the twins.
-(The third C unit, the pump, which does I/O, is chosen by the readiness hub:
+Each sans-IO C unit is declared, as a :class:`Unit`, in the layer that owns
+it: the framer in ``trioecho.framing.implementation``, the echo session in
+``trioecho.services.echo_session``.  This module names none of them (the
+layer check sees a module named in a string as an import).
+``TRIOECHO_PUREPYTHON=1`` selects the twins.  (The third C unit, the pump,
+which does I/O, is chosen by the readiness hub:
 ``trioecho.io.pump.pump_enabled``; its twin is the hub's Python inline step.)
 Otherwise the C units are used, and if an extension is missing (not
 compiled) trioecho falls back to its twin with one logged warning, which
 names the cause: most often, Python imported trioecho from a source tree
 with no built extension (run from a clone's root after ``pip install .``).
-``IMPLEMENTATION`` says which one the framer uses.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import importlib.machinery
 import logging
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Literal
@@ -27,35 +29,49 @@ logger = logging.getLogger("trioecho")
 
 Implementation = Literal["c", "python"]
 IMPLEMENTATIONS: tuple[Implementation, ...] = ("c", "python")
-# unit -> (C module, pure-Python twin)
-_UNITS = {
-    "framer": ("trioecho.framing._cframer", "trioecho.framing._pyframer"),
-    "echo": ("trioecho.services._cecho", "trioecho.services._pyecho"),
-}
-# unit -> its C extension, next to this file
-_EXTENSIONS = {"framer": "_framer_ffi", "echo": "_echo_ffi"}
 
 
 def _want_pure_python() -> bool:
     return os.environ.get("TRIOECHO_PUREPYTHON", "") not in ("", "0")
 
 
-def _module(name: str) -> ModuleType:
-    return importlib.import_module(name)
+@dataclass
+class Unit:
+    """One C unit: its C module, its pure-Python twin (the same contract) and
+    the C extension the C module loads, next to this file.  The default is
+    chosen when first asked for (:meth:`get` with None) and kept."""
+
+    name: str
+    c_module: str
+    twin: str
+    extension: str
+    _default: ModuleType | None = field(default=None, repr=False)
+
+    def get(self, implementation: Implementation | str | None = None) -> ModuleType:
+        """The unit's module for ``"c"``, ``"python"`` or None (the default:
+        the twin under ``TRIOECHO_PUREPYTHON=1`` or if the C one cannot be
+        imported, with one warning saying why)."""
+        if implementation is None:
+            if self._default is None:
+                self._default = self._select()
+            return self._default
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"implementation must be one of {IMPLEMENTATIONS} or None, not {implementation!r}"
+            )
+        return importlib.import_module(self.c_module if implementation == "c" else self.twin)
+
+    def _select(self) -> ModuleType:
+        if _want_pure_python():
+            return importlib.import_module(self.twin)
+        try:
+            return importlib.import_module(self.c_module)
+        except ImportError as exc:
+            logger.warning("trioecho: C %s not available: %s", self.name, _why_not_built(self, exc))
+            return importlib.import_module(self.twin)
 
 
-def _select(unit: str) -> ModuleType:
-    c_module, twin = _UNITS[unit]
-    if _want_pure_python():
-        return _module(twin)
-    try:
-        return _module(c_module)
-    except ImportError as exc:
-        logger.warning("trioecho: C %s not available: %s", unit, _why_not_built(unit, exc))
-        return _module(twin)
-
-
-def _why_not_built(unit: str, exc: ImportError) -> str:
+def _why_not_built(unit: Unit, exc: ImportError) -> str:
     """What to tell a user whose C ``unit`` failed to import with ``exc``.
 
     Run from a clone's root, Python imports the clone's ``trioecho/`` before
@@ -63,12 +79,12 @@ def _why_not_built(unit: str, exc: ImportError) -> str:
     to build it there or to run elsewhere, not to reinstall."""
     package = Path(__file__).resolve().parent
     built = any(
-        (package / (_EXTENSIONS[unit] + suffix)).exists()
+        (package / (unit.extension + suffix)).exists()
         for suffix in importlib.machinery.EXTENSION_SUFFIXES
     )
     if built or not (package.parent / "build_ffi.py").exists():
         return (
-            f"{exc}; using the pure-Python {unit}. "
+            f"{exc}; using the pure-Python {unit.name}. "
             "Build it with `python build_ffi.py` or reinstall with `pip install .`."
         )
     where = f"trioecho was imported from the source tree at {package.parent}"
@@ -79,7 +95,7 @@ def _why_not_built(unit: str, exc: ImportError) -> str:
         else "Run `python build_ffi.py` there, or run from another directory to use "
         f"the trioecho installed at {installed}"
     )
-    return f"{where}, which has no built C module; using the pure-Python {unit}. {remedy}."
+    return f"{where}, which has no built C module; using the pure-Python {unit.name}. {remedy}."
 
 
 def _installed_elsewhere(root: Path) -> Path | None:
@@ -94,26 +110,3 @@ def _installed_elsewhere(root: Path) -> Path | None:
     if spec is None or spec.origin is None:
         return None
     return Path(spec.origin).parent
-
-
-# Each unit is chosen when first used (the echo unit is the services' layer:
-# the framing core does not load it).
-_defaults: dict[str, ModuleType] = {"framer": _select("framer")}
-default = _defaults["framer"]
-IMPLEMENTATION: str = default.IMPLEMENTATION
-
-
-def get(implementation: Implementation | str | None, unit: str = "framer") -> ModuleType:
-    """Return ``unit``'s module (``"framer"`` or ``"echo"``) for ``"c"``,
-    ``"python"`` or ``None`` (the default)."""
-    if implementation is None:
-        module = _defaults.get(unit)
-        if module is None:
-            module = _defaults[unit] = _select(unit)
-        return module
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"implementation must be one of {IMPLEMENTATIONS} or None, not {implementation!r}"
-        )
-    c_module, twin = _UNITS[unit]
-    return _module(c_module if implementation == "c" else twin)

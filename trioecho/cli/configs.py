@@ -29,6 +29,7 @@ from trioecho.server.config import ServerConfig
 from trioecho.services.relay_config import (
     DEFAULT_RELAY_IDLE_TIMEOUT,
     DEFAULT_RELAY_SEND_TIMEOUT,
+    RELAY_OWNED_SETTINGS,
     RelayConfig,
 )
 
@@ -69,6 +70,19 @@ def flag_values(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     """The flags ``names`` as keyword arguments: for the parameters named
     as the flags' destinations."""
     return {name: getattr(args, name) for name in names}
+
+
+def same_named_flags(args: argparse.Namespace, config_type: type) -> dict[str, Any]:
+    """Every flag whose destination is a field of the dataclass
+    ``config_type``, as keyword arguments: an option whose flag is named as
+    its field (``--connect-timeout``, ``connect_timeout``) needs no line
+    here.  A flag that means something else than its field (another unit, a
+    name to build from) is given explicitly after these, and wins."""
+    return {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(config_type)
+        if hasattr(args, field.name)
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,9 +160,11 @@ class ServeSpec:
 
 
 def _listener_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The listening settings ``serve`` and ``relay`` share."""
+    """The listening settings ``serve`` and ``relay`` share: the flags named
+    as :class:`ServerConfig`'s fields, and those named otherwise."""
     return {
-        **flag_values(args, "host", "port", "max_connections", "grace", "backlog"),
+        **same_named_flags(args, ServerConfig),
+        "framing": None,  # the command's own, built from the framing flags
         "unix_path": args.uds,
         "unix_mode": args.uds_mode,
         "memory_budget": args.memory_budget << 20,  # given in MiB
@@ -167,14 +183,14 @@ def server_config_from_args(
     ``proxy`` built from them, the loaded TLS context, and ``reuse_port``
     (a worker's own listening socket)."""
     return ServerConfig(
-        framing=framing,
-        **flag_values(args, "idle_timeout", "send_timeout", "min_send_rate", "keepalive"),
-        proxy_protocol=proxy,
-        ssl_context=ssl_context,
-        handshake_timeout=args.tls_handshake_timeout,
-        reuse_port=reuse_port,
-        readiness=args.readiness,
-        **_listener_settings(args),
+        **{
+            **_listener_settings(args),
+            "framing": framing,
+            "proxy_protocol": proxy,
+            "ssl_context": ssl_context,
+            "handshake_timeout": args.tls_handshake_timeout,
+            "reuse_port": reuse_port,
+        }
     )
 
 
@@ -192,18 +208,26 @@ def relay_config_from_args(args: argparse.Namespace, framing: FramingConfig) -> 
     else:
         client_framing = server_framing = framing
     postgresql = args.preset == "postgresql"
-    config = RelayConfig(
-        args.upstream,
-        client_framing,
-        server_framing,
-        answer_factory=presets.PostgresNegotiation if postgresql else None,
-        refusal=presets.postgres_refusal if postgresql else None,
-        half_close=not postgresql,  # a PostgreSQL session has no half-close
-        **flag_values(
-            args, "idle_timeout", "send_timeout", "min_send_rate", "fin_timeout", "keepalive"
-        ),
+    return RelayConfig(
+        **{
+            **same_named_flags(args, RelayConfig),
+            "client_framing": client_framing,
+            "server_framing": server_framing,
+            "answer_factory": presets.PostgresNegotiation if postgresql else None,
+            "refusal": presets.postgres_refusal if postgresql else None,
+            "half_close": not postgresql,  # a PostgreSQL session has no half-close
+            "listener": _relay_listener(args),
+        }
     )
-    return dataclasses.replace(config, listener=ServerConfig(**_listener_settings(args)))
+
+
+def _relay_listener(args: argparse.Namespace) -> ServerConfig:
+    """The relay's own listener: the listening settings alone (what it
+    forwards is the relay's to set: :data:`RELAY_OWNED_SETTINGS`)."""
+    settings = _listener_settings(args)
+    return ServerConfig(
+        **{name: value for name, value in settings.items() if name not in RELAY_OWNED_SETTINGS}
+    )
 
 
 def resolve_relay_timeouts(args: argparse.Namespace) -> None:

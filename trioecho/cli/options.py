@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from trioecho._backend import IMPLEMENTATION
 from trioecho._version import __version__
 from trioecho.cli.configs import PRESETS, RELAY_PRESET_TIMEOUTS, client_tls, resolve_relay_timeouts
 from trioecho.cli.framing_args import (
@@ -42,6 +41,7 @@ from trioecho.cli.option_types import (
 )
 from trioecho.framing.base import DEFAULT_MAX_FRAME, DEFAULT_MAX_LINE, FRAMINGS
 from trioecho.framing.contract import LENGTH_BYTES
+from trioecho.framing.implementation import IMPLEMENTATION
 from trioecho.io.budget import DEFAULT_MEMORY_BUDGET
 from trioecho.io.keepalive import DEFAULT_KEEPALIVE
 from trioecho.io.readiness import READINESS_MODES

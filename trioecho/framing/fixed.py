@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from trioecho import _backend
 from trioecho._backend import Implementation
 from trioecho.errors import (
     MalformedFrameError,
@@ -13,6 +12,7 @@ from trioecho.framing.base import _MAX_LIMIT, Buffer, _check_range, _StreamFrame
 from trioecho.framing.contract import (
     FIELD_NONE,
 )
+from trioecho.framing.implementation import FRAMER
 
 __all__ = ["FixedLengthFramer", "RawFramer"]
 
@@ -27,7 +27,7 @@ class FixedLengthFramer(_StreamFramer):
 
     def __init__(self, frame_size: int, *, implementation: Implementation | None = None) -> None:
         _check_range("frame_size", frame_size, 1, _MAX_LIMIT)
-        backend = _backend.get(implementation)
+        backend = FRAMER.get(implementation)
         super().__init__(
             backend.LengthScanner(0, False, frame_size, field=FIELD_NONE),
             frame_size,

@@ -8,7 +8,6 @@ import functools
 from collections.abc import Callable, Iterable
 from typing import Literal
 
-from trioecho import _backend
 from trioecho._backend import Implementation
 from trioecho.errors import (
     FrameTooLongError,
@@ -31,6 +30,7 @@ from trioecho.framing.contract import (
     VARINT_NOT_MINIMAL,
     header_struct,
 )
+from trioecho.framing.implementation import FRAMER
 from trioecho.framing.problems import too_long_message
 
 __all__ = ["LengthFieldFramer", "LengthPrefixedFramer", "VarintFramer", "encode_varint"]
@@ -67,7 +67,7 @@ class LengthFieldFramer(_StreamFramer):
     ) -> None:
         _check_limit("max_frame", max_frame)
         _check_range("length_offset", length_offset, 0, MAX_OFFSET)
-        backend = _backend.get(implementation)
+        backend = FRAMER.get(implementation)
         super().__init__(
             backend.LengthScanner(
                 header_bytes,

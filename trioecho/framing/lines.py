@@ -8,7 +8,6 @@ import functools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
-from trioecho import _backend
 from trioecho._backend import Implementation
 from trioecho.framing import _pyframer
 from trioecho.framing.base import (
@@ -21,6 +20,7 @@ from trioecho.framing.base import (
     _Scanner,
     _StreamFramer,
 )
+from trioecho.framing.implementation import FRAMER
 from trioecho.framing.problems import delimiter_in_payload, too_long_message, trailing_cr
 
 __all__ = ["LineFramer", "check_delimiters"]
@@ -57,7 +57,7 @@ class LineFramer(_StreamFramer):
         if on_too_long not in ("error", "discard"):
             raise ValueError(f"on_too_long must be 'error' or 'discard', not {on_too_long!r}")
         _check_limit("max_frame", max_frame)
-        backend = _backend.get(implementation)
+        backend = FRAMER.get(implementation)
         discard = on_too_long == "discard"
         super().__init__(
             backend.LineScanner(delimiters, bool(strip_cr), discard, max_frame),

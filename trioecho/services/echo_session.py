@@ -46,8 +46,7 @@ selects the pure-Python twin, which gives the same results.
 
 from __future__ import annotations
 
-from trioecho import _backend
-from trioecho._backend import Implementation
+from trioecho._backend import Implementation, Unit
 from trioecho.errors import FrameTooLongError, FramingError
 from trioecho.framing.base import (
     DEFAULT_MAX_FRAME,
@@ -83,6 +82,9 @@ __all__ = [
 GREETING = "你好欢迎你".encode()
 REPLY_SUFFIX = "好".encode()
 QUIT = b"q"
+# The echo session's C unit (the C engine) and its pure-Python twin; chosen
+# when first used, so the framing core never loads it.
+ECHO = Unit("echo", "trioecho.services._cecho", "trioecho.services._pyecho", "_echo_ffi")
 # The C engine's output buffer: the replies to one 64 KiB read of small
 # messages fit in one call.
 DEFAULT_ECHO_CAPACITY = 256 * 1024
@@ -210,7 +212,7 @@ class EchoSession:
         self.config = config
         if implementation is None:
             implementation = config.implementation
-        backend = _backend.get(implementation, "echo")
+        backend = ECHO.get(implementation)
         max_frame = config.max_frame
         if max_frame is None:
             max_frame = DEFAULT_MAX_FRAME if config.framing == "len" else DEFAULT_MAX_LINE
