@@ -37,11 +37,13 @@ from support.relaypeers import (
 from support.serverproc import ServerProcess, recv_exactly
 
 from trioecho import FramingConfig
+from trioecho.cli.configs import relay_config_from_args
 from trioecho.cli.options import build_parser, resolve_relay_timeouts
 from trioecho.cli.serve import relay_from_args
 from trioecho.errors import IdleTimeoutError, ProtocolRefusedError, SlowReaderError
 from trioecho.framing.presets import postgres_refusal
 from trioecho.server.server import LINGER_SECONDS
+from trioecho.services.relay_config import DEFAULT_CONNECT_TIMEOUT
 
 FIN_TIMEOUT = 2.0
 
@@ -317,6 +319,47 @@ def test_a_client_that_never_finishes_is_cut_at_the_fin_timeout() -> None:
             f"finished: no bytes for 2 s after the upstream side ended"
         ), line
         no_tracebacks(relay)
+
+
+# -- the upstream's connect -------------------------------------------------------------
+
+
+@contextmanager
+def unanswered_port() -> Iterator[int]:
+    """A port whose connects are never answered: its listener's queue (backlog
+    0) is full with one connection it never accepts, so the kernel drops the
+    SYNs of the next ones."""
+    with socket.socket() as listener, socket.socket() as queued:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        queued.connect(listener.getsockname())
+        yield listener.getsockname()[1]
+
+
+def test_connect_timeout_closes_a_client_whose_upstream_does_not_answer() -> None:
+    """``relay --connect-timeout`` (pgbouncer's server_connect_timeout): the
+    client is closed once the upstream's connect has gone unanswered that
+    long, with one log line, and the relay goes on serving."""
+    with unanswered_port() as port, relay_process(port, "--connect-timeout", "0.5") as relay:
+        with socket.create_connection(("127.0.0.1", relay.port)) as client:
+            client.settimeout(10)
+            client_port = client.getsockname()[1]
+            assert client.recv(1) == b""
+        assert one_line(relay, client_port).endswith(
+            f" WARNING trioecho.relay: 127.0.0.1:{client_port}: closing: cannot connect to the "
+            f"upstream 127.0.0.1:{port}: no answer in 0.5 s"
+        )
+        no_tracebacks(relay)
+
+
+def test_connect_timeout_is_the_relays_own_unless_given() -> None:
+    def connect_timeout(*argv: str) -> float | None:
+        args = build_parser().parse_args(["relay", "--upstream", "db:5432", *argv])
+        return relay_config_from_args(args, FramingConfig("len")).connect_timeout
+
+    assert connect_timeout() == DEFAULT_CONNECT_TIMEOUT == 10.0
+    assert connect_timeout("--connect-timeout", "2.5") == 2.5
+    assert connect_timeout("--connect-timeout", "0") is None  # never
 
 
 # -- the PostgreSQL preset's timeouts ----------------------------------------------------

@@ -68,6 +68,7 @@ from trioecho.services.echo import (
     RespondEchoHandler,
 )
 from trioecho.services.relay_config import (
+    DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_RELAY_FIN_TIMEOUT,
     DEFAULT_RELAY_IDLE_TIMEOUT,
     DEFAULT_RELAY_SEND_TIMEOUT,
@@ -581,6 +582,14 @@ def _add_relay(commands: Any) -> None:
         help="once one side has ended (its end is passed on), close both connections when "
         "no bytes have moved for this long (HAProxy's timeout client-fin/server-fin); "
         f"0: never (default: {DEFAULT_RELAY_FIN_TIMEOUT:g})",
+    )
+    limits.add_argument(
+        "--connect-timeout",
+        type=seconds_or_off,
+        default=DEFAULT_CONNECT_TIMEOUT,
+        metavar="SECONDS",
+        help="close a client whose upstream connection is not made within this long "
+        f"(pgbouncer's server_connect_timeout); 0: never (default: {DEFAULT_CONNECT_TIMEOUT:g})",
     )
     _add_min_send_rate(limits)
     _add_keepalive(limits, "on both sides, the clients' connections and the upstream ones")
