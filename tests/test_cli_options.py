@@ -80,6 +80,10 @@ from support.cli_inprocess import run_main
         (["bench", "--framing", "varint"], "invalid choice: 'varint'"),
         (["relay"], "the following arguments are required: --upstream"),
         (["relay", "--upstream", "nowhere"], "expected HOST:PORT, not 'nowhere'"),
+        (["relay", "--upstream", "[]:80"], "expected HOST:PORT, not '[]:80'"),
+        (["relay", "--upstream", "db:abc"], "argument --upstream: not a port number: 'abc'"),
+        (["relay", "--upstream", "db:70000"], "argument --upstream: must be 0..65535, not 70000"),
+        (["relay", "--connect-timeout", "-1", "--upstream", "db:1"], "--connect-timeout: must be"),
         (["relay", "--upstream", "h:1", "--preset", "x"], "invalid choice: 'x'"),
     ],
 )

@@ -24,6 +24,20 @@ def test_the_config_has_exactly_the_servers_keywords_with_the_same_defaults() ->
     assert keywords == fields
 
 
+def test_the_relay_config_has_exactly_relay_servers_keywords_with_the_same_defaults() -> None:
+    keywords = {
+        name: parameter.default
+        for name, parameter in inspect.signature(relay_server).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    fields = {field.name: field.default for field in dataclasses.fields(RelayConfig)}
+    del fields["upstream"], fields["listener"]  # the first argument; the other keywords
+    # The framings are required (no default) unless a RelayConfig comes alone.
+    assert fields.pop("client_framing") is fields.pop("server_framing") is dataclasses.MISSING
+    assert keywords.pop("client_framing") is keywords.pop("server_framing") is None
+    assert keywords == fields
+
+
 def test_values_are_stored_in_their_checked_form() -> None:
     config = ServerConfig(host="", framing="len", keepalive="30:5:3", grace=2)
     assert config.host is None
@@ -80,6 +94,38 @@ def test_a_server_from_a_config_has_its_settings_and_a_budget_of_its_own() -> No
     assert first.budget is not second.budget and first.budget.limit == 1 << 20
     with pytest.raises(TypeError, match="config must be a ServerConfig, not dict"):
         MessageServer.from_config(EchoHandler, {"port": 0})  # type: ignore[arg-type]
+
+
+def test_a_server_takes_its_config_positionally_or_keywords_not_both() -> None:
+    config = ServerConfig(framing="len", port=0)
+    server = MessageServer(EchoHandler, config)
+    assert server.config is config and server.port == 0
+    # Keywords at their defaults beside it are no settings: nothing is lost.
+    assert MessageServer(EchoHandler, config, port=9999).config is config
+    with pytest.raises(TypeError) as both:
+        MessageServer(EchoHandler, config, port=7000, grace=1.0)
+    assert str(both.value) == (
+        "MessageServer takes a ServerConfig or keyword settings, not both: port, grace "
+        "given with the config (use config.replace(...))"
+    )
+    with pytest.raises(TypeError, match="config must be a ServerConfig, not dict"):
+        MessageServer(EchoHandler, {"port": 0})  # type: ignore[arg-type]
+
+
+def test_a_relay_server_takes_a_relay_config_alone() -> None:
+    config = RelayConfig("127.0.0.1:5432", "len", "len", listener=ServerConfig(port=0))
+    server = relay_server(config)
+    assert server.config == config.listening
+    with pytest.raises(TypeError) as both:
+        relay_server(config, idle_timeout=5.0, port=7000)
+    assert str(both.value) == (
+        "relay_server() takes a RelayConfig alone, not with idle_timeout, port"
+    )
+    with pytest.raises(TypeError) as missing:
+        relay_server("127.0.0.1:5432", client_framing="len")
+    assert str(missing.value) == (
+        "relay_server() needs client_framing and server_framing (or a RelayConfig alone)"
+    )
 
 
 def test_a_relay_config_keeps_its_checked_forms_and_serves_its_listener() -> None:

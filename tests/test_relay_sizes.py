@@ -12,27 +12,13 @@ import pytest
 import trio
 import trio.testing
 from support.helpers import running
+from support.relaypeers import read_frame
 
 from trioecho import FramingConfig, MessageServer
 from trioecho.services.echo import GREETING, REPLY_SUFFIX, EchoHandler
 from trioecho.services.relay import RELAY_READ_SIZE, relay_server
 
 READ = RELAY_READ_SIZE
-
-
-async def read_frame(stream: trio.SocketStream, buffer: bytearray) -> bytes:
-    """One length-prefixed frame, ``buffer`` holding what was read past it."""
-    while True:
-        if len(buffer) >= 4:
-            (length,) = struct.unpack_from(">I", buffer)
-            if len(buffer) >= 4 + length:
-                frame = bytes(buffer[4 : 4 + length])
-                del buffer[: 4 + length]
-                return frame
-        chunk = await stream.receive_some(1 << 16)
-        if not chunk:
-            raise EOFError(f"closed with {len(buffer)} bytes of a frame")
-        buffer += chunk
 
 
 async def test_frames_around_the_relays_read_size_and_its_limit_pass_exactly(

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 import trio
 from support.liveservers import LiveServer, postgresql_server
+from support.relaypeers import read_frame
 from support.serverproc import Canary, ServerProcess
 
 from trioecho.services.echo import GREETING, REPLY_SUFFIX
@@ -59,21 +60,6 @@ def test_rows_far_over_a_read_stream_through_with_the_presets_default(
 CLIENTS = 1000
 FRAME = 2 * MIB
 BUDGET_MIB = 64
-
-
-async def read_frame(stream: trio.SocketStream, buffer: bytearray) -> bytes:
-    """One length-prefixed frame, ``buffer`` holding what was read past it."""
-    while True:
-        if len(buffer) >= 4:
-            (length,) = struct.unpack_from(">I", buffer)
-            if len(buffer) >= 4 + length:
-                frame = bytes(buffer[4 : 4 + length])
-                del buffer[: 4 + length]
-                return frame
-        chunk = await stream.receive_some(1 << 16)
-        if not chunk:
-            raise EOFError(f"closed with {len(buffer)} bytes of a frame")
-        buffer += chunk
 
 
 async def one_client(port: int, index: int, done: list[int]) -> None:

@@ -100,18 +100,28 @@ def check_count(value: object, name: str, minimum: int) -> int:
     return value
 
 
+def split_host_port(text: str) -> tuple[str, str] | None:
+    """``"host:port"`` split at its last colon, as ``(host, port text)``,
+    the brackets of ``"[::1]:5432"`` taken off the host; None if there is
+    no colon or no host.  The port is the caller's to read."""
+    host, colon, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host:
+        return None
+    return host, port_text
+
+
 def parse_address(address: object, name: str) -> tuple[str, int]:
     """``(host, port)`` from a ``(host, port)`` tuple or a ``"host:port"``
     string (``"[::1]:5432"`` for an IPv6 address)."""
     if isinstance(address, str):
-        host, colon, port_text = address.rpartition(":")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        if not colon or not host or not port_text.isdigit():
+        parts = split_host_port(address)
+        if parts is None or not parts[1].isdigit():
             raise ValueError(
                 f'{name} must be "host:port" (or a (host, port) tuple), not {address!r}'
             )
-        return host, check_port(int(port_text), f"{name}'s port")
+        return parts[0], check_port(int(parts[1]), f"{name}'s port")
     if isinstance(address, tuple | list) and len(address) == 2:
         host, port = address
         if not isinstance(host, str) or not host:

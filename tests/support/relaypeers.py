@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 
+import trio
+
 from support.serverproc import ServerProcess
 
 SSL_REQUEST = struct.pack(">II", 8, 80877103)
@@ -138,3 +140,19 @@ def dead_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+async def read_frame(stream: trio.SocketStream, buffer: bytearray) -> bytes:
+    """One frame with a 4-byte big-endian length from ``stream`` (Trio),
+    ``buffer`` holding what was read past it."""
+    while True:
+        if len(buffer) >= 4:
+            (length,) = struct.unpack_from(">I", buffer)
+            if len(buffer) >= 4 + length:
+                frame = bytes(buffer[4 : 4 + length])
+                del buffer[: 4 + length]
+                return frame
+        chunk = await stream.receive_some(1 << 16)
+        if not chunk:
+            raise EOFError(f"closed with {len(buffer)} bytes of a frame")
+        buffer += chunk

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from trioecho.arguments import parse_address
+from trioecho.arguments import parse_address, split_host_port
 from trioecho.framing.base import MAX_DELIMITER
 from trioecho.framing.contract import LENGTH_BYTES, MAX_ADJUSTMENT, MAX_OFFSET, MAX_VARINT
 from trioecho.io.keepalive import KeepAlive
@@ -163,14 +163,13 @@ def delimiter(text: str) -> bytes:
 
 
 def host_port(text: str) -> tuple[str, int]:
-    """``--upstream``: ``HOST:PORT`` (``[::1]:5432`` for an IPv6 address), as
-    :func:`~trioecho.arguments.parse_address` reads it."""
-    try:
-        return parse_address(text, "--upstream")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            _address_error("expected HOST:PORT, not", text, exc)
-        ) from None
+    """``--upstream``: ``HOST:PORT`` (``[::1]:5432`` for an IPv6 address),
+    split as :func:`~trioecho.arguments.parse_address` splits it, the port
+    read as ``--port`` reads it (the same messages)."""
+    parts = split_host_port(text)
+    if parts is None:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
+    return parts[0], port(parts[1])
 
 
 def metrics_address(text: str) -> tuple[str, int]:
@@ -180,13 +179,9 @@ def metrics_address(text: str) -> tuple[str, int]:
     try:
         return parse_address(text, "--metrics")
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(_address_error("not [HOST:]PORT:", text, exc)) from None
-
-
-def _address_error(lead: str, text: str, exc: ValueError) -> str:
-    """``LEAD 'TEXT'``, with :func:`parse_address`'s reason when ``text``
-    has a port to speak of."""
-    return f"{lead} {text!r} ({exc})" if ":" in text else f"{lead} {text!r}"
+        raise argparse.ArgumentTypeError(
+            f"not [HOST:]PORT: {text!r} ({exc})" if ":" in text else f"not [HOST:]PORT: {text!r}"
+        ) from None
 
 
 def worker_count(text: str) -> int:

@@ -86,7 +86,7 @@ async def serve_config(
     """Serve the echo service with ``config`` and ``options``: see :func:`run_server`."""
     fit_fd_limit(config.max_connections)
     tune_gc()
-    server = MessageServer.from_config(ECHO_HANDLERS[options.handler], config)
+    server = MessageServer(ECHO_HANDLERS[options.handler], config)
     return await run_server(options, server, sockets, notifier, worker)
 
 

@@ -3,8 +3,8 @@
 and its meaning, in one frozen value.
 
 ``MessageServer(handler, **settings)`` builds one from its keywords;
-``MessageServer.from_config(handler, config)`` takes one made elsewhere
-(the command line maps its flags onto it once).  A configuration without
+``MessageServer(handler, config)`` takes one made elsewhere (the command
+line maps its flags onto it once).  A configuration without
 an ``ssl_context`` pickles, so a supervisor can hand it to its workers.
 """
 

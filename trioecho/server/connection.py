@@ -203,5 +203,7 @@ async def _close(
         if reason is None:
             reason = CloseReason.SHUTDOWN if server.shutting_down else CloseReason.HANDLER_RETURNED
             stream.close_reason = reason
-        count_closed(server, stream, reason, record)
-        server._stream_closed(stream)
+        try:
+            count_closed(server, stream, reason, record)
+        finally:
+            server._stream_closed(stream)  # a drain must not wait on it, whatever happens

@@ -36,6 +36,7 @@ connection.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -78,6 +79,28 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+# The keywords' defaults: ServerConfig's fields', as written (not as checked).
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(ServerConfig)}
+_SETTINGS = frozenset(_DEFAULTS)
+
+
+def _check_config_alone(config: object, settings: dict[str, Any]) -> None:
+    """``config`` must be a :class:`ServerConfig`, and the keywords beside it
+    left at their defaults: the settings come from one place."""
+    if not isinstance(config, ServerConfig):
+        raise TypeError(f"config must be a ServerConfig, not {type(config).__name__}")
+    given = [
+        name
+        for name, value in settings.items()
+        if value is not _DEFAULTS[name] and value != _DEFAULTS[name]
+    ]
+    if given:
+        raise TypeError(
+            f"MessageServer takes a ServerConfig or keyword settings, not both: {', '.join(given)} "
+            "given with the config (use config.replace(...))"
+        )
+
+
 class MessageServer:
     """Serves framed messages over TCP, one Trio task per connection.
 
@@ -94,15 +117,17 @@ class MessageServer:
     limits, ``keepalive``, ``grace``, the listening socket (``backlog``,
     ``reuse_port``, ``unix_path``, ``unix_mode``), ``proxy_protocol``,
     ``ssl_context``, ``handshake_timeout``, ``memory_budget`` and
-    ``readiness``.  The keywords build a :class:`ServerConfig`;
-    :meth:`from_config` takes one made elsewhere.  Every argument is checked
-    then: a wrong one raises ``TypeError`` or ``ValueError`` naming it,
-    never an error at the first connection.
+    ``readiness``.  The keywords build a :class:`ServerConfig`; or give one
+    as ``config`` (``MessageServer(handler, config)``) and no keyword
+    beside it.  Every argument is checked then: a wrong one raises
+    ``TypeError`` or ``ValueError`` naming it, never an error at the first
+    connection.
     """
 
     def __init__(
         self,
         handler: Handler,
+        config: ServerConfig | None = None,
         *,
         host: str | None = ServerConfig.host,
         port: int = ServerConfig.port,
@@ -123,39 +148,20 @@ class MessageServer:
         unix_path: str | None = ServerConfig.unix_path,
         unix_mode: int = ServerConfig.unix_mode,
     ) -> None:
+        # The keywords, by name (read first: no other local is set yet).
+        settings = {name: value for name, value in locals().items() if name in _SETTINGS}
         self.handler = check_handler(handler)
-        self._configure(
-            ServerConfig(
-                host=host,
-                port=port,
-                framing=framing,
-                max_connections=max_connections,
-                idle_timeout=idle_timeout,
-                send_timeout=send_timeout,
-                min_send_rate=min_send_rate,
-                keepalive=keepalive,
-                grace=grace,
-                backlog=backlog,
-                reuse_port=reuse_port,
-                proxy_protocol=proxy_protocol,
-                ssl_context=ssl_context,
-                handshake_timeout=handshake_timeout,
-                memory_budget=memory_budget,
-                readiness=readiness,
-                unix_path=unix_path,
-                unix_mode=unix_mode,
-            )
-        )
+        if config is None:
+            config = ServerConfig(**settings)
+        else:
+            _check_config_alone(config, settings)
+        self._configure(config)
 
     @classmethod
     def from_config(cls, handler: Handler, config: ServerConfig) -> MessageServer:
-        """A server for ``handler`` with the settings of ``config``."""
-        if not isinstance(config, ServerConfig):
-            raise TypeError(f"config must be a ServerConfig, not {type(config).__name__}")
-        self = cls.__new__(cls)
-        self.handler = check_handler(handler)
-        self._configure(config)
-        return self
+        """``MessageServer(handler, config)``: a server for ``handler`` with
+        the settings of ``config``."""
+        return cls(handler, config)
 
     def _configure(self, config: ServerConfig) -> None:
         """Take the settings of ``config`` and set up the server's state."""

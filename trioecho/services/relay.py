@@ -43,6 +43,7 @@ dropped.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable
 from functools import partial
@@ -76,10 +77,10 @@ __all__ = ["relay", "relay_server", "relay_server_from_config"]
 
 
 def relay_server(
-    upstream: tuple[str, int] | str,
+    upstream: tuple[str, int] | str | RelayConfig,
     *,
-    client_framing: FramingConfig | str,
-    server_framing: FramingConfig | str,
+    client_framing: FramingConfig | str | None = None,
+    server_framing: FramingConfig | str | None = None,
     on_frame: FrameHook | None = None,
     answer: Answer | None = None,
     answer_factory: Callable[[], Answer] | None = None,
@@ -96,7 +97,9 @@ def relay_server(
     """A :class:`MessageServer` relaying each connection to ``upstream``
     (a ``(host, port)`` tuple or ``"host:port"``).  Frames from clients are
     read with ``client_framing``, frames from the upstream server with
-    ``server_framing``; ``on_frame`` and ``answer`` as :func:`relay` takes
+    ``server_framing`` (both required); or ``relay_server(config)``: the
+    settings of a :class:`~trioecho.services.relay_config.RelayConfig`,
+    with no keyword beside it.  ``on_frame`` and ``answer`` as :func:`relay` takes
     them (``answer_factory()``, if given instead, makes each connection its
     own ``answer``: :class:`~trioecho.framing.presets.PostgresNegotiation`);
     ``refusal`` as :func:`relay` takes it.
@@ -134,6 +137,17 @@ def relay_server(
     An upstream that is the relay's own address is refused here
     (``ValueError``) when the addresses say so, and otherwise detected at the
     first connection, which is closed: a relay never relays to itself."""
+    if isinstance(upstream, RelayConfig):
+        keywords = locals()
+        given = [name for name, default in _KEYWORDS.items() if keywords[name] != default]
+        if given or options:
+            named = ", ".join([*given, *options])
+            raise TypeError(f"relay_server() takes a RelayConfig alone, not with {named}")
+        return relay_server_from_config(upstream)
+    if client_framing is None or server_framing is None:
+        raise TypeError(
+            "relay_server() needs client_framing and server_framing (or a RelayConfig alone)"
+        )
     config = RelayConfig(
         upstream,
         client_framing,
@@ -161,8 +175,16 @@ def relay_server(
     return relay_server_from_config(config)
 
 
+# relay_server()'s keywords and their defaults (beside a RelayConfig, none may differ).
+_KEYWORDS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(relay_server).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+}
+
+
 def relay_server_from_config(config: RelayConfig) -> MessageServer:
-    """:func:`relay_server` with the settings of ``config``."""
+    """``relay_server(config)``: a relay with the settings of ``config``."""
     if not isinstance(config, RelayConfig):
         raise TypeError(f"config must be a RelayConfig, not {type(config).__name__}")
     upstream = cast(tuple[str, int], config.upstream)
