@@ -16,7 +16,6 @@ from trioecho.io.hub import ReadinessHub, Watch, current_hub
 from trioecho.io.opening import open_transport
 from trioecho.io.readiness import Readiness
 from trioecho.io.socket_transport import SocketTransport
-from trioecho.stream.message_stream import expire_if_idle, hand_over_deadlines
 
 
 def raw_pair() -> tuple[socket.socket, socket.socket]:
@@ -368,14 +367,14 @@ async def test_message_stream_idle_timeout_and_stop_on_both_waits(
     task; stop_receiving) on both kinds of waits."""
     _client, server = socket_stream_pair()
     stream = MessageStream(server, idle_timeout=0.05, readiness=readiness)
-    hand_over_deadlines(stream)
+    stream.hand_over_deadlines()
     assert isinstance(stream.transport, SocketTransport)
     assert stream.transport.readiness == readiness
 
     async def expire() -> None:
         while True:
             await trio.sleep(0.01)
-            expire_if_idle(stream, trio.current_time())
+            stream.expire_if_idle(trio.current_time())
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(expire)
@@ -385,7 +384,7 @@ async def test_message_stream_idle_timeout_and_stop_on_both_waits(
 
     _client2, server2 = socket_stream_pair()
     stream2 = MessageStream(server2, readiness=readiness)
-    hand_over_deadlines(stream2)
+    stream2.hand_over_deadlines()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_soon, stream2)
         with trio.fail_after(5), pytest.raises(trio.EndOfChannel):

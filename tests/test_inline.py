@@ -32,7 +32,7 @@ from trioecho.io.socket_transport import SocketTransport
 from trioecho.server.handler import BaseRequestHandler
 from trioecho.services.echo import GREETING, REPLY_SUFFIX, EchoHandler, RespondEchoHandler
 from trioecho.services.echo_session import EchoSession
-from trioecho.stream.message_stream import MessageStream, expire_if_idle, hand_over_deadlines
+from trioecho.stream.message_stream import MessageStream
 from trioecho.stream.session import RespondSession
 
 H = REPLY_SUFFIX
@@ -333,7 +333,7 @@ async def expire_idle_streams(stream: MessageStream) -> None:
     """The server's watchdog, for one stream."""
     while True:
         await trio.sleep(0.02)
-        expire_if_idle(stream, trio.current_time())
+        stream.expire_if_idle(trio.current_time())
 
 
 @pytest.mark.parametrize("trickle", [True, False])
@@ -345,7 +345,7 @@ async def test_idle_timeout_counts_messages_not_bytes(
     that never completes is timed out; one that keeps completing messages is not."""
     client, server = socket_stream_pair()
     stream = MessageStream(server, LEN, idle_timeout=0.3, readiness=readiness)
-    hand_over_deadlines(stream)
+    stream.hand_over_deadlines()
     start = trio.current_time()
 
     async def talk() -> None:

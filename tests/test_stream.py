@@ -21,7 +21,7 @@ from trioecho import (
 from trioecho.errors import IdleTimeoutError, SinkError, SlowReaderError
 from trioecho.framing.config import FramingConfig
 from trioecho.services.echo import GREETING, REPLY_SUFFIX, EchoHandler, GenericEchoHandler
-from trioecho.stream.message_stream import MessageStream, expire_if_idle, hand_over_deadlines
+from trioecho.stream.message_stream import MessageStream
 
 PAIRS = stream_pairs()
 
@@ -293,7 +293,7 @@ def socket_message_pair() -> tuple[MessageStream, MessageStream]:
 async def test_handed_over_idle_deadline_fires_only_when_expired() -> None:
     client, server = socket_message_pair()
     server.idle_timeout = 5
-    hand_over_deadlines(server)
+    server.hand_over_deadlines()
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             outcome: list[object] = []
@@ -307,19 +307,19 @@ async def test_handed_over_idle_deadline_fires_only_when_expired() -> None:
             nursery.start_soon(receive)
             await trio.testing.wait_all_tasks_blocked()
             now = trio.current_time()
-            assert not expire_if_idle(server, now)  # not due yet: nothing happens
+            assert not server.expire_if_idle(now)  # not due yet: nothing happens
             assert not outcome
-            assert expire_if_idle(server, now + 5)  # due
+            assert server.expire_if_idle(now + 5)  # due
     assert [str(e) for e in outcome] == ["no complete message within idle_timeout=5s"]
     # The socket was not closed: replies can still be sent.
     await server.send_message(b"bye")
     assert await client.receive_message() == b"bye"
-    assert not expire_if_idle(server, trio.current_time() + 100)  # nobody waits now
+    assert not server.expire_if_idle(trio.current_time() + 100)  # nobody waits now
 
 
 async def test_handed_over_stop_receiving_wakes_the_receiver_not_a_blocked_sender() -> None:
     client, server = socket_message_pair()
-    hand_over_deadlines(server)
+    server.hand_over_deadlines()
     big = b"x" * 60_000
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -349,7 +349,7 @@ async def test_handed_over_stop_receiving_wakes_the_receiver_not_a_blocked_sende
 async def test_echo_with_handed_over_deadlines_over_a_socket() -> None:
     client, server = socket_message_pair()
     server.framer = LineFramer(implementation="c")
-    hand_over_deadlines(server)
+    server.hand_over_deadlines()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(EchoHandler(server, ("test", 0), None).handle)  # type: ignore[arg-type]
         assert await client.receive_message() == GREETING

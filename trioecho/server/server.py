@@ -333,8 +333,9 @@ class MessageServer:
 
     async def _expire_idle_connections(self, idle_timeout: float) -> None:
         """Enforce ``idle_timeout`` for every connection from this one task
-        (see :func:`~trioecho.stream.message_stream.hand_over_deadlines`): it fires within a tenth
-        of the timeout (at most 1 s) after it is due."""
+        (see :meth:`MessageStream.hand_over_deadlines
+        <trioecho.stream.message_stream.MessageStream.hand_over_deadlines>`):
+        it fires within a tenth of the timeout (at most 1 s) after it is due."""
         period = min(1.0, max(idle_timeout / 10, 0.01))
         while True:
             await trio.sleep(period)

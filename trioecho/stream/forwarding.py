@@ -12,7 +12,8 @@ once; what the sink did not take, the task sends (:meth:`_Forwarding.settle`).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, cast
+from collections.abc import Awaitable, Coroutine
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
@@ -20,7 +21,7 @@ from trioecho.errors import ConnectionClosedError, SinkError, TrioEchoError
 from trioecho.framing.base import Buffer, ForwardingFramer, can_forward
 from trioecho.io.pump import PumpedConnection
 from trioecho.reasons import CloseReason
-from trioecho.stream.driver import drive, ready_to_read
+from trioecho.stream.driver import drive
 from trioecho.stream.pumped import forward_pumped
 from trioecho.stream.receiving import idle_deadline
 
@@ -30,28 +31,12 @@ if TYPE_CHECKING:
 __all__ = ["forward_to"]
 
 
-async def forward_to(source: MessageStream, sink: MessageStream) -> None:
+def forward_to(source: MessageStream, sink: MessageStream) -> Coroutine[Any, Any, None]:
     """:meth:`MessageStream.forward_to
-    <trioecho.stream.message_stream.MessageStream.forward_to>`: its checks,
-    then the input forwarded until it ends or receiving stops."""
-    if source.transport.closed:
-        raise trio.ClosedResourceError("the message stream was closed")
-    if source._receiving:
-        raise trio.BusyResourceError("another task is already receiving from this stream")
-    if source.has_pending or not can_forward(source.framer):
-        raise RuntimeError(
-            "forward_to() needs a length-field or fixed-size framer at a frame boundary, "
-            "with every message read returned"
-        )
-    run = _Forwarding(source, sink)
-    source._receiving = True
-    source._forwarding = run
-    try:
-        if await ready_to_read(source) and await drive(source, run, forward_pumped):
-            run.finish()
-    finally:
-        source._receiving = False
-        source._forwarding = None
+    <trioecho.stream.message_stream.MessageStream.forward_to>`, to await:
+    its checks (:meth:`_Forwarding.begin`), then the input forwarded until
+    it ends or receiving stops, by :func:`~trioecho.stream.driver.drive`."""
+    return drive(source, _Forwarding(source, sink))
 
 
 class _Forwarding:
@@ -71,15 +56,42 @@ class _Forwarding:
     # reads do: see serve_in_task).
     deadline = math.inf
 
+    reads_at_once = False  # the memory budget first, before the first read
+
     def __init__(self, source: MessageStream, sink: MessageStream) -> None:
         self.source = source
         self.sink = sink
+
+    def begin(self) -> None:
+        """Check the source, claim its receiving, and set up the run."""
+        source = self.source
+        if source.transport.closed:
+            raise trio.ClosedResourceError("the message stream was closed")
+        if source._receiving:
+            raise trio.BusyResourceError("another task is already receiving from this stream")
+        if source.has_pending or not can_forward(source.framer):
+            raise RuntimeError(
+                "forward_to() needs a length-field or fixed-size framer at a frame boundary, "
+                "with every message read returned"
+            )
         self._pumped: PumpedConnection | None = None  # the C pump's state, made on first use
-        self._framer = cast(ForwardingFramer, source.framer)  # forward_to() checked it
+        self._framer = cast(ForwardingFramer, source.framer)  # checked above
         self.ended = False
         self.error: Exception | None = None  # a bad header's, or the sink's send
         self.owed: Buffer = b""
         self.owed_frames = 0
+        source._receiving = True
+        source._forwarding = self
+
+    def release(self) -> None:
+        """Give the source's receiving back."""
+        self.source._receiving = False
+        self.source._forwarding = None
+
+    def serve_pumped(self) -> Awaitable[None]:
+        """Served by the C pump, to the sink (or the inline path, if the
+        sink cannot take bytes from C)."""
+        return forward_pumped(self)
 
     def step(self, data: bytes) -> bytes | None:
         """Check and send on one read (``b""``: the end of the input)."""

@@ -48,7 +48,7 @@ without a scheduler round trip per message.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import trio
@@ -80,8 +80,6 @@ __all__ = [
     "MessageStream",
     "Session",
     "SessionOutput",
-    "expire_if_idle",
-    "hand_over_deadlines",
     "receive_size_for",
 ]
 
@@ -322,13 +320,15 @@ class MessageStream(StreamState):
 
     # -- serving a session, forwarding -----------------------------------------
 
-    async def run_session(
+    def run_session(
         self,
         session: Session,
         *,
         on_dropped: Callable[[FrameTooLongError], None] | None = None,
-    ) -> SessionOutput | None:
-        """Serve the sans-IO ``session`` on this stream until it ends.
+    ) -> Coroutine[Any, Any, SessionOutput | None]:
+        """Serve the sans-IO ``session`` on this stream until it ends
+        (``await`` it: it returns the coroutine that does, the one a parked
+        connection keeps, not one more around it).
 
         Every read is fed to the session and its output sent.  On a plain
         TCP socket on the readiness hub (with the deadlines handed over, or
@@ -346,11 +346,12 @@ class MessageStream(StreamState):
         read are not the session's: with :attr:`has_pending` it raises
         RuntimeError.
         """
-        return await run_session(self, session, on_dropped)
+        return run_session(self, session, on_dropped)
 
-    async def forward_to(self, sink: MessageStream) -> None:
+    def forward_to(self, sink: MessageStream) -> Coroutine[Any, Any, None]:
         """Pass this stream's input on to ``sink`` as it arrives, checked by
-        this stream's framer, until the input ends.
+        this stream's framer, until the input ends (``await`` it: it returns
+        the coroutine that does, as :meth:`run_session`).
 
         The bytes sent are exactly the bytes received.  The framer, in its
         forwarding mode (:meth:`~trioecho.framing.base._StreamFramer.forward`),
@@ -375,7 +376,7 @@ class MessageStream(StreamState):
         fixed-size framer, a phased one past its first phase) and no message
         read but not yet returned: RuntimeError otherwise.
         """
-        await forward_to(self, sink)
+        return forward_to(self, sink)
 
     def sync_counters(self) -> None:
         """Bring in the counts the C pump keeps for a connection it serves
@@ -438,13 +439,3 @@ class MessageStream(StreamState):
             await self.transport.close_gracefully(linger, limit)
         finally:
             self._release_account()
-
-
-def hand_over_deadlines(stream: MessageStream) -> None:
-    """:meth:`MessageStream.hand_over_deadlines`."""
-    stream.hand_over_deadlines()
-
-
-def expire_if_idle(stream: MessageStream, now: float) -> bool:
-    """:meth:`MessageStream.expire_if_idle`."""
-    return stream.expire_if_idle(now)

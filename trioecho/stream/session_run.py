@@ -12,8 +12,8 @@ state in the C pump.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, cast
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import trio
 
@@ -45,39 +45,17 @@ class PumpableSession(Session, Protocol):
     def end_pumped(self, status: int, length: int, replies: int) -> SessionOutput: ...
 
 
-async def run_session(
+def run_session(
     stream: MessageStream,
     session: Session,
     on_dropped: Callable[[FrameTooLongError], None] | None,
-) -> SessionOutput | None:
+) -> Coroutine[Any, Any, SessionOutput | None]:
     """:meth:`MessageStream.run_session
-    <trioecho.stream.message_stream.MessageStream.run_session>`: its
-    checks, then the session served until it ends."""
-    if stream.has_pending:
-        raise RuntimeError("run_session() on a stream whose framer holds unread messages")
-    if stream._receiving:
-        raise trio.BusyResourceError("another task is already receiving from this stream")
-    if stream.transport.closed:
-        raise trio.ClosedResourceError("the message stream was closed")
-    run = _SessionRun(stream, session, on_dropped)
-    stream._receiving = True
-    stream._run = run
-    try:
-        serve_pumped = serve_reads_pumped if run.pumpable is None else serve_engine_pumped
-        if not await drive(stream, run, serve_pumped):
-            return None
-        assert run.ending is not None
-        if run.ending.error is None and stream._close_reason is None:
-            stream._close_reason = (
-                CloseReason.STOP_MESSAGE if run.ending.stopped else CloseReason.PEER_CLOSED
-            )
-        return run.finish()
-    finally:
-        stream._run = None
-        stream._receiving = False
-        # An exception's traceback holds this frame: without the session
-        # (and its unfinished message) in it, nothing big lives in a cycle.
-        del run, session
+    <trioecho.stream.message_stream.MessageStream.run_session>`, to await:
+    its checks (:meth:`_SessionRun.begin`), then the session served until
+    it ends, by :func:`~trioecho.stream.driver.drive` (the one coroutine a
+    parked connection keeps for it)."""
+    return drive(stream, _SessionRun(stream, session, on_dropped))
 
 
 class _SessionRun:
@@ -107,6 +85,8 @@ class _SessionRun:
         "stream",
     )
 
+    reads_at_once = True  # a session reads at once (a forwarding waits for memory first)
+
     def __init__(
         self,
         stream: MessageStream,
@@ -116,6 +96,16 @@ class _SessionRun:
         self.stream = stream
         self._session = session
         self._on_dropped = on_dropped
+
+    def begin(self) -> None:
+        """Check the stream, claim its receiving, and set up the run."""
+        stream = self.stream
+        if stream.has_pending:
+            raise RuntimeError("run_session() on a stream whose framer holds unread messages")
+        if stream._receiving:
+            raise trio.BusyResourceError("another task is already receiving from this stream")
+        if stream.transport.closed:
+            raise trio.ClosedResourceError("the message stream was closed")
         self.ending: SessionOutput | None = None
         self.ended = False  # ending is set (the driver's test)
         self.owed: Buffer = b""
@@ -128,11 +118,26 @@ class _SessionRun:
         self.deadline = idle_deadline(stream)
         # The C pump serves the session if it can (see serve_engine_pumped):
         # what it is served with, and its state, made on first use.
+        session = self._session
         pump_handle = getattr(session, "pump_handle", None)
         self._pump_handle = None if pump_handle is None else pump_handle()
         self.pumpable = None if self._pump_handle is None else cast(PumpableSession, session)
         self._pumped: PumpedConnection | None = None
         self.splits = False  # _pumped splits the messages (reading_connection)
+        stream._receiving = True
+        stream._run = self
+
+    def release(self) -> None:
+        """Give the stream's receiving back."""
+        stream = self.stream
+        stream._run = None
+        stream._receiving = False
+
+    def serve_pumped(self) -> Awaitable[None]:
+        """Served by the C pump: its echo engine, or its reads for Python."""
+        if self.pumpable is None:
+            return serve_reads_pumped(self)
+        return serve_engine_pumped(self)
 
     def pumped_connection(self) -> PumpedConnection:
         """The session's state in the C pump, made on first use."""
@@ -280,9 +285,15 @@ class _SessionRun:
                 self.stream.transport.renew_deadline(self.deadline)
 
     def finish(self) -> SessionOutput | None:
-        """The ending: raise the session's error, or return the output."""
+        """The ending: raise the session's error, or return the output (and
+        record why the stream closed: its stop message, or the peer's end)."""
         ending = self.ending
         assert ending is not None
+        stream = self.stream
+        if ending.error is None and stream._close_reason is None:
+            stream._close_reason = (
+                CloseReason.STOP_MESSAGE if ending.stopped else CloseReason.PEER_CLOSED
+            )
         error = ending.error
         if error is not None:
             self.ending = None
