@@ -11,6 +11,8 @@ readiness hub's fairness, whose logic ``test_inline.py`` checks in-process).
 
 from __future__ import annotations
 
+import os
+import re
 import resource
 import select
 import socket
@@ -381,3 +383,22 @@ def test_a_pipelining_peer_does_not_delay_the_canary_or_accept() -> None:
             stop.set()
             for thread in flooders:
                 thread.join()
+
+
+def test_tls_errors_have_a_reason(tls_files: dict[str, str]) -> None:
+    """A peer that drops the TLS layer without close_notify (a truncation)
+    gets one line naming why, never an empty reason.  A real process: in
+    the test's own Trio run the truncation was sometimes read as a clean
+    end (a close_notify) instead."""
+    context = ssl.create_default_context(cafile=tls_files["ca"])
+    with server_process(
+        "--tls-cert", tls_files["cert"], "--tls-key", tls_files["key"], "-v"
+    ) as server:
+        raw = connect(server.port)
+        tls = context.wrap_socket(raw, server_hostname="localhost")
+        assert recv_exactly(tls, len(GREETING) + 1) == GREETING + b"\n"
+        tls.sendall(b"partial")
+        os.close(tls.detach())  # drop the TLS layer without close_notify: a truncation
+        line = server.wait_for_log("connection broken")
+        assert not re.search(r"connection broken while \w+: ?$", line), line
+        assert server.stop() == 0

@@ -339,7 +339,7 @@ def unanswered_port() -> Iterator[int]:
 def test_connect_timeout_closes_a_client_whose_upstream_does_not_answer() -> None:
     """``relay --connect-timeout`` (pgbouncer's server_connect_timeout): the
     client is closed once the upstream's connect has gone unanswered that
-    long, with one log line, and the relay goes on serving."""
+    long, with one log line naming the timeout given."""
     with unanswered_port() as port, relay_process(port, "--connect-timeout", "0.5") as relay:
         with socket.create_connection(("127.0.0.1", relay.port)) as client:
             client.settimeout(10)
