@@ -30,6 +30,7 @@ from support.serverproc import (
     server_process,
 )
 
+from trioecho.io.tls import client_context, detect_truncation, server_context
 from trioecho.services.echo import GREETING, REPLY_SUFFIX
 
 RSS_GROWTH_KIB = 32 * 1024  # what a misbehaving peer may cost the server, at most
@@ -402,3 +403,15 @@ def test_tls_errors_have_a_reason(tls_files: dict[str, str]) -> None:
         line = server.wait_for_log("connection broken")
         assert not re.search(r"connection broken while \w+: ?$", line), line
         assert server.stop() == 0
+
+
+def test_trioechos_tls_contexts_report_a_truncation(tls_files: dict[str, str]) -> None:
+    """Some Pythons (Debian's 3.11.2) set OP_IGNORE_UNEXPECTED_EOF by
+    default, which reads a truncation as a clean end: trioecho's contexts
+    clear it, whatever the default."""
+    ignore = ssl.OP_IGNORE_UNEXPECTED_EOF
+    set_by_default = ssl.create_default_context()
+    set_by_default.options |= ignore
+    assert not detect_truncation(set_by_default).options & ignore
+    assert not server_context(tls_files["cert"], tls_files["key"]).options & ignore
+    assert not client_context(tls_files["ca"]).options & ignore

@@ -3,6 +3,10 @@ contexts, and the handshake all of them run.
 
 Both start from ``ssl.create_default_context``: TLS 1.2 or newer, Python's
 default ciphers, and on the client side certificate and host name checks.
+An end of the stream without TLS's close_notify is a truncation, reported as
+a broken connection, on every Python: some (Debian's 3.11.2 among them) set
+OpenSSL's ``OP_IGNORE_UNEXPECTED_EOF`` by default, which reads it as a clean
+end; these contexts clear it (:func:`detect_truncation`).
 """
 
 from __future__ import annotations
@@ -14,7 +18,22 @@ import trio
 
 from trioecho.errors import TLSHandshakeError
 
-__all__ = ["check_server_context", "client_context", "do_handshake", "server_context"]
+__all__ = [
+    "check_server_context",
+    "client_context",
+    "detect_truncation",
+    "do_handshake",
+    "server_context",
+]
+
+
+def detect_truncation(context: ssl.SSLContext) -> ssl.SSLContext:
+    """``context`` with OpenSSL's ``OP_IGNORE_UNEXPECTED_EOF`` cleared, so
+    that a peer that drops the connection without close_notify is seen as a
+    truncation (a broken connection), not as a clean end."""
+    ignore = getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
+    context.options &= ~ignore
+    return context
 
 
 def server_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
@@ -24,7 +43,7 @@ def server_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
     Raises ``OSError`` if a file cannot be read, and ``ValueError`` saying
     what is wrong if they do not hold a certificate and its key.
     """
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context = detect_truncation(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(certfile, keyfile)
@@ -68,7 +87,7 @@ def client_context(cafile: str | None = None) -> ssl.SSLContext:
     or the system's when it is ``None``, and checks the server's host name."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
+    return detect_truncation(context)
 
 
 # OpenSSL's reasons when the other side's bytes are not TLS records at all.
