@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 from support.cli_inprocess import run_main
 
+from trioecho.cli.configs import drain_delay_of
+from trioecho.cli.options import build_parser
+from trioecho.server.config import DEFAULT_DRAIN_DELAY
+
 
 @pytest.mark.parametrize(
     ("options", "message"),
@@ -52,6 +56,9 @@ from support.cli_inprocess import run_main
         (["--proxy-timeout", "nan"], "--proxy-timeout: must be 0..86400 seconds, not nan"),
         (["--tls-handshake-timeout", "-3"], "must be 0..86400 seconds, not -3"),
         (["--grace", "soon"], "--grace: must be a number of seconds, not 'soon'"),
+        (["--drain-delay", "-1"], "--drain-delay: must be 0..86400 seconds, not -1"),
+        (["--drain-delay", "nan"], "--drain-delay: must be 0..86400 seconds, not nan"),
+        (["relay", "--upstream", "h:1", "--drain-delay", "x"], "--drain-delay: must be a number"),
         (["bench", "--duration", "0"], "--duration: must be more than 0, not 0"),
         (["bench", "--warmup", "nan"], "--warmup: must be 0..86400 seconds, not nan"),
         (["--workers", "many"], "--workers: must be a number or 'auto', not 'many'"),
@@ -109,3 +116,22 @@ def test_uds_option_mistakes(options: list[str], message: str, tmp_path: Path) -
     outcome = run_main(["serve", "--uds", str(tmp_path / "s"), *options])
     assert outcome.code == 2
     assert outcome.last_error_line == f"trioecho serve: error: {message}"
+
+
+@pytest.mark.parametrize(
+    ("options", "drain_delay"),
+    [
+        ([], 0.0),  # nothing can see /readyz: no delay
+        (["--metrics", "9100"], DEFAULT_DRAIN_DELAY),
+        (["--metrics", "9100", "--drain-delay", "0"], 0.0),
+        (["--drain-delay", "2.5"], 2.5),
+        (["relay", "--upstream", "db:5432", "--metrics", "9100"], DEFAULT_DRAIN_DELAY),
+    ],
+)
+def test_the_drain_delay_defaults_to_7_s_only_where_readyz_can_be_seen(
+    options: list[str], drain_delay: float
+) -> None:
+    command = options[0] if options[:1] == ["relay"] else "serve"
+    args = build_parser().parse_args(options if command == "relay" else ["serve", *options])
+    assert drain_delay_of(args) == drain_delay
+    assert DEFAULT_DRAIN_DELAY == 7.0  # fall 3 x inter 2 s, HAProxy's defaults, and 1 s more

@@ -275,8 +275,11 @@ def test_every_close_reason_is_a_label_and_a_handlers_own_is_other() -> None:
 
 
 def test_healthz_and_readyz_and_a_draining_server() -> None:
+    """On SIGTERM /readyz answers 503 at once while the server goes on
+    accepting for --drain-delay; then it stops accepting, and the connection
+    it holds is served on until its client ends it (within --grace)."""
     metrics = free_port()
-    server = ServerProcess("--metrics", str(metrics), "--grace", "30")
+    server = ServerProcess("--metrics", str(metrics), "--grace", "30", "--drain-delay", "1")
     try:
         assert fetch(metrics, "/healthz") == (200, b"ok\n")
         assert fetch(metrics, "/readyz") == (200, b"ready\n")
@@ -289,11 +292,24 @@ def test_healthz_and_readyz_and_a_draining_server() -> None:
         held = socket.create_connection(("127.0.0.1", server.port))
         recv_exactly(held, len(GREETING) + 1)
         server.process.send_signal(signal.SIGTERM)
-        server.wait_for_log("shutting down: 1 connections finishing")
+        server.wait_for_log(
+            "draining: not ready; accepting for 1.0 s more, "
+            "then 1 connections may run on for 30.0 s"
+        )
         assert fetch(metrics, "/readyz") == (503, b"not ready: draining\n")
         assert fetch(metrics, "/healthz") == (200, b"ok\n")
-        held.close()
+        with socket.create_connection(("127.0.0.1", server.port)) as late:  # still accepting
+            assert recv_exactly(late, len(GREETING) + 1) == GREETING + b"\n"
+            late.sendall(b"q\n")
+        with pytest.raises(ConnectionRefusedError):  # after the delay: closed
+            for _ in range(100):
+                socket.create_connection(("127.0.0.1", server.port)).close()
+                time.sleep(0.05)
+        held.sendall(b"still here\n")  # idle through the delay, served on
+        assert recv_exactly(held, 14) == "still here好\n".encode()
+        held.sendall(b"q\n")
         assert server.wait() == 0
+        server.wait_for_log("shutting down: 0 connections finishing")
     finally:
         server.close()
 

@@ -322,6 +322,12 @@ CONSTRUCTION: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         "grace must be a number of seconds, at least 0, not -1",
     ),
     (
+        "MessageServer(handler, drain_delay='5')",
+        lambda: MessageServer(handler, drain_delay="5"),  # type: ignore[arg-type]
+        ValueError,
+        "drain_delay must be a number of seconds, at least 0, not '5'",
+    ),
+    (
         "MessageServer(handler, backlog=0)",
         lambda: MessageServer(handler, backlog=0),
         ValueError,

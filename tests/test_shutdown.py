@@ -1,22 +1,25 @@
 """Shutdown without loss: under pipelined load, SIGTERM loses no reply.
 
 Every message the server had fully received gets its reply before its
-connection closes, and the process exits 0 within the grace period.  Proved
+connection closes, and the process exits 0 once the connections have run on
+for the grace period and finished.  Proved
 by counting: the server logs how many messages it received and sent; the
 clients count the replies they got, each checked in order.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import trio
-from support.serverproc import recv_exactly, server_process
+from support.serverproc import connect, greeted_line_client, recv_exactly, server_process
 
 from trioecho import FramingConfig
 from trioecho.services.echo import GREETING, REPLY_SUFFIX
@@ -76,7 +79,9 @@ async def test_sigterm_under_pipelined_load_loses_no_reply() -> None:
             stopped_after = time.monotonic() - signalled
         line = server.wait_for_log("stopped after serving")
     assert code == 0
-    assert stopped_after < GRACE
+    # The clients never stop: their connections are served on for the grace
+    # period, then shut down, losing nothing (drain_delay is 0 without --metrics).
+    assert GRACE <= stopped_after < 2 * GRACE
     match = re.search(r"serving (\d+) connections?: (\d+) messages received, (\d+) sent", line)
     assert match, line
     connections, received, sent = map(int, match.groups())
@@ -177,3 +182,67 @@ def test_a_slow_reader_gets_every_reply_before_the_end(ending: bytes) -> None:
         replies, how = _slow_reader(server.port, 2_000, signalled, tail=more)
         assert server.stop() == 0
     assert (replies, how) == (2_000, "eof")
+
+
+def _worker_pids(supervisor: int) -> list[int]:
+    """The processes whose parent is ``supervisor`` (from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == supervisor:
+            children.append(int(stat.parent.name))
+    return children
+
+
+QUEUED = 20
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "workers-2"])
+def test_connections_queued_when_a_drain_stops_accepting_are_served_not_reset(
+    workers: int,
+) -> None:
+    """The process that accepts is stopped (SIGSTOP) while QUEUED clients
+    connect: the kernel completes their handshakes and queues them.  Then
+    SIGTERM and SIGCONT: the drain stops accepting, but takes every queued
+    connection first, and each is served (greeting, reply, the end at q)
+    where closing the listener used to reset it.  Once the listeners are
+    closed, a new client is refused at once, although a connection still
+    runs on; with workers too (the supervisor lets go of the shared socket)."""
+    options = ["--grace", "20"] + (["--workers", str(workers)] if workers else [])
+    with server_process(*options) as server:
+        accepting = _worker_pids(server.pid) if workers else [server.pid]
+        assert len(accepting) == max(workers, 1)
+        held = greeted_line_client(server.port)  # keeps the drain running on
+        for pid in accepting:
+            os.kill(pid, signal.SIGSTOP)
+        queued = [connect(server.port) for _ in range(QUEUED)]  # nobody accepts them
+        server.process.send_signal(signal.SIGTERM)  # to the supervisor, if any
+        time.sleep(0.5)  # the supervisor forwards it to the stopped workers
+        for pid in accepting:
+            os.kill(pid, signal.SIGCONT)
+        for index, sock in enumerate(queued):
+            assert recv_exactly(sock, len(GREETING) + 1) == GREETING + b"\n", index
+            reply = f"queued {index}".encode() + REPLY_SUFFIX + b"\n"
+            sock.sendall(f"queued {index}\n".encode())
+            assert recv_exactly(sock, len(reply)) == reply
+            sock.sendall(b"q\n")
+            assert sock.recv(10) == b""
+            sock.close()
+        server.wait_for_log("connections may run on for 20.0 s")
+        deadline = time.monotonic() + 10
+        while True:  # the listeners close once the queue is empty
+            try:
+                connect(server.port).close()
+            except ConnectionRefusedError:
+                break
+            assert time.monotonic() < deadline, "still accepting 10 s after the drain began"
+            time.sleep(0.05)
+        held.sendall(b"last\n")
+        assert recv_exactly(held, 8) == b"last" + REPLY_SUFFIX + b"\n"
+        held.sendall(b"q\n")
+        assert held.recv(10) == b""
+        held.close()
+        assert server.wait() == 0

@@ -218,6 +218,7 @@ def start(
     scripts: dict[int, list[Script]] | None = None,
     *,
     grace: float = GRACE,
+    drain_delay: float = 0.0,
     notifier: FakeNotifier | None = None,
 ) -> Harness:
     world = FakeWorld(nursery, scripts or {})
@@ -225,6 +226,7 @@ def start(
         world,
         workers,
         grace=grace,
+        drain_delay=drain_delay,
         worker_timeout=TIMEOUT,
         notifier=notifier,  # type: ignore[arg-type]
     )
@@ -612,11 +614,12 @@ async def test_signals_drive_the_supervisor_and_a_straggler_is_killed(
     autojump_clock: trio.testing.MockClock, caplog_info: pytest.LogCaptureFixture
 ) -> None:
     """SIGTTIN, SIGTTOU, SIGTERM and SIGTERM again through the one signal
-    loop; a worker that ignores SIGTERM is killed ``grace + KILL_MARGIN``
-    seconds after the first, and the exit code is 1."""
+    loop; a worker that ignores SIGTERM is killed ``drain_delay + 2 * grace
+    + KILL_MARGIN`` seconds after the first (its drain delay, its
+    connections' run-on, their shutdown), and the exit code is 1."""
     send, receive = trio.open_memory_channel[int](10)
     async with trio.open_nursery() as nursery:
-        harness = start(nursery, 2, {1: [Script(drains=None)]}, grace=1.0)
+        harness = start(nursery, 2, {1: [Script(drains=None)]}, grace=1.0, drain_delay=0.5)
         supervisor = harness.supervisor
         nursery.start_soon(act_on_signals, receive, supervisor.signal_actions(nursery))
         for delay, signum in [
@@ -638,14 +641,14 @@ async def test_signals_drive_the_supervisor_and_a_straggler_is_killed(
         (4.5, "SIGTERM", 0, 100),  # the second signal, forwarded again
         (4.5, "SIGTERM", 1, 200),
         (5.0, "exit", 0, 100, 0),
-        (7.0, "kill", 1, 200),  # grace 1 s + KILL_MARGIN 2 s after the first
-        (7.0, "exit", 1, 200, -9),
+        (8.5, "kill", 1, 200),  # 0.5 + 2 x 1 + KILL_MARGIN 2 s after the first
+        (8.5, "exit", 1, 200, -9),
     ]
     assert supervisor.exit_codes == {0: 0, 1: -9}
     log = messages(caplog_info)
     assert "SIGTERM: stopping all 2 workers" in log
     assert "SIGTERM again: workers close every connection now" in log
-    assert "worker 1 (pid 200) still running 3.0 s after SIGTERM: killing it" in log
+    assert "worker 1 (pid 200) still running 4.5 s after SIGTERM: killing it" in log
     assert log[-1] == "workers exited with errors: {1: -9}"
 
 

@@ -25,7 +25,7 @@ from trioecho.framing import presets
 from trioecho.framing.config import FramingConfig
 from trioecho.io.tls import client_context
 from trioecho.server.accept import ProxyProtocolConfig
-from trioecho.server.config import ServerConfig
+from trioecho.server.config import DEFAULT_DRAIN_DELAY, ServerConfig
 from trioecho.services.relay_config import (
     DEFAULT_RELAY_IDLE_TIMEOUT,
     DEFAULT_RELAY_SEND_TIMEOUT,
@@ -124,15 +124,22 @@ class ServeOptions:
     metrics: tuple[str, int] | None = None
     """Where ``/metrics`` is served (the supervisor's, with workers)."""
     log: LogOptions = LogOptions()
+    inherited_listeners: bool = False
+    """The listening sockets outlive this service (systemd's socket
+    activation, ``--fd``): a drain leaves them as they are (see
+    :meth:`MessageServer.serve_listeners`)."""
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> ServeOptions:
+    def from_args(
+        cls, args: argparse.Namespace, *, inherited_listeners: bool = False
+    ) -> ServeOptions:
         return cls(
             handler=getattr(args, "handler", "session"),
             tls_cert=getattr(args, "tls_cert", None),
             tls_key=getattr(args, "tls_key", None),
             metrics=args.metrics,
             log=LogOptions.from_args(args),
+            inherited_listeners=inherited_listeners,
         )
 
 
@@ -168,7 +175,17 @@ def _listener_settings(args: argparse.Namespace) -> dict[str, Any]:
         "unix_path": args.uds,
         "unix_mode": args.uds_mode,
         "memory_budget": args.memory_budget << 20,  # given in MiB
+        "drain_delay": drain_delay_of(args),
     }
+
+
+def drain_delay_of(args: argparse.Namespace) -> float:
+    """``--drain-delay``, or its default: ``DEFAULT_DRAIN_DELAY`` with
+    ``--metrics`` (a health check can see ``/readyz``), else 0 (nothing
+    can see that the server is draining, so waiting would serve nothing)."""
+    if args.drain_delay is not None:
+        return float(args.drain_delay)
+    return DEFAULT_DRAIN_DELAY if args.metrics is not None else 0.0
 
 
 def server_config_from_args(

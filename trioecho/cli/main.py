@@ -21,6 +21,7 @@ from trioecho.cli.configs import (
     ServeOptions,
     ServeSpec,
     client_tls,
+    drain_delay_of,
     server_config_from_args,
 )
 from trioecho.cli.demo import run_demo
@@ -125,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     notifier = Notifier()  # before any worker starts: NOTIFY_SOCKET is the supervisor's
     if args.workers > 1:
         spec = ServeSpec(
-            server_config_from_args(args, framing, proxy, None), ServeOptions.from_args(args)
+            server_config_from_args(args, framing, proxy, None),
+            ServeOptions.from_args(args, inherited_listeners=sockets is not None),
         )
         return run_workers(args, spec, sockets, notifier)
     return trio.run(serve_echo, args, framing, proxy, server_tls, sockets, notifier)
@@ -193,6 +195,7 @@ def run_workers(
                 opened,
                 worker_module="trioecho.cli.worker",
                 grace=args.grace,
+                drain_delay=drain_delay_of(args),
                 worker_timeout=args.worker_timeout,
                 notifier=notifier,
                 metrics=args.metrics,

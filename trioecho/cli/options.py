@@ -52,6 +52,7 @@ from trioecho.server.accept import (
     PROXY_MODES,
 )
 from trioecho.server.config import (
+    DEFAULT_DRAIN_DELAY,
     DEFAULT_GRACE,
     DEFAULT_HOST,
     DEFAULT_IDLE_TIMEOUT,
@@ -343,7 +344,16 @@ def _add_server_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
         type=seconds,
         default=DEFAULT_GRACE,
         metavar="SECONDS",
-        help="on SIGINT/SIGTERM, seconds connections get to finish (default: %(default)s)",
+        help="on SIGINT/SIGTERM, seconds the open connections are served on, idle ones "
+        "included, before they are closed (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--drain-delay",
+        type=seconds,
+        metavar="SECONDS",
+        help="on SIGINT/SIGTERM, seconds /readyz answers 503 while accepting goes on, so "
+        "that a load balancer's health check takes the server out first "
+        f"(default: {DEFAULT_DRAIN_DELAY:g} with --metrics, else 0)",
     )
     return limits
 

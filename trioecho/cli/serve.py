@@ -62,7 +62,8 @@ async def serve_echo(
     """``trioecho serve`` in this process (no workers): on ``sockets`` if
     given (inherited), else where the options say."""
     config = server_config_from_args(args, framing, proxy, ssl_context)
-    return await serve_config(config, ServeOptions.from_args(args), sockets, notifier)
+    options = ServeOptions.from_args(args, inherited_listeners=sockets is not None)
+    return await serve_config(config, options, sockets, notifier)
 
 
 async def serve_worker(spec: ServeSpec, worker: WorkerContext, tls: ssl.SSLContext | None) -> int:
@@ -104,7 +105,8 @@ def run_relay(
 ) -> int:
     """``trioecho relay``: the frame relay until SIGINT/SIGTERM."""
     fit_fd_limit(2 * server.max_connections)
-    return trio.run(run_server, ServeOptions.from_args(args), server, sockets, notifier)
+    options = ServeOptions.from_args(args, inherited_listeners=sockets is not None)
+    return trio.run(run_server, options, server, sockets, notifier)
 
 
 def print_listening(addresses: Sequence[Any]) -> None:
@@ -118,8 +120,8 @@ def single_process_signals(
     options: ServeOptions, server: MessageServer, notifier: Notifier
 ) -> SignalActions:
     """One process's answer to signals: SIGHUP :func:`reload_on_sighup`;
-    SIGTTIN/SIGTTOU ignored (no workers); SIGINT/SIGTERM drain, and again
-    close every connection at once."""
+    SIGTTIN/SIGTTOU ignored (no workers); SIGINT/SIGTERM drain
+    (:meth:`MessageServer.drain`), and again close every connection at once."""
 
     def reload(name: str) -> None:
         notifier.reloading()
@@ -130,9 +132,9 @@ def single_process_signals(
         logger.warning("%s: one process serves (no --workers): ignored", name)
 
     def stop(name: str) -> None:
-        logger.info("%s: shutting down (grace %ss)", name, server.grace)
+        logger.info("%s: draining", name)
         notifier.stopping()
-        server.shutdown()
+        server.drain()
 
     def stop_now(name: str) -> None:
         logger.warning("%s again: closing every connection now", name)
@@ -144,7 +146,7 @@ def single_process_signals(
         remove_worker=ignore,
         stop=stop,
         stop_now=stop_now,
-        stopping=lambda: server.shutting_down,
+        stopping=lambda: server.shutting_down or server.draining,
     )
 
 
@@ -183,7 +185,11 @@ async def run_server(
         async with trio.open_nursery() as nursery:
             serve: Callable[..., Awaitable[None]] = server.serve
             if sockets:
-                serve = functools.partial(server.serve_listeners, socket_listeners(sockets))
+                serve = functools.partial(
+                    server.serve_listeners,
+                    socket_listeners(sockets),
+                    inherited=options.inherited_listeners,
+                )
             try:
                 listeners = await nursery.start(serve)
             except OSError as exc:

@@ -29,6 +29,7 @@ from trioecho.server.accept import DEFAULT_HANDSHAKE_TIMEOUT, ProxyProtocolConfi
 from trioecho.server.listeners import DEFAULT_UNIX_MODE
 
 __all__ = [
+    "DEFAULT_DRAIN_DELAY",
     "DEFAULT_GRACE",
     "DEFAULT_HOST",
     "DEFAULT_IDLE_TIMEOUT",
@@ -48,6 +49,10 @@ DEFAULT_SEND_TIMEOUT = 30.0  # seconds a send may wait with no progress on a pee
 # trickling reader, never a real slow link (a 9.6 kbit/s modem is 1,200).
 DEFAULT_MIN_SEND_RATE = 1024.0
 DEFAULT_GRACE = 5.0  # seconds handlers get to finish on shutdown
+# The command line's --drain-delay with --metrics (where /readyz can be seen):
+# longer than HAProxy's default health check takes to mark a server down
+# (fall 3 x inter 2 s), with a second to spare.
+DEFAULT_DRAIN_DELAY = 7.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +109,15 @@ class ServerConfig:
     packet.  ``TCP_USER_TIMEOUT`` comes with it: the keepalive bound, or
     ``send_timeout`` without keepalive (:mod:`trioecho.io.keepalive`)."""
     grace: float = DEFAULT_GRACE
-    """Seconds connections get to finish on shutdown."""
+    """Seconds connections get to finish on shutdown; on a drain (or a
+    retirement), seconds the open connections are served on as usual,
+    idle ones included, before they are shut down."""
+    drain_delay: float = 0.0
+    """Seconds a drain (:meth:`~trioecho.server.server.MessageServer.drain`,
+    ``trioecho serve`` on SIGTERM) goes on accepting after the server stops
+    reporting ready (``/readyz`` answers 503), so that a load balancer's
+    health check takes it out before it stops accepting.  0: stop
+    accepting at once."""
     backlog: int | None = None
     """The listening sockets' accept queue; None: Trio's default, the
     system's maximum."""
@@ -155,10 +168,8 @@ class ServerConfig:
         check_rate(self.min_send_rate, "min_send_rate")
         self._store("keepalive", keepalive_of(self.keepalive))
         check_timeout(self.handshake_timeout, "handshake_timeout")
-        grace = self.grace
-        if not isinstance(grace, int | float) or isinstance(grace, bool) or not grace >= 0:
-            raise ValueError(f"grace must be a number of seconds, at least 0, not {grace!r}")
-        self._store("grace", float(grace))
+        self._store("grace", _seconds(self.grace, "grace"))
+        self._store("drain_delay", _seconds(self.drain_delay, "drain_delay"))
         if self.backlog is not None:
             check_count(self.backlog, "backlog", 1)
         proxy_protocol = self.proxy_protocol
@@ -186,3 +197,10 @@ class ServerConfig:
     def replace(self, **changes: object) -> ServerConfig:
         """A copy with ``changes``, checked again."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _seconds(value: object, name: str) -> float:
+    """``value`` as a float of seconds, at least 0 (``ValueError`` naming ``name``)."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
+        raise ValueError(f"{name} must be a number of seconds, at least 0, not {value!r}")
+    return float(value)

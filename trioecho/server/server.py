@@ -28,10 +28,12 @@ FIN or a reset is found within 2 minutes of its last packet:
 ``trioecho --workers N``, listen on one port and the kernel spreads the
 connections over them), TLS and the PROXY protocol.
 
-Graceful shutdown (:meth:`MessageServer.shutdown`): stop accepting, let every
-connection finish the messages it has already received, wait up to ``grace``
-seconds for the handlers to return, then cancel the rest and close every
-connection.
+It stops (:mod:`trioecho.server.stopping`) by :meth:`MessageServer.shutdown`
+(stop accepting, let every connection finish the messages it has already
+received, wait up to ``grace`` seconds for the handlers to return, then
+cancel the rest), :meth:`MessageServer.drain` (not ready, accepting for
+``drain_delay`` more seconds, then the connections served on for up to
+``grace`` seconds before that shutdown) or :meth:`MessageServer.retire`.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from trioecho.server.listeners import (
     open_unix_listener,
     remove_unix_socket,
 )
+from trioecho.server.stopping import Stopping
 from trioecho.stream.message_stream import MessageStream
 
 __all__ = ["LINGER_SECONDS", "MessageServer"]
@@ -101,7 +104,7 @@ def _check_config_alone(config: object, settings: dict[str, Any]) -> None:
         )
 
 
-class MessageServer:
+class MessageServer(Stopping):
     """Serves framed messages over TCP, one Trio task per connection.
 
     ``await nursery.start(server.serve)`` binds, starts serving and returns
@@ -138,6 +141,7 @@ class MessageServer:
         min_send_rate: float | None = ServerConfig.min_send_rate,
         keepalive: KeepAlive | str | None = ServerConfig.keepalive,
         grace: float = ServerConfig.grace,
+        drain_delay: float = ServerConfig.drain_delay,
         backlog: int | None = ServerConfig.backlog,
         reuse_port: bool = ServerConfig.reuse_port,
         proxy_protocol: ProxyProtocolConfig | None = ServerConfig.proxy_protocol,
@@ -178,6 +182,7 @@ class MessageServer:
         self.keepalive = cast(KeepAlive | None, config.keepalive)
         self.handshake_timeout = config.handshake_timeout
         self.grace = config.grace  # lowered by shutdown(grace=)
+        self.drain_delay = config.drain_delay
         self.backlog = config.backlog
         self.reuse_port = config.reuse_port
         self.proxy_protocol = config.proxy_protocol
@@ -200,12 +205,7 @@ class MessageServer:
         # Connections still reading a PROXY header or doing a TLS handshake:
         # shutdown cancels them at once (they have no message to finish).
         self._setting_up: set[trio.CancelScope] = set()
-        self._shutdown_requested = trio.Event()
-        self._accepting_stopped = trio.Event()  # by shutdown() or retire()
-        self._streams_changed = trio.Event()  # a connection closed, or shutdown()
-        self._all_closed = trio.Event()
-        self._stopped = trio.Event()
-        self._connections_scope: trio.CancelScope | None = None
+        self._init_stopping()
 
     def __repr__(self) -> str:
         if self.addresses:
@@ -238,10 +238,6 @@ class MessageServer:
     def active_connections(self) -> int:
         return len(self._streams)
 
-    @property
-    def shutting_down(self) -> bool:
-        return self._shutdown_requested.is_set()
-
     # -- running -------------------------------------------------------------
 
     async def serve(
@@ -273,9 +269,15 @@ class MessageServer:
         listeners: list[trio.SocketListener],
         *,
         task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+        inherited: bool = False,
     ) -> None:
-        """Serve on listeners the caller opened (they are closed on return)."""
+        """Serve on listeners the caller opened (they are closed on return).
+        ``inherited``: the listening sockets outlive this process (systemd's
+        socket activation, a descriptor passed in): a stop leaves them as
+        they are, the connections queued then to the next process, rather
+        than refuse new connections on them (:mod:`trioecho.io.refusing`)."""
         self.listeners = listeners
+        self._listeners_inherited = inherited
         for listener in listeners:  # accepted sockets inherit the options
             apply_keepalive(listener.socket, self.keepalive, self.send_timeout)
         self._addresses = [listener.socket.getsockname() for listener in listeners]
@@ -285,6 +287,7 @@ class MessageServer:
                 if self.idle_timeout is not None:
                     watchdog.start_soon(self._expire_idle_connections, self.idle_timeout)
                 watchdog.start_soon(return_freed_memory, self.budget)
+                watchdog.start_soon(self._stop_accepting_after_drain_delay)
                 await self._serve_until_drained(listeners, limited, task_status)
                 watchdog.cancel_scope.cancel()
         finally:
@@ -323,12 +326,15 @@ class MessageServer:
                     logger.debug("listening on %s", format_address(listener.socket.getsockname()))
                 task_status.started(listeners)
                 await self._accepting_stopped.wait()
+                if self._closing_for_good and self.grace > 0 and not self._listeners_inherited:
+                    await self._take_queued_connections(listeners)
                 accepting.cancel_scope.cancel()
             self._slots.stop()
             for listener in listeners:
                 await listener.aclose()
-            if not self.shutting_down:  # retired: the connections run on for a while
+            if not self.shutting_down:  # retired or drained: the connections run on
                 await self._let_connections_finish()
+            self._shutdown_requested.set()
             await self._drain()
 
     async def _expire_idle_connections(self, idle_timeout: float) -> None:
@@ -342,61 +348,6 @@ class MessageServer:
             now = trio.current_time()
             for stream in self._streams:
                 stream.expire_if_idle(now)
-
-    def retire(self) -> None:
-        """Stop accepting, and let the open connections run on as usual for
-        up to ``grace`` seconds; those still open then are shut down as by
-        :meth:`shutdown` (which may also be called at any time).  For a
-        worker replaced by a rolling reload: the listening socket it shares
-        with the other workers keeps its queued connections for them."""
-        if not self._accepting_stopped.is_set():
-            logger.info(
-                "retiring: accepting stopped, %d connections may run on for %ss",
-                len(self._streams),
-                self.grace,
-            )
-        self._accepting_stopped.set()
-
-    async def _let_connections_finish(self) -> None:
-        with trio.move_on_after(self.grace):
-            while self._streams and not self.shutting_down:
-                self._streams_changed = trio.Event()
-                await self._streams_changed.wait()
-
-    def shutdown(self, *, grace: float | None = None) -> None:
-        """Stop gracefully: see the module docstring.  Safe to call more than once;
-        a later call with a shorter ``grace`` (0: now) cuts the wait short."""
-        if grace is not None:
-            self.grace = min(self.grace, grace)
-            if self.grace == 0 and self._shutdown_requested.is_set():
-                self._cancel_connections()
-        self._shutdown_requested.set()
-        self._accepting_stopped.set()
-        self._streams_changed.set()
-
-    async def wait_stopped(self) -> None:
-        """Return once :meth:`serve` has shut down."""
-        await self._stopped.wait()
-
-    async def _drain(self) -> None:
-        for setup in self._setting_up:
-            setup.cancel()
-        streams = list(self._streams)
-        logger.info("shutting down: %d connections finishing", len(streams))
-        for stream in streams:
-            stream.stop_receiving()
-        if not self._streams:
-            return
-        with trio.move_on_after(self.grace):
-            await self._all_closed.wait()
-            return
-        self._cancel_connections()
-
-    def _cancel_connections(self) -> None:
-        if self._streams:
-            logger.warning("grace period over: cancelling %d connections", len(self._streams))
-        if self._connections_scope is not None:
-            self._connections_scope.cancel()
 
     def _stream_opened(self, stream: MessageStream) -> None:
         """A connection is set up: its stream is open (and told to stop
@@ -426,5 +377,7 @@ class MessageServer:
             "accepting_paused": int(
                 self._slots.paused or any(listener.short_of_resource for listener in self._limited)
             ),
-            "serving": int(bool(self.listeners) and not self._accepting_stopped.is_set()),
+            "serving": int(
+                bool(self.listeners) and not self._accepting_stopped.is_set() and not self._draining
+            ),
         }

@@ -21,8 +21,8 @@ The rules (see :mod:`trioecho.workers.supervisor` for the whole picture):
   worker serving before the old one retires; a new worker that fails to
   start ends the reload (the slots not yet replaced keep their workers);
 * a retired worker still running ``2 * grace + KILL_MARGIN`` seconds later
-  is killed, and so is one still running ``grace + KILL_MARGIN`` seconds
-  after the stop.
+  is killed, and so is one still running ``drain_delay + 2 * grace +
+  KILL_MARGIN`` seconds after the stop (:attr:`Supervisor.stop_limit`).
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ class _Worker:
 class Supervisor:
     """Keeps ``workers`` workers serving, each in a slot (an index from 0),
     started by ``spawner``.  ``grace`` is the workers' (``--grace``),
-    ``worker_timeout`` how long a worker may stay silent; ``notifier`` hears
+    ``drain_delay`` theirs (``--drain-delay``), ``worker_timeout`` how long
+    a worker may stay silent; ``notifier`` hears
     RELOADING, READY and STOPPING.  :meth:`run` runs it until every slot
     has ended (after :meth:`stop`, or a failed first start)."""
 
@@ -96,12 +97,14 @@ class Supervisor:
         workers: int,
         *,
         grace: float,
+        drain_delay: float = 0.0,
         worker_timeout: float = DEFAULT_WORKER_TIMEOUT,
         notifier: Notifier | None = None,
     ) -> None:
         self.spawner = spawner
         self.workers = workers  # the number wanted (SIGTTIN and SIGTTOU change it)
         self.grace = grace
+        self.drain_delay = drain_delay
         self.worker_timeout = worker_timeout
         self.notifier = notifier
         self.slots: dict[int, _Worker] = {}  # index -> the worker serving in that slot
@@ -421,15 +424,22 @@ class Supervisor:
             logger.info("SIGTTOU: retiring worker %d (%d workers)", index, self.workers)
             await self._retire(worker)
 
+    @property
+    def stop_limit(self) -> float:
+        """Seconds a worker may take to stop after SIGTERM: its drain delay,
+        its connections' run-on and their shutdown (``grace`` each), and
+        ``KILL_MARGIN``."""
+        return self.drain_delay + 2 * self.grace + KILL_MARGIN
+
     async def kill_stragglers(self) -> None:
-        """Once stopping: kill the workers still running after the grace period."""
-        await trio.sleep(self.grace + KILL_MARGIN)
+        """Once stopping: kill the workers still running after :attr:`stop_limit`."""
+        await trio.sleep(self.stop_limit)
         for worker in list(self.live):
             if worker.process.returncode is None:
                 logger.error(
                     "worker %d (pid %d) still running %.1f s after SIGTERM: killing it",
                     worker.index,
                     worker.pid,
-                    self.grace + KILL_MARGIN,
+                    self.stop_limit,
                 )
                 worker.process.kill()

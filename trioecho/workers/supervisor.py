@@ -98,6 +98,7 @@ async def supervise(
     *,
     worker_module: str,
     grace: float = 5.0,
+    drain_delay: float = 0.0,
     worker_timeout: float = DEFAULT_WORKER_TIMEOUT,
     notifier: Notifier | None = None,
     metrics: tuple[str, int] | None = None,
@@ -117,8 +118,9 @@ async def supervise(
     ``configuration`` (bytes the supervisor does not read; see
     :func:`~trioecho.workers.link.receive_configuration`), ``PORT`` the port
     for ``SO_REUSEPORT`` (0 when it inherits listening sockets).  ``grace``
-    is the workers' (``--grace``), ``worker_timeout`` how long a worker may
-    stay silent.  ``notifier`` gets READY, RELOADING and STOPPING.
+    and ``drain_delay`` are the workers' (``--grace``, ``--drain-delay``),
+    ``worker_timeout`` how long a worker may stay silent.  ``notifier``
+    gets READY, RELOADING and STOPPING.
     ``metrics`` is the (host, port) of the whole service's ``/metrics``.
     ``announce`` is called with the listening addresses once every worker
     serves.
@@ -130,13 +132,19 @@ async def supervise(
         listen_fds=tuple(sock.fileno() for sock in opened.shared),
     )
     supervisor = Supervisor(
-        spawner, workers, grace=grace, worker_timeout=worker_timeout, notifier=notifier
+        spawner,
+        workers,
+        grace=grace,
+        drain_delay=drain_delay,
+        worker_timeout=worker_timeout,
+        notifier=notifier,
     )
     try:
         with open_signal_receiver() as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(act_on_signals, signals, supervisor.signal_actions(nursery))
                 nursery.start_soon(_announce_when_started, supervisor, workers, opened, announce)
+                nursery.start_soon(_let_go_of_listening_sockets, supervisor, opened)
                 if notifier is not None:
                     nursery.start_soon(notifier.keep_watchdog_fed)
                 if metrics is not None:
@@ -154,12 +162,25 @@ async def supervise(
     return supervisor.exit_code()
 
 
+async def _let_go_of_listening_sockets(supervisor: Supervisor, opened: WorkerSockets) -> None:
+    """Once stopping, close the shared listening sockets this process opened:
+    no worker will be started again, and the socket must close as soon as
+    the last worker has emptied its queue and let go of it, so that a client
+    then is refused, not kept waiting for this process to exit."""
+    await supervisor.stop_requested.wait()
+    for sock in opened.owned:
+        if sock in opened.shared:
+            sock.close()
+
+
 async def _announce_when_started(
     supervisor: Supervisor, workers: int, opened: WorkerSockets, announce: Announce | None
 ) -> None:
     """Once the ``workers`` first workers serve: ``announce`` the addresses,
     log them, and tell the notifier (systemd) READY."""
     await supervisor.all_started.wait()
+    if supervisor.stopping:  # the sockets may be closed already
+        return
     addresses = [sock.getsockname() for sock in opened.announced]
     if announce is not None:
         announce(addresses)
