@@ -82,6 +82,8 @@ TIERS = {
     "test_unix.py": ("loopback",),
     "test_dead_peers.py": ("process",),
     "test_haproxy.py": ("daemon",),
+    "test_hosts.py": ("process",),
+    "test_deploy.py": ("unit",),
     "test_live_protocols.py": ("daemon",),
 }
 
