@@ -82,8 +82,8 @@ TIERS = {
     "test_unix.py": ("loopback",),
     "test_dead_peers.py": ("process",),
     "test_haproxy.py": ("daemon",),
-    "test_hosts.py": ("process",),
-    "test_deploy.py": ("unit",),
+    "test_hosts.py": ("daemon",),
+    "test_deploy.py": ("daemon",),
     "test_live_protocols.py": ("daemon",),
 }
 
