@@ -81,6 +81,7 @@ TIERS = {
     "test_relay_endings.py": ("process",),
     "test_unix.py": ("loopback",),
     "test_dead_peers.py": ("process",),
+    "test_client_certificates.py": ("process",),
     "test_haproxy.py": ("daemon",),
     "test_hosts.py": ("daemon",),
     "test_deploy.py": ("daemon",),

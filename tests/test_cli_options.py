@@ -135,3 +135,44 @@ def test_the_drain_delay_defaults_to_7_s_only_where_readyz_can_be_seen(
     args = build_parser().parse_args(options if command == "relay" else ["serve", *options])
     assert drain_delay_of(args) == drain_delay
     assert DEFAULT_DRAIN_DELAY == 7.0  # fall 3 x inter 2 s, HAProxy's defaults, and 1 s more
+
+
+# serve with a certificate, requiring client certificates from the CA file given after.
+REQUIRED = ["--tls-cert", "{cert}", "--tls-key", "{key}"]
+REQUIRED += ["--tls-verify-client", "required", "--tls-client-ca"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--tls-verify-client", "required"], "--tls-verify-client needs --tls-cert"),
+        (["--tls-client-ca", "{ca}"], "--tls-client-ca needs --tls-cert"),
+        (
+            ["--tls-cert", "{cert}", "--tls-key", "{key}", "--tls-client-ca", "{ca}"],
+            "--tls-client-ca needs --tls-verify-client optional or required",
+        ),
+        (
+            ["--tls-cert", "{cert}", "--tls-key", "{key}", "--tls-verify-client", "optional"],
+            "--tls-verify-client optional needs --tls-client-ca FILE: the CA certificates "
+            "client certificates must chain to",
+        ),
+        (
+            [*REQUIRED, "/nonexistent.pem"],
+            "--tls-client-ca: cannot read /nonexistent.pem: No such file or directory",
+        ),
+        ([*REQUIRED, "{key}"], "--tls-client-ca: {key} holds no PEM CA certificate: "),
+        (["--tls-verify-client", "maybe"], "argument --tls-verify-client: invalid choice"),
+        (["client", "--tls-key", "{key}"], "--tls-key needs --tls-cert"),
+        (
+            ["client", "--tls-cert", "/nonexistent.pem"],
+            "--tls-cert: cannot read /nonexistent.pem: No such file or directory",
+        ),
+        (["bench", "--tls-cert", "{key}"], "--tls-cert: {key} holds no PEM certificate"),
+    ],
+)
+def test_client_certificate_option_mistakes(
+    options: list[str], message: str, tls_files: dict[str, str]
+) -> None:
+    outcome = run_main([option.format(**tls_files) for option in options])
+    assert outcome.code == 2
+    assert message.format(**tls_files) in outcome.stderr, outcome.stderr

@@ -23,7 +23,7 @@ from typing import Any
 
 from trioecho.framing import presets
 from trioecho.framing.config import FramingConfig
-from trioecho.io.tls import client_context
+from trioecho.io.tls import client_context, server_context, verify_clients
 from trioecho.server.accept import ProxyProtocolConfig
 from trioecho.server.config import DEFAULT_DRAIN_DELAY, ServerConfig
 from trioecho.services.relay_config import (
@@ -121,6 +121,9 @@ class ServeOptions:
     tls_cert: str | None = None
     """Loaded at start (each worker loads its own) and again on SIGHUP."""
     tls_key: str | None = None
+    tls_client_ca: str | None = None
+    """``--tls-client-ca``, read again on SIGHUP with the certificate."""
+    tls_verify_client: str = "none"
     metrics: tuple[str, int] | None = None
     """Where ``/metrics`` is served (the supervisor's, with workers)."""
     log: LogOptions = LogOptions()
@@ -137,6 +140,8 @@ class ServeOptions:
             handler=getattr(args, "handler", "session"),
             tls_cert=getattr(args, "tls_cert", None),
             tls_key=getattr(args, "tls_key", None),
+            tls_client_ca=getattr(args, "tls_client_ca", None),
+            tls_verify_client=getattr(args, "tls_verify_client", "none"),
             metrics=args.metrics,
             log=LogOptions.from_args(args),
             inherited_listeners=inherited_listeners,
@@ -257,10 +262,34 @@ def resolve_relay_timeouts(args: argparse.Namespace) -> None:
 
 
 def client_tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ssl.SSLContext | None:
-    """The TLS context ``--tls``/``--tls-ca`` ask for (client and bench), or None."""
-    if not (args.tls or args.tls_ca):
+    """The TLS context ``--tls``/``--tls-ca``/``--tls-cert`` ask for (client
+    and bench), or None; a file that cannot be used is a usage error."""
+    if args.tls_key and not args.tls_cert:
+        parser.error("--tls-key needs --tls-cert")
+    if not (args.tls or args.tls_ca or args.tls_cert):
         return None
     try:
-        return client_context(args.tls_ca)
+        context = client_context(args.tls_ca)
     except OSError as exc:  # ssl.SSLError included
         parser.error(f"cannot load --tls-ca {args.tls_ca}: {exc}")
+    if not args.tls_cert:
+        return context
+    try:
+        return client_context(args.tls_ca, certfile=args.tls_cert, keyfile=args.tls_key)
+    except ValueError as exc:  # what the files hold
+        parser.error(f"--tls-cert: {exc}")
+    except OSError as exc:
+        files = args.tls_cert + (f" or {args.tls_key}" if args.tls_key else "")
+        parser.error(f"--tls-cert: cannot read {files}: {exc.strerror or exc}")
+
+
+def server_tls(options: ServeOptions) -> ssl.SSLContext | None:
+    """The server's TLS context from ``options`` (``--tls-cert``,
+    ``--tls-key``, ``--tls-client-ca``, ``--tls-verify-client``), or None
+    without a certificate; at start, on SIGHUP and in each worker.  Raises
+    ``OSError`` or ``ValueError`` (:func:`trioecho.io.tls.server_context`)."""
+    if options.tls_cert is None:
+        return None
+    context = server_context(options.tls_cert, options.tls_key)
+    verify_clients(context, options.tls_client_ca, options.tls_verify_client)
+    return context

@@ -45,6 +45,7 @@ from trioecho.framing.implementation import IMPLEMENTATION
 from trioecho.io.budget import DEFAULT_MEMORY_BUDGET
 from trioecho.io.keepalive import DEFAULT_KEEPALIVE
 from trioecho.io.readiness import READINESS_MODES
+from trioecho.io.tls import VERIFY_CLIENT
 from trioecho.server.accept import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_PROXY_ALLOW_FROM,
@@ -281,6 +282,14 @@ def _add_tls_client_options(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="the name the server's certificate must carry (default: --host)",
     )
+    tls.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="present this PEM client certificate to a server that asks for one (implies --tls)",
+    )
+    tls.add_argument(
+        "--tls-key", metavar="FILE", help="its private key (default: in --tls-cert's file)"
+    )
 
 
 def _add_server_tls_options(parser: argparse.ArgumentParser) -> None:
@@ -289,6 +298,18 @@ def _add_server_tls_options(parser: argparse.ArgumentParser) -> None:
     tls.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this PEM certificate chain")
     tls.add_argument(
         "--tls-key", metavar="FILE", help="its private key (default: in --tls-cert's file)"
+    )
+    tls.add_argument(
+        "--tls-verify-client",
+        choices=tuple(VERIFY_CLIENT),
+        default="none",
+        help="ask clients for a certificate that chains to --tls-client-ca: none, optional "
+        "(a client without one is served), required (default: %(default)s)",
+    )
+    tls.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="the PEM CA certificates client certificates must chain to",
     )
     tls.add_argument(
         "--tls-handshake-timeout",

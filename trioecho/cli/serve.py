@@ -21,11 +21,11 @@ from trioecho.cli.configs import (
     WorkerContext,
     relay_config_from_args,
     server_config_from_args,
+    server_tls,
 )
 from trioecho.cli.options import ECHO_HANDLERS
 from trioecho.cli.tuning import fit_fd_limit, tune_gc
 from trioecho.framing.config import FramingConfig
-from trioecho.io.tls import server_context
 from trioecho.logtext import format_address, format_listen_address
 from trioecho.server.accept import (
     ProxyProtocolConfig,
@@ -151,7 +151,7 @@ def single_process_signals(
 
 
 def reload_on_sighup(options: ServeOptions, server: MessageServer) -> None:
-    """SIGHUP in one process: re-read the TLS certificate and key (new
+    """SIGHUP in one process: re-read the TLS certificate, key and client CA (new
     handshakes use them; connections already open keep theirs), log what was
     done, and go on serving.  It never stops the server; a certificate that
     cannot be loaded is logged and the old one kept."""
@@ -160,7 +160,7 @@ def reload_on_sighup(options: ServeOptions, server: MessageServer) -> None:
         logger.info("SIGHUP: nothing to reload (no TLS certificate); still serving")
         return
     try:
-        server.ssl_context = server_context(cert, options.tls_key)
+        server.ssl_context = server_tls(options)
     except (OSError, ValueError) as exc:
         logger.error(
             "SIGHUP: cannot reload the TLS certificate %s: %s; keeping the old one", cert, exc

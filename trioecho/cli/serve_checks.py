@@ -12,7 +12,7 @@ from trioecho.cli.echo_policy import fit_replies
 from trioecho.errors import FramingError
 from trioecho.framing.config import FramingConfig
 from trioecho.io.readiness import default_readiness
-from trioecho.io.tls import server_context
+from trioecho.io.tls import server_context, verify_clients
 from trioecho.server.accept import ProxyProtocolConfig
 from trioecho.services.echo import GREETING, greeting_frame
 
@@ -57,11 +57,35 @@ def check_serve_options(
             args.readiness = default_readiness()
         except ValueError as exc:  # a bad $TRIOECHO_READINESS
             parser.error(str(exc))
+    return framing, proxy, _server_tls(parser, args)
+
+
+def _server_tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The server's TLS context, or a usage error naming the flag at fault."""
+    verify = args.tls_verify_client
+    if (args.tls_client_ca or verify != "none") and not args.tls_cert:
+        flag = "--tls-client-ca" if args.tls_client_ca else "--tls-verify-client"
+        parser.error(f"{flag} needs --tls-cert")
+    if args.tls_client_ca and verify == "none":
+        parser.error("--tls-client-ca needs --tls-verify-client optional or required")
+    if verify != "none" and not args.tls_client_ca:
+        parser.error(
+            f"--tls-verify-client {verify} needs --tls-client-ca FILE: the CA certificates "
+            "client certificates must chain to"
+        )
+    if not args.tls_cert:
+        return None
     try:
-        server_tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+        context = server_context(args.tls_cert, args.tls_key)
     except OSError as exc:
         files = f"{args.tls_cert}" + (f" or {args.tls_key}" if args.tls_key else "")
         parser.error(f"--tls-cert: cannot read {files}: {exc.strerror or exc}")
     except ValueError as exc:  # what the files hold
         parser.error(f"--tls-cert: {exc}")
-    return framing, proxy, server_tls
+    try:
+        verify_clients(context, args.tls_client_ca, verify)
+    except OSError as exc:
+        parser.error(f"--tls-client-ca: cannot read {args.tls_client_ca}: {exc.strerror or exc}")
+    except ValueError as exc:
+        parser.error(f"--tls-client-ca: {exc}")
+    return context

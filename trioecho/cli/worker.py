@@ -23,10 +23,9 @@ from collections.abc import Sequence
 
 import trio
 
-from trioecho.cli.configs import ServeSpec, WorkerContext
+from trioecho.cli.configs import ServeSpec, WorkerContext, server_tls
 from trioecho.cli.logging_setup import configure_logging
 from trioecho.cli.serve import serve_worker
-from trioecho.io.tls import server_context
 from trioecho.workers.link import receive_configuration
 
 __all__ = ["main", "read_spec"]
@@ -68,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = spec.options
     configure_logging(dataclasses.replace(options.log, worker_index=index))
     try:
-        tls = server_context(options.tls_cert, options.tls_key) if options.tls_cert else None
+        tls = server_tls(options)
     except (OSError, ValueError) as exc:  # the files changed since the supervisor checked them
         logger.error("cannot load --tls-cert %s: %s", options.tls_cert, exc)
         return 1

@@ -1,6 +1,13 @@
 """TLS for the server (``--tls-cert``/``--tls-key``) and the clients (``--tls``):
 contexts, and the handshake all of them run.
 
+Mutual TLS: a server context may ask its clients for a certificate that
+chains to the CAs of a file (``verify_client`` ``"optional"`` or
+``"required"``, nginx's names; ``--tls-client-ca``, ``--tls-verify-client``),
+and a client context may present one (``--tls-cert``/``--tls-key`` on
+``client`` and ``bench``).  :func:`peer_certificate` gives a connection's
+verified peer certificate, :func:`certificate_subject` its subject as text.
+
 Both start from ``ssl.create_default_context``: TLS 1.2 or newer, Python's
 default ciphers, and on the client side certificate and host name checks.
 An end of the stream without TLS's close_notify is a truncation, reported as
@@ -19,12 +26,23 @@ import trio
 from trioecho.errors import TLSHandshakeError
 
 __all__ = [
+    "VERIFY_CLIENT",
+    "certificate_subject",
     "check_server_context",
     "client_context",
     "detect_truncation",
     "do_handshake",
+    "peer_certificate",
     "server_context",
+    "verify_clients",
 ]
+
+# verify_client: ask no certificate, ask one and check it if given, require one.
+VERIFY_CLIENT = {
+    "none": ssl.CERT_NONE,
+    "optional": ssl.CERT_OPTIONAL,
+    "required": ssl.CERT_REQUIRED,
+}
 
 
 def detect_truncation(context: ssl.SSLContext) -> ssl.SSLContext:
@@ -36,12 +54,26 @@ def detect_truncation(context: ssl.SSLContext) -> ssl.SSLContext:
     return context
 
 
-def server_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
+def server_context(
+    certfile: str,
+    keyfile: str | None = None,
+    *,
+    client_ca: str | None = None,
+    verify_client: str = "none",
+) -> ssl.SSLContext:
     """A server context with the certificate chain in ``certfile`` (PEM) and
     its private key in ``keyfile`` (default: in ``certfile`` too).
 
+    ``verify_client`` (:data:`VERIFY_CLIENT`): ``"none"`` asks clients for
+    no certificate; ``"optional"`` asks, serves a client without one, and
+    refuses at the handshake one whose certificate does not chain to the
+    CA certificates in ``client_ca`` (PEM) or has expired; ``"required"``
+    refuses a client without one too.  ``client_ca`` is needed by those two
+    and refused with ``"none"`` (it would check nothing).
+
     Raises ``OSError`` if a file cannot be read, and ``ValueError`` saying
-    what is wrong if they do not hold a certificate and its key.
+    what is wrong if they do not hold a certificate and its key, or the CA
+    certificates, or if the options do not fit together.
     """
     context = detect_truncation(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -49,7 +81,35 @@ def server_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
         context.load_cert_chain(certfile, keyfile)
     except ssl.SSLError as exc:
         raise ValueError(_load_problem(exc, certfile, keyfile)) from exc
+    verify_clients(context, client_ca, verify_client)
     return context
+
+
+def verify_clients(context: ssl.SSLContext, client_ca: str | None, verify_client: str) -> None:
+    """Have the server ``context`` ask clients for certificates as
+    ``verify_client`` says, checked against ``client_ca`` (see
+    :func:`server_context`, which calls this; the errors are its)."""
+    if verify_client not in VERIFY_CLIENT:
+        raise ValueError(
+            f"verify_client must be one of {', '.join(VERIFY_CLIENT)}, not {verify_client!r}"
+        )
+    if verify_client == "none":
+        if client_ca is not None:
+            raise ValueError(
+                "a client CA file checks client certificates only with verify_client "
+                "'optional' or 'required' (--tls-verify-client)"
+            )
+        return
+    if client_ca is None:
+        raise ValueError(
+            f"verify_client {verify_client!r} needs the CA certificates that client "
+            "certificates must chain to (client_ca, --tls-client-ca)"
+        )
+    try:
+        context.load_verify_locations(cafile=client_ca)
+    except ssl.SSLError as exc:
+        raise ValueError(f"{client_ca} holds no PEM CA certificate: {exc.reason or exc}") from exc
+    context.verify_mode = VERIFY_CLIENT[verify_client]
 
 
 def _load_problem(exc: ssl.SSLError, certfile: str, keyfile: str | None) -> str:
@@ -82,18 +142,113 @@ def check_server_context(context: object) -> ssl.SSLContext | None:
     return context
 
 
-def client_context(cafile: str | None = None) -> ssl.SSLContext:
+def client_context(
+    cafile: str | None = None, *, certfile: str | None = None, keyfile: str | None = None
+) -> ssl.SSLContext:
     """A client context that trusts the CA certificates in ``cafile`` (PEM),
-    or the system's when it is ``None``, and checks the server's host name."""
+    or the system's when it is ``None``, and checks the server's host name.
+    With ``certfile`` (and ``keyfile``, default: in ``certfile`` too) it
+    presents that certificate to a server that asks for one.  Raises
+    ``OSError`` and ``ValueError`` as :func:`server_context` does."""
+    if keyfile is not None and certfile is None:
+        raise ValueError("a client key (keyfile, --tls-key) needs its certificate (--tls-cert)")
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if certfile is not None:
+        try:
+            context.load_cert_chain(certfile, keyfile)
+        except ssl.SSLError as exc:
+            raise ValueError(_load_problem(exc, certfile, keyfile)) from exc
     return detect_truncation(context)
+
+
+def peer_certificate(stream: object) -> dict[str, Any] | None:
+    """The certificate the peer of a TLS ``stream`` (``trio.SSLStream``)
+    presented and the handshake verified, as ``ssl.SSLSocket.getpeercert()``
+    gives it (``subject``, ``subjectAltName``, ``notAfter``, ...); None for
+    a stream that is not TLS, or a peer that presented none."""
+    if not isinstance(stream, trio.SSLStream):
+        return None
+    try:
+        certificate = stream.getpeercert()
+    except (ValueError, trio.NeedHandshakeError):  # no handshake yet
+        return None
+    return certificate or None
+
+
+# The short names of RFC 4514, for the attributes certificates carry most.
+_SHORT_NAMES = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "stateOrProvinceName": "ST",
+    "localityName": "L",
+    "domainComponent": "DC",
+    "emailAddress": "emailAddress",
+}
+
+
+def certificate_subject(certificate: dict[str, Any] | None) -> str | None:
+    """A certificate's subject as RFC 4514 writes a distinguished name:
+    ``CN=alice,OU=Staff,O=Example`` (the most specific first, short names
+    for the usual attributes, special characters escaped); None without a
+    certificate."""
+    if not certificate:
+        return None
+    return ",".join(
+        "+".join(
+            f"{_SHORT_NAMES.get(name, name)}={_escape_rdn_value(value)}"
+            for name, value in relative_name
+        )
+        for relative_name in reversed(certificate.get("subject", ()))
+    )
+
+
+def _escape_rdn_value(value: str) -> str:
+    """``value`` escaped as RFC 4514 section 2.4 says."""
+    escaped = "".join("\\" + char if char in '\\,+"<>;=' else char for char in value)
+    if escaped.startswith(("#", " ")):
+        escaped = "\\" + escaped
+    if escaped.endswith(" ") and not escaped.endswith("\\ "):
+        escaped = escaped[:-1] + "\\ "
+    return escaped
 
 
 # OpenSSL's reasons when the other side's bytes are not TLS records at all.
 _NOT_TLS = frozenset(
     {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG"}
 )
+
+
+# At most this long to send a failed handshake's alert and let the peer end.
+ALERT_SECONDS = 1.0
+
+
+async def _close_with_alert(stream: trio.SSLStream[Any]) -> None:
+    """Close after a failed handshake, sending the TLS alert OpenSSL wrote
+    (``certificate required``, ``unknown ca``, ...) so that the peer learns
+    why, then the end, and discarding the peer's input until its end, so
+    that the close is no reset (which could destroy the alert).  At most
+    ``ALERT_SECONDS`` (a peer that got an alert closes at once).  Trio
+    leaves the alert in the stream's outgoing buffer when the handshake
+    raises: taking it is the one use of a Trio internal here."""
+    transport = stream.transport_stream
+    # Shielded: the handshake's timeout (or a shutdown) must not cut it
+    # short and turn the failure it reports into a timeout.
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(ALERT_SECONDS):
+            try:
+                alert = stream._outgoing.read()  # a Trio internal: see the docstring
+                if alert:
+                    await transport.send_all(alert)
+                if isinstance(transport, trio.SocketStream):
+                    await transport.send_eof()
+                    while await transport.receive_some(16 * 1024):
+                        pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+        await trio.aclose_forcefully(stream)
 
 
 async def do_handshake(stream: trio.SSLStream[Any], *, peer: str = "peer") -> None:
@@ -105,7 +260,7 @@ async def do_handshake(stream: trio.SSLStream[Any], *, peer: str = "peer") -> No
     try:
         await stream.do_handshake()
     except trio.BrokenResourceError as exc:
-        await trio.aclose_forcefully(stream)
+        await _close_with_alert(stream)
         cause = exc.__cause__
         reason = str(cause or "connection closed")
         if isinstance(cause, ssl.SSLError) and cause.reason in _NOT_TLS:

@@ -63,6 +63,7 @@ from trioecho.framing.base import Buffer
 from trioecho.io.closing import broken_reason, drain_until_eof
 from trioecho.io.pump import PumpedConnection
 from trioecho.io.send_deadline import SendDeadline
+from trioecho.io.tls import peer_certificate
 
 __all__ = ["CHECKPOINT_EVERY", "InlineStep", "PumpedAnswer", "Transport"]
 
@@ -221,6 +222,11 @@ class Transport:
             return stream.socket.getsockname(), stream.socket.getpeername()
         except OSError:
             return None
+
+    def peer_certificate(self) -> dict[str, Any] | None:
+        """The peer's verified TLS certificate (see
+        :func:`~trioecho.io.tls.peer_certificate`), or None."""
+        return peer_certificate(self.stream)
 
     def stop_receiving(self) -> None:
         raise NotImplementedError

@@ -47,11 +47,12 @@ from trioecho.reasons import CloseReason
 from trioecho.server.accept import open_connection
 from trioecho.server.endings import (
     ConnectionName,
+    TLSRecord,
     close_reason_of,
     count_closed,
     count_unset_up,
     log_handler_error,
-    tls_version,
+    tls_record,
 )
 from trioecho.server.handler import BaseRequestHandler
 from trioecho.stream.message_stream import MessageStream, receive_size_for
@@ -92,7 +93,7 @@ async def serve_connection(server: MessageServer, socket_stream: trio.SocketStre
         stream = open_stream(server, connection)
         server._stream_opened(stream)
         connection_logger.info("%s: connected", ConnectionName(client, peer))
-        tls = tls_version(connection)  # while it is open: a closed one has none
+        tls = tls_record(connection)  # while it is open: a closed one has none
         try:
             # The handler's life, as run_handler() runs it, inlined: an idle
             # connection parks in this frame, and a call would keep one
@@ -149,7 +150,10 @@ async def _set_up(
             )
         logger.info("%s: closed before it was set up: shutting down", where)
         count_unset_up(server, peer, began, CloseReason.SHUTDOWN)
-    except (ProxyProtocolError, TLSHandshakeError) as exc:
+    except TLSHandshakeError as exc:  # the peer's doing: no certificate, a bad one, not TLS
+        logger.info("%s: closing: %s", where, exc)
+        count_unset_up(server, peer, began, close_reason_of(exc))
+    except ProxyProtocolError as exc:
         logger.warning("%s: closing: %s", where, exc)
         count_unset_up(server, peer, began, close_reason_of(exc))
     except (OSError, trio.BrokenResourceError) as exc:
@@ -187,7 +191,7 @@ def _handler_failed(
 
 
 async def _close(
-    server: MessageServer, stream: MessageStream, record: tuple[Any, Any, str | None, float]
+    server: MessageServer, stream: MessageStream, record: tuple[Any, Any, TLSRecord | None, float]
 ) -> None:
     """Close the stream of a connection whose handler ran, without losing
     replies in flight (see ``Transport.close_gracefully``: a peer that keeps

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import trio
 
@@ -27,6 +27,7 @@ from trioecho.errors import (
     SlowReaderError,
     TLSHandshakeError,
 )
+from trioecho.io.tls import certificate_subject, peer_certificate
 from trioecho.logtext import escape_for_log, format_address
 from trioecho.reasons import CloseReason, counted_as
 from trioecho.stream.message_stream import MessageStream
@@ -35,12 +36,13 @@ __all__ = [
     "ACCESS_FIELDS",
     "ConnectionName",
     "ServedCounts",
+    "TLSRecord",
     "close_reason_of",
     "count_closed",
     "count_unset_up",
     "log_access",
     "log_handler_error",
-    "tls_version",
+    "tls_record",
     "totals",
 ]
 
@@ -119,6 +121,7 @@ ACCESS_FIELDS = (
     "peer",  # the TCP peer, host:port (or unix:PATH)
     "client",  # the real client (from a PROXY header), else the peer
     "tls",  # the TLS version, or None
+    "tls_client",  # the subject of the client's verified TLS certificate (escaped), or None
     "duration",  # seconds the connection was open (from its accept)
     "messages_received",
     "messages_sent",
@@ -128,17 +131,26 @@ ACCESS_FIELDS = (
 )
 
 
-def tls_version(connection: trio.abc.Stream) -> str | None:
-    """The TLS version of a set-up connection, or None for plain TCP."""
+class TLSRecord(NamedTuple):
+    """What the access record says of a TLS connection."""
+
+    version: str | None
+    client: str | None  # the subject of the client's verified certificate
+
+
+def tls_record(connection: trio.abc.Stream) -> TLSRecord | None:
+    """The TLS version of a set-up connection and its client certificate's
+    subject, or None for plain TCP."""
     if isinstance(connection, trio.SSLStream):
-        return cast(str | None, connection.version())
+        subject = certificate_subject(peer_certificate(connection))
+        return TLSRecord(cast(str | None, connection.version()), subject)
     return None
 
 
 def log_access(
     client: Any,
     peer: Any,
-    tls: str | None,
+    tls: TLSRecord | None,
     began: float,
     stream: MessageStream | None,
     reason: CloseReason | str,
@@ -149,7 +161,8 @@ def log_access(
     fields: dict[str, Any] = {
         "peer": format_address(peer),
         "client": format_address(client),
-        "tls": tls,
+        "tls": tls.version if tls is not None else None,
+        "tls_client": escape_for_log(tls.client) if tls is not None and tls.client else None,
         "duration": round(trio.current_time() - began, 6),
         "messages_received": stream.messages_received if stream is not None else 0,
         "messages_sent": stream.messages_sent if stream is not None else 0,
@@ -198,7 +211,7 @@ def count_closed(
     counts: ServedCounts,
     stream: MessageStream,
     reason: CloseReason | str,
-    record: tuple[Any, Any, str | None, float],
+    record: tuple[Any, Any, TLSRecord | None, float],
 ) -> None:
     """Count a connection whose handler ran, closed with ``reason``: add its
     stream's counts, and write the access record of ``(client, peer, tls,

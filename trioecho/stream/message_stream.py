@@ -157,6 +157,15 @@ class MessageStream(StreamState):
         (either one tells :class:`~trioecho.services.echo_session.EchoSession` how to frame)."""
         return self._framing if self._framing is not None else self.framer
 
+    @property
+    def peer_certificate(self) -> dict[str, Any] | None:
+        """The certificate the TLS peer presented and the handshake verified
+        (``getpeercert()``'s dict: ``subject``, ``subjectAltName``, ...), or
+        None: plain TCP, or a client without one (``--tls-verify-client
+        optional``).  :func:`~trioecho.io.tls.certificate_subject` makes
+        its subject one line."""
+        return self.transport.peer_certificate()
+
     def addresses(self) -> tuple[Any, Any] | None:
         """``(local, peer)`` socket addresses, or None with no socket (see
         :meth:`Transport.addresses <trioecho.io.transport.Transport.addresses>`)."""
