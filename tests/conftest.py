@@ -86,6 +86,7 @@ TIERS = {
     "test_hosts.py": ("daemon",),
     "test_deploy.py": ("daemon",),
     "test_live_protocols.py": ("daemon",),
+    "test_relay_tls.py": ("daemon",),
 }
 
 

@@ -176,3 +176,35 @@ def test_client_certificate_option_mistakes(
     outcome = run_main([option.format(**tls_files) for option in options])
     assert outcome.code == 2
     assert message.format(**tls_files) in outcome.stderr, outcome.stderr
+
+
+RELAY = ["relay", "--upstream", "db:5432"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--upstream-tls-ca", "{ca}"], "--upstream-tls-ca needs --upstream-tls require, "),
+        (["--upstream-tls-server-name", "db"], "--upstream-tls-server-name needs --upstream-tls"),
+        (
+            ["--upstream-tls", "require", "--upstream-tls-key", "{key}"],
+            "--upstream-tls-key needs --upstream-tls-cert",
+        ),
+        (
+            ["--upstream-tls", "verify-full", "--upstream-tls-ca", "/nonexistent.pem"],
+            "--upstream-tls: cannot read /nonexistent.pem: No such file or directory",
+        ),
+        (
+            ["--upstream-tls", "verify-ca", "--upstream-tls-cert", "{key}"],
+            "--upstream-tls: {key} holds no PEM certificate",
+        ),
+        (["--upstream-tls", "prefer"], "argument --upstream-tls: invalid choice: 'prefer'"),
+        (["--tls-verify-client", "required"], "--tls-verify-client needs --tls-cert"),
+    ],
+)
+def test_relay_tls_option_mistakes(
+    options: list[str], message: str, tls_files: dict[str, str]
+) -> None:
+    outcome = run_main([*RELAY, *(option.format(**tls_files) for option in options)])
+    assert outcome.code == 2
+    assert message.format(**tls_files) in outcome.stderr, outcome.stderr

@@ -74,10 +74,11 @@ class LiveServer:
 
 
 @contextmanager
-def postgresql_server() -> Iterator[LiveServer]:
+def postgresql_server(tls: tuple[bytes, bytes] | None = None) -> Iterator[LiveServer]:
     """A PostgreSQL server (initdb, trust authentication, user ``postgres``)
     on a free loopback port; as the ``postgres`` system user when run as root,
-    since the server refuses to run as root."""
+    since the server refuses to run as root.  ``tls``: its certificate and
+    key (PEM bytes): ``ssl = on`` with them."""
     user: dict[str, Any] = {}
     directory = tempfile.mkdtemp(prefix="trioecho-pg-")
     if os.geteuid() == 0:
@@ -105,20 +106,11 @@ def postgresql_server() -> Iterator[LiveServer]:
         )
         port = free_port()
         log_path = os.path.join(directory, "postgres.log")
+        settings = ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
+        if tls is not None:
+            settings += _postgres_tls(data, *tls)
         process = _start(
-            [
-                _postgres_bin("postgres"),
-                "-D",
-                data,
-                "-p",
-                str(port),
-                "-k",
-                directory,
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-            ],
+            [_postgres_bin("postgres"), "-D", data, "-p", str(port), "-k", directory, *settings],
             log_path,
             cwd=directory,
             **user,
@@ -130,6 +122,19 @@ def postgresql_server() -> Iterator[LiveServer]:
             _stop(process, signal.SIGINT)  # fast shutdown
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _postgres_tls(data: str, cert: bytes, key: bytes) -> list[str]:
+    """Put the certificate and key in the data directory, owned by the server's
+    user, the key readable by it alone (PostgreSQL insists); its settings."""
+    for name, pem, mode in (("server.crt", cert, 0o644), ("server.key", key, 0o600)):
+        path = os.path.join(data, name)
+        with open(path, "wb") as file:
+            file.write(pem)
+        os.chmod(path, mode)
+        if os.geteuid() == 0:
+            shutil.chown(path, "postgres", "postgres")
+    return ["-c", "ssl=on", "-c", "ssl_cert_file=server.crt", "-c", "ssl_key_file=server.key"]
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from typing import Any
 
 from trioecho.framing import presets
 from trioecho.framing.config import FramingConfig
+from trioecho.framing.starttls import StartTLS
 from trioecho.io.tls import client_context, server_context, verify_clients
 from trioecho.server.accept import ProxyProtocolConfig
 from trioecho.server.config import DEFAULT_DRAIN_DELAY, ServerConfig
@@ -124,6 +125,9 @@ class ServeOptions:
     tls_client_ca: str | None = None
     """``--tls-client-ca``, read again on SIGHUP with the certificate."""
     tls_verify_client: str = "none"
+    tls_alpn: tuple[str, ...] = ()
+    """The ALPN protocols the server offers (``relay --preset postgresql``:
+    ``postgresql``, which direct TLS must name)."""
     metrics: tuple[str, int] | None = None
     """Where ``/metrics`` is served (the supervisor's, with workers)."""
     log: LogOptions = LogOptions()
@@ -142,6 +146,7 @@ class ServeOptions:
             tls_key=getattr(args, "tls_key", None),
             tls_client_ca=getattr(args, "tls_client_ca", None),
             tls_verify_client=getattr(args, "tls_verify_client", "none"),
+            tls_alpn=tls_alpn_of(args),
             metrics=args.metrics,
             log=LogOptions.from_args(args),
             inherited_listeners=inherited_listeners,
@@ -216,10 +221,17 @@ def server_config_from_args(
     )
 
 
-def relay_config_from_args(args: argparse.Namespace, framing: FramingConfig) -> RelayConfig:
+def relay_config_from_args(
+    args: argparse.Namespace,
+    framing: FramingConfig,
+    server_tls: ssl.SSLContext | None = None,
+    upstream_tls: ssl.SSLContext | None = None,
+) -> RelayConfig:
     """``relay``'s :class:`RelayConfig`: its flags, with the timeouts not
-    given filled in (:func:`resolve_relay_timeouts`)
-    and a ``--preset``'s framings and PostgreSQL behaviour."""
+    given filled in (:func:`resolve_relay_timeouts`), a ``--preset``'s
+    framings and PostgreSQL behaviour, and the loaded TLS contexts towards
+    clients (``server_tls``) and the upstream (``upstream_tls``), with the
+    protocol's StartTLS on each side that has TLS."""
     resolve_relay_timeouts(args)
     if args.preset is not None:
         client_preset, server_preset = PRESETS[args.preset]
@@ -238,17 +250,23 @@ def relay_config_from_args(args: argparse.Namespace, framing: FramingConfig) -> 
             "answer_factory": presets.PostgresNegotiation if postgresql else None,
             "refusal": presets.postgres_refusal if postgresql else None,
             "half_close": not postgresql,  # a PostgreSQL session has no half-close
-            "listener": _relay_listener(args),
+            "listener": _relay_listener(args, server_tls),
+            "upstream_ssl_context": upstream_tls,
+            "upstream_server_name": args.upstream_tls_server_name,
+            "upstream_starttls": _starttls_of(args) if upstream_tls is not None else None,
         }
     )
 
 
-def _relay_listener(args: argparse.Namespace) -> ServerConfig:
+def _relay_listener(args: argparse.Namespace, server_tls: ssl.SSLContext | None) -> ServerConfig:
     """The relay's own listener: the listening settings alone (what it
-    forwards is the relay's to set: :data:`RELAY_OWNED_SETTINGS`)."""
+    forwards is the relay's to set: :data:`RELAY_OWNED_SETTINGS`), and TLS."""
     settings = _listener_settings(args)
     return ServerConfig(
-        **{name: value for name, value in settings.items() if name not in RELAY_OWNED_SETTINGS}
+        **{name: value for name, value in settings.items() if name not in RELAY_OWNED_SETTINGS},
+        ssl_context=server_tls,
+        handshake_timeout=args.tls_handshake_timeout,
+        starttls=_starttls_of(args) if server_tls is not None else None,
     )
 
 
@@ -292,4 +310,18 @@ def server_tls(options: ServeOptions) -> ssl.SSLContext | None:
         return None
     context = server_context(options.tls_cert, options.tls_key)
     verify_clients(context, options.tls_client_ca, options.tls_verify_client)
+    if options.tls_alpn:
+        context.set_alpn_protocols(list(options.tls_alpn))
     return context
+
+
+def tls_alpn_of(args: argparse.Namespace) -> tuple[str, ...]:
+    """The ALPN protocols a command's TLS offers: the StartTLS protocol's
+    (``relay --preset postgresql``), else none."""
+    starttls = _starttls_of(args)
+    return (starttls.alpn,) if starttls is not None and starttls.alpn else ()
+
+
+def _starttls_of(args: argparse.Namespace) -> StartTLS | None:
+    """How the command's protocol asks for TLS in clear, if it does."""
+    return presets.POSTGRESQL_STARTTLS if getattr(args, "preset", None) == "postgresql" else None

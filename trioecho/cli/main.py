@@ -31,7 +31,11 @@ from trioecho.cli.listening import inherited_listening_sockets, open_shared_unix
 from trioecho.cli.logging_setup import configure_logging
 from trioecho.cli.options import build_parser
 from trioecho.cli.serve import print_listening, relay_from_args, run_relay, serve_echo
-from trioecho.cli.serve_checks import check_serve_options
+from trioecho.cli.serve_checks import (
+    check_serve_options,
+    server_tls_from_args,
+    upstream_tls_from_args,
+)
 from trioecho.logtext import format_address
 from trioecho.server.listeners import remove_unix_socket
 from trioecho.workers.ports import open_worker_sockets
@@ -95,8 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # a framing option out of range
         parser.error(str(exc))
     if args.command == "relay":
+        server_tls = server_tls_from_args(parser, args)
+        upstream_tls = upstream_tls_from_args(parser, args)
         try:
-            relay = relay_from_args(args, framing)
+            relay = relay_from_args(args, framing, server_tls, upstream_tls)
         except ValueError as exc:  # an upstream that is the relay itself
             parser.error(f"--upstream: {exc}")
         check_metrics_address(parser, args)

@@ -45,7 +45,7 @@ from trioecho.framing.implementation import IMPLEMENTATION
 from trioecho.io.budget import DEFAULT_MEMORY_BUDGET
 from trioecho.io.keepalive import DEFAULT_KEEPALIVE
 from trioecho.io.readiness import READINESS_MODES
-from trioecho.io.tls import VERIFY_CLIENT
+from trioecho.io.tls import UPSTREAM_TLS_MODES, VERIFY_CLIENT
 from trioecho.server.accept import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_PROXY_ALLOW_FROM,
@@ -582,7 +582,8 @@ def _add_relay(commands: Any) -> None:
         "--preset",
         choices=tuple(PRESETS),
         help="a real protocol's framing (PostgreSQL: a client's request for TLS is "
-        "refused by the relay, which must see the messages; a side's end closes both "
+        "answered by the relay, which must see the messages: S with --tls-cert, TLS "
+        "ending at the relay (direct TLS too), else N; a side's end closes both "
         "connections at once, as pgbouncer does: the protocol has no half-close; no idle "
         "or send timeout unless given); otherwise the framing options, the same both ways",
     )
@@ -630,7 +631,41 @@ def _add_relay(commands: Any) -> None:
         "connections (a frame streams through: it holds a read, not the frame); past it, "
         "reading waits",
     )
+    _add_server_tls_options(relay)
+    _add_upstream_tls_options(relay)
     _add_metrics_and_logging(relay)
+
+
+def _add_upstream_tls_options(relay: argparse.ArgumentParser) -> None:
+    """How the relay speaks TLS to its upstream (libpq's and pgbouncer's names)."""
+    tls = relay.add_argument_group("TLS to the upstream")
+    tls.add_argument(
+        "--upstream-tls",
+        choices=UPSTREAM_TLS_MODES,
+        default="disable",
+        help="disable: plain TCP; require: TLS, the certificate not checked; verify-ca: it "
+        "must chain to --upstream-tls-ca; verify-full: and name the upstream (with --preset "
+        "postgresql the relay sends its own SSLRequest first, and N is an error) "
+        "(default: %(default)s)",
+    )
+    tls.add_argument(
+        "--upstream-tls-ca",
+        metavar="FILE",
+        help="the PEM CA certificates the upstream's must chain to (default: the system's)",
+    )
+    tls.add_argument(
+        "--upstream-tls-cert",
+        metavar="FILE",
+        help="present this PEM client certificate to the upstream",
+    )
+    tls.add_argument(
+        "--upstream-tls-key", metavar="FILE", help="its key (default: in --upstream-tls-cert)"
+    )
+    tls.add_argument(
+        "--upstream-tls-server-name",
+        metavar="NAME",
+        help="the name the upstream's certificate must carry, and SNI (default: its host)",
+    )
 
 
 def _add_relay_timeout(limits: argparse._ArgumentGroup, flag: str, help_text: str) -> None:

@@ -91,10 +91,16 @@ async def serve_config(
     return await run_server(options, server, sockets, notifier, worker)
 
 
-def relay_from_args(args: argparse.Namespace, framing: FramingConfig) -> MessageServer:
+def relay_from_args(
+    args: argparse.Namespace,
+    framing: FramingConfig,
+    server_tls: ssl.SSLContext | None = None,
+    upstream_tls: ssl.SSLContext | None = None,
+) -> MessageServer:
     """``trioecho relay``'s server (:func:`relay_config_from_args`);
     ``ValueError`` for an upstream it refuses (its own address)."""
-    return relay_server_from_config(relay_config_from_args(args, framing))
+    config = relay_config_from_args(args, framing, server_tls, upstream_tls)
+    return relay_server_from_config(config)
 
 
 def run_relay(

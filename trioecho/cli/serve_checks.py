@@ -8,15 +8,16 @@ from __future__ import annotations
 import argparse
 import ssl
 
+from trioecho.cli.configs import tls_alpn_of
 from trioecho.cli.echo_policy import fit_replies
 from trioecho.errors import FramingError
 from trioecho.framing.config import FramingConfig
 from trioecho.io.readiness import default_readiness
-from trioecho.io.tls import server_context, verify_clients
+from trioecho.io.tls import server_context, upstream_context, verify_clients
 from trioecho.server.accept import ProxyProtocolConfig
 from trioecho.services.echo import GREETING, greeting_frame
 
-__all__ = ["check_serve_options"]
+__all__ = ["check_serve_options", "server_tls_from_args", "upstream_tls_from_args"]
 
 
 def check_serve_options(
@@ -57,11 +58,15 @@ def check_serve_options(
             args.readiness = default_readiness()
         except ValueError as exc:  # a bad $TRIOECHO_READINESS
             parser.error(str(exc))
-    return framing, proxy, _server_tls(parser, args)
+    return framing, proxy, server_tls_from_args(parser, args)
 
 
-def _server_tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ssl.SSLContext | None:
-    """The server's TLS context, or a usage error naming the flag at fault."""
+def server_tls_from_args(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> ssl.SSLContext | None:
+    """The server's TLS context (``serve``, ``relay``: ``--tls-*``), with
+    the ALPN protocols its command names (:func:`tls_alpn_of`), or None
+    without ``--tls-cert``; a usage error names the flag at fault."""
     verify = args.tls_verify_client
     if (args.tls_client_ca or verify != "none") and not args.tls_cert:
         flag = "--tls-client-ca" if args.tls_client_ca else "--tls-verify-client"
@@ -88,4 +93,35 @@ def _server_tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ss
         parser.error(f"--tls-client-ca: cannot read {args.tls_client_ca}: {exc.strerror or exc}")
     except ValueError as exc:
         parser.error(f"--tls-client-ca: {exc}")
+    if tls_alpn_of(args):
+        context.set_alpn_protocols(list(tls_alpn_of(args)))
     return context
+
+
+def upstream_tls_from_args(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> ssl.SSLContext | None:
+    """``relay``'s context towards its upstream (``--upstream-tls*``), or
+    None for ``disable``; a usage error names the flag at fault."""
+    mode = args.upstream_tls
+    if mode == "disable":
+        for flag in ("ca", "cert", "key", "server_name"):
+            if getattr(args, f"upstream_tls_{flag}") is not None:
+                name = "--upstream-tls-" + flag.replace("_", "-")
+                parser.error(f"{name} needs --upstream-tls require, verify-ca or verify-full")
+        return None
+    if args.upstream_tls_key and not args.upstream_tls_cert:
+        parser.error("--upstream-tls-key needs --upstream-tls-cert")
+    try:
+        return upstream_context(
+            mode,
+            args.upstream_tls_ca,
+            certfile=args.upstream_tls_cert,
+            keyfile=args.upstream_tls_key,
+        )
+    except OSError as exc:
+        files = [args.upstream_tls_ca, args.upstream_tls_cert, args.upstream_tls_key]
+        named = " or ".join(file for file in files if file)
+        parser.error(f"--upstream-tls: cannot read {named}: {exc.strerror or exc}")
+    except ValueError as exc:
+        parser.error(f"--upstream-tls: {exc}")

@@ -25,12 +25,14 @@ from typing import Literal
 from trioecho.errors import FrameTooLongError, FramingError, IdleTimeoutError, SlowReaderError
 from trioecho.framing.base import DEFAULT_MAX_FRAME
 from trioecho.framing.config import FramingConfig
+from trioecho.framing.starttls import StartTLS
 
 __all__ = [
     "MQTT_MAX_REMAINING",
     "POSTGRESQL_IDLE_SESSION_MESSAGE",
     "POSTGRESQL_MAX_MESSAGE",
     "POSTGRESQL_MAX_STARTUP",
+    "POSTGRESQL_STARTTLS",
     "FinalAnswer",
     "PostgresNegotiation",
     "error_response",
@@ -55,6 +57,15 @@ POSTGRESQL_MAX_MESSAGE = (1 << 30) - 1
 MQTT_MAX_REMAINING = (1 << 28) - 1  # 268,435,455
 # The request codes of SSLRequest (1234.5679) and GSSENCRequest (1234.5680).
 _ENCRYPTION_REQUESTS = ((80877103).to_bytes(4, "big"), (80877104).to_bytes(4, "big"))
+# PostgreSQL's TLS negotiation: an SSLRequest (length 8, code 1234.5679)
+# answered S or N; PostgreSQL 17's direct TLS names ALPN "postgresql".
+POSTGRESQL_STARTTLS = StartTLS(
+    name="SSLRequest",
+    request=(8).to_bytes(4, "big") + _ENCRYPTION_REQUESTS[0],
+    accept=b"S",
+    refuse=b"N",
+    alpn="postgresql",
+)
 
 
 def postgresql(

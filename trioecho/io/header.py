@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import trio
 
-__all__ = ["receive_header"]
+__all__ = ["peek_start", "receive_header"]
 
 
 async def receive_header(
@@ -42,3 +42,27 @@ async def receive_header(
             wanted -= len(taken)
         if length is not None:
             return bytes(received)
+
+
+# While a request has come in part: look again this often (a client sends
+# its few bytes in one segment; the caller's timeout bounds the wait).
+PARTIAL_POLL = 0.005
+
+
+async def peek_start(sock: trio.socket.SocketType, request: bytes, tls_first_byte: int) -> str:
+    """How the connection on ``sock`` starts, without consuming a byte:
+    ``"request"`` (its first bytes are ``request``), ``"tls"`` (its first
+    byte is ``tls_first_byte``: a TLS record), ``"other"`` (anything else),
+    or ``"closed"`` (the peer closed first).  Waits for as many bytes as it
+    takes to tell; the caller bounds the wait."""
+    while True:
+        peeked = await sock.recv(len(request), socket.MSG_PEEK)
+        if not peeked:
+            return "closed"
+        if peeked[0] == tls_first_byte:
+            return "tls"
+        if not request.startswith(peeked):
+            return "other"
+        if len(peeked) == len(request):
+            return "request"
+        await trio.sleep(PARTIAL_POLL)  # a part of the request: the rest is on its way

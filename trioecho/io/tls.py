@@ -24,8 +24,10 @@ from typing import Any
 import trio
 
 from trioecho.errors import TLSHandshakeError
+from trioecho.framing.starttls import StartTLS
 
 __all__ = [
+    "UPSTREAM_TLS_MODES",
     "VERIFY_CLIENT",
     "certificate_subject",
     "check_server_context",
@@ -34,8 +36,14 @@ __all__ = [
     "do_handshake",
     "peer_certificate",
     "server_context",
+    "start_upstream_tls",
+    "upstream_context",
     "verify_clients",
 ]
+
+# How a relay speaks TLS to its upstream: libpq's sslmode names (and
+# pgbouncer's server_tls_sslmode), those that require TLS or none.
+UPSTREAM_TLS_MODES = ("disable", "require", "verify-ca", "verify-full")
 
 # verify_client: ask no certificate, ask one and check it if given, require one.
 VERIFY_CLIENT = {
@@ -160,6 +168,70 @@ def client_context(
         except ssl.SSLError as exc:
             raise ValueError(_load_problem(exc, certfile, keyfile)) from exc
     return detect_truncation(context)
+
+
+def upstream_context(
+    mode: str,
+    cafile: str | None = None,
+    *,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+) -> ssl.SSLContext | None:
+    """A relay's context towards its upstream for ``mode``
+    (:data:`UPSTREAM_TLS_MODES`, libpq's meanings): ``"disable"``, None
+    (plain TCP; no file may be given); ``"require"``, TLS without checking
+    the upstream's certificate; ``"verify-ca"``, which must chain to the
+    CAs in ``cafile`` (default: the system's); ``"verify-full"``, and name
+    the upstream (its host, or the server name the caller gives).  With
+    ``certfile``/``keyfile`` the relay presents that certificate.  Raises
+    ``ValueError`` or ``OSError`` as :func:`client_context` does."""
+    if mode not in UPSTREAM_TLS_MODES:
+        raise ValueError(
+            f"upstream TLS must be one of {', '.join(UPSTREAM_TLS_MODES)}, not {mode!r}"
+        )
+    if mode == "disable":
+        if cafile is not None or certfile is not None or keyfile is not None:
+            raise ValueError(
+                "upstream TLS files are used only with upstream TLS other than disable"
+            )
+        return None
+    context = client_context(cafile, certfile=certfile, keyfile=keyfile)
+    if mode != "verify-full":
+        context.check_hostname = False
+    if mode == "require":
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def start_upstream_tls(
+    stream: trio.SocketStream,
+    context: ssl.SSLContext,
+    server_name: str,
+    starttls: StartTLS | None = None,
+) -> trio.SSLStream[trio.SocketStream]:
+    """TLS over a relay's new upstream connection ``stream``: first
+    ``starttls``'s request and its answer (PostgreSQL's SSLRequest, ``S``),
+    if given, then the handshake (SNI and, with ``verify-full``, the name
+    checked: ``server_name``).  Raises :class:`TLSHandshakeError` saying
+    why: the upstream refused TLS, answered something else, or the
+    handshake failed; the caller bounds the time."""
+    if starttls is not None:
+        await stream.send_all(starttls.request)
+        answer = await stream.receive_some(1)
+        if answer == starttls.refuse:
+            raise TLSHandshakeError(
+                f"the upstream does not support TLS: it answered {answer!r} to the {starttls.name}",
+                reason="refused",
+            )
+        if answer != starttls.accept:
+            said = f"answered {answer!r}" if answer else "closed"
+            raise TLSHandshakeError(
+                f"the upstream {said} to the {starttls.name}, not {starttls.accept!r}",
+                reason="unexpected answer",
+            )
+    tls = trio.SSLStream(stream, context, server_hostname=server_name)
+    await do_handshake(tls, peer="server")
+    return tls
 
 
 def peer_certificate(stream: object) -> dict[str, Any] | None:

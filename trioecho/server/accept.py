@@ -25,7 +25,8 @@ from typing import Any
 import trio
 
 from trioecho.errors import ProxyProtocolError, TLSHandshakeError
-from trioecho.io.header import receive_header
+from trioecho.framing.starttls import TLS_HANDSHAKE_RECORD, StartTLS
+from trioecho.io.header import peek_start, receive_header
 from trioecho.io.tls import do_handshake
 from trioecho.server.proxy import MAX_HEADER_LENGTH, ProxyHeader, parse_proxy_header
 
@@ -143,6 +144,7 @@ async def open_connection(
     proxy: ProxyProtocolConfig | None = None,
     ssl_context: ssl.SSLContext | None = None,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    starttls: StartTLS | None = None,
 ) -> tuple[trio.abc.Stream, Any]:
     """The stream to serve and the client's address; see the module docstring."""
     client = peer
@@ -162,11 +164,46 @@ async def open_connection(
             client = header.source
     if ssl_context is None:
         return socket_stream, client
-    stream = trio.SSLStream(socket_stream, ssl_context, server_side=True)
     with trio.move_on_after(
         handshake_timeout if handshake_timeout is not None else math.inf
     ) as scope:
-        await do_handshake(stream, peer="client")
-    if scope.cancelled_caught:
-        raise TLSHandshakeError(f"TLS handshake not done within {handshake_timeout:g} s")
-    return stream, client
+        if starttls is None:
+            return await _start_tls(socket_stream, ssl_context), client
+        return await _negotiate_tls(socket_stream, ssl_context, starttls), client
+    raise TLSHandshakeError(f"TLS handshake not done within {handshake_timeout:g} s")
+
+
+async def _start_tls(
+    socket_stream: trio.SocketStream, ssl_context: ssl.SSLContext
+) -> trio.SSLStream[trio.SocketStream]:
+    stream = trio.SSLStream(socket_stream, ssl_context, server_side=True)
+    await do_handshake(stream, peer="client")
+    return stream
+
+
+async def _negotiate_tls(
+    socket_stream: trio.SocketStream, ssl_context: ssl.SSLContext, starttls: StartTLS
+) -> trio.abc.Stream:
+    """TLS as ``starttls``'s protocol starts it: after its request (taken
+    here, and answered), or at once on a ClientHello, which must then name
+    the protocol's ALPN; a client that asks for neither stays in clear."""
+    start = await peek_start(socket_stream.socket, starttls.request, TLS_HANDSHAKE_RECORD)
+    if start == "request":
+        await receive_header(
+            socket_stream.socket,
+            len(starttls.request),
+            lambda received: len(starttls.request),
+            lambda received, inside: TLSHandshakeError(f"connection closed in the {starttls.name}"),
+        )
+        await socket_stream.send_all(starttls.accept)
+    elif start != "tls":
+        return socket_stream  # in clear: the session itself sees what comes
+    stream = await _start_tls(socket_stream, ssl_context)
+    if start == "tls" and starttls.alpn is not None:
+        chosen = stream.selected_alpn_protocol()
+        if chosen != starttls.alpn:
+            await trio.aclose_forcefully(stream)
+            raise TLSHandshakeError(
+                f"direct TLS must name the ALPN protocol {starttls.alpn!r}, not {chosen!r}"
+            )
+    return stream

@@ -21,6 +21,7 @@ from trioecho.arguments import (
     check_timeout,
 )
 from trioecho.framing.config import FramingConfig, framing_config
+from trioecho.framing.starttls import StartTLS
 from trioecho.io.budget import MemoryBudget, memory_budget_of
 from trioecho.io.keepalive import DEFAULT_KEEPALIVE, KeepAlive, keepalive_of
 from trioecho.io.readiness import Readiness, resolve_readiness
@@ -131,6 +132,12 @@ class ServerConfig:
     does not pickle)."""
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT
     """Seconds a TLS handshake (or a PROXY header) may take."""
+    starttls: StartTLS | None = None
+    """With ``ssl_context``: the protocol's request for TLS in clear
+    (:data:`~trioecho.framing.presets.POSTGRESQL_STARTTLS`) is answered and
+    TLS starts then, or at once on a ClientHello (direct TLS, which must
+    name the protocol's ALPN); a client that asks for neither is served in
+    clear, as PostgreSQL serves it.  None: TLS from the first byte."""
     memory_budget: MemoryBudget | int | None = None
     """Bytes that unfinished messages and unsent replies may hold over all
     connections at once: a byte count, a :class:`MemoryBudget` shared with
@@ -178,6 +185,12 @@ class ServerConfig:
                 f"proxy_protocol must be a ProxyProtocolConfig or None, not {proxy_protocol!r}"
             )
         check_server_context(self.ssl_context)
+        starttls = self.starttls
+        if starttls is not None:
+            if not isinstance(starttls, StartTLS):
+                raise TypeError(f"starttls must be a StartTLS or None, not {starttls!r}")
+            if self.ssl_context is None:
+                raise ValueError("starttls needs an ssl_context: the TLS it starts")
         if self.memory_budget is not None:
             memory_budget_of(self.memory_budget)  # checked; each server builds its own
         if self.readiness is not None:

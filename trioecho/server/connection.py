@@ -147,6 +147,7 @@ async def _set_up(
                 proxy=server.proxy_protocol,
                 ssl_context=server.ssl_context,
                 handshake_timeout=server.handshake_timeout,
+                starttls=server.config.starttls,
             )
         logger.info("%s: closed before it was set up: shutting down", where)
         count_unset_up(server, peer, began, CloseReason.SHUTDOWN)

@@ -48,6 +48,7 @@ from typing import Any, cast
 import trio
 
 from trioecho.framing.config import FramingConfig
+from trioecho.framing.starttls import StartTLS
 from trioecho.io.budget import MemoryBudget, memory_budget_of, return_freed_memory
 from trioecho.io.keepalive import KeepAlive, apply_keepalive
 from trioecho.io.readiness import Readiness, resolve_readiness
@@ -147,6 +148,7 @@ class MessageServer(Stopping):
         proxy_protocol: ProxyProtocolConfig | None = ServerConfig.proxy_protocol,
         ssl_context: ssl.SSLContext | None = ServerConfig.ssl_context,
         handshake_timeout: float | None = ServerConfig.handshake_timeout,
+        starttls: StartTLS | None = ServerConfig.starttls,
         memory_budget: MemoryBudget | int | None = ServerConfig.memory_budget,
         readiness: Readiness | None = ServerConfig.readiness,
         unix_path: str | None = ServerConfig.unix_path,

@@ -45,12 +45,14 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import ssl
 from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
 
 from trioecho.arguments import check_timeout, may_be_the_same_listener
 from trioecho.framing.config import FramingConfig
+from trioecho.framing.starttls import StartTLS
 from trioecho.io.keepalive import DEFAULT_KEEPALIVE, KeepAlive
 from trioecho.logtext import format_address
 from trioecho.server.config import DEFAULT_MIN_SEND_RATE, ServerConfig
@@ -92,6 +94,9 @@ def relay_server(
     fin_timeout: float | None = DEFAULT_RELAY_FIN_TIMEOUT,
     half_close: bool = True,
     keepalive: KeepAlive | str | None = DEFAULT_KEEPALIVE,
+    upstream_ssl_context: ssl.SSLContext | None = None,
+    upstream_server_name: str | None = None,
+    upstream_starttls: StartTLS | None = None,
     **options: Any,
 ) -> MessageServer:
     """A :class:`MessageServer` relaying each connection to ``upstream``
@@ -131,8 +136,11 @@ def relay_server(
     peer found within 2 minutes) is TCP keepalive on both sides, the
     clients' connections and the upstream ones, as pgbouncer's
     ``tcp_keepalive``; ``TCP_USER_TIMEOUT`` comes with it
-    (:mod:`trioecho.io.keepalive`).  The other ``options``
-    are :class:`MessageServer`'s.
+    (:mod:`trioecho.io.keepalive`).  ``upstream_ssl_context``,
+    ``upstream_server_name`` and ``upstream_starttls`` speak TLS to the
+    upstream (see :class:`~trioecho.services.relay_config.RelayConfig`); TLS
+    towards clients is the listener's (``ssl_context``, ``starttls``).  The
+    other ``options`` are :class:`MessageServer`'s.
 
     An upstream that is the relay's own address is refused here
     (``ValueError``) when the addresses say so, and otherwise detected at the
@@ -163,6 +171,9 @@ def relay_server(
         fin_timeout=fin_timeout,
         half_close=half_close,
         keepalive=keepalive,
+        upstream_ssl_context=upstream_ssl_context,
+        upstream_server_name=upstream_server_name,
+        upstream_starttls=upstream_starttls,
     )
     owned = [name for name in RELAY_OWNED_SETTINGS if name in options]
     if owned:

@@ -7,11 +7,13 @@ listener are its :class:`~trioecho.server.config.ServerConfig`.
 from __future__ import annotations
 
 import dataclasses
+import ssl
 from collections.abc import Callable
 from typing import Literal
 
 from trioecho.arguments import check_rate, check_timeout, parse_address
 from trioecho.framing.config import FramingConfig, framing_config
+from trioecho.framing.starttls import StartTLS
 from trioecho.io.keepalive import DEFAULT_KEEPALIVE, KeepAlive, keepalive_of
 from trioecho.server.config import DEFAULT_MIN_SEND_RATE, ServerConfig
 
@@ -98,6 +100,17 @@ class RelayConfig:
     """Pass one side's end on (False: the first end closes both)."""
     keepalive: KeepAlive | str | None = DEFAULT_KEEPALIVE
     """TCP keepalive on both sides' connections; None: off."""
+    upstream_ssl_context: ssl.SSLContext | None = None
+    """TLS towards the upstream with this client-side context
+    (:func:`trioecho.io.tls.upstream_context` makes one for libpq's modes);
+    None: plain TCP.  Frames are checked on the plain text either way."""
+    upstream_server_name: str | None = None
+    """The name the upstream's certificate must carry (``verify-full``), sent
+    as SNI too; None: the upstream's host."""
+    upstream_starttls: StartTLS | None = None
+    """Ask the upstream for TLS this way first (PostgreSQL's SSLRequest,
+    :data:`~trioecho.framing.presets.POSTGRESQL_STARTTLS`); None: TLS from
+    the first byte."""
     listener: ServerConfig = dataclasses.field(default_factory=ServerConfig)
     """The relay's own listening settings, but for :data:`RELAY_OWNED_SETTINGS`."""
 
@@ -115,6 +128,18 @@ class RelayConfig:
         check_timeout(self.fin_timeout, "fin_timeout")
         check_bool(self.half_close, "half_close")
         self._store("keepalive", keepalive_of(self.keepalive))
+        context = self.upstream_ssl_context
+        if context is not None and (
+            not isinstance(context, ssl.SSLContext) or context.protocol != ssl.PROTOCOL_TLS_CLIENT
+        ):
+            raise TypeError(
+                "upstream_ssl_context must be a client-side ssl.SSLContext "
+                f"(trioecho.io.tls.upstream_context()), not {context!r}"
+            )
+        if self.upstream_starttls is not None and not isinstance(self.upstream_starttls, StartTLS):
+            raise TypeError(
+                f"upstream_starttls must be a StartTLS or None, not {self.upstream_starttls!r}"
+            )
         if not isinstance(self.listener, ServerConfig):
             raise TypeError(f"listener must be a ServerConfig, not {type(self.listener).__name__}")
         defaults = ServerConfig()

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import ssl
 from typing import Any, cast
 
 import trio
@@ -28,11 +29,13 @@ from trioecho.errors import (
     ProtocolRefusedError,
     RelayError,
     SlowReaderError,
+    TLSHandshakeError,
     TrioEchoError,
 )
 from trioecho.framing.config import FramingConfig
 from trioecho.io.dial import dial
 from trioecho.io.keepalive import KeepAlive
+from trioecho.io.tls import start_upstream_tls
 from trioecho.logtext import format_address
 from trioecho.reasons import CloseReason
 from trioecho.server.endings import close_reason_of
@@ -86,9 +89,45 @@ async def relay_connection(policy: RelayPolicy, client: MessageStream) -> None:
         return
     tcp, local_port = dialed
     try:
+        if policy.config.upstream_ssl_context is not None:
+            secured = await _secure_upstream(policy, tcp, peer, where)
+            if secured is None:
+                client.close_reason = CloseReason.UPSTREAM_UNREACHABLE
+                await trio.aclose_forcefully(tcp)
+                return
+            tcp = secured
         await _relay_dialed(policy.config, client, tcp, peer, where)
     finally:
         policy.own.ports.discard(local_port)
+
+
+async def _secure_upstream(
+    policy: RelayPolicy, tcp: trio.SocketStream, peer: str, where: str
+) -> trio.SSLStream[trio.SocketStream] | None:
+    """TLS over the new upstream connection ``tcp`` (its StartTLS request
+    first, if the config has one), within ``connect_timeout``; None,
+    logged with the side and the reason, if it cannot be set up (the
+    caller closes ``tcp``)."""
+    config = policy.config
+    context = cast(ssl.SSLContext, config.upstream_ssl_context)
+    name = config.upstream_server_name or cast(tuple[str, int], config.upstream)[0]
+    with trio.move_on_after(policy.connect_timeout):
+        try:
+            return await start_upstream_tls(tcp, context, name, config.upstream_starttls)
+        except TLSHandshakeError as exc:
+            logger.warning("%s: closing: TLS with the upstream %s: %s", peer, where, exc)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            logger.warning(
+                "%s: closing: the upstream %s went away while TLS was set up: %s", peer, where, exc
+            )
+        return None
+    logger.warning(
+        "%s: closing: TLS with the upstream %s: not set up in %g s",
+        peer,
+        where,
+        policy.connect_timeout,
+    )
+    return None
 
 
 def _refuse_the_loop(client: MessageStream, peer: str, where: str) -> None:
