@@ -18,6 +18,7 @@ import select
 import socket
 import ssl
 import struct
+import subprocess
 import threading
 import time
 
@@ -415,3 +416,76 @@ def test_trioechos_tls_contexts_report_a_truncation(tls_files: dict[str, str]) -
     assert not detect_truncation(set_by_default).options & ignore
     assert not server_context(tls_files["cert"], tls_files["key"]).options & ignore
     assert not client_context(tls_files["ca"]).options & ignore
+
+
+FLOOD = 120  # hostile handshakes, more than the server's slots
+CLIENT_HELLO_START = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"  # and no more
+
+
+def test_a_handshake_flood_gives_every_slot_back(tls_files: dict[str, str]) -> None:
+    """FLOOD connections to a TLS port with 40 slots: a third stall in the
+    middle of a ClientHello, a third send plain text, a third complete a
+    handshake and reset the connection.  Each is closed (the stalled ones
+    by the handshake timeout) with its own log line; a TLS canary is
+    answered throughout; then every slot and descriptor is back and a new
+    TLS client is served."""
+    options = ("--tls-cert", tls_files["cert"], "--tls-key", tls_files["key"], "-v")
+    limits = ("--tls-handshake-timeout", "1", "--max-connections", "40")
+    context = ssl.create_default_context(cafile=tls_files["ca"])
+    with server_process(*options, *limits) as server:
+        fds, rss = server.open_fds(), server.rss_kib()
+        raw = connect(server.port)
+        canary = Canary(server.port, sock=context.wrap_socket(raw, server_hostname="localhost"))
+        peers = []
+        for index in range(FLOOD):
+            sock = connect(server.port, timeout=30)
+            if index % 3 == 0:
+                sock.sendall(CLIENT_HELLO_START)
+            elif index % 3 == 1:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            else:  # a handshake done, then a reset
+                tls = context.wrap_socket(sock, server_hostname="localhost")
+                tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                tls.close()
+                continue
+            peers.append(sock)
+        for sock in peers:
+            if closed_within(sock, 30) >= 30:
+                pytest.fail(f"{peer_of(sock)} still open after 30 s")
+            sock.close()
+        reasons = ("TLS handshake not done within 1 s", "the client does not speak TLS")
+        deadline = time.monotonic() + 10  # each line follows its close
+        while time.monotonic() < deadline:
+            counts = [len(server.lines_with(reason)) for reason in reasons]
+            if counts == [FLOOD // 3, FLOOD // 3]:
+                break
+            time.sleep(0.05)
+        assert counts == [FLOOD // 3, FLOOD // 3], server.log[-5:]
+        canary.check()
+        with context.wrap_socket(connect(server.port), server_hostname="localhost") as fresh:
+            assert recv_exactly(fresh, len(GREETING) + 1) == GREETING + b"\n"
+        deadline = time.monotonic() + 10
+        while server.open_fds() != fds and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.open_fds() == fds
+        assert server.rss_kib() - rss < RSS_GROWTH_KIB
+        assert server.stop() == 0
+
+
+def test_a_tls_client_on_a_plain_port_gives_up_and_is_let_go(tls_files: dict[str, str]) -> None:
+    """OpenSSL's s_client against a plain port: it reads the greeting as a
+    TLS record and gives up (``wrong version number``); its connection is
+    closed and counted, and the canary never notices."""
+    with server_process("-v") as server:
+        canary = Canary(server.port)
+        done = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-quiet"],
+            input=b"",
+            capture_output=True,
+            timeout=30,
+        )
+        assert done.returncode != 0
+        assert b"wrong version number" in done.stderr, done.stderr
+        server.wait_for_log("closed")
+        canary.check()
+        assert server.stop() == 0

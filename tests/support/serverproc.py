@@ -81,6 +81,10 @@ class ServerProcess:
                     return int(line.split()[1])
         raise RuntimeError(f"no {field}")
 
+    def lines_with(self, fragment: str) -> list[str]:
+        """The log lines so far that hold ``fragment``."""
+        return [line for line in list(self.log) if fragment in line]
+
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
