@@ -1145,3 +1145,40 @@ def test_a_turn_refuses_an_out_array_too_short_for_what_it_may_write() -> None:
         with pytest.raises(OSError) as info:
             rig.pump.turn([])
         assert info.value.errno == errno.EINVAL
+
+
+async def test_an_input_event_for_a_pumped_connection_wakes_its_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pump may leave an attached connection's input to Python as an
+    event (a relay whose upstream reset it did, in tests/test_relay_limits.py).
+    Its task is parked on the pump, not on an inline step: the hub wakes it
+    to serve the connection again, never runs a step it does not have (that
+    failed an assertion and stopped the hub with every connection on it)."""
+    config = FramingConfig("line")
+    outcomes: Counter[int] = Counter()
+    hub = make_hub(True, SERVER, outcomes, monkeypatch)
+    async with serving(hub):
+        with trio.fail_after(RUN_LIMIT):
+            client, server = await tcp_pair("line")
+            stream = server_stream(server, config, receive_size_for("line"))
+
+            async def serve() -> None:
+                await stream.run_session(EchoSession(config))
+                await stream.close_gracefully(LINGER)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(serve)
+                await client.send_all(b"one\n")
+                assert await client.receive_some(65536) == b"one" + H + b"\n"
+                await trio.testing.wait_all_tasks_blocked()
+                watch = hub._watches[server.socket.fileno()]
+                assert watch.pumped and watch.inline is not None  # parked on the pump
+                hub._dispatch(watch.fd, select.EPOLLIN)
+                await client.send_all(b"two\n")
+                assert await client.receive_some(65536) == b"two" + H + b"\n"
+                await client.send_all(b"q\n")
+                await client.send_eof()
+                assert await receive_until_end(client) == b""
+            await client.aclose()
+    assert (stream.messages_received, stream.messages_sent) == (3, 2)

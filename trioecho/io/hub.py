@@ -220,9 +220,9 @@ class ReadinessHub:
             reader = watch.reader
             if reader is None or reader.custom_sleep_data is not watch:
                 watch.readable = True
-            elif watch.inline is not None:
+            elif watch.inline is not None and not watch.pumped:
                 self._serve_inline(watch)
-            else:
+            else:  # a plain wait, or a pumped one the pump left to Python: its task serves it again
                 watch.reader = None
                 trio.lowlevel.reschedule(reader)
         if mask & _OUTPUT:
