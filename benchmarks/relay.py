@@ -13,6 +13,13 @@ same ones the live tests start).
 
     python benchmarks/relay.py                  # 32 clients, 10 s each, 2 rounds
     python benchmarks/relay.py --smoke          # a few seconds: that it all runs (CI)
+    python benchmarks/relay.py --tls            # clients speak TLS to each target
+
+With ``--tls`` every target ends the clients' TLS (pgbench with
+``sslmode=require``): PostgreSQL with ``ssl = on``, pgbouncer with
+``client_tls_sslmode = require``, and the relay with ``--tls-cert``; each
+then speaks plain TCP to PostgreSQL (the byte proxy, which cannot end TLS,
+is left out).
 """
 
 from __future__ import annotations
@@ -109,9 +116,11 @@ class ByteProxy:
 
 
 @contextlib.contextmanager
-def trioecho_relay(upstream_port: int) -> Iterator[tuple[int, int]]:
+def trioecho_relay(upstream_port: int, tls: tuple[str, str] | None) -> Iterator[tuple[int, int]]:
     command = [sys.executable, "-m", "trioecho", "relay", "--preset", "postgresql"]
     command += ["--upstream", f"127.0.0.1:{upstream_port}", "--port", "0", "-q"]
+    if tls is not None:
+        command += ["--tls-cert", tls[0], "--tls-key", tls[1]]
     process = subprocess.Popen(command, stdout=subprocess.PIPE)
     try:
         assert process.stdout is not None
@@ -122,14 +131,20 @@ def trioecho_relay(upstream_port: int) -> Iterator[tuple[int, int]]:
         process.wait(timeout=30)
 
 
-def pgbench(port: int, workload: str, clients: int, seconds: int) -> tuple[float, int, int]:
-    """TPS (without connection time), transactions, failed transactions."""
+def pgbench(
+    port: int, workload: str, clients: int, seconds: int, tls: bool
+) -> tuple[float, int, int]:
+    """TPS (without connection time), transactions, failed transactions;
+    ``tls``: over TLS (``sslmode=require``), else in clear."""
     command = ["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
     command += ["-c", str(clients), "-j", "2", "-T", str(seconds), "-n"]
     if workload == "-S":
         command.append("-S")
     command.append("postgres")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
+    environment = {**os.environ, "PGSSLMODE": "require"} if tls else None
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=seconds + 120, env=environment
+    )
     if result.returncode != 0:
         raise RuntimeError(f"pgbench failed on port {port}: {result.stderr[-2000:]}")
     tps = float(re.search(r"tps = ([\d.]+) \(without initial", result.stdout).group(1))  # type: ignore[union-attr]
@@ -145,10 +160,39 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10, help="each pgbench run (whole seconds)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="4 clients, 2 s, 1 round")
+    parser.add_argument("--tls", action="store_true", help="clients speak TLS to each target")
     args = parser.parse_args()
     if args.smoke:
         args.clients, args.seconds, args.rounds = 4, 2, 1
-    with postgresql_server() as postgres:
+    with contextlib.ExitStack() as stack:
+        pems = files = None
+        if args.tls:
+            pems, files = certificate(stack)
+        return run(args, pems, files)
+
+
+def certificate(stack: contextlib.ExitStack) -> tuple[tuple[bytes, bytes], tuple[str, str]]:
+    """A throwaway certificate for 127.0.0.1 (trustme, a test dependency):
+    its PEM bytes, and files holding them (removed with ``stack``)."""
+    import tempfile
+
+    import trustme
+
+    leaf = trustme.CA().issue_cert("127.0.0.1")
+    pems = (leaf.cert_chain_pems[0].bytes(), leaf.private_key_pem.bytes())
+    directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="trioecho-bench-")))
+    (directory / "cert.pem").write_bytes(pems[0])
+    (directory / "key.pem").write_bytes(pems[1])
+    return pems, (str(directory / "cert.pem"), str(directory / "key.pem"))
+
+
+def run(
+    args: argparse.Namespace,
+    pems: tuple[bytes, bytes] | None,
+    files: tuple[str, str] | None,
+) -> int:
+    """Run every target, print the table and the relay's ratios."""
+    with postgresql_server(pems) as postgres:
         initialise = ["pgbench", "-h", "127.0.0.1", "-p", str(postgres.port), "-U", "postgres"]
         subprocess.run(
             [*initialise, "-i", "-q", "-s", "1", "postgres"],
@@ -157,8 +201,8 @@ def main() -> int:
         )
         results: dict[tuple[str, str], list[tuple[float, float | None, int]]] = {}
         with (
-            pgbouncer_server(postgres.port) as bouncer,
-            trioecho_relay(postgres.port) as (relay_port, relay_pid),
+            pgbouncer_server(postgres.port, tls=pems) as bouncer,
+            trioecho_relay(postgres.port, files) as (relay_port, relay_pid),
         ):
             proxy = ByteProxy(postgres.port)
             targets = {
@@ -167,16 +211,21 @@ def main() -> int:
                 "byte proxy": (proxy.port, os.getpid()),
                 "trioecho relay": (relay_port, relay_pid),
             }
+            if args.tls:
+                del targets["byte proxy"]  # it cannot end TLS
             for _ in range(args.rounds):
                 for workload in ("-S", "TPC-B"):
                     for name, (port, pid) in targets.items():
                         before = cpu_seconds(pid) if pid is not None else 0.0
-                        tps, done, failed = pgbench(port, workload, args.clients, args.seconds)
+                        tps, done, failed = pgbench(
+                            port, workload, args.clients, args.seconds, args.tls
+                        )
                         cpu = cpu_seconds(pid) - before if pid is not None else None
                         per = cpu / done * 1e6 if cpu is not None and done else None
                         results.setdefault((workload, name), []).append((tps, per, failed))
             proxy.close()
-    print(f"pgbench, {args.clients} clients, {args.seconds:g} s, median of {args.rounds}\n")
+    over = "over TLS (sslmode=require), " if args.tls else ""
+    print(f"pgbench, {over}{args.clients} clients, {args.seconds:g} s, median of {args.rounds}\n")
     print("| workload | target | TPS | failed | proxy CPU per transaction |")
     print("|---|---|---:|---:|---:|")
     medians: dict[tuple[str, str], tuple[float, float | None]] = {}

@@ -124,6 +124,22 @@ def postgresql_server(tls: tuple[bytes, bytes] | None = None) -> Iterator[LiveSe
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def _pgbouncer_tls(directory: str, cert: bytes, key: bytes) -> str:
+    """pgbouncer's client TLS settings, with its files in ``directory``."""
+    for name, pem in (("client.crt", cert), ("client.key", key)):
+        path = os.path.join(directory, name)
+        with open(path, "wb") as file:
+            file.write(pem)
+        os.chmod(path, 0o600)
+        if os.geteuid() == 0:
+            shutil.chown(path, "postgres", "postgres")
+    return (
+        "client_tls_sslmode = require\n"
+        f"client_tls_cert_file = {os.path.join(directory, 'client.crt')}\n"
+        f"client_tls_key_file = {os.path.join(directory, 'client.key')}\n"
+    )
+
+
 def _postgres_tls(data: str, cert: bytes, key: bytes) -> list[str]:
     """Put the certificate and key in the data directory, owned by the server's
     user, the key readable by it alone (PostgreSQL insists); its settings."""
@@ -206,10 +222,14 @@ class ByteTap:
 
 
 @contextmanager
-def pgbouncer_server(upstream_port: int, *, pool_size: int = 64) -> Iterator[LiveServer]:
+def pgbouncer_server(
+    upstream_port: int, *, pool_size: int = 64, tls: tuple[bytes, bytes] | None = None
+) -> Iterator[LiveServer]:
     """pgbouncer (Debian's) in session pooling in front of a PostgreSQL on
     ``upstream_port``, trust authentication, on a free loopback port; as the
-    ``postgres`` system user when run as root (pgbouncer refuses root)."""
+    ``postgres`` system user when run as root (pgbouncer refuses root).
+    ``tls``: its certificate and key (PEM bytes), and clients must use TLS
+    (``client_tls_sslmode = require``)."""
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not os.path.exists(binary):
         raise RuntimeError("pgbouncer not found: run `sh tools/install-system-deps.sh`")
@@ -236,6 +256,8 @@ def pgbouncer_server(upstream_port: int, *, pool_size: int = 64) -> Iterator[Liv
                 f"default_pool_size = {pool_size}\nmax_client_conn = 1000\n"
                 "ignore_startup_parameters = extra_float_digits\n"
             )
+            if tls is not None:
+                file.write(_pgbouncer_tls(directory, *tls))
         if user:
             shutil.chown(config, "postgres", "postgres")
             shutil.chown(users, "postgres", "postgres")
