@@ -24,7 +24,7 @@ from typing import Any
 from trioecho.framing import presets
 from trioecho.framing.config import FramingConfig
 from trioecho.framing.starttls import StartTLS
-from trioecho.io.tls import client_context, server_context, verify_clients
+from trioecho.io.tls import client_context, load_certificate, server_context, verify_clients
 from trioecho.server.accept import ProxyProtocolConfig
 from trioecho.server.config import DEFAULT_DRAIN_DELAY, ServerConfig
 from trioecho.services.relay_config import (
@@ -293,7 +293,8 @@ def client_tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ssl
     if not args.tls_cert:
         return context
     try:
-        return client_context(args.tls_ca, certfile=args.tls_cert, keyfile=args.tls_key)
+        load_certificate(context, args.tls_cert, args.tls_key)
+        return context
     except ValueError as exc:  # what the files hold
         parser.error(f"--tls-cert: {exc}")
     except OSError as exc:

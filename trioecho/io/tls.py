@@ -34,6 +34,7 @@ __all__ = [
     "client_context",
     "detect_truncation",
     "do_handshake",
+    "load_certificate",
     "peer_certificate",
     "server_context",
     "start_upstream_tls",
@@ -85,12 +86,20 @@ def server_context(
     """
     context = detect_truncation(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    load_certificate(context, certfile, keyfile)
+    verify_clients(context, client_ca, verify_client)
+    return context
+
+
+def load_certificate(context: ssl.SSLContext, certfile: str, keyfile: str | None) -> None:
+    """Have ``context`` present the certificate chain in ``certfile`` (PEM)
+    with its key in ``keyfile`` (default: in ``certfile`` too).  Raises
+    ``OSError`` if a file cannot be read, ``ValueError`` saying what is
+    wrong if they do not hold a certificate and its key."""
     try:
         context.load_cert_chain(certfile, keyfile)
     except ssl.SSLError as exc:
         raise ValueError(_load_problem(exc, certfile, keyfile)) from exc
-    verify_clients(context, client_ca, verify_client)
-    return context
 
 
 def verify_clients(context: ssl.SSLContext, client_ca: str | None, verify_client: str) -> None:
@@ -163,10 +172,7 @@ def client_context(
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if certfile is not None:
-        try:
-            context.load_cert_chain(certfile, keyfile)
-        except ssl.SSLError as exc:
-            raise ValueError(_load_problem(exc, certfile, keyfile)) from exc
+        load_certificate(context, certfile, keyfile)
     return detect_truncation(context)
 
 
