@@ -25,6 +25,7 @@ import time
 import pytest
 from support.serverproc import (
     Canary,
+    ServerProcess,
     connect,
     greeted_line_client,
     recv_exactly,
@@ -249,6 +250,24 @@ def test_half_close_still_gets_every_reply() -> None:
         assert server.stop() == 0
 
 
+def descriptors_once_served(
+    server: ServerProcess, context: ssl.SSLContext, header: bytes = b""
+) -> int:
+    """The server's open descriptors after one TLS client (behind
+    ``header``) was greeted and left: the baseline of a test that counts
+    them (the readiness hub opens its epoll, one descriptor, at the first
+    connection, and keeps it)."""
+    before = server.open_fds()
+    with connect(server.port) as raw:
+        raw.sendall(header)
+        with context.wrap_socket(raw, server_hostname="localhost") as client:
+            assert recv_exactly(client, len(GREETING) + 1) == GREETING + b"\n"
+    deadline = time.monotonic() + 5
+    while server.open_fds() > before + 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return server.open_fds()
+
+
 def test_proxy_protocol_garbage_and_stalls(tls_files: dict[str, str]) -> None:
     """Behind a load balancer: malformed headers, half headers, half TLS
     handshakes.  Each is closed within its bound with a log line; the
@@ -257,8 +276,9 @@ def test_proxy_protocol_garbage_and_stalls(tls_files: dict[str, str]) -> None:
     options = ("--proxy-protocol", "auto", "--proxy-timeout", "1")
     tls = ("--tls-cert", tls_files["cert"], "--tls-key", tls_files["key"])
     with server_process(*options, *tls, "--tls-handshake-timeout", "1") as server:
-        fds, rss = server.open_fds(), server.rss_kib()
         context = ssl.create_default_context(cafile=tls_files["ca"])
+        fds = descriptors_once_served(server, context, b"PROXY TCP4 203.0.113.9 127.0.0.1 1 9\r\n")
+        rss = server.rss_kib()
         raw = connect(server.port)
         raw.sendall(b"PROXY TCP4 203.0.113.9 127.0.0.1 4242 9999\r\n")
         tls_sock = context.wrap_socket(raw, server_hostname="localhost")
@@ -433,7 +453,7 @@ def test_a_handshake_flood_gives_every_slot_back(tls_files: dict[str, str]) -> N
     limits = ("--tls-handshake-timeout", "1", "--max-connections", "40")
     context = ssl.create_default_context(cafile=tls_files["ca"])
     with server_process(*options, *limits) as server:
-        fds, rss = server.open_fds(), server.rss_kib()
+        fds, rss = descriptors_once_served(server, context), server.rss_kib()
         raw = connect(server.port)
         canary = Canary(server.port, sock=context.wrap_socket(raw, server_hostname="localhost"))
         peers = []

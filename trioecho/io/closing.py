@@ -14,6 +14,7 @@ import termios
 import trio
 
 from trioecho.io.send_deadline import SendDeadline
+from trioecho.io.tls_socket import TLSSocketStream
 
 __all__ = ["DELIVERED_DRAIN_BYTES", "broken_reason", "drain_until_eof"]
 
@@ -37,7 +38,7 @@ def _unsent(stream: trio.abc.Stream) -> int | None:
     """Bytes of a TCP stream's output the peer has not acknowledged yet
     (``SIOCOUTQ``), not counting the FIN the close has queued (it takes one
     sequence number), or None where that cannot be asked."""
-    if not isinstance(stream, trio.SocketStream):
+    if not isinstance(stream, trio.SocketStream | TLSSocketStream):
         return None
     try:
         raw = fcntl.ioctl(stream.socket.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")

@@ -1,33 +1,21 @@
 """The transport for a Trio stream: the direct socket for a plain
-``trio.SocketStream`` (the only code that takes the stdlib socket out of
-Trio's stream), the stream's own methods otherwise.
+``trio.SocketStream`` and for TLS done on the socket
+(:class:`~trioecho.io.tls_socket.TLSSocketStream`), the stream's own
+methods otherwise.
 """
 
 from __future__ import annotations
 
-import socket
-
 import trio
 
 from trioecho.io.readiness import Readiness, resolve_readiness
+from trioecho.io.socket_tls import TLSSocketTransport
 from trioecho.io.socket_transport import SocketTransport, hub_watch
 from trioecho.io.stream_transport import StreamTransport
+from trioecho.io.tls_socket import TLSSocketStream, raw_socket
 from trioecho.io.transport import Transport
 
 __all__ = ["open_transport"]
-
-
-def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
-    """The stdlib socket under a plain ``trio.SocketStream``, if there is one.
-
-    ``_sock`` is Trio's (stable but private) attribute holding the
-    non-blocking stdlib socket; without it the generic path is used.
-    """
-    if type(stream) is trio.SocketStream:
-        raw = getattr(stream.socket, "_sock", None)
-        if isinstance(raw, socket.socket):
-            return raw
-    return None
 
 
 def open_transport(
@@ -39,7 +27,8 @@ def open_transport(
     readiness: Readiness | None = None,
 ) -> Transport:
     """The transport for ``stream``: direct socket calls for a plain
-    ``trio.SocketStream``, the stream's own methods otherwise.
+    ``trio.SocketStream`` or a :class:`~trioecho.io.tls_socket.TLSSocketStream`,
+    the stream's own methods otherwise.
 
     ``send_timeout`` and ``min_send_rate`` are the send rule
     (:mod:`~trioecho.io.send_deadline`; None: no limit, no floor).
@@ -49,7 +38,16 @@ def open_transport(
     without epoll, the hub is not available and Trio's waits are used.
     """
     readiness = resolve_readiness(readiness)
-    sock = _raw_socket(stream)
+    if isinstance(stream, TLSSocketStream):
+        return TLSSocketTransport(
+            stream,
+            stream.socket,
+            idle_timeout=idle_timeout,
+            send_timeout=send_timeout,
+            min_send_rate=min_send_rate,
+            watch=hub_watch(stream.socket) if readiness == "hub" else None,
+        )
+    sock = raw_socket(stream)
     if sock is None:
         return StreamTransport(
             stream,

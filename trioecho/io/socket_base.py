@@ -36,6 +36,12 @@ class SocketTransportBase(Transport):
     docstring); :class:`~trioecho.io.socket_transport.SocketTransport`
     documents the whole."""
 
+    # What a read that must wait raises, and whether a short read means the
+    # socket is empty (TLS: no, OpenSSL reads one record at a time; see
+    # socket_tls.TLSSocketTransport).
+    _WOULD_BLOCK: type[Exception] | tuple[type[Exception], ...] = BlockingIOError
+    _SHORT_READ_EMPTIES = True
+
     __slots__ = (
         "_answer",
         "_deadlines_handed_over",
@@ -57,7 +63,7 @@ class SocketTransportBase(Transport):
 
     def __init__(
         self,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         sock: socket.socket,
         *,
         idle_timeout: float | None = None,
@@ -167,7 +173,7 @@ class SocketTransportBase(Transport):
                     # read will too, so skip the read that would fail --
                     # unless this one filled the buffer (more may be waiting,
                     # and no edge would announce it).
-                    self._wait_first = len(data) < max_bytes
+                    self._wait_first = len(data) < max_bytes and self._SHORT_READ_EMPTIES
                     return data
         finally:
             self._receiving = False
@@ -177,7 +183,7 @@ class SocketTransportBase(Transport):
         there are none yet."""
         try:
             data = self._socket.recv(max_bytes)
-        except BlockingIOError:
+        except self._WOULD_BLOCK:
             return None
         except OSError as exc:
             raise self._socket_error(exc, "receiving") from exc

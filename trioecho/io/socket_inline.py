@@ -102,7 +102,7 @@ class InlineServing(SocketTransportBase):
                 wanted = size if size <= budget else budget
                 try:
                     data = sock.recv(wanted)
-                except BlockingIOError:
+                except self._WOULD_BLOCK:
                     return WAIT
                 self.bytes_received += len(data)
                 wire = step(data)
@@ -114,7 +114,7 @@ class InlineServing(SocketTransportBase):
                     if unsent is not None:
                         self._handback = unsent
                         return HAND_BACK
-                if len(data) < wanted and not watch.input_ended:
+                if len(data) < wanted and self._SHORT_READ_EMPTIES and not watch.input_ended:
                     return WAIT  # nothing more: the next input brings an edge
                 budget -= len(data)
                 if budget <= 0:

@@ -19,25 +19,31 @@ end; these contexts clear it (:func:`detect_truncation`).
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from typing import Any, cast
 
 import trio
 
 from trioecho.errors import TLSHandshakeError
 from trioecho.framing.starttls import StartTLS
+from trioecho.io.readiness import Readiness, resolve_readiness
+from trioecho.io.tls_socket import TLSSocketStream, raw_socket
 
 __all__ = [
     "UPSTREAM_TLS_MODES",
     "VERIFY_CLIENT",
+    "TLSStream",
     "certificate_subject",
     "check_server_context",
     "client_context",
     "detect_truncation",
     "do_handshake",
+    "is_tls",
     "load_certificate",
     "peer_certificate",
     "server_context",
+    "server_tls_stream",
     "start_upstream_tls",
+    "tls_version",
     "upstream_context",
     "verify_clients",
 ]
@@ -86,6 +92,9 @@ def server_context(
     """
     context = detect_truncation(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # A client's renegotiation (TLS 1.2) is refused: it could make a write
+    # want a read, and it costs the server a handshake at the client's will.
+    context.options |= ssl.OP_NO_RENEGOTIATION
     load_certificate(context, certfile, keyfile)
     verify_clients(context, client_ca, verify_client)
     return context
@@ -240,12 +249,44 @@ async def start_upstream_tls(
     return tls
 
 
+# The TLS streams: Trio's, and OpenSSL on the socket.
+TLSStream = trio.SSLStream[Any] | TLSSocketStream
+
+
+def is_tls(stream: object) -> bool:
+    """Whether ``stream`` is a TLS stream (``trio.SSLStream`` or
+    :class:`~trioecho.io.tls_socket.TLSSocketStream`)."""
+    return isinstance(stream, trio.SSLStream | TLSSocketStream)
+
+
+def tls_version(stream: object) -> str | None:
+    """The TLS version of a set-up TLS ``stream`` (``"TLSv1.3"``), None for
+    a stream that is not TLS."""
+    if not isinstance(stream, trio.SSLStream | TLSSocketStream):
+        return None
+    return cast("str | None", stream.version())
+
+
+def server_tls_stream(
+    socket_stream: trio.SocketStream, context: ssl.SSLContext, readiness: Readiness | None = None
+) -> TLSStream:
+    """The server side of TLS over an accepted ``socket_stream``, before
+    its handshake: with the readiness hub (``readiness``, see
+    :func:`~trioecho.io.readiness.resolve_readiness`), OpenSSL on the socket
+    (:class:`~trioecho.io.tls_socket.TLSSocketStream`, served inline like
+    plain TCP); with Trio's waits, ``trio.SSLStream``, its twin."""
+    if resolve_readiness(readiness) == "hub" and raw_socket(socket_stream) is not None:
+        return TLSSocketStream(socket_stream, context, server_side=True)
+    return trio.SSLStream(socket_stream, context, server_side=True)
+
+
 def peer_certificate(stream: object) -> dict[str, Any] | None:
-    """The certificate the peer of a TLS ``stream`` (``trio.SSLStream``)
-    presented and the handshake verified, as ``ssl.SSLSocket.getpeercert()``
-    gives it (``subject``, ``subjectAltName``, ``notAfter``, ...); None for
-    a stream that is not TLS, or a peer that presented none."""
-    if not isinstance(stream, trio.SSLStream):
+    """The certificate the peer of a TLS ``stream`` (``trio.SSLStream`` or
+    :class:`~trioecho.io.tls_socket.TLSSocketStream`) presented and the
+    handshake verified, as ``ssl.SSLSocket.getpeercert()`` gives it
+    (``subject``, ``subjectAltName``, ``notAfter``, ...); None for a stream
+    that is not TLS, or a peer that presented none."""
+    if not isinstance(stream, trio.SSLStream | TLSSocketStream):
         return None
     try:
         certificate = stream.getpeercert()
@@ -303,40 +344,54 @@ _NOT_TLS = frozenset(
 ALERT_SECONDS = 1.0
 
 
-async def _close_with_alert(stream: trio.SSLStream[Any]) -> None:
+async def _close_with_alert(stream: TLSStream) -> None:
     """Close after a failed handshake, sending the TLS alert OpenSSL wrote
     (``certificate required``, ``unknown ca``, ...) so that the peer learns
     why, then the end, and discarding the peer's input until its end, so
     that the close is no reset (which could destroy the alert).  At most
     ``ALERT_SECONDS`` (a peer that got an alert closes at once).  Trio
     leaves the alert in the stream's outgoing buffer when the handshake
-    raises: taking it is the one use of a Trio internal here."""
-    transport = stream.transport_stream
+    raises: taking it is the one use of a Trio internal here; OpenSSL on
+    the socket has written it already."""
     # Shielded: the handshake's timeout (or a shutdown) must not cut it
     # short and turn the failure it reports into a timeout.
     with trio.CancelScope(shield=True):
-        with trio.move_on_after(ALERT_SECONDS):
-            try:
-                alert = stream._outgoing.read()  # a Trio internal: see the docstring
-                if alert:
-                    await transport.send_all(alert)
-                if isinstance(transport, trio.SocketStream):
-                    await transport.send_eof()
-                    while await transport.receive_some(16 * 1024):
-                        pass
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
+        if isinstance(stream, TLSSocketStream):
+            await stream.end_after_failure(ALERT_SECONDS)
+        else:
+            await _end_trio_stream(stream)
         await trio.aclose_forcefully(stream)
 
 
-async def do_handshake(stream: trio.SSLStream[Any], *, peer: str = "peer") -> None:
-    """Run ``stream``'s handshake now.  On failure close the stream and raise
+async def _end_trio_stream(stream: trio.SSLStream[Any]) -> None:
+    """``_close_with_alert`` for a ``trio.SSLStream``: the alert, FIN, the
+    peer's input discarded, within ``ALERT_SECONDS``."""
+    transport = stream.transport_stream
+    with trio.move_on_after(ALERT_SECONDS):
+        try:
+            alert = stream._outgoing.read()  # a Trio internal: see _close_with_alert
+            if alert:
+                await transport.send_all(alert)
+            if isinstance(transport, trio.SocketStream):
+                await transport.send_eof()
+                while await transport.receive_some(16 * 1024):
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+
+async def do_handshake(stream: TLSStream, *, peer: str = "peer") -> None:
+    """Run ``stream``'s handshake now.  On failure (or cancellation) close
+    the stream; on failure raise
     :class:`TLSHandshakeError` whose ``reason`` is the TLS error (or
     ``"connection closed"``), the transport's exception chained.  When the
     ``peer`` (``"server"``, ``"client"``) sent bytes that are not TLS at
     all, the message says so."""
     try:
         await stream.do_handshake()
+    except trio.Cancelled:
+        await trio.aclose_forcefully(stream)
+        raise
     except trio.BrokenResourceError as exc:
         await _close_with_alert(stream)
         cause = exc.__cause__

@@ -64,6 +64,7 @@ from trioecho.io.closing import broken_reason, drain_until_eof
 from trioecho.io.pump import PumpedConnection
 from trioecho.io.send_deadline import SendDeadline
 from trioecho.io.tls import peer_certificate
+from trioecho.io.tls_socket import TLSSocketStream
 
 __all__ = ["CHECKPOINT_EVERY", "InlineStep", "PumpedAnswer", "Transport"]
 
@@ -214,7 +215,7 @@ class Transport:
         TLS), or None for a stream with no socket (in memory) or one the
         network already broke."""
         stream: object = self.stream
-        while not isinstance(stream, trio.SocketStream):
+        while not isinstance(stream, trio.SocketStream | TLSSocketStream):
             stream = getattr(stream, "transport_stream", None)
             if stream is None:
                 return None
@@ -297,12 +298,15 @@ class Transport:
         self._closed = True
         try:
             with trio.move_on_after(math.inf if limit is None else limit):
-                if isinstance(stream, trio.SSLStream):
+                if isinstance(stream, trio.SSLStream | TLSSocketStream):
                     with (
                         trio.move_on_after(linger),
                         contextlib.suppress(trio.BrokenResourceError, ssl.SSLError),
                     ):
-                        await stream.unwrap()
+                        if isinstance(stream, TLSSocketStream):
+                            await stream.send_close_notify()
+                        else:
+                            await stream.unwrap()
                 if isinstance(tcp, trio.abc.HalfCloseableStream):
                     await tcp.send_eof()
                 await drain_until_eof(tcp, linger, self.send_timeout, self.min_send_rate)

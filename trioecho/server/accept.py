@@ -5,8 +5,10 @@
    read within ``timeout`` seconds and names the client.  The header is read
    by peeking, so not one byte past it is consumed: the socket is left as if
    the client had connected directly (and TLS can start on it).
-2. TLS: with an ``ssl.SSLContext`` the transport becomes a ``trio.SSLStream``
-   whose handshake must finish within the handshake timeout.
+2. TLS: with an ``ssl.SSLContext`` the connection becomes a TLS stream
+   (:func:`~trioecho.io.tls.server_tls_stream`: OpenSSL on the socket with
+   the readiness hub, ``trio.SSLStream`` with Trio's waits) whose handshake
+   must finish within the handshake timeout.
 
 :func:`open_connection` does both and returns the stream to frame messages
 on and the client's address; it raises :class:`ProxyProtocolError` or
@@ -27,7 +29,8 @@ import trio
 from trioecho.errors import ProxyProtocolError, TLSHandshakeError
 from trioecho.framing.starttls import TLS_HANDSHAKE_RECORD, StartTLS
 from trioecho.io.header import peek_start, receive_header
-from trioecho.io.tls import do_handshake
+from trioecho.io.readiness import Readiness
+from trioecho.io.tls import TLSStream, do_handshake, server_tls_stream
 from trioecho.server.proxy import MAX_HEADER_LENGTH, ProxyHeader, parse_proxy_header
 
 __all__ = [
@@ -145,6 +148,7 @@ async def open_connection(
     ssl_context: ssl.SSLContext | None = None,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     starttls: StartTLS | None = None,
+    readiness: Readiness | None = None,
 ) -> tuple[trio.abc.Stream, Any]:
     """The stream to serve and the client's address; see the module docstring."""
     client = peer
@@ -168,21 +172,24 @@ async def open_connection(
         handshake_timeout if handshake_timeout is not None else math.inf
     ) as scope:
         if starttls is None:
-            return await _start_tls(socket_stream, ssl_context), client
-        return await _negotiate_tls(socket_stream, ssl_context, starttls), client
+            return await _start_tls(socket_stream, ssl_context, readiness), client
+        return await _negotiate_tls(socket_stream, ssl_context, starttls, readiness), client
     raise TLSHandshakeError(f"TLS handshake not done within {handshake_timeout:g} s")
 
 
 async def _start_tls(
-    socket_stream: trio.SocketStream, ssl_context: ssl.SSLContext
-) -> trio.SSLStream[trio.SocketStream]:
-    stream = trio.SSLStream(socket_stream, ssl_context, server_side=True)
+    socket_stream: trio.SocketStream, ssl_context: ssl.SSLContext, readiness: Readiness | None
+) -> TLSStream:
+    stream = server_tls_stream(socket_stream, ssl_context, readiness)
     await do_handshake(stream, peer="client")
     return stream
 
 
 async def _negotiate_tls(
-    socket_stream: trio.SocketStream, ssl_context: ssl.SSLContext, starttls: StartTLS
+    socket_stream: trio.SocketStream,
+    ssl_context: ssl.SSLContext,
+    starttls: StartTLS,
+    readiness: Readiness | None,
 ) -> trio.abc.Stream:
     """TLS as ``starttls``'s protocol starts it: after its request (taken
     here, and answered), or at once on a ClientHello, which must then name
@@ -198,7 +205,7 @@ async def _negotiate_tls(
         await socket_stream.send_all(starttls.accept)
     elif start != "tls":
         return socket_stream  # in clear: the session itself sees what comes
-    stream = await _start_tls(socket_stream, ssl_context)
+    stream = await _start_tls(socket_stream, ssl_context, readiness)
     if start == "tls" and starttls.alpn is not None:
         chosen = stream.selected_alpn_protocol()
         if chosen != starttls.alpn:

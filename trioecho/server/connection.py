@@ -148,6 +148,7 @@ async def _set_up(
                 ssl_context=server.ssl_context,
                 handshake_timeout=server.handshake_timeout,
                 starttls=server.config.starttls,
+                readiness=server.readiness,
             )
         logger.info("%s: closed before it was set up: shutting down", where)
         count_unset_up(server, peer, began, CloseReason.SHUTDOWN)

@@ -27,7 +27,7 @@ from trioecho.errors import (
     SlowReaderError,
     TLSHandshakeError,
 )
-from trioecho.io.tls import certificate_subject, peer_certificate
+from trioecho.io.tls import certificate_subject, is_tls, peer_certificate, tls_version
 from trioecho.logtext import escape_for_log, format_address
 from trioecho.reasons import CloseReason, counted_as
 from trioecho.stream.message_stream import MessageStream
@@ -141,9 +141,9 @@ class TLSRecord(NamedTuple):
 def tls_record(connection: trio.abc.Stream) -> TLSRecord | None:
     """The TLS version of a set-up connection and its client certificate's
     subject, or None for plain TCP."""
-    if isinstance(connection, trio.SSLStream):
+    if is_tls(connection):
         subject = certificate_subject(peer_certificate(connection))
-        return TLSRecord(cast(str | None, connection.version()), subject)
+        return TLSRecord(tls_version(connection), subject)
     return None
 
 

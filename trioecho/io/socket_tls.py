@@ -1,0 +1,77 @@
+"""The direct-socket transport over TLS: a
+:class:`~trioecho.io.tls_socket.TLSSocketStream`'s ``ssl.SSLSocket``, read
+and written by OpenSSL in C, served like a plain socket -- on the readiness
+hub, inline, with the same waits, deadlines, send rule and close.
+
+What differs from plain TCP, each below:
+
+* a read that must wait raises ``ssl.SSLWantReadError`` (or, for a key
+  update answered while the socket is full, ``SSLWantWriteError``: then
+  the next input retries it), not ``BlockingIOError``;
+* a short read does not mean the socket is empty (OpenSSL reads one record
+  at a time), so the readers read until OpenSSL wants more from the socket
+  -- an edge-triggered hub announces no bytes already in the kernel;
+* a write goes at most ``RECORD_BYTES`` at a time, and one OpenSSL could
+  not finish (``SSLWantWriteError``) is left as the unsent rest, starting
+  with that same slice, as OpenSSL requires of the retry;
+* the C pump reads and writes plain sockets only: it never serves this
+  transport and never forwards to it.
+
+``trio.SSLStream`` under :class:`~trioecho.io.stream_transport.StreamTransport`
+is its twin (``TRIOECHO_READINESS=trio``); the tests run on both.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+from trioecho.framing.base import Buffer
+from trioecho.io.socket_base import broken_while
+from trioecho.io.socket_transport import SocketTransport
+from trioecho.io.tls_socket import RECORD_BYTES, WOULD_BLOCK
+
+__all__ = ["TLSSocketTransport"]
+
+
+class TLSSocketTransport(SocketTransport):
+    """:class:`~trioecho.io.socket_transport.SocketTransport` over an
+    ``ssl.SSLSocket`` (see the module docstring)."""
+
+    __slots__ = ()
+
+    _WOULD_BLOCK = WOULD_BLOCK
+    _SHORT_READ_EMPTIES = False
+
+    @property
+    def can_pump(self) -> bool:
+        return False
+
+    @property
+    def pump_sink(self) -> int:
+        return -1
+
+    def _send_now(self, data: Buffer) -> Buffer | None:
+        """Send what OpenSSL and the socket take now, a record's worth at a
+        time; the rest (starting with a slice OpenSSL must be given again
+        whole), or None if all went."""
+        sock = self._socket
+        size = len(data)
+        sent = 0
+        try:
+            if size <= RECORD_BYTES:  # one record: one call, no slicing
+                if size:
+                    sock.send(data)
+                sent = size
+                return None
+            view = memoryview(data).cast("B")
+            while sent < size:
+                sent += sock.send(view[sent : sent + RECORD_BYTES])
+            return None
+        except ssl.SSLWantWriteError:
+            return memoryview(data).cast("B")[sent:]
+        except ssl.SSLWantReadError as exc:
+            raise broken_while(
+                "sending", OSError("TLS wants to read (renegotiation is not supported)")
+            ) from exc
+        finally:
+            self.bytes_sent += sent
