@@ -49,6 +49,7 @@ TIERS = {
     "test_send_rule.py": ("stream",),
     "test_transport.py": ("stream",),
     "test_accept.py": ("loopback",),
+    "test_tls_socket.py": ("loopback",),
     "test_refusing.py": ("loopback",),
     "test_echo.py": ("loopback",),
     "test_load.py": ("loopback",),
