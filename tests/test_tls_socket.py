@@ -18,7 +18,7 @@ from support.helpers import running
 
 from trioecho.io.opening import open_transport
 from trioecho.io.readiness import Readiness
-from trioecho.io.tls import server_tls_stream
+from trioecho.io.tls import tls_stream
 from trioecho.io.tls_socket import RECORD_BYTES, TLSSocketStream
 from trioecho.server.handler import BaseRequestHandler
 from trioecho.server.server import MessageServer
@@ -40,7 +40,7 @@ async def tls_pair(
     accepted = await listeners[0].accept()
     await listeners[0].aclose()
     assert isinstance(accepted, trio.SocketStream)
-    server = server_tls_stream(accepted, server_context, readiness)
+    server = tls_stream(accepted, server_context, readiness)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client.do_handshake)
         await server.do_handshake()
@@ -116,7 +116,11 @@ def records_in_one_segment(context: ssl.SSLContext, port: int, messages: list[by
                     incoming.write(data)
             raw.sendall(outgoing.read())
 
-        pump_until(lambda: tls.do_handshake() or True)
+        def handshake() -> bool:
+            tls.do_handshake()
+            return True
+
+        pump_until(handshake)
         for message in messages:
             tls.write(message)
         raw.sendall(outgoing.read())  # every record in one send

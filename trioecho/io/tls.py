@@ -41,8 +41,8 @@ __all__ = [
     "load_certificate",
     "peer_certificate",
     "server_context",
-    "server_tls_stream",
     "start_upstream_tls",
+    "tls_stream",
     "tls_version",
     "upstream_context",
     "verify_clients",
@@ -223,7 +223,7 @@ async def start_upstream_tls(
     context: ssl.SSLContext,
     server_name: str,
     starttls: StartTLS | None = None,
-) -> trio.SSLStream[trio.SocketStream]:
+) -> TLSStream:
     """TLS over a relay's new upstream connection ``stream``: first
     ``starttls``'s request and its answer (PostgreSQL's SSLRequest, ``S``),
     if given, then the handshake (SNI and, with ``verify-full``, the name
@@ -244,7 +244,7 @@ async def start_upstream_tls(
                 f"the upstream {said} to the {starttls.name}, not {starttls.accept!r}",
                 reason="unexpected answer",
             )
-    tls = trio.SSLStream(stream, context, server_hostname=server_name)
+    tls = tls_stream(stream, context, server_hostname=server_name)
     await do_handshake(tls, peer="server")
     return tls
 
@@ -267,17 +267,27 @@ def tls_version(stream: object) -> str | None:
     return cast("str | None", stream.version())
 
 
-def server_tls_stream(
-    socket_stream: trio.SocketStream, context: ssl.SSLContext, readiness: Readiness | None = None
+def tls_stream(
+    socket_stream: trio.SocketStream,
+    context: ssl.SSLContext,
+    readiness: Readiness | None = None,
+    *,
+    server_hostname: str | None = None,
 ) -> TLSStream:
-    """The server side of TLS over an accepted ``socket_stream``, before
-    its handshake: with the readiness hub (``readiness``, see
-    :func:`~trioecho.io.readiness.resolve_readiness`), OpenSSL on the socket
-    (:class:`~trioecho.io.tls_socket.TLSSocketStream`, served inline like
-    plain TCP); with Trio's waits, ``trio.SSLStream``, its twin."""
+    """TLS over ``socket_stream``, before its handshake: the server's side,
+    or with ``server_hostname`` the client's.  With the readiness hub
+    (``readiness``, see :func:`~trioecho.io.readiness.resolve_readiness`),
+    OpenSSL on the socket (:class:`~trioecho.io.tls_socket.TLSSocketStream`,
+    served inline like plain TCP); with Trio's waits, ``trio.SSLStream``,
+    its twin."""
+    server_side = server_hostname is None
     if resolve_readiness(readiness) == "hub" and raw_socket(socket_stream) is not None:
-        return TLSSocketStream(socket_stream, context, server_side=True)
-    return trio.SSLStream(socket_stream, context, server_side=True)
+        return TLSSocketStream(
+            socket_stream, context, server_side=server_side, server_hostname=server_hostname
+        )
+    return trio.SSLStream(
+        socket_stream, context, server_side=server_side, server_hostname=server_hostname
+    )
 
 
 def peer_certificate(stream: object) -> dict[str, Any] | None:

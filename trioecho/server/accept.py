@@ -6,7 +6,7 @@
    by peeking, so not one byte past it is consumed: the socket is left as if
    the client had connected directly (and TLS can start on it).
 2. TLS: with an ``ssl.SSLContext`` the connection becomes a TLS stream
-   (:func:`~trioecho.io.tls.server_tls_stream`: OpenSSL on the socket with
+   (:func:`~trioecho.io.tls.tls_stream`: OpenSSL on the socket with
    the readiness hub, ``trio.SSLStream`` with Trio's waits) whose handshake
    must finish within the handshake timeout.
 
@@ -30,7 +30,7 @@ from trioecho.errors import ProxyProtocolError, TLSHandshakeError
 from trioecho.framing.starttls import TLS_HANDSHAKE_RECORD, StartTLS
 from trioecho.io.header import peek_start, receive_header
 from trioecho.io.readiness import Readiness
-from trioecho.io.tls import TLSStream, do_handshake, server_tls_stream
+from trioecho.io.tls import TLSStream, do_handshake, tls_stream
 from trioecho.server.proxy import MAX_HEADER_LENGTH, ProxyHeader, parse_proxy_header
 
 __all__ = [
@@ -180,7 +180,7 @@ async def open_connection(
 async def _start_tls(
     socket_stream: trio.SocketStream, ssl_context: ssl.SSLContext, readiness: Readiness | None
 ) -> TLSStream:
-    stream = server_tls_stream(socket_stream, ssl_context, readiness)
+    stream = tls_stream(socket_stream, ssl_context, readiness)
     await do_handshake(stream, peer="client")
     return stream
 

@@ -35,7 +35,7 @@ from trioecho.errors import (
 from trioecho.framing.config import FramingConfig
 from trioecho.io.dial import dial
 from trioecho.io.keepalive import KeepAlive
-from trioecho.io.tls import start_upstream_tls
+from trioecho.io.tls import TLSStream, start_upstream_tls
 from trioecho.logtext import format_address
 from trioecho.reasons import CloseReason
 from trioecho.server.endings import close_reason_of
@@ -103,7 +103,7 @@ async def relay_connection(policy: RelayPolicy, client: MessageStream) -> None:
 
 async def _secure_upstream(
     policy: RelayPolicy, tcp: trio.SocketStream, peer: str, where: str
-) -> trio.SSLStream[trio.SocketStream] | None:
+) -> TLSStream | None:
     """TLS over the new upstream connection ``tcp`` (its StartTLS request
     first, if the config has one), within ``connect_timeout``; None,
     logged with the side and the reason, if it cannot be set up (the
