@@ -14,21 +14,35 @@ epoll echo server: this script compiles it on first use ($CC or cc, -O2) into
 a cache folder in the temporary directory.  It is a yardstick, not part of
 the package.
 
-    python benchmarks/compare.py                # everything, ~10 minutes
+The TLS rows (``tls-pingpong-10``, ``tls-pingpong-100``) are ping-pong over
+TLS: each peer that can serves it (trioecho's with --tls-cert/--tls-key,
+asyncio's, uvloop's and Trio's in peers.py; the others' cells say n/a) with
+a certificate trustme makes once per run, and the load comes from
+benchmarks/tls_loadgen.c, a one-thread epoll client on OpenSSL compiled the
+same way (its headers: libssl-dev), on the load generator's CPU: the Python
+client of ``trioecho bench --tls`` is slower than the servers.  The
+generator reads the server's CPU time itself (/proc/PID/stat, when its
+measured seconds begin, after the warm-up, and when they end), so the CPU
+per message covers the same window as the plain rows'.
+
+    python benchmarks/compare.py                # everything, ~12 minutes
     python benchmarks/compare.py --quick        # shorter runs
     python benchmarks/compare.py --rounds 3     # each run 3 times, interleaved: medians
     python benchmarks/compare.py --peers trioecho,uvloop-protocol --workloads pipelined-len
+    python benchmarks/compare.py --workloads tls-pingpong-10,tls-pingpong-100   # TLS only
     python benchmarks/compare.py --json results.json --figures figures/   # data and plots
 
 ``--json`` writes every measurement with the run's date and machine;
 ``--figures`` draws them (benchmarks/plots.py, which also redraws a saved
 file).  The docs' figures and tables come from docs/_static/benchmarks/.
-uvloop, rloop and matplotlib come from the optional extra: pip install -e '.[bench]'.
+uvloop, rloop, matplotlib and trustme come from the optional extra:
+pip install -e '.[bench]'.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -61,6 +75,7 @@ class Workload:
     depth: int
     size: int
     framing: FramingName
+    tls: bool = False  # served over TLS, loaded by tls_loadgen.c
 
 
 WORKLOADS = [
@@ -72,6 +87,10 @@ WORKLOADS = [
     Workload("pipelined-len", "pipelined, 10 conns, depth 64, 16 B, len", 10, 64, 16, "len"),
     Workload("pipelined-line", "pipelined, 10 conns, depth 64, 16 B, line", 10, 64, 16, "line"),
     Workload("pingpong-5000", "ping-pong, 5000 conns, 64 B, len", 5000, 1, 64, "len"),
+    Workload("tls-pingpong-10", "TLS ping-pong, 10 conns, 64 B, len", 10, 1, 64, "len", tls=True),
+    Workload(
+        "tls-pingpong-100", "TLS ping-pong, 100 conns, 64 B, len", 100, 1, 64, "len", tls=True
+    ),
 ]
 
 PEERS = {
@@ -93,56 +112,140 @@ PEERS = {
 HANDLERS = {"trioecho-handle": "handle", "trioecho-respond": "respond"}
 UV, RLOOP, FLOOR = "uvloop-protocol", "rloop-protocol", "c-epoll"
 FLOOR_SOURCE = HERE / "floor_server.c"
-FLOOR_FLAGS = ("-O2", "-Wall", "-Wextra")
+TLS_LOADGEN_SOURCE = HERE / "tls_loadgen.c"
+C_FLAGS = ("-O2", "-Wall", "-Wextra")
+OPENSSL_LIBS = ("-lssl", "-lcrypto")
+# Debian packages of headers and libraries: what they are, and the names a
+# compiler or linker says it cannot find when they are not installed.
+DEV_PACKAGES = {"libssl-dev": ("OpenSSL's", ("openssl/", "-lssl", "-lcrypto"))}
+TLS_SERVER_NAME = "localhost"  # the certificate's name, which tls_loadgen checks
+TLS_SLACK = 30.0  # seconds a TLS run may take past its warm-up and measured seconds
+# BenchResult.latency_ms's names, and tls_loadgen's JSON fields (µs) for them.
+TLS_LATENCY_FIELDS = {
+    "p50": "p50_us",
+    "p90": "p90_us",
+    "p99": "p99_us",
+    "p99.9": "p99_9_us",
+    "max": "max_us",
+}
 
 
-class FloorBuildError(RuntimeError):
-    """The floor's C source could not be compiled; the message says why."""
+class CBuildError(RuntimeError):
+    """A benchmark's C source could not be compiled; the message says why."""
+
+
+def missing_package(compiler_output: str) -> str:
+    """A hint naming the package to install when the compiler or linker could
+    not find one of DEV_PACKAGES' headers or libraries ("" if none)."""
+    for line in compiler_output.splitlines():
+        if not any(words in line for words in ("No such file", "not found", "cannot find")):
+            continue
+        for package, (whose, names) in DEV_PACKAGES.items():
+            if any(name in line for name in names):
+                return (
+                    f"\n{whose} headers or libraries are missing: install {package} "
+                    f"(apt-get install {package})"
+                )
+    return ""
 
 
 @functools.cache
-def floor_binary() -> Path:
-    """The floor server's executable, compiled from FLOOR_SOURCE on first use.
+def c_binary(source: Path, flags: tuple[str, ...] = C_FLAGS, libs: tuple[str, ...] = ()) -> Path:
+    """The executable of ``source``, a benchmark tool in C (not part of the
+    package), compiled on first use.
 
-    Built with ``$CC`` (default ``cc``) and FLOOR_FLAGS into a folder of the
-    temporary directory, under a name hashing the source and the command, so
-    an unchanged source is compiled once per machine and an edited one anew.
-    Compiler warnings go to stderr.  Raises FloorBuildError, with the
-    compiler's output, when there is no compiler or the build fails.
+    Built with ``$CC`` (default ``cc``), ``flags`` and, for the link, ``libs``
+    into a folder of the temporary directory, under a name hashing the
+    source and the command, so an unchanged source is compiled once per
+    machine and an edited one anew.  Compiler warnings go to stderr.
+    Raises CBuildError, with the compiler's output (and the package to
+    install, if it lacked a header or library of one), when there is no
+    compiler or the build fails.
     """
     compiler = shlex.split(os.environ.get("CC", "cc")) or ["cc"]
-    command = [*compiler, *FLOOR_FLAGS]
-    digest = hashlib.sha256(FLOOR_SOURCE.read_bytes() + shlex.join(command).encode())
+    command = [*compiler, *flags]
+    digest = hashlib.sha256(source.read_bytes() + shlex.join([*command, *libs]).encode())
     folder = Path(tempfile.gettempdir()) / f"trioecho-bench-{os.getuid()}"
-    binary = folder / f"floor_server-{digest.hexdigest()[:16]}"
+    binary = folder / f"{source.stem}-{digest.hexdigest()[:16]}"
     if binary.exists():
         return binary
     if shutil.which(compiler[0]) is None:
-        raise FloorBuildError(
-            f"the floor ({FLOOR}) is compiled from {FLOOR_SOURCE.name}, and there is no C "
-            f"compiler {compiler[0]!r}: install one (gcc or clang) or set CC"
+        raise CBuildError(
+            f"{source.name} is compiled at run time, and there is no C compiler "
+            f"{compiler[0]!r}: install one (gcc or clang) or set CC"
         )
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / f".{binary.name}.{os.getpid()}"  # renamed once whole: builds may race
-    command += ["-o", str(partial), str(FLOOR_SOURCE)]
+    command += ["-o", str(partial), str(source), *libs]
     try:
         built = subprocess.run(command, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        message = f"the floor ({FLOOR}) did not build: {shlex.join(command)}: {exc}"
-        raise FloorBuildError(message) from exc
+        raise CBuildError(f"{source.name} did not build: {shlex.join(command)}: {exc}") from exc
     if built.returncode != 0:
         partial.unlink(missing_ok=True)
-        raise FloorBuildError(
-            f"the floor ({FLOOR}) did not build: {shlex.join(command)} exited with "
-            f"status {built.returncode}:\n{built.stderr.strip()}"
+        raise CBuildError(
+            f"{source.name} did not build: {shlex.join(command)} exited with "
+            f"status {built.returncode}:\n{built.stderr.strip()}{missing_package(built.stderr)}"
         )
     if built.stderr.strip():
-        print(f"# {FLOOR_SOURCE.name}: compiler warnings:\n{built.stderr.strip()}", file=sys.stderr)
+        print(f"# {source.name}: compiler warnings:\n{built.stderr.strip()}", file=sys.stderr)
     os.replace(partial, binary)
     return binary
 
 
-def server_command(peer: str, framing: str) -> tuple[list[str], dict[str, str]]:
+def floor_binary() -> Path:
+    """The floor server (c-epoll), compiled from floor_server.c on first use."""
+    return c_binary(FLOOR_SOURCE)
+
+
+def tls_loadgen_binary() -> Path:
+    """The C TLS load generator, compiled from tls_loadgen.c on first use."""
+    return c_binary(TLS_LOADGEN_SOURCE, C_FLAGS, OPENSSL_LIBS)
+
+
+@dataclasses.dataclass(frozen=True)
+class TLSSetup:
+    """What the TLS workloads need: the generator, and the run's throwaway
+    certificate (trustme: the server's chain and key, the CA that signed it)."""
+
+    generator: Path
+    cert: str
+    key: str
+    ca: str
+
+
+def tls_setup(folder: Path) -> TLSSetup:
+    """Compile the generator (CBuildError) and make a certificate for
+    TLS_SERVER_NAME and 127.0.0.1 in ``folder``."""
+    import trustme
+
+    generator = tls_loadgen_binary()
+    ca = trustme.CA()
+    leaf = ca.issue_cert(TLS_SERVER_NAME, "127.0.0.1")
+    setup = TLSSetup(generator, *(str(folder / name) for name in ("cert.pem", "key.pem", "ca.pem")))
+    Path(setup.cert).write_bytes(b"".join(pem.bytes() for pem in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(setup.key)
+    ca.cert_pem.write_to_path(setup.ca)
+    return setup
+
+
+def serves_tls(peer: str) -> bool:
+    """Whether ``peer`` can serve the TLS workloads."""
+    from peers import TLS_PEERS
+
+    return peer.startswith("trioecho") or peer in TLS_PEERS
+
+
+def on_cpu(cpu: int, command: list[str]) -> list[str]:
+    """``command`` run on CPU ``cpu`` by taskset, where there are both."""
+    if shutil.which("taskset") and cpu < (os.cpu_count() or 1):
+        return ["taskset", "-c", str(cpu), *command]
+    return command
+
+
+def server_command(
+    peer: str, framing: str, tls: TLSSetup | None = None
+) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
     if peer.startswith("trioecho"):
         if peer == "trioecho-py":
@@ -157,14 +260,14 @@ def server_command(peer: str, framing: str) -> tuple[list[str], dict[str, str]]:
         command = [str(floor_binary()), "--framing", framing, "--port", "0"]
     else:
         command = [sys.executable, str(HERE / "peers.py"), peer, "--framing", framing]
-    if shutil.which("taskset"):
-        command = ["taskset", "-c", str(SERVER_CPU), *command]
-    return command, env
+    if tls is not None:
+        command += ["--tls-cert", tls.cert, "--tls-key", tls.key]
+    return on_cpu(SERVER_CPU, command), env
 
 
 class Server:
-    def __init__(self, peer: str, framing: str) -> None:
-        command, env = server_command(peer, framing)
+    def __init__(self, peer: str, framing: str, tls: TLSSetup | None = None) -> None:
+        command, env = server_command(peer, framing, tls)
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
         )
@@ -187,12 +290,27 @@ class Server:
         self.process.wait(timeout=30)
 
 
-def run_one(peer: str, workload: Workload, duration: float, warmup: float) -> BenchResult | str:
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """A workload the peer cannot run (TLS, for a peer without it): "n/a"."""
+
+    reason: str
+
+
+def run_one(
+    peer: str, workload: Workload, duration: float, warmup: float, tls: TLSSetup | None = None
+) -> BenchResult | Skipped | str:
+    if workload.tls and not serves_tls(peer):
+        return Skipped(f"{PEERS[peer]} does not serve TLS")
+    if workload.tls and tls is None:
+        raise ValueError(f"{workload.key} needs the TLS setup")
     try:
-        server = Server(peer, workload.framing)
+        server = Server(peer, workload.framing, tls if workload.tls else None)
     except (RuntimeError, OSError) as exc:
         return str(exc)
     try:
+        if tls is not None and workload.tls:
+            return measure_tls(tls, server, workload, duration, warmup)
         return measure(
             "127.0.0.1",
             server.port,
@@ -208,6 +326,56 @@ def run_one(peer: str, workload: Workload, duration: float, warmup: float) -> Be
         return f"{type(exc).__name__}: {exc}"
     finally:
         server.stop()
+
+
+def measure_tls(
+    tls: TLSSetup, server: Server, workload: Workload, duration: float, warmup: float
+) -> BenchResult | str:
+    """One TLS run: tls_loadgen.c pinned to LOAD_CPU, loading ``server``.
+
+    The generator reads the server's CPU time itself (``--server-pid``:
+    ``/proc/PID/stat`` when its measured seconds begin, after the warm-up,
+    and when they end), as measure() does around its own measured seconds:
+    the CPU per message covers the same window as the replies counted.
+    """
+    command = [
+        str(tls.generator),
+        *("--host", "127.0.0.1", "--port", str(server.port)),
+        *("--connections", str(workload.connections), "--depth", str(workload.depth)),
+        *("--size", str(workload.size), "--framing", workload.framing),
+        *("--seconds", repr(duration), "--warmup", repr(warmup)),
+        *("--cafile", tls.ca, "--server-name", TLS_SERVER_NAME),
+        *("--server-pid", str(server.process.pid)),
+    ]
+    limit = warmup + duration + TLS_SLACK
+    try:
+        done = subprocess.run(
+            on_cpu(LOAD_CPU, command), capture_output=True, text=True, timeout=limit
+        )
+    except subprocess.TimeoutExpired:
+        return f"the TLS load generator did not finish within {limit:g} s"
+    if not done.stdout.strip():  # it failed before measuring: its one line says why
+        errors = done.stderr.strip().splitlines()
+        return errors[-1] if errors else f"tls_loadgen exited with status {done.returncode}"
+    data = json.loads(done.stdout.splitlines()[-1])
+    seconds = float(data["seconds"])
+    return BenchResult(
+        host="127.0.0.1",
+        port=server.port,
+        framing=workload.framing,
+        connections=workload.connections,
+        depth=workload.depth,
+        size=workload.size,
+        seconds=seconds,
+        messages=int(data["received"]),
+        errors=int(data["errors"]),
+        msgs_per_s=float(data["msgs_per_s"]),
+        mb_per_s=(data["bytes_sent"] + data["bytes_received"]) / seconds / 1e6 if seconds else 0.0,
+        latency_ms={name: data[field] / 1000 for name, field in TLS_LATENCY_FIELDS.items()},
+        last_error=str(data["last_error"]),
+        tls=True,
+        server_cpu_seconds=data["server_cpu_seconds"],
+    )
 
 
 def median_run(results: list[Result]) -> Result:
@@ -250,7 +418,7 @@ def idle_rss_per_connection(peer: str, connections: int = 5000) -> float | str:
     return (after - before) * 1024 / connections
 
 
-Result = BenchResult | str | None
+Result = BenchResult | Skipped | str | None
 
 
 def ok(result: Result) -> BenchResult | None:
@@ -263,6 +431,8 @@ def ok(result: Result) -> BenchResult | None:
 def cell(result: Result, text: str) -> str:
     if result is None:
         return "-"
+    if isinstance(result, Skipped):
+        return "n/a"
     if isinstance(result, str):
         return "failed"
     if result.errors:
@@ -448,7 +618,7 @@ GOALS = [
             1.0,
         )
         for w in WORKLOADS
-        if w.depth == 1
+        if w.depth == 1 and not w.tls
     ),
 ]
 IDLE_GOAL_BYTES = 3 * 1024
@@ -488,6 +658,8 @@ def as_data(result: Result) -> dict[str, object] | None:
         return None
     if isinstance(result, str):
         return {"failed": result}
+    if isinstance(result, Skipped):
+        return {"skipped": result.reason}
     return {
         "msgs_per_s": result.msgs_per_s,
         "cpu_per_message_us": result.cpu_per_message_us,
@@ -575,9 +747,21 @@ def main(argv: list[str] | None = None) -> int:
     if FLOOR in peers:
         try:
             print(f"# the floor: {floor_binary()}", file=sys.stderr)
-        except FloorBuildError as exc:
+        except CBuildError as exc:
             print(f"compare.py: {exc}\n(or leave {FLOOR} out of --peers)", file=sys.stderr)
             return 2
+    tls_keys = [w.key for w in workloads if w.tls]
+    if tls_keys:
+        try:
+            print(f"# the TLS load generator: {tls_loadgen_binary()}", file=sys.stderr)
+        except CBuildError as exc:
+            leave_out = ", ".join(tls_keys)
+            print(f"compare.py: {exc}\n(or leave {leave_out} out of --workloads)", file=sys.stderr)
+            return 2
+        try:
+            import trustme  # noqa: F401  (checked before the run, not in it)
+        except ImportError:
+            parser.error("the TLS workloads need trustme: pip install -e '.[bench]'")
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     pinned = hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1
@@ -587,17 +771,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     table: dict[str, dict[str, Result]] = {}
-    for workload in workloads:
-        runs: dict[str, list[Result]] = {peer: [] for peer in peers}
-        for round_ in range(args.rounds):
-            for peer in peers:
-                print(
-                    f"# {workload.title}: {PEERS[peer]} (round {round_ + 1}) ...",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                runs[peer].append(run_one(peer, workload, args.duration, args.warmup))
-        table[workload.key] = {peer: median_run(runs[peer]) for peer in peers}
+    with contextlib.ExitStack() as stack:
+        tls = None
+        if tls_keys:  # one certificate for the run, in a folder removed after it
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="trioecho-tls-"))
+            tls = tls_setup(Path(folder))
+        for workload in workloads:
+            runs: dict[str, list[Result]] = {peer: [] for peer in peers}
+            for round_ in range(args.rounds):
+                for peer in peers:
+                    print(
+                        f"# {workload.title}: {PEERS[peer]} (round {round_ + 1}) ...",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    runs[peer].append(run_one(peer, workload, args.duration, args.warmup, tls))
+            table[workload.key] = {peer: median_run(runs[peer]) for peer in peers}
     idle: dict[str, float | str] = {}
     if args.idle_connections > 0:
         for peer in peers:
@@ -618,6 +807,11 @@ def main(argv: list[str] | None = None) -> int:
         for path in draw_all(data, args.figures):
             print(f"# figure written to {path}", file=sys.stderr)
     print(f"\n{args.duration:g} s per run after {args.warmup:g} s of warm-up; {placement}.")
+    if tls_keys:
+        print(
+            "TLS rows: the servers' TLS (1.3) with a throwaway certificate, loaded by the C "
+            "TLS load generator (benchmarks/tls_loadgen.c, OpenSSL); n/a: the peer serves no TLS."
+        )
     rows = [(w.title, [throughput(table[w.key].get(p)) for p in peers]) for w in workloads]
     print_table("Messages per second", peers, rows)
     rows = [(w.title, [cpu_per_message(table[w.key].get(p)) for p in peers]) for w in workloads]

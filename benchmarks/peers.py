@@ -1,10 +1,15 @@
 """The peers trioecho is measured against: the same echo protocol, other servers.
 
     python benchmarks/peers.py NAME --port PORT --framing {line,len,raw}
+        [--tls-cert FILE --tls-key FILE]
 
 prints ``listening on 127.0.0.1:PORT`` when ready and serves until killed.
 Every peer sends the greeting, answers each message with message + 好 and
-closes on ``q``.  NAME is one of:
+closes on ``q``.  With ``--tls-cert``/``--tls-key`` the peers of TLS_PEERS
+(asyncio's, uvloop's and Trio's) serve TLS, with the context trioecho's
+server makes (``ssl.create_default_context``, TLS 1.2 or newer: 1.3 with
+any client that has it); the others do not (rloop 0.5 has no TLS).  NAME is
+one of:
 
 threaded          the seed: socketserver.ThreadingTCPServer, one thread per
                   client; StreamRequestHandler (readline / read) for line and
@@ -26,9 +31,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socketserver
+import ssl
 import struct
 import sys
 from typing import Protocol, cast
+
+# The peers that serve TLS with --tls-cert/--tls-key.
+TLS_PEERS = ("asyncio-streams", "asyncio-protocol", "uvloop-protocol", "trio-plain")
 
 GREETING = "你好欢迎你".encode()
 SUFFIX = "好".encode()
@@ -162,7 +171,16 @@ def serve_threaded(port: int, framing: str) -> None:
 # -- asyncio -----------------------------------------------------------------
 
 
-async def serve_asyncio_streams(port: int, framing: str) -> None:
+def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
+    """A server context as trioecho's (trioecho.io.tls.server_context): the
+    defaults for serving clients, TLS 1.2 at the least, this certificate."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile, keyfile)
+    return context
+
+
+async def serve_asyncio_streams(port: int, framing: str, tls: ssl.SSLContext | None = None) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         splitter = SPLITTERS[framing]
         writer.write(splitter.encode([GREETING]))
@@ -189,7 +207,7 @@ async def serve_asyncio_streams(port: int, framing: str) -> None:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=4096)
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=4096, ssl=tls)
     announce(server.sockets[0].getsockname()[1])
     async with server:
         await server.serve_forever()
@@ -246,10 +264,12 @@ class RloopEchoProtocol(EchoProtocol):
             self.transport.write_eof()
 
 
-async def serve_asyncio_protocol(port: int, framing: str) -> None:
+async def serve_asyncio_protocol(
+    port: int, framing: str, tls: ssl.SSLContext | None = None
+) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: EchoProtocol(framing), "127.0.0.1", port, backlog=4096
+        lambda: EchoProtocol(framing), "127.0.0.1", port, backlog=4096, ssl=tls
     )
     announce(server.sockets[0].getsockname()[1])
     async with server:
@@ -291,16 +311,17 @@ def run_on_rloop(port: int, framing: str) -> None:
 # -- trio --------------------------------------------------------------------
 
 
-async def serve_trio_plain(port: int, framing: str) -> None:
+async def serve_trio_plain(port: int, framing: str, tls: ssl.SSLContext | None = None) -> None:
     import trio
 
-    async def handle(stream: trio.SocketStream) -> None:
+    async def handle(stream: trio.abc.Stream) -> None:
         splitter = SPLITTERS[framing]()
         receive_size = 1024 if framing == "raw" else 65536
         try:
             await stream.send_all(splitter.encode([GREETING]))
             while data := await stream.receive_some(receive_size):
-                out, done = replies(splitter.feed(data))
+                # bytes(): typed bytes | bytearray; both streams give bytes (not copied)
+                out, done = replies(splitter.feed(bytes(data)))
                 if out:
                     await stream.send_all(splitter.encode(out))
                 if done:
@@ -310,7 +331,10 @@ async def serve_trio_plain(port: int, framing: str) -> None:
 
     listeners = await trio.open_tcp_listeners(port, host="127.0.0.1", backlog=4096)
     announce(listeners[0].socket.getsockname()[1])
-    await trio.serve_listeners(handle, listeners)
+    if tls is None:
+        await trio.serve_listeners(handle, listeners)
+    else:
+        await trio.serve_listeners(handle, [trio.SSLListener(lst, tls) for lst in listeners])
 
 
 def announce(port: int) -> None:
@@ -332,23 +356,32 @@ def main() -> None:
     )
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--framing", choices=["line", "len", "raw"], default="len")
+    parser.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this PEM chain")
+    parser.add_argument("--tls-key", metavar="FILE", help="its private key")
     args = parser.parse_args()
+    tls = None
+    if args.tls_cert is not None or args.tls_key is not None:
+        if args.name not in TLS_PEERS:
+            parser.error(f"{args.name} does not serve TLS (those that do: {', '.join(TLS_PEERS)})")
+        if args.tls_cert is None or args.tls_key is None:
+            parser.error("TLS needs both --tls-cert and --tls-key")
+        tls = tls_context(args.tls_cert, args.tls_key)
     if args.name == "threaded":
         serve_threaded(args.port, args.framing)
     elif args.name == "asyncio-streams":
-        asyncio.run(serve_asyncio_streams(args.port, args.framing))
+        asyncio.run(serve_asyncio_streams(args.port, args.framing, tls))
     elif args.name == "asyncio-protocol":
-        asyncio.run(serve_asyncio_protocol(args.port, args.framing))
+        asyncio.run(serve_asyncio_protocol(args.port, args.framing, tls))
     elif args.name == "uvloop-protocol":
         import uvloop
 
-        uvloop.run(serve_asyncio_protocol(args.port, args.framing))
+        uvloop.run(serve_asyncio_protocol(args.port, args.framing, tls))
     elif args.name == "rloop-protocol":
         run_on_rloop(args.port, args.framing)
     else:
         import trio
 
-        trio.run(serve_trio_plain, args.port, args.framing)
+        trio.run(serve_trio_plain, args.port, args.framing, tls)
 
 
 if __name__ == "__main__":

@@ -46,17 +46,18 @@ def caption(results: dict[str, Any]) -> str:
 def measured(results: dict[str, Any], workload: str, peer: str) -> dict[str, Any] | None:
     """The clean measurement of ``peer`` on ``workload``, if there is one."""
     cell = results["results"].get(workload, {}).get(peer)
-    if cell is None or "failed" in cell or cell["errors"]:
+    if cell is None or "failed" in cell or "skipped" in cell or cell["errors"]:
         return None
     return dict(cell)
 
 
 def pingpong_workloads(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The ping-pong workloads with 64-byte length-prefixed messages, by connections."""
+    """The ping-pong workloads with 64-byte length-prefixed messages, by
+    connections (not over TLS: those are rows of the tables only)."""
     chosen = [
         w
         for w in results["workloads"]
-        if w["depth"] == 1 and w["size"] == 64 and w["framing"] == "len"
+        if w["depth"] == 1 and w["size"] == 64 and w["framing"] == "len" and not w.get("tls")
     ]
     return sorted(chosen, key=lambda w: w["connections"])
 

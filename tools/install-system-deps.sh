@@ -9,7 +9,10 @@
 # the metrics exposition with it); pgbouncer, for benchmarks/relay.py (the
 # relay against pgbouncer, in CI as a smoke run); iproute2, for ip and tc
 # (tests/test_dead_peers.py: network namespaces joined by a veth pair, one
-# side silenced by a qdisc that drops every packet).
+# side silenced by a qdisc that drops every packet); libssl-dev, OpenSSL's
+# headers and libraries, for benchmarks/tls_loadgen.c (the C TLS load generator
+# of compare.py's TLS rows, which CI compiles with -Werror and runs as a smoke
+# run).
 # Installs what is missing with apt-get (through sudo when not root).
 set -eu
 missing=""
@@ -33,6 +36,9 @@ if ! command -v pgbouncer > /dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
 fi
 if ! command -v promtool > /dev/null 2>&1; then
     missing="$missing prometheus"
+fi
+if [ ! -f /usr/include/openssl/ssl.h ]; then
+    missing="$missing libssl-dev"
 fi
 for tool in ip tc; do
     if ! command -v $tool > /dev/null 2>&1 && [ ! -x /usr/sbin/$tool ] && [ ! -x /sbin/$tool ]; then
