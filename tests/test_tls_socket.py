@@ -239,3 +239,74 @@ def test_a_stream_that_is_not_a_plain_socket_stream_is_refused() -> None:
     left, _right = trio.testing.memory_stream_pair()
     with pytest.raises(ValueError, match=r"TLSSocketStream needs a plain trio\.SocketStream"):
         TLSSocketStream(left, ssl.create_default_context(), server_side=True)  # type: ignore[arg-type]
+
+
+# Sizes on either side of one TLS record: one write, or a write per record.
+AROUND_A_RECORD = [RECORD_BYTES - 1, RECORD_BYTES, RECORD_BYTES + 1, 3 * RECORD_BYTES + 5]
+
+
+@pytest.mark.parametrize("readiness", READINESS)
+async def test_the_tls_streams_send_all_around_a_record(
+    readiness: Readiness, server_ssl_context: ssl.SSLContext, client_ssl_context: ssl.SSLContext
+) -> None:
+    server, client = await tls_pair(server_ssl_context, client_ssl_context, readiness)
+    for size in AROUND_A_RECORD:
+        payload = bytes(i % 251 for i in range(size))
+        await server.send_all(payload)
+        received = b""
+        with trio.fail_after(10):
+            while len(received) < size:
+                received += await client.receive_some(65536)
+        assert received == payload
+    await server.aclose()
+    await client.aclose()
+
+
+def exchange_frames(context: ssl.SSLContext, port: int, payloads: list[bytes]) -> list[bytes]:
+    """Over TLS with ``len`` framing: read the greeting, then send each
+    payload as a frame and read its whole reply before the next."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+
+        def read(count: int) -> bytes:
+            data = b""
+            while len(data) < count:
+                chunk = tls.recv(count - len(data))
+                assert chunk, "the server closed"
+                data += chunk
+            return data
+
+        assert read(4 + len(GREETING)) == len(GREETING).to_bytes(4, "big") + GREETING
+        replies = []
+        for payload in payloads:
+            tls.sendall(len(payload).to_bytes(4, "big") + payload)
+            replies.append(read(4 + len(payload) + len(REPLY_SUFFIX)))
+        return replies
+
+
+@pytest.mark.parametrize("readiness", READINESS)
+async def test_replies_of_a_record_less_one_a_record_and_more_arrive_whole(
+    readiness: Readiness, server_ssl_context: ssl.SSLContext, client_ssl_context: ssl.SSLContext
+) -> None:
+    """Echo replies whose bytes on the wire are a TLS record less one, a
+    record, a record and one, and three records and five: each is sent
+    whole, by one write or by a write per record."""
+    overhead = 4 + len(REPLY_SUFFIX)  # the reply's header and suffix
+    payloads = [bytes(i % 249 for i in range(size - overhead)) for size in AROUND_A_RECORD]
+    server = MessageServer(
+        EchoHandler,
+        host="127.0.0.1",
+        port=0,
+        framing="len",
+        ssl_context=server_ssl_context,
+        readiness=readiness,
+    )
+    async with running(server) as port:
+        replies = await trio.to_thread.run_sync(exchange_frames, client_ssl_context, port, payloads)
+    assert [len(reply) for reply in replies] == AROUND_A_RECORD
+    for payload, reply in zip(payloads, replies, strict=True):
+        assert (
+            reply == (len(payload) + len(REPLY_SUFFIX)).to_bytes(4, "big") + payload + REPLY_SUFFIX
+        )

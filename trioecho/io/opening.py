@@ -6,6 +6,8 @@ methods otherwise.
 
 from __future__ import annotations
 
+import socket
+
 import trio
 
 from trioecho.io.readiness import Readiness, resolve_readiness
@@ -38,16 +40,12 @@ def open_transport(
     without epoll, the hub is not available and Trio's waits are used.
     """
     readiness = resolve_readiness(readiness)
+    transport_type: type[SocketTransport] = SocketTransport
+    sock: socket.socket | None
     if isinstance(stream, TLSSocketStream):
-        return TLSSocketTransport(
-            stream,
-            stream.socket,
-            idle_timeout=idle_timeout,
-            send_timeout=send_timeout,
-            min_send_rate=min_send_rate,
-            watch=hub_watch(stream.socket) if readiness == "hub" else None,
-        )
-    sock = raw_socket(stream)
+        sock, transport_type = stream.socket, TLSSocketTransport
+    else:
+        sock = raw_socket(stream)
     if sock is None:
         return StreamTransport(
             stream,
@@ -55,13 +53,11 @@ def open_transport(
             send_timeout=send_timeout,
             min_send_rate=min_send_rate,
         )
-    assert isinstance(stream, trio.SocketStream)
-    watch = hub_watch(sock) if readiness == "hub" else None
-    return SocketTransport(
+    return transport_type(
         stream,
         sock,
         idle_timeout=idle_timeout,
         send_timeout=send_timeout,
         min_send_rate=min_send_rate,
-        watch=watch,
+        watch=hub_watch(sock) if readiness == "hub" else None,
     )

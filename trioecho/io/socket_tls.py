@@ -11,7 +11,7 @@ What differs from plain TCP, each below:
 * a short read does not mean the socket is empty (OpenSSL reads one record
   at a time), so the readers read until OpenSSL wants more from the socket
   -- an edge-triggered hub announces no bytes already in the kernel;
-* a write goes at most ``RECORD_BYTES`` at a time, and one OpenSSL could
+* a write goes at most a record (16 KiB) at a time, and one OpenSSL could
   not finish (``SSLWantWriteError``) is left as the unsent rest, starting
   with that same slice, as OpenSSL requires of the retry;
 * the C pump reads and writes plain sockets only: it never serves this
@@ -23,12 +23,9 @@ is its twin (``TRIOECHO_READINESS=trio``); the tests run on both.
 
 from __future__ import annotations
 
-import ssl
-
 from trioecho.framing.base import Buffer
-from trioecho.io.socket_base import broken_while
 from trioecho.io.socket_transport import SocketTransport
-from trioecho.io.tls_socket import RECORD_BYTES, WOULD_BLOCK
+from trioecho.io.tls_socket import WOULD_BLOCK, send_records
 
 __all__ = ["TLSSocketTransport"]
 
@@ -52,26 +49,11 @@ class TLSSocketTransport(SocketTransport):
 
     def _send_now(self, data: Buffer) -> Buffer | None:
         """Send what OpenSSL and the socket take now, a record's worth at a
-        time; the rest (starting with a slice OpenSSL must be given again
-        whole), or None if all went."""
-        sock = self._socket
-        size = len(data)
-        sent = 0
-        try:
-            if size <= RECORD_BYTES:  # one record: one call, no slicing
-                if size:
-                    sock.send(data)
-                sent = size
-                return None
-            view = memoryview(data).cast("B")
-            while sent < size:
-                sent += sock.send(view[sent : sent + RECORD_BYTES])
+        time (:func:`~trioecho.io.tls_socket.send_records`); the rest
+        (starting with bytes OpenSSL must be given again), or None if all
+        went."""
+        sent = send_records(self._socket, data)
+        self.bytes_sent += sent
+        if sent >= len(data):
             return None
-        except ssl.SSLWantWriteError:
-            return memoryview(data).cast("B")[sent:]
-        except ssl.SSLWantReadError as exc:
-            raise broken_while(
-                "sending", OSError("TLS wants to read (renegotiation is not supported)")
-            ) from exc
-        finally:
-            self.bytes_sent += sent
+        return memoryview(data).cast("B")[sent:]

@@ -19,7 +19,7 @@ end; these contexts clear it (:func:`detect_truncation`).
 from __future__ import annotations
 
 import ssl
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 import trio
 
@@ -253,7 +253,7 @@ async def start_upstream_tls(
 TLSStream = trio.SSLStream[Any] | TLSSocketStream
 
 
-def is_tls(stream: object) -> bool:
+def is_tls(stream: object) -> TypeGuard[TLSStream]:
     """Whether ``stream`` is a TLS stream (``trio.SSLStream`` or
     :class:`~trioecho.io.tls_socket.TLSSocketStream`)."""
     return isinstance(stream, trio.SSLStream | TLSSocketStream)
@@ -262,7 +262,7 @@ def is_tls(stream: object) -> bool:
 def tls_version(stream: object) -> str | None:
     """The TLS version of a set-up TLS ``stream`` (``"TLSv1.3"``), None for
     a stream that is not TLS."""
-    if not isinstance(stream, trio.SSLStream | TLSSocketStream):
+    if not is_tls(stream):
         return None
     return cast("str | None", stream.version())
 
@@ -296,7 +296,7 @@ def peer_certificate(stream: object) -> dict[str, Any] | None:
     handshake verified, as ``ssl.SSLSocket.getpeercert()`` gives it
     (``subject``, ``subjectAltName``, ``notAfter``, ...); None for a stream
     that is not TLS, or a peer that presented none."""
-    if not isinstance(stream, trio.SSLStream | TLSSocketStream):
+    if not is_tls(stream):
         return None
     try:
         certificate = stream.getpeercert()

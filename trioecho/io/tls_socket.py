@@ -49,7 +49,7 @@ import trio
 
 from trioecho.framing.base import Buffer
 
-__all__ = ["RECORD_BYTES", "TLSSocketStream", "raw_socket"]
+__all__ = ["RECORD_BYTES", "TLSSocketStream", "raw_socket", "send_records"]
 
 T = TypeVar("T")
 
@@ -59,6 +59,27 @@ RECORD_BYTES = 16 * 1024
 
 # What a non-blocking SSLSocket raises when it must wait for the socket.
 WOULD_BLOCK = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+def send_records(sock: socket.socket, data: Buffer, sent: int = 0) -> int:
+    """Write ``data`` to ``sock`` (an ``ssl.SSLSocket``) from byte ``sent``
+    on, at most ``RECORD_BYTES`` per write, until all is written or the
+    socket is full; returns the bytes written in all.  A write OpenSSL
+    could not finish is not counted: the caller gives the same bytes again
+    from there, as OpenSSL requires.
+    Raises ``OSError`` if the socket broke, or if OpenSSL wants to read
+    (renegotiation, which the server contexts refuse)."""
+    try:
+        if not sent and len(data) <= RECORD_BYTES:  # one record: one call, no slicing
+            return sock.send(data) if len(data) else 0
+        view = memoryview(data).cast("B")
+        while sent < len(view):
+            sent += sock.send(view[sent : sent + RECORD_BYTES])
+    except ssl.SSLWantWriteError:
+        pass
+    except ssl.SSLWantReadError as exc:
+        raise OSError("TLS wants to read while sending (renegotiation is not supported)") from exc
+    return sent
 
 
 def raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
@@ -135,19 +156,16 @@ class TLSSocketStream(trio.abc.HalfCloseableStream):
 
     async def send_all(self, data: Buffer) -> None:
         sock = self._open_socket()
-        view = memoryview(data).cast("B")
+        size = memoryview(data).nbytes
         sent = 0
-        while sent < len(view):
+        while True:
             try:
-                sent += sock.send(view[sent : sent + RECORD_BYTES])
-            except ssl.SSLWantWriteError:
-                await trio.lowlevel.wait_writable(sock)  # then the same slice again
-            except ssl.SSLWantReadError as exc:
-                raise trio.BrokenResourceError(
-                    "TLS wants to read while sending (renegotiation is not supported)"
-                ) from exc
+                sent = send_records(sock, data, sent)
             except OSError as exc:
                 raise trio.BrokenResourceError(str(exc)) from exc
+            if sent >= size:
+                break
+            await trio.lowlevel.wait_writable(sock)  # then the same bytes again
         await trio.lowlevel.checkpoint()
 
     async def wait_send_all_might_not_block(self) -> None:
