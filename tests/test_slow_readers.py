@@ -184,7 +184,8 @@ def test_slow_readers_are_served_while_they_read_and_cut_when_they_stall(
         echo = stack.enter_context(
             server_process("--framing", "len", *OPTIONS, "--min-send-rate", str(FLOOR))
         )
-        # Over TLS (the stream transport: progress is seen 16 KiB at a time).
+        # Over TLS (progress is seen a record, 16 KiB, at a time: OpenSSL on
+        # the socket with the hub, trio.SSLStream with Trio's waits).
         tls_echo = stack.enter_context(
             server_process(
                 "--framing",
