@@ -6,8 +6,10 @@ records to a slow but steady reader, and close_notify before FIN."""
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
+import threading
 import time
 from typing import Any
 
@@ -19,7 +21,7 @@ from support.helpers import running
 from trioecho.io.opening import open_transport
 from trioecho.io.readiness import Readiness
 from trioecho.io.tls import tls_stream
-from trioecho.io.tls_socket import RECORD_BYTES, TLSSocketStream
+from trioecho.io.tls_socket import RECORD_BYTES, TLSSocketStream, unread
 from trioecho.server.handler import BaseRequestHandler
 from trioecho.server.server import MessageServer
 from trioecho.services.echo import GREETING, REPLY_SUFFIX, EchoHandler
@@ -233,6 +235,43 @@ def test_a_closed_tls_stream_has_closed_its_socket(server_ssl_context: ssl.SSLCo
         await listeners[0].aclose()
 
     trio.run(main)
+
+
+def test_unread_sees_the_rest_of_a_record_and_records_in_the_kernel(
+    server_ssl_context: ssl.SSLContext, client_ssl_context: ssl.SSLContext
+) -> None:
+    """``unread``, which lets a reader stop after a short read: True while
+    OpenSSL holds the rest of a record or the kernel holds a record OpenSSL
+    has not read; False once both are empty."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        raw_client = socket.create_connection(listener.getsockname())
+        raw_server, _ = listener.accept()
+    with raw_client, raw_server:
+        handshaken: list[ssl.SSLSocket] = []
+        thread = threading.Thread(
+            target=lambda: handshaken.append(
+                client_ssl_context.wrap_socket(raw_client, server_hostname="localhost")
+            )
+        )
+        thread.start()
+        server = server_ssl_context.wrap_socket(raw_server, server_side=True)
+        thread.join(timeout=10)
+        (client,) = handshaken
+        with client, server:
+            assert not unread(server)
+            client.sendall(b"one")  # a record each
+            client.sendall(b"three")
+            select.select([server], [], [], 10)
+            assert server.recv(100) == b"one"
+            deadline = time.monotonic() + 10
+            while not unread(server) and time.monotonic() < deadline:
+                time.sleep(0.01)  # the second record on its way into the kernel
+            assert unread(server)  # in the kernel, not yet in OpenSSL
+            assert server.recv(2) == b"th"
+            assert server.pending() == 3
+            assert unread(server)  # in OpenSSL only
+            assert server.recv(100) == b"ree"
+            assert not unread(server)
 
 
 def test_a_stream_that_is_not_a_plain_socket_stream_is_refused() -> None:

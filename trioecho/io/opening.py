@@ -13,8 +13,9 @@ import trio
 from trioecho.io.readiness import Readiness, resolve_readiness
 from trioecho.io.socket_tls import TLSSocketTransport
 from trioecho.io.socket_transport import SocketTransport, hub_watch
+from trioecho.io.stdlib_socket import raw_socket
 from trioecho.io.stream_transport import StreamTransport
-from trioecho.io.tls_socket import TLSSocketStream, raw_socket
+from trioecho.io.tls_socket import TLSSocketStream
 from trioecho.io.transport import Transport
 
 __all__ = ["open_transport"]

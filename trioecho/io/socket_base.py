@@ -36,9 +36,9 @@ class SocketTransportBase(Transport):
     docstring); :class:`~trioecho.io.socket_transport.SocketTransport`
     documents the whole."""
 
-    # What a read that must wait raises, and whether a short read means the
-    # socket is empty (TLS: no, OpenSSL reads one record at a time; see
-    # socket_tls.TLSSocketTransport).
+    # What a read that must wait raises, and whether a short read alone
+    # means the socket is empty (TLS: no, OpenSSL reads one record at a
+    # time, so _nothing_unread() is asked; see socket_tls.TLSSocketTransport).
     _WOULD_BLOCK: type[Exception] | tuple[type[Exception], ...] = BlockingIOError
     _SHORT_READ_EMPTIES = True
 
@@ -173,7 +173,9 @@ class SocketTransportBase(Transport):
                     # read will too, so skip the read that would fail --
                     # unless this one filled the buffer (more may be waiting,
                     # and no edge would announce it).
-                    self._wait_first = len(data) < max_bytes and self._SHORT_READ_EMPTIES
+                    self._wait_first = len(data) < max_bytes and (
+                        self._SHORT_READ_EMPTIES or self._nothing_unread()
+                    )
                     return data
         finally:
             self._receiving = False
@@ -189,6 +191,12 @@ class SocketTransportBase(Transport):
             raise self._socket_error(exc, "receiving") from exc
         self.bytes_received += len(data)
         return data
+
+    def _nothing_unread(self) -> bool:
+        """After a short read, when a short read alone does not show it
+        (``_SHORT_READ_EMPTIES`` is False): True if no bytes are left to
+        read now, so that the next input brings a new readiness edge."""
+        return False
 
     async def _wait_readable_until(self, deadline: float) -> bool:
         """Wait for input until ``deadline``; False if stop_receiving()

@@ -114,7 +114,11 @@ class InlineServing(SocketTransportBase):
                     if unsent is not None:
                         self._handback = unsent
                         return HAND_BACK
-                if len(data) < wanted and self._SHORT_READ_EMPTIES and not watch.input_ended:
+                if (
+                    len(data) < wanted
+                    and (self._SHORT_READ_EMPTIES or self._nothing_unread())
+                    and not watch.input_ended
+                ):
                     return WAIT  # nothing more: the next input brings an edge
                 budget -= len(data)
                 if budget <= 0:

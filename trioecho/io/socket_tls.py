@@ -9,8 +9,10 @@ What differs from plain TCP, each below:
   update answered while the socket is full, ``SSLWantWriteError``: then
   the next input retries it), not ``BlockingIOError``;
 * a short read does not mean the socket is empty (OpenSSL reads one record
-  at a time), so the readers read until OpenSSL wants more from the socket
-  -- an edge-triggered hub announces no bytes already in the kernel;
+  at a time), and an edge-triggered hub announces no bytes already in the
+  kernel: after a short read the readers stop only if neither OpenSSL nor
+  the kernel holds unread bytes (:func:`~trioecho.io.tls_socket.unread`),
+  else they read on until OpenSSL wants more from the socket;
 * a write goes at most a record (16 KiB) at a time, and one OpenSSL could
   not finish (``SSLWantWriteError``) is left as the unsent rest, starting
   with that same slice, as OpenSSL requires of the retry;
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 from trioecho.framing.base import Buffer
 from trioecho.io.socket_transport import SocketTransport
-from trioecho.io.tls_socket import WOULD_BLOCK, send_records
+from trioecho.io.tls_socket import WOULD_BLOCK, send_records, unread
 
 __all__ = ["TLSSocketTransport"]
 
@@ -46,6 +48,9 @@ class TLSSocketTransport(SocketTransport):
     @property
     def pump_sink(self) -> int:
         return -1
+
+    def _nothing_unread(self) -> bool:
+        return not unread(self._socket)  # type: ignore[arg-type]
 
     def _send_now(self, data: Buffer) -> Buffer | None:
         """Send what OpenSSL and the socket take now, a record's worth at a

@@ -26,7 +26,8 @@ import trio
 from trioecho.errors import TLSHandshakeError
 from trioecho.framing.starttls import StartTLS
 from trioecho.io.readiness import Readiness, resolve_readiness
-from trioecho.io.tls_socket import TLSSocketStream, raw_socket
+from trioecho.io.stdlib_socket import raw_socket
+from trioecho.io.tls_socket import TLSSocketStream
 
 __all__ = [
     "UPSTREAM_TLS_MODES",

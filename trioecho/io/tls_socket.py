@@ -26,8 +26,10 @@ What OpenSSL needs, and this module does:
   with the same bytes: :meth:`~TLSSocketStream.send_all` writes at most
   ``RECORD_BYTES`` at a time and retries the same slice.
 * **Bytes OpenSSL holds** after a read: a read of fewer bytes than a record
-  leaves the rest inside OpenSSL, with no new readiness event for it, so
-  every reader here reads until OpenSSL says it wants more from the socket.
+  leaves the rest inside OpenSSL, and a read of a whole record may leave
+  more records in the kernel, with no new readiness event for either.  A
+  reader stops only when OpenSSL says it wants more from the socket, or when
+  :func:`unread` says neither OpenSSL nor the kernel holds more.
 * **close_notify**: :meth:`~TLSSocketStream.send_eof` sends it, then FIN;
   :meth:`~TLSSocketStream.aclose` tries it once without waiting.
 
@@ -40,16 +42,20 @@ reasons (:func:`~trioecho.io.tls.do_handshake`,
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import socket
 import ssl
+import struct
+import termios
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import trio
 
 from trioecho.framing.base import Buffer
+from trioecho.io.stdlib_socket import raw_socket
 
-__all__ = ["RECORD_BYTES", "TLSSocketStream", "raw_socket", "send_records"]
+__all__ = ["RECORD_BYTES", "TLSSocketStream", "send_records", "unread"]
 
 T = TypeVar("T")
 
@@ -59,6 +65,20 @@ RECORD_BYTES = 16 * 1024
 
 # What a non-blocking SSLSocket raises when it must wait for the socket.
 WOULD_BLOCK = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+_INT = struct.Struct("i")  # what FIONREAD writes: a C int
+
+
+def unread(sock: ssl.SSLSocket) -> bool:
+    """True if bytes of ``sock`` wait to be read: the rest of a record in
+    OpenSSL (``pending()``), or bytes in the kernel's receive queue that
+    OpenSSL has not read (``FIONREAD``).  One ``ioctl`` instead of a read
+    that fails with ``SSLWantReadError``, which costs twice as much or more."""
+    if sock.pending():
+        return True
+    queued = fcntl.ioctl(sock.fileno(), termios.FIONREAD, bytes(_INT.size))
+    count: int = _INT.unpack(queued)[0]
+    return count > 0
 
 
 def send_records(sock: socket.socket, data: Buffer, sent: int = 0) -> int:
@@ -82,25 +102,12 @@ def send_records(sock: socket.socket, data: Buffer, sent: int = 0) -> int:
     return sent
 
 
-def raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
-    """The stdlib socket under a plain ``trio.SocketStream``, if there is one.
-
-    ``_sock`` is Trio's (stable but private) attribute holding the
-    non-blocking stdlib socket; without it the generic path is used.
-    """
-    if type(stream) is trio.SocketStream:
-        raw = getattr(stream.socket, "_sock", None)
-        if isinstance(raw, socket.socket):
-            return raw
-    return None
-
-
 class TLSSocketStream(trio.abc.HalfCloseableStream):
     """TLS over ``socket_stream``'s socket, done by OpenSSL on the socket
     (see the module docstring).  No handshake yet: call :meth:`do_handshake`.
 
     Raises ``ValueError`` if ``socket_stream`` is not a plain
-    ``trio.SocketStream`` (see :func:`raw_socket`).
+    ``trio.SocketStream`` (see :func:`~trioecho.io.stdlib_socket.raw_socket`).
     """
 
     def __init__(
