@@ -82,16 +82,18 @@ class ByteProxy:
                     self.forward(key.fileobj, key.data)  # type: ignore[arg-type]
 
     def accept(self) -> None:
-        with contextlib.suppress(BlockingIOError):
+        try:
             client = self.client_side(self.listener.accept()[0])
-            if client is None:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            for sock in (client, upstream):
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.selector.register(client, selectors.EVENT_READ, upstream)
-            self.selector.register(upstream, selectors.EVENT_READ, client)
+        except OSError:  # BlockingIOError: taken by now; else a client gone or wrong
+            return
+        if client is None:
+            return
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        for sock in (client, upstream):
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.selector.register(client, selectors.EVENT_READ, upstream)
+        self.selector.register(upstream, selectors.EVENT_READ, client)
 
     def client_side(self, client: socket.socket) -> socket.socket | None:
         """The socket to forward the accepted ``client`` with (None: closed)."""
@@ -100,12 +102,9 @@ class ByteProxy:
     def forward(self, source: socket.socket, sink: socket.socket) -> None:
         if source.fileno() < 0:
             return  # closed earlier in this same batch of events, with its other side
-        try:
-            data = source.recv(65536)
-        except BlockingIOError:
+        data = self.receive(source)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             for sock in (source, sink):
                 with contextlib.suppress(KeyError, ValueError):
@@ -113,6 +112,16 @@ class ByteProxy:
                 sock.close()
             return
         self.send(sink, data)
+
+    def receive(self, source: socket.socket) -> bytes | None:
+        """What ``source`` has: ``b""`` at its end (or on an error), None
+        if nothing yet."""
+        try:
+            return source.recv(65536)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
 
     def send(self, sink: socket.socket, data: bytes) -> None:
         try:
@@ -125,7 +134,7 @@ class ByteProxy:
             return
         sink.setblocking(True)  # rare: a full send buffer; keep it simple
         try:
-            sink.sendall(data[sent:])
+            sink.sendall(data[sent:])  # over TLS: the same bytes again, as OpenSSL needs
         except OSError:
             pass
         finally:
@@ -151,27 +160,29 @@ class TLSByteProxy(ByteProxy):
         super().__init__(upstream_port)
 
     def client_side(self, client: socket.socket) -> socket.socket | None:
-        client.setblocking(True)
-        if client.recv(8) != SSL_REQUEST:
+        client.settimeout(5)  # pgbench's clients answer at once; nothing else comes
+        try:
+            if client.recv(len(SSL_REQUEST), socket.MSG_WAITALL) != SSL_REQUEST:
+                client.close()
+                return None
+            client.sendall(b"S")
+            return self.context.wrap_socket(client, server_side=True)
+        except OSError:
             client.close()
             return None
-        client.sendall(b"S")
-        return self.context.wrap_socket(client, server_side=True)
 
-    def forward(self, source: socket.socket, sink: socket.socket) -> None:
-        if isinstance(source, ssl.SSLSocket) and source.fileno() >= 0:
-            try:
-                data = source.recv(65536)
-                while source.pending():  # what OpenSSL holds: no new readiness for it
-                    data += source.recv(65536)
-            except ssl.SSLWantReadError:
-                return
-            except OSError:
-                data = b""
-            if data:
-                self.send(sink, data)
-                return
-        super().forward(source, sink)
+    def receive(self, source: socket.socket) -> bytes | None:
+        if not isinstance(source, ssl.SSLSocket):
+            return super().receive(source)
+        try:
+            data = source.recv(65536)
+            while source.pending():  # what OpenSSL holds: no new readiness for it
+                data += source.recv(65536)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return None
+        except OSError:
+            return b""
+        return data
 
 
 @contextlib.contextmanager

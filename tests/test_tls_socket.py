@@ -68,6 +68,21 @@ async def test_the_server_uses_openssl_on_the_socket_with_the_hub_and_trio_sslst
     await client.aclose()
 
 
+async def test_a_context_with_kernel_tls_gets_trio_sslstream_on_the_hub_too(
+    server_ssl_context: ssl.SSLContext, client_ssl_context: ssl.SSLContext
+) -> None:
+    """The hub's TLS reads count on OpenSSL reading the records from the
+    socket itself: with kernel TLS asked for, the twin serves."""
+    # OpenSSL 3's SSL_OP_ENABLE_KTLS, which Python 3.12 names
+    server_ssl_context.options |= getattr(ssl, "OP_ENABLE_KTLS", 1 << 3)
+    server, client = await tls_pair(server_ssl_context, client_ssl_context, "hub")
+    assert isinstance(server, trio.SSLStream)
+    await server.send_all(b"served")
+    assert await client.receive_some(100) == b"served"
+    await server.aclose()
+    await client.aclose()
+
+
 @pytest.mark.parametrize("readiness", READINESS)
 async def test_small_reads_get_every_byte_openssl_holds(
     readiness: Readiness, server_ssl_context: ssl.SSLContext, client_ssl_context: ssl.SSLContext

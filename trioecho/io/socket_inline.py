@@ -85,10 +85,11 @@ class InlineServing(SocketTransportBase):
             self._receiving = False
 
     def serve_ready(self) -> int:
-        """One inline step: read until the socket is empty (a short read, or
-        ``EAGAIN``) or this turn's bytes are used (each read asks for at most
-        what is left of them), running the step on each read and sending
-        what it returns.  Returns the hub's WAIT, AGAIN or
+        """One inline step: read until the socket is empty (a short read --
+        over TLS, one after which nothing is unread -- or ``EAGAIN``) or
+        this turn's bytes are used (each read asks for at most what is left
+        of them), running the step on each read and sending what it
+        returns.  Returns the hub's WAIT, AGAIN or
         HAND_BACK (with ``_handback`` set).  Never raises: an exception is
         handed back to the task."""
         sock = self._socket

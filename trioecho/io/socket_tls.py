@@ -10,9 +10,10 @@ What differs from plain TCP, each below:
   the next input retries it), not ``BlockingIOError``;
 * a short read does not mean the socket is empty (OpenSSL reads one record
   at a time), and an edge-triggered hub announces no bytes already in the
-  kernel: after a short read the readers stop only if neither OpenSSL nor
-  the kernel holds unread bytes (:func:`~trioecho.io.tls_socket.unread`),
-  else they read on until OpenSSL wants more from the socket;
+  kernel: a short read counts as the end of the input at hand only if
+  neither OpenSSL nor the kernel holds unread bytes
+  (:func:`~trioecho.io.tls_socket.unread`); else the inline step reads on,
+  and the task path reads again before it waits;
 * a write goes at most a record (16 KiB) at a time, and one OpenSSL could
   not finish (``SSLWantWriteError``) is left as the unsent rest, starting
   with that same slice, as OpenSSL requires of the retry;

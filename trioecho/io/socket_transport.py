@@ -33,7 +33,8 @@ class SocketTransport(PumpedServing, InlineServing, SocketSending):
     without, through Trio's ``wait_readable``/``wait_writable``.  Either way a read that had
     to wait and came up short makes the next receive wait first, without
     the read that would fail (safe for the hub's edges too: a short read
-    leaves nothing unread, so new input brings a new edge).
+    leaves nothing unread, so new input brings a new edge -- over TLS only
+    when :func:`~trioecho.io.tls_socket.unread` says so too).
 
     On the hub it can also be served inline (:meth:`serve_inline`): the hub
     itself reads, runs the connection's step and sends, and the task sleeps

@@ -268,6 +268,13 @@ def tls_version(stream: object) -> str | None:
     return cast("str | None", stream.version())
 
 
+# Kernel TLS: not on the hub's TLS path.  Python 3.12 names OpenSSL 3's
+# SSL_OP_ENABLE_KTLS (bit 3); before, a context can still set the bit.
+_OP_ENABLE_KTLS: int = getattr(
+    ssl, "OP_ENABLE_KTLS", 1 << 3 if ssl.OPENSSL_VERSION_INFO >= (3,) else 0
+)
+
+
 def tls_stream(
     socket_stream: trio.SocketStream,
     context: ssl.SSLContext,
@@ -279,10 +286,16 @@ def tls_stream(
     or with ``server_hostname`` the client's.  With the readiness hub
     (``readiness``, see :func:`~trioecho.io.readiness.resolve_readiness`),
     OpenSSL on the socket (:class:`~trioecho.io.tls_socket.TLSSocketStream`,
-    served inline like plain TCP); with Trio's waits, ``trio.SSLStream``,
-    its twin."""
+    served inline like plain TCP); with Trio's waits, or a ``context`` that
+    enables kernel TLS (``ssl.OP_ENABLE_KTLS``, which the hub's reads do not
+    account for: see :func:`~trioecho.io.tls_socket.unread`),
+    ``trio.SSLStream``, its twin."""
     server_side = server_hostname is None
-    if resolve_readiness(readiness) == "hub" and raw_socket(socket_stream) is not None:
+    if (
+        resolve_readiness(readiness) == "hub"
+        and not context.options & _OP_ENABLE_KTLS
+        and raw_socket(socket_stream) is not None
+    ):
         return TLSSocketStream(
             socket_stream, context, server_side=server_side, server_hostname=server_hostname
         )

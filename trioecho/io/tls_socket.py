@@ -73,7 +73,12 @@ def unread(sock: ssl.SSLSocket) -> bool:
     """True if bytes of ``sock`` wait to be read: the rest of a record in
     OpenSSL (``pending()``), or bytes in the kernel's receive queue that
     OpenSSL has not read (``FIONREAD``).  One ``ioctl`` instead of a read
-    that fails with ``SSLWantReadError``, which costs twice as much or more."""
+    that fails with ``SSLWantReadError``, which costs twice as much or more.
+
+    It relies on what the server's and the relay's contexts leave off:
+    read-ahead (a read that returned data took one record from the kernel,
+    no more) and kernel TLS (``OP_ENABLE_KTLS``: the kernel would hold
+    decrypted records that ``FIONREAD`` may not count)."""
     if sock.pending():
         return True
     queued = fcntl.ioctl(sock.fileno(), termios.FIONREAD, bytes(_INT.size))
