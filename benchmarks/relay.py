@@ -174,15 +174,15 @@ class TLSByteProxy(ByteProxy):
     def receive(self, source: socket.socket) -> bytes | None:
         if not isinstance(source, ssl.SSLSocket):
             return super().receive(source)
+        # One record (at most 16 KiB) per read: OpenSSL keeps none of it
+        # back, and the level-triggered selector reports records still in
+        # the kernel.
         try:
-            data = source.recv(65536)
-            while source.pending():  # what OpenSSL holds: no new readiness for it
-                data += source.recv(65536)
+            return source.recv(65536)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return None
         except OSError:
             return b""
-        return data
 
 
 @contextlib.contextmanager
